@@ -1,0 +1,180 @@
+//! The channel contract: an append-only log of CloudEvents per broker, with named,
+//! independent subscriptions (one per trigger).
+//!
+//! Delivery semantics every implementation keeps:
+//! - [`Channel::append`] returns only when the events are as durable as the channel
+//!   promises (memory: in RAM; sled: fsynced; kafka: acknowledged). All or nothing.
+//! - [`Channel::subscribe`] opens a named subscription, or resumes it at its committed
+//!   cursor; `start` applies only when the subscription is new.
+//! - [`Subscription::ack`] may come out of order; the channel commits the contiguous
+//!   prefix (the low watermark). Reopening a subscription, or restarting, re-delivers
+//!   everything after the watermark: at-least-once.
+//! - Records are removed once every subscription has passed them (retention).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cemesh_proto::Event;
+
+pub mod memory;
+
+pub use memory::{MemoryChannel, MemoryConfig};
+
+/// Where a record sits in a channel: a partition (0 for single-log channels) and an
+/// offset within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl Position {
+    pub const fn new(partition: u32, offset: u64) -> Self {
+        Position { partition, offset }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.partition, self.offset)
+    }
+}
+
+/// One event read from a subscription.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub position: Position,
+    pub event: Arc<Event>,
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest record still retained.
+    Earliest,
+    /// Only records appended after the subscription was created (Knative's behaviour).
+    #[default]
+    Latest,
+    /// A given offset (clamped to what is retained).
+    Offset(u64),
+}
+
+/// Errors a channel reports. The ingress maps them to HTTP answers in one place.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// Backpressure: the backlog passed its cap. Producers should retry later.
+    #[error("channel is full ({reason}); retry after {retry_after:?}")]
+    Full {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// The channel or subscription was closed.
+    #[error("channel closed")]
+    Closed,
+    #[error("no subscription named {0:?}")]
+    UnknownSubscription(String),
+    /// The storage failed; the events were not stored.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// A durable (or not) log of events with named subscriptions.
+#[async_trait]
+pub trait Channel: Send + Sync + fmt::Debug + 'static {
+    /// The kind of channel: `memory`, `sled`, `kafka`.
+    fn kind(&self) -> &'static str;
+
+    /// Appends events atomically; returns once they are as durable as promised.
+    async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError>;
+
+    /// Opens (or resumes) a named subscription.
+    async fn subscribe(
+        &self,
+        name: &str,
+        start: StartAt,
+    ) -> Result<Arc<dyn Subscription>, ChannelError>;
+
+    /// Forgets a subscription and its cursor (the trigger was deleted).
+    async fn unsubscribe(&self, name: &str) -> Result<(), ChannelError>;
+
+    /// How many records wait for a subscription (appended but not committed).
+    async fn lag(&self, name: &str) -> Result<u64, ChannelError>;
+}
+
+/// A subscription's read side. `next` and `ack` may be called concurrently.
+#[async_trait]
+pub trait Subscription: Send + Sync + 'static {
+    /// Waits until at least one record is available and returns up to `max` of them,
+    /// in log order. Each record is returned once per opening of the subscription.
+    async fn next(&self, max: usize) -> Result<Vec<Record>, ChannelError>;
+
+    /// Marks a record done (delivered, dead-lettered or filtered out).
+    async fn ack(&self, position: Position) -> Result<(), ChannelError>;
+}
+
+/// Tracks out-of-order acks and yields the contiguous prefix: the low watermark.
+/// Shared by every channel that keeps its own cursors.
+#[derive(Debug, Clone, Default)]
+pub struct AckTracker {
+    /// Every offset below this is done.
+    committed: u64,
+    /// Done offsets at or above `committed`, as a bitmap from `committed`.
+    done: std::collections::VecDeque<bool>,
+}
+
+impl AckTracker {
+    pub fn new(committed: u64) -> Self {
+        AckTracker {
+            committed,
+            done: Default::default(),
+        }
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Records an ack; returns true when the watermark moved.
+    pub fn ack(&mut self, offset: u64) -> bool {
+        if offset < self.committed {
+            return false;
+        }
+        let idx = (offset - self.committed) as usize;
+        if self.done.len() <= idx {
+            self.done.resize(idx + 1, false);
+        }
+        self.done[idx] = true;
+        let before = self.committed;
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.committed += 1;
+        }
+        self.committed != before
+    }
+
+    /// Forgets in-flight state and restarts from the watermark (a reopened
+    /// subscription re-delivers everything after it).
+    pub fn reset(&mut self) {
+        self.done.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_moves_only_over_a_contiguous_prefix() {
+        let mut t = AckTracker::new(10);
+        assert!(!t.ack(12));
+        assert!(!t.ack(11) || t.committed() == 10);
+        assert_eq!(t.committed(), 10);
+        assert!(t.ack(10));
+        assert_eq!(t.committed(), 13);
+        assert!(!t.ack(5));
+        assert_eq!(t.committed(), 13);
+    }
+}

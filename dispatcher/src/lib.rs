@@ -1,0 +1,14 @@
+//! The dispatcher: one independent delivery loop per trigger. Each loop reads its own
+//! subscription of the broker's channel, evaluates the trigger's compiled filter, acks
+//! non-matching events at once and hands matching ones to the delivery policy.
+//!
+//! The control plane resolves every reference before anything here runs: a trigger
+//! arrives with its subscriber URL and a compiled filter, never a manifest.
+
+pub mod delivery;
+pub mod filter;
+pub mod trigger;
+
+pub use delivery::{Deliverer, DeliverySpec, Outcome};
+pub use filter::{Filter, FilterError};
+pub use trigger::{spawn_trigger, TriggerHandle, TriggerKey, TriggerRuntime};

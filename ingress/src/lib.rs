@@ -1,0 +1,175 @@
+//! The HTTP ingress: `POST /{namespace}/{broker}` in binary, structured or batched
+//! mode. An event is answered 202 only after its broker's channel stored it, so a 202
+//! means durable. Every refusal names the problem.
+
+mod error;
+mod routes;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use cemesh_proto::{AttributeValue, Event};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use tracing::Instrument;
+
+pub use error::IngressError;
+pub use routes::{BrokerEndpoint, BrokerKey, Routes};
+
+/// The extension the ingress stamps on every event it accepts.
+pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+
+/// Builds the ingress router over a live broker table.
+pub fn router(routes: Routes) -> Router {
+    Router::new().fallback(handle).with_state(routes)
+}
+
+async fn handle(State(routes): State<Routes>, req: Request) -> Response {
+    let span = tracing::info_span!(
+        "ingress",
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = tracing::field::Empty,
+        events = tracing::field::Empty,
+    );
+    async move {
+        let result = dispatch(&routes, req).await;
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, "Refused");
+                e.into_response()
+            }
+        };
+        tracing::Span::current().record("status", resp.status().as_u16());
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dispatch(routes: &Routes, req: Request) -> Result<Response, IngressError> {
+    let key = parse_path(req.uri().path())?;
+    match *req.method() {
+        Method::POST => {}
+        Method::OPTIONS => return Ok(webhook_handshake(req.headers())),
+        _ => return Err(IngressError::MethodNotAllowed(req.method().clone())),
+    }
+    let broker = routes
+        .get(&key)
+        .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, broker.max_body_bytes).await?;
+    let mut events = cemesh_proto::http::decode(&parts.headers, body)?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for event in &mut events {
+        stamp(event, &now);
+    }
+    let count = events.len();
+    tracing::Span::current().record("events", count);
+    if count > 0 {
+        broker.channel.append(events).await?;
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+fn stamp(event: &mut Event, now: &str) {
+    event.set_extension(ARRIVAL_TIME, AttributeValue::String(now.to_owned()));
+}
+
+/// `/{namespace}/{broker}`, with one trailing slash tolerated.
+fn parse_path(path: &str) -> Result<BrokerKey, IngressError> {
+    let trimmed = path.trim_start_matches('/');
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Err(IngressError::UnknownBroker("/".to_owned()));
+    }
+    let mut parts = trimmed.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
+            Ok(BrokerKey::new(ns, name))
+        }
+        _ => Err(IngressError::BadPath(path.to_owned())),
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngressError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(IngressError::TooLarge { limit });
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(IngressError::TooLarge { limit })
+        }
+        Err(e) => Err(IngressError::BodyRead(e.to_string())),
+    }
+}
+
+/// The CloudEvents webhook abuse-protection handshake (http-webhook.md §4).
+fn webhook_handshake(headers: &HeaderMap) -> Response {
+    let origin = headers
+        .get("webhook-request-origin")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("*"));
+    (
+        StatusCode::OK,
+        [
+            (
+                header::HeaderName::from_static("webhook-allowed-origin"),
+                origin,
+            ),
+            (
+                header::HeaderName::from_static("webhook-allowed-rate"),
+                HeaderValue::from_static("*"),
+            ),
+            (header::ALLOW, HeaderValue::from_static("POST, OPTIONS")),
+        ],
+    )
+        .into_response()
+}
+
+/// Serves the ingress on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(routes))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// How long a producer should wait after a 429/503 when the channel did not say.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("/ns/b").unwrap(), BrokerKey::new("ns", "b"));
+        assert_eq!(parse_path("/ns/b/").unwrap(), BrokerKey::new("ns", "b"));
+        assert!(matches!(
+            parse_path("/"),
+            Err(IngressError::UnknownBroker(_))
+        ));
+        assert!(matches!(parse_path("/ns"), Err(IngressError::BadPath(_))));
+        assert!(matches!(
+            parse_path("/a/b/c"),
+            Err(IngressError::BadPath(_))
+        ));
+        assert!(matches!(parse_path("//b"), Err(IngressError::BadPath(_))));
+    }
+}

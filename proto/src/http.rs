@@ -1,0 +1,383 @@
+//! The CloudEvents HTTP binding: content-mode detection, binary mode with
+//! percent-encoded `ce-` headers, structured and batched JSON.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+use crate::event::{AttributeValue, Event, SpecVersion};
+use crate::validate::{check_name, validate, EventError};
+
+pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
+pub const BATCH_JSON: &str = "application/cloudevents-batch+json";
+
+/// How a request carries its event(s), from its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Binary,
+    Structured,
+    Batch,
+}
+
+/// Why a request does not yield events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+    #[error("unsupported content type {0:?}: use binary mode, {STRUCTURED_JSON} or {BATCH_JSON}")]
+    UnsupportedMediaType(String),
+}
+
+/// Detects the mode per the binding: batch prefix first (it contains the structured
+/// prefix), case-insensitively.
+pub fn detect_mode(content_type: Option<&str>) -> Mode {
+    let Some(ct) = content_type else {
+        return Mode::Binary;
+    };
+    let lower = ct.trim_start().to_ascii_lowercase();
+    if lower.starts_with("application/cloudevents-batch") {
+        Mode::Batch
+    } else if lower.starts_with("application/cloudevents") {
+        Mode::Structured
+    } else {
+        Mode::Binary
+    }
+}
+
+fn format_of(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Decodes the events of one HTTP request (or response) in any supported mode.
+pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeError> {
+    let ct = match headers.get(CONTENT_TYPE) {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            EventError::attr("datacontenttype", "Content-Type is not visible ASCII")
+        })?),
+        None => None,
+    };
+    match detect_mode(ct) {
+        Mode::Binary => Ok(vec![decode_binary(headers, body)?]),
+        Mode::Structured => {
+            let ct = ct.unwrap_or_default();
+            if format_of(ct) != STRUCTURED_JSON {
+                return Err(DecodeError::UnsupportedMediaType(ct.to_owned()));
+            }
+            Ok(vec![crate::json::decode_event(&body)?])
+        }
+        Mode::Batch => {
+            let ct = ct.unwrap_or_default();
+            if format_of(ct) != BATCH_JSON {
+                return Err(DecodeError::UnsupportedMediaType(ct.to_owned()));
+            }
+            Ok(crate::json::decode_batch(&body)?)
+        }
+    }
+}
+
+/// Whether the headers look like a binary-mode CloudEvent.
+pub fn has_binary_event(headers: &HeaderMap) -> bool {
+    headers.contains_key("ce-specversion")
+}
+
+/// Decodes a binary-mode message: `ce-` headers are attributes, the body is the data.
+pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
+    let spec = match headers.get("ce-specversion") {
+        None => {
+            return Err(EventError::attr(
+                "specversion",
+                "not a CloudEvent: binary mode needs the ce-specversion, ce-id, ce-source and ce-type headers \
+                 (or send Content-Type: application/cloudevents+json)",
+            ))
+        }
+        Some(v) => decode_header_value("specversion", v.as_bytes())?,
+    };
+    let specversion = SpecVersion::parse(&spec).ok_or_else(|| {
+        EventError::attr(
+            "specversion",
+            format!("specversion {spec:?} is not supported (use \"1.0\" or \"0.3\")"),
+        )
+    })?;
+    let mut event = Event::new(String::new(), String::new(), String::new());
+    event.specversion = specversion;
+    let schema_name = specversion.dataschema_name();
+    for name in headers.keys() {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        if attr == "specversion" {
+            continue;
+        }
+        let mut values = headers.get_all(name).iter();
+        let (Some(raw), None) = (values.next(), values.next()) else {
+            return Err(EventError::attr(
+                attr,
+                format!("header ce-{attr} appears more than once"),
+            ));
+        };
+        let value = decode_header_value(attr, raw.as_bytes())?;
+        match attr {
+            "id" => event.id = value,
+            "source" => event.source = value,
+            "type" => event.ty = value,
+            "subject" => event.subject = Some(value),
+            "time" => event.time = Some(value),
+            "datacontenttype" => {
+                return Err(EventError::attr(
+                    "datacontenttype",
+                    "binary mode carries datacontenttype in Content-Type; a ce-datacontenttype header is not allowed",
+                ))
+            }
+            _ if attr == schema_name => event.dataschema = Some(value),
+            _ => {
+                check_name(attr)?;
+                event
+                    .extensions
+                    .push((attr.to_owned(), AttributeValue::String(value)));
+            }
+        }
+    }
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        event.datacontenttype = Some(decode_header_value("datacontenttype", ct.as_bytes())?);
+    }
+    if !body.is_empty() {
+        event.data = Some(body);
+    }
+    validate(&event)?;
+    Ok(event)
+}
+
+/// Unquotes an RFC 7230 quoted-string if needed, then does one round of
+/// percent-decoding; the result must be valid UTF-8 (overlong forms are refused).
+pub fn decode_header_value(attr: &str, raw: &[u8]) -> Result<String, EventError> {
+    let unquoted;
+    let raw = if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut it = raw[1..raw.len() - 1].iter();
+        while let Some(&b) = it.next() {
+            if b == b'\\' {
+                if let Some(&n) = it.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        unquoted = out;
+        &unquoted[..]
+    } else {
+        raw
+    };
+    if !raw.contains(&b'%') {
+        return String::from_utf8(raw.to_vec()).map_err(|_| bad_utf8(attr));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                raw.get(i + 1).and_then(|&c| hex(c)),
+                raw.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        // A '%' not followed by two hex digits is kept as it is.
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad_utf8(attr))
+}
+
+fn bad_utf8(attr: &str) -> EventError {
+    EventError::attr(
+        attr,
+        format!("header ce-{attr} does not decode to valid UTF-8"),
+    )
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-encodes a header value: space, `"`, `%` and everything outside printable
+/// ASCII, as UTF-8 bytes in upper-case hex.
+pub fn encode_header_value(value: &str) -> HeaderValue {
+    let needs = value
+        .bytes()
+        .any(|b| !(0x21..=0x7E).contains(&b) || b == b'"' || b == b'%');
+    let encoded;
+    let s = if needs {
+        let mut out = String::with_capacity(value.len() + 16);
+        for b in value.bytes() {
+            if (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%' {
+                out.push(b as char);
+            } else {
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
+                out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
+            }
+        }
+        encoded = out;
+        &encoded[..]
+    } else {
+        value
+    };
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Encodes an event in binary mode: the headers to add and the body.
+pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Option<Bytes> {
+    for (name, value) in event.attributes() {
+        if name == "datacontenttype" {
+            continue;
+        }
+        let header = match name {
+            "specversion" => HeaderName::from_static("ce-specversion"),
+            "id" => HeaderName::from_static("ce-id"),
+            "source" => HeaderName::from_static("ce-source"),
+            "type" => HeaderName::from_static("ce-type"),
+            "subject" => HeaderName::from_static("ce-subject"),
+            "time" => HeaderName::from_static("ce-time"),
+            _ => match HeaderName::try_from(format!("ce-{name}")) {
+                Ok(h) => h,
+                Err(_) => continue,
+            },
+        };
+        let value = match value {
+            crate::AttrRef::Str(s) => encode_header_value(s),
+            other => encode_header_value(&other.to_canonical()),
+        };
+        headers.insert(header, value);
+    }
+    if let Some(ct) = &event.datacontenttype {
+        headers.insert(CONTENT_TYPE, encode_header_value(ct));
+    }
+    event.data.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::try_from(*k).unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(detect_mode(None), Mode::Binary);
+        assert_eq!(detect_mode(Some("application/json")), Mode::Binary);
+        assert_eq!(
+            detect_mode(Some("Application/CloudEvents+JSON; charset=utf-8")),
+            Mode::Structured
+        );
+        assert_eq!(
+            detect_mode(Some("application/cloudevents-batch+json")),
+            Mode::Batch
+        );
+    }
+
+    #[test]
+    fn percent_encoding_round_trip() {
+        let v = encode_header_value("Euro € 😀");
+        assert_eq!(v.to_str().unwrap(), "Euro%20%E2%82%AC%20%F0%9F%98%80");
+        assert_eq!(decode_header_value("x", v.as_bytes()).unwrap(), "Euro € 😀");
+        assert_eq!(decode_header_value("x", b"100%").unwrap(), "100%");
+        assert_eq!(
+            decode_header_value("x", b"\"a \\\"b\\\"\"").unwrap(),
+            "a \"b\""
+        );
+        assert!(decode_header_value("x", b"%C0%A0").is_err());
+        assert_eq!(decode_header_value("x", b"%e2%82%ac").unwrap(), "€");
+    }
+
+    #[test]
+    fn binary_decode_and_encode() {
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a%20b"),
+            ("ce-source", "/src"),
+            ("ce-type", "t"),
+            ("ce-time", "2026-01-01T00:00:00+02:00"),
+            ("ce-myext", "v"),
+            ("content-type", "application/octet-stream"),
+        ]);
+        let e = decode_binary(&h, Bytes::from_static(&[1, 2, 255])).unwrap();
+        assert_eq!(e.id, "a b");
+        assert_eq!(e.time.as_deref(), Some("2026-01-01T00:00:00+02:00"));
+        let mut out = HeaderMap::new();
+        let body = encode_binary(&e, &mut out);
+        assert_eq!(decode_binary(&out, body.unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn binary_rejections() {
+        let base = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ];
+        let mut h = headers(&base);
+        h.insert("ce-datacontenttype", HeaderValue::from_static("text/plain"));
+        assert_eq!(
+            decode_binary(&h, Bytes::new())
+                .unwrap_err()
+                .attribute
+                .as_deref(),
+            Some("datacontenttype")
+        );
+        let h = headers(&base[1..]);
+        assert_eq!(
+            decode_binary(&h, Bytes::new())
+                .unwrap_err()
+                .attribute
+                .as_deref(),
+            Some("specversion")
+        );
+        let h = headers(&[base[0], base[2], base[3]]);
+        assert_eq!(
+            decode_binary(&h, Bytes::new())
+                .unwrap_err()
+                .attribute
+                .as_deref(),
+            Some("id")
+        );
+        let mut h = headers(&base);
+        h.insert("ce-id", HeaderValue::from_static("%C0%A0"));
+        assert_eq!(
+            decode_binary(&h, Bytes::new())
+                .unwrap_err()
+                .attribute
+                .as_deref(),
+            Some("id")
+        );
+    }
+
+    #[test]
+    fn unsupported_formats() {
+        let h = headers(&[("content-type", "application/cloudevents+avro")]);
+        assert!(matches!(
+            decode(&h, Bytes::new()),
+            Err(DecodeError::UnsupportedMediaType(_))
+        ));
+    }
+}

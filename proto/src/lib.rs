@@ -1,0 +1,16 @@
+//! cemesh's own CloudEvents model and its codecs.
+//!
+//! This crate sits at the bottom of the workspace: the channels store [`Event`]s, the
+//! ingress decodes them from HTTP, the dispatcher encodes them for subscribers. We own
+//! the type instead of using `cloudevents::Event` because a broker must forward every
+//! attribute exactly as sent (timestamps keep their offset, extensions keep their type),
+//! keep data as bytes without copies, and validate per the spec on the way in.
+
+pub mod codec;
+pub mod event;
+pub mod http;
+pub mod json;
+pub mod validate;
+
+pub use event::{AttrRef, AttributeValue, Event, SpecVersion};
+pub use validate::EventError;
