@@ -53,11 +53,16 @@ pub struct TriggerRuntime {
 /// A running trigger loop.
 #[derive(Debug)]
 pub struct TriggerHandle {
+    trigger: Arc<TriggerRuntime>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl TriggerHandle {
+    pub fn trigger(&self) -> &TriggerRuntime {
+        &self.trigger
+    }
+
     /// Stops reading new events and waits for in-flight deliveries to end.
     pub async fn stop(self) {
         self.cancel.cancel();
@@ -72,8 +77,17 @@ pub fn spawn_trigger(
     deliverer: Deliverer,
 ) -> TriggerHandle {
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run(trigger, subscription, deliverer, cancel.clone()));
-    TriggerHandle { cancel, task }
+    let task = tokio::spawn(run(
+        trigger.clone(),
+        subscription,
+        deliverer,
+        cancel.clone(),
+    ));
+    TriggerHandle {
+        trigger,
+        cancel,
+        task,
+    }
 }
 
 async fn run(

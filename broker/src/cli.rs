@@ -1,0 +1,103 @@
+//! The command line: `cemesh serve | send | display`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ChannelKind, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cemesh",
+    version,
+    about = "A CloudEvents broker and trigger event mesh"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker: ingress, dispatcher and admin API.
+    Serve(ServeArgs),
+    /// Send one CloudEvent (like `kn event send`).
+    Send(SendArgs),
+    /// Run a subscriber that prints every event it receives (like Knative's
+    /// event-display).
+    Display(DisplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Server config file (YAML); flags and CEMESH_* variables override it.
+    #[arg(long, env = "CEMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder of Knative Broker/Trigger manifests [default: ./config]
+    #[arg(long, env = "CEMESH_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Folder for durable data [default: ./data]
+    #[arg(long, env = "CEMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Ingress listen address; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, env = "CEMESH_INGRESS_ADDR")]
+    pub ingress_addr: Option<SocketAddr>,
+    /// Admin, health and metrics listen address [default: 127.0.0.1:9090]
+    #[arg(long, env = "CEMESH_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Channel for brokers that do not choose one [default: sled]
+    #[arg(long, env = "CEMESH_CHANNEL")]
+    pub channel: Option<ChannelKind>,
+    /// Largest request body the ingress accepts, e.g. 1MiB [default: 1MiB]
+    #[arg(long, env = "CEMESH_MAX_BODY_SIZE")]
+    pub max_body_size: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "CEMESH_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Content mode for `send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendMode {
+    Binary,
+    Structured,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Where to POST: a broker ingress URL such as http://127.0.0.1:8080/default/default
+    #[arg(long)]
+    pub to: String,
+    /// The event type
+    #[arg(long = "type")]
+    pub ty: String,
+    /// The event source (a URI-reference)
+    #[arg(long)]
+    pub source: String,
+    /// The event id [default: a new UUID]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The event subject
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Data: JSON text, or @FILE to read a file
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Content type of the data [default: application/json when --data is given]
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// An extension attribute, name=value (repeatable)
+    #[arg(long = "extension", short = 'e', value_name = "NAME=VALUE")]
+    pub extensions: Vec<String>,
+    /// Content mode
+    #[arg(long, value_enum, default_value_t = SendMode::Binary)]
+    pub mode: SendMode,
+}
+
+#[derive(Debug, Args)]
+pub struct DisplayArgs {
+    /// Listen address
+    #[arg(long, default_value = "127.0.0.1:8081", env = "CEMESH_DISPLAY_ADDR")]
+    pub addr: SocketAddr,
+}

@@ -1,0 +1,144 @@
+//! The server configuration: flags, `CEMESH_*` environment variables and an optional
+//! YAML file (`--config`), in that order of precedence, then the defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::duration::parse_bytes;
+
+/// Where a broker keeps its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// In RAM: fast, lost on restart.
+    Memory,
+    /// Embedded, durable (fsynced before 202).
+    Sled,
+    /// A Kafka cluster.
+    Kafka,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Memory => "memory",
+            ChannelKind::Sled => "sled",
+            ChannelKind::Kafka => "kafka",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "memory" => Some(ChannelKind::Memory),
+            "sled" => Some(ChannelKind::Sled),
+            "kafka" => Some(ChannelKind::Kafka),
+            _ => None,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The server config file. Every key is optional; flags and `CEMESH_*` variables win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Folder of Knative manifests (`*.yaml`, `*.yml`). Default `./config`.
+    pub config_dir: Option<PathBuf>,
+    /// Folder for durable data. Default `./data`.
+    pub data_dir: Option<PathBuf>,
+    /// Ingress listen address. Default `127.0.0.1:8080`.
+    pub ingress_addr: Option<SocketAddr>,
+    /// Admin, health and metrics listen address. Default `127.0.0.1:9090`.
+    pub admin_addr: Option<SocketAddr>,
+    /// Channel for brokers that do not choose one. Default `sled`.
+    pub channel: Option<ChannelKind>,
+    /// Largest request body the ingress accepts, e.g. `1MiB`. Default 1 MiB.
+    pub max_body_size: Option<ByteSize>,
+    /// How a subscriber `ref` becomes a URL when `services` does not name it.
+    /// Placeholders `{name}`, `{namespace}`, `{kind}`. Default
+    /// `http://{name}.{namespace}.svc.cluster.local`.
+    pub service_url_template: Option<String>,
+    /// Services by name (or `namespace/name`): where a subscriber `ref` points.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceEntry>,
+    /// `text` or `json`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// One entry of `services:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// The service's base URL.
+    pub url: String,
+}
+
+/// A byte size written as a number or a string such as `1MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub const DEFAULT_SERVICE_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local";
+pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+
+impl ServerConfig {
+    /// Reads and checks a config file; errors name the file, line and field.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Ok(ServerConfig::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let line = e.inner().location().map(|l| l.line());
+            let field = e.path().to_string();
+            let msg = crate::manifest::strip_location(&e.inner().to_string());
+            match line {
+                Some(l) => anyhow::anyhow!("{}: line {l}: {field}: {msg}", path.display()),
+                None => anyhow::anyhow!("{}: {field}: {msg}", path.display()),
+            }
+        })
+    }
+}
+
+/// The settings `serve` runs with, every source merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub ingress_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub channel: ChannelKind,
+    pub max_body_bytes: u64,
+    pub service_url_template: String,
+    pub services: BTreeMap<String, ServiceEntry>,
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,343 @@
+//! Knative manifests: every `*.yaml`/`*.yml` in the config dir, multi-document, with
+//! `eventing.knative.dev/v1` `Broker` and `Trigger` read as they are.
+//!
+//! Errors name the file, the document, the resource, the line and the field path, and
+//! say what was expected, so a user fixes everything in one go.
+
+mod broker;
+mod delivery;
+mod trigger;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use broker::{BrokerManifest, BrokerSpec};
+pub use delivery::{DeliveryManifest, Destination, KReference};
+pub use trigger::{TriggerFilter, TriggerManifest, TriggerSpec};
+pub use validate::{compile, BrokerDesired, Desired, ResolveContext};
+
+pub const EVENTING_V1: &str = "eventing.knative.dev/v1";
+
+/// Kubernetes object metadata; fields cemesh does not use (labels, uid, ...) are
+/// ignored, as Kubernetes tools expect.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    #[serde(default)]
+    pub name: String,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub generation: Option<i64>,
+}
+
+impl Metadata {
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A resource read from a file, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub file: PathBuf,
+    /// 1-based index of the document in its file.
+    pub document: usize,
+    pub value: T,
+}
+
+impl<T> Located<T> {
+    /// An error about this resource at `path`.
+    pub fn error(
+        &self,
+        resource: String,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ManifestError {
+        ManifestError {
+            file: self.file.clone(),
+            document: self.document,
+            resource: Some(resource),
+            line: None,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Broker(BrokerManifest),
+    Trigger(TriggerManifest),
+}
+
+/// A problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub document: usize,
+    /// `Trigger default/orders`, when known.
+    pub resource: Option<String>,
+    pub line: Option<usize>,
+    /// Field path such as `spec.filter.attributes`; empty for the whole document.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        if let Some(r) = &self.resource {
+            write!(f, " ({r})")?;
+        }
+        if let Some(l) = self.line {
+            write!(f, ", line {l}")?;
+        }
+        if !self.path.is_empty() && self.path != "." {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Loads every manifest in `dir`. A missing dir is empty. Files are read in name
+/// order so errors and start-up are deterministic.
+pub fn load_dir(dir: &Path) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
+    let mut resources = Vec::new();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "Config dir does not exist; starting with no brokers");
+            return (resources, errors);
+        }
+        Err(e) => {
+            errors.push(ManifestError {
+                file: dir.to_owned(),
+                document: 0,
+                resource: None,
+                line: None,
+                path: String::new(),
+                message: format!("cannot read the config dir: {e}"),
+            });
+            return (resources, errors);
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let (r, e) = parse_str(&file, &text);
+                resources.extend(r);
+                errors.extend(e);
+            }
+            Err(e) => errors.push(ManifestError {
+                file: file.clone(),
+                document: 0,
+                resource: None,
+                line: None,
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (resources, errors)
+}
+
+/// One YAML document of a file: its text and the line it starts on.
+struct Document<'a> {
+    index: usize,
+    first_line: usize,
+    text: &'a str,
+}
+
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut first_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        let is_marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
+        if is_marker {
+            docs.push((start, offset, first_line));
+            start = offset + line.len();
+            first_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push((start, text.len(), first_line));
+    docs.into_iter()
+        .filter(|&(s, e, _)| {
+            text[s..e].lines().any(|l| {
+                !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "..."
+            })
+        })
+        .enumerate()
+        .map(|(i, (s, e, first_line))| Document {
+            index: i + 1,
+            first_line,
+            text: &text[s..e],
+        })
+        .collect()
+}
+
+/// serde_yaml appends " at line N column M" to messages; we give the absolute line
+/// separately.
+pub fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Parses one file's text into resources and errors.
+pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
+    let mut resources = Vec::new();
+    let mut errors = Vec::new();
+    for doc in split_documents(text) {
+        let err = |resource: Option<String>, line: Option<usize>, path: String, message: String| {
+            ManifestError {
+                file: file.to_owned(),
+                document: doc.index,
+                resource,
+                line: line.map(|l| l + doc.first_line - 1),
+                path,
+                message,
+            }
+        };
+        let value: serde_yaml::Value = match serde_yaml::from_str(doc.text) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(err(
+                    None,
+                    e.location().map(|l| l.line()),
+                    String::new(),
+                    format!("invalid YAML: {}", strip_location(&e.to_string())),
+                ));
+                continue;
+            }
+        };
+        let Some(map) = value.as_mapping() else {
+            errors.push(err(
+                None,
+                Some(1),
+                String::new(),
+                "expected a mapping with apiVersion and kind".into(),
+            ));
+            continue;
+        };
+        let field = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+            errors.push(err(
+                None,
+                Some(1),
+                String::new(),
+                "expected apiVersion and kind (strings)".into(),
+            ));
+            continue;
+        };
+        let meta = map.get("metadata").and_then(|m| m.as_mapping());
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let label = format!("{kind} {ns}/{name}");
+        let resource = match (api_version.as_str(), kind.as_str()) {
+            (EVENTING_V1, "Broker") => typed::<BrokerManifest>(doc.text).map(Resource::Broker),
+            (EVENTING_V1, "Trigger") => typed::<TriggerManifest>(doc.text).map(Resource::Trigger),
+            _ => {
+                tracing::warn!(
+                    file = %file.display(),
+                    document = doc.index,
+                    api_version,
+                    kind,
+                    "Skipping a resource cemesh does not handle"
+                );
+                continue;
+            }
+        };
+        match resource {
+            Ok(r) => resources.push(Located {
+                file: file.to_owned(),
+                document: doc.index,
+                value: r,
+            }),
+            Err((line, path, message)) => errors.push(err(Some(label), line, path, message)),
+        }
+    }
+    (resources, errors)
+}
+
+type TypedError = (Option<usize>, String, String);
+
+fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TypedError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let line = e.inner().location().map(|l| l.line());
+        let path = e.path().to_string();
+        (line, path, strip_location(&e.inner().to_string()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_and_lines() {
+        let text = "# c\n---\napiVersion: v1\nkind: ConfigMap\n---\n\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n";
+        let (r, e) = parse_str(Path::new("x.yaml"), text);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].document, 2);
+    }
+
+    #[test]
+    fn errors_name_file_document_line_and_field() {
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: b\n  subscriber:\n    uri: http://x\n  filter:\n    attributes:\n      type: [1]\n";
+        let (_, e) = parse_str(Path::new("t.yaml"), text);
+        assert_eq!(e.len(), 1);
+        let msg = e[0].to_string();
+        assert!(
+            msg.starts_with(
+                "t.yaml: document 2 (Trigger default/t), line 16: spec.filter.attributes.type: "
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("expected a string"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_reported() {
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: b\n  subscriber:\n    uri: http://x\n  filtre: {}\n";
+        let (_, e) = parse_str(Path::new("t.yaml"), text);
+        let msg = e[0].to_string();
+        assert!(msg.contains("unknown field `filtre`"), "{msg}");
+        assert!(msg.contains("line 9"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_have_absolute_lines() {
+        let text = "apiVersion: v1\nkind: X\n---\nkind: [\n";
+        let (_, e) = parse_str(Path::new("s.yaml"), text);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].line.is_some_and(|l| l >= 4), "{:?}", e[0]);
+    }
+}

@@ -1,0 +1,484 @@
+//! Manifests to what the data plane runs: references resolved to URLs, filters
+//! compiled, defaults merged. Validation is per resource: an invalid trigger is
+//! reported and left out while every valid one runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cemesh_channels::StartAt;
+use cemesh_dispatcher::{DeliverySpec, Filter, TriggerKey, TriggerRuntime};
+use cemesh_ingress::BrokerKey;
+
+use super::broker::{CHANNEL_ANNOTATION, MAX_BODY_ANNOTATION};
+use super::trigger::{PARALLELISM_ANNOTATION, START_ANNOTATION};
+use super::{
+    DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
+};
+use crate::config::{ChannelKind, ServiceEntry};
+use crate::duration::{parse_bytes, parse_iso8601};
+
+/// What resolving references needs to know about the server.
+#[derive(Debug, Clone)]
+pub struct ResolveContext<'a> {
+    /// Base URL of this process's ingress, for subscribers that are Brokers.
+    pub ingress_base: String,
+    pub service_url_template: &'a str,
+    pub services: &'a BTreeMap<String, ServiceEntry>,
+    pub default_channel: ChannelKind,
+    pub default_max_body: u64,
+}
+
+/// A broker as it should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDesired {
+    pub key: BrokerKey,
+    pub channel: ChannelKind,
+    pub max_body_bytes: u64,
+    pub delivery: Option<DeliveryManifest>,
+}
+
+/// A trigger as it should run.
+#[derive(Debug, Clone)]
+pub struct TriggerDesired {
+    pub runtime: TriggerRuntime,
+    pub start: StartAt,
+}
+
+/// The whole desired state, and what was wrong with the rest.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub brokers: BTreeMap<BrokerKey, BrokerDesired>,
+    pub triggers: BTreeMap<TriggerKey, TriggerDesired>,
+    pub problems: Vec<ManifestError>,
+}
+
+/// Compiles every resource; brokers first, so triggers can check their broker.
+pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Desired {
+    let mut desired = Desired::default();
+    for located in resources {
+        let Resource::Broker(b) = &located.value else {
+            continue;
+        };
+        let label = format!("Broker {}/{}", b.metadata.namespace(), b.metadata.name);
+        match compile_broker(&b.metadata, b.spec.delivery.clone(), ctx) {
+            Ok(d) => {
+                if desired.brokers.contains_key(&d.key) {
+                    desired.problems.push(located.error(
+                        label,
+                        "metadata.name",
+                        "defined more than once",
+                    ));
+                } else {
+                    desired.brokers.insert(d.key.clone(), d);
+                }
+            }
+            Err((path, msg)) => desired.problems.push(located.error(label, path, msg)),
+        }
+    }
+    for located in resources {
+        let Resource::Trigger(t) = &located.value else {
+            continue;
+        };
+        let label = format!("Trigger {}/{}", t.metadata.namespace(), t.metadata.name);
+        match compile_trigger(t, &desired.brokers, ctx) {
+            Ok(d) => {
+                if desired.triggers.contains_key(&d.runtime.key) {
+                    desired.problems.push(located.error(
+                        label,
+                        "metadata.name",
+                        "defined more than once",
+                    ));
+                } else {
+                    desired.triggers.insert(d.runtime.key.clone(), d);
+                }
+            }
+            Err((path, msg)) => desired.problems.push(located.error(label, path, msg)),
+        }
+    }
+    desired
+}
+
+type FieldError = (String, String);
+
+fn field(path: &str, msg: impl Into<String>) -> FieldError {
+    (path.to_owned(), msg.into())
+}
+
+fn check_metadata(meta: &Metadata) -> Result<(), FieldError> {
+    if !is_dns_label(&meta.name) {
+        return Err(field(
+            "metadata.name",
+            format!("{:?} must be a DNS label: 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit", meta.name),
+        ));
+    }
+    if !is_dns_label(meta.namespace()) {
+        return Err(field(
+            "metadata.namespace",
+            format!("{:?} must be a DNS label", meta.namespace()),
+        ));
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn compile_broker(
+    meta: &Metadata,
+    delivery: Option<DeliveryManifest>,
+    ctx: &ResolveContext<'_>,
+) -> Result<BrokerDesired, FieldError> {
+    check_metadata(meta)?;
+    let path = |a: &str| format!("metadata.annotations.{a}");
+    let channel = match meta.annotations.get(CHANNEL_ANNOTATION) {
+        None => ctx.default_channel,
+        Some(v) => ChannelKind::parse(v).ok_or_else(|| {
+            field(
+                &path(CHANNEL_ANNOTATION),
+                format!("{v:?} is not a channel; expected memory, sled or kafka"),
+            )
+        })?,
+    };
+    let max_body_bytes = match meta.annotations.get(MAX_BODY_ANNOTATION) {
+        None => ctx.default_max_body,
+        Some(v) => parse_bytes(v).map_err(|e| field(&path(MAX_BODY_ANNOTATION), e))?,
+    };
+    if let Some(d) = &delivery {
+        check_delivery(d, "spec.delivery")?;
+    }
+    Ok(BrokerDesired {
+        key: BrokerKey::new(meta.namespace(), &meta.name),
+        channel,
+        max_body_bytes,
+        delivery,
+    })
+}
+
+fn compile_trigger(
+    t: &TriggerManifest,
+    brokers: &BTreeMap<BrokerKey, BrokerDesired>,
+    ctx: &ResolveContext<'_>,
+) -> Result<TriggerDesired, FieldError> {
+    check_metadata(&t.metadata)?;
+    let ns = t.metadata.namespace();
+    if t.spec.broker.is_empty() {
+        return Err(field(
+            "spec.broker",
+            "required: the name of the broker to subscribe to",
+        ));
+    }
+    let broker_key = BrokerKey::new(ns, &t.spec.broker);
+    let Some(broker) = brokers.get(&broker_key) else {
+        return Err(field(
+            "spec.broker",
+            format!("broker {broker_key} is not defined"),
+        ));
+    };
+    let subscriber = resolve(&t.spec.subscriber, ns, "spec.subscriber", ctx)?;
+    let filter = if let Some(filters) = &t.spec.filters {
+        if !filters.is_empty() {
+            return Err(field(
+                "spec.filters",
+                "the filters dialect is not supported yet; use spec.filter.attributes",
+            ));
+        }
+        Filter::All
+    } else {
+        match &t.spec.filter {
+            Some(f) if !f.attributes.is_empty() => Filter::Attributes(
+                cemesh_dispatcher::filter::AttributesFilter::new(
+                    &f.attributes,
+                    "spec.filter.attributes",
+                )
+                .map_err(|e| (e.path, e.message))?,
+            ),
+            _ => Filter::All,
+        }
+    };
+    if let Some(d) = &t.spec.delivery {
+        check_delivery(d, "spec.delivery")?;
+    }
+    let merged = merge_delivery(broker.delivery.as_ref(), t.spec.delivery.as_ref());
+    let mut delivery = DeliverySpec::default();
+    if let Some(timeout) = &merged.timeout {
+        delivery.timeout = parse_iso8601(timeout).map_err(|e| field("spec.delivery.timeout", e))?;
+    }
+    let ann = |a: &str| format!("metadata.annotations.{a}");
+    let parallelism = match t.metadata.annotations.get(PARALLELISM_ANNOTATION) {
+        None => 64,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return Err(field(
+                    &ann(PARALLELISM_ANNOTATION),
+                    format!("{v:?} is not a whole number from 1 to 10000"),
+                ))
+            }
+        },
+    };
+    let start = match t
+        .metadata
+        .annotations
+        .get(START_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("latest") => StartAt::Latest,
+        Some("earliest") => StartAt::Earliest,
+        Some(v) => {
+            return Err(field(
+                &ann(START_ANNOTATION),
+                format!("{v:?} is not latest or earliest"),
+            ))
+        }
+    };
+    Ok(TriggerDesired {
+        runtime: TriggerRuntime {
+            key: TriggerKey::new(ns, &t.metadata.name),
+            broker: t.spec.broker.clone(),
+            filter,
+            subscriber,
+            delivery,
+            parallelism,
+        },
+        start,
+    })
+}
+
+/// Field by field: what the trigger sets wins, the rest comes from the broker.
+pub fn merge_delivery(
+    broker: Option<&DeliveryManifest>,
+    trigger: Option<&DeliveryManifest>,
+) -> DeliveryManifest {
+    let b = broker.cloned().unwrap_or_default();
+    let Some(t) = trigger.cloned() else { return b };
+    DeliveryManifest {
+        dead_letter_sink: t.dead_letter_sink.or(b.dead_letter_sink),
+        retry: t.retry.or(b.retry),
+        backoff_policy: t.backoff_policy.or(b.backoff_policy),
+        backoff_delay: t.backoff_delay.or(b.backoff_delay),
+        timeout: t.timeout.or(b.timeout),
+        retry_after_max: t.retry_after_max.or(b.retry_after_max),
+        format: t.format.or(b.format),
+    }
+}
+
+fn check_delivery(d: &DeliveryManifest, path: &str) -> Result<(), FieldError> {
+    if let Some(r) = d.retry {
+        if r < 0 {
+            return Err(field(
+                &format!("{path}.retry"),
+                format!("{r} must not be negative"),
+            ));
+        }
+    }
+    if let Some(p) = &d.backoff_policy {
+        if p != "exponential" && p != "linear" {
+            return Err(field(
+                &format!("{path}.backoffPolicy"),
+                format!("{p:?} is not exponential or linear"),
+            ));
+        }
+    }
+    for (name, v) in [
+        ("backoffDelay", &d.backoff_delay),
+        ("timeout", &d.timeout),
+        ("retryAfterMax", &d.retry_after_max),
+    ] {
+        if let Some(v) = v {
+            let dur: Duration =
+                parse_iso8601(v).map_err(|e| field(&format!("{path}.{name}"), e))?;
+            if name == "timeout" && dur.is_zero() {
+                return Err(field(
+                    &format!("{path}.timeout"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+    }
+    if let Some(f) = &d.format {
+        if f != "json" && f != "binary" {
+            return Err(field(
+                &format!("{path}.format"),
+                format!("{f:?} is not json or binary"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves a Destination to a URL: `uri` as is, or a `ref` through the services map,
+/// the URL template, or (for a Broker) this process's ingress; a relative `uri` next
+/// to a `ref` is appended to the ref's URL.
+pub fn resolve(
+    dest: &Destination,
+    namespace: &str,
+    path: &str,
+    ctx: &ResolveContext<'_>,
+) -> Result<reqwest::Url, FieldError> {
+    let base = match &dest.reference {
+        None => {
+            let Some(uri) = &dest.uri else {
+                return Err(field(path, "one of uri or ref is required"));
+            };
+            return parse_http_url(uri).map_err(|e| field(&format!("{path}.uri"), e));
+        }
+        Some(r) => {
+            let rpath = format!("{path}.ref");
+            if r.name.is_empty() {
+                return Err(field(&format!("{rpath}.name"), "required"));
+            }
+            if r.kind.is_empty() {
+                return Err(field(&format!("{rpath}.kind"), "required (e.g. Service)"));
+            }
+            let ns = r.namespace.as_deref().unwrap_or(namespace);
+            let by_name = ctx
+                .services
+                .get(&format!("{ns}/{}", r.name))
+                .or_else(|| ctx.services.get(&r.name));
+            let url = if r.kind == "Broker" {
+                format!("{}/{ns}/{}", ctx.ingress_base.trim_end_matches('/'), r.name)
+            } else if let Some(s) = by_name {
+                s.url.clone()
+            } else {
+                ctx.service_url_template
+                    .replace("{name}", &r.name)
+                    .replace("{namespace}", ns)
+                    .replace("{kind}", &r.kind.to_ascii_lowercase())
+            };
+            parse_http_url(&url).map_err(|e| field(&rpath, format!("resolves to {url:?}: {e}")))?
+        }
+    };
+    match &dest.uri {
+        None => Ok(base),
+        Some(rel) => {
+            let joined = format!(
+                "{}/{}",
+                base.as_str().trim_end_matches('/'),
+                rel.trim_start_matches('/')
+            );
+            parse_http_url(&joined).map_err(|e| field(&format!("{path}.uri"), e))
+        }
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not an absolute URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("{s:?}: scheme {other:?} is not http or https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{parse_str, KReference};
+    use std::path::Path;
+
+    fn ctx<'a>(services: &'a BTreeMap<String, ServiceEntry>) -> ResolveContext<'a> {
+        ResolveContext {
+            ingress_base: "http://127.0.0.1:8080".into(),
+            service_url_template: crate::config::DEFAULT_SERVICE_TEMPLATE,
+            services,
+            default_channel: ChannelKind::Memory,
+            default_max_body: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn refs_resolve_through_services_template_and_brokers() {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "display".to_string(),
+            ServiceEntry {
+                url: "http://127.0.0.1:9999".into(),
+            },
+        );
+        let c = ctx(&services);
+        let dest = |kind: &str, name: &str, uri: Option<&str>| Destination {
+            reference: Some(KReference {
+                kind: kind.into(),
+                name: name.into(),
+                ..Default::default()
+            }),
+            uri: uri.map(Into::into),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&dest("Service", "display", None), "ns", "p", &c)
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:9999/"
+        );
+        assert_eq!(
+            resolve(&dest("Service", "other", Some("/hook")), "ns", "p", &c)
+                .unwrap()
+                .as_str(),
+            "http://other.ns.svc.cluster.local/hook"
+        );
+        assert_eq!(
+            resolve(&dest("Broker", "b2", None), "ns", "p", &c)
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8080/ns/b2"
+        );
+        let err = resolve(&Destination::default(), "ns", "spec.subscriber", &c).unwrap_err();
+        assert_eq!(err.0, "spec.subscriber");
+        let err = resolve(
+            &Destination {
+                uri: Some("/relative".into()),
+                ..Default::default()
+            },
+            "ns",
+            "spec.subscriber",
+            &c,
+        )
+        .unwrap_err();
+        assert_eq!(err.0, "spec.subscriber.uri");
+    }
+
+    #[test]
+    fn invalid_trigger_is_reported_and_others_compile() {
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: bad}\nspec:\n  broker: b\n  subscriber: {uri: 'http://x'}\n  filter: {attributes: {Type: x}}\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: good}\nspec:\n  broker: b\n  subscriber: {uri: 'http://x'}\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: orphan}\nspec:\n  broker: nope\n  subscriber: {uri: 'http://x'}\n";
+        let (resources, errors) = parse_str(Path::new("f.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let services = BTreeMap::new();
+        let d = compile(&resources, &ctx(&services));
+        assert_eq!(d.triggers.len(), 1);
+        assert_eq!(d.problems.len(), 2);
+        let msgs: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            msgs[0].contains("(Trigger default/bad): spec.filter.attributes.Type: attribute name"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains("spec.broker: broker default/nope is not defined"),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn delivery_merges_field_by_field() {
+        let b = DeliveryManifest {
+            retry: Some(3),
+            timeout: Some("PT5S".into()),
+            ..Default::default()
+        };
+        let t = DeliveryManifest {
+            retry: Some(1),
+            ..Default::default()
+        };
+        let m = merge_delivery(Some(&b), Some(&t));
+        assert_eq!(m.retry, Some(1));
+        assert_eq!(m.timeout.as_deref(), Some("PT5S"));
+    }
+}

@@ -1,0 +1,214 @@
+//! The running mesh: brokers with their channels, the ingress route table, and one
+//! delivery loop per trigger. `apply` moves it to a desired state by difference, so a
+//! reload touches only what changed and a changed trigger keeps its cursor.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cemesh_channels::{Channel, MemoryChannel, MemoryConfig};
+use cemesh_dispatcher::{spawn_trigger, Deliverer, TriggerHandle, TriggerKey, TriggerRuntime};
+use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
+
+use crate::config::ChannelKind;
+use crate::manifest::{BrokerDesired, Desired};
+
+struct RunningBroker {
+    desired: BrokerDesired,
+    channel: Arc<dyn Channel>,
+}
+
+struct RunningTrigger {
+    /// Everything that defines the trigger's behaviour; a change restarts its loop.
+    fingerprint: String,
+    handle: TriggerHandle,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MeshStatus {
+    pub ready: bool,
+    pub brokers: Vec<String>,
+    pub triggers: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Opens channels for brokers.
+pub struct Channels {
+    #[allow(dead_code)]
+    data_dir: PathBuf,
+}
+
+impl Channels {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Channels { data_dir }
+    }
+
+    fn open(&mut self, key: &BrokerKey, kind: ChannelKind) -> Result<Arc<dyn Channel>, String> {
+        match kind {
+            ChannelKind::Memory => Ok(Arc::new(MemoryChannel::new(MemoryConfig::default()))),
+            ChannelKind::Sled | ChannelKind::Kafka => Err(format!(
+                "broker {key}: the {} channel is not available in this build",
+                kind.as_str()
+            )),
+        }
+    }
+}
+
+pub struct Mesh {
+    routes: Routes,
+    deliverer: Deliverer,
+    channels: Channels,
+    brokers: BTreeMap<BrokerKey, RunningBroker>,
+    triggers: BTreeMap<TriggerKey, RunningTrigger>,
+    status: Arc<Mutex<MeshStatus>>,
+}
+
+impl Mesh {
+    pub fn new(routes: Routes, channels: Channels) -> Self {
+        Mesh {
+            routes,
+            deliverer: Deliverer::new(),
+            channels,
+            brokers: BTreeMap::new(),
+            triggers: BTreeMap::new(),
+            status: Arc::default(),
+        }
+    }
+
+    pub fn status(&self) -> Arc<Mutex<MeshStatus>> {
+        self.status.clone()
+    }
+
+    /// Moves the mesh to `desired`, changing only what differs.
+    pub async fn apply(&mut self, desired: Desired) {
+        let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
+
+        // Triggers that go away or change stop first, so nothing reads a channel that
+        // is about to close.
+        let mut keep = BTreeMap::new();
+        for (key, running) in std::mem::take(&mut self.triggers) {
+            let wanted = desired.triggers.get(&key).map(|t| fingerprint(&t.runtime));
+            let broker_key = BrokerKey::new(&key.namespace, broker_of(&running));
+            let broker_gone = !desired.brokers.contains_key(&broker_key);
+            if wanted.as_deref() == Some(running.fingerprint.as_str()) && !broker_gone {
+                keep.insert(key, running);
+                continue;
+            }
+            running.handle.stop().await;
+            if wanted.is_none() {
+                if let Some(b) = self.brokers.get(&broker_key) {
+                    let _ = b.channel.unsubscribe(&key.subscription_name()).await;
+                }
+                tracing::info!(trigger = %key, "Trigger removed");
+            }
+        }
+        self.triggers = keep;
+
+        self.brokers.retain(|key, _| {
+            let stay = desired.brokers.contains_key(key);
+            if !stay {
+                tracing::info!(broker = %key, "Broker removed");
+            }
+            stay
+        });
+        for (key, d) in &desired.brokers {
+            let reuse = self
+                .brokers
+                .get(key)
+                .is_some_and(|b| b.desired.channel == d.channel);
+            if reuse {
+                if let Some(b) = self.brokers.get_mut(key) {
+                    b.desired = d.clone();
+                }
+                continue;
+            }
+            match self.channels.open(key, d.channel) {
+                Ok(channel) => {
+                    tracing::info!(broker = %key, channel = d.channel.as_str(), "Broker ready");
+                    self.brokers.insert(
+                        key.clone(),
+                        RunningBroker {
+                            desired: d.clone(),
+                            channel,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(broker = %key, error = %e, "Broker not started");
+                    problems.push(e);
+                }
+            }
+        }
+        let table = self
+            .brokers
+            .iter()
+            .map(|(k, b)| {
+                let endpoint = BrokerEndpoint {
+                    key: k.clone(),
+                    channel: b.channel.clone(),
+                    max_body_bytes: usize::try_from(b.desired.max_body_bytes).unwrap_or(usize::MAX),
+                };
+                (k.clone(), Arc::new(endpoint))
+            })
+            .collect();
+        self.routes.replace(table);
+
+        for (key, t) in desired.triggers {
+            if self.triggers.contains_key(&key) {
+                continue;
+            }
+            let broker_key = BrokerKey::new(&key.namespace, &t.runtime.broker);
+            let Some(broker) = self.brokers.get(&broker_key) else {
+                problems.push(format!("trigger {key}: broker {broker_key} is not running"));
+                continue;
+            };
+            match broker
+                .channel
+                .subscribe(&key.subscription_name(), t.start)
+                .await
+            {
+                Ok(sub) => {
+                    let fp = fingerprint(&t.runtime);
+                    let handle = spawn_trigger(Arc::new(t.runtime), sub, self.deliverer.clone());
+                    self.triggers.insert(
+                        key,
+                        RunningTrigger {
+                            fingerprint: fp,
+                            handle,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(trigger = %key, error = %e, "Trigger not started");
+                    problems.push(format!("trigger {key}: {e}"));
+                }
+            }
+        }
+
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        *status = MeshStatus {
+            ready: true,
+            brokers: self.brokers.keys().map(ToString::to_string).collect(),
+            triggers: self.triggers.keys().map(ToString::to_string).collect(),
+            problems,
+        };
+    }
+
+    /// Stops every trigger (in-flight deliveries finish) and drops the channels.
+    pub async fn shutdown(&mut self) {
+        for (_, t) in std::mem::take(&mut self.triggers) {
+            t.handle.stop().await;
+        }
+        self.routes.replace(Default::default());
+        self.brokers.clear();
+    }
+}
+
+fn fingerprint(t: &TriggerRuntime) -> String {
+    format!("{t:?}")
+}
+
+fn broker_of(t: &RunningTrigger) -> &str {
+    &t.handle.trigger().broker
+}

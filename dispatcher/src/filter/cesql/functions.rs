@@ -1,0 +1,372 @@
+//! Built-in functions (CESQL 3.5) plus the casting helpers `INT`, `BOOL`,
+//! `STRING`, `IS_BOOL` and `IS_INT` that the TCK and earlier drafts use.
+//!
+//! Functions are resolved by (case-insensitive) name and arity at parse
+//! time; a call that matches nothing evaluates to `false` with a
+//! `missingFunction` error, as the spec requires.
+
+use std::borrow::Cow;
+
+use super::eval::{cast_string, parse_bool, parse_int, Ctx};
+use super::{ast::Expr, ErrorKind, EventAttributes, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Builtin {
+    Length,
+    Concat,
+    ConcatWs,
+    Lower,
+    Upper,
+    Trim,
+    Left,
+    Right,
+    Substring,
+    SubstringLen,
+    Abs,
+    Int,
+    Bool,
+    String,
+    IsBool,
+    IsInt,
+}
+
+/// (name, builtin, minimum arity, variadic)
+const TABLE: [(&str, Builtin, usize, bool); 16] = [
+    ("LENGTH", Builtin::Length, 1, false),
+    ("CONCAT", Builtin::Concat, 0, true),
+    ("CONCAT_WS", Builtin::ConcatWs, 1, true),
+    ("LOWER", Builtin::Lower, 1, false),
+    ("UPPER", Builtin::Upper, 1, false),
+    ("TRIM", Builtin::Trim, 1, false),
+    ("LEFT", Builtin::Left, 2, false),
+    ("RIGHT", Builtin::Right, 2, false),
+    ("SUBSTRING", Builtin::Substring, 2, false),
+    ("SUBSTRING", Builtin::SubstringLen, 3, false),
+    ("ABS", Builtin::Abs, 1, false),
+    ("INT", Builtin::Int, 1, false),
+    ("BOOL", Builtin::Bool, 1, false),
+    ("STRING", Builtin::String, 1, false),
+    ("IS_BOOL", Builtin::IsBool, 1, false),
+    ("IS_INT", Builtin::IsInt, 1, false),
+];
+
+/// The target of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Function {
+    Builtin(Builtin),
+    /// No function with this (upper-cased) name and the call's arity.
+    Unknown(String),
+}
+
+impl Function {
+    pub(crate) fn resolve(name: &str, arity: usize) -> Function {
+        TABLE
+            .iter()
+            .find(|(n, _, min, variadic)| {
+                n.eq_ignore_ascii_case(name) && (arity == *min || (*variadic && arity > *min))
+            })
+            .map_or_else(
+                || Function::Unknown(name.to_ascii_uppercase()),
+                |(_, b, _, _)| Function::Builtin(*b),
+            )
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Function::Builtin(b) => b.name(),
+            Function::Unknown(n) => n,
+        }
+    }
+}
+
+impl Builtin {
+    pub(crate) fn name(self) -> &'static str {
+        TABLE
+            .iter()
+            .find(|(_, b, _, _)| *b == self)
+            .map_or("?", |(n, _, _, _)| n)
+    }
+
+    /// Zero value of the return type, used when an argument is missing.
+    fn zero(self) -> Value<'static> {
+        match self {
+            Builtin::Length | Builtin::Abs | Builtin::Int => Value::Integer(0),
+            Builtin::Bool | Builtin::IsBool | Builtin::IsInt => Value::Boolean(false),
+            _ => Value::String(Cow::Borrowed("")),
+        }
+    }
+}
+
+/// Byte offset of the `n`th character (or the end).
+fn char_offset(s: &str, n: usize) -> usize {
+    s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
+}
+
+fn char_len(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// `s[range]`, still borrowed when `s` was.
+fn slice(s: Cow<'_, str>, start: usize, end: usize) -> Cow<'_, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[start..end]),
+        Cow::Owned(o) if start == 0 && end == o.len() => Cow::Owned(o),
+        Cow::Owned(o) => Cow::Owned(o[start..end].to_string()),
+    }
+}
+
+/// Evaluates a built-in call: arguments are evaluated left to right, then
+/// cast to the parameter types; a missing argument makes the call return
+/// the zero value of its return type.
+pub(crate) fn call<'a, E: EventAttributes + ?Sized>(
+    ctx: &mut Ctx<'a, '_, E>,
+    f: Builtin,
+    args: &'a [Expr],
+) -> Value<'a> {
+    match f {
+        Builtin::Concat => return concat(ctx, None, args),
+        Builtin::ConcatWs => {
+            let Some((sep, rest)) = args.split_first() else {
+                return f.zero();
+            };
+            return match ctx.eval(sep) {
+                Some(s) => concat(ctx, Some(cast_string(s)), rest),
+                None => {
+                    // Still evaluate the rest for their errors.
+                    let _ = concat(ctx, None, rest);
+                    f.zero()
+                }
+            };
+        }
+        _ => {}
+    }
+    // Fixed arity 1..=3 (guaranteed by `Function::resolve`).
+    let mut vals: [Option<Value<'a>>; 3] = [None, None, None];
+    let mut missing = false;
+    for (slot, arg) in vals.iter_mut().zip(args) {
+        *slot = ctx.eval(arg);
+        missing |= slot.is_none();
+    }
+    let [a, b, c] = vals;
+    let (Some(a), false) = (a, missing) else {
+        return f.zero();
+    };
+    match f {
+        Builtin::Length => {
+            let s = cast_string(a);
+            Value::Integer(i32::try_from(char_len(&s)).unwrap_or(i32::MAX))
+        }
+        Builtin::Lower => Value::String(Cow::Owned(cast_string(a).to_lowercase())),
+        Builtin::Upper => Value::String(Cow::Owned(cast_string(a).to_uppercase())),
+        Builtin::Trim => {
+            let s = cast_string(a);
+            let start = s.len() - s.trim_start().len();
+            let end = start + s.trim().len();
+            Value::String(slice(s, start, end))
+        }
+        Builtin::Left | Builtin::Right => {
+            let s = cast_string(a);
+            let n = b.map_or(0, |b| ctx.int(b));
+            Value::String(left_right(ctx, f, s, n))
+        }
+        Builtin::Substring | Builtin::SubstringLen => {
+            let s = cast_string(a);
+            let pos = b.map_or(0, |b| ctx.int(b));
+            let len = c.map(|c| ctx.int(c));
+            Value::String(substring(ctx, s, pos, len))
+        }
+        Builtin::Abs => {
+            let i = ctx.int(a);
+            Value::Integer(i.checked_abs().unwrap_or_else(|| {
+                ctx.error(ErrorKind::Math, || format!("ABS({i}) overflows"));
+                i32::MAX
+            }))
+        }
+        Builtin::Int => match a {
+            Value::String(s) => match parse_int(&s) {
+                Some(i) => Value::Integer(i),
+                None => {
+                    ctx.error(ErrorKind::Cast, || {
+                        format!("INT: cannot cast String '{s}' to Integer")
+                    });
+                    Value::Integer(0)
+                }
+            },
+            other => Value::Integer(ctx.int(other)),
+        },
+        Builtin::Bool => match a {
+            Value::Integer(i) => Value::Boolean(i != 0),
+            Value::String(s) => match parse_bool(&s) {
+                Some(b) => Value::Boolean(b),
+                None => {
+                    ctx.error(ErrorKind::Cast, || {
+                        format!("BOOL: cannot cast String '{s}' to Boolean")
+                    });
+                    Value::Boolean(false)
+                }
+            },
+            Value::Boolean(b) => Value::Boolean(b),
+        },
+        Builtin::String => Value::String(cast_string(a)),
+        Builtin::IsBool => Value::Boolean(match &a {
+            Value::Boolean(_) => true,
+            Value::String(s) => parse_bool(s).is_some(),
+            Value::Integer(_) => false,
+        }),
+        Builtin::IsInt => Value::Boolean(match &a {
+            Value::Integer(_) => true,
+            Value::String(s) => parse_int(s).is_some(),
+            Value::Boolean(_) => false,
+        }),
+        Builtin::Concat | Builtin::ConcatWs => f.zero(),
+    }
+}
+
+/// CONCAT / CONCAT_WS: allocates only when two or more pieces are joined.
+fn concat<'a, E: EventAttributes + ?Sized>(
+    ctx: &mut Ctx<'a, '_, E>,
+    sep: Option<Cow<'a, str>>,
+    args: &'a [Expr],
+) -> Value<'a> {
+    let mut out: Option<Cow<'a, str>> = None;
+    let mut missing = false;
+    for arg in args {
+        let Some(v) = ctx.eval(arg) else {
+            missing = true;
+            continue;
+        };
+        let piece = cast_string(v);
+        out = Some(match out {
+            None => piece,
+            Some(acc) => {
+                let mut acc = acc.into_owned();
+                if let Some(sep) = &sep {
+                    acc.push_str(sep);
+                }
+                acc.push_str(&piece);
+                Cow::Owned(acc)
+            }
+        });
+    }
+    match out {
+        Some(s) if !missing => Value::String(s),
+        _ => Value::String(Cow::Borrowed("")),
+    }
+}
+
+fn left_right<'a, E: EventAttributes + ?Sized>(
+    ctx: &mut Ctx<'a, '_, E>,
+    f: Builtin,
+    s: Cow<'a, str>,
+    n: i32,
+) -> Cow<'a, str> {
+    let Ok(n) = usize::try_from(n) else {
+        ctx.error(ErrorKind::FunctionEvaluation, || {
+            format!("{}: length {n} is negative", f.name())
+        });
+        return s;
+    };
+    let len = char_len(&s);
+    if n >= len {
+        return s;
+    }
+    if f == Builtin::Left {
+        let end = char_offset(&s, n);
+        slice(s, 0, end)
+    } else {
+        let start = char_offset(&s, len - n);
+        let end = s.len();
+        slice(s, start, end)
+    }
+}
+
+fn substring<'a, E: EventAttributes + ?Sized>(
+    ctx: &mut Ctx<'a, '_, E>,
+    s: Cow<'a, str>,
+    pos: i32,
+    len: Option<i32>,
+) -> Cow<'a, str> {
+    let n = char_len(&s) as i64;
+    let p = i64::from(pos);
+    if p > n || p < -n {
+        ctx.error(ErrorKind::FunctionEvaluation, || {
+            format!("SUBSTRING: position {pos} is out of range for a string of length {n}")
+        });
+        return Cow::Borrowed("");
+    }
+    if let Some(l) = len.filter(|l| *l < 0) {
+        ctx.error(ErrorKind::FunctionEvaluation, || {
+            format!("SUBSTRING: length {l} is negative")
+        });
+        return Cow::Borrowed("");
+    }
+    if p == 0 {
+        return Cow::Borrowed("");
+    }
+    // Character indices, 0-based, within 0..=n.
+    let begin = if p > 0 { p - 1 } else { n + p };
+    let end = len.map_or(n, |l| (begin + i64::from(l)).min(n));
+    let (begin, end) = (begin as usize, end as usize);
+    let start_byte = char_offset(&s, begin);
+    let end_byte = start_byte + char_offset(&s[start_byte..], end - begin);
+    slice(s, start_byte, end_byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::MapEvent;
+    use super::super::{ErrorKind, Expression, Value};
+    use super::{Builtin, Function};
+
+    fn run(src: &str) -> (Value<'static>, Vec<ErrorKind>) {
+        let e = Expression::parse(src).unwrap_or_else(|err| panic!("{src}: {err}"));
+        let ev = MapEvent::new().with("s", "  héllo wörld ");
+        let r = e.evaluate(&ev);
+        let kinds = r.errors().iter().map(|e| e.kind()).collect();
+        (r.value().clone().into_owned(), kinds)
+    }
+
+    fn s(v: &str) -> Value<'static> {
+        Value::String(v.to_string().into())
+    }
+
+    #[test]
+    fn resolution() {
+        assert_eq!(Function::resolve("concat_ws", 1), Function::Builtin(Builtin::ConcatWs));
+        assert_eq!(Function::resolve("Concat", 0), Function::Builtin(Builtin::Concat));
+        assert_eq!(Function::resolve("substring", 3), Function::Builtin(Builtin::SubstringLen));
+        assert_eq!(Function::resolve("concat_ws", 0), Function::Unknown("CONCAT_WS".into()));
+        assert_eq!(Function::resolve("abs", 2), Function::Unknown("ABS".into()));
+    }
+
+    #[test]
+    fn unicode_strings() {
+        assert_eq!(run("LENGTH(s)"), (Value::Integer(14), vec![]));
+        assert_eq!(run("TRIM(s)"), (s("héllo wörld"), vec![]));
+        assert_eq!(run("LEFT(TRIM(s), 2)"), (s("hé"), vec![]));
+        assert_eq!(run("RIGHT(TRIM(s), 3)"), (s("rld"), vec![]));
+        assert_eq!(run("SUBSTRING(TRIM(s), 2, 4)"), (s("éllo"), vec![]));
+        assert_eq!(run("SUBSTRING(TRIM(s), -5)"), (s("wörld"), vec![]));
+        assert_eq!(run("UPPER(s)"), (s("  HÉLLO WÖRLD "), vec![]));
+        assert_eq!(run("LOWER('ÀB')"), (s("àb"), vec![]));
+    }
+
+    #[test]
+    fn casts_and_errors() {
+        use ErrorKind::{Cast, FunctionEvaluation as FE, MissingFunction};
+        assert_eq!(run("CONCAT_WS('-', 1, TRUE, 'x')"), (s("1-true-x"), vec![]));
+        assert_eq!(run("LEFT('abc', 'x')"), (s(""), vec![Cast]));
+        assert_eq!(run("SUBSTRING('abc', 1, -1)"), (s(""), vec![FE]));
+        assert_eq!(run("SUBSTRING('abc', 2, 100)"), (s("bc"), vec![]));
+        assert_eq!(run("SUBSTRING('abc', -3, 1)"), (s("a"), vec![]));
+        assert_eq!(run("SUBSTRING('abc', -4)"), (s(""), vec![FE]));
+        assert_eq!(run("IS_BOOL('True')"), (Value::Boolean(true), vec![]));
+        assert_eq!(run("IS_BOOL(1)"), (Value::Boolean(false), vec![]));
+        assert_eq!(run("IS_INT('-12')"), (Value::Boolean(true), vec![]));
+        assert_eq!(run("IS_INT(TRUE)"), (Value::Boolean(false), vec![]));
+        assert_eq!(run("IS_INT('1.5')"), (Value::Boolean(false), vec![]));
+        assert_eq!(run("IS_STRING('a')"), (Value::Boolean(false), vec![MissingFunction]));
+        assert_eq!(run("ABS('-3')"), (Value::Integer(3), vec![]));
+        assert_eq!(run("STRING(-12)"), (s("-12"), vec![]));
+    }
+}
