@@ -121,6 +121,10 @@ impl ServerConfig {
             let line = e.inner().location().map(|l| l.line());
             let field = e.path().to_string();
             let msg = crate::manifest::strip_location(&e.inner().to_string());
+            let msg = msg
+                .strip_prefix(&format!("{field}: "))
+                .map(str::to_owned)
+                .unwrap_or(msg);
             match line {
                 Some(l) => anyhow::anyhow!("{}: line {l}: {field}: {msg}", path.display()),
                 None => anyhow::anyhow!("{}: {field}: {msg}", path.display()),

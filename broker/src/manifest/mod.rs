@@ -292,7 +292,13 @@ fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TypedError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let line = e.inner().location().map(|l| l.line());
         let path = e.path().to_string();
-        (line, path, strip_location(&e.inner().to_string()))
+        let msg = strip_location(&e.inner().to_string());
+        // serde_yaml may already start its message with the path.
+        let msg = msg
+            .strip_prefix(&format!("{path}: "))
+            .map(str::to_owned)
+            .unwrap_or(msg);
+        (line, path, msg)
     })
 }
 
@@ -322,6 +328,11 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("expected a string"), "{msg}");
+        assert_eq!(
+            msg.matches("spec.filter.attributes.type").count(),
+            1,
+            "{msg}"
+        );
     }
 
     #[test]

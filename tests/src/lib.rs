@@ -1,0 +1,434 @@
+//! The end-to-end harness: starts the real `cemesh` binary on free ports with a
+//! temporary config dir, and real HTTP subscribers on 127.0.0.1 that record what they
+//! receive.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use cemesh_proto::Event;
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt as _;
+
+/// The `cemesh` binary: `$CEMESH_BIN`, or the one in this test's target dir. Without
+/// `$CEMESH_BIN` it is (re)built once per test run, so a test never runs a stale
+/// binary (a no-op when the test script built everything first).
+pub fn cemesh_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("CEMESH_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/e2e-<hash> -> target/<profile>/cemesh
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "-p", "cemesh-broker", "--bin", "cemesh"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of cemesh failed");
+        profile_dir.join(format!("cemesh{}", std::env::consts::EXE_SUFFIX))
+    })
+    .clone()
+}
+
+/// A running `cemesh serve`.
+pub struct Cemesh {
+    child: Option<Child>,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<String>>,
+    dir: PathBuf,
+    args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// How to start a `cemesh serve`.
+pub struct CemeshBuilder {
+    files: Vec<(String, String)>,
+    args: Vec<String>,
+    channel: String,
+}
+
+impl Default for CemeshBuilder {
+    fn default() -> Self {
+        CemeshBuilder {
+            files: Vec::new(),
+            args: Vec::new(),
+            channel: "memory".into(),
+        }
+    }
+}
+
+impl CemeshBuilder {
+    /// Adds a file to the config dir.
+    pub fn manifest(mut self, name: &str, text: &str) -> Self {
+        self.files.push((name.to_owned(), text.to_owned()));
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    pub fn channel(mut self, c: &str) -> Self {
+        self.channel = c.to_owned();
+        self
+    }
+
+    fn prepare(&self) -> (tempfile::TempDir, Vec<String>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = tmp.path().join("config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        for (name, text) in &self.files {
+            std::fs::write(config.join(name), text).expect("write manifest");
+        }
+        let mut args = vec![
+            "serve".to_owned(),
+            "--config-dir".into(),
+            config.display().to_string(),
+            "--data-dir".into(),
+            tmp.path().join("data").display().to_string(),
+            "--ingress-addr".into(),
+            "127.0.0.1:0".into(),
+            "--admin-addr".into(),
+            "127.0.0.1:0".into(),
+            "--channel".into(),
+            self.channel.clone(),
+        ];
+        args.extend(self.args.iter().cloned());
+        (tmp, args)
+    }
+
+    /// Starts the broker and waits for its "listening" line.
+    pub fn start(self) -> Cemesh {
+        let (tmp, args) = self.prepare();
+        let dir = tmp.path().to_owned();
+        let mut c = Cemesh {
+            child: None,
+            ingress: ([0, 0, 0, 0], 0).into(),
+            admin: ([0, 0, 0, 0], 0).into(),
+            logs: Arc::default(),
+            dir,
+            args,
+            _tmp: Some(tmp),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Runs a broker that is expected to fail at start-up; returns its stderr.
+    pub fn start_expect_failure(self) -> String {
+        let (_tmp, args) = self.prepare();
+        let out = Command::new(cemesh_bin())
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cemesh");
+        assert!(
+            !out.status.success(),
+            "cemesh started although it should have failed"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Cemesh {
+    pub fn builder() -> CemeshBuilder {
+        CemeshBuilder::default()
+    }
+
+    /// Starts a broker with one manifest file.
+    pub fn start(manifests: &str) -> Cemesh {
+        Self::builder().manifest("mesh.yaml", manifests).start()
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(cemesh_bin())
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("CEMESH_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cemesh");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = self.logs.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("cemesh listening") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                let mut l = logs.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cemesh did not start; logs:\n{}", self.logs());
+            }
+        };
+        self.ingress = field(&line, "ingress=").parse().expect("ingress addr");
+        self.admin = field(&line, "admin=").parse().expect("admin addr");
+        self.child = Some(child);
+    }
+
+    /// The ingress URL of a broker.
+    pub fn broker_url(&self, namespace: &str, broker: &str) -> String {
+        format!("http://{}/{namespace}/{broker}", self.ingress)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Everything the broker logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The temp dir holding `config/` and `data/`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops with SIGTERM and waits for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().expect("wait")
+    }
+
+    /// Starts the same configuration again (same dirs; ports may change).
+    pub fn restart(&mut self) {
+        self.kill9();
+        for a in self.args.iter_mut() {
+            if a.starts_with("127.0.0.1:") {
+                *a = "127.0.0.1:0".into();
+            }
+        }
+        self.spawn();
+    }
+
+    /// Waits until the logs contain `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Cemesh {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(key)
+        .map(|i| i + key.len())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+    line[start..].split_whitespace().next().unwrap_or("")
+}
+
+/// One request a subscriber received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The decoded event (None if it was not a valid CloudEvent).
+    pub event: Option<Event>,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct SubState {
+    received: Mutex<Vec<Received>>,
+    status: AtomicU16,
+    notify: tokio::sync::Notify,
+}
+
+/// A real HTTP subscriber on 127.0.0.1 that records every request.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub addr: SocketAddr,
+    state: Arc<SubState>,
+}
+
+impl Subscriber {
+    /// Starts a subscriber answering 202.
+    pub async fn start() -> Subscriber {
+        let state = Arc::new(SubState::default());
+        state.status.store(202, Ordering::SeqCst);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Subscriber { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Sets the status code answered from now on.
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Waits until at least `n` requests arrived (or the timeout passed) and returns
+    /// what arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            if self.count() >= n {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.received()
+    }
+
+    /// Waits `quiet` and returns everything received; for asserting nothing more
+    /// arrives.
+    pub async fn settle(&self, quiet: Duration) -> Vec<Received> {
+        tokio::time::sleep(quiet).await;
+        self.received()
+    }
+}
+
+async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoResponse {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let event = cemesh_proto::http::decode(&parts.headers, body.clone())
+        .ok()
+        .and_then(|mut v| v.pop());
+    state
+        .received
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Received {
+            headers: parts.headers,
+            body,
+            event,
+            at: Instant::now(),
+        });
+    state.notify.notify_waiters();
+    StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::ACCEPTED)
+}
+
+/// A Broker manifest.
+pub fn broker_yaml(name: &str) -> String {
+    format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n")
+}
+
+/// A Trigger manifest with an attributes filter (`filter` as `key: value` pairs).
+pub fn trigger_yaml(name: &str, broker: &str, subscriber: &str, filter: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  broker: {broker}\n  subscriber:\n    uri: {subscriber}\n"
+    );
+    if !filter.is_empty() {
+        s.push_str("  filter:\n    attributes:\n");
+        for (k, v) in filter {
+            s.push_str(&format!("      {k}: \"{v}\"\n"));
+        }
+    }
+    s
+}
+
+/// Joins manifests into one multi-document file.
+pub fn docs(parts: &[String]) -> String {
+    parts.join("---\n")
+}
+
+/// A shared HTTP client for tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client")
+}
+
+/// POSTs a binary-mode event.
+pub async fn post_binary(client: &reqwest::Client, url: &str, event: &Event) -> reqwest::Response {
+    let mut headers = HeaderMap::new();
+    let body = cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
+    client
+        .post(url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("POST")
+}
