@@ -27,6 +27,8 @@ pub enum Command {
     /// Run a subscriber that prints every event it receives (like Knative's
     /// event-display).
     Display(DisplayArgs),
+    /// Measure throughput and latency against a bare-forwarder baseline.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! (channels behind the ingress) and triggers (delivery loops in the dispatcher).
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod display;
@@ -29,6 +30,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Serve(args) => serve::run(serve::settings(&args)?).await,
             Command::Send(args) => send::run(args).await,
             Command::Display(args) => display::run(args.addr).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

@@ -1,10 +1,12 @@
 //! `cemesh serve`: load manifests, bind, run the mesh until SIGINT/SIGTERM, then stop
 //! gracefully (no new events accepted, in-flight deliveries finish).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
@@ -57,7 +59,28 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
     })
 }
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// A running broker: what `cemesh serve` runs, embeddable (the benchmark uses it).
+pub struct Server {
+    pub ingress_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: CancellationToken,
+    ingress_task: JoinHandle<std::io::Result<()>>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+    mesh: Mesh,
+}
+
+impl Server {
+    /// Stops gracefully: no new events accepted, in-flight deliveries finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let _ = self.ingress_task.await;
+        self.mesh.shutdown().await;
+        let _ = self.admin_task.await;
+    }
+}
+
+/// Loads manifests, binds both listeners and starts every broker and trigger.
+pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let (resources, errors) = load_dir(&settings.config_dir);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -107,20 +130,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 .await
         })
     };
+    Ok(Server {
+        ingress_addr,
+        admin_addr,
+        stop,
+        ingress_task,
+        admin_task,
+        mesh,
+    })
+}
+
+/// `cemesh serve`: start, announce the addresses, run until SIGINT/SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let server = start(settings.clone()).await?;
     tracing::info!(
-        ingress = %ingress_addr,
-        admin = %admin_addr,
+        ingress = %server.ingress_addr,
+        admin = %server.admin_addr,
         config_dir = %settings.config_dir.display(),
         channel = settings.channel.as_str(),
         "cemesh listening"
     );
-
     shutdown_signal().await;
     tracing::info!("Shutting down");
-    stop.cancel();
-    let _ = ingress_task.await;
-    mesh.shutdown().await;
-    let _ = admin_task.await;
+    server.shutdown().await;
     tracing::info!("Stopped");
     Ok(())
 }

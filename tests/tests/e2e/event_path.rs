@@ -605,6 +605,7 @@ async fn send_and_display_subcommands_work_together() {
     });
     let printed = reader.join().unwrap();
     let _ = display.kill();
+    let _ = display.wait();
     assert!(printed.contains("☁️  cloudevents.Event"), "{printed}");
     assert!(printed.contains("  id: cli-1"), "{printed}");
     assert!(printed.contains("  type: com.example.hello"), "{printed}");
