@@ -136,27 +136,28 @@ fn from_raw_map(mut map: RawMap) -> Result<Event, EventError> {
         check_name(&name)?;
         let value: Value = serde_json::from_str(raw.get())
             .map_err(|e| EventError::attr(name.as_str(), format!("{name}: {e}")))?;
-        let value =
-            match value {
-                Value::Null => continue,
-                Value::Bool(b) => AttributeValue::Boolean(b),
-                Value::String(s) => AttributeValue::String(s),
-                Value::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
-                    Some(i) => AttributeValue::Integer(i),
-                    None => {
-                        return Err(EventError::attr(
-                            name.as_str(),
-                            format!("extension {name}: {n} is not a 32-bit integer"),
-                        ))
-                    }
-                },
-                Value::Array(_) | Value::Object(_) => return Err(EventError::attr(
+        let value = match value {
+            Value::Null => continue,
+            Value::Bool(b) => AttributeValue::Boolean(b),
+            Value::String(s) => AttributeValue::String(s),
+            Value::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+                Some(i) => AttributeValue::Integer(i),
+                None => {
+                    return Err(EventError::attr(
+                        name.as_str(),
+                        format!("extension {name}: {n} is not a 32-bit integer"),
+                    ))
+                }
+            },
+            Value::Array(_) | Value::Object(_) => {
+                return Err(EventError::attr(
                     name.as_str(),
                     format!(
                         "extension {name}: arrays and objects are not CloudEvents attribute values"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         extensions.push((name, value));
     }
 

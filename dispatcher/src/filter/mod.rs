@@ -1,6 +1,7 @@
 //! Trigger filters, compiled once when a trigger is loaded. A compiled filter cannot be
 //! invalid: every check happens in the constructors, so evaluation never fails.
 
+pub mod cesql;
 mod exact;
 
 use cemesh_proto::Event;

@@ -3,16 +3,17 @@
 //! Every operator is total: on an error it records it and goes on with the
 //! spec's default value. Two rules shape the code:
 //!
-//! * A missing attribute evaluates to `None` (after recording a
-//!   `missingAttribute` error). The operator or function that receives a
-//!   `None` operand returns the zero value of *its own* return type (CESQL
-//!   3.2): `missing = 2` is `false`, `-missing` is `0`, `NOT missing` is
-//!   `false`, `1 / missing` is `0` without a division error. A bare missing
-//!   attribute at the top level is `false`.
-//! * A failed implicit cast records a `cast` error and yields the target
-//!   type's zero value, and the operator proceeds with it (`NOT 10` is
-//!   `true`, per the TCK). For the ambiguous `=`/`!=` and for `IN`, a failed
-//!   cast makes the comparison false (CESQL 3.7).
+//! * An operand that raised an error (a missing attribute, a division by
+//!   zero, a failed cast, ...) makes the operator or function consuming it
+//!   return the zero value of *its own* return type, without evaluating
+//!   further operands (CESQL 3.2 for missing attributes, and the TCK's
+//!   `true AND (1 != 1 / 0)` is `false`): `missing = 2` is `false`,
+//!   `-missing` is `0`, `NOT missing` is `false`, `1 / missing` is `0`
+//!   without a division error. A bare missing attribute is `false`.
+//! * An operator's *own* failed implicit cast records a `cast` error and
+//!   yields the target type's zero value, and the operator proceeds with it
+//!   (`NOT 10` is `true`, per the TCK). For the ambiguous `=`/`!=` and for
+//!   `IN`, a failed cast makes the comparison false (CESQL 3.7).
 //!
 //! Strings are `Cow`s borrowed from the expression or the event; only
 //! functions that build new text (CONCAT, LOWER, ...) and Integer-to-String
@@ -33,22 +34,25 @@ enum Sink<'s> {
 pub(crate) struct Ctx<'a, 's, E: ?Sized> {
     event: &'a E,
     sink: Sink<'s>,
+    /// Errors raised so far; a subtree failed iff this grew while it ran.
+    raised: usize,
 }
 
+/// Evaluates `root`, appending every error to `errors`.
 pub(crate) fn evaluate<'a, E: EventAttributes + ?Sized>(
     root: &'a Expr,
     event: &'a E,
-    errors: Option<&mut Vec<EvalError>>,
+    errors: &mut Vec<EvalError>,
 ) -> Value<'a> {
-    let mut dummy = false;
-    let sink = match errors {
-        Some(v) => Sink::Collect(v),
-        None => Sink::Flag(&mut dummy),
+    let mut ctx = Ctx {
+        event,
+        sink: Sink::Collect(errors),
+        raised: 0,
     };
-    let mut ctx = Ctx { event, sink };
-    ctx.eval(root).unwrap_or(Value::Boolean(false))
+    ctx.node(root)
 }
 
+/// Evaluates `root`, only setting `failed` on errors (no messages built).
 pub(crate) fn evaluate_flag<'a, E: EventAttributes + ?Sized>(
     root: &'a Expr,
     event: &'a E,
@@ -57,8 +61,9 @@ pub(crate) fn evaluate_flag<'a, E: EventAttributes + ?Sized>(
     let mut ctx = Ctx {
         event,
         sink: Sink::Flag(failed),
+        raised: 0,
     };
-    ctx.eval(root).unwrap_or(Value::Boolean(false))
+    ctx.node(root)
 }
 
 /// An `i32` formatted on the stack, for Integer-to-String comparisons.
@@ -145,6 +150,7 @@ fn cast_eq(target: &Value<'_>, other: &Value<'_>) -> Option<bool> {
 impl<'a, E: EventAttributes + ?Sized> Ctx<'a, '_, E> {
     /// Records an error; the message is only built when errors are collected.
     pub(crate) fn error(&mut self, kind: ErrorKind, message: impl FnOnce() -> String) {
+        self.raised += 1;
         match &mut self.sink {
             Sink::Collect(v) => v.push(EvalError::new(kind, message())),
             Sink::Flag(f) => **f = true,
@@ -193,21 +199,30 @@ impl<'a, E: EventAttributes + ?Sized> Ctx<'a, '_, E> {
         }
     }
 
-    /// Evaluates a node; `None` means "a missing attribute, already reported".
+    /// Evaluates an operand: `None` when it raised an error (already
+    /// reported), in which case the caller returns its own zero value.
     pub(crate) fn eval(&mut self, e: &'a Expr) -> Option<Value<'a>> {
-        Some(match e {
+        let before = self.raised;
+        let v = self.node(e);
+        (self.raised == before).then_some(v)
+    }
+
+    /// A node's value, even when it raised errors (the top-level result).
+    fn node(&mut self, e: &'a Expr) -> Value<'a> {
+        match e {
             Expr::Literal(Literal::Bool(b)) => Value::Boolean(*b),
             Expr::Literal(Literal::Int(i)) => Value::Integer(*i),
             Expr::Literal(Literal::Str(s)) => Value::String(Cow::Borrowed(s)),
-            Expr::Attribute(name) => {
-                let v = self.event.attribute(name);
-                if v.is_none() {
+            Expr::Attribute(name) => match self.event.attribute(name) {
+                Some(v) => v,
+                None => {
                     self.error(ErrorKind::MissingAttribute, || {
                         format!("attribute '{name}' is not present on the event")
                     });
+                    // The type is unknown: the spec says assume Boolean.
+                    Value::Boolean(false)
                 }
-                return v;
-            }
+            },
             Expr::Exists(name) => Value::Boolean(self.event.has_attribute(name)),
             Expr::Not(inner) => match self.eval(inner) {
                 Some(v) => Value::Boolean(!self.boolean(v)),
@@ -249,13 +264,13 @@ impl<'a, E: EventAttributes + ?Sized> Ctx<'a, '_, E> {
                     Value::Boolean(false)
                 }
             },
-        })
+        }
     }
 
     fn binary(&mut self, op: BinaryOp, left: &'a Expr, right: &'a Expr) -> Value<'a> {
         match op {
             BinaryOp::And | BinaryOp::Or => {
-                // Short-circuit (CESQL 3.4.2); a missing operand makes the
+                // Short-circuit (CESQL 3.4.2); a failed operand makes the
                 // whole operation false.
                 let Some(l) = self.eval(left) else {
                     return Value::Boolean(false);
@@ -270,9 +285,10 @@ impl<'a, E: EventAttributes + ?Sized> Ctx<'a, '_, E> {
                 }
             }
             _ => {
-                let l = self.eval(left);
-                let r = self.eval(right);
-                let (Some(l), Some(r)) = (l, r) else {
+                let Some(l) = self.eval(left) else {
+                    return zero_of(op);
+                };
+                let Some(r) = self.eval(right) else {
                     return zero_of(op);
                 };
                 self.strict_binary(op, l, r)
@@ -417,12 +433,21 @@ mod tests {
         assert_eq!(err("65536 * 65536"), (Value::Integer(0), vec![Math]));
         assert_eq!(err("-2147483648 / -1"), (Value::Integer(0), vec![Math]));
         assert_eq!(val("-2147483648 % -1"), Value::Integer(0));
-        assert_eq!(err("-(-2147483648)"), (Value::Integer(i32::MAX), vec![Math]));
-        assert_eq!(err("ABS(-2147483648)"), (Value::Integer(i32::MAX), vec![Math]));
+        assert_eq!(
+            err("-(-2147483648)"),
+            (Value::Integer(i32::MAX), vec![Math])
+        );
+        assert_eq!(
+            err("ABS(-2147483648)"),
+            (Value::Integer(i32::MAX), vec![Math])
+        );
         assert_eq!(val("-7 / 2"), Value::Integer(-3));
         assert_eq!(val("-7 % 2"), Value::Integer(-1));
         assert_eq!(val("7 % -2"), Value::Integer(1));
-        assert_eq!(err("INT('2147483648')"), (Value::Integer(0), vec![ErrorKind::Cast]));
+        assert_eq!(
+            err("INT('2147483648')"),
+            (Value::Integer(0), vec![ErrorKind::Cast])
+        );
         assert_eq!(val("INT('+42')"), Value::Integer(42));
     }
 
@@ -432,11 +457,23 @@ mod tests {
         assert_eq!(val("5 = '5'"), Value::Boolean(true));
         assert_eq!(val("'05' = 5"), Value::Boolean(true));
         assert_eq!(val("5 = '05'"), Value::Boolean(false));
-        assert_eq!(err("1 = TRUE"), (Value::Boolean(false), vec![ErrorKind::Cast]));
-        assert_eq!(err("'abc' = 1"), (Value::Boolean(false), vec![ErrorKind::Cast]));
-        assert_eq!(err("'abc' != 1"), (Value::Boolean(false), vec![ErrorKind::Cast]));
+        assert_eq!(
+            err("1 = TRUE"),
+            (Value::Boolean(false), vec![ErrorKind::Cast])
+        );
+        assert_eq!(
+            err("'abc' = 1"),
+            (Value::Boolean(false), vec![ErrorKind::Cast])
+        );
+        assert_eq!(
+            err("'abc' != 1"),
+            (Value::Boolean(false), vec![ErrorKind::Cast])
+        );
         assert_eq!(val("TRUE = 1"), Value::Boolean(true));
-        assert_eq!(err("1 AND TRUE"), (Value::Boolean(false), vec![ErrorKind::Cast]));
+        assert_eq!(
+            err("1 AND TRUE"),
+            (Value::Boolean(false), vec![ErrorKind::Cast])
+        );
         assert_eq!(err("'x' + 1"), (Value::Integer(1), vec![ErrorKind::Cast]));
         assert_eq!(val("BOOL(2) AND 'TRUE'"), Value::Boolean(true));
         assert_eq!(val("-10 LIKE '-1_'"), Value::Boolean(true));
@@ -447,8 +484,20 @@ mod tests {
     fn missing_attributes() {
         use ErrorKind::MissingAttribute as M;
         assert_eq!(err("missing"), (Value::Boolean(false), vec![M]));
-        assert_eq!(err("NOT (missing = 1)"), (Value::Boolean(true), vec![M]));
-        assert_eq!(err("missing NOT LIKE 'a'"), (Value::Boolean(false), vec![M]));
+        assert_eq!(err("NOT (missing = 1)"), (Value::Boolean(false), vec![M]));
+        assert_eq!(
+            err("NOT (1 / 0 = 0)"),
+            (Value::Boolean(false), vec![ErrorKind::Math])
+        );
+        assert_eq!(
+            err("NOT NOT 10"),
+            (Value::Boolean(false), vec![ErrorKind::Cast])
+        );
+        assert_eq!(err("missing / 0 + 1"), (Value::Integer(0), vec![M]));
+        assert_eq!(
+            err("missing NOT LIKE 'a'"),
+            (Value::Boolean(false), vec![M])
+        );
         assert_eq!(err("missing NOT IN (1)"), (Value::Boolean(false), vec![M]));
         assert_eq!(err("1 IN (missing, 1)"), (Value::Boolean(false), vec![M]));
         assert_eq!(val("1 IN (1, missing)"), Value::Boolean(true));
@@ -470,7 +519,8 @@ mod tests {
         assert_eq!(run("n + 1", &ev).0, Value::Integer(11));
         assert_eq!(run("n = '10'", &ev).0, Value::Boolean(true));
         assert_eq!(run("b AND n > 5", &ev).0, Value::Boolean(true));
-        assert_eq!(run("b = 'TRUE'", &ev).0, Value::Boolean(true));
+        assert_eq!(run("b = 'TRUE'", &ev).0, Value::Boolean(false));
+        assert_eq!(run("'TRUE' = b", &ev).0, Value::Boolean(true));
         assert_eq!(run("n IN ('9', '10')", &ev).0, Value::Boolean(true));
     }
 

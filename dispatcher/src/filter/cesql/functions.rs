@@ -116,8 +116,8 @@ fn slice(s: Cow<'_, str>, start: usize, end: usize) -> Cow<'_, str> {
 }
 
 /// Evaluates a built-in call: arguments are evaluated left to right, then
-/// cast to the parameter types; a missing argument makes the call return
-/// the zero value of its return type.
+/// cast to the parameter types; an argument that raised an error (e.g. a
+/// missing attribute) makes the call return its return type's zero value.
 pub(crate) fn call<'a, E: EventAttributes + ?Sized>(
     ctx: &mut Ctx<'a, '_, E>,
     f: Builtin,
@@ -131,24 +131,20 @@ pub(crate) fn call<'a, E: EventAttributes + ?Sized>(
             };
             return match ctx.eval(sep) {
                 Some(s) => concat(ctx, Some(cast_string(s)), rest),
-                None => {
-                    // Still evaluate the rest for their errors.
-                    let _ = concat(ctx, None, rest);
-                    f.zero()
-                }
+                None => f.zero(),
             };
         }
         _ => {}
     }
     // Fixed arity 1..=3 (guaranteed by `Function::resolve`).
     let mut vals: [Option<Value<'a>>; 3] = [None, None, None];
-    let mut missing = false;
     for (slot, arg) in vals.iter_mut().zip(args) {
-        *slot = ctx.eval(arg);
-        missing |= slot.is_none();
+        let Some(v) = ctx.eval(arg) else {
+            return f.zero();
+        };
+        *slot = Some(v);
     }
-    let [a, b, c] = vals;
-    let (Some(a), false) = (a, missing) else {
+    let [Some(a), b, c] = vals else {
         return f.zero();
     };
     match f {
@@ -229,11 +225,9 @@ fn concat<'a, E: EventAttributes + ?Sized>(
     args: &'a [Expr],
 ) -> Value<'a> {
     let mut out: Option<Cow<'a, str>> = None;
-    let mut missing = false;
     for arg in args {
         let Some(v) = ctx.eval(arg) else {
-            missing = true;
-            continue;
+            return Value::String(Cow::Borrowed(""));
         };
         let piece = cast_string(v);
         out = Some(match out {
@@ -248,10 +242,7 @@ fn concat<'a, E: EventAttributes + ?Sized>(
             }
         });
     }
-    match out {
-        Some(s) if !missing => Value::String(s),
-        _ => Value::String(Cow::Borrowed("")),
-    }
+    Value::String(out.unwrap_or(Cow::Borrowed("")))
 }
 
 fn left_right<'a, E: EventAttributes + ?Sized>(
@@ -332,10 +323,22 @@ mod tests {
 
     #[test]
     fn resolution() {
-        assert_eq!(Function::resolve("concat_ws", 1), Function::Builtin(Builtin::ConcatWs));
-        assert_eq!(Function::resolve("Concat", 0), Function::Builtin(Builtin::Concat));
-        assert_eq!(Function::resolve("substring", 3), Function::Builtin(Builtin::SubstringLen));
-        assert_eq!(Function::resolve("concat_ws", 0), Function::Unknown("CONCAT_WS".into()));
+        assert_eq!(
+            Function::resolve("concat_ws", 1),
+            Function::Builtin(Builtin::ConcatWs)
+        );
+        assert_eq!(
+            Function::resolve("Concat", 0),
+            Function::Builtin(Builtin::Concat)
+        );
+        assert_eq!(
+            Function::resolve("substring", 3),
+            Function::Builtin(Builtin::SubstringLen)
+        );
+        assert_eq!(
+            Function::resolve("concat_ws", 0),
+            Function::Unknown("CONCAT_WS".into())
+        );
         assert_eq!(Function::resolve("abs", 2), Function::Unknown("ABS".into()));
     }
 
@@ -365,7 +368,10 @@ mod tests {
         assert_eq!(run("IS_INT('-12')"), (Value::Boolean(true), vec![]));
         assert_eq!(run("IS_INT(TRUE)"), (Value::Boolean(false), vec![]));
         assert_eq!(run("IS_INT('1.5')"), (Value::Boolean(false), vec![]));
-        assert_eq!(run("IS_STRING('a')"), (Value::Boolean(false), vec![MissingFunction]));
+        assert_eq!(
+            run("IS_STRING('a')"),
+            (Value::Boolean(false), vec![MissingFunction])
+        );
         assert_eq!(run("ABS('-3')"), (Value::Integer(3), vec![]));
         assert_eq!(run("STRING(-12)"), (s("-12"), vec![]));
     }

@@ -20,6 +20,30 @@
 //! `tests/cesql_tck.rs`): every operator is total, errors are collected next
 //! to the value instead of aborting, and a missing attribute makes the
 //! operator (or function) that consumes it return its type's zero value.
+//!
+//! Where the spec, its grammar and its TCK leave room, this implementation
+//! decides (each choice is pinned by a unit test):
+//!
+//! * `AND`, `OR` and `XOR` share one precedence level and associate left
+//!   (spec 3.6 "left to right"; the ANTLR grammar marks them right-assoc).
+//!   `NOT` and unary `-` bind tighter than `LIKE`/`IN` and every binary
+//!   operator, as in the grammar: `NOT a = b` is `(NOT a) = b`.
+//! * `5-3` is a subtraction; a sign directly before digits is part of the
+//!   literal (`-2147483648` is valid, `2147483648` is a parse error).
+//! * An operand that raised any error makes its consumer return its zero
+//!   value (the TCK's `true AND (1 != 1 / 0)` is `false`), but an
+//!   operator's own failed cast proceeds with the zero value (`NOT 10` is
+//!   `true` with a cast error, also from the TCK).
+//! * Integers are never implicitly Booleans (the TCK's `NOT 10`), in every
+//!   operator; `BOOL(10)` is `true`.
+//! * Integer overflow in `+ - * /` is a math error with value `0`; negating
+//!   or `ABS` of `-2147483648` gives `2147483647` and a math error.
+//! * String literals: `\'` / `\"` (and doubled quotes) give the quote, `\\`
+//!   gives `\`, any other `\x` is kept verbatim for `LIKE` (`\%`, `\_`).
+//! * `IN` short-circuits at the first equal element; a missing element
+//!   makes it `false`.
+//! * `INT`, `BOOL`, `STRING`, `IS_INT`, `IS_BOOL` (from the TCK and earlier
+//!   drafts) are provided besides the v1 built-ins.
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
@@ -295,7 +319,7 @@ impl Expression {
     /// "complete evaluation mode").
     pub fn evaluate<'a, E: EventAttributes + ?Sized>(&'a self, event: &'a E) -> Evaluation<'a> {
         let mut errors = Vec::new();
-        let value = eval::evaluate(&self.root, event, Some(&mut errors));
+        let value = eval::evaluate(&self.root, event, &mut errors);
         Evaluation { value, errors }
     }
 
