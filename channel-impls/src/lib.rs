@@ -18,9 +18,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cemesh_proto::Event;
 
+pub mod deadletter;
 pub mod memory;
+pub mod sled;
 
+pub use deadletter::{Attempt, DeadLetter, DeadLetterStore, MemoryDeadLetters};
 pub use memory::{MemoryChannel, MemoryConfig};
+pub use sled::{Durability, SledChannel, SledConfig, SledStore, SledStoreOptions};
 
 /// Where a record sits in a channel: a partition (0 for single-log channels) and an
 /// offset within it.

@@ -1,0 +1,501 @@
+//! The channel contract, run against every implementation: one generic test per
+//! property, instantiated for the memory channel and the sled channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cemesh_channels::{
+    Channel, ChannelError, MemoryChannel, MemoryConfig, Record, SledChannel, SledConfig, SledStore,
+    StartAt, Subscription,
+};
+use cemesh_proto::Event;
+
+/// Settings every implementation understands.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_records: u64,
+    retain_without_subscribers: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_records: 1_000_000,
+            retain_without_subscribers: 0,
+        }
+    }
+}
+
+/// Makes channels of one implementation.
+trait Factory {
+    type C: Channel + Clone;
+    fn make(&self, limits: Limits) -> Self::C;
+    /// Lets background work (retention) catch up.
+    async fn settle(&self, ch: &Self::C);
+}
+
+struct Memory;
+
+impl Factory for Memory {
+    type C = MemoryChannel;
+    fn make(&self, limits: Limits) -> MemoryChannel {
+        MemoryChannel::new(MemoryConfig {
+            max_records: limits.max_records as usize,
+            retain_without_subscribers: limits.retain_without_subscribers as usize,
+        })
+    }
+    async fn settle(&self, _ch: &MemoryChannel) {}
+}
+
+struct Sled {
+    _dir: tempfile::TempDir,
+    store: SledStore,
+    next_id: AtomicU64,
+}
+
+impl Sled {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open store");
+        Sled {
+            _dir: dir,
+            store,
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Factory for Sled {
+    type C = SledChannel;
+    fn make(&self, limits: Limits) -> SledChannel {
+        let id = format!("broker-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.store
+            .channel(
+                &id,
+                SledConfig {
+                    max_backlog_records: limits.max_records,
+                    retain_without_subscribers: limits.retain_without_subscribers,
+                    ..SledConfig::default()
+                },
+            )
+            .expect("open channel")
+    }
+    async fn settle(&self, ch: &SledChannel) {
+        ch.enforce_retention().await.expect("retention");
+    }
+}
+
+fn ev(id: impl Into<String>) -> Event {
+    let mut e = Event::new(id, "/contract", "test.event");
+    e.data = Some(bytes::Bytes::from_static(b"{\"hello\":\"world\"}"));
+    e
+}
+
+fn ids(records: &[Record]) -> Vec<String> {
+    records.iter().map(|r| r.event.id.clone()).collect()
+}
+
+const NOTHING_WAIT: Duration = Duration::from_millis(150);
+
+/// Reads until `n` records arrived (several `next` calls if needed).
+async fn read_n(sub: &dyn Subscription, n: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next(n - out.len()))
+            .await
+            .expect("records within 10s")
+            .expect("next");
+        assert!(!batch.is_empty(), "next returned an empty batch");
+        out.extend(batch);
+    }
+    out
+}
+
+async fn assert_nothing(sub: &dyn Subscription) {
+    if let Ok(r) = tokio::time::timeout(NOTHING_WAIT, sub.next(10)).await {
+        panic!("expected no record, got {:?}", r.map(|r| ids(&r)));
+    }
+}
+
+async fn append_ids<C: Channel>(ch: &C, ids: &[&str]) {
+    ch.append(ids.iter().map(|i| ev(*i)).collect())
+        .await
+        .expect("append");
+}
+
+// ---------------------------------------------------------------------------------
+// The contract
+
+async fn append_next_ack_watermark<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    append_ids(&ch, &["e0", "e1", "e2"]).await;
+    append_ids(&ch, &["e3", "e4"]).await;
+    let recs = read_n(&*sub, 5).await;
+    assert_eq!(ids(&recs), ["e0", "e1", "e2", "e3", "e4"]);
+    for w in recs.windows(2) {
+        assert!(w[0].position < w[1].position);
+    }
+    assert_eq!(ch.lag("a").await.unwrap(), 5);
+    // Out of order: the watermark only moves over a contiguous prefix.
+    sub.ack(recs[1].position).await.unwrap();
+    sub.ack(recs[3].position).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 5);
+    sub.ack(recs[0].position).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 3);
+    sub.ack(recs[2].position).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 1);
+    sub.ack(recs[4].position).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    // Acking twice is harmless.
+    sub.ack(recs[4].position).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    assert_nothing(&*sub).await;
+}
+
+async fn next_respects_max_and_waits<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let waiter = {
+        let sub = sub.clone();
+        tokio::spawn(async move { sub.next(2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    append_ids(&ch, &["e0", "e1", "e2"]).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by append")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&first), ["e0", "e1"]);
+    let rest = sub.next(100).await.unwrap();
+    assert_eq!(ids(&rest), ["e2"]);
+}
+
+async fn reopen_redelivers_after_watermark<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    append_ids(&ch, &["e0", "e1", "e2", "e3", "e4"]).await;
+    let recs = read_n(&*sub, 5).await;
+    for i in [0, 1, 3] {
+        sub.ack(recs[i].position).await.unwrap();
+    }
+    drop(sub);
+    // `start` is ignored for an existing subscription.
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let again = read_n(&*sub, 3).await;
+    assert_eq!(ids(&again), ["e2", "e3", "e4"]);
+    assert_eq!(again[0].position, recs[2].position);
+    assert_eq!(ch.lag("a").await.unwrap(), 3);
+    assert_nothing(&*sub).await;
+}
+
+async fn start_at<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    // Keeps everything retained.
+    let _keeper = ch.subscribe("keeper", StartAt::Earliest).await.unwrap();
+    append_ids(&ch, &["e0", "e1", "e2"]).await;
+
+    let earliest = ch.subscribe("earliest", StartAt::Earliest).await.unwrap();
+    let latest = ch.subscribe("latest", StartAt::Latest).await.unwrap();
+    let recs = read_n(&*earliest, 3).await;
+    assert_eq!(ids(&recs), ["e0", "e1", "e2"]);
+    let second = recs[1].position.offset;
+    let at = ch
+        .subscribe("offset", StartAt::Offset(second))
+        .await
+        .unwrap();
+    let past = ch
+        .subscribe("past-end", StartAt::Offset(u64::MAX))
+        .await
+        .unwrap();
+    let before = ch
+        .subscribe("before-start", StartAt::Offset(0))
+        .await
+        .unwrap();
+    assert_eq!(ch.lag("latest").await.unwrap(), 0);
+    assert_eq!(ch.lag("offset").await.unwrap(), 2);
+    assert_nothing(&*latest).await;
+
+    append_ids(&ch, &["e3"]).await;
+    assert_eq!(ids(&read_n(&*latest, 1).await), ["e3"]);
+    assert_eq!(ids(&read_n(&*at, 3).await), ["e1", "e2", "e3"]);
+    assert_eq!(ids(&read_n(&*past, 1).await), ["e3"]);
+    assert_eq!(ids(&read_n(&*before, 4).await), ["e0", "e1", "e2", "e3"]);
+}
+
+async fn lag_and_unknown<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    assert!(matches!(
+        ch.lag("nobody").await,
+        Err(ChannelError::UnknownSubscription(_))
+    ));
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    append_ids(&ch, &["e0", "e1"]).await;
+    assert_eq!(ch.lag("a").await.unwrap(), 2);
+    // Reading does not commit.
+    let recs = read_n(&*sub, 2).await;
+    assert_eq!(ch.lag("a").await.unwrap(), 2);
+    sub.ack(recs[0].position).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 1);
+}
+
+async fn unsubscribe_closes_and_forgets<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let waiter = {
+        let sub = sub.clone();
+        tokio::spawn(async move { sub.next(10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ch.unsubscribe("a").await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("waiter woken")
+        .unwrap();
+    assert!(matches!(r, Err(ChannelError::Closed)), "{r:?}");
+    assert!(matches!(
+        ch.lag("a").await,
+        Err(ChannelError::UnknownSubscription(_))
+    ));
+    assert!(matches!(
+        sub.ack(cemesh_channels::Position::new(0, 0)).await,
+        Err(ChannelError::Closed)
+    ));
+    // Unsubscribing an unknown name is fine.
+    ch.unsubscribe("a").await.unwrap();
+    // A new subscription of the same name starts afresh.
+    append_ids(&ch, &["e0"]).await;
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    assert_nothing(&*sub).await;
+}
+
+async fn retention_after_all_acked<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let b = ch.subscribe("b", StartAt::Latest).await.unwrap();
+    append_ids(&ch, &["e0", "e1", "e2"]).await;
+    for r in read_n(&*a, 3).await {
+        a.ack(r.position).await.unwrap();
+    }
+    f.settle(&ch).await;
+    // "b" has not passed them: still there for a newcomer.
+    let c = ch.subscribe("c", StartAt::Earliest).await.unwrap();
+    assert_eq!(ids(&read_n(&*c, 3).await), ["e0", "e1", "e2"]);
+    ch.unsubscribe("c").await.unwrap();
+    let recs = read_n(&*b, 3).await;
+    b.ack(recs[0].position).await.unwrap();
+    b.ack(recs[1].position).await.unwrap();
+    f.settle(&ch).await;
+    let d = ch.subscribe("d", StartAt::Earliest).await.unwrap();
+    assert_eq!(ids(&read_n(&*d, 1).await), ["e2"]);
+    ch.unsubscribe("d").await.unwrap();
+    b.ack(recs[2].position).await.unwrap();
+    f.settle(&ch).await;
+    let e = ch.subscribe("e", StartAt::Earliest).await.unwrap();
+    assert_eq!(ch.lag("e").await.unwrap(), 0);
+    assert_nothing(&*e).await;
+}
+
+async fn retention_without_subscribers<F: Factory>(f: &F) {
+    // None kept by default.
+    let ch = f.make(Limits::default());
+    append_ids(&ch, &["e0", "e1"]).await;
+    f.settle(&ch).await;
+    let sub = ch.subscribe("a", StartAt::Earliest).await.unwrap();
+    assert_nothing(&*sub).await;
+
+    // The newest N kept when configured.
+    let ch = f.make(Limits {
+        retain_without_subscribers: 2,
+        ..Limits::default()
+    });
+    append_ids(&ch, &["e0", "e1", "e2"]).await;
+    append_ids(&ch, &["e3", "e4"]).await;
+    f.settle(&ch).await;
+    let sub = ch.subscribe("a", StartAt::Earliest).await.unwrap();
+    assert_eq!(ids(&read_n(&*sub, 2).await), ["e3", "e4"]);
+    assert_nothing(&*sub).await;
+}
+
+async fn ordering<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let mut expected = Vec::new();
+    for batch in 0..100 {
+        let evs: Vec<Event> = (0..3).map(|i| ev(format!("b{batch}-{i}"))).collect();
+        expected.extend(evs.iter().map(|e| e.id.clone()));
+        ch.append(evs).await.unwrap();
+    }
+    let recs = read_n(&*sub, 300).await;
+    assert_eq!(ids(&recs), expected);
+    for w in recs.windows(2) {
+        assert!(w[0].position < w[1].position);
+    }
+}
+
+async fn concurrent_producers<F: Factory>(f: &F) {
+    const PRODUCERS: usize = 8;
+    const EACH: usize = 500;
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let consumer = {
+        let sub = sub.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(PRODUCERS * EACH);
+            while seen.len() < PRODUCERS * EACH {
+                let batch = tokio::time::timeout(Duration::from_secs(20), sub.next(64))
+                    .await
+                    .expect("no stall")
+                    .expect("next");
+                for r in batch {
+                    sub.ack(r.position).await.unwrap();
+                    seen.push(r.event.id.clone());
+                }
+            }
+            seen
+        })
+    };
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while i < EACH {
+                    // Mix single events and small batches.
+                    let n = if i % 7 == 0 { 3.min(EACH - i) } else { 1 };
+                    let evs = (i..i + n).map(|k| ev(format!("p{p}-{k}"))).collect();
+                    ch.append(evs).await.expect("append");
+                    i += n;
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let seen = consumer.await.unwrap();
+    assert_eq!(seen.len(), PRODUCERS * EACH);
+    // Exactly once each, and each producer's events in its append order.
+    let mut last: HashMap<usize, i64> = HashMap::new();
+    let mut unique = std::collections::HashSet::new();
+    for id in &seen {
+        assert!(unique.insert(id.clone()), "{id} seen twice");
+        let (p, k) = id[1..].split_once('-').unwrap();
+        let (p, k): (usize, i64) = (p.parse().unwrap(), k.parse().unwrap());
+        let prev = last.insert(p, k).unwrap_or(-1);
+        assert!(k > prev, "producer {p}: {k} after {prev}");
+    }
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    assert_nothing(&*sub).await;
+}
+
+async fn backpressure<F: Factory>(f: &F) {
+    let ch = f.make(Limits {
+        max_records: 10,
+        ..Limits::default()
+    });
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let ten: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    ch.append(ten.iter().map(ev).collect()).await.unwrap();
+    match ch.append(vec![ev("over")]).await {
+        Err(ChannelError::Full { retry_after, .. }) => assert!(retry_after > Duration::ZERO),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // A refused batch left nothing behind.
+    let recs = read_n(&*sub, 10).await;
+    assert_eq!(ids(&recs), ten);
+    assert_nothing(&*sub).await;
+    // Acking makes room again.
+    for r in &recs[..5] {
+        sub.ack(r.position).await.unwrap();
+    }
+    f.settle(&ch).await;
+    ch.append((0..5).map(|i| ev(format!("f{i}"))).collect())
+        .await
+        .unwrap();
+    assert!(matches!(
+        ch.append(vec![ev("over")]).await,
+        Err(ChannelError::Full { .. })
+    ));
+    assert_eq!(ids(&read_n(&*sub, 5).await), ["f0", "f1", "f2", "f3", "f4"]);
+}
+
+async fn event_round_trips<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default());
+    let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let mut e = ev("full");
+    e.subject = Some("subj".into());
+    e.time = Some("2024-01-02T03:04:05.678+02:00".into());
+    e.datacontenttype = Some("application/json".into());
+    e.set_extension(
+        "partitionkey",
+        cemesh_proto::AttributeValue::String("k1".into()),
+    );
+    ch.append(vec![e.clone()]).await.unwrap();
+    let got = read_n(&*sub, 1).await;
+    assert_eq!(*got[0].event, e);
+}
+
+macro_rules! contract {
+    ($module:ident, $factory:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn append_next_ack_watermark() {
+                super::append_next_ack_watermark(&$factory).await
+            }
+            #[tokio::test]
+            async fn next_respects_max_and_waits() {
+                super::next_respects_max_and_waits(&$factory).await
+            }
+            #[tokio::test]
+            async fn reopen_redelivers_after_watermark() {
+                super::reopen_redelivers_after_watermark(&$factory).await
+            }
+            #[tokio::test]
+            async fn start_at() {
+                super::start_at(&$factory).await
+            }
+            #[tokio::test]
+            async fn lag_and_unknown() {
+                super::lag_and_unknown(&$factory).await
+            }
+            #[tokio::test]
+            async fn unsubscribe_closes_and_forgets() {
+                super::unsubscribe_closes_and_forgets(&$factory).await
+            }
+            #[tokio::test]
+            async fn retention_after_all_acked() {
+                super::retention_after_all_acked(&$factory).await
+            }
+            #[tokio::test]
+            async fn retention_without_subscribers() {
+                super::retention_without_subscribers(&$factory).await
+            }
+            #[tokio::test]
+            async fn ordering() {
+                super::ordering(&$factory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_producers() {
+                super::concurrent_producers(&$factory).await
+            }
+            #[tokio::test]
+            async fn backpressure() {
+                super::backpressure(&$factory).await
+            }
+            #[tokio::test]
+            async fn event_round_trips() {
+                super::event_round_trips(&$factory).await
+            }
+        }
+    };
+}
+
+contract!(memory, Memory);
+contract!(sled, Sled::new());

@@ -1,0 +1,448 @@
+//! Properties only a durable channel has: restart, corruption, disk retention, group
+//! commit. The shared contract is in `contract.rs`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cemesh_channels::sled::layout;
+use cemesh_channels::{
+    Channel, ChannelError, Durability, Record, SledConfig, SledStore, StartAt, Subscription,
+};
+use cemesh_proto::Event;
+
+fn ev(id: impl Into<String>) -> Event {
+    let mut e = Event::new(id, "/sled", "test.event");
+    e.data = Some(bytes::Bytes::from(vec![b'x'; 100]));
+    e
+}
+
+fn ids(records: &[Record]) -> Vec<String> {
+    records.iter().map(|r| r.event.id.clone()).collect()
+}
+
+async fn read_n(sub: &dyn Subscription, n: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(10), sub.next(n - out.len()))
+            .await
+            .expect("records within 10s")
+            .expect("next");
+        out.extend(batch);
+    }
+    out
+}
+
+async fn assert_nothing(sub: &dyn Subscription) {
+    if let Ok(r) = tokio::time::timeout(Duration::from_millis(150), sub.next(10)).await {
+        panic!("expected no record, got {:?}", r.map(|r| ids(&r)));
+    }
+}
+
+fn open(dir: &Path) -> SledStore {
+    SledStore::open(dir).expect("open store")
+}
+
+#[tokio::test]
+async fn restart_resumes_at_the_persisted_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<Event> = (0..10).map(|i| ev(format!("e{i}"))).collect();
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+        let keep = ch.subscribe("keep", StartAt::Earliest).await.unwrap();
+        ch.append(sent[..4].to_vec()).await.unwrap();
+        ch.append(sent[4..].to_vec()).await.unwrap();
+        let recs = read_n(&*a, 10).await;
+        for i in [0, 1, 2, 3, 5, 7] {
+            a.ack(recs[i].position).await.unwrap();
+        }
+        drop((a, keep, ch));
+        store.close().await.unwrap();
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 6);
+    assert_eq!(ch.lag("keep").await.unwrap(), 10);
+    // `start` is ignored: the subscription exists on disk.
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let again = read_n(&*a, 6).await;
+    assert_eq!(ids(&again), ["e4", "e5", "e6", "e7", "e8", "e9"]);
+    assert_eq!(again[0].position.offset, 4);
+    assert_nothing(&*a).await;
+    // Everything appended is there, byte for byte.
+    let keep = ch.subscribe("keep", StartAt::Latest).await.unwrap();
+    let all = read_n(&*keep, 10).await;
+    for (got, want) in all.iter().zip(&sent) {
+        assert_eq!(&*got.event, want);
+    }
+    // Offsets continue.
+    ch.append(vec![ev("e10")]).await.unwrap();
+    assert_eq!(read_n(&*a, 1).await[0].position.offset, 10);
+}
+
+#[tokio::test]
+async fn restart_without_close_persists_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+        ch.append((0..5).map(|i| ev(format!("e{i}"))).collect())
+            .await
+            .unwrap();
+        for r in read_n(&*a, 3).await {
+            a.ack(r.position).await.unwrap();
+        }
+        // Dropped in a scrambled order; the last one closes the database.
+        drop(store);
+        drop(ch);
+        drop(a);
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    assert_eq!(ids(&read_n(&*a, 2).await), ["e3", "e4"]);
+}
+
+#[tokio::test]
+async fn cursors_are_persisted_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    ch.append((0..3).map(|i| ev(format!("e{i}"))).collect())
+        .await
+        .unwrap();
+    for r in read_n(&*a, 2).await {
+        a.ack(r.position).await.unwrap();
+    }
+    // The subscription stays open; the maintenance thread writes the cursor.
+    tokio::time::sleep(cemesh_channels::sled::MAINTENANCE_INTERVAL * 4).await;
+    let raw = ch.raw_get(&layout::cursor_key("a")).unwrap();
+    assert_eq!(raw.and_then(|v| layout::u64_value(&v)), Some(2));
+}
+
+#[tokio::test]
+async fn offsets_survive_a_restart_with_an_empty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+        ch.append((0..5).map(|i| ev(format!("e{i}"))).collect())
+            .await
+            .unwrap();
+        for r in read_n(&*a, 5).await {
+            a.ack(r.position).await.unwrap();
+        }
+        // (The maintenance thread may have trimmed some already.)
+        assert!(ch.enforce_retention().await.unwrap() <= 5);
+        ch.unsubscribe("a").await.unwrap();
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let a = ch.subscribe("a", StartAt::Earliest).await.unwrap();
+    ch.append(vec![ev("e5")]).await.unwrap();
+    let r = read_n(&*a, 1).await;
+    assert_eq!(r[0].position.offset, 5);
+}
+
+#[tokio::test]
+async fn corrupt_and_missing_records_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let _a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+        ch.append((0..5).map(|i| ev(format!("e{i}"))).collect())
+            .await
+            .unwrap();
+    }
+    {
+        // Damage the log behind the store's back.
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(layout::tree_name("b1")).unwrap();
+        tree.insert(layout::record_key(1), &b"\x01garbage"[..])
+            .unwrap();
+        tree.insert(layout::record_key(2), &b""[..]).unwrap();
+        tree.remove(layout::record_key(3)).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let got = read_n(&*a, 2).await;
+    assert_eq!(ids(&got), ["e0", "e4"]);
+    assert_eq!(ch.corrupt_records(), 3);
+    // Skipped records count as done: acking the good ones empties the backlog.
+    for r in &got {
+        a.ack(r.position).await.unwrap();
+    }
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    // A second subscription skips them too without counting them again.
+    let b = ch.subscribe("b", StartAt::Offset(0)).await.unwrap();
+    assert_eq!(ids(&read_n(&*b, 2).await), ["e0", "e4"]);
+    assert_eq!(ch.corrupt_records(), 3);
+    assert_nothing(&*a).await;
+}
+
+#[tokio::test]
+async fn retention_keeps_passed_records_for_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let config = SledConfig {
+        retention: Duration::from_millis(400),
+        ..SledConfig::default()
+    };
+    let ch = store.channel("b1", config).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    ch.append((0..3).map(|i| ev(format!("e{i}"))).collect())
+        .await
+        .unwrap();
+    for r in read_n(&*a, 3).await {
+        a.ack(r.position).await.unwrap();
+    }
+    assert_eq!(ch.enforce_retention().await.unwrap(), 0);
+    let replay = ch.subscribe("replay", StartAt::Earliest).await.unwrap();
+    assert_eq!(ids(&read_n(&*replay, 3).await), ["e0", "e1", "e2"]);
+    ch.unsubscribe("replay").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Gone once older than the window (by now possibly already by the background).
+    ch.enforce_retention().await.unwrap();
+    let late = ch.subscribe("late", StartAt::Earliest).await.unwrap();
+    assert_nothing(&*late).await;
+}
+
+#[tokio::test]
+async fn background_retention_trims_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    ch.append((0..100).map(|i| ev(format!("e{i}"))).collect())
+        .await
+        .unwrap();
+    for r in read_n(&*a, 100).await {
+        a.ack(r.position).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ch.raw_get(&layout::record_key(99)).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "records not trimmed in 5s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ch.raw_get(&layout::record_key(0)).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn byte_cap_gives_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let config = SledConfig {
+        max_backlog_bytes: 2_000,
+        ..SledConfig::default()
+    };
+    let ch = store.channel("b1", config).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let mut accepted = 0;
+    let err = loop {
+        match ch.append(vec![ev(format!("e{accepted}"))]).await {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "byte cap never reached");
+    };
+    assert!(matches!(err, ChannelError::Full { .. }), "{err:?}");
+    assert!(accepted >= 5, "only {accepted} accepted");
+    let recs = read_n(&*a, accepted).await;
+    for r in &recs {
+        a.ack(r.position).await.unwrap();
+    }
+    ch.append(vec![ev("after")]).await.unwrap();
+    // The cap survives a restart (the backlog is measured again from disk).
+    drop((a, ch, recs));
+    store.close().await.unwrap();
+    let store = open(dir.path());
+    let ch = store
+        .channel(
+            "b1",
+            SledConfig {
+                max_backlog_bytes: 2_000,
+                ..SledConfig::default()
+            },
+        )
+        .unwrap();
+    let mut more = 0;
+    while ch.append(vec![ev(format!("m{more}"))]).await.is_ok() {
+        more += 1;
+        assert!(more < 100);
+    }
+    assert!(
+        more < accepted && more + 3 >= accepted,
+        "{more} vs {accepted}"
+    );
+}
+
+#[tokio::test]
+async fn remove_channel_forgets_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("gone", SledConfig::default()).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    ch.append(vec![ev("e0")]).await.unwrap();
+    assert_eq!(store.stored_channels(), ["gone"]);
+    assert!(store.remove_channel("gone").unwrap());
+    assert!(store.stored_channels().is_empty());
+    assert!(matches!(
+        ch.append(vec![ev("e1")]).await,
+        Err(ChannelError::Closed)
+    ));
+    assert!(matches!(a.next(1).await, Err(ChannelError::Closed)));
+    let ch = store.channel("gone", SledConfig::default()).unwrap();
+    assert!(matches!(
+        ch.lag("a").await,
+        Err(ChannelError::UnknownSubscription(_))
+    ));
+    let b = ch.subscribe("b", StartAt::Earliest).await.unwrap();
+    assert_nothing(&*b).await;
+    assert!(!store.remove_channel("never").unwrap());
+}
+
+#[tokio::test]
+async fn channels_of_one_store_are_independent_and_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let one = store.channel("one", SledConfig::default()).unwrap();
+    let two = store.channel("two", SledConfig::default()).unwrap();
+    let one_again = store.channel("one", SledConfig::default()).unwrap();
+    let a = one_again.subscribe("a", StartAt::Latest).await.unwrap();
+    two.append(vec![ev("two")]).await.unwrap();
+    one.append(vec![ev("one")]).await.unwrap();
+    assert_eq!(ids(&read_n(&*a, 1).await), ["one"]);
+    assert_eq!(one.kind(), "sled");
+    assert_eq!(one.broker_id(), "one");
+}
+
+#[tokio::test]
+async fn relaxed_durability_modes_append_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, durability) in [
+        ("interval", Durability::Interval(Duration::from_millis(5))),
+        ("none", Durability::None),
+    ] {
+        let store = open(dir.path());
+        let ch = store
+            .channel(
+                name,
+                SledConfig {
+                    durability,
+                    ..SledConfig::default()
+                },
+            )
+            .unwrap();
+        let _a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+        ch.append(vec![ev("e0"), ev("e1")]).await.unwrap();
+        // The flusher catches up on its own in interval mode.
+        if name == "interval" {
+            let t = Instant::now();
+            while store.flushes() < 2 && t.elapsed() < Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(store.flushes() >= 2, "interval flush never came");
+        }
+    }
+    let store = open(dir.path());
+    for name in ["interval", "none"] {
+        let ch = store.channel(name, SledConfig::default()).unwrap();
+        assert_eq!(ch.lag("a").await.unwrap(), 2, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let before = store.flushes();
+    let tasks: Vec<_> = (0..64)
+        .map(|p| {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    ch.append(vec![ev(format!("p{p}-{i}"))]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let flushes = store.flushes() - before;
+    assert!(flushes < 640 / 2, "{flushes} flushes for 640 appends");
+}
+
+/// Append throughput with 64 concurrent producers (single-event appends), per
+/// durability mode. Run with
+/// `cargo test -p cemesh-channels --release -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_64_producers() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (label, durability, per_producer, producers) in [
+        (
+            "FlushPerBatch, 1 producer",
+            Durability::FlushPerBatch,
+            300,
+            1,
+        ),
+        ("FlushPerBatch", Durability::FlushPerBatch, 300, 64),
+        ("None", Durability::None, 3_000, 64),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let ch = store
+            .channel(
+                "bench",
+                SledConfig {
+                    durability,
+                    max_backlog_records: u64::MAX,
+                    max_backlog_bytes: u64::MAX,
+                    retain_without_subscribers: u64::MAX,
+                    ..SledConfig::default()
+                },
+            )
+            .unwrap();
+        let flushes_before = store.flushes();
+        let started = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..producers)
+                .map(|p| {
+                    let ch = ch.clone();
+                    tokio::spawn(async move {
+                        for i in 0..per_producer {
+                            let mut e = ev(format!("p{p}-{i}"));
+                            e.data = Some(bytes::Bytes::from(vec![b'x'; 512]));
+                            ch.append(vec![e]).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let elapsed = started.elapsed();
+        let events = (producers * per_producer) as f64;
+        println!(
+            "{label:>28}: {producers:>2} producers x {per_producer} events: {:>9.0} events/s ({:.2?}, {} flushes)",
+            events / elapsed.as_secs_f64(),
+            elapsed,
+            store.flushes() - flushes_before,
+        );
+        drop(ch);
+        drop(store);
+    }
+}
