@@ -6,6 +6,7 @@
 
 mod broker;
 mod delivery;
+mod filters;
 mod trigger;
 mod validate;
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cemesh_channels::StartAt;
-use cemesh_dispatcher::{DeliverySpec, Filter, TriggerKey, TriggerRuntime};
+use cemesh_dispatcher::{DeliverySpec, TriggerKey, TriggerRuntime};
 use cemesh_ingress::BrokerKey;
 
 use super::broker::{CHANNEL_ANNOTATION, MAX_BODY_ANNOTATION};
@@ -181,26 +181,7 @@ fn compile_trigger(
         ));
     };
     let subscriber = resolve(&t.spec.subscriber, ns, "spec.subscriber", ctx)?;
-    let filter = if let Some(filters) = &t.spec.filters {
-        if !filters.is_empty() {
-            return Err(field(
-                "spec.filters",
-                "the filters dialect is not supported yet; use spec.filter.attributes",
-            ));
-        }
-        Filter::All
-    } else {
-        match &t.spec.filter {
-            Some(f) if !f.attributes.is_empty() => Filter::Attributes(
-                cemesh_dispatcher::filter::AttributesFilter::new(
-                    &f.attributes,
-                    "spec.filter.attributes",
-                )
-                .map_err(|e| (e.path, e.message))?,
-            ),
-            _ => Filter::All,
-        }
-    };
+    let filter = super::filters::compile_filter(&t.spec)?;
     if let Some(d) = &t.spec.delivery {
         check_delivery(d, "spec.delivery")?;
     }
