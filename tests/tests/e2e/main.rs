@@ -1,3 +1,7 @@
 //! End-to-end tests: one test binary (faster to link) with a module per area.
 
+mod bench;
+mod delivery;
+mod durability;
 mod event_path;
+mod filters;
