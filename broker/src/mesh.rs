@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cemesh_channels::{Channel, MemoryChannel, MemoryConfig};
+use cemesh_channels::{Channel, MemoryChannel, MemoryConfig, SledConfig, SledStore};
 use cemesh_dispatcher::{spawn_trigger, Deliverer, TriggerHandle, TriggerKey, TriggerRuntime};
 use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
 
@@ -33,26 +33,83 @@ pub struct MeshStatus {
     pub problems: Vec<String>,
 }
 
-/// Opens channels for brokers.
+/// Opens channels for brokers. The sled database (one per process, under
+/// `<data-dir>/sled`) opens with the first sled broker and stays open until shutdown.
 pub struct Channels {
-    #[allow(dead_code)]
     data_dir: PathBuf,
+    sled: Option<SledStore>,
 }
 
 impl Channels {
     pub fn new(data_dir: PathBuf) -> Self {
-        Channels { data_dir }
+        Channels {
+            data_dir,
+            sled: None,
+        }
     }
 
-    fn open(&mut self, key: &BrokerKey, kind: ChannelKind) -> Result<Arc<dyn Channel>, String> {
-        match kind {
-            ChannelKind::Memory => Ok(Arc::new(MemoryChannel::new(MemoryConfig::default()))),
-            ChannelKind::Sled | ChannelKind::Kafka => Err(format!(
-                "broker {key}: the {} channel is not available in this build",
-                kind.as_str()
+    fn sled(&mut self) -> Result<&SledStore, String> {
+        if self.sled.is_none() {
+            let path = self.data_dir.join("sled");
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("cannot create data directory {}: {e}", path.display()))?;
+            self.sled = Some(SledStore::open(&path).map_err(|e| e.to_string())?);
+        }
+        Ok(self.sled.as_ref().expect("opened above"))
+    }
+
+    fn open(&mut self, key: &BrokerKey, d: &BrokerDesired) -> Result<Arc<dyn Channel>, String> {
+        let o = &d.channel_options;
+        match d.channel {
+            ChannelKind::Memory => Ok(Arc::new(MemoryChannel::new(MemoryConfig {
+                max_records: usize::try_from(o.max_backlog_records).unwrap_or(usize::MAX),
+                retain_without_subscribers: usize::try_from(o.retain_without_triggers)
+                    .unwrap_or(usize::MAX),
+            }))),
+            ChannelKind::Sled => {
+                let config = SledConfig {
+                    durability: o.durability,
+                    retention: o.retention,
+                    retain_without_subscribers: o.retain_without_triggers,
+                    max_backlog_records: o.max_backlog_records,
+                    max_backlog_bytes: o.max_backlog_bytes,
+                };
+                let channel = self
+                    .sled()?
+                    .channel(&sled_id(key), config)
+                    .map_err(|e| format!("broker {key}: {e}"))?;
+                Ok(Arc::new(channel))
+            }
+            ChannelKind::Kafka => Err(format!(
+                "broker {key}: the kafka channel is not available in this build"
             )),
         }
     }
+
+    /// Forgets a removed broker's stored events.
+    fn remove(&mut self, key: &BrokerKey, kind: ChannelKind) {
+        if kind != ChannelKind::Sled {
+            return;
+        }
+        if let Some(store) = &self.sled {
+            if let Err(e) = store.remove_channel(&sled_id(key)) {
+                tracing::warn!(broker = %key, error = %e, "Could not remove the broker's stored events");
+            }
+        }
+    }
+
+    /// Persists cursors and flushes; the database closes when the last handle goes.
+    async fn close(&mut self) {
+        if let Some(store) = self.sled.take() {
+            if let Err(e) = store.close().await {
+                tracing::error!(error = %e, "Closing the sled store failed");
+            }
+        }
+    }
+}
+
+fn sled_id(key: &BrokerKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
 }
 
 pub struct Mesh {
@@ -90,7 +147,15 @@ impl Mesh {
         for (key, running) in std::mem::take(&mut self.triggers) {
             let wanted = desired.triggers.get(&key).map(|t| fingerprint(&t.runtime));
             let broker_key = BrokerKey::new(&key.namespace, broker_of(&running));
-            let broker_gone = !desired.brokers.contains_key(&broker_key);
+            // A broker that goes or changes its channel kind takes its triggers along.
+            let broker_gone = match (
+                desired.brokers.get(&broker_key),
+                self.brokers.get(&broker_key),
+            ) {
+                (Some(d), Some(b)) => d.channel != b.desired.channel,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
             if wanted.as_deref() == Some(running.fingerprint.as_str()) && !broker_gone {
                 keep.insert(key, running);
                 continue;
@@ -105,25 +170,29 @@ impl Mesh {
         }
         self.triggers = keep;
 
-        self.brokers.retain(|key, _| {
-            let stay = desired.brokers.contains_key(key);
-            if !stay {
+        let gone: Vec<BrokerKey> = self
+            .brokers
+            .keys()
+            .filter(|k| !desired.brokers.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(b) = self.brokers.remove(&key) {
+                self.channels.remove(&key, b.desired.channel);
                 tracing::info!(broker = %key, "Broker removed");
             }
-            stay
-        });
+        }
         for (key, d) in &desired.brokers {
-            let reuse = self
-                .brokers
-                .get(key)
-                .is_some_and(|b| b.desired.channel == d.channel);
+            let reuse = self.brokers.get(key).is_some_and(|b| {
+                b.desired.channel == d.channel && b.desired.channel_options == d.channel_options
+            });
             if reuse {
                 if let Some(b) = self.brokers.get_mut(key) {
                     b.desired = d.clone();
                 }
                 continue;
             }
-            match self.channels.open(key, d.channel) {
+            match self.channels.open(key, d) {
                 Ok(channel) => {
                     tracing::info!(broker = %key, channel = d.channel.as_str(), "Broker ready");
                     self.brokers.insert(
@@ -202,6 +271,7 @@ impl Mesh {
         }
         self.routes.replace(Default::default());
         self.brokers.clear();
+        self.channels.close().await;
     }
 }
 

@@ -218,6 +218,20 @@ impl Cemesh {
         &self.dir
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process's resident set size in KiB (Linux), while running.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+
     /// Kills the process with SIGKILL (no graceful shutdown).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -281,6 +295,8 @@ pub struct Received {
     /// The decoded event (None if it was not a valid CloudEvent).
     pub event: Option<Event>,
     pub at: Instant,
+    /// The status the subscriber answered.
+    pub status_sent: u16,
 }
 
 #[derive(Default)]
@@ -332,6 +348,14 @@ impl Subscriber {
             .clone()
     }
 
+    /// The ids of the events received so far, in arrival order.
+    pub fn ids(&self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter_map(|r| r.event.map(|e| e.id))
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.state
             .received
@@ -374,6 +398,7 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
     let event = cemesh_proto::http::decode(&parts.headers, body.clone())
         .ok()
         .and_then(|mut v| v.pop());
+    let status = state.status.load(Ordering::SeqCst);
     state
         .received
         .lock()
@@ -383,9 +408,10 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
             body,
             event,
             at: Instant::now(),
+            status_sent: status,
         });
     state.notify.notify_waiters();
-    StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::ACCEPTED)
+    StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED)
 }
 
 /// A Broker manifest.

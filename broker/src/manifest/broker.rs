@@ -28,3 +28,15 @@ pub struct BrokerSpec {
 pub const CHANNEL_ANNOTATION: &str = "cemesh.dev/channel";
 /// Annotation setting the broker's ingress body limit, e.g. `256KiB`.
 pub const MAX_BODY_ANNOTATION: &str = "cemesh.dev/max-body-size";
+/// Annotation: when an append counts as durable on the sled channel:
+/// `flush-per-batch` (default), `interval(10ms)` or `none`.
+pub const DURABILITY_ANNOTATION: &str = "cemesh.dev/durability";
+/// Annotation: how long passed records are kept for replay, e.g. `1h` (default 0).
+pub const RETENTION_ANNOTATION: &str = "cemesh.dev/retention";
+/// Annotation: backlog cap in records; past it the ingress answers 429.
+pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
+/// Annotation: backlog cap in bytes (sled), e.g. `512MiB`.
+pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
+/// Annotation: newest records kept while the broker has no trigger, for a trigger
+/// created later with `cemesh.dev/start: earliest`.
+pub const RETAIN_WITHOUT_TRIGGERS_ANNOTATION: &str = "cemesh.dev/retain-without-triggers";

@@ -5,17 +5,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cemesh_channels::StartAt;
+use cemesh_channels::{Durability, SledConfig, StartAt};
 use cemesh_dispatcher::{DeliverySpec, TriggerKey, TriggerRuntime};
 use cemesh_ingress::BrokerKey;
 
-use super::broker::{CHANNEL_ANNOTATION, MAX_BODY_ANNOTATION};
+use super::broker::{
+    CHANNEL_ANNOTATION, DURABILITY_ANNOTATION, MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION,
+    MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION,
+};
 use super::trigger::{PARALLELISM_ANNOTATION, START_ANNOTATION};
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
 };
 use crate::config::{ChannelKind, ServiceEntry};
-use crate::duration::{parse_bytes, parse_iso8601};
+use crate::duration::{parse_bytes, parse_humane, parse_iso8601};
 
 /// What resolving references needs to know about the server.
 #[derive(Debug, Clone)]
@@ -33,8 +36,32 @@ pub struct ResolveContext<'a> {
 pub struct BrokerDesired {
     pub key: BrokerKey,
     pub channel: ChannelKind,
+    pub channel_options: ChannelOptions,
     pub max_body_bytes: u64,
     pub delivery: Option<DeliveryManifest>,
+}
+
+/// A broker's channel settings, from its annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOptions {
+    pub durability: Durability,
+    pub retention: Duration,
+    pub max_backlog_records: u64,
+    pub max_backlog_bytes: u64,
+    pub retain_without_triggers: u64,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        let sled = SledConfig::default();
+        ChannelOptions {
+            durability: sled.durability,
+            retention: sled.retention,
+            max_backlog_records: sled.max_backlog_records,
+            max_backlog_bytes: sled.max_backlog_bytes,
+            retain_without_triggers: sled.retain_without_subscribers,
+        }
+    }
 }
 
 /// A trigger as it should run.
@@ -152,12 +179,69 @@ fn compile_broker(
     if let Some(d) = &delivery {
         check_delivery(d, "spec.delivery")?;
     }
+    let channel_options = channel_options(meta)?;
     Ok(BrokerDesired {
         key: BrokerKey::new(meta.namespace(), &meta.name),
         channel,
+        channel_options,
         max_body_bytes,
         delivery,
     })
+}
+
+fn channel_options(meta: &Metadata) -> Result<ChannelOptions, FieldError> {
+    let path = |a: &str| format!("metadata.annotations.{a}");
+    let get = |a: &str| meta.annotations.get(a).map(String::as_str);
+    let mut o = ChannelOptions::default();
+    if let Some(v) = get(DURABILITY_ANNOTATION) {
+        o.durability = parse_durability(v).map_err(|e| field(&path(DURABILITY_ANNOTATION), e))?;
+    }
+    if let Some(v) = get(RETENTION_ANNOTATION) {
+        o.retention = parse_humane(v).map_err(|e| field(&path(RETENTION_ANNOTATION), e))?;
+    }
+    let count = |a: &str, v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| field(&path(a), format!("{v:?} is not a positive whole number")))
+    };
+    if let Some(v) = get(MAX_BACKLOG_ANNOTATION) {
+        o.max_backlog_records = count(MAX_BACKLOG_ANNOTATION, v)?;
+    }
+    if let Some(v) = get(MAX_BACKLOG_SIZE_ANNOTATION) {
+        o.max_backlog_bytes =
+            parse_bytes(v).map_err(|e| field(&path(MAX_BACKLOG_SIZE_ANNOTATION), e))?;
+    }
+    if let Some(v) = get(RETAIN_WITHOUT_TRIGGERS_ANNOTATION) {
+        o.retain_without_triggers = v.trim().parse::<u64>().map_err(|_| {
+            field(
+                &path(RETAIN_WITHOUT_TRIGGERS_ANNOTATION),
+                format!("{v:?} is not a whole number of records"),
+            )
+        })?;
+    }
+    Ok(o)
+}
+
+/// `flush-per-batch`, `none` or `interval(10ms)`.
+fn parse_durability(v: &str) -> Result<Durability, String> {
+    match v.trim() {
+        "flush-per-batch" => Ok(Durability::FlushPerBatch),
+        "none" => Ok(Durability::None),
+        other => match other
+            .strip_prefix("interval(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            Some(d) => match parse_humane(d)? {
+                d if d.is_zero() => Err("the interval must be above zero".into()),
+                d => Ok(Durability::Interval(d)),
+            },
+            None => Err(format!(
+                "{v:?} is not a durability; expected flush-per-batch, interval(10ms) or none"
+            )),
+        },
+    }
 }
 
 fn compile_trigger(
