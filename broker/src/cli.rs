@@ -29,6 +29,78 @@ pub enum Command {
     Display(DisplayArgs),
     /// Measure throughput and latency against a bare-forwarder baseline.
     Bench(crate::bench::BenchArgs),
+    /// List, show, redrive or purge a trigger's dead letters.
+    #[command(name = "deadletters", alias = "dlq")]
+    DeadLetters(DeadLettersArgs),
+}
+
+/// Where the admin API is, for commands that talk to a running broker.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The broker's admin URL
+    #[arg(
+        long,
+        env = "CEMESH_ADMIN",
+        default_value = "http://127.0.0.1:9090",
+        global = true
+    )]
+    pub admin: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(subcommand)]
+    pub action: DeadLettersAction,
+}
+
+/// Which trigger.
+#[derive(Debug, Args)]
+pub struct TriggerRef {
+    /// The trigger's name
+    pub trigger: String,
+    /// The trigger's namespace
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersAction {
+    /// List dead letters (id, event id, type, attempts, reason)
+    List {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// Print the API's JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Most letters to list
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter: event, reason and every attempt (JSON)
+    Show {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// The dead letter's id (from `list`)
+        id: u64,
+    },
+    /// Deliver dead letters again through the trigger's delivery policy
+    Redrive {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// Only these ids (repeatable) [default: all]
+        #[arg(long = "id")]
+        ids: Vec<u64>,
+    },
+    /// Delete dead letters
+    Purge {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// Only this id [default: all]
+        #[arg(long)]
+        id: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod deadletters;
 pub mod display;
 pub mod duration;
 pub mod manifest;
@@ -31,6 +33,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Send(args) => send::run(args).await,
             Command::Display(args) => display::run(args.addr).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::DeadLetters(args) => deadletters::run(args).await,
         }
     })
 }

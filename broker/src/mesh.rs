@@ -4,11 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use cemesh_channels::{Channel, MemoryChannel, MemoryConfig, SledConfig, SledStore};
-use cemesh_dispatcher::{spawn_trigger, Deliverer, TriggerHandle, TriggerKey, TriggerRuntime};
+use cemesh_channels::{
+    Channel, DeadLetterStore, MemoryChannel, MemoryConfig, MemoryDeadLetters, SledConfig, SledStore,
+};
+use cemesh_dispatcher::{
+    spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
+};
 use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ChannelKind;
 use crate::manifest::{BrokerDesired, Desired};
@@ -38,6 +43,8 @@ pub struct MeshStatus {
 pub struct Channels {
     data_dir: PathBuf,
     sled: Option<SledStore>,
+    sled_dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    memory_dead_letters: Arc<dyn DeadLetterStore>,
 }
 
 impl Channels {
@@ -45,6 +52,8 @@ impl Channels {
         Channels {
             data_dir,
             sled: None,
+            sled_dead_letters: None,
+            memory_dead_letters: Arc::new(MemoryDeadLetters::default()),
         }
     }
 
@@ -86,6 +95,21 @@ impl Channels {
         }
     }
 
+    /// Where a trigger on a broker of this kind keeps its dead letters: durable in
+    /// the sled database for sled brokers, in memory otherwise (like their events).
+    fn dead_letters(&mut self, kind: ChannelKind) -> Result<Arc<dyn DeadLetterStore>, String> {
+        if kind != ChannelKind::Sled {
+            return Ok(self.memory_dead_letters.clone());
+        }
+        if let Some(d) = &self.sled_dead_letters {
+            return Ok(d.clone());
+        }
+        let store: Arc<dyn DeadLetterStore> =
+            Arc::new(self.sled()?.dead_letters().map_err(|e| e.to_string())?);
+        self.sled_dead_letters = Some(store.clone());
+        Ok(store)
+    }
+
     /// Forgets a removed broker's stored events.
     fn remove(&mut self, key: &BrokerKey, kind: ChannelKind) {
         if kind != ChannelKind::Sled {
@@ -100,6 +124,7 @@ impl Channels {
 
     /// Persists cursors and flushes; the database closes when the last handle goes.
     async fn close(&mut self) {
+        self.sled_dead_letters = None;
         if let Some(store) = self.sled.take() {
             if let Err(e) = store.close().await {
                 tracing::error!(error = %e, "Closing the sled store failed");
@@ -119,7 +144,13 @@ pub struct Mesh {
     brokers: BTreeMap<BrokerKey, RunningBroker>,
     triggers: BTreeMap<TriggerKey, RunningTrigger>,
     status: Arc<Mutex<MeshStatus>>,
+    registry: Registry,
+    /// Cancelled at shutdown: ends background work such as redrives.
+    background: CancellationToken,
 }
+
+/// The running triggers' pipelines, for the admin API (dead letters, redrive).
+pub type Registry = Arc<RwLock<BTreeMap<TriggerKey, Arc<TriggerContext>>>>;
 
 impl Mesh {
     pub fn new(routes: Routes, channels: Channels) -> Self {
@@ -130,7 +161,18 @@ impl Mesh {
             brokers: BTreeMap::new(),
             triggers: BTreeMap::new(),
             status: Arc::default(),
+            registry: Arc::default(),
+            background: CancellationToken::new(),
         }
+    }
+
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Cancelled when the mesh shuts down.
+    pub fn background(&self) -> CancellationToken {
+        self.background.clone()
     }
 
     pub fn status(&self) -> Arc<Mutex<MeshStatus>> {
@@ -161,6 +203,10 @@ impl Mesh {
                 continue;
             }
             running.handle.stop().await;
+            self.registry
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
             if wanted.is_none() {
                 if let Some(b) = self.brokers.get(&broker_key) {
                     let _ = b.channel.unsubscribe(&key.subscription_name()).await;
@@ -183,13 +229,25 @@ impl Mesh {
             }
         }
         for (key, d) in &desired.brokers {
-            let reuse = self.brokers.get(key).is_some_and(|b| {
-                b.desired.channel == d.channel && b.desired.channel_options == d.channel_options
-            });
+            let reuse = self
+                .brokers
+                .get(key)
+                .is_some_and(|b| b.desired.channel == d.channel);
             if reuse {
-                if let Some(b) = self.brokers.get_mut(key) {
-                    b.desired = d.clone();
+                let Some(b) = self.brokers.get_mut(key) else {
+                    continue;
+                };
+                if b.desired.channel_options != d.channel_options {
+                    if d.channel == ChannelKind::Sled {
+                        // The same channel with new settings: subscriptions carry on.
+                        if let Err(e) = self.channels.open(key, d) {
+                            problems.push(e);
+                        }
+                    } else {
+                        tracing::warn!(broker = %key, "Changed channel settings of a memory broker apply after a restart");
+                    }
                 }
+                b.desired = d.clone();
                 continue;
             }
             match self.channels.open(key, d) {
@@ -239,7 +297,25 @@ impl Mesh {
             {
                 Ok(sub) => {
                     let fp = fingerprint(&t.runtime);
-                    let handle = spawn_trigger(Arc::new(t.runtime), sub, self.deliverer.clone());
+                    let dead_letters = match self.channels.dead_letters(broker.desired.channel) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!(trigger = %key, error = %e, "Trigger not started");
+                            problems.push(format!("trigger {key}: {e}"));
+                            continue;
+                        }
+                    };
+                    let context = Arc::new(TriggerContext {
+                        runtime: Arc::new(t.runtime),
+                        deliverer: self.deliverer.clone(),
+                        broker: broker.channel.clone(),
+                        dead_letters,
+                    });
+                    self.registry
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone(), context.clone());
+                    let handle = spawn_trigger(context, sub);
                     self.triggers.insert(
                         key,
                         RunningTrigger {
@@ -266,9 +342,14 @@ impl Mesh {
 
     /// Stops every trigger (in-flight deliveries finish) and drops the channels.
     pub async fn shutdown(&mut self) {
+        self.background.cancel();
         for (_, t) in std::mem::take(&mut self.triggers) {
             t.handle.stop().await;
         }
+        self.registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.routes.replace(Default::default());
         self.brokers.clear();
         self.channels.close().await;

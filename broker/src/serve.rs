@@ -123,7 +123,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     };
     let admin_task = {
         let stop = stop.clone();
-        let app = crate::admin::router(mesh.status());
+        let app = crate::admin::router(crate::admin::AdminState {
+            status: mesh.status(),
+            registry: mesh.registry(),
+            background: mesh.background(),
+        });
         tokio::spawn(async move {
             axum::serve(admin, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -21,10 +21,12 @@ use cemesh_proto::Event;
 pub mod deadletter;
 pub mod memory;
 pub mod sled;
+pub mod sled_deadletters;
 
 pub use deadletter::{Attempt, DeadLetter, DeadLetterStore, MemoryDeadLetters};
 pub use memory::{MemoryChannel, MemoryConfig};
 pub use sled::{Durability, SledChannel, SledConfig, SledStore, SledStoreOptions};
+pub use sled_deadletters::SledDeadLetters;
 
 /// Where a record sits in a channel: a partition (0 for single-log channels) and an
 /// offset within it.

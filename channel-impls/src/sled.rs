@@ -214,7 +214,7 @@ struct FlushState {
 
 /// The single flusher thread of a store, and the tickets appenders wait on.
 #[derive(Debug)]
-struct Flusher {
+pub(crate) struct Flusher {
     state: Mutex<FlushState>,
     cv: Condvar,
     status: watch::Sender<FlushStatus>,
@@ -238,7 +238,7 @@ impl Flusher {
 
     /// Asks for a flush covering every write made before this call; returns the
     /// ticket to wait for.
-    fn request(&self) -> u64 {
+    pub(crate) fn request(&self) -> u64 {
         let ticket = {
             let mut st = lock(&self.state);
             st.waiting = true;
@@ -258,7 +258,7 @@ impl Flusher {
         self.cv.notify_one();
     }
 
-    async fn wait(&self, ticket: u64) -> Result<(), ChannelError> {
+    pub(crate) async fn wait(&self, ticket: u64) -> Result<(), ChannelError> {
         let mut rx = self.status.subscribe();
         let status = rx
             .wait_for(|s| s.done >= ticket)
@@ -439,6 +439,15 @@ impl Drop for Owner {
     }
 }
 
+/// Keeps the database open while a dead-letter store uses it.
+pub(crate) struct DeadLetterGuard(#[allow(dead_code)] Arc<Owner>);
+
+impl fmt::Debug for DeadLetterGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeadLetterGuard")
+    }
+}
+
 /// The process-wide sled database holding every broker's channel.
 #[derive(Clone)]
 pub struct SledStore {
@@ -603,6 +612,23 @@ impl SledStore {
             .map_err(|e| storage("flushing the sled store", e))??;
         drop(self);
         Ok(())
+    }
+
+    /// The dead-letter store kept in this database (tree `deadletters`), durable like
+    /// the channels: `put` returns after the group commit flushed it.
+    pub fn dead_letters(&self) -> Result<crate::sled_deadletters::SledDeadLetters, ChannelError> {
+        let tree = self
+            .owner
+            .core
+            .db
+            .open_tree("deadletters")
+            .map_err(|e| storage("opening the dead-letter tree", e))?;
+        Ok(crate::sled_deadletters::SledDeadLetters::new(
+            self.owner.core.db.clone(),
+            tree,
+            self.owner.core.flusher.clone(),
+            DeadLetterGuard(self.owner.clone()),
+        ))
     }
 
     /// How many flushes (fsyncs) the group-commit thread made so far.

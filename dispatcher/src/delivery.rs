@@ -1,49 +1,163 @@
-//! The delivery seam: how one event reaches one subscriber, and what happens when it
-//! does not. The trigger loop calls [`Deliverer::deliver`] and acks afterwards,
-//! whatever the outcome, so everything about retries, backoff, dead letters and
-//! replies lives behind this one function.
+//! How one event reaches one HTTP destination: the resolved delivery policy
+//! ([`DeliverySpec`]), the wait before each retry ([`DeliverySpec::wait_before`]) and a
+//! single attempt ([`Deliverer::attempt`]). Retry loops, dead letters and replies are
+//! composed from these in [`crate::pipeline`].
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use cemesh_proto::Event;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tracing::Instrument;
 
-use crate::trigger::TriggerRuntime;
+/// How retries are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackoffPolicy {
+    /// Wait before retry k is `delay · 2^(k−1)`.
+    #[default]
+    Exponential,
+    /// Wait before retry k is `delay · k`.
+    Linear,
+}
 
-/// Knative's `spec.delivery`, resolved (the broker's defaults merged in).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How events are written to subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `ce-*` headers and the data as the body.
+    #[default]
+    Binary,
+    /// `application/cloudevents+json`.
+    Structured,
+}
+
+/// Order in which a trigger's events are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ordering {
+    /// Up to `parallelism` at once, in any order.
+    #[default]
+    Unordered,
+    /// Events with the same `partitionkey` one at a time, in channel order.
+    PerPartitionKey,
+}
+
+/// Knative's `spec.delivery` resolved (the broker's defaults merged in field by
+/// field), plus cemesh's own controls from annotations.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliverySpec {
+    /// Extra attempts after the first.
+    pub retry: u32,
+    pub backoff_policy: BackoffPolicy,
+    pub backoff_delay: Duration,
+    /// Cap on any single backoff wait (`cemesh.dev/backoff-max`).
+    pub backoff_max: Option<Duration>,
+    /// Full jitter: each wait is drawn uniformly from `[0, wait]`.
+    pub jitter: bool,
     /// Time allowed for one attempt.
     pub timeout: Duration,
+    /// Cap on an honoured `Retry-After` (429 and 503); zero ignores the header.
+    pub retry_after_max: Duration,
+    pub format: Format,
+    /// Where events go once retries are exhausted; `None`: the built-in store.
+    pub dead_letter_sink: Option<reqwest::Url>,
+    pub ordering: Ordering,
+    /// First attempts per second at most (`cemesh.dev/max-rate`).
+    pub max_rate: Option<f64>,
 }
 
 impl Default for DeliverySpec {
+    /// Knative's broker defaults: retry 10, exponential from 0.2 s, one minute per
+    /// attempt; `Retry-After` honoured up to a minute.
     fn default() -> Self {
         DeliverySpec {
+            retry: 10,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: Duration::from_millis(200),
+            backoff_max: None,
+            jitter: true,
             timeout: Duration::from_secs(60),
+            retry_after_max: Duration::from_secs(60),
+            format: Format::Binary,
+            dead_letter_sink: None,
+            ordering: Ordering::Unordered,
+            max_rate: None,
         }
     }
 }
 
-/// What became of one event.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The subscriber answered 2xx.
-    Delivered { status: u16 },
-    /// The subscriber failed; `status` is absent when there was no response.
-    Failed(Failure),
+impl DeliverySpec {
+    /// The backoff before retry `k` (1-based), before jitter and `Retry-After`.
+    pub fn backoff(&self, k: u32) -> Duration {
+        let d = self.backoff_delay;
+        let wait = match self.backoff_policy {
+            BackoffPolicy::Exponential => 2u32
+                .checked_pow(k.saturating_sub(1))
+                .and_then(|factor| d.checked_mul(factor))
+                .unwrap_or(Duration::MAX),
+            BackoffPolicy::Linear => d.checked_mul(k).unwrap_or(Duration::MAX),
+        };
+        match self.backoff_max {
+            Some(max) => wait.min(max),
+            None => wait,
+        }
+    }
+
+    /// The wait before retry `k` after `failure`: the (jittered) backoff, stretched
+    /// to an honoured `Retry-After` on 429 and 503:
+    /// `max(backoff, min(Retry-After, retryAfterMax))`.
+    pub fn wait_before(&self, k: u32, failure: &Failure) -> Duration {
+        let mut wait = self.backoff(k);
+        if self.jitter && !wait.is_zero() {
+            wait = wait.mul_f64(fastrand::f64());
+        }
+        if let (Some(429 | 503), Some(ra)) = (failure.status, failure.retry_after) {
+            if !self.retry_after_max.is_zero() {
+                wait = wait.max(ra.min(self.retry_after_max));
+            }
+        }
+        wait
+    }
 }
 
+/// Whether a failure may succeed on another attempt: no response, 404, 408, 409,
+/// 429 and 5xx.
+pub fn is_retryable(status: Option<u16>) -> bool {
+    match status {
+        None => true,
+        Some(s) => matches!(s, 404 | 408 | 409 | 429) || (500..600).contains(&s),
+    }
+}
+
+/// A 2xx answer.
+#[derive(Debug, Clone)]
+pub struct Success {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A failed attempt; `status` is absent when there was no response.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub status: Option<u16>,
     pub error: String,
     pub body: Bytes,
+    /// The `Retry-After` the destination asked for.
+    pub retry_after: Option<Duration>,
 }
 
-/// Delivers events over a shared pool of keep-alive connections.
+/// Parses `Retry-After`: delay-seconds or an HTTP-date. Unparseable values are
+/// ignored, as Knative does.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let at = SystemTime::from(at.with_timezone(&chrono::Utc));
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Sends events over a shared pool of keep-alive connections.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
@@ -67,89 +181,236 @@ impl Deliverer {
         Deliverer { client }
     }
 
-    /// Delivers one event to the trigger's subscriber.
-    pub async fn deliver(&self, trigger: &TriggerRuntime, event: &Event) -> Outcome {
-        let span = tracing::info_span!(
-            "deliver",
-            trigger = %trigger.key,
-            event.id = %event.id,
-            attempt = 1u32,
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-        );
-        async {
-            let started = Instant::now();
-            let outcome = self.attempt(trigger, event).await;
-            let span = tracing::Span::current();
-            span.record("latency_ms", started.elapsed().as_secs_f64() * 1e3);
-            match &outcome {
-                Outcome::Delivered { status } => {
-                    span.record("status", status);
-                }
-                Outcome::Failed(f) => {
-                    if let Some(s) = f.status {
-                        span.record("status", s);
-                    }
-                    tracing::warn!(
-                        trigger = %trigger.key,
-                        event.id = %event.id,
-                        status = ?f.status,
-                        error = %f.error,
-                        "Delivery failed"
-                    );
-                }
-            }
-            outcome
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn attempt(&self, trigger: &TriggerRuntime, event: &Event) -> Outcome {
+    /// One POST of `event` to `url`, with Knative's headers (`Prefer: reply`,
+    /// `Kn-Namespace`, the event's `traceparent`) and `extra` ones.
+    pub async fn attempt(
+        &self,
+        url: &reqwest::Url,
+        event: &Event,
+        namespace: &str,
+        format: Format,
+        timeout: Duration,
+    ) -> Result<Success, Failure> {
         let mut headers = HeaderMap::with_capacity(12);
-        let body = cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
+        let body = match format {
+            Format::Binary => {
+                cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default()
+            }
+            Format::Structured => {
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(cemesh_proto::http::STRUCTURED_JSON),
+                );
+                Bytes::from(cemesh_proto::json::encode_event(event))
+            }
+        };
         headers.insert(
             HeaderName::from_static("prefer"),
             HeaderValue::from_static("reply"),
         );
-        if let Ok(ns) = HeaderValue::from_str(&trigger.key.namespace) {
+        if let Ok(ns) = HeaderValue::from_str(namespace) {
             headers.insert(HeaderName::from_static("kn-namespace"), ns);
         }
-        if let Some(tp) = event.attribute("traceparent").and_then(|v| v.as_str()) {
-            if let Ok(v) = HeaderValue::from_str(tp) {
-                headers.insert(HeaderName::from_static("traceparent"), v);
-            }
-        }
-        let request = self
-            .client
-            .post(trigger.subscriber.clone())
-            .headers(headers)
-            .body(body)
-            .timeout(trigger.delivery.timeout);
-        match request.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                // Read the whole body so the connection goes back to the pool.
-                let body = resp.bytes().await.unwrap_or_default();
-                if (200..300).contains(&status) {
-                    Outcome::Delivered { status }
-                } else {
-                    Outcome::Failed(Failure {
-                        status: Some(status),
-                        error: format!("subscriber answered {status}"),
-                        body,
-                    })
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = event.attribute(name).and_then(|v| v.as_str()) {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    headers.insert(HeaderName::from_static(name), v);
                 }
             }
-            Err(e) => Outcome::Failed(Failure {
-                status: None,
-                error: if e.is_timeout() {
-                    format!("timed out after {:?}", trigger.delivery.timeout)
-                } else {
-                    format!("request failed: {e}")
-                },
-                body: Bytes::new(),
-            }),
         }
+        let started = Instant::now();
+        let request = self
+            .client
+            .post(url.clone())
+            .headers(headers)
+            .body(body)
+            .timeout(timeout);
+        let resp = match request.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Err(request_failure(&e, timeout, started)),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        // Read the whole body, so the connection goes back to the pool.
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Err(request_failure(&e, timeout, started)),
+        };
+        if (200..300).contains(&status) {
+            Ok(Success {
+                status,
+                headers,
+                body,
+            })
+        } else {
+            let retry_after = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            Err(Failure {
+                status: Some(status),
+                error: format!("{url} answered {status}"),
+                body,
+                retry_after,
+            })
+        }
+    }
+}
+
+fn request_failure(e: &reqwest::Error, timeout: Duration, started: Instant) -> Failure {
+    let error = if e.is_timeout() {
+        format!("no answer within the {timeout:?} timeout")
+    } else if e.is_connect() {
+        format!("cannot connect: {}", root_cause(e))
+    } else {
+        format!(
+            "request failed after {:?}: {}",
+            started.elapsed(),
+            root_cause(e)
+        )
+    };
+    Failure {
+        status: None,
+        error,
+        body: Bytes::new(),
+        retry_after: None,
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(policy: BackoffPolicy, delay_ms: u64) -> DeliverySpec {
+        DeliverySpec {
+            backoff_policy: policy,
+            backoff_delay: Duration::from_millis(delay_ms),
+            jitter: false,
+            ..DeliverySpec::default()
+        }
+    }
+
+    fn failure(status: u16, retry_after: Option<u64>) -> Failure {
+        Failure {
+            status: Some(status),
+            error: String::new(),
+            body: Bytes::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn exponential_doubles_from_the_delay() {
+        let s = spec(BackoffPolicy::Exponential, 200);
+        let waits: Vec<u128> = (1..=4).map(|k| s.backoff(k).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600]);
+        // Huge retry counts saturate instead of overflowing.
+        assert_eq!(s.backoff(200), Duration::MAX);
+    }
+
+    #[test]
+    fn linear_grows_by_the_delay() {
+        let s = spec(BackoffPolicy::Linear, 150);
+        let waits: Vec<u128> = (1..=4).map(|k| s.backoff(k).as_millis()).collect();
+        assert_eq!(waits, [150, 300, 450, 600]);
+    }
+
+    #[test]
+    fn backoff_max_caps_each_wait() {
+        let s = DeliverySpec {
+            backoff_max: Some(Duration::from_millis(500)),
+            ..spec(BackoffPolicy::Exponential, 200)
+        };
+        assert_eq!(s.backoff(2), Duration::from_millis(400));
+        assert_eq!(s.backoff(3), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn full_jitter_stays_within_the_backoff() {
+        let s = DeliverySpec {
+            jitter: true,
+            ..spec(BackoffPolicy::Exponential, 1000)
+        };
+        let f = failure(500, None);
+        let waits: Vec<Duration> = (0..200).map(|_| s.wait_before(1, &f)).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
+        assert!(
+            waits.iter().any(|w| *w < Duration::from_millis(900)),
+            "no jitter"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429_and_503_and_capped() {
+        let s = DeliverySpec {
+            retry_after_max: Duration::from_secs(5),
+            ..spec(BackoffPolicy::Exponential, 100)
+        };
+        assert_eq!(
+            s.wait_before(1, &failure(429, Some(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            s.wait_before(1, &failure(503, Some(60))),
+            Duration::from_secs(5)
+        );
+        // Only 429 and 503; and never shorter than the backoff.
+        assert_eq!(
+            s.wait_before(1, &failure(500, Some(2))),
+            Duration::from_millis(100)
+        );
+        let long = spec(BackoffPolicy::Linear, 3000);
+        let s = DeliverySpec {
+            retry_after_max: Duration::from_secs(5),
+            ..long
+        };
+        assert_eq!(
+            s.wait_before(1, &failure(429, Some(1))),
+            Duration::from_secs(3)
+        );
+        // PT0S turns the header off.
+        let off = DeliverySpec {
+            retry_after_max: Duration::ZERO,
+            ..spec(BackoffPolicy::Linear, 100)
+        };
+        assert_eq!(
+            off.wait_before(1, &failure(429, Some(9))),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for s in [404, 408, 409, 429, 500, 502, 503, 504, 599] {
+            assert!(is_retryable(Some(s)), "{s}");
+        }
+        for s in [100, 301, 400, 401, 403, 405, 410, 413, 415, 422] {
+            assert!(!is_retryable(Some(s)), "{s}");
+        }
+        assert!(is_retryable(None));
     }
 }

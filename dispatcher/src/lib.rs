@@ -7,8 +7,10 @@
 
 pub mod delivery;
 pub mod filter;
+pub mod pipeline;
 pub mod trigger;
 
-pub use delivery::{Deliverer, DeliverySpec, Outcome};
+pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use filter::{Filter, FilterError};
+pub use pipeline::{Processed, TriggerContext};
 pub use trigger::{spawn_trigger, TriggerHandle, TriggerKey, TriggerRuntime};

@@ -12,7 +12,8 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use cemesh_proto::{AttributeValue, Event};
+use cemesh_proto::http::DecodeError;
+use cemesh_proto::{knative, Event, EventError};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tracing::Instrument;
@@ -21,7 +22,7 @@ pub use error::IngressError;
 pub use routes::{BrokerEndpoint, BrokerKey, Routes};
 
 /// The extension the ingress stamps on every event it accepts.
-pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+pub const ARRIVAL_TIME: &str = knative::ARRIVAL_TIME;
 
 /// Builds the ingress router over a live broker table.
 pub fn router(routes: Routes) -> Router {
@@ -65,9 +66,9 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<Response, IngressErro
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, broker.max_body_bytes).await?;
     let mut events = cemesh_proto::http::decode(&parts.headers, body)?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = knative::now_rfc3339();
     for event in &mut events {
-        stamp(event, &now);
+        stamp(event, &now)?;
     }
     let count = events.len();
     tracing::Span::current().record("events", count);
@@ -77,8 +78,30 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<Response, IngressErro
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-fn stamp(event: &mut Event, now: &str) {
-    event.set_extension(ARRIVAL_TIME, AttributeValue::String(now.to_owned()));
+/// Stamps the arrival time and the hop budget (Knative's loop guard): an event
+/// without a valid TTL gets [`knative::DEFAULT_TTL`]; one that has used it up is
+/// refused.
+fn stamp(event: &mut Event, now: &str) -> Result<(), IngressError> {
+    knative::stamp_arrival(event, now);
+    match knative::ttl(event) {
+        Some(n) if n <= 0 => Err(IngressError::Decode(DecodeError::Invalid(
+            EventError::attr(
+                knative::BROKER_TTL,
+                format!(
+                    "{}: {n}: the event has used up its hops (a reply loop?)",
+                    knative::BROKER_TTL
+                ),
+            ),
+        ))),
+        Some(n) => {
+            knative::set_ttl(event, n);
+            Ok(())
+        }
+        None => {
+            knative::set_ttl(event, knative::DEFAULT_TTL);
+            Ok(())
+        }
+    }
 }
 
 /// `/{namespace}/{broker}`, with one trailing slash tolerated.

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod event;
 pub mod http;
 pub mod json;
+pub mod knative;
 pub mod validate;
 
 pub use event::{AttrRef, AttributeValue, Event, SpecVersion};

@@ -304,6 +304,19 @@ struct SubState {
     received: Mutex<Vec<Received>>,
     status: AtomicU16,
     notify: tokio::sync::Notify,
+    behaviour: Mutex<Behaviour>,
+}
+
+/// How a subscriber answers, besides its status.
+#[derive(Default, Clone)]
+struct Behaviour {
+    delay: Duration,
+    /// Extra random delay up to this much.
+    jitter: Duration,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    reply: Option<Event>,
+    echo: bool,
 }
 
 /// A real HTTP subscriber on 127.0.0.1 that records every request.
@@ -346,6 +359,40 @@ impl Subscriber {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Delays every answer (a slow or hanging service), plus up to `jitter` more.
+    pub fn set_delay(&self, delay: Duration, jitter: Duration) {
+        let mut b = self.behaviour();
+        b.delay = delay;
+        b.jitter = jitter;
+    }
+
+    /// Adds headers and a body to every answer.
+    pub fn set_response(&self, headers: &[(&str, &str)], body: &[u8]) {
+        let mut b = self.behaviour();
+        b.headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        b.body = Bytes::copy_from_slice(body);
+    }
+
+    /// Answers every request with this event (binary mode), as a reply.
+    pub fn set_reply(&self, event: Option<Event>) {
+        self.behaviour().reply = event;
+    }
+
+    /// Answers every request with the event it received, as a reply.
+    pub fn set_echo(&self, echo: bool) {
+        self.behaviour().echo = echo;
+    }
+
+    fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
+        self.state
+            .behaviour
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ids of the events received so far, in arrival order.
@@ -399,6 +446,11 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
         .ok()
         .and_then(|mut v| v.pop());
     let status = state.status.load(Ordering::SeqCst);
+    let behaviour = state
+        .behaviour
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     state
         .received
         .lock()
@@ -406,12 +458,43 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
         .push(Received {
             headers: parts.headers,
             body,
-            event,
+            event: event.clone(),
             at: Instant::now(),
             status_sent: status,
         });
     state.notify.notify_waiters();
-    StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED)
+    let mut wait = behaviour.delay;
+    if !behaviour.jitter.is_zero() {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // A fresh RandomState is randomly keyed: good enough noise for a test.
+        let noise = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        wait += Duration::from_nanos(noise % behaviour.jitter.as_nanos().max(1) as u64);
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+    let mut headers = HeaderMap::new();
+    let reply = if behaviour.echo {
+        event
+    } else {
+        behaviour.reply
+    };
+    let body = match reply {
+        Some(r) => cemesh_proto::http::encode_binary(&r, &mut headers).unwrap_or_default(),
+        None => behaviour.body,
+    };
+    for (k, v) in &behaviour.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.insert(k, v);
+        }
+    }
+    (code, headers, body)
 }
 
 /// A Broker manifest.

@@ -39,3 +39,12 @@ pub struct TriggerFilter {
 pub const PARALLELISM_ANNOTATION: &str = "cemesh.dev/parallelism";
 /// Annotation choosing where a new trigger starts: `latest` (default) or `earliest`.
 pub const START_ANNOTATION: &str = "cemesh.dev/start";
+/// Annotation turning full jitter off (`"false"`), e.g. for tests measuring waits.
+pub const JITTER_ANNOTATION: &str = "cemesh.dev/backoff-jitter";
+/// Annotation capping any one backoff wait, e.g. `30s`.
+pub const BACKOFF_MAX_ANNOTATION: &str = "cemesh.dev/backoff-max";
+/// Annotation: `ordered` delivers events with the same `partitionkey` one at a time,
+/// in order; `unordered` (default) does not.
+pub const ORDER_ANNOTATION: &str = "cemesh.dev/delivery-order";
+/// Annotation: first attempts per second at most, e.g. `50` or `0.5`.
+pub const MAX_RATE_ANNOTATION: &str = "cemesh.dev/max-rate";

@@ -6,14 +6,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cemesh_channels::{Durability, SledConfig, StartAt};
-use cemesh_dispatcher::{DeliverySpec, TriggerKey, TriggerRuntime};
+use cemesh_dispatcher::{
+    BackoffPolicy, DeliverySpec, Format, Ordering, TriggerKey, TriggerRuntime,
+};
 use cemesh_ingress::BrokerKey;
 
 use super::broker::{
     CHANNEL_ANNOTATION, DURABILITY_ANNOTATION, MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION,
     MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION,
 };
-use super::trigger::{PARALLELISM_ANNOTATION, START_ANNOTATION};
+use super::trigger::{
+    BACKOFF_MAX_ANNOTATION, JITTER_ANNOTATION, MAX_RATE_ANNOTATION, ORDER_ANNOTATION,
+    PARALLELISM_ANNOTATION, START_ANNOTATION,
+};
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
 };
@@ -270,10 +275,7 @@ fn compile_trigger(
         check_delivery(d, "spec.delivery")?;
     }
     let merged = merge_delivery(broker.delivery.as_ref(), t.spec.delivery.as_ref());
-    let mut delivery = DeliverySpec::default();
-    if let Some(timeout) = &merged.timeout {
-        delivery.timeout = parse_iso8601(timeout).map_err(|e| field("spec.delivery.timeout", e))?;
-    }
+    let delivery = delivery_spec(&merged, &t.metadata, ctx)?;
     let ann = |a: &str| format!("metadata.annotations.{a}");
     let parallelism = match t.metadata.annotations.get(PARALLELISM_ANNOTATION) {
         None => 64,
@@ -313,6 +315,88 @@ fn compile_trigger(
         },
         start,
     })
+}
+
+/// The merged `spec.delivery` and the trigger's delivery annotations, resolved. Every
+/// field left unset takes its default on its own (Knative instead zeroes the waits
+/// when only some fields are set).
+fn delivery_spec(
+    d: &DeliveryManifest,
+    meta: &Metadata,
+    ctx: &ResolveContext<'_>,
+) -> Result<DeliverySpec, FieldError> {
+    let mut spec = DeliverySpec::default();
+    let p = |f: &str| format!("spec.delivery.{f}");
+    if let Some(r) = d.retry {
+        spec.retry = u32::try_from(r).map_err(|_| field(&p("retry"), "must not be negative"))?;
+    }
+    if let Some(b) = &d.backoff_policy {
+        spec.backoff_policy = match b.as_str() {
+            "linear" => BackoffPolicy::Linear,
+            _ => BackoffPolicy::Exponential,
+        };
+    }
+    if let Some(v) = &d.backoff_delay {
+        spec.backoff_delay = parse_iso8601(v).map_err(|e| field(&p("backoffDelay"), e))?;
+    }
+    if let Some(v) = &d.timeout {
+        spec.timeout = parse_iso8601(v).map_err(|e| field(&p("timeout"), e))?;
+    }
+    if let Some(v) = &d.retry_after_max {
+        spec.retry_after_max = parse_iso8601(v).map_err(|e| field(&p("retryAfterMax"), e))?;
+    }
+    if let Some(f) = &d.format {
+        spec.format = if f == "json" {
+            Format::Structured
+        } else {
+            Format::Binary
+        };
+    }
+    if let Some(sink) = &d.dead_letter_sink {
+        spec.dead_letter_sink = Some(resolve(sink, meta.namespace(), &p("deadLetterSink"), ctx)?);
+    }
+    let ann = |a: &str| format!("metadata.annotations.{a}");
+    let get = |a: &str| meta.annotations.get(a).map(|v| v.trim());
+    if let Some(v) = get(JITTER_ANNOTATION) {
+        spec.jitter = match v {
+            "true" | "on" => true,
+            "false" | "off" => false,
+            _ => {
+                return Err(field(
+                    &ann(JITTER_ANNOTATION),
+                    format!("{v:?} is not true or false"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = get(BACKOFF_MAX_ANNOTATION) {
+        spec.backoff_max =
+            Some(parse_humane(v).map_err(|e| field(&ann(BACKOFF_MAX_ANNOTATION), e))?);
+    }
+    if let Some(v) = get(ORDER_ANNOTATION) {
+        spec.ordering = match v {
+            "ordered" => Ordering::PerPartitionKey,
+            "unordered" => Ordering::Unordered,
+            _ => {
+                return Err(field(
+                    &ann(ORDER_ANNOTATION),
+                    format!("{v:?} is not ordered or unordered"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = get(MAX_RATE_ANNOTATION) {
+        spec.max_rate = match v.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 => Some(r),
+            _ => {
+                return Err(field(
+                    &ann(MAX_RATE_ANNOTATION),
+                    format!("{v:?} is not a positive number of events per second"),
+                ))
+            }
+        };
+    }
+    Ok(spec)
 }
 
 /// Field by field: what the trigger sets wins, the rest comes from the broker.

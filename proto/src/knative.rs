@@ -1,0 +1,61 @@
+//! The extensions Knative's brokers add to events, shared by the ingress (which stamps
+//! them) and the dispatcher (which reads, strips and sets them).
+
+use crate::{AttrRef, AttributeValue, Event};
+
+/// When the broker accepted the event (RFC 3339).
+pub const ARRIVAL_TIME: &str = "knativearrivaltime";
+/// Hops an event may still make through replies; internal, never delivered.
+pub const BROKER_TTL: &str = "knativebrokerttl";
+/// The TTL the ingress gives an event that has none.
+pub const DEFAULT_TTL: i32 = 255;
+/// On a dead-lettered event: the URL whose delivery failed.
+pub const ERROR_DEST: &str = "knativeerrordest";
+/// On a dead-lettered event: the last HTTP status (absent without a response).
+pub const ERROR_CODE: &str = "knativeerrorcode";
+/// On a dead-lettered event: base64 of at most [`ERROR_DATA_MAX`] bytes of the last
+/// response body.
+pub const ERROR_DATA: &str = "knativeerrordata";
+/// Bytes of an error response body kept in [`ERROR_DATA`].
+pub const ERROR_DATA_MAX: usize = 1024;
+
+/// The event's TTL if it carries a valid one (an integer, or a string holding one).
+pub fn ttl(event: &Event) -> Option<i32> {
+    match event.attribute(BROKER_TTL)? {
+        AttrRef::Integer(n) => Some(n),
+        AttrRef::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Sets the TTL.
+pub fn set_ttl(event: &mut Event, ttl: i32) {
+    event.set_extension(BROKER_TTL, AttributeValue::Integer(ttl));
+}
+
+/// Stamps the arrival time: now, in RFC 3339 with microseconds.
+pub fn stamp_arrival(event: &mut Event, now: &str) {
+    event.set_extension(ARRIVAL_TIME, AttributeValue::String(now.to_owned()));
+}
+
+/// The current time as [`ARRIVAL_TIME`] wants it.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_reads_integers_and_numeric_strings() {
+        let mut e = Event::new("1", "/s", "t");
+        assert_eq!(ttl(&e), None);
+        set_ttl(&mut e, 7);
+        assert_eq!(ttl(&e), Some(7));
+        e.set_extension(BROKER_TTL, AttributeValue::String(" 12".into()));
+        assert_eq!(ttl(&e), Some(12));
+        e.set_extension(BROKER_TTL, AttributeValue::String("XYZ".into()));
+        assert_eq!(ttl(&e), None);
+    }
+}
