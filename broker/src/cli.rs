@@ -29,6 +29,9 @@ pub enum Command {
     Display(DisplayArgs),
     /// Measure throughput and latency against a bare-forwarder baseline.
     Bench(crate::bench::BenchArgs),
+    /// Run beside an existing service: a durable outbox for its publishes and a
+    /// relay delivering the mesh's events to it.
+    Sidecar(crate::sidecar::SidecarArgs),
     /// List, show, redrive or purge a trigger's dead letters.
     #[command(name = "deadletters", alias = "dlq")]
     DeadLetters(DeadLettersArgs),

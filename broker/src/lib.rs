@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod mesh;
 pub mod send;
 pub mod serve;
+pub mod sidecar;
 
 use cli::{Cli, Command};
 use config::LogFormat;
@@ -34,6 +35,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Display(args) => display::run(args.addr).await,
             Command::Bench(args) => bench::run(args).await,
             Command::DeadLetters(args) => deadletters::run(args).await,
+            Command::Sidecar(args) => sidecar::run(args).await,
         }
     })
 }
