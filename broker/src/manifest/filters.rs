@@ -1,28 +1,60 @@
 //! A trigger's `spec.filter` / `spec.filters` compiled to the dispatcher's [`Filter`].
-//! As in Knative, `filters` (when present) wins and `filter` is ignored.
+//!
+//! As in Knative, a non-empty `filters` list wins and `filter` is then ignored; an
+//! empty `filters: []` leaves `filter` in charge (Knative's
+//! FilterAttributeWithEmptyFiltersFeature). The dispatcher does every check, so a
+//! trigger whose filter does not compile never starts, and the error names the node:
+//! `spec.filters[1].any[0].cesql: parse error at column 12: ...`.
 
-use cemesh_dispatcher::filter::AttributesFilter;
-use cemesh_dispatcher::Filter;
+use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter};
+use cemesh_dispatcher::{Filter, FilterError};
 
 use super::TriggerSpec;
 
 /// Compiles the trigger's filter; the error is `(field path, message)`.
 pub(super) fn compile_filter(spec: &TriggerSpec) -> Result<Filter, (String, String)> {
-    if let Some(filters) = &spec.filters {
-        if !filters.is_empty() {
-            return Err((
-                "spec.filters".into(),
-                "the filters dialect is not supported yet; use spec.filter.attributes".into(),
-            ));
-        }
-        return Ok(Filter::All);
+    compile(spec).map_err(|e| (e.path, e.message))
+}
+
+fn compile(spec: &TriggerSpec) -> Result<Filter, FilterError> {
+    if let Some(filters) = spec.filters.as_deref().filter(|f| !f.is_empty()) {
+        return DialectFilter::from_yaml(filters, "spec.filters").map(Filter::Dialect);
     }
     match &spec.filter {
         Some(f) if !f.attributes.is_empty() => {
-            AttributesFilter::new(&f.attributes, "spec.filter.attributes")
-                .map(Filter::Attributes)
-                .map_err(|e| (e.path, e.message))
+            AttributesFilter::new(&f.attributes, "spec.filter.attributes").map(Filter::Attributes)
         }
         _ => Ok(Filter::All),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> TriggerSpec {
+        serde_yaml::from_str(yaml).expect("test spec")
+    }
+
+    #[test]
+    fn non_empty_filters_win_over_filter() {
+        let s = spec("broker: b\nfilter: {attributes: {type: a}}\nfilters: [{exact: {type: b}}]\n");
+        assert!(matches!(compile_filter(&s), Ok(Filter::Dialect(_))));
+        let s = spec("broker: b\nfilter: {attributes: {type: a}}\nfilters: []\n");
+        assert!(matches!(compile_filter(&s), Ok(Filter::Attributes(_))));
+        let s = spec("broker: b\nfilters: []\n");
+        assert!(matches!(compile_filter(&s), Ok(Filter::All)));
+        let s = spec("broker: b\n");
+        assert!(matches!(compile_filter(&s), Ok(Filter::All)));
+    }
+
+    #[test]
+    fn errors_carry_the_path_and_the_column() {
+        let s = spec(
+            "broker: b\nfilters:\n  - exact: {type: a}\n  - any:\n      - cesql: \"type = 'a' AND (\"\n",
+        );
+        let (path, message) = compile_filter(&s).expect_err("bad CESQL");
+        assert_eq!(path, "spec.filters[1].any[0].cesql");
+        assert!(message.starts_with("parse error at column 17"), "{message}");
     }
 }

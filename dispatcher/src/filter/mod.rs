@@ -1,11 +1,25 @@
 //! Trigger filters, compiled once when a trigger is loaded. A compiled filter cannot be
-//! invalid: every check happens in the constructors, so evaluation never fails.
+//! invalid: every check happens in the constructors, so evaluation never fails and a
+//! bad manifest is reported when it is loaded, not event after event at run time.
+//!
+//! * [`AttributesFilter`] (`exact.rs`): Knative's legacy `spec.filter.attributes`.
+//! * [`DialectFilter`] (`dialect/`): Knative's `spec.filters`, the Subscriptions API
+//!   dialects plus `cesql`; its module docs list the semantics we chose.
+//! * [`cesql`]: the CloudEvents SQL v1 engine, independent of our event type.
+//! * `attr.rs`: how all of them read an [`Event`] without allocating.
+//!
+//! Evaluation is on the per-event hot path of every trigger, so compiled forms
+//! pre-resolve what they can (core attribute names to field accesses, `LIKE`
+//! patterns to segments) and borrow from the event instead of copying.
 
+mod attr;
 pub mod cesql;
+mod dialect;
 mod exact;
 
 use cemesh_proto::Event;
 
+pub use dialect::DialectFilter;
 pub use exact::AttributesFilter;
 
 /// Why a filter was refused at load time; `path` names the bad node
@@ -33,6 +47,8 @@ pub enum Filter {
     All,
     /// Knative's `spec.filter.attributes`.
     Attributes(AttributesFilter),
+    /// Knative's `spec.filters` (Subscriptions API dialects and CESQL).
+    Dialect(DialectFilter),
 }
 
 impl Filter {
@@ -41,6 +57,7 @@ impl Filter {
         match self {
             Filter::All => true,
             Filter::Attributes(f) => f.matches(event),
+            Filter::Dialect(f) => f.matches(event),
         }
     }
 }

@@ -1,0 +1,113 @@
+//! Filter evaluation on the hot path: one evaluation per event per trigger.
+//!
+//! Measured separately, as in Knative's `pkg/eventfilter/benchmarks`: compiling
+//! (once per trigger load) and evaluating (per event). The evaluation targets are
+//! under 200 ns for a 5-attribute `exact` filter and under 1 µs for a 3-clause CESQL
+//! expression with `LIKE` and `IN`.
+//!
+//! Run with `cargo bench -p cemesh-dispatcher --bench filters`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use cemesh_dispatcher::filter::cesql::Expression;
+use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter};
+use cemesh_proto::{AttributeValue, Event};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+/// A typical order event: all core attributes, a few extensions, a JSON body.
+fn typical_event() -> Event {
+    let mut e = Event::new(
+        "7f1c2a4e-1b9d-4c55-9a51-0c1f3e6d2b77",
+        "https://shop.example/eu/orders",
+        "com.example.order.created",
+    );
+    e.subject = Some("order-4711".into());
+    e.time = Some("2026-11-24T10:00:00.123+01:00".into());
+    e.datacontenttype = Some("application/json".into());
+    e.dataschema = Some("https://schema.example/order/v1".into());
+    e.set_extension(
+        "traceparent",
+        AttributeValue::String("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    );
+    e.set_extension("region", AttributeValue::String("eu-west".into()));
+    e.set_extension("tenant", AttributeValue::String("acme".into()));
+    e.set_extension("amount", AttributeValue::Integer(1500));
+    e.data = Some(Bytes::from_static(br#"{"total": 15.00}"#));
+    e
+}
+
+const EXACT5: &str = r#"
+- exact:
+    type: com.example.order.created
+    source: https://shop.example/eu/orders
+    subject: order-4711
+    region: eu-west
+    tenant: acme
+"#;
+
+const CESQL3: &str =
+    "type LIKE 'com.example.order.%' AND region IN ('eu-west', 'eu-north', 'eu-central') AND amount > 1000";
+
+fn yaml(text: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::from_str(text).expect("bench YAML")
+}
+
+fn evaluation(c: &mut Criterion) {
+    let event = typical_event();
+    let exact = DialectFilter::from_yaml(&yaml(EXACT5), "spec.filters").expect("exact");
+    let cesql_filter = DialectFilter::from_yaml(
+        &[serde_yaml::Value::Mapping(
+            [("cesql".into(), CESQL3.into())].into_iter().collect(),
+        )],
+        "spec.filters",
+    )
+    .expect("cesql");
+    let legacy = AttributesFilter::new(
+        &[
+            ("type", "com.example.order.created"),
+            ("source", "https://shop.example/eu/orders"),
+            ("subject", "order-4711"),
+            ("region", "eu-west"),
+            ("tenant", "acme"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        "spec.filter.attributes",
+    )
+    .expect("legacy");
+    assert!(exact.matches(&event) && cesql_filter.matches(&event) && legacy.matches(&event));
+
+    let mut g = c.benchmark_group("evaluate");
+    g.bench_function("exact_5_attributes", |b| {
+        b.iter(|| exact.matches(black_box(&event)))
+    });
+    g.bench_function("cesql_3_clauses_like_in", |b| {
+        b.iter(|| cesql_filter.matches(black_box(&event)))
+    });
+    g.bench_function("legacy_attributes_5", |b| {
+        b.iter(|| legacy.matches(black_box(&event)))
+    });
+    let mut miss = event.clone();
+    miss.ty = "com.example.invoice.created".into();
+    g.bench_function("cesql_3_clauses_first_fails", |b| {
+        b.iter(|| cesql_filter.matches(black_box(&miss)))
+    });
+    g.finish();
+}
+
+fn compilation(c: &mut Criterion) {
+    let exact = yaml(EXACT5);
+    let mut g = c.benchmark_group("compile");
+    g.bench_function("exact_5_attributes", |b| {
+        b.iter(|| DialectFilter::from_yaml(black_box(&exact), "spec.filters"))
+    });
+    g.bench_function("cesql_3_clauses_like_in", |b| {
+        b.iter(|| Expression::parse(black_box(CESQL3)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluation, compilation);
+criterion_main!(benches);
