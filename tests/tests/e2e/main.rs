@@ -1,7 +1,11 @@
 //! End-to-end tests: one test binary (faster to link) with a module per area.
 
 mod bench;
+mod control_plane;
 mod delivery;
 mod durability;
 mod event_path;
 mod filters;
+mod grpc;
+mod kafka;
+mod sidecar;
