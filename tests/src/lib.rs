@@ -416,7 +416,10 @@ impl Subscriber {
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before the check, so a request arriving in between wakes us.
             let notified = self.state.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if self.count() >= n {
                 break;
             }
