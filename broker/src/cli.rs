@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker: ingress, dispatcher and admin API.
@@ -32,6 +34,18 @@ pub enum Command {
     /// Run beside an existing service: a durable outbox for its publishes and a
     /// relay delivering the mesh's events to it.
     Sidecar(crate::sidecar::SidecarArgs),
+    /// Apply Broker/Trigger manifests through the admin API (like kubectl apply).
+    Apply(ApplyArgs),
+    /// List brokers or triggers with their readiness.
+    Get(GetArgs),
+    /// Show one resource: spec, status, counters and lag.
+    Describe(DescribeArgs),
+    /// Delete a broker or trigger created through the admin API.
+    Delete(DeleteArgs),
+    /// Check manifests offline, as a load would; exit 1 on any problem.
+    Validate(ValidateArgs),
+    /// Stream the events entering a broker, live.
+    Tail(TailArgs),
     /// List, show, redrive or purge a trigger's dead letters.
     #[command(name = "deadletters", alias = "dlq")]
     DeadLetters(DeadLettersArgs),
@@ -132,6 +146,12 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "CEMESH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or cemesh_dispatcher=debug [default: $RUST_LOG, else info]
+    #[arg(long, env = "CEMESH_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Time deliveries in flight get to finish on shutdown, e.g. 30s [default: 30s]
+    #[arg(long, env = "CEMESH_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// Content mode for `send`.
@@ -177,4 +197,85 @@ pub struct DisplayArgs {
     /// Listen address
     #[arg(long, default_value = "127.0.0.1:8081", env = "CEMESH_DISPLAY_ADDR")]
     pub addr: SocketAddr,
+}
+
+/// Output format of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// A manifest file, a directory of them, or - for stdin (repeatable)
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// brokers or triggers
+    pub kind: String,
+    /// Only this one
+    pub name: Option<String>,
+    /// Namespace [default: all namespaces]
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// broker or trigger
+    pub kind: String,
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// broker or trigger
+    pub kind: String,
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Manifest files or directories
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Server config file, for `services` and the URL template refs resolve through
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The broker's name
+    pub broker: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Only events matching this CESQL expression
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Stop after this many events
+    #[arg(long)]
+    pub count: Option<u64>,
 }

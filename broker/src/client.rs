@@ -22,6 +22,20 @@ impl AdminClient {
         format!("{}{path}", self.base)
     }
 
+    /// `PUT`s a YAML manifest.
+    pub async fn put_yaml(&self, path: &str, yaml: String) -> anyhow::Result<Value> {
+        let url = self.url(path);
+        let resp = self
+            .http
+            .put(&url)
+            .header(http::header::CONTENT_TYPE, "application/yaml")
+            .body(yaml)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        Self::answer(http::Method::PUT, &url, resp).await
+    }
+
     /// Sends a request and returns the JSON answer; a non-2xx answer is an error
     /// carrying the server's message.
     pub async fn call(
@@ -41,6 +55,14 @@ impl AdminClient {
             .send()
             .await
             .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        Self::answer(method, &url, resp).await
+    }
+
+    async fn answer(
+        method: http::Method,
+        url: &str,
+        resp: reqwest::Response,
+    ) -> anyhow::Result<Value> {
         let status = resp.status();
         let bytes = resp
             .bytes()

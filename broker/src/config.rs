@@ -74,6 +74,10 @@ pub struct ServerConfig {
     pub services: BTreeMap<String, ServiceEntry>,
     /// `text` or `json`.
     pub log_format: Option<LogFormat>,
+    /// `tracing` filter, e.g. `info` or `cemesh_dispatcher=debug`.
+    pub log_level: Option<String>,
+    /// How long deliveries in flight may take to finish on shutdown, e.g. `30s`.
+    pub shutdown_grace: Option<String>,
 }
 
 /// One entry of `services:`.
@@ -145,4 +149,6 @@ pub struct Settings {
     pub service_url_template: String,
     pub services: BTreeMap<String, ServiceEntry>,
     pub log_format: LogFormat,
+    pub log_level: Option<String>,
+    pub shutdown_grace: std::time::Duration,
 }

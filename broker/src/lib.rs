@@ -6,11 +6,15 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod deadletters;
 pub mod display;
 pub mod duration;
+pub mod kubectl;
 pub mod manifest;
 pub mod mesh;
+pub mod metrics;
+pub mod reload;
 pub mod send;
 pub mod serve;
 pub mod sidecar;
@@ -20,11 +24,14 @@ use config::LogFormat;
 
 /// Runs the command line; `main` only calls this.
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
-    let log_format = match &cli.command {
-        Command::Serve(args) => serve::settings(args)?.log_format,
-        _ => LogFormat::Text,
+    let (log_format, log_level) = match &cli.command {
+        Command::Serve(args) => {
+            let s = serve::settings(args)?;
+            (s.log_format, s.log_level)
+        }
+        _ => (LogFormat::Text, None),
     };
-    init_tracing(log_format);
+    init_tracing(log_format, log_level.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -36,13 +43,26 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::DeadLetters(args) => deadletters::run(args).await,
             Command::Sidecar(args) => sidecar::run(args).await,
+            Command::Apply(args) => kubectl::apply(args).await,
+            Command::Get(args) => kubectl::get(args).await,
+            Command::Describe(args) => kubectl::describe(args).await,
+            Command::Delete(args) => kubectl::delete(args).await,
+            Command::Validate(args) => kubectl::validate(args),
+            Command::Tail(args) => kubectl::tail(args).await,
         }
     })
 }
 
-fn init_tracing(format: LogFormat) {
+/// `--log-level` wins over `RUST_LOG`, which wins over `info`.
+fn init_tracing(format: LogFormat, level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|e| {
+            eprintln!("--log-level {l:?} is not a valid filter ({e}); using info");
+            EnvFilter::new("info")
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use cemesh_channels::{
-    Channel, DeadLetterStore, MemoryChannel, MemoryConfig, MemoryDeadLetters, SledConfig, SledStore,
+    Channel, DeadLetterStore, MemoryChannel, MemoryConfig, MemoryDeadLetters, SledConfig,
+    SledStore, Tapped,
 };
 use cemesh_dispatcher::{
     spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
@@ -20,7 +22,7 @@ use crate::manifest::{BrokerDesired, Desired};
 
 struct RunningBroker {
     desired: BrokerDesired,
-    channel: Arc<dyn Channel>,
+    channel: Arc<Tapped>,
 }
 
 struct RunningTrigger {
@@ -32,10 +34,22 @@ struct RunningTrigger {
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MeshStatus {
+    /// Every valid broker has its channel open and every valid trigger runs (and
+    /// the process is not starting or draining). Invalid resources are listed in
+    /// `problems` but do not make the process unready.
     pub ready: bool,
     pub brokers: Vec<String>,
     pub triggers: Vec<String>,
     pub problems: Vec<String>,
+    /// A rejected reload of the config dir, if the last one was rejected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected_reload: Vec<String>,
+    /// Why a valid broker (`ns/name`) is not running.
+    #[serde(skip)]
+    pub broker_failures: BTreeMap<String, String>,
+    /// Why a valid trigger (`ns/name`) is not running.
+    #[serde(skip)]
+    pub trigger_failures: BTreeMap<String, String>,
 }
 
 /// Opens channels for brokers. The sled database (one per process, under
@@ -145,9 +159,13 @@ pub struct Mesh {
     triggers: BTreeMap<TriggerKey, RunningTrigger>,
     status: Arc<Mutex<MeshStatus>>,
     registry: Registry,
+    taps: Taps,
     /// Cancelled at shutdown: ends background work such as redrives.
     background: CancellationToken,
 }
+
+/// Every running broker's channel, tapped for `cemesh tail`.
+pub type Taps = Arc<RwLock<BTreeMap<BrokerKey, Arc<Tapped>>>>;
 
 /// The running triggers' pipelines, for the admin API (dead letters, redrive).
 pub type Registry = Arc<RwLock<BTreeMap<TriggerKey, Arc<TriggerContext>>>>;
@@ -162,12 +180,17 @@ impl Mesh {
             triggers: BTreeMap::new(),
             status: Arc::default(),
             registry: Arc::default(),
+            taps: Arc::default(),
             background: CancellationToken::new(),
         }
     }
 
     pub fn registry(&self) -> Registry {
         self.registry.clone()
+    }
+
+    pub fn taps(&self) -> Taps {
+        self.taps.clone()
     }
 
     /// Cancelled when the mesh shuts down.
@@ -182,6 +205,8 @@ impl Mesh {
     /// Moves the mesh to `desired`, changing only what differs.
     pub async fn apply(&mut self, desired: Desired) {
         let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
+        let mut broker_failures = BTreeMap::new();
+        let mut trigger_failures = BTreeMap::new();
 
         // Triggers that go away or change stop first, so nothing reads a channel that
         // is about to close.
@@ -241,6 +266,7 @@ impl Mesh {
                     if d.channel == ChannelKind::Sled {
                         // The same channel with new settings: subscriptions carry on.
                         if let Err(e) = self.channels.open(key, d) {
+                            broker_failures.insert(key.to_string(), e.clone());
                             problems.push(e);
                         }
                     } else {
@@ -252,6 +278,7 @@ impl Mesh {
             }
             match self.channels.open(key, d) {
                 Ok(channel) => {
+                    let channel = Arc::new(Tapped::new(channel));
                     tracing::info!(broker = %key, channel = d.channel.as_str(), "Broker ready");
                     self.brokers.insert(
                         key.clone(),
@@ -263,6 +290,7 @@ impl Mesh {
                 }
                 Err(e) => {
                     tracing::error!(broker = %key, error = %e, "Broker not started");
+                    broker_failures.insert(key.to_string(), e.clone());
                     problems.push(e);
                 }
             }
@@ -273,7 +301,7 @@ impl Mesh {
             .map(|(k, b)| {
                 let endpoint = BrokerEndpoint {
                     key: k.clone(),
-                    channel: b.channel.clone(),
+                    channel: b.channel.clone() as Arc<dyn Channel>,
                     max_body_bytes: usize::try_from(b.desired.max_body_bytes).unwrap_or(usize::MAX),
                 };
                 (k.clone(), Arc::new(endpoint))
@@ -287,7 +315,9 @@ impl Mesh {
             }
             let broker_key = BrokerKey::new(&key.namespace, &t.runtime.broker);
             let Some(broker) = self.brokers.get(&broker_key) else {
-                problems.push(format!("trigger {key}: broker {broker_key} is not running"));
+                let why = format!("broker {broker_key} is not running");
+                problems.push(format!("trigger {key}: {why}"));
+                trigger_failures.insert(key.to_string(), why);
                 continue;
             };
             match broker
@@ -302,6 +332,7 @@ impl Mesh {
                         Err(e) => {
                             tracing::error!(trigger = %key, error = %e, "Trigger not started");
                             problems.push(format!("trigger {key}: {e}"));
+                            trigger_failures.insert(key.to_string(), e);
                             continue;
                         }
                     };
@@ -310,6 +341,7 @@ impl Mesh {
                         deliverer: self.deliverer.clone(),
                         broker: broker.channel.clone(),
                         dead_letters,
+                        stats: Arc::default(),
                     });
                     self.registry
                         .write()
@@ -327,24 +359,47 @@ impl Mesh {
                 Err(e) => {
                     tracing::error!(trigger = %key, error = %e, "Trigger not started");
                     problems.push(format!("trigger {key}: {e}"));
+                    trigger_failures.insert(key.to_string(), e.to_string());
                 }
             }
         }
 
+        {
+            let mut taps = self.taps.write().unwrap_or_else(|p| p.into_inner());
+            *taps = self
+                .brokers
+                .iter()
+                .map(|(k, b)| (k.clone(), b.channel.clone()))
+                .collect();
+        }
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         *status = MeshStatus {
-            ready: true,
+            ready: broker_failures.is_empty() && trigger_failures.is_empty(),
             brokers: self.brokers.keys().map(ToString::to_string).collect(),
             triggers: self.triggers.keys().map(ToString::to_string).collect(),
             problems,
+            rejected_reload: Vec::new(),
+            broker_failures,
+            trigger_failures,
         };
     }
 
     /// Stops every trigger (in-flight deliveries finish) and drops the channels.
-    pub async fn shutdown(&mut self) {
+    /// Attempts in flight get up to `grace` to finish; whatever is not finished by
+    /// then stays unacked and is delivered again after a restart.
+    pub async fn shutdown(&mut self, grace: Duration) {
         self.background.cancel();
-        for (_, t) in std::mem::take(&mut self.triggers) {
-            t.handle.stop().await;
+        let stops = std::mem::take(&mut self.triggers)
+            .into_values()
+            .map(|t| t.handle.stop());
+        if tokio::time::timeout(grace, futures::future::join_all(stops))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "Deliveries still in flight after the grace period; they will be redelivered"
+            );
         }
         self.registry
             .write()
@@ -352,6 +407,7 @@ impl Mesh {
             .clear();
         self.routes.replace(Default::default());
         self.brokers.clear();
+        self.taps.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.channels.close().await;
     }
 }

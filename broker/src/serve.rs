@@ -3,6 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cemesh_ingress::Routes;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -13,8 +17,8 @@ use crate::cli::ServeArgs;
 use crate::config::{
     ChannelKind, LogFormat, ServerConfig, Settings, DEFAULT_MAX_BODY, DEFAULT_SERVICE_TEMPLATE,
 };
+use crate::control::ControlPlane;
 use crate::duration::parse_bytes;
-use crate::manifest::{compile, load_dir, ResolveContext};
 use crate::mesh::{Channels, Mesh};
 
 /// Merges flags/env over the config file over the defaults.
@@ -56,6 +60,18 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
+        log_level: args.log_level.clone().or(file.log_level),
+        shutdown_grace: match &args.shutdown_grace {
+            Some(s) => crate::duration::parse_humane(s)
+                .map_err(|e| anyhow::anyhow!("--shutdown-grace: {e}"))?,
+            None => file
+                .shutdown_grace
+                .as_deref()
+                .map(crate::duration::parse_humane)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("shutdown_grace: {e}"))?
+                .unwrap_or(Duration::from_secs(30)),
+        },
     })
 }
 
@@ -63,33 +79,32 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
 pub struct Server {
     pub ingress_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub control: Arc<ControlPlane>,
+    routes: Routes,
+    grace: Duration,
     stop: CancellationToken,
     ingress_task: JoinHandle<std::io::Result<()>>,
     admin_task: JoinHandle<std::io::Result<()>>,
-    mesh: Mesh,
+    _watcher: Option<crate::reload::Watcher>,
 }
 
 impl Server {
-    /// Stops gracefully: no new events accepted, in-flight deliveries finish.
-    pub async fn shutdown(mut self) {
+    /// Stops gracefully: new events are answered 503 with `Retry-After`, deliveries
+    /// in flight get the grace period to finish, cursors are committed and channels
+    /// flushed and closed.
+    pub async fn shutdown(self) {
+        self.routes.start_draining();
+        self.control.shutdown(self.grace).await;
         self.stop.cancel();
         let _ = self.ingress_task.await;
-        self.mesh.shutdown().await;
         let _ = self.admin_task.await;
     }
 }
 
-/// Loads manifests, binds both listeners and starts every broker and trigger.
+/// Binds both listeners, loads manifests and starts every broker and trigger, and
+/// watches the config dir.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
-    let (resources, errors) = load_dir(&settings.config_dir);
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::bail!(
-            "invalid manifests in {}:\n  {}",
-            settings.config_dir.display(),
-            list.join("\n  ")
-        );
-    }
+    crate::metrics::install();
     let ingress = TcpListener::bind(settings.ingress_addr)
         .await
         .with_context(|| format!("cannot listen on ingress address {}", settings.ingress_addr))?;
@@ -99,34 +114,32 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let ingress_addr = ingress.local_addr()?;
     let admin_addr = admin.local_addr()?;
 
-    let ctx = ResolveContext {
-        ingress_base: format!("http://{ingress_addr}"),
-        service_url_template: &settings.service_url_template,
-        services: &settings.services,
-        default_channel: settings.channel,
-        default_max_body: settings.max_body_bytes,
-    };
-    let desired = compile(&resources, &ctx);
-    for p in &desired.problems {
-        tracing::error!(problem = %p, "Resource not started");
-    }
-    let routes = cemesh_ingress::Routes::default();
-    let mut mesh = Mesh::new(routes.clone(), Channels::new(settings.data_dir.clone()));
-    mesh.apply(desired).await;
+    let routes = Routes::default();
+    let mesh = Mesh::new(routes.clone(), Channels::new(settings.data_dir.clone()));
+    let registry = mesh.registry();
+    let taps = mesh.taps();
+    let background = mesh.background();
+    let status = mesh.status();
+    let control =
+        ControlPlane::start(mesh, settings.clone(), format!("http://{ingress_addr}")).await?;
+    let watcher = crate::reload::watch(control.clone(), &settings.config_dir);
 
     let stop = CancellationToken::new();
     let ingress_task = {
         let stop = stop.clone();
-        tokio::spawn(cemesh_ingress::serve(ingress, routes, async move {
+        tokio::spawn(cemesh_ingress::serve(ingress, routes.clone(), async move {
             stop.cancelled().await
         }))
     };
     let admin_task = {
         let stop = stop.clone();
         let app = crate::admin::router(crate::admin::AdminState {
-            status: mesh.status(),
-            registry: mesh.registry(),
-            background: mesh.background(),
+            status,
+            registry,
+            taps,
+            background,
+            control: control.clone(),
+            routes: routes.clone(),
         });
         tokio::spawn(async move {
             axum::serve(admin, app)
@@ -137,10 +150,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     Ok(Server {
         ingress_addr,
         admin_addr,
+        control,
+        routes,
+        grace: settings.shutdown_grace,
         stop,
         ingress_task,
         admin_task,
-        mesh,
+        _watcher: watcher,
     })
 }
 
@@ -155,7 +171,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "cemesh listening"
     );
     shutdown_signal().await;
-    tracing::info!("Shutting down");
+    tracing::info!(grace = ?settings.shutdown_grace, "Shutting down: draining");
     server.shutdown().await;
     tracing::info!("Stopped");
     Ok(())

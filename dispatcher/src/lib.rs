@@ -12,5 +12,5 @@ pub mod trigger;
 
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use filter::{Filter, FilterError};
-pub use pipeline::{Processed, TriggerContext};
+pub use pipeline::{Processed, TriggerContext, TriggerStats};
 pub use trigger::{spawn_trigger, TriggerHandle, TriggerKey, TriggerRuntime};

@@ -4,13 +4,15 @@
 //! fails. Nothing is dropped silently: an event leaves here delivered, dead-lettered
 //! somewhere durable, or interrupted (not acked, so the channel delivers it again).
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use cemesh_channels::{Attempt, Channel, ChannelError, DeadLetter, DeadLetterStore};
-use cemesh_proto::{knative, AttributeValue, Event};
+use cemesh_proto::{knative, metric_names as names, AttributeValue, Event};
 use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -38,12 +40,82 @@ pub struct TriggerContext {
     /// The trigger's broker, where replies go.
     pub broker: Arc<dyn Channel>,
     pub dead_letters: Arc<dyn DeadLetterStore>,
+    pub stats: Arc<TriggerStats>,
+}
+
+/// Counters of one trigger since it started, for `cemesh describe` (the same events
+/// are also counted in the process's metrics).
+#[derive(Debug, Default)]
+pub struct TriggerStats {
+    /// Events the subscriber took.
+    pub delivered: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+    /// Events sent to the dead-letter sink or the built-in store.
+    pub dead_lettered: AtomicU64,
+    /// Replies appended to the broker.
+    pub replies: AtomicU64,
+    /// Events being processed now.
+    pub in_flight: AtomicI64,
+}
+
+impl TriggerStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "delivered": self.delivered.load(Relaxed),
+            "retries": self.retries.load(Relaxed),
+            "deadLettered": self.dead_lettered.load(Relaxed),
+            "replies": self.replies.load(Relaxed),
+            "inFlight": self.in_flight.load(Relaxed).max(0),
+        })
+    }
+}
+
+/// Decrements the in-flight count however processing ends.
+struct InFlight<'a>(&'a TriggerContext);
+
+impl<'a> InFlight<'a> {
+    fn enter(ctx: &'a TriggerContext) -> Self {
+        ctx.stats.in_flight.fetch_add(1, Relaxed);
+        metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => ctx.runtime.key.namespace.clone(), "trigger_name" => ctx.runtime.key.name.clone()).increment(1.0);
+        InFlight(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let ctx = self.0;
+        ctx.stats.in_flight.fetch_sub(1, Relaxed);
+        metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => ctx.runtime.key.namespace.clone(), "trigger_name" => ctx.runtime.key.name.clone()).decrement(1.0);
+    }
 }
 
 impl TriggerContext {
     /// Runs the event through the pipeline. `cancel` stops waiting between retries
     /// (the attempt in flight finishes).
     pub async fn process(&self, event: &Event, cancel: &CancellationToken) -> Processed {
+        let _in_flight = InFlight::enter(self);
+        let processed = self.process_inner(event, cancel).await;
+        let key = &self.runtime.key;
+        match processed {
+            Processed::Delivered => {
+                self.stats.delivered.fetch_add(1, Relaxed);
+            }
+            Processed::DeadLettered => {
+                self.stats.dead_lettered.fetch_add(1, Relaxed);
+                let destination = if self.runtime.delivery.dead_letter_sink.is_some() {
+                    "sink"
+                } else {
+                    "store"
+                };
+                metrics::counter!(names::TRIGGER_DEAD_LETTERS, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone(), "destination" => destination).increment(1);
+            }
+            Processed::Interrupted => {}
+        }
+        processed
+    }
+
+    async fn process_inner(&self, event: &Event, cancel: &CancellationToken) -> Processed {
         let ttl = knative::ttl(event).unwrap_or(knative::DEFAULT_TTL);
         let mut outgoing = event.clone();
         outgoing.remove_extension(knative::BROKER_TTL);
@@ -126,6 +198,7 @@ impl TriggerContext {
                 .await;
             let latency = started.elapsed();
             span.record("latency_ms", latency.as_secs_f64() * 1e3);
+            self.record_attempt(k, &result, latency);
             match result {
                 Ok(success) => {
                     span.record("status", success.status);
@@ -171,6 +244,28 @@ impl TriggerContext {
                 retry_after: None,
             });
         Sent::Failed(attempts.into_iter().map(|(a, _)| a).collect(), failure)
+    }
+
+    fn record_attempt(&self, k: u32, result: &Result<Success, Failure>, latency: Duration) {
+        let key = &self.runtime.key;
+        let status = match result {
+            Ok(s) => Some(s.status),
+            Err(f) => f.status,
+        };
+        let class = names::status_class(status);
+        let labels = [
+            ("namespace_name", key.namespace.clone()),
+            ("broker_name", self.runtime.broker.clone()),
+            ("trigger_name", key.name.clone()),
+            ("response_code_class", class.to_owned()),
+        ];
+        metrics::counter!(names::TRIGGER_EVENT_COUNT, &labels).increment(1);
+        metrics::histogram!(names::TRIGGER_DISPATCH_LATENCIES, &labels)
+            .record(latency.as_secs_f64());
+        if k > 0 {
+            self.stats.retries.fetch_add(1, Relaxed);
+            metrics::counter!(names::TRIGGER_RETRIES, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone()).increment(1);
+        }
     }
 
     /// Feeds a reply carried by a 2xx answer back into the broker.
@@ -226,7 +321,11 @@ impl TriggerContext {
         let mut k = 0u32;
         loop {
             let error = match self.broker.append(replies.clone()).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.stats.replies.fetch_add(replies.len() as u64, Relaxed);
+                    metrics::counter!(names::TRIGGER_REPLIES, "namespace_name" => self.runtime.key.namespace.clone(), "trigger_name" => self.runtime.key.name.clone()).increment(replies.len() as u64);
+                    return;
+                }
                 Err(ChannelError::Closed) => "the broker's channel is closed".to_owned(),
                 Err(e) => e.to_string(),
             };

@@ -26,6 +26,10 @@ pub enum IngressError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    #[error(
+        "the broker is shutting down; send again shortly (to another replica if there is one)"
+    )]
+    Draining,
 }
 
 impl IngressError {
@@ -42,13 +46,16 @@ impl IngressError {
             IngressError::Channel(ChannelError::Full { .. }) => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Channel(ChannelError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngressError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
             IngressError::Channel(ChannelError::Full { retry_after, .. }) => Some(*retry_after),
-            IngressError::Channel(ChannelError::Closed) => Some(DEFAULT_RETRY_AFTER),
+            IngressError::Channel(ChannelError::Closed) | IngressError::Draining => {
+                Some(DEFAULT_RETRY_AFTER)
+            }
             _ => None,
         }
     }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use cemesh_proto::http::DecodeError;
-use cemesh_proto::{knative, Event, EventError};
+use cemesh_proto::{knative, metric_names as names, Event, EventError};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tracing::Instrument;
@@ -37,27 +37,48 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
         status = tracing::field::Empty,
         events = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
+    // Label metrics with known brokers only: paths are the client's to choose.
+    let broker = parse_path(req.uri().path())
+        .ok()
+        .filter(|k| routes.get(k).is_some());
     async move {
         let result = dispatch(&routes, req).await;
-        let resp = match result {
-            Ok(resp) => resp,
+        let (resp, events) = match result {
+            Ok((resp, n)) => (resp, n),
             Err(e) => {
                 tracing::debug!(error = %e, "Refused");
-                e.into_response()
+                (e.into_response(), 1)
             }
         };
-        tracing::Span::current().record("status", resp.status().as_u16());
+        let status = resp.status().as_u16();
+        tracing::Span::current().record("status", status);
+        if let Some(key) = broker {
+            let accepted = status == 202;
+            let labels = [
+                ("namespace_name", key.namespace.clone()),
+                ("broker_name", key.name.clone()),
+                ("result", if accepted { "accepted" } else { "refused" }.to_owned()),
+                ("response_code", status.to_string()),
+                ("response_code_class", names::status_class(Some(status)).to_owned()),
+            ];
+            metrics::counter!(names::INGRESS_EVENT_COUNT, &labels).increment(events as u64);
+            metrics::histogram!(names::INGRESS_REQUEST_LATENCIES, "namespace_name" => key.namespace, "broker_name" => key.name)
+                .record(started.elapsed().as_secs_f64());
+        }
         resp
     }
     .instrument(span)
     .await
 }
 
-async fn dispatch(routes: &Routes, req: Request) -> Result<Response, IngressError> {
+/// Handles one request; answers with how many events it carried.
+async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), IngressError> {
     let key = parse_path(req.uri().path())?;
     match *req.method() {
+        Method::POST if routes.is_draining() => return Err(IngressError::Draining),
         Method::POST => {}
-        Method::OPTIONS => return Ok(webhook_handshake(req.headers())),
+        Method::OPTIONS => return Ok((webhook_handshake(req.headers()), 0)),
         _ => return Err(IngressError::MethodNotAllowed(req.method().clone())),
     }
     let broker = routes
@@ -69,13 +90,30 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<Response, IngressErro
     let now = knative::now_rfc3339();
     for event in &mut events {
         stamp(event, &now)?;
+        continue_trace(event, &parts.headers);
     }
     let count = events.len();
     tracing::Span::current().record("events", count);
     if count > 0 {
+        let started = std::time::Instant::now();
         broker.channel.append(events).await?;
+        metrics::histogram!(names::CHANNEL_APPEND_LATENCIES, "channel" => broker.channel.kind())
+            .record(started.elapsed().as_secs_f64());
     }
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok((StatusCode::ACCEPTED.into_response(), count))
+}
+
+/// W3C trace context sent as HTTP headers continues in the event (the distributed
+/// tracing extension), unless the event carries its own.
+fn continue_trace(event: &mut Event, headers: &HeaderMap) {
+    for name in ["traceparent", "tracestate"] {
+        if event.extension(name).is_some() {
+            continue;
+        }
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            event.set_extension(name, cemesh_proto::AttributeValue::String(v.to_owned()));
+        }
+    }
 }
 
 /// Stamps the arrival time and the hop budget (Knative's loop guard): an event

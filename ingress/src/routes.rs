@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -39,20 +40,34 @@ pub struct BrokerEndpoint {
     pub max_body_bytes: usize,
 }
 
-/// The table of brokers, cheap to read on every request and swapped whole on change.
+/// The table of brokers, cheap to read on every request and swapped whole on change,
+/// and whether the process is draining (shutting down: new events are refused with
+/// 503 and `Retry-After` while deliveries finish).
 #[derive(Debug, Clone, Default)]
-pub struct Routes(Arc<ArcSwap<HashMap<BrokerKey, Arc<BrokerEndpoint>>>>);
+pub struct Routes {
+    table: Arc<ArcSwap<HashMap<BrokerKey, Arc<BrokerEndpoint>>>>,
+    draining: Arc<AtomicBool>,
+}
 
 impl Routes {
     pub fn get(&self, key: &BrokerKey) -> Option<Arc<BrokerEndpoint>> {
-        self.0.load().get(key).cloned()
+        self.table.load().get(key).cloned()
     }
 
     pub fn replace(&self, table: HashMap<BrokerKey, Arc<BrokerEndpoint>>) {
-        self.0.store(Arc::new(table));
+        self.table.store(Arc::new(table));
     }
 
     pub fn keys(&self) -> Vec<BrokerKey> {
-        self.0.load().keys().cloned().collect()
+        self.table.load().keys().cloned().collect()
+    }
+
+    /// From now on, refuse new events (503) until the process exits.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 }

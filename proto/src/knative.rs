@@ -38,6 +38,27 @@ pub fn stamp_arrival(event: &mut Event, now: &str) {
     event.set_extension(ARRIVAL_TIME, AttributeValue::String(now.to_owned()));
 }
 
+/// What an ingress (HTTP or gRPC) does to every event it accepts: stamps the arrival
+/// time and the hop budget (Knative's loop guard). An event without a valid TTL gets
+/// [`DEFAULT_TTL`]; one that has used it up is refused.
+pub fn stamp_ingress(event: &mut Event, now: &str) -> Result<(), crate::EventError> {
+    stamp_arrival(event, now);
+    match ttl(event) {
+        Some(n) if n <= 0 => Err(crate::EventError::attr(
+            BROKER_TTL,
+            format!("{BROKER_TTL}: {n}: the event has used up its hops (a reply loop?)"),
+        )),
+        Some(n) => {
+            set_ttl(event, n);
+            Ok(())
+        }
+        None => {
+            set_ttl(event, DEFAULT_TTL);
+            Ok(())
+        }
+    }
+}
+
 /// The current time as [`ARRIVAL_TIME`] wants it.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -46,6 +67,17 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingress_stamping() {
+        let mut e = Event::new("1", "/s", "t");
+        stamp_ingress(&mut e, "2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(ttl(&e), Some(DEFAULT_TTL));
+        assert!(e.extension(ARRIVAL_TIME).is_some());
+        set_ttl(&mut e, 0);
+        let err = stamp_ingress(&mut e, "2026-01-01T00:00:00Z").unwrap_err();
+        assert_eq!(err.attribute.as_deref(), Some(BROKER_TTL));
+    }
 
     #[test]
     fn ttl_reads_integers_and_numeric_strings() {

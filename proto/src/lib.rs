@@ -11,6 +11,7 @@ pub mod event;
 pub mod http;
 pub mod json;
 pub mod knative;
+pub mod metric_names;
 pub mod validate;
 
 pub use event::{AttrRef, AttributeValue, Event, SpecVersion};

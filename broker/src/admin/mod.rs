@@ -2,6 +2,8 @@
 //! (Kubernetes-shaped paths) that the CLI talks to.
 
 mod deadletters;
+mod resources;
+mod tail;
 
 use std::sync::{Arc, Mutex};
 
@@ -12,15 +14,19 @@ use axum::{Json, Router};
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::mesh::{MeshStatus, Registry};
+use crate::control::ControlPlane;
+use crate::mesh::{MeshStatus, Registry, Taps};
 
 /// What the admin handlers read.
 #[derive(Clone)]
 pub struct AdminState {
     pub status: Arc<Mutex<MeshStatus>>,
     pub registry: Registry,
+    pub taps: Taps,
     /// Cancelled at shutdown; background work (redrives) stops with it.
     pub background: CancellationToken,
+    pub control: Arc<ControlPlane>,
+    pub routes: cemesh_ingress::Routes,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -28,6 +34,19 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/{plural}", get(resources::list_all))
+        .route("/v1/namespaces/{ns}/{plural}", get(resources::list))
+        .route(
+            "/v1/namespaces/{ns}/{plural}/{name}",
+            get(resources::get)
+                .put(resources::put)
+                .delete(resources::delete),
+        )
+        .route(
+            "/v1/namespaces/{ns}/brokers/{name}/events",
+            get(tail::events),
+        )
         .route(dl, get(deadletters::list).delete(deadletters::purge))
         .route(&format!("{dl}:redrive"), post(deadletters::redrive))
         .route(
@@ -37,12 +56,23 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&state.registry).await,
+    )
+}
+
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let s = state
+    let mut s = state
         .status
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    if state.routes.is_draining() {
+        s.ready = false;
+        s.problems.push("shutting down".into());
+    }
     let code = if s.ready {
         StatusCode::OK
     } else {

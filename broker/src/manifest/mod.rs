@@ -49,6 +49,8 @@ pub struct Located<T> {
     /// 1-based index of the document in its file.
     pub document: usize,
     pub value: T,
+    /// The document as written, for the admin API to show back.
+    pub raw: serde_yaml::Value,
 }
 
 impl<T> Located<T> {
@@ -279,6 +281,7 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
                 file: file.to_owned(),
                 document: doc.index,
                 value: r,
+                raw: value,
             }),
             Err((line, path, message)) => errors.push(err(Some(label), line, path, message)),
         }

@@ -1,0 +1,580 @@
+//! The control-plane service layer: the one place that changes what runs. The config
+//! dir watcher, SIGHUP, the admin REST API (and later gRPC) all call it, so none of
+//! them holds logic of its own.
+//!
+//! Resources come from two owners: files in `--config-dir` (changed by editing them)
+//! and the admin API (stored under `<data-dir>/resources/` so they survive restarts).
+//! A resource belongs to exactly one owner; the API refuses to change a file's.
+//!
+//! Every change is validated as a whole before anything runs: a reload with any new
+//! problem is rejected and the running configuration stays as it was; an API `PUT`
+//! with problems in its resource is answered 400. Only then is the difference applied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::config::Settings;
+use crate::manifest::{
+    compile, load_dir, parse_str, Desired, Located, ManifestError, ResolveContext, Resource,
+};
+use crate::mesh::{Mesh, MeshStatus};
+
+/// Broker or Trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Broker,
+    Trigger,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Broker => "Broker",
+            Kind::Trigger => "Trigger",
+        }
+    }
+
+    /// `brokers` / `triggers` (and singular forms) as used in paths and the CLI.
+    pub fn parse_plural(s: &str) -> Option<Kind> {
+        match s.to_ascii_lowercase().as_str() {
+            "broker" | "brokers" => Some(Kind::Broker),
+            "trigger" | "triggers" => Some(Kind::Trigger),
+            _ => None,
+        }
+    }
+}
+
+/// A resource's identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ResKey {
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
+        ResKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn of(r: &Resource) -> ResKey {
+        match r {
+            Resource::Broker(b) => {
+                ResKey::new(Kind::Broker, b.metadata.namespace(), &b.metadata.name)
+            }
+            Resource::Trigger(t) => {
+                ResKey::new(Kind::Trigger, t.metadata.namespace(), &t.metadata.name)
+            }
+        }
+    }
+
+    /// `Trigger ns/name`, as manifest errors name resources.
+    fn label(&self) -> String {
+        format!("{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ResKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}/{}",
+            self.kind.as_str().to_ascii_lowercase(),
+            self.namespace,
+            self.name
+        )
+    }
+}
+
+/// Who may change a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    File(PathBuf),
+    Api,
+}
+
+/// Why a change was refused.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// 400: every problem found.
+    Invalid(Vec<String>),
+    /// 409: the resource is owned by this file.
+    OwnedByFile(PathBuf),
+    /// 404.
+    NotFound(String),
+    /// 500: storing the resource failed.
+    Storage(String),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::Invalid(p) => write!(f, "invalid: {}", p.join("; ")),
+            ApplyError::OwnedByFile(file) => write!(
+                f,
+                "owned by the file {}: edit the file instead",
+                file.display()
+            ),
+            ApplyError::NotFound(what) => write!(f, "{what} not found"),
+            ApplyError::Storage(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What a `PUT` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// Bookkeeping kept per resource across changes.
+#[derive(Debug, Clone)]
+struct Tracked {
+    spec: String,
+    generation: i64,
+    created: String,
+}
+
+struct Inner {
+    mesh: Mesh,
+    files: Vec<Located<Resource>>,
+    api: BTreeMap<ResKey, Located<Resource>>,
+    tracked: BTreeMap<ResKey, Tracked>,
+    /// Problems of the running configuration, and of a rejected reload.
+    problems: Vec<ManifestError>,
+    rejected: Vec<ManifestError>,
+}
+
+/// A resource as the API shows it: the manifest, its owner and a Knative-style status.
+#[derive(Debug, Clone)]
+pub struct ResourceView {
+    pub key: ResKey,
+    pub owner: Owner,
+    pub json: Value,
+}
+
+pub struct ControlPlane {
+    inner: AsyncMutex<Inner>,
+    settings: Settings,
+    ingress_base: String,
+    mesh_status: Arc<Mutex<MeshStatus>>,
+    views: RwLock<BTreeMap<ResKey, ResourceView>>,
+}
+
+impl ControlPlane {
+    /// Loads files and API resources and starts the mesh on them. Invalid resources
+    /// are reported and skipped; unparseable files fail the start.
+    pub async fn start(
+        mesh: Mesh,
+        settings: Settings,
+        ingress_base: String,
+    ) -> anyhow::Result<Arc<ControlPlane>> {
+        let (files, errors) = load_dir(&settings.config_dir);
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "invalid manifests in {}:\n  {}",
+                settings.config_dir.display(),
+                list.join("\n  ")
+            );
+        }
+        let api = load_api(&resources_dir(&settings.data_dir), &files);
+        let mesh_status = mesh.status();
+        let cp = Arc::new(ControlPlane {
+            inner: AsyncMutex::new(Inner {
+                mesh,
+                files: Vec::new(),
+                api: BTreeMap::new(),
+                tracked: BTreeMap::new(),
+                problems: Vec::new(),
+                rejected: Vec::new(),
+            }),
+            settings,
+            ingress_base,
+            mesh_status,
+            views: RwLock::default(),
+        });
+        {
+            let mut inner = cp.inner.lock().await;
+            inner.files = files;
+            inner.api = api;
+            let desired = cp.compile(&inner.files, &inner.api);
+            for p in &desired.problems {
+                tracing::error!(problem = %p, "Resource not started");
+            }
+            cp.run(&mut inner, desired).await;
+        }
+        Ok(cp)
+    }
+
+    fn ctx(&self) -> ResolveContext<'_> {
+        ResolveContext {
+            ingress_base: self.ingress_base.clone(),
+            service_url_template: &self.settings.service_url_template,
+            services: &self.settings.services,
+            default_channel: self.settings.channel,
+            default_max_body: self.settings.max_body_bytes,
+        }
+    }
+
+    fn compile(
+        &self,
+        files: &[Located<Resource>],
+        api: &BTreeMap<ResKey, Located<Resource>>,
+    ) -> Desired {
+        let all: Vec<Located<Resource>> = files.iter().chain(api.values()).cloned().collect();
+        compile(&all, &self.ctx())
+    }
+
+    /// Applies a validated desired state and refreshes every resource's status.
+    async fn run(&self, inner: &mut Inner, desired: Desired) {
+        inner.problems = desired.problems.clone();
+        inner.mesh.apply(desired).await;
+        self.refresh(inner);
+    }
+
+    /// Re-reads the config dir. Any new problem rejects the whole reload: the running
+    /// configuration stays, and the problems are reported (log, `/readyz`, status).
+    pub async fn reload(&self) -> Result<(), Vec<String>> {
+        let mut inner = self.inner.lock().await;
+        let (files, errors) = load_dir(&self.settings.config_dir);
+        let desired = self.compile(&files, &inner.api);
+        let known: Vec<String> = inner.problems.iter().map(ToString::to_string).collect();
+        let mut new_problems: Vec<ManifestError> = errors;
+        new_problems.extend(
+            desired
+                .problems
+                .iter()
+                .filter(|p| !known.contains(&p.to_string()))
+                .cloned(),
+        );
+        if !new_problems.is_empty() {
+            for p in &new_problems {
+                tracing::error!(problem = %p, "Reload rejected; the previous configuration keeps running");
+            }
+            let list = new_problems.iter().map(ToString::to_string).collect();
+            inner.rejected = new_problems;
+            self.refresh(&mut inner);
+            return Err(list);
+        }
+        inner.rejected.clear();
+        inner.files = files;
+        // A file now owning what the API owned takes it over.
+        let owned: Vec<ResKey> = inner.files.iter().map(|l| ResKey::of(&l.value)).collect();
+        inner.api.retain(|k, _| !owned.contains(k));
+        self.run(&mut inner, desired).await;
+        tracing::info!("Configuration reloaded");
+        Ok(())
+    }
+
+    /// `PUT`: creates or replaces an API-owned resource from a manifest (YAML or
+    /// JSON) that must name exactly `key`.
+    pub async fn apply(
+        &self,
+        key: &ResKey,
+        body: &str,
+    ) -> Result<(Applied, ResourceView), ApplyError> {
+        let (mut parsed, errors) = parse_str(Path::new("request body"), body);
+        if !errors.is_empty() {
+            return Err(ApplyError::Invalid(
+                errors.iter().map(ToString::to_string).collect(),
+            ));
+        }
+        if parsed.len() != 1 {
+            return Err(ApplyError::Invalid(vec![format!(
+                "request body: expected exactly one {} manifest (apiVersion eventing.knative.dev/v1), found {}",
+                key.kind.as_str(),
+                parsed.len()
+            )]));
+        }
+        let mut located = parsed.remove(0);
+        let got = ResKey::of(&located.value);
+        if got != *key {
+            return Err(ApplyError::Invalid(vec![format!(
+                "request body: the manifest is {got} but the path names {key}"
+            )]));
+        }
+        let mut inner = self.inner.lock().await;
+        if let Some(file) = inner
+            .files
+            .iter()
+            .find(|l| ResKey::of(&l.value) == *key)
+            .map(|l| l.file.clone())
+        {
+            return Err(ApplyError::OwnedByFile(file));
+        }
+        let path = resource_path(&self.settings.data_dir, key);
+        located.file = path.clone();
+        let previous = inner.api.get(key).map(|l| spec_of(&l.raw));
+        let mut candidate = inner.api.clone();
+        candidate.insert(key.clone(), located.clone());
+        let desired = self.compile(&inner.files, &candidate);
+        let label = key.label();
+        let mine: Vec<String> = desired
+            .problems
+            .iter()
+            .filter(|p| p.resource.as_deref() == Some(label.as_str()))
+            .map(|p| {
+                let mut p = p.clone();
+                p.file = PathBuf::from("request body");
+                p.to_string()
+            })
+            .collect();
+        if !mine.is_empty() {
+            return Err(ApplyError::Invalid(mine));
+        }
+        let applied = match previous {
+            None => Applied::Created,
+            Some(prev) if prev == spec_of(&located.raw) => Applied::Unchanged,
+            Some(_) => Applied::Configured,
+        };
+        write_atomically(&path, body).map_err(ApplyError::Storage)?;
+        inner.api = candidate;
+        self.run(&mut inner, desired).await;
+        tracing::info!(resource = %key, ?applied, "Applied through the admin API");
+        let view = self
+            .get(key)
+            .ok_or_else(|| ApplyError::NotFound(key.to_string()))?;
+        Ok((applied, view))
+    }
+
+    /// `DELETE` of an API-owned resource.
+    pub async fn delete(&self, key: &ResKey) -> Result<(), ApplyError> {
+        let mut inner = self.inner.lock().await;
+        if let Some(file) = inner
+            .files
+            .iter()
+            .find(|l| ResKey::of(&l.value) == *key)
+            .map(|l| l.file.clone())
+        {
+            return Err(ApplyError::OwnedByFile(file));
+        }
+        let Some(located) = inner.api.remove(key) else {
+            return Err(ApplyError::NotFound(key.to_string()));
+        };
+        if let Err(e) = std::fs::remove_file(&located.file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                inner.api.insert(key.clone(), located);
+                return Err(ApplyError::Storage(format!(
+                    "removing the stored resource: {e}"
+                )));
+            }
+        }
+        let desired = self.compile(&inner.files, &inner.api);
+        self.run(&mut inner, desired).await;
+        tracing::info!(resource = %key, "Deleted through the admin API");
+        Ok(())
+    }
+
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<ResourceView> {
+        self.views
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|v| v.key.kind == kind && namespace.is_none_or(|ns| v.key.namespace == ns))
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, key: &ResKey) -> Option<ResourceView> {
+        self.views
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Stops every trigger (waiting up to `grace`) and closes the channels.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let mut inner = self.inner.lock().await;
+        inner.mesh.shutdown(grace).await;
+    }
+
+    /// Recomputes every resource's status from the running mesh.
+    fn refresh(&self, inner: &mut Inner) {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut status = self.mesh_status.lock().unwrap_or_else(|p| p.into_inner());
+        status.rejected_reload = inner.rejected.iter().map(ToString::to_string).collect();
+        let mut views = BTreeMap::new();
+        let resources = inner
+            .files
+            .iter()
+            .map(|l| (l, Owner::File(l.file.clone())))
+            .chain(inner.api.values().map(|l| (l, Owner::Api)));
+        for (located, owner) in resources {
+            let key = ResKey::of(&located.value);
+            let spec = spec_of(&located.raw);
+            let tracked = inner
+                .tracked
+                .entry(key.clone())
+                .and_modify(|t| {
+                    if t.spec != spec {
+                        t.spec = spec.clone();
+                        t.generation += 1;
+                    }
+                })
+                .or_insert_with(|| Tracked {
+                    spec: spec.clone(),
+                    generation: 1,
+                    created: now.clone(),
+                })
+                .clone();
+            let label = key.label();
+            let problem = inner
+                .problems
+                .iter()
+                .find(|p| p.resource.as_deref() == Some(label.as_str()));
+            let id = format!("{}/{}", key.namespace, key.name);
+            let failure = match key.kind {
+                Kind::Broker => status.broker_failures.get(&id),
+                Kind::Trigger => status.trigger_failures.get(&id),
+            };
+            let (ready, reason, message) = match (problem, failure) {
+                (Some(p), _) => ("False", "InvalidSpec", p.to_string()),
+                (None, Some(f)) => ("False", "NotRunning", f.clone()),
+                (None, None) => ("True", "Running", String::new()),
+            };
+            let mut conditions = vec![json!({
+                "type": "Ready",
+                "status": ready,
+                "reason": reason,
+                "message": message,
+            })];
+            // A rejected edit of this resource (or of its file, for YAML errors).
+            if let Some(rejected) = inner.rejected.iter().find(|p| {
+                p.resource.as_deref() == Some(label.as_str())
+                    || (p.resource.is_none() && p.file == located.file)
+            }) {
+                conditions.push(json!({
+                    "type": "ConfigApplied",
+                    "status": "False",
+                    "reason": "InvalidEdit",
+                    "message": format!("the running configuration is the previous one: {rejected}"),
+                }));
+            }
+            let mut st = json!({
+                "observedGeneration": tracked.generation,
+                "conditions": conditions,
+            });
+            if key.kind == Kind::Broker {
+                st["address"] = json!({
+                    "url": format!("{}/{}/{}", self.ingress_base, key.namespace, key.name)
+                });
+            }
+            let mut manifest = serde_json::to_value(&located.raw).unwrap_or(Value::Null);
+            if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("namespace".into(), json!(key.namespace));
+                meta.insert("generation".into(), json!(tracked.generation));
+                meta.insert("creationTimestamp".into(), json!(tracked.created));
+                let owner_text = match &owner {
+                    Owner::File(f) => format!("file:{}", f.display()),
+                    Owner::Api => "api".to_owned(),
+                };
+                let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+                if let Some(ann) = ann.as_object_mut() {
+                    ann.insert("cemesh.dev/owner".into(), json!(owner_text));
+                }
+            }
+            manifest["status"] = st;
+            views.insert(
+                key.clone(),
+                ResourceView {
+                    key,
+                    owner,
+                    json: manifest,
+                },
+            );
+        }
+        let live: Vec<ResKey> = views.keys().cloned().collect();
+        inner.tracked.retain(|k, _| live.contains(k));
+        *self.views.write().unwrap_or_else(|p| p.into_inner()) = views;
+    }
+}
+
+/// The spec part of a manifest, for generation tracking.
+fn spec_of(raw: &serde_yaml::Value) -> String {
+    let mut v = raw.clone();
+    if let Some(m) = v.as_mapping_mut() {
+        m.remove("status");
+        if let Some(meta) = m.get_mut("metadata").and_then(|x| x.as_mapping_mut()) {
+            for k in [
+                "generation",
+                "resourceVersion",
+                "creationTimestamp",
+                "uid",
+                "managedFields",
+            ] {
+                meta.remove(k);
+            }
+        }
+    }
+    serde_json::to_string(&v).unwrap_or_default()
+}
+
+fn resources_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("resources")
+}
+
+fn resource_path(data_dir: &Path, key: &ResKey) -> PathBuf {
+    resources_dir(data_dir).join(format!(
+        "{}.{}.{}.yaml",
+        key.kind.as_str().to_ascii_lowercase(),
+        key.namespace,
+        key.name
+    ))
+}
+
+/// Reads resources stored by the API; one a file now owns is ignored (and said so).
+fn load_api(dir: &Path, files: &[Located<Resource>]) -> BTreeMap<ResKey, Located<Resource>> {
+    let (stored, errors) = load_dir_quiet(dir);
+    for e in errors {
+        tracing::error!(problem = %e, "A resource stored by the admin API cannot be read; ignored");
+    }
+    let mut out = BTreeMap::new();
+    for l in stored {
+        let key = ResKey::of(&l.value);
+        if let Some(f) = files.iter().find(|f| ResKey::of(&f.value) == key) {
+            tracing::warn!(resource = %key, file = %f.file.display(), "A config file now defines this API resource; the file wins");
+            continue;
+        }
+        out.insert(key, l);
+    }
+    out
+}
+
+fn load_dir_quiet(dir: &Path) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
+    if !dir.exists() {
+        return (Vec::new(), Vec::new());
+    }
+    load_dir(dir)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, fsynced, so a crash
+/// leaves the old or the new content, never a mix.
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let dir = path.parent().ok_or("no parent directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("yaml.tmp");
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

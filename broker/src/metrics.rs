@@ -1,0 +1,97 @@
+//! The Prometheus endpoint: one process-wide recorder (`metrics` with its Prometheus
+//! exporter), the names in `cemesh_proto::metric_names`, and gauges that are read at
+//! scrape time (lag per trigger, process RSS, CPU, open file descriptors).
+
+use std::sync::OnceLock;
+
+use cemesh_proto::metric_names as names;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::mesh::Registry;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder once per process (an embedded broker may start twice).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("latencies".into()), &buckets)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(names::CHANNEL_GROUP_COMMIT_BATCH.into()),
+                    &[
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                    ],
+                )
+            });
+        match builder.map(PrometheusBuilder::install_recorder) {
+            Ok(Ok(handle)) => Some(handle),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "Metrics recorder not installed");
+                None
+            }
+        }
+    });
+}
+
+/// Renders every metric in Prometheus text format, after refreshing the gauges that
+/// are read at scrape time.
+pub async fn render(registry: &Registry) -> String {
+    let contexts: Vec<_> = registry
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for ctx in contexts {
+        let key = &ctx.runtime.key;
+        if let Ok(lag) = ctx.broker.lag(&key.subscription_name()).await {
+            metrics::gauge!(names::TRIGGER_LAG, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
+                .set(lag as f64);
+        }
+    }
+    if let Some(p) = read_process() {
+        metrics::gauge!(names::PROCESS_RSS).set(p.rss_bytes as f64);
+        metrics::gauge!(names::PROCESS_CPU).set(p.cpu_seconds);
+        metrics::gauge!(names::PROCESS_FDS).set(p.open_fds as f64);
+    }
+    match HANDLE.get() {
+        Some(Some(h)) => h.render(),
+        _ => String::new(),
+    }
+}
+
+struct Process {
+    rss_bytes: u64,
+    cpu_seconds: f64,
+    open_fds: usize,
+}
+
+/// Linux `/proc/self`; `None` elsewhere.
+fn read_process() -> Option<Process> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Some(Process {
+        rss_bytes: rss_kib * 1024,
+        cpu_seconds: ticks / 100.0,
+        open_fds,
+    })
+}

@@ -1,0 +1,50 @@
+//! Every metric name cemesh exports, in one place, so the crates that record them
+//! (ingress, dispatcher, channels) and the `/metrics` endpoint agree. Names follow
+//! Knative's (`event_count`, `event_dispatch_latencies`) where they overlap, with a
+//! `cemesh_` prefix; labels are low-cardinality only (namespace, broker, trigger,
+//! status class, result; never an event id or source).
+
+/// Events offered to a broker's ingress. Labels: `namespace_name`, `broker_name`,
+/// `result` (`accepted`/`refused`), `response_code`, `response_code_class`.
+pub const INGRESS_EVENT_COUNT: &str = "cemesh_broker_ingress_event_count";
+/// Ingress request latency (seconds). Labels: `namespace_name`, `broker_name`.
+pub const INGRESS_REQUEST_LATENCIES: &str = "cemesh_broker_ingress_event_dispatch_latencies";
+/// Delivery attempts to subscribers. Labels: `namespace_name`, `broker_name`,
+/// `trigger_name`, `response_code_class` (`2xx`.. or `none` without a response).
+pub const TRIGGER_EVENT_COUNT: &str = "cemesh_trigger_event_count";
+/// Delivery attempt latency (seconds). Labels as [`TRIGGER_EVENT_COUNT`].
+pub const TRIGGER_DISPATCH_LATENCIES: &str = "cemesh_trigger_event_dispatch_latencies";
+/// Retries (attempts after the first). Labels: `namespace_name`, `trigger_name`.
+pub const TRIGGER_RETRIES: &str = "cemesh_trigger_retries_total";
+/// Events dead-lettered. Labels: `namespace_name`, `trigger_name`, `destination`
+/// (`sink`/`store`).
+pub const TRIGGER_DEAD_LETTERS: &str = "cemesh_trigger_dead_letters_total";
+/// Replies appended to the broker. Labels: `namespace_name`, `trigger_name`.
+pub const TRIGGER_REPLIES: &str = "cemesh_trigger_replies_total";
+/// Deliveries in flight now. Labels: `namespace_name`, `trigger_name`.
+pub const TRIGGER_IN_FLIGHT: &str = "cemesh_trigger_in_flight";
+/// Records waiting for the trigger (channel lag). Labels: `namespace_name`,
+/// `trigger_name`.
+pub const TRIGGER_LAG: &str = "cemesh_trigger_lag";
+/// Channel append latency (seconds). Labels: `channel` (kind).
+pub const CHANNEL_APPEND_LATENCIES: &str = "cemesh_channel_append_latencies";
+/// Appends made durable by one sled flush (group commit).
+pub const CHANNEL_GROUP_COMMIT_BATCH: &str = "cemesh_channel_group_commit_batch_size";
+/// Process resident memory (bytes).
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Process CPU time (seconds).
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// Open file descriptors.
+pub const PROCESS_FDS: &str = "process_open_fds";
+
+/// `2xx`, `4xx`, ... or `none`.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "none",
+    }
+}
