@@ -28,6 +28,9 @@ pub enum Format {
     Binary,
     /// `application/cloudevents+json`.
     Structured,
+    /// `application/cloudevents+protobuf` (annotation
+    /// `cemesh.dev/delivery-format: protobuf`).
+    Protobuf,
 }
 
 /// Order in which a trigger's events are delivered.
@@ -62,6 +65,10 @@ pub struct DeliverySpec {
     pub ordering: Ordering,
     /// First attempts per second at most (`cemesh.dev/max-rate`).
     pub max_rate: Option<f64>,
+    /// While a subscriber starts from zero, connection refused, 502, 503 and 504 are
+    /// retried for this long without counting as attempts
+    /// (`cemesh.dev/cold-start-grace`).
+    pub cold_start_grace: Option<Duration>,
 }
 
 impl Default for DeliverySpec {
@@ -80,6 +87,7 @@ impl Default for DeliverySpec {
             dead_letter_sink: None,
             ordering: Ordering::Unordered,
             max_rate: None,
+            cold_start_grace: None,
         }
     }
 }
@@ -143,6 +151,16 @@ pub struct Failure {
     pub body: Bytes,
     /// The `Retry-After` the destination asked for.
     pub retry_after: Option<Duration>,
+    /// No connection could be made (refused, unreachable, no instance).
+    pub connect_failed: bool,
+}
+
+impl Failure {
+    /// What a subscriber starting from zero answers: connection refused, 502, 503,
+    /// 504.
+    pub fn looks_cold(&self) -> bool {
+        self.connect_failed || matches!(self.status, Some(502..=504))
+    }
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP-date. Unparseable values are
@@ -203,6 +221,13 @@ impl Deliverer {
                 );
                 Bytes::from(cemesh_proto::json::encode_event(event))
             }
+            Format::Protobuf => {
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(cemesh_proto::http::STRUCTURED_PROTOBUF),
+                );
+                Bytes::from(cemesh_proto::protobuf::encode_event(event))
+            }
         };
         headers.insert(
             HeaderName::from_static("prefer"),
@@ -252,6 +277,7 @@ impl Deliverer {
                 error: format!("{url} answered {status}"),
                 body,
                 retry_after,
+                connect_failed: false,
             })
         }
     }
@@ -274,6 +300,7 @@ fn request_failure(e: &reqwest::Error, timeout: Duration, started: Instant) -> F
         error,
         body: Bytes::new(),
         retry_after: None,
+        connect_failed: e.is_connect(),
     }
 }
 
@@ -304,6 +331,7 @@ mod tests {
             error: String::new(),
             body: Bytes::new(),
             retry_after: retry_after.map(Duration::from_secs),
+            connect_failed: false,
         }
     }
 

@@ -6,11 +6,13 @@
 //! arrives with its subscriber URL and a compiled filter, never a manifest.
 
 pub mod delivery;
+pub mod endpoint;
 pub mod filter;
 pub mod pipeline;
 pub mod trigger;
 
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
+pub use endpoint::{Endpoints, Lease};
 pub use filter::{Filter, FilterError};
 pub use pipeline::{Processed, TriggerContext, TriggerStats};
 pub use trigger::{spawn_trigger, TriggerHandle, TriggerKey, TriggerRuntime};

@@ -165,15 +165,18 @@ impl TriggerContext {
     ) -> Sent {
         let spec = &self.runtime.delivery;
         let ns = &self.runtime.key.namespace;
-        let mut attempts = Vec::new();
+        let pool = match &self.runtime.endpoints {
+            Some(p) if url == &self.runtime.subscriber => Some(p),
+            _ => None,
+        };
+        let mut attempts: Vec<(Attempt, Failure)> = Vec::new();
+        // Attempts counted against `retry`; cold-start failures within the grace
+        // period are not.
         let mut k = 0u32;
+        let mut cold_since: Option<Instant> = None;
         loop {
-            if k > 0 {
-                let Some(last) = attempts.last().map(|(_, f): &(Attempt, Failure)| f.clone())
-                else {
-                    break;
-                };
-                let wait = spec.wait_before(k, &last);
+            if let Some(last) = attempts.last().map(|(_, f)| f.clone()) {
+                let wait = spec.wait_before(k.max(1), &last);
                 tokio::select! {
                     _ = cancel.cancelled() => return Sent::Interrupted,
                     _ = tokio::time::sleep(wait) => {}
@@ -185,20 +188,42 @@ impl TriggerContext {
                 trigger = %self.runtime.key,
                 event.id = %event.id,
                 to = %url,
-                attempt = k + 1,
+                attempt = attempts.len() + 1,
                 status = tracing::field::Empty,
                 latency_ms = tracing::field::Empty,
             );
             let at = knative::now_rfc3339();
             let started = Instant::now();
-            let result = self
-                .deliverer
-                .attempt(url, event, ns, format, spec.timeout)
-                .instrument(span.clone())
-                .await;
+            let result = match pool {
+                None => {
+                    self.deliverer
+                        .attempt(url, event, ns, format, spec.timeout)
+                        .instrument(span.clone())
+                        .await
+                }
+                Some(pool) => match pool.acquire().instrument(span.clone()).await {
+                    Ok(lease) => {
+                        let target = lease.target(url);
+                        let r = self
+                            .deliverer
+                            .attempt(&target, event, ns, format, spec.timeout)
+                            .instrument(span.clone())
+                            .await;
+                        drop(lease);
+                        r
+                    }
+                    Err(e) => Err(Failure {
+                        status: None,
+                        error: format!("no instance of {url}: {e}"),
+                        body: Bytes::new(),
+                        retry_after: None,
+                        connect_failed: true,
+                    }),
+                },
+            };
             let latency = started.elapsed();
             span.record("latency_ms", latency.as_secs_f64() * 1e3);
-            self.record_attempt(k, &result, latency);
+            self.record_attempt(attempts.len() as u32, &result, latency);
             match result {
                 Ok(success) => {
                     span.record("status", success.status);
@@ -208,12 +233,23 @@ impl TriggerContext {
                     if let Some(s) = failure.status {
                         span.record("status", s);
                     }
+                    let in_grace = match (spec.cold_start_grace, failure.looks_cold()) {
+                        (Some(grace), true) => {
+                            let since = *cold_since.get_or_insert_with(Instant::now);
+                            since.elapsed() < grace
+                        }
+                        _ => false,
+                    };
+                    if !in_grace {
+                        k += 1;
+                    }
                     let retryable = is_retryable(failure.status);
-                    let last = k >= spec.retry || !retryable;
+                    let last = k > spec.retry || !retryable;
                     span.in_scope(|| {
                         tracing::warn!(
                             status = ?failure.status,
                             error = %failure.error,
+                            cold_start_grace = in_grace,
                             final_attempt = last,
                             "Delivery attempt failed"
                         );
@@ -232,7 +268,6 @@ impl TriggerContext {
                     }
                 }
             }
-            k += 1;
         }
         let failure = attempts
             .last()
@@ -242,6 +277,7 @@ impl TriggerContext {
                 error: "no attempt was made".into(),
                 body: Bytes::new(),
                 retry_after: None,
+                connect_failed: false,
             });
         Sent::Failed(attempts.into_iter().map(|(a, _)| a).collect(), failure)
     }
@@ -459,6 +495,7 @@ mod tests {
             error: "boom".into(),
             body: Bytes::from(vec![b'x'; 2048]),
             retry_after: None,
+            connect_failed: false,
         };
         knative_error(&mut e, "http://127.0.0.1:1/", &failure);
         let data = e.extension(knative::ERROR_DATA).expect("data");
@@ -478,6 +515,7 @@ mod tests {
             error: "refused".into(),
             body: Bytes::new(),
             retry_after: None,
+            connect_failed: true,
         };
         knative_error(&mut e, "http://127.0.0.1:1/", &no_response);
         assert!(e.extension(knative::ERROR_CODE).is_none());

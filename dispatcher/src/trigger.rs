@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{DeliverySpec, Ordering};
+use crate::endpoint::Endpoints;
 use crate::filter::Filter;
 use crate::pipeline::{Processed, TriggerContext};
 
@@ -56,6 +57,9 @@ pub struct TriggerRuntime {
     pub delivery: DeliverySpec,
     /// Deliveries in flight at most.
     pub parallelism: usize,
+    /// Set when the subscriber is a pool of on-demand instances: each attempt leases
+    /// one and `subscriber`'s host is replaced by the instance's.
+    pub endpoints: Option<Arc<dyn Endpoints>>,
 }
 
 /// A running trigger loop.

@@ -48,3 +48,8 @@ pub const BACKOFF_MAX_ANNOTATION: &str = "cemesh.dev/backoff-max";
 pub const ORDER_ANNOTATION: &str = "cemesh.dev/delivery-order";
 /// Annotation: first attempts per second at most, e.g. `50` or `0.5`.
 pub const MAX_RATE_ANNOTATION: &str = "cemesh.dev/max-rate";
+/// Annotation: while the subscriber scales from zero, connection refused, 502, 503
+/// and 504 are retried for this long without counting as attempts, e.g. `2m`.
+pub const COLD_START_GRACE_ANNOTATION: &str = "cemesh.dev/cold-start-grace";
+/// Annotation: `protobuf` delivers structured protobuf (`application/cloudevents+protobuf`).
+pub const DELIVERY_FORMAT_ANNOTATION: &str = "cemesh.dev/delivery-format";

@@ -16,8 +16,9 @@ use super::broker::{
     MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION,
 };
 use super::trigger::{
-    BACKOFF_MAX_ANNOTATION, JITTER_ANNOTATION, MAX_RATE_ANNOTATION, ORDER_ANNOTATION,
-    PARALLELISM_ANNOTATION, START_ANNOTATION,
+    BACKOFF_MAX_ANNOTATION, COLD_START_GRACE_ANNOTATION, DELIVERY_FORMAT_ANNOTATION,
+    JITTER_ANNOTATION, MAX_RATE_ANNOTATION, ORDER_ANNOTATION, PARALLELISM_ANNOTATION,
+    START_ANNOTATION,
 };
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
@@ -312,6 +313,7 @@ fn compile_trigger(
             subscriber,
             delivery,
             parallelism,
+            endpoints: None,
         },
         start,
     })
@@ -381,6 +383,23 @@ fn delivery_spec(
                 return Err(field(
                     &ann(ORDER_ANNOTATION),
                     format!("{v:?} is not ordered or unordered"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = get(COLD_START_GRACE_ANNOTATION) {
+        spec.cold_start_grace =
+            Some(parse_humane(v).map_err(|e| field(&ann(COLD_START_GRACE_ANNOTATION), e))?);
+    }
+    if let Some(v) = get(DELIVERY_FORMAT_ANNOTATION) {
+        spec.format = match v {
+            "protobuf" => Format::Protobuf,
+            "json" => Format::Structured,
+            "binary" => Format::Binary,
+            _ => {
+                return Err(field(
+                    &ann(DELIVERY_FORMAT_ANNOTATION),
+                    format!("{v:?} is not binary, json or protobuf"),
                 ))
             }
         };

@@ -648,3 +648,35 @@ async fn max_rate_spaces_deliveries() {
         "10 events at 20/s took only {span:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_start_grace_keeps_the_retry_budget_while_a_subscriber_wakes() {
+    let cold = Subscriber::start().await;
+    cold.set_status(503);
+    let plain = Subscriber::start().await;
+    plain.set_status(503);
+    let mesh = Cemesh::start(&docs(&[
+        broker_yaml("default"),
+        trigger(
+            "graced",
+            &cold.url(),
+            &[],
+            &[("cemesh.dev/cold-start-grace", "10s")],
+            "    retry: 1\n    backoffDelay: PT0.1S\n",
+        ),
+        trigger("plain", &plain.url(), &[], &[], "    retry: 1\n    backoffDelay: PT0.1S\n"),
+    ]));
+    send(&mesh, &event("wake", "t")).await;
+    // Plenty of 503s while "starting": more than retry + 1.
+    cold.wait_for(5, WAIT).await;
+    cold.set_status(200);
+    let deadline = Instant::now() + WAIT;
+    while !cold.received().iter().any(|r| r.status_sent == 200) {
+        assert!(Instant::now() < deadline, "never delivered after the subscriber woke");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dead_letters(&mesh, "graced").await["total"], 0);
+    // Without the grace, the same failures use up the budget.
+    wait_dead_letters(&mesh, "plain", 1).await;
+    assert_eq!(plain.count(), 2);
+}
