@@ -3,6 +3,7 @@
 
 mod deadletters;
 mod resources;
+mod scale;
 mod tail;
 
 use std::sync::{Arc, Mutex};
