@@ -48,6 +48,10 @@ pub fn router(state: AdminState) -> Router {
             "/v1/namespaces/{ns}/brokers/{name}/events",
             get(tail::events),
         )
+        .route(
+            "/v1/namespaces/{ns}/triggers/{name}/scale",
+            get(scale::scale),
+        )
         .route(dl, get(deadletters::list).delete(deadletters::purge))
         .route(&format!("{dl}:redrive"), post(deadletters::redrive))
         .route(
