@@ -14,6 +14,7 @@ pub mod kubectl;
 pub mod manifest;
 pub mod mesh;
 pub mod metrics;
+mod otel;
 pub mod reload;
 pub mod send;
 pub mod serve;
@@ -24,14 +25,14 @@ use config::LogFormat;
 
 /// Runs the command line; `main` only calls this.
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
-    let (log_format, log_level) = match &cli.command {
+    let (log_format, log_level, otlp) = match &cli.command {
         Command::Serve(args) => {
             let s = serve::settings(args)?;
-            (s.log_format, s.log_level)
+            (s.log_format, s.log_level, args.otlp_endpoint.clone())
         }
-        _ => (LogFormat::Text, None),
+        _ => (LogFormat::Text, None, None),
     };
-    init_tracing(log_format, log_level.as_deref());
+    let _otel = init_tracing(log_format, log_level.as_deref(), otlp.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -53,9 +54,14 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// `--log-level` wins over `RUST_LOG`, which wins over `info`.
-fn init_tracing(format: LogFormat, level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
+/// `--log-level` wins over `RUST_LOG`, which wins over `info`. With the `otel`
+/// feature and an OTLP endpoint, spans are also exported (the returned guard flushes
+/// them when dropped).
+fn init_tracing(format: LogFormat, level: Option<&str>, otlp: Option<&str>) -> otel::Guard {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).unwrap_or_else(|e| {
             eprintln!("--log-level {l:?} is not a valid filter ({e}); using info");
@@ -63,13 +69,18 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
         }),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
+    let (otel_layer, guard) = otel::layer(otlp);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel_layer)
+        .try_init();
+    guard
 }
