@@ -1,5 +1,5 @@
 //! The CloudEvents HTTP binding: content-mode detection, binary mode with
-//! percent-encoded `ce-` headers, structured and batched JSON.
+//! percent-encoded `ce-` headers, structured and batched JSON and protobuf.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -9,6 +9,7 @@ use crate::validate::{check_name, validate, EventError};
 
 pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
 pub const BATCH_JSON: &str = "application/cloudevents-batch+json";
+pub use crate::protobuf::{BATCH_PROTOBUF, STRUCTURED_PROTOBUF};
 
 /// How a request carries its event(s), from its Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,10 @@ pub enum Mode {
 pub enum DecodeError {
     #[error(transparent)]
     Invalid(#[from] EventError),
-    #[error("unsupported content type {0:?}: use binary mode, {STRUCTURED_JSON} or {BATCH_JSON}")]
+    #[error(
+        "unsupported content type {0:?}: use binary mode, {STRUCTURED_JSON}, {BATCH_JSON}, \
+         {STRUCTURED_PROTOBUF} or {BATCH_PROTOBUF}"
+    )]
     UnsupportedMediaType(String),
 }
 
@@ -63,17 +67,19 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeErro
         Mode::Binary => Ok(vec![decode_binary(headers, body)?]),
         Mode::Structured => {
             let ct = ct.unwrap_or_default();
-            if format_of(ct) != STRUCTURED_JSON {
-                return Err(DecodeError::UnsupportedMediaType(ct.to_owned()));
+            match format_of(ct).as_str() {
+                STRUCTURED_JSON => Ok(vec![crate::json::decode_event(&body)?]),
+                STRUCTURED_PROTOBUF => Ok(vec![crate::protobuf::decode_event(body)?]),
+                _ => Err(DecodeError::UnsupportedMediaType(ct.to_owned())),
             }
-            Ok(vec![crate::json::decode_event(&body)?])
         }
         Mode::Batch => {
             let ct = ct.unwrap_or_default();
-            if format_of(ct) != BATCH_JSON {
-                return Err(DecodeError::UnsupportedMediaType(ct.to_owned()));
+            match format_of(ct).as_str() {
+                BATCH_JSON => Ok(crate::json::decode_batch(&body)?),
+                BATCH_PROTOBUF => Ok(crate::protobuf::decode_batch(body)?),
+                _ => Err(DecodeError::UnsupportedMediaType(ct.to_owned())),
             }
-            Ok(crate::json::decode_batch(&body)?)
         }
     }
 }
@@ -370,6 +376,24 @@ mod tests {
                 .as_deref(),
             Some("id")
         );
+    }
+
+    #[test]
+    fn protobuf_structured_and_batch() {
+        let mut e = Event::new("1", "/s", "t");
+        e.datacontenttype = Some("text/plain".into());
+        e.data = Some(Bytes::from_static(b"hello"));
+        let h = headers(&[("content-type", "Application/CloudEvents+Protobuf")]);
+        let body = Bytes::from(crate::protobuf::encode_event(&e));
+        assert_eq!(decode(&h, body).unwrap(), vec![e.clone()]);
+        let h = headers(&[("content-type", BATCH_PROTOBUF)]);
+        let body = Bytes::from(crate::protobuf::encode_batch(&[e.clone(), e.clone()]));
+        assert_eq!(decode(&h, body).unwrap(), vec![e.clone(), e]);
+        let h = headers(&[("content-type", STRUCTURED_PROTOBUF)]);
+        assert!(matches!(
+            decode(&h, Bytes::from_static(b"{}")),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]

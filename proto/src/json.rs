@@ -203,7 +203,7 @@ pub fn is_json_content_type(ct: Option<&str>) -> bool {
         return false;
     };
     sub.eq_ignore_ascii_case("json")
-        || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+        || (sub.len() > 5 && sub.as_bytes()[sub.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 fn is_text_content_type(ct: &str) -> bool {
@@ -336,6 +336,13 @@ mod tests {
         e.datacontenttype = Some("text/plain".into());
         e.data = Some(Bytes::from_static("héllo \"q\"".as_bytes()));
         assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn non_ascii_content_types_do_not_panic() {
+        assert!(!is_json_content_type(Some("a/p𞺁y")));
+        let body = "{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"a/p\u{1ee81}y\",\"data\":\"x\"}";
+        assert!(decode_event(body.as_bytes()).is_err());
     }
 
     #[test]

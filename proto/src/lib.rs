@@ -12,7 +12,13 @@ pub mod http;
 pub mod json;
 pub mod knative;
 pub mod metric_names;
+pub mod pb;
+pub mod protobuf;
+#[cfg(feature = "sdk")]
+pub mod sdk;
 pub mod validate;
 
 pub use event::{AttrRef, AttributeValue, Event, SpecVersion};
+/// Re-exported so users of [`pb`] encode and decode with the same `prost`.
+pub use prost;
 pub use validate::EventError;

@@ -1,0 +1,287 @@
+//! `cemesh.v1.Publisher`: the three publishing calls over the ingress's broker table.
+//!
+//! Every event goes through what the HTTP ingress does, in the same order: find the
+//! broker, check the size against its limit (the encoded `CloudEvent`, as HTTP checks
+//! the body), convert and validate, stamp the arrival time and TTL, append, answer once
+//! the channel says the events are durable.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cemesh_ingress::{BrokerEndpoint, BrokerKey, IngressError, Routes};
+use cemesh_proto::http::DecodeError;
+use cemesh_proto::pb::cemesh::v1::publisher_server::Publisher;
+use cemesh_proto::pb::cemesh::v1::{
+    PublishAck, PublishBatchRequest, PublishRequest, PublishResponse,
+};
+use cemesh_proto::pb::cloudevents::CloudEvent;
+use cemesh_proto::{knative, Event, EventError};
+use futures::{FutureExt as _, Stream, StreamExt as _};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error;
+
+/// Events of a stream gathered into one append at most (those already received
+/// while the previous append was in flight).
+const STREAM_BATCH: usize = 256;
+/// Acks buffered towards a slow reader before the stream stops reading events.
+const ACK_BUFFER: usize = 1024;
+
+/// The service; cheap to clone (the route table is shared).
+#[derive(Debug, Clone)]
+pub struct PublisherService {
+    routes: Routes,
+}
+
+impl PublisherService {
+    pub fn new(routes: Routes) -> Self {
+        PublisherService { routes }
+    }
+}
+
+fn broker(
+    routes: &Routes,
+    namespace: &str,
+    name: &str,
+) -> Result<Arc<BrokerEndpoint>, IngressError> {
+    let key = BrokerKey::new(namespace, name);
+    routes
+        .get(&key)
+        .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
+}
+
+fn invalid(e: EventError) -> IngressError {
+    IngressError::Decode(DecodeError::Invalid(e))
+}
+
+fn check_size(broker: &BrokerEndpoint, encoded_len: usize) -> Result<(), IngressError> {
+    if encoded_len > broker.max_body_bytes {
+        return Err(IngressError::TooLarge {
+            limit: broker.max_body_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Converts, validates and stamps one event.
+fn accept(
+    msg: Option<CloudEvent>,
+    broker: &BrokerEndpoint,
+    now: &str,
+) -> Result<Event, IngressError> {
+    let msg = msg.ok_or_else(|| invalid(EventError::msg("the request carries no event")))?;
+    check_size(broker, msg.encoded_len())?;
+    let mut event = cemesh_proto::protobuf::from_proto(msg).map_err(invalid)?;
+    cemesh_proto::validate::validate(&event).map_err(invalid)?;
+    knative::stamp_ingress(&mut event, now).map_err(invalid)?;
+    Ok(event)
+}
+
+fn refuse(err: IngressError) -> Status {
+    tracing::debug!(error = %err, "Refused");
+    error::status(&err)
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<PublishAck, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let req = request.into_inner();
+        let broker = broker(&self.routes, &req.namespace, &req.broker).map_err(refuse)?;
+        let event = accept(req.event, &broker, &knative::now_rfc3339()).map_err(refuse)?;
+        broker
+            .channel
+            .append(vec![event])
+            .await
+            .map_err(|e| refuse(e.into()))?;
+        Ok(Response::new(PublishResponse { accepted: 1 }))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let req = request.into_inner();
+        let broker = broker(&self.routes, &req.namespace, &req.broker).map_err(refuse)?;
+        let messages = req.batch.map(|b| b.events).unwrap_or_default();
+        let size: usize = messages
+            .iter()
+            .map(|m| prost::encoding::message::encoded_len(1, m))
+            .sum();
+        check_size(&broker, size).map_err(refuse)?;
+        let mut events =
+            cemesh_proto::protobuf::from_proto_batch(messages).map_err(|e| refuse(invalid(e)))?;
+        let now = knative::now_rfc3339();
+        for (i, event) in events.iter_mut().enumerate() {
+            knative::stamp_ingress(event, &now).map_err(|e| {
+                refuse(invalid(EventError {
+                    attribute: e.attribute,
+                    message: format!("event {i} of the batch: {}", e.message),
+                }))
+            })?;
+        }
+        let accepted = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        if !events.is_empty() {
+            broker
+                .channel
+                .append(events)
+                .await
+                .map_err(|e| refuse(e.into()))?;
+        }
+        Ok(Response::new(PublishResponse { accepted }))
+    }
+
+    type PublishStreamStream = AckStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(ACK_BUFFER);
+        tokio::spawn(run_stream(self.routes.clone(), inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One received event of a stream, ready to append or already refused.
+struct Pending {
+    sequence: u64,
+    id: String,
+    outcome: Result<(Arc<BrokerEndpoint>, Event), IngressError>,
+}
+
+/// Reads a stream: waits for an event, takes every further one already received (up
+/// to [`STREAM_BATCH`]), appends them (one append per run of events for the same
+/// broker), then acks each in order. While one append is in flight, the next events
+/// queue up, so a fast producer gets group commits without giving up per-event acks.
+async fn run_stream(
+    routes: Routes,
+    mut inbound: Streaming<PublishRequest>,
+    tx: mpsc::Sender<Result<PublishAck, Status>>,
+) {
+    let mut sequence = 0u64;
+    let mut current: Option<Arc<BrokerEndpoint>> = None;
+    loop {
+        let first = match inbound.next().await {
+            None => return,
+            Some(Err(status)) => {
+                tracing::debug!(%status, "Publish stream ended by the client");
+                return;
+            }
+            Some(Ok(req)) => req,
+        };
+        let mut received = vec![first];
+        let mut ended = false;
+        while received.len() < STREAM_BATCH {
+            match inbound.next().now_or_never() {
+                Some(Some(Ok(req))) => received.push(req),
+                Some(None) | Some(Some(Err(_))) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let now = knative::now_rfc3339();
+        let pending: Vec<Pending> = received
+            .into_iter()
+            .map(|req| {
+                let p = prepare(&routes, &mut current, req, sequence, &now);
+                sequence += 1;
+                p
+            })
+            .collect();
+        if !flush(pending, &tx).await || ended {
+            return;
+        }
+    }
+}
+
+fn prepare(
+    routes: &Routes,
+    current: &mut Option<Arc<BrokerEndpoint>>,
+    req: PublishRequest,
+    sequence: u64,
+    now: &str,
+) -> Pending {
+    let id = req.event.as_ref().map(|e| e.id.clone()).unwrap_or_default();
+    let endpoint = if req.namespace.is_empty() && req.broker.is_empty() {
+        current.clone().ok_or_else(|| {
+            invalid(EventError::msg(
+                "the first message of a stream must name the broker (namespace and broker)",
+            ))
+        })
+    } else {
+        broker(routes, &req.namespace, &req.broker).inspect(|b| *current = Some(b.clone()))
+    };
+    let outcome = endpoint.and_then(|b| {
+        let event = accept(req.event, &b, now)?;
+        Ok((b, event))
+    });
+    Pending {
+        sequence,
+        id,
+        outcome,
+    }
+}
+
+/// Appends the accepted events run by run and sends every ack in order; false once
+/// the client has gone.
+async fn flush(pending: Vec<Pending>, tx: &mpsc::Sender<Result<PublishAck, Status>>) -> bool {
+    let mut acks = Vec::with_capacity(pending.len());
+    let mut run: Vec<(u64, String)> = Vec::new();
+    let mut run_events: Vec<Event> = Vec::new();
+    let mut run_broker: Option<Arc<BrokerEndpoint>> = None;
+    for p in pending {
+        match p.outcome {
+            Ok((b, event)) => {
+                if run_broker.as_ref().is_some_and(|rb| !Arc::ptr_eq(rb, &b)) {
+                    append_run(&mut run_broker, &mut run, &mut run_events, &mut acks).await;
+                }
+                run_broker = Some(b);
+                run.push((p.sequence, p.id));
+                run_events.push(event);
+            }
+            Err(err) => {
+                append_run(&mut run_broker, &mut run, &mut run_events, &mut acks).await;
+                tracing::debug!(error = %err, sequence = p.sequence, "Refused");
+                acks.push(error::refused_ack(p.sequence, p.id, &err));
+            }
+        }
+    }
+    append_run(&mut run_broker, &mut run, &mut run_events, &mut acks).await;
+    for ack in acks {
+        if tx.send(Ok(ack)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn append_run(
+    broker: &mut Option<Arc<BrokerEndpoint>>,
+    run: &mut Vec<(u64, String)>,
+    events: &mut Vec<Event>,
+    acks: &mut Vec<PublishAck>,
+) {
+    let Some(b) = broker.take() else { return };
+    let result = b.channel.append(std::mem::take(events)).await;
+    for (sequence, id) in run.drain(..) {
+        acks.push(match &result {
+            Ok(()) => PublishAck {
+                sequence,
+                id,
+                ..PublishAck::default()
+            },
+            Err(e) => error::refused_ack(sequence, id, &IngressError::Channel(e.clone())),
+        });
+    }
+}
