@@ -1,5 +1,7 @@
 //! The channel contract, run against every implementation: one generic test per
-//! property, instantiated for the memory channel and the sled channel.
+//! property, instantiated for the memory channel, the sled channel and (feature
+//! `kafka`) the Kafka channel. The Kafka tests need a Kafka: `CEMESH_TEST_KAFKA`, or
+//! a tansu started for the run; without one they fail, never skip.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +32,13 @@ impl Default for Limits {
 /// Makes channels of one implementation.
 trait Factory {
     type C: Channel + Clone;
-    fn make(&self, limits: Limits) -> Self::C;
+    /// Records are removed once every subscription passed them (sled, memory); a
+    /// Kafka topic keeps them for its retention time instead.
+    const RETENTION_BY_ACK: bool = true;
+    /// `max_records` caps the backlog (sled, memory); Kafka pushes back only through
+    /// its producer queue and quotas.
+    const BACKLOG_CAP: bool = true;
+    async fn make(&self, limits: Limits) -> Self::C;
     /// Lets background work (retention) catch up.
     async fn settle(&self, ch: &Self::C);
 }
@@ -39,7 +47,7 @@ struct Memory;
 
 impl Factory for Memory {
     type C = MemoryChannel;
-    fn make(&self, limits: Limits) -> MemoryChannel {
+    async fn make(&self, limits: Limits) -> MemoryChannel {
         MemoryChannel::new(MemoryConfig {
             max_records: limits.max_records as usize,
             retain_without_subscribers: limits.retain_without_subscribers as usize,
@@ -68,7 +76,7 @@ impl Sled {
 
 impl Factory for Sled {
     type C = SledChannel;
-    fn make(&self, limits: Limits) -> SledChannel {
+    async fn make(&self, limits: Limits) -> SledChannel {
         let id = format!("broker-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         self.store
             .channel(
@@ -128,7 +136,7 @@ async fn append_ids<C: Channel>(ch: &C, ids: &[&str]) {
 // The contract
 
 async fn append_next_ack_watermark<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     append_ids(&ch, &["e0", "e1", "e2"]).await;
     append_ids(&ch, &["e3", "e4"]).await;
@@ -155,7 +163,7 @@ async fn append_next_ack_watermark<F: Factory>(f: &F) {
 }
 
 async fn next_respects_max_and_waits<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let waiter = {
         let sub = sub.clone();
@@ -174,7 +182,7 @@ async fn next_respects_max_and_waits<F: Factory>(f: &F) {
 }
 
 async fn reopen_redelivers_after_watermark<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     append_ids(&ch, &["e0", "e1", "e2", "e3", "e4"]).await;
     let recs = read_n(&*sub, 5).await;
@@ -192,7 +200,7 @@ async fn reopen_redelivers_after_watermark<F: Factory>(f: &F) {
 }
 
 async fn start_at<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     // Keeps everything retained.
     let _keeper = ch.subscribe("keeper", StartAt::Earliest).await.unwrap();
     append_ids(&ch, &["e0", "e1", "e2"]).await;
@@ -226,7 +234,7 @@ async fn start_at<F: Factory>(f: &F) {
 }
 
 async fn lag_and_unknown<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     assert!(matches!(
         ch.lag("nobody").await,
         Err(ChannelError::UnknownSubscription(_))
@@ -243,7 +251,7 @@ async fn lag_and_unknown<F: Factory>(f: &F) {
 }
 
 async fn unsubscribe_closes_and_forgets<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let waiter = {
         let sub = sub.clone();
@@ -274,7 +282,10 @@ async fn unsubscribe_closes_and_forgets<F: Factory>(f: &F) {
 }
 
 async fn retention_after_all_acked<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    if !F::RETENTION_BY_ACK {
+        return retention_is_the_logs(f).await;
+    }
+    let ch = f.make(Limits::default()).await;
     let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let b = ch.subscribe("b", StartAt::Latest).await.unwrap();
     append_ids(&ch, &["e0", "e1", "e2"]).await;
@@ -301,18 +312,23 @@ async fn retention_after_all_acked<F: Factory>(f: &F) {
 }
 
 async fn retention_without_subscribers<F: Factory>(f: &F) {
+    if !F::RETENTION_BY_ACK {
+        return retention_is_the_logs(f).await;
+    }
     // None kept by default.
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     append_ids(&ch, &["e0", "e1"]).await;
     f.settle(&ch).await;
     let sub = ch.subscribe("a", StartAt::Earliest).await.unwrap();
     assert_nothing(&*sub).await;
 
     // The newest N kept when configured.
-    let ch = f.make(Limits {
-        retain_without_subscribers: 2,
-        ..Limits::default()
-    });
+    let ch = f
+        .make(Limits {
+            retain_without_subscribers: 2,
+            ..Limits::default()
+        })
+        .await;
     append_ids(&ch, &["e0", "e1", "e2"]).await;
     append_ids(&ch, &["e3", "e4"]).await;
     f.settle(&ch).await;
@@ -321,8 +337,26 @@ async fn retention_without_subscribers<F: Factory>(f: &F) {
     assert_nothing(&*sub).await;
 }
 
+/// For a log with time-based retention (Kafka): acked records stay readable from
+/// `Earliest` by a newcomer, and acking never loses anything for the others.
+async fn retention_is_the_logs<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default()).await;
+    append_ids(&ch, &["e0", "e1"]).await;
+    let a = ch.subscribe("a", StartAt::Earliest).await.unwrap();
+    let b = ch.subscribe("b", StartAt::Earliest).await.unwrap();
+    for r in read_n(&*a, 2).await {
+        a.ack(r.position).await.unwrap();
+    }
+    f.settle(&ch).await;
+    assert_eq!(ids(&read_n(&*b, 2).await), ["e0", "e1"]);
+    let c = ch.subscribe("c", StartAt::Earliest).await.unwrap();
+    assert_eq!(ids(&read_n(&*c, 2).await), ["e0", "e1"]);
+    assert_eq!(ch.lag("a").await.unwrap(), 0);
+    assert_eq!(ch.lag("c").await.unwrap(), 2);
+}
+
 async fn ordering<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let mut expected = Vec::new();
     for batch in 0..100 {
@@ -340,7 +374,7 @@ async fn ordering<F: Factory>(f: &F) {
 async fn concurrent_producers<F: Factory>(f: &F) {
     const PRODUCERS: usize = 8;
     const EACH: usize = 500;
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let consumer = {
         let sub = sub.clone();
@@ -394,10 +428,15 @@ async fn concurrent_producers<F: Factory>(f: &F) {
 }
 
 async fn backpressure<F: Factory>(f: &F) {
-    let ch = f.make(Limits {
-        max_records: 10,
-        ..Limits::default()
-    });
+    if !F::BACKLOG_CAP {
+        return;
+    }
+    let ch = f
+        .make(Limits {
+            max_records: 10,
+            ..Limits::default()
+        })
+        .await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let ten: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
     ch.append(ten.iter().map(ev).collect()).await.unwrap();
@@ -425,7 +464,7 @@ async fn backpressure<F: Factory>(f: &F) {
 }
 
 async fn event_round_trips<F: Factory>(f: &F) {
-    let ch = f.make(Limits::default());
+    let ch = f.make(Limits::default()).await;
     let sub = ch.subscribe("a", StartAt::Latest).await.unwrap();
     let mut e = ev("full");
     e.subject = Some("subj".into());
@@ -499,3 +538,50 @@ macro_rules! contract {
 
 contract!(memory, Memory);
 contract!(sled, Sled::new());
+#[cfg(feature = "kafka")]
+contract!(kafka, kafka_factory::Kafka::new().await);
+
+#[cfg(feature = "kafka")]
+mod kafka_factory {
+    use super::*;
+    use cemesh_channels::kafka::{
+        testing, KafkaChannel, KafkaChannelConfig, KafkaOptions, KafkaStore,
+    };
+
+    /// One topic per channel (one partition: the contract's total order), in a
+    /// namespace of its own so group names never collide between tests or runs.
+    pub struct Kafka {
+        store: KafkaStore,
+    }
+
+    impl Kafka {
+        pub async fn new() -> Self {
+            let options = KafkaOptions {
+                partitions: 1,
+                commit_interval: Duration::from_millis(50),
+                ..testing::options()
+            };
+            let store = KafkaStore::connect(options)
+                .await
+                .expect("connect to the test Kafka");
+            Kafka { store }
+        }
+    }
+
+    impl Factory for Kafka {
+        type C = KafkaChannel;
+        const RETENTION_BY_ACK: bool = false;
+        const BACKLOG_CAP: bool = false;
+        async fn make(&self, _limits: Limits) -> KafkaChannel {
+            self.store
+                .channel(
+                    &testing::unique("contract"),
+                    "broker",
+                    KafkaChannelConfig::default(),
+                )
+                .await
+                .expect("open channel")
+        }
+        async fn settle(&self, _ch: &KafkaChannel) {}
+    }
+}

@@ -1,0 +1,199 @@
+//! The broker side of a Kafka channel: appends through the shared idempotent
+//! producer; subscriptions are consumer groups ([`super::subscription`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cemesh_proto::Event;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureRecord;
+
+use super::subscription::{self, SubInner};
+use super::{codec, expand, kafka_err, StoreInner};
+use crate::{Channel, ChannelError, StartAt, Subscription};
+
+/// One broker's topic.
+#[derive(Clone)]
+pub struct KafkaChannel {
+    inner: Arc<ChannelInner>,
+}
+
+pub(crate) struct ChannelInner {
+    pub(crate) store: Arc<StoreInner>,
+    pub(crate) namespace: String,
+    pub(crate) broker: String,
+    pub(crate) topic: String,
+    pub(crate) partitions: i32,
+    /// This process's open subscriptions by name; a second `subscribe` of a name
+    /// reuses the consumer (a changed trigger restarts without a rebalance).
+    subs: Mutex<HashMap<String, Arc<SubInner>>>,
+}
+
+impl fmt::Debug for KafkaChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaChannel")
+            .field("topic", &self.inner.topic)
+            .field("partitions", &self.inner.partitions)
+            .finish()
+    }
+}
+
+impl KafkaChannel {
+    pub(crate) fn new(
+        store: Arc<StoreInner>,
+        namespace: &str,
+        broker: &str,
+        topic: String,
+        partitions: i32,
+    ) -> Self {
+        KafkaChannel {
+            inner: Arc::new(ChannelInner {
+                store,
+                namespace: namespace.to_owned(),
+                broker: broker.to_owned(),
+                topic,
+                partitions,
+                subs: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The Kafka topic holding this channel's events.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The consumer group of a subscription. The broker names subscriptions
+    /// `namespace/trigger`; a bare name is taken to be in the broker's namespace.
+    pub fn group_name(&self, subscription: &str) -> String {
+        self.inner.group_name(subscription)
+    }
+
+    fn subs(&self) -> MutexGuard<'_, HashMap<String, Arc<SubInner>>> {
+        self.inner.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ChannelInner {
+    pub(crate) fn group_name(&self, subscription: &str) -> String {
+        let (ns, trigger) = subscription
+            .split_once('/')
+            .unwrap_or((&self.namespace, subscription));
+        expand(
+            &self.store.options.group_template,
+            &[
+                ("namespace", ns),
+                ("trigger", trigger),
+                ("broker", &self.broker),
+            ],
+        )
+    }
+}
+
+fn full(e: &KafkaError) -> Option<ChannelError> {
+    (e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)).then(|| ChannelError::Full {
+        reason: "the Kafka producer's queue is full".into(),
+        retry_after: Duration::from_secs(1),
+    })
+}
+
+#[async_trait]
+impl Channel for KafkaChannel {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
+        let topic = &self.inner.topic;
+        let producer = &self.inner.store.producer;
+        let mut pending = Vec::with_capacity(events.len());
+        for event in &events {
+            let enc = codec::encode(event);
+            let mut record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(topic).headers(enc.headers);
+            if let Some(v) = &enc.value {
+                record = record.payload(v.as_ref());
+            }
+            if let Some(k) = &enc.key {
+                record = record.key(k.as_str());
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => {
+                    // Records already queued still go out; the caller's retry may
+                    // duplicate them (at-least-once).
+                    return Err(full(&e).unwrap_or_else(|| {
+                        kafka_err(format!("queueing an event for topic {topic}"), e)
+                    }));
+                }
+            }
+        }
+        let mut first_error = None;
+        for delivery in pending {
+            let outcome = match delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) => {
+                    full(&e).unwrap_or_else(|| kafka_err(format!("writing to topic {topic}"), e))
+                }
+                Err(_) => ChannelError::Storage(format!(
+                    "writing to topic {topic}: the producer dropped the delivery report"
+                )),
+            };
+            first_error.get_or_insert(outcome);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn subscribe(
+        &self,
+        name: &str,
+        start: StartAt,
+    ) -> Result<Arc<dyn Subscription>, ChannelError> {
+        let existing = self.subs().get(name).cloned();
+        if let Some(sub) = existing {
+            sub.reopen().await?;
+            return Ok(Arc::new(subscription::Handle::new(sub)));
+        }
+        let sub = SubInner::open(&self.inner, name, start).await?;
+        // Two racing subscribes of one name: keep the first, close the other.
+        let (sub, loser) = {
+            let mut subs = self.subs();
+            match subs.get(name) {
+                Some(first) => (first.clone(), Some(sub)),
+                None => {
+                    subs.insert(name.to_owned(), sub.clone());
+                    (sub, None)
+                }
+            }
+        };
+        if let Some(loser) = loser {
+            loser.close().await;
+        }
+        Ok(Arc::new(subscription::Handle::new(sub)))
+    }
+
+    async fn unsubscribe(&self, name: &str) -> Result<(), ChannelError> {
+        let sub = self.subs().remove(name);
+        if let Some(sub) = sub {
+            sub.close().await;
+        }
+        subscription::delete_group(&self.inner, &self.group_name(name)).await
+    }
+
+    async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
+        let local = self.subs().get(name).cloned();
+        subscription::lag(&self.inner, name, local).await
+    }
+}
+
+impl Drop for ChannelInner {
+    fn drop(&mut self) {
+        let subs = std::mem::take(self.subs.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for sub in subs.into_values() {
+            sub.close_in_background();
+        }
+    }
+}
