@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cemesh_channels::{
     Channel, DeadLetterStore, MemoryChannel, MemoryConfig, MemoryDeadLetters, SledConfig,
-    SledStore, Tapped,
+    SledStore, SledStoreOptions, Tapped,
 };
 use cemesh_dispatcher::{
     spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
@@ -52,6 +52,10 @@ pub struct MeshStatus {
     pub trigger_failures: BTreeMap<String, String>,
 }
 
+/// sled's page cache. Events are read once per subscription, mostly right after they
+/// were written, so a small cache costs little and keeps RSS bounded under a backlog.
+const SLED_CACHE_BYTES: u64 = 64 << 20;
+
 /// Opens channels for brokers. The sled database (one per process, under
 /// `<data-dir>/sled`) opens with the first sled broker and stays open until shutdown.
 pub struct Channels {
@@ -76,7 +80,10 @@ impl Channels {
             let path = self.data_dir.join("sled");
             std::fs::create_dir_all(&path)
                 .map_err(|e| format!("cannot create data directory {}: {e}", path.display()))?;
-            self.sled = Some(SledStore::open(&path).map_err(|e| e.to_string())?);
+            let options = SledStoreOptions {
+                cache_capacity_bytes: SLED_CACHE_BYTES,
+            };
+            self.sled = Some(SledStore::open_with(&path, options).map_err(|e| e.to_string())?);
         }
         Ok(self.sled.as_ref().expect("opened above"))
     }
