@@ -78,15 +78,17 @@ pub struct ServerConfig {
     pub log_level: Option<String>,
     /// How long deliveries in flight may take to finish on shutdown, e.g. `30s`.
     pub shutdown_grace: Option<String>,
+    /// Kafka connection and naming (builds with the `kafka` feature).
+    #[cfg(feature = "kafka")]
+    #[serde(default)]
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
-/// One entry of `services:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceEntry {
-    /// The service's base URL.
-    pub url: String,
-}
+/// One entry of `services:`: `{url: URL}` for a service that runs elsewhere, or
+/// `{command: [...], port_env, readiness, concurrency, min, max, idle, ...}` for one
+/// cemesh starts on demand and scales (see [`crate::ondemand`], which checks every
+/// field when the file is read).
+pub use crate::ondemand::ServiceEntry;
 
 /// A byte size written as a number or a string such as `1MiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,4 +153,6 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: Option<String>,
     pub shutdown_grace: std::time::Duration,
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }

@@ -10,10 +10,14 @@ pub mod control;
 pub mod deadletters;
 pub mod display;
 pub mod duration;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod keda;
 pub mod kubectl;
 pub mod manifest;
 pub mod mesh;
 pub mod metrics;
+pub mod ondemand;
 mod otel;
 pub mod reload;
 pub mod send;

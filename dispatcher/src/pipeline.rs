@@ -4,9 +4,10 @@
 //! fails. Nothing is dropped silently: an event leaves here delivered, dead-lettered
 //! somewhere durable, or interrupted (not acked, so the channel delivers it again).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -44,8 +45,8 @@ pub struct TriggerContext {
 }
 
 /// Counters of one trigger since it started, for `cemesh describe` (the same events
-/// are also counted in the process's metrics).
-#[derive(Debug, Default)]
+/// are also counted in the process's metrics), and the scaling signals built on them.
+#[derive(Debug)]
 pub struct TriggerStats {
     /// Events the subscriber took.
     pub delivered: AtomicU64,
@@ -57,6 +58,25 @@ pub struct TriggerStats {
     pub replies: AtomicU64,
     /// Events being processed now.
     pub in_flight: AtomicI64,
+    /// Arrival times (Unix ms) of the events being processed, with their count: the
+    /// oldest is the oldest event not finished (the trigger reads in log order).
+    arrivals: Mutex<BTreeMap<i64, u32>>,
+    /// `(when, delivered)` samples, at least a second apart, for the delivery rate.
+    rate_samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl Default for TriggerStats {
+    fn default() -> Self {
+        TriggerStats {
+            delivered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            arrivals: Mutex::default(),
+            rate_samples: Mutex::new(VecDeque::from([(Instant::now(), 0)])),
+        }
+    }
 }
 
 impl TriggerStats {
@@ -69,22 +89,80 @@ impl TriggerStats {
             "inFlight": self.in_flight.load(Relaxed).max(0),
         })
     }
+
+    /// When the oldest event being processed arrived (`knativearrivaltime`, Unix ms).
+    pub fn oldest_arrival_ms(&self) -> Option<i64> {
+        lock(&self.arrivals).keys().next().copied()
+    }
+
+    /// Events delivered per second over about the last minute (a reader calling at
+    /// least once a minute sees a window of one to two minutes at most).
+    pub fn delivery_rate(&self) -> f64 {
+        let now = Instant::now();
+        let count = self.delivered.load(Relaxed);
+        let mut samples = lock(&self.rate_samples);
+        if samples
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            samples.push_back((now, count));
+        }
+        while samples.len() > 2 && now.duration_since(samples[1].0) >= Duration::from_secs(60) {
+            samples.pop_front();
+        }
+        let Some(&(t0, c0)) = samples.front() else {
+            return 0.0;
+        };
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt < 0.001 {
+            return 0.0;
+        }
+        count.saturating_sub(c0) as f64 / dt
+    }
 }
 
-/// Decrements the in-flight count however processing ends.
-struct InFlight<'a>(&'a TriggerContext);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `knativearrivaltime` in Unix ms; now when absent or unreadable.
+fn arrival_ms(event: &Event) -> i64 {
+    match event.extension(knative::ARRIVAL_TIME) {
+        Some(AttributeValue::String(s) | AttributeValue::Timestamp(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis())
+        }
+        _ => chrono::Utc::now().timestamp_millis(),
+    }
+}
+
+/// Decrements the in-flight count (and forgets the event's arrival) however
+/// processing ends.
+struct InFlight<'a>(&'a TriggerContext, i64);
 
 impl<'a> InFlight<'a> {
-    fn enter(ctx: &'a TriggerContext) -> Self {
+    fn enter(ctx: &'a TriggerContext, event: &Event) -> Self {
+        let arrival = arrival_ms(event);
+        *lock(&ctx.stats.arrivals).entry(arrival).or_insert(0) += 1;
         ctx.stats.in_flight.fetch_add(1, Relaxed);
         metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => ctx.runtime.key.namespace.clone(), "trigger_name" => ctx.runtime.key.name.clone()).increment(1.0);
-        InFlight(ctx)
+        InFlight(ctx, arrival)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let ctx = self.0;
+        {
+            let mut arrivals = lock(&ctx.stats.arrivals);
+            if let Some(n) = arrivals.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    arrivals.remove(&self.1);
+                }
+            }
+        }
         ctx.stats.in_flight.fetch_sub(1, Relaxed);
         metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => ctx.runtime.key.namespace.clone(), "trigger_name" => ctx.runtime.key.name.clone()).decrement(1.0);
     }
@@ -94,7 +172,7 @@ impl TriggerContext {
     /// Runs the event through the pipeline. `cancel` stops waiting between retries
     /// (the attempt in flight finishes).
     pub async fn process(&self, event: &Event, cancel: &CancellationToken) -> Processed {
-        let _in_flight = InFlight::enter(self);
+        let _in_flight = InFlight::enter(self, event);
         let processed = self.process_inner(event, cancel).await;
         let key = &self.runtime.key;
         match processed {

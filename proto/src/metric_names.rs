@@ -26,6 +26,24 @@ pub const TRIGGER_IN_FLIGHT: &str = "cemesh_trigger_in_flight";
 /// Records waiting for the trigger (channel lag). Labels: `namespace_name`,
 /// `trigger_name`.
 pub const TRIGGER_LAG: &str = "cemesh_trigger_lag";
+/// Deliveries the subscriber took per second, over the last minute or less. Labels:
+/// `namespace_name`, `trigger_name`.
+pub const TRIGGER_DELIVERY_RATE: &str = "cemesh_trigger_delivery_rate";
+/// Age (seconds since `knativearrivaltime`) of the oldest event the trigger has not
+/// finished; 0 when none waits. Labels: `namespace_name`, `trigger_name`.
+pub const TRIGGER_OLDEST_WAITING_AGE: &str = "cemesh_trigger_oldest_waiting_age_seconds";
+/// Instances of an on-demand service (starting, ready or stopping). Labels: `service`.
+pub const ONDEMAND_INSTANCES: &str = "cemesh_ondemand_instances";
+/// Instances started. Labels: `service`, `reason` (`cold`: the service had none;
+/// `scale_up`).
+pub const ONDEMAND_INSTANCE_STARTS: &str = "cemesh_ondemand_instance_starts_total";
+/// Instances ended. Labels: `service`, `reason` (`stopped`: idle; `shutdown`;
+/// `crash`; `failed_start`).
+pub const ONDEMAND_INSTANCE_EXITS: &str = "cemesh_ondemand_instance_exits_total";
+/// Starts from zero instances. Labels: `service`.
+pub const ONDEMAND_COLD_STARTS: &str = "cemesh_ondemand_cold_starts_total";
+/// Cold start latency (seconds), from spawn to ready. Labels: `service`.
+pub const ONDEMAND_COLD_START_LATENCIES: &str = "cemesh_ondemand_cold_start_latencies";
 /// Channel append latency (seconds). Labels: `channel` (kind).
 pub const CHANNEL_APPEND_LATENCIES: &str = "cemesh_channel_append_latencies";
 /// Appends made durable by one sled flush (group commit).

@@ -2,6 +2,7 @@
 //!
 //! - [`cloudevents`], short for [`io::cloudevents::v1`] (`io.cloudevents.v1`): the CloudEvents protobuf format.
 //! - [`cemesh::v1`] (`cemesh.v1`): cemesh's own services (`Publisher`).
+//! - [`externalscaler`]: KEDA's external scaler service.
 //!
 //! The modules mirror the protobuf packages because the generated code refers to
 //! other packages by relative path. The service stubs are transport-free; the broker
@@ -21,6 +22,11 @@ pub mod cemesh {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/cemesh.v1.rs"));
     }
+}
+
+/// KEDA's external scaler service (`externalscaler`), which the broker serves.
+pub mod externalscaler {
+    include!(concat!(env!("OUT_DIR"), "/externalscaler.rs"));
 }
 
 pub use io::cloudevents::v1 as cloudevents;

@@ -1,5 +1,7 @@
 //! `GET /v1/namespaces/{ns}/triggers/{name}/scale`: the scaling signals of one trigger
-//! as JSON, for KEDA's `metrics-api` scaler (no Prometheus needed).
+//! as JSON, for KEDA's `metrics-api` scaler (no Prometheus needed). Point its
+//! `valueLocation` at `lag` (events waiting), `inFlight`, `deliveryRate` or
+//! `oldestWaitingAgeSeconds`; `active` tells whether anything waits at all.
 
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -21,20 +23,13 @@ pub async fn scale(
         .get(&key)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("trigger {key} is not running")))?;
-    let lag = ctx
-        .broker
-        .lag(&key.subscription_name())
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the lag: {e}")))?;
-    let in_flight = ctx
-        .stats
-        .in_flight
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .max(0);
+    let s = crate::keda::read(&ctx).await.map_err(ApiError::internal)?;
     Ok(Json(json!({
         "trigger": key.to_string(),
-        "lag": lag,
-        "inFlight": in_flight,
-        "active": lag > 0 || in_flight > 0,
+        "lag": s.lag,
+        "inFlight": s.in_flight,
+        "deliveryRate": s.delivery_rate,
+        "oldestWaitingAgeSeconds": s.oldest_waiting_age_seconds,
+        "active": s.active,
     })))
 }

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::config::{ChannelKind, ServiceEntry};
 use crate::duration::{parse_bytes, parse_humane, parse_iso8601};
+use crate::ondemand::ServiceTarget;
 
 /// What resolving references needs to know about the server.
 #[derive(Debug, Clone)]
@@ -313,7 +314,7 @@ fn compile_trigger(
             subscriber,
             delivery,
             parallelism,
-            endpoints: None,
+            endpoints: on_demand_endpoints(&t.spec.subscriber, ns, ctx),
         },
         start,
     })
@@ -512,7 +513,23 @@ pub fn resolve(
             let url = if r.kind == "Broker" {
                 format!("{}/{ns}/{}", ctx.ingress_base.trim_end_matches('/'), r.name)
             } else if let Some(s) = by_name {
-                s.url.clone()
+                match &s.target {
+                    ServiceTarget::Url(url) => url.clone(),
+                    // Each attempt replaces the host with a leased instance's
+                    // (`TriggerRuntime.endpoints`); only a subscriber has that.
+                    ServiceTarget::Command(_) if path == "spec.subscriber" => {
+                        format!("http://{}.on-demand.invalid/", r.name)
+                    }
+                    ServiceTarget::Command(_) => {
+                        return Err(field(
+                            &format!("{rpath}.name"),
+                            format!(
+                                "service {:?} is started on demand (a command) and can only be a trigger's subscriber",
+                                r.name
+                            ),
+                        ))
+                    }
+                }
             } else {
                 ctx.service_url_template
                     .replace("{name}", &r.name)
@@ -533,6 +550,21 @@ pub fn resolve(
             parse_http_url(&joined).map_err(|e| field(&format!("{path}.uri"), e))
         }
     }
+}
+
+/// The instance pool of the on-demand service a subscriber `ref` names, if any.
+fn on_demand_endpoints(
+    dest: &Destination,
+    namespace: &str,
+    ctx: &ResolveContext<'_>,
+) -> Option<std::sync::Arc<dyn cemesh_dispatcher::Endpoints>> {
+    let r = dest.reference.as_ref().filter(|r| r.kind != "Broker")?;
+    let ns = r.namespace.as_deref().unwrap_or(namespace);
+    ctx.services
+        .get(&format!("{ns}/{}", r.name))
+        .or_else(|| ctx.services.get(&r.name))?
+        .endpoints
+        .clone()
 }
 
 fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
@@ -564,9 +596,7 @@ mod tests {
         let mut services = BTreeMap::new();
         services.insert(
             "display".to_string(),
-            ServiceEntry {
-                url: "http://127.0.0.1:9999".into(),
-            },
+            ServiceEntry::url("http://127.0.0.1:9999"),
         );
         let c = ctx(&services);
         let dest = |kind: &str, name: &str, uri: Option<&str>| Destination {
@@ -609,6 +639,34 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0, "spec.subscriber.uri");
+    }
+
+    #[test]
+    fn an_on_demand_service_is_a_subscriber_only() {
+        let mut services = BTreeMap::new();
+        let entry: ServiceEntry =
+            serde_yaml::from_str("command: [python3, app.py]").expect("entry");
+        services.insert("thumbs".to_string(), entry);
+        let c = ctx(&services);
+        let dest = Destination {
+            reference: Some(KReference {
+                kind: "Service".into(),
+                name: "thumbs".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let url = resolve(&dest, "ns", "spec.subscriber", &c).unwrap();
+        assert_eq!(url.as_str(), "http://thumbs.on-demand.invalid/");
+        let err = resolve(&dest, "ns", "spec.delivery.deadLetterSink", &c).unwrap_err();
+        assert_eq!(err.0, "spec.delivery.deadLetterSink.ref.name");
+        assert!(
+            err.1.contains("only be a trigger's subscriber"),
+            "{}",
+            err.1
+        );
+        // Without a running pool (validation only) nothing is leased.
+        assert!(on_demand_endpoints(&dest, "ns", &c).is_none());
     }
 
     #[test]

@@ -1,0 +1,71 @@
+//! A trigger's scaling signals, read the same way for every consumer: the admin JSON
+//! endpoint (KEDA's `metrics-api` scaler), the KEDA external scaler over gRPC, and the
+//! Prometheus gauges refreshed at scrape time.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use cemesh_dispatcher::TriggerContext;
+use cemesh_proto::metric_names as names;
+
+use crate::mesh::Registry;
+
+/// What an autoscaler needs to know about one trigger now.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Signals {
+    /// Events appended and not yet finished (delivered, dead-lettered or filtered out).
+    pub lag: u64,
+    /// Deliveries in progress (including their retries).
+    pub in_flight: u64,
+    /// Events the subscriber took per second, over about the last minute.
+    pub delivery_rate: f64,
+    /// Seconds since the oldest unfinished event arrived; 0 when none is in progress.
+    pub oldest_waiting_age_seconds: f64,
+    /// Anything to do: a scaled-to-zero subscriber should run.
+    pub active: bool,
+}
+
+/// Reads a running trigger's signals.
+pub async fn read(ctx: &TriggerContext) -> Result<Signals, String> {
+    let key = &ctx.runtime.key;
+    let lag = ctx
+        .broker
+        .lag(&key.subscription_name())
+        .await
+        .map_err(|e| format!("reading the lag of trigger {key}: {e}"))?;
+    let in_flight = u64::try_from(ctx.stats.in_flight.load(Relaxed)).unwrap_or(0);
+    let oldest_waiting_age_seconds = match ctx.stats.oldest_arrival_ms() {
+        Some(ms) => (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1e3,
+        None => 0.0,
+    };
+    Ok(Signals {
+        lag,
+        in_flight,
+        delivery_rate: ctx.stats.delivery_rate(),
+        oldest_waiting_age_seconds,
+        active: lag > 0 || in_flight > 0,
+    })
+}
+
+/// Sets the per-trigger gauges (lag, delivery rate, oldest-waiting age) for a scrape.
+/// In-flight is a gauge the dispatcher keeps itself.
+pub async fn export(registry: &Registry) {
+    let contexts: Vec<_> = registry
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for ctx in contexts {
+        let Ok(s) = read(&ctx).await else { continue };
+        let key = &ctx.runtime.key;
+        let labels = [
+            ("namespace_name", key.namespace.clone()),
+            ("trigger_name", key.name.clone()),
+        ];
+        metrics::gauge!(names::TRIGGER_LAG, &labels).set(s.lag as f64);
+        metrics::gauge!(names::TRIGGER_DELIVERY_RATE, &labels).set(s.delivery_rate);
+        metrics::gauge!(names::TRIGGER_OLDEST_WAITING_AGE, &labels)
+            .set(s.oldest_waiting_age_seconds);
+    }
+}

@@ -1,0 +1,219 @@
+//! One instance's process from spawn to exit: start it on its own port, copy its
+//! output into cemesh's log (tagged with the service and instance number), wait for
+//! readiness, then wait for it to exit or to be asked to stop (SIGTERM to its process
+//! group, SIGKILL after the grace). Whatever happens, the pool hears how it ended.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::process::{Child, Command};
+
+use super::pool::{Exit, Instance, Pool};
+
+/// How often readiness is probed while an instance starts.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// Output lines longer than this are cut (a process printing without newlines must
+/// not grow our memory).
+const MAX_LINE: usize = 16 * 1024;
+
+pub(crate) async fn run(pool: Arc<Pool>, inst: Arc<Instance>) {
+    let started = Instant::now();
+    let mut child = match spawn(&pool, &inst) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot run {:?}: {e}", pool.spec.command);
+            pool.exited(&inst, Exit::FailedStart(msg), started.elapsed());
+            return;
+        }
+    };
+    let pid = child.id();
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward(out, pool.name.clone(), inst.number, "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward(err, pool.name.clone(), inst.number, "stderr"));
+    }
+
+    enum Start {
+        Ready,
+        Exited(String),
+        TimedOut,
+        Stop,
+    }
+    let start = tokio::select! {
+        r = wait_ready(&pool, &inst) => if r { Start::Ready } else { Start::TimedOut },
+        status = child.wait() => Start::Exited(describe(status)),
+        _ = inst.stop.cancelled() => Start::Stop,
+    };
+    let exit = match start {
+        Start::Ready => {
+            pool.became_ready(&inst, started.elapsed());
+            tokio::select! {
+                status = child.wait() => {
+                    // Leftover children of the process go with it.
+                    kill_group(pid, Signal::Kill);
+                    Exit::Crashed(describe(status))
+                }
+                _ = inst.stop.cancelled() => {
+                    stop(&mut child, pid, pool.spec.stop_grace).await;
+                    Exit::Stopped
+                }
+            }
+        }
+        Start::Exited(status) => {
+            kill_group(pid, Signal::Kill);
+            Exit::FailedStart(format!("exited before it was ready: {status}"))
+        }
+        Start::TimedOut => {
+            stop(&mut child, pid, pool.spec.stop_grace).await;
+            Exit::FailedStart(match &pool.spec.readiness {
+                Some(path) => format!(
+                    "GET {path} did not answer 2xx within {:?}",
+                    pool.spec.start_timeout
+                ),
+                None => format!(
+                    "port {} did not accept connections within {:?}",
+                    inst.port, pool.spec.start_timeout
+                ),
+            })
+        }
+        Start::Stop => {
+            stop(&mut child, pid, pool.spec.stop_grace).await;
+            Exit::Stopped
+        }
+    };
+    pool.exited(&inst, exit, started.elapsed());
+}
+
+fn spawn(pool: &Pool, inst: &Instance) -> std::io::Result<Child> {
+    let spec = &pool.spec;
+    let mut cmd = Command::new(&spec.command[0]);
+    cmd.args(&spec.command[1..])
+        .envs(&spec.env)
+        .env(&spec.port_env, inst.port.to_string())
+        .env("CEMESH_SERVICE", &pool.name)
+        .env("CEMESH_INSTANCE", inst.number.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Dropped without a stop (cemesh's own task aborted): never leave it behind.
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    // Its own process group: a stop reaches whatever it started (a shell's children),
+    // and a Ctrl-C meant for cemesh does not kill instances behind its back.
+    #[cfg(unix)]
+    cmd.process_group(0);
+    cmd.spawn()
+}
+
+/// Probes until ready; false when `start_timeout` passed first.
+async fn wait_ready(pool: &Pool, inst: &Instance) -> bool {
+    let deadline = tokio::time::Instant::now() + pool.spec.start_timeout;
+    let url = pool
+        .spec
+        .readiness
+        .as_ref()
+        .and_then(|path| inst.base.join(path.trim_start_matches('/')).ok());
+    loop {
+        let ready = match &url {
+            Some(url) => matches!(
+                pool.probe.get(url.clone()).send().await,
+                Ok(r) if r.status().is_success()
+            ),
+            None => tokio::net::TcpStream::connect(("127.0.0.1", inst.port))
+                .await
+                .is_ok(),
+        };
+        if ready {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`.
+async fn stop(child: &mut Child, pid: Option<u32>, grace: Duration) {
+    kill_group(pid, Signal::Term);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => kill_group(pid, Signal::Kill),
+        Err(_) => {
+            kill_group(pid, Signal::Kill);
+            let _ = child.kill().await;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Signal {
+    Term,
+    Kill,
+}
+
+#[cfg(unix)]
+fn kill_group(pid: Option<u32>, signal: Signal) {
+    use rustix::process::{kill_process_group, Pid, Signal as S};
+    let Some(pid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(Pid::from_raw)
+    else {
+        return;
+    };
+    let sig = match signal {
+        Signal::Term => S::TERM,
+        Signal::Kill => S::KILL,
+    };
+    // ESRCH (already gone) is the common, harmless case.
+    let _ = kill_process_group(pid, sig);
+}
+
+#[cfg(not(unix))]
+fn kill_group(_pid: Option<u32>, _signal: Signal) {}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// Copies a stream of the instance into the log, line by line.
+async fn forward(
+    mut stream: impl AsyncRead + Unpin,
+    service: String,
+    instance: u64,
+    which: &'static str,
+) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            emit(&buf[..nl], &service, instance, which);
+            buf.drain(..=nl);
+        }
+        if buf.len() > MAX_LINE {
+            emit(&buf, &service, instance, which);
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        emit(&buf, &service, instance, which);
+    }
+}
+
+fn emit(line: &[u8], service: &str, instance: u64, which: &'static str) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end_matches('\r');
+    tracing::info!(target: "cemesh::ondemand::output", service, instance, stream = which, "{line}");
+}
