@@ -4,6 +4,7 @@ out under load and stops it when idle (see README "Local scale-to-zero").
 
 Standard library only. Configured by environment variables:
   PORT            port to listen on (cemesh picks it; see `port_env`)
+  HOST            address to listen on, default 127.0.0.1 (0.0.0.0 in a container)
   CEMESH_INSTANCE instance number cemesh gave this process (for the log)
   STARTUP_DELAY   seconds before /healthz answers 200 (a slow cold start), default 0
   WORK_DELAY      seconds each event takes, default 0
@@ -20,6 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(os.environ.get("PORT", "8080"))
+HOST = os.environ.get("HOST", "127.0.0.1")
 INSTANCE = os.environ.get("CEMESH_INSTANCE", "0")
 STARTUP_DELAY = float(os.environ.get("STARTUP_DELAY", "0"))
 WORK_DELAY = float(os.environ.get("WORK_DELAY", "0"))
@@ -82,7 +84,7 @@ def exit_when_orphaned(parent):
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+    server = ThreadingHTTPServer((HOST, PORT), Handler)
     server.daemon_threads = True
 
     def stop(signum, frame):
@@ -91,7 +93,7 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    log(f"instance {INSTANCE} listening on 127.0.0.1:{PORT}")
+    log(f"instance {INSTANCE} listening on {HOST}:{PORT}")
     server.serve_forever()
     log("stopped")
     return 0
