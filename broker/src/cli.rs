@@ -152,6 +152,9 @@ pub struct ServeArgs {
     /// Time deliveries in flight get to finish on shutdown, e.g. 30s [default: 30s]
     #[arg(long, env = "CEMESH_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    #[cfg(feature = "kafka")]
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaArgs,
     /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318
     /// (builds with the `otel` cargo feature only)
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

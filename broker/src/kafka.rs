@@ -45,7 +45,11 @@ pub struct KafkaArgs {
     pub kafka_bootstrap: Option<String>,
     /// librdkafka property KEY=VALUE for security and tuning (repeatable), e.g.
     /// security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512, sasl.username=...
-    #[arg(long = "kafka-property", env = "CEMESH_KAFKA_PROPERTIES", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-property",
+        env = "CEMESH_KAFKA_PROPERTIES",
+        value_delimiter = ','
+    )]
     pub kafka_properties: Vec<String>,
     /// Topic and consumer-group names: cemesh or knative [default: cemesh]
     #[arg(long, env = "CEMESH_KAFKA_NAMING")]
@@ -120,7 +124,9 @@ pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> anyhow::Result<Option<Ka
     let mut properties = file.properties.clone();
     for p in &args.kafka_properties {
         let (k, v) = p.split_once('=').ok_or_else(|| {
-            anyhow::anyhow!("--kafka-property {p:?}: expected KEY=VALUE, e.g. security.protocol=SSL")
+            anyhow::anyhow!(
+                "--kafka-property {p:?}: expected KEY=VALUE, e.g. security.protocol=SSL"
+            )
         })?;
         properties.insert(k.trim().to_owned(), v.trim().to_owned());
     }
@@ -197,7 +203,10 @@ pub fn channel_config(
     let mut c = KafkaChannelConfig::default();
     if let Some(t) = annotations.get(EXTERNAL_TOPIC_ANNOTATION) {
         if t.trim().is_empty() {
-            return Err(err(EXTERNAL_TOPIC_ANNOTATION, "the topic name is empty".into()));
+            return Err(err(
+                EXTERNAL_TOPIC_ANNOTATION,
+                "the topic name is empty".into(),
+            ));
         }
         c.topic = Some(t.trim().to_owned());
     }
@@ -267,6 +276,9 @@ mod tests {
         assert_eq!(c.topic.as_deref(), Some("orders"));
         assert_eq!(c.partitions, Some(12));
         a.insert(REPLICATION_ANNOTATION.to_owned(), "0".to_owned());
-        assert!(channel_config(&a).unwrap_err().0.contains(REPLICATION_ANNOTATION));
+        assert!(channel_config(&a)
+            .unwrap_err()
+            .0
+            .contains(REPLICATION_ANNOTATION));
     }
 }

@@ -59,6 +59,8 @@ const SLED_CACHE_BYTES: u64 = 64 << 20;
 /// Opens channels for brokers. The sled database (one per process, under
 /// `<data-dir>/sled`) opens with the first sled broker and stays open until shutdown.
 pub struct Channels {
+    #[cfg(feature = "kafka")]
+    kafka: Option<cemesh_channels::kafka::KafkaStore>,
     data_dir: PathBuf,
     sled: Option<SledStore>,
     sled_dead_letters: Option<Arc<dyn DeadLetterStore>>,
@@ -68,6 +70,8 @@ pub struct Channels {
 impl Channels {
     pub fn new(data_dir: PathBuf) -> Self {
         Channels {
+            #[cfg(feature = "kafka")]
+            kafka: None,
             data_dir,
             sled: None,
             sled_dead_letters: None,
@@ -88,7 +92,48 @@ impl Channels {
         Ok(self.sled.as_ref().expect("opened above"))
     }
 
-    fn open(&mut self, key: &BrokerKey, d: &BrokerDesired) -> Result<Arc<dyn Channel>, String> {
+    /// Kafka channels connect through this store (`--kafka-bootstrap`).
+    #[cfg(feature = "kafka")]
+    pub fn set_kafka(&mut self, store: cemesh_channels::kafka::KafkaStore) {
+        self.kafka = Some(store);
+    }
+
+    #[cfg(feature = "kafka")]
+    async fn open_kafka(
+        &self,
+        key: &BrokerKey,
+        d: &BrokerDesired,
+    ) -> Result<Arc<dyn Channel>, String> {
+        let Some(store) = &self.kafka else {
+            return Err(format!(
+                "broker {key}: the kafka channel needs --kafka-bootstrap (or kafka.bootstrap in the config file)"
+            ));
+        };
+        let config = crate::kafka::channel_config(&d.annotations)
+            .map_err(|(path, msg)| format!("broker {key}: {path}: {msg}"))?;
+        let channel = store
+            .channel(&key.namespace, &key.name, config)
+            .await
+            .map_err(|e| format!("broker {key}: {e}"))?;
+        Ok(Arc::new(channel))
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    async fn open_kafka(
+        &self,
+        key: &BrokerKey,
+        _d: &BrokerDesired,
+    ) -> Result<Arc<dyn Channel>, String> {
+        Err(format!(
+            "broker {key}: the kafka channel is not available in this build (build with --features kafka)"
+        ))
+    }
+
+    async fn open(
+        &mut self,
+        key: &BrokerKey,
+        d: &BrokerDesired,
+    ) -> Result<Arc<dyn Channel>, String> {
         let o = &d.channel_options;
         match d.channel {
             ChannelKind::Memory => Ok(Arc::new(MemoryChannel::new(MemoryConfig {
@@ -110,15 +155,19 @@ impl Channels {
                     .map_err(|e| format!("broker {key}: {e}"))?;
                 Ok(Arc::new(channel))
             }
-            ChannelKind::Kafka => Err(format!(
-                "broker {key}: the kafka channel is not available in this build"
-            )),
+            ChannelKind::Kafka => self.open_kafka(key, d).await,
         }
     }
 
     /// Where a trigger on a broker of this kind keeps its dead letters: durable in
     /// the sled database for sled brokers, in memory otherwise (like their events).
     fn dead_letters(&mut self, kind: ChannelKind) -> Result<Arc<dyn DeadLetterStore>, String> {
+        #[cfg(feature = "kafka")]
+        if kind == ChannelKind::Kafka {
+            if let Some(store) = &self.kafka {
+                return Ok(store.dead_letters());
+            }
+        }
         if kind != ChannelKind::Sled {
             return Ok(self.memory_dead_letters.clone());
         }
@@ -272,7 +321,7 @@ impl Mesh {
                 if b.desired.channel_options != d.channel_options {
                     if d.channel == ChannelKind::Sled {
                         // The same channel with new settings: subscriptions carry on.
-                        if let Err(e) = self.channels.open(key, d) {
+                        if let Err(e) = self.channels.open(key, d).await {
                             broker_failures.insert(key.to_string(), e.clone());
                             problems.push(e);
                         }
@@ -283,7 +332,7 @@ impl Mesh {
                 b.desired = d.clone();
                 continue;
             }
-            match self.channels.open(key, d) {
+            match self.channels.open(key, d).await {
                 Ok(channel) => {
                     let channel = Arc::new(Tapped::new(channel));
                     tracing::info!(broker = %key, channel = d.channel.as_str(), "Broker ready");

@@ -60,6 +60,8 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
+        #[cfg(feature = "kafka")]
+        kafka: crate::kafka::options(&args.kafka, &file.kafka)?,
         log_level: args.log_level.clone().or(file.log_level),
         shutdown_grace: match &args.shutdown_grace {
             Some(s) => crate::duration::parse_humane(s)
@@ -115,7 +117,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let admin_addr = admin.local_addr()?;
 
     let routes = Routes::default();
-    let mesh = Mesh::new(routes.clone(), Channels::new(settings.data_dir.clone()));
+    #[allow(unused_mut)]
+    let mut channels = Channels::new(settings.data_dir.clone());
+    #[cfg(feature = "kafka")]
+    if let Some(options) = settings.kafka.clone() {
+        channels.set_kafka(crate::kafka::connect(options).await?);
+    }
+    let mesh = Mesh::new(routes.clone(), channels);
     let registry = mesh.registry();
     let taps = mesh.taps();
     let background = mesh.background();

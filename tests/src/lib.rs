@@ -34,7 +34,17 @@ pub fn cemesh_bin() -> PathBuf {
             .expect("test binary lives in target/<profile>/deps");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--quiet", "-p", "cemesh-broker", "--bin", "cemesh"]);
+        // Every feature (Kafka, OpenTelemetry), as `scripts/test.sh` builds it, so the
+        // same artifacts serve both and the Kafka tests have their channel.
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "cemesh-broker",
+            "--bin",
+            "cemesh",
+            "--all-features",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -534,13 +544,17 @@ pub fn client() -> reqwest::Client {
 
 /// POSTs a binary-mode event.
 pub async fn post_binary(client: &reqwest::Client, url: &str, event: &Event) -> reqwest::Response {
+    try_post_binary(client, url, event).await.expect("POST")
+}
+
+/// POSTs a binary-mode event; a connection error is returned, not a panic (for
+/// producers that keep going while a broker is killed).
+pub async fn try_post_binary(
+    client: &reqwest::Client,
+    url: &str,
+    event: &Event,
+) -> reqwest::Result<reqwest::Response> {
     let mut headers = HeaderMap::new();
     let body = cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
-    client
-        .post(url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .expect("POST")
+    client.post(url).headers(headers).body(body).send().await
 }

@@ -44,6 +44,8 @@ pub struct BrokerDesired {
     pub key: BrokerKey,
     pub channel: ChannelKind,
     pub channel_options: ChannelOptions,
+    /// The broker's annotations, for channel-specific settings (Kafka topics).
+    pub annotations: BTreeMap<String, String>,
     pub max_body_bytes: u64,
     pub delivery: Option<DeliveryManifest>,
 }
@@ -187,10 +189,15 @@ fn compile_broker(
         check_delivery(d, "spec.delivery")?;
     }
     let channel_options = channel_options(meta)?;
+    #[cfg(feature = "kafka")]
+    if channel == ChannelKind::Kafka {
+        crate::kafka::channel_config(&meta.annotations)?;
+    }
     Ok(BrokerDesired {
         key: BrokerKey::new(meta.namespace(), &meta.name),
         channel,
         channel_options,
+        annotations: meta.annotations.clone(),
         max_body_bytes,
         delivery,
     })

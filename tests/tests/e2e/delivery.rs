@@ -664,7 +664,13 @@ async fn cold_start_grace_keeps_the_retry_budget_while_a_subscriber_wakes() {
             &[("cemesh.dev/cold-start-grace", "10s")],
             "    retry: 1\n    backoffDelay: PT0.1S\n",
         ),
-        trigger("plain", &plain.url(), &[], &[], "    retry: 1\n    backoffDelay: PT0.1S\n"),
+        trigger(
+            "plain",
+            &plain.url(),
+            &[],
+            &[],
+            "    retry: 1\n    backoffDelay: PT0.1S\n",
+        ),
     ]));
     send(&mesh, &event("wake", "t")).await;
     // Plenty of 503s while "starting": more than retry + 1.
@@ -672,7 +678,10 @@ async fn cold_start_grace_keeps_the_retry_budget_while_a_subscriber_wakes() {
     cold.set_status(200);
     let deadline = Instant::now() + WAIT;
     while !cold.received().iter().any(|r| r.status_sent == 200) {
-        assert!(Instant::now() < deadline, "never delivered after the subscriber woke");
+        assert!(
+            Instant::now() < deadline,
+            "never delivered after the subscriber woke"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(dead_letters(&mesh, "graced").await["total"], 0);

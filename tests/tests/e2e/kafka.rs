@@ -212,10 +212,10 @@ async fn kill_9_of_one_replica_loses_no_acknowledged_event() {
                     };
                     let ok = tokio::time::timeout(
                         Duration::from_secs(5),
-                        post_binary(&c, &url, &event(id.clone(), None)),
+                        try_post_binary(&c, &url, &event(id.clone(), None)),
                     )
                     .await
-                    .is_ok_and(|r| r.status() == 202);
+                    .is_ok_and(|r| r.is_ok_and(|r| r.status() == 202));
                     if ok {
                         accepted.lock().unwrap().insert(id);
                     } else {
