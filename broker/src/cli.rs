@@ -68,6 +68,10 @@ pub struct AdminArgs {
 pub struct DeadLettersArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Manage a sidecar's outbox dead letters instead, at this sidecar admin URL
+    /// (e.g. http://127.0.0.1:3500); the trigger name is then not needed
+    #[arg(long, env = "CEMESH_SIDECAR", global = true)]
+    pub sidecar: Option<String>,
     #[command(subcommand)]
     pub action: DeadLettersAction,
 }
@@ -75,8 +79,8 @@ pub struct DeadLettersArgs {
 /// Which trigger.
 #[derive(Debug, Args)]
 pub struct TriggerRef {
-    /// The trigger's name
-    pub trigger: String,
+    /// The trigger's name (not with --sidecar)
+    pub trigger: Option<String>,
     /// The trigger's namespace
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
@@ -97,10 +101,12 @@ pub enum DeadLettersAction {
     },
     /// Show one dead letter: event, reason and every attempt (JSON)
     Show {
-        #[command(flatten)]
-        trigger: TriggerRef,
-        /// The dead letter's id (from `list`)
-        id: u64,
+        /// The trigger's namespace
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// TRIGGER ID, or just ID with --sidecar (the id comes from `list`)
+        #[arg(value_name = "[TRIGGER] ID", num_args = 1..=2, required = true)]
+        args: Vec<String>,
     },
     /// Deliver dead letters again through the trigger's delivery policy
     Redrive {
@@ -137,6 +143,10 @@ pub struct ServeArgs {
     /// Admin, health and metrics listen address [default: 127.0.0.1:9090]
     #[arg(long, env = "CEMESH_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// gRPC listen address (cemesh.v1.Publisher, KEDA external scaler, health,
+    /// reflection) [default: 127.0.0.1:50051]
+    #[arg(long, env = "CEMESH_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Channel for brokers that do not choose one [default: sled]
     #[arg(long, env = "CEMESH_CHANNEL")]
     pub channel: Option<ChannelKind>,
@@ -197,6 +207,10 @@ pub struct SendArgs {
     /// Content mode
     #[arg(long, value_enum, default_value_t = SendMode::Binary)]
     pub mode: SendMode,
+    /// Publish over gRPC to this gRPC address (HOST:PORT); --to then names the broker
+    /// as NAMESPACE/BROKER (an ingress URL also works)
+    #[arg(long, value_name = "ADDR")]
+    pub grpc: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -285,4 +299,14 @@ pub struct TailArgs {
     /// Stop after this many events
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub ingress_addr: Option<SocketAddr>,
     /// Admin, health and metrics listen address. Default `127.0.0.1:9090`.
     pub admin_addr: Option<SocketAddr>,
+    /// gRPC listen address. Default `127.0.0.1:50051`.
+    pub grpc_addr: Option<SocketAddr>,
     /// Channel for brokers that do not choose one. Default `sled`.
     pub channel: Option<ChannelKind>,
     /// Largest request body the ingress accepts, e.g. `1MiB`. Default 1 MiB.
@@ -146,6 +148,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub ingress_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub channel: ChannelKind,
     pub max_body_bytes: u64,
     pub service_url_template: String,

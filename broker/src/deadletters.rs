@@ -6,15 +6,25 @@ use serde_json::{json, Value};
 use crate::cli::{DeadLettersAction, DeadLettersArgs, TriggerRef};
 use crate::client::AdminClient;
 
-fn base(t: &TriggerRef) -> String {
-    format!(
-        "/v1/namespaces/{}/triggers/{}/deadletters",
-        t.namespace, t.trigger
-    )
+/// The dead-letter collection: a mesh trigger's, or a sidecar's outbox's.
+fn collection(sidecar: bool, t: &TriggerRef) -> anyhow::Result<String> {
+    if sidecar {
+        return Ok("/v1/deadletters".to_owned());
+    }
+    let Some(trigger) = &t.trigger else {
+        anyhow::bail!("name the trigger (or pass --sidecar URL for a sidecar's outbox)");
+    };
+    Ok(format!(
+        "/v1/namespaces/{}/triggers/{trigger}/deadletters",
+        t.namespace
+    ))
 }
 
 pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.admin.admin);
+    let sidecar = args.sidecar.is_some();
+    let client = AdminClient::new(args.sidecar.as_deref().unwrap_or(&args.admin.admin));
+    let base = |t: &TriggerRef| collection(sidecar, t);
+    let trigger_name = |t: &TriggerRef| t.trigger.clone().unwrap_or_default();
     match args.action {
         DeadLettersAction::List {
             trigger,
@@ -24,7 +34,7 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
             let page = client
                 .call(
                     http::Method::GET,
-                    &format!("{}?limit={limit}", base(&trigger)),
+                    &format!("{}?limit={limit}", base(&trigger)?),
                     None,
                 )
                 .await?;
@@ -34,9 +44,22 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
                 print_table(&page);
             }
         }
-        DeadLettersAction::Show { trigger, id } => {
+        DeadLettersAction::Show { namespace, args } => {
+            let (trigger, id) = match args.as_slice() {
+                [id] => (None, id),
+                [trigger, id] => (Some(trigger.clone()), id),
+                _ => anyhow::bail!("expected TRIGGER ID"),
+            };
+            let id: u64 = id.parse().map_err(|_| {
+                anyhow::anyhow!("{id:?} is not a dead-letter id (a number from `list`)")
+            })?;
+            let trigger = TriggerRef { trigger, namespace };
             let letter = client
-                .call(http::Method::GET, &format!("{}/{id}", base(&trigger)), None)
+                .call(
+                    http::Method::GET,
+                    &format!("{}/{id}", base(&trigger)?),
+                    None,
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&letter)?);
         }
@@ -44,19 +67,28 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
             let answer = client
                 .call(
                     http::Method::POST,
-                    &format!("{}:redrive", base(&trigger)),
+                    &format!("{}:redrive", base(&trigger)?),
                     Some(json!({ "ids": ids })),
                 )
                 .await?;
-            println!(
-                "redriving {} dead letter(s) of {}/{}",
-                answer["redriving"], trigger.namespace, trigger.trigger
-            );
+            if sidecar {
+                println!(
+                    "redriving {} dead letter(s) of the sidecar outbox",
+                    answer["redriving"]
+                );
+            } else {
+                println!(
+                    "redriving {} dead letter(s) of {}/{}",
+                    answer["redriving"],
+                    trigger.namespace,
+                    trigger_name(&trigger)
+                );
+            }
         }
         DeadLettersAction::Purge { trigger, id } => {
             let path = match id {
-                Some(id) => format!("{}/{id}", base(&trigger)),
-                None => base(&trigger),
+                Some(id) => format!("{}/{id}", base(&trigger)?),
+                None => base(&trigger)?,
             };
             let answer = client.call(http::Method::DELETE, &path, None).await?;
             println!("deleted {} dead letter(s)", answer["deleted"]);

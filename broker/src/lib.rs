@@ -10,6 +10,7 @@ pub mod control;
 pub mod deadletters;
 pub mod display;
 pub mod duration;
+pub mod grpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod keda;
@@ -21,6 +22,7 @@ pub mod ondemand;
 mod otel;
 pub mod reload;
 pub mod send;
+pub mod send_grpc;
 pub mod serve;
 pub mod sidecar;
 
@@ -34,6 +36,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             let s = serve::settings(args)?;
             (s.log_format, s.log_level, args.otlp_endpoint.clone())
         }
+        Command::Sidecar(args) => (args.log_format.unwrap_or_default(), None, None),
         _ => (LogFormat::Text, None, None),
     };
     let _otel = init_tracing(log_format, log_level.as_deref(), otlp.as_deref());

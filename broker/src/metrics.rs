@@ -41,19 +41,8 @@ pub fn install() {
 /// Renders every metric in Prometheus text format, after refreshing the gauges that
 /// are read at scrape time.
 pub async fn render(registry: &Registry) -> String {
-    let contexts: Vec<_> = registry
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect();
-    for ctx in contexts {
-        let key = &ctx.runtime.key;
-        if let Ok(lag) = ctx.broker.lag(&key.subscription_name()).await {
-            metrics::gauge!(names::TRIGGER_LAG, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
-                .set(lag as f64);
-        }
-    }
+    // Lag, delivery rate and oldest-waiting age per trigger.
+    crate::keda::signals::export(registry).await;
     if let Some(p) = read_process() {
         metrics::gauge!(names::PROCESS_RSS).set(p.rss_bytes as f64);
         metrics::gauge!(names::PROCESS_CPU).set(p.cpu_seconds);

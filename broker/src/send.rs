@@ -44,6 +44,9 @@ pub fn build_event(args: &SendArgs) -> anyhow::Result<Event> {
 
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let event = build_event(&args)?;
+    if let Some(addr) = &args.grpc {
+        return crate::send_grpc::run(addr, &args.to, &event).await;
+    }
     let client = reqwest::Client::new();
     let request = match args.mode {
         SendMode::Binary => {

@@ -50,6 +50,10 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
             .admin_addr
             .or(file.admin_addr)
             .unwrap_or(([127, 0, 0, 1], 9090).into()),
+        grpc_addr: args
+            .grpc_addr
+            .or(file.grpc_addr)
+            .unwrap_or(([127, 0, 0, 1], 50051).into()),
         channel: args.channel.or(file.channel).unwrap_or(ChannelKind::Sled),
         max_body_bytes,
         service_url_template: file
@@ -81,11 +85,14 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
 pub struct Server {
     pub ingress_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub control: Arc<ControlPlane>,
+    on_demand: crate::ondemand::OnDemand,
     routes: Routes,
     grace: Duration,
     stop: CancellationToken,
     ingress_task: JoinHandle<std::io::Result<()>>,
+    grpc_task: JoinHandle<anyhow::Result<()>>,
     admin_task: JoinHandle<std::io::Result<()>>,
     _watcher: Option<crate::reload::Watcher>,
 }
@@ -97,15 +104,17 @@ impl Server {
     pub async fn shutdown(self) {
         self.routes.start_draining();
         self.control.shutdown(self.grace).await;
+        self.on_demand.shutdown().await;
         self.stop.cancel();
         let _ = self.ingress_task.await;
+        let _ = self.grpc_task.await;
         let _ = self.admin_task.await;
     }
 }
 
 /// Binds both listeners, loads manifests and starts every broker and trigger, and
 /// watches the config dir.
-pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+pub async fn start(mut settings: Settings) -> anyhow::Result<Server> {
     crate::metrics::install();
     let ingress = TcpListener::bind(settings.ingress_addr)
         .await
@@ -113,9 +122,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let admin = TcpListener::bind(settings.admin_addr)
         .await
         .with_context(|| format!("cannot listen on admin address {}", settings.admin_addr))?;
+    let grpc = TcpListener::bind(settings.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on gRPC address {}", settings.grpc_addr))?;
     let ingress_addr = ingress.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
 
+    // On-demand services (a command instead of a URL) get their instance pools; refs
+    // to them resolve to the pool.
+    let on_demand = crate::ondemand::OnDemand::start(&mut settings.services);
     let routes = Routes::default();
     #[allow(unused_mut)]
     let mut channels = Channels::new(settings.data_dir.clone());
@@ -139,6 +155,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             stop.cancelled().await
         }))
     };
+    let grpc_task = {
+        let stop = stop.clone();
+        let keda = crate::keda::service(registry.clone(), taps.clone());
+        tokio::spawn(crate::grpc::serve(grpc, routes.clone(), keda, async move {
+            stop.cancelled().await
+        }))
+    };
     let admin_task = {
         let stop = stop.clone();
         let app = crate::admin::router(crate::admin::AdminState {
@@ -158,11 +181,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     Ok(Server {
         ingress_addr,
         admin_addr,
+        grpc_addr,
         control,
+        on_demand,
         routes,
         grace: settings.shutdown_grace,
         stop,
         ingress_task,
+        grpc_task,
         admin_task,
         _watcher: watcher,
     })
@@ -174,6 +200,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
         ingress = %server.ingress_addr,
         admin = %server.admin_addr,
+        grpc = %server.grpc_addr,
         config_dir = %settings.config_dir.display(),
         channel = settings.channel.as_str(),
         "cemesh listening"

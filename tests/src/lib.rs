@@ -120,6 +120,10 @@ impl CemeshBuilder {
             "--channel".into(),
             self.channel.clone(),
         ];
+        if !self.args.iter().any(|a| a.starts_with("--grpc-addr")) {
+            // Never the shared default port: tests run in parallel.
+            args.extend(["--grpc-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         args.extend(self.args.iter().cloned());
         (tmp, args)
     }

@@ -96,6 +96,8 @@ pub async fn spawn_broker(launch: &BrokerLaunch<'_>) -> anyhow::Result<(ChildPro
             "127.0.0.1:0",
             "--admin-addr",
             "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
         ])
         .args(["--channel", launch.channel, "--log-format", "json"])
         .args(launch.extra_args)

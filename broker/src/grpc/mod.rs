@@ -38,6 +38,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    keda: cemesh_proto::pb::externalscaler::external_scaler_server::ExternalScalerServer<
+        crate::keda::Scaler,
+    >,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -75,6 +78,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(publisher)
+        .add_service(keda)
         .serve_with_incoming_shutdown(incoming, shutdown.clone());
     let cut_off = async move {
         shutdown.await;

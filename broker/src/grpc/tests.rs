@@ -50,7 +50,8 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(super::serve(listener, routes, async move {
+        let keda = crate::keda::service(Default::default(), Default::default());
+        let server = tokio::spawn(super::serve(listener, routes, keda, async move {
             let _ = stopped.await;
         }));
         Harness {

@@ -6,10 +6,6 @@
 //! length-prefixed protobuf frames, `grpc-status` in the headers of a trailers-only
 //! answer): it shows that nothing cemesh-specific is needed on the wire, and the test
 //! crate needs no gRPC library.
-//!
-//! Tests marked `#[ignore]` need the binary's gRPC wiring (`serve --grpc-addr`, the
-//! `grpc=ADDR` field of the `cemesh listening` line, `send --grpc`, the annotation
-//! `cemesh.dev/delivery-format: protobuf`); drop the attribute once it lands.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -181,7 +177,6 @@ impl RawGrpc {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the gRPC wiring of the cemesh binary"]
 async fn grpc_unary_batch_and_stream_reach_an_http_subscriber() {
     let sub = Subscriber::start().await;
     let mesh = mesh_with(
@@ -256,7 +251,6 @@ async fn grpc_unary_batch_and_stream_reach_an_http_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the gRPC wiring of the cemesh binary"]
 async fn grpc_refusals_carry_grpc_codes() {
     let mesh = mesh_with(&[broker_yaml("default")], &["--max-body-size", "2KiB"]).await;
     let grpc = RawGrpc::new(grpc_addr(&mesh));
@@ -286,7 +280,6 @@ async fn grpc_refusals_carry_grpc_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the gRPC wiring of the cemesh binary"]
 async fn cemesh_send_grpc_publishes() {
     let sub = Subscriber::start().await;
     let mesh = mesh_with(
@@ -422,7 +415,6 @@ async fn protobuf_structured_and_batch_over_http() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the cemesh.dev/delivery-format: protobuf annotation"]
 async fn a_subscriber_may_ask_for_protobuf() {
     let sub = Subscriber::start().await;
     let trigger = trigger_yaml("t", "default", &sub.url(), &[]).replace(

@@ -8,4 +8,5 @@ mod event_path;
 mod filters;
 mod grpc;
 mod kafka;
+mod scale;
 mod sidecar;

@@ -901,6 +901,21 @@ async fn refused_events_are_dead_lettered_in_the_sidecar() {
         .await
         .unwrap();
     assert_eq!(one.status(), 200);
+    // The same through the CLI.
+    let out = std::process::Command::new(cemesh_bin())
+        .args(["deadletters", "--sidecar", &sc.url(""), "list"])
+        .output()
+        .expect("run cemesh deadletters");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&id) && text.contains("1 of 1 shown"),
+        "{text}"
+    );
     // Redrive puts it back into the outbox (and, still refused, back here).
     let resp = c
         .post(sc.url("/v1/deadletters:redrive"))
