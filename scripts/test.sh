@@ -1,16 +1,51 @@
 #!/usr/bin/env bash
-# The project's one test command: formatting, lints, one build, every test from it.
-# Installs whatever the tests need that a fresh machine lacks.
+# The project's one test command: formatting, lints, one build with every feature,
+# every test from that build. Installs what the tests need that a fresh machine
+# lacks: Debian's pkg-config and libssl-dev (librdkafka's build), PyYAML (deploy
+# checks) and a Kafka-protocol server (tansu, cached in the cargo bin dir).
+#
+#   CEMESH_TEST_KAFKA=HOST:PORT   use this Kafka instead of starting tansu
+#   CEMESH_TEST_THREADS=N         parallel tests per binary (default 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 
+missing=()
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v make >/dev/null || missing+=(make)
+if ((${#missing[@]})); then
+  echo "==> installing Debian packages: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+target="${CARGO_TARGET_DIR:-target}"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "==> cargo build (debug, all targets)"
-cargo build --workspace --all-targets --locked
-echo "==> cargo test"
-cargo test --workspace --locked -- --test-threads "${CEMESH_TEST_THREADS:-4}"
+echo "==> cargo clippy (all features)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "==> cargo build (debug, all targets, all features)"
+cargo build --workspace --all-targets --all-features --locked
+# The end-to-end tests run this binary: the one just built, with every feature.
+export CEMESH_BIN="$target/debug/cemesh"
+
+echo "==> deploy artefacts"
+CHECK_DEPLOY_SKIP_BUILD=1 bash scripts/check-deploy.sh
+
+if [ -z "${CEMESH_TEST_KAFKA:-}" ]; then
+  echo "==> Kafka for the tests (tansu)"
+  bash scripts/kafka.sh install
+  CEMESH_KAFKA_PIDFILE="$(mktemp)"
+  export CEMESH_KAFKA_PIDFILE
+  CEMESH_TEST_KAFKA="$(bash scripts/kafka.sh start)"
+  export CEMESH_TEST_KAFKA
+  trap 'bash scripts/kafka.sh stop "$(cat "$CEMESH_KAFKA_PIDFILE")" || true' EXIT
+fi
+
+echo "==> cargo test (all features)"
+cargo test --workspace --all-features --locked -- --test-threads "${CEMESH_TEST_THREADS:-4}"

@@ -73,8 +73,9 @@ fn assert_gaps(got: &[u128], want: &[u128]) {
     );
     for (g, w) in got.iter().zip(want) {
         assert!(
-            *g + 15 >= *w && *g <= *w + 250,
-            "gaps {got:?}, expected about {want:?} (-15/+250 ms)"
+            // Never early; late by scheduling noise at most (a loaded CI machine).
+            *g + 15 >= *w && *g <= *w + 600,
+            "gaps {got:?}, expected about {want:?} (-15/+600 ms)"
         );
     }
 }
