@@ -323,30 +323,10 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         advertise = sidecar.advertise.as_deref().unwrap_or("none"),
         "cemesh sidecar listening"
     );
-    shutdown_signal().await;
+    crate::serve::shutdown_signal().await;
     tracing::info!("Shutting down");
     sidecar.shutdown().await;
     tracing::info!("Stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
