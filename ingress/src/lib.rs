@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use cemesh_proto::http::DecodeError;
-use cemesh_proto::{knative, metric_names as names, Event, EventError};
+use cemesh_proto::{knative, metric_names as names, Event};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tracing::Instrument;
@@ -89,7 +89,8 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
     let mut events = cemesh_proto::http::decode(&parts.headers, body)?;
     let now = knative::now_rfc3339();
     for event in &mut events {
-        stamp(event, &now)?;
+        knative::stamp_ingress(event, &now)
+            .map_err(|e| IngressError::Decode(DecodeError::Invalid(e)))?;
         continue_trace(event, &parts.headers);
     }
     let count = events.len();
@@ -112,32 +113,6 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
         }
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
             event.set_extension(name, cemesh_proto::AttributeValue::String(v.to_owned()));
-        }
-    }
-}
-
-/// Stamps the arrival time and the hop budget (Knative's loop guard): an event
-/// without a valid TTL gets [`knative::DEFAULT_TTL`]; one that has used it up is
-/// refused.
-fn stamp(event: &mut Event, now: &str) -> Result<(), IngressError> {
-    knative::stamp_arrival(event, now);
-    match knative::ttl(event) {
-        Some(n) if n <= 0 => Err(IngressError::Decode(DecodeError::Invalid(
-            EventError::attr(
-                knative::BROKER_TTL,
-                format!(
-                    "{}: {n}: the event has used up its hops (a reply loop?)",
-                    knative::BROKER_TTL
-                ),
-            ),
-        ))),
-        Some(n) => {
-            knative::set_ttl(event, n);
-            Ok(())
-        }
-        None => {
-            knative::set_ttl(event, knative::DEFAULT_TTL);
-            Ok(())
         }
     }
 }
