@@ -9,6 +9,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "proto/io/cloudevents/v1/cloudevents.proto",
     "proto/cemesh/v1/publisher.proto",
+    "proto/cemesh/v1/admin.proto",
     "proto/externalscaler.proto",
 ];
 

@@ -158,9 +158,18 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Server> {
     let grpc_task = {
         let stop = stop.clone();
         let keda = crate::keda::service(registry.clone(), taps.clone());
-        tokio::spawn(crate::grpc::serve(grpc, routes.clone(), keda, async move {
-            stop.cancelled().await
-        }))
+        let admin = crate::grpc::AdminContext {
+            control: control.clone(),
+            registry: registry.clone(),
+            background: background.clone(),
+        };
+        tokio::spawn(crate::grpc::serve(
+            grpc,
+            routes.clone(),
+            keda,
+            admin,
+            async move { stop.cancelled().await },
+        ))
     };
     let admin_task = {
         let stop = stop.clone();

@@ -1,7 +1,7 @@
 //! The generated protobuf messages and gRPC service stubs (`build.rs`, from `proto/`).
 //!
 //! - [`cloudevents`], short for [`io::cloudevents::v1`] (`io.cloudevents.v1`): the CloudEvents protobuf format.
-//! - [`cemesh::v1`] (`cemesh.v1`): cemesh's own services (`Publisher`).
+//! - [`cemesh::v1`] (`cemesh.v1`): cemesh's own services (`Publisher`, `Admin`).
 //! - [`externalscaler`]: KEDA's external scaler service.
 //!
 //! The modules mirror the protobuf packages because the generated code refers to
@@ -30,6 +30,10 @@ pub mod externalscaler {
 }
 
 pub use io::cloudevents::v1 as cloudevents;
+
+/// The well-known types (`google.protobuf.*`) the generated messages use, so users
+/// need no `prost-types` dependency of their own.
+pub use prost_types;
 
 /// The encoded `FileDescriptorSet` of every `.proto` file (imports included), for
 /// gRPC reflection.

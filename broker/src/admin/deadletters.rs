@@ -4,6 +4,9 @@
 //! A redrive runs each letter through the trigger's full pipeline again (retries,
 //! dead-letter sink) in the background; the letter is removed only once that
 //! finished, so a crash mid-redrive loses nothing (it may redeliver).
+//!
+//! The operations themselves ([`list_page`], [`redrive_letters`], [`purge_all`]) are
+//! shared with the gRPC `Admin` service; the handlers here only translate HTTP.
 
 use std::sync::Arc;
 
@@ -18,25 +21,65 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::{AdminState, ApiError};
+use crate::mesh::Registry;
 
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
 
-fn context(state: &AdminState, ns: &str, name: &str) -> Result<Arc<TriggerContext>, ApiError> {
+/// Why a dead-letter operation failed; REST and gRPC map it to their codes.
+#[derive(Debug)]
+pub(crate) enum DeadLetterError {
+    /// No such trigger running, or no such letter.
+    NotFound(String),
+    /// The dead-letter store failed.
+    Storage(String),
+}
+
+impl std::fmt::Display for DeadLetterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterError::NotFound(m) | DeadLetterError::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<DeadLetterError> for ApiError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::NotFound(m) => ApiError::not_found(m),
+            DeadLetterError::Storage(m) => ApiError::internal(m),
+        }
+    }
+}
+
+/// The running trigger `ns/name`.
+pub(crate) fn trigger_context(
+    registry: &Registry,
+    ns: &str,
+    name: &str,
+) -> Result<Arc<TriggerContext>, DeadLetterError> {
     let key = TriggerKey::new(ns, name);
-    state
-        .registry
+    registry
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(&key)
         .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("trigger {key} is not running")))
+        .ok_or_else(|| DeadLetterError::NotFound(format!("trigger {key} is not running")))
 }
 
-fn storage(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("dead-letter store: {e}"))
+fn context(state: &AdminState, ns: &str, name: &str) -> Result<Arc<TriggerContext>, ApiError> {
+    Ok(trigger_context(&state.registry, ns, name)?)
+}
+
+fn storage(e: impl std::fmt::Display) -> DeadLetterError {
+    DeadLetterError::Storage(format!("dead-letter store: {e}"))
+}
+
+fn no_letter(trigger: &str, id: u64) -> DeadLetterError {
+    DeadLetterError::NotFound(format!("trigger {trigger} has no dead letter {id}"))
 }
 
 /// The JSON form of a dead letter; the event in structured mode.
@@ -58,6 +101,42 @@ pub fn letter_json(l: &DeadLetter) -> Value {
     })
 }
 
+/// A page of a trigger's dead letters.
+pub(crate) struct LetterPage {
+    /// The trigger, `namespace/name`.
+    pub trigger: String,
+    /// How many letters it has in all.
+    pub total: u64,
+    pub items: Vec<DeadLetter>,
+    /// The `after` of the next page, when this one is full.
+    pub next: Option<u64>,
+}
+
+/// Up to `limit` letters (default 100, at most [`MAX_LIMIT`]) with ids above `after`.
+pub(crate) async fn list_page(
+    ctx: &TriggerContext,
+    after: Option<u64>,
+    limit: Option<usize>,
+) -> Result<LetterPage, DeadLetterError> {
+    let trigger = ctx.runtime.key.to_string();
+    let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let items = ctx
+        .dead_letters
+        .list(&trigger, after, limit)
+        .await
+        .map_err(storage)?;
+    let total = ctx.dead_letters.count(&trigger).await.map_err(storage)?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|l| l.id))
+        .flatten();
+    Ok(LetterPage {
+        trigger,
+        total,
+        items,
+        next,
+    })
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Page {
     after: Option<u64>,
@@ -70,22 +149,12 @@ pub async fn list(
     Query(page): Query<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let ctx = context(&state, &ns, &name)?;
-    let trigger = ctx.runtime.key.to_string();
-    let limit = page.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let items = ctx
-        .dead_letters
-        .list(&trigger, page.after, limit)
-        .await
-        .map_err(storage)?;
-    let total = ctx.dead_letters.count(&trigger).await.map_err(storage)?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|l| l.id))
-        .flatten();
+    let page = list_page(&ctx, page.after, page.limit).await?;
     Ok(Json(json!({
-        "trigger": trigger,
-        "total": total,
-        "items": items.iter().map(letter_json).collect::<Vec<_>>(),
-        "next": next,
+        "trigger": page.trigger,
+        "total": page.total,
+        "items": page.items.iter().map(letter_json).collect::<Vec<_>>(),
+        "next": page.next,
     })))
 }
 
@@ -97,9 +166,7 @@ pub async fn show(
     let trigger = ctx.runtime.key.to_string();
     match ctx.dead_letters.get(&trigger, id).await.map_err(storage)? {
         Some(l) => Ok(Json(letter_json(&l))),
-        None => Err(ApiError::not_found(format!(
-            "trigger {trigger} has no dead letter {id}"
-        ))),
+        None => Err(no_letter(&trigger, id).into()),
     }
 }
 
@@ -117,14 +184,12 @@ pub async fn remove(
     {
         Ok(Json(json!({ "deleted": 1 })))
     } else {
-        Err(ApiError::not_found(format!(
-            "trigger {trigger} has no dead letter {id}"
-        )))
+        Err(no_letter(&trigger, id).into())
     }
 }
 
 /// Every letter of the trigger, page by page.
-async fn all_letters(ctx: &TriggerContext) -> Result<Vec<DeadLetter>, ApiError> {
+async fn all_letters(ctx: &TriggerContext) -> Result<Vec<DeadLetter>, DeadLetterError> {
     let trigger = ctx.runtime.key.to_string();
     let mut out = Vec::new();
     let mut after = None;
@@ -143,14 +208,11 @@ async fn all_letters(ctx: &TriggerContext) -> Result<Vec<DeadLetter>, ApiError> 
     }
 }
 
-pub async fn purge(
-    State(state): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    let ctx = context(&state, &ns, &name)?;
+/// Deletes every letter of the trigger; answers how many were deleted.
+pub(crate) async fn purge_all(ctx: &TriggerContext) -> Result<u64, DeadLetterError> {
     let trigger = ctx.runtime.key.to_string();
     let mut deleted = 0u64;
-    for l in all_letters(&ctx).await? {
+    for l in all_letters(ctx).await? {
         if ctx
             .dead_letters
             .remove(&trigger, l.id)
@@ -160,6 +222,15 @@ pub async fn purge(
             deleted += 1;
         }
     }
+    Ok(deleted)
+}
+
+pub async fn purge(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = context(&state, &ns, &name)?;
+    let deleted = purge_all(&ctx).await?;
     Ok(Json(json!({ "deleted": deleted })))
 }
 
@@ -187,19 +258,29 @@ pub async fn redrive(
             ))
         })?
     };
+    let count = redrive_letters(ctx, &req.ids, state.background.clone()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "redriving": count }))))
+}
+
+/// Redrives the letters `ids` of the trigger (all when empty) in the background:
+/// each runs through the trigger's pipeline again (without its `knativeerror*`
+/// extensions), at most the trigger's parallelism at a time, and is removed once
+/// that finished, unless `cancel` interrupted it. An unknown id refuses the whole
+/// call before anything starts. Answers how many letters are being redriven.
+pub(crate) async fn redrive_letters(
+    ctx: Arc<TriggerContext>,
+    ids: &[u64],
+    cancel: CancellationToken,
+) -> Result<usize, DeadLetterError> {
     let trigger = ctx.runtime.key.to_string();
-    let letters = if req.ids.is_empty() {
+    let letters = if ids.is_empty() {
         all_letters(&ctx).await?
     } else {
         let mut v = Vec::new();
-        for id in &req.ids {
+        for id in ids {
             match ctx.dead_letters.get(&trigger, *id).await.map_err(storage)? {
                 Some(l) => v.push(l),
-                None => {
-                    return Err(ApiError::not_found(format!(
-                        "trigger {trigger} has no dead letter {id}"
-                    )))
-                }
+                None => return Err(no_letter(&trigger, *id)),
             }
         }
         v
@@ -207,7 +288,7 @@ pub async fn redrive(
     let count = letters.len();
     let permits = Arc::new(Semaphore::new(ctx.runtime.parallelism.max(1)));
     for letter in letters {
-        let (ctx, cancel, permits) = (ctx.clone(), state.background.clone(), permits.clone());
+        let (ctx, cancel, permits) = (ctx.clone(), cancel.clone(), permits.clone());
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
@@ -229,5 +310,5 @@ pub async fn redrive(
             }
         });
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "redriving": count }))))
+    Ok(count)
 }

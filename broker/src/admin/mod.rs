@@ -1,8 +1,8 @@
 //! The admin port: health, readiness with detail, and the REST API under `/v1`
 //! (Kubernetes-shaped paths) that the CLI talks to.
 
-mod deadletters;
-mod resources;
+pub(crate) mod deadletters;
+pub(crate) mod resources;
 mod scale;
 mod tail;
 

@@ -1,6 +1,9 @@
 //! `/v1/namespaces/{ns}/{brokers|triggers}[/{name}]`: list, get, apply (`PUT` a
 //! manifest, YAML or JSON) and delete, Kubernetes-shaped. Everything goes through the
 //! control plane; these handlers only translate HTTP.
+//! [`Resources`] is the layer they share with the gRPC `Admin` service.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -10,7 +13,8 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
-use crate::control::{Applied, ApplyError, Kind, ResKey, ResourceView};
+use crate::control::{Applied, ApplyError, ControlPlane, Kind, ResKey, ResourceView};
+use crate::mesh::Registry;
 
 fn kind(plural: &str) -> Result<Kind, ApiError> {
     Kind::parse_plural(plural).ok_or_else(|| {
@@ -20,34 +24,102 @@ fn kind(plural: &str) -> Result<Kind, ApiError> {
     })
 }
 
-/// The view with live counters for triggers (lag, deliveries, dead letters).
-async fn with_stats(state: &AdminState, view: ResourceView) -> Value {
-    let mut json = view.json;
-    if view.key.kind != Kind::Trigger {
-        return json;
-    }
-    let ctx = state
-        .registry
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&cemesh_dispatcher::TriggerKey::new(
-            &view.key.namespace,
-            &view.key.name,
-        ))
-        .cloned();
-    if let Some(ctx) = ctx {
-        let mut stats = ctx.stats.snapshot();
-        let key = &ctx.runtime.key;
-        if let Ok(lag) = ctx.broker.lag(&key.subscription_name()).await {
-            stats["lag"] = json!(lag);
+/// The resource operations both the REST handlers and the gRPC `Admin` service call:
+/// the control plane, plus the live counters of running triggers. Neither front end
+/// holds logic of its own; they only translate their protocol.
+#[derive(Clone)]
+pub(crate) struct Resources {
+    pub control: Arc<ControlPlane>,
+    pub registry: Registry,
+}
+
+impl Resources {
+    pub fn of(state: &AdminState) -> Self {
+        Resources {
+            control: state.control.clone(),
+            registry: state.registry.clone(),
         }
-        if let Ok(n) = ctx.dead_letters.count(&key.to_string()).await {
-            stats["deadLettersStored"] = json!(n);
-        }
-        stats["subscriber"] = json!(ctx.runtime.subscriber.as_str());
-        json["status"]["stats"] = stats;
     }
-    json
+
+    /// The resources of `kind` (in `ns`, or everywhere), with live counters.
+    pub async fn list(&self, kind: Kind, ns: Option<&str>) -> Vec<ResourceView> {
+        let mut items = Vec::new();
+        for v in self.control.list(kind, ns) {
+            items.push(self.with_stats(v).await);
+        }
+        items
+    }
+
+    /// One resource, with live counters.
+    pub async fn get(&self, key: &ResKey) -> Result<ResourceView, ApplyError> {
+        let view = self
+            .control
+            .get(key)
+            .ok_or_else(|| ApplyError::NotFound(key.to_string()))?;
+        Ok(self.with_stats(view).await)
+    }
+
+    /// Applies a manifest; the view has live counters and `status.applied`.
+    pub async fn apply(
+        &self,
+        key: &ResKey,
+        manifest: &str,
+    ) -> Result<(Applied, ResourceView), ApplyError> {
+        let (applied, view) = self.control.apply(key, manifest).await?;
+        let mut view = self.with_stats(view).await;
+        view.json["status"]["applied"] = json!(applied_str(applied));
+        Ok((applied, view))
+    }
+
+    pub async fn delete(&self, key: &ResKey) -> Result<(), ApplyError> {
+        self.control.delete(key).await
+    }
+
+    /// The view with live counters for triggers (lag, deliveries, dead letters).
+    async fn with_stats(&self, mut view: ResourceView) -> ResourceView {
+        if view.key.kind != Kind::Trigger {
+            return view;
+        }
+        let ctx = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cemesh_dispatcher::TriggerKey::new(
+                &view.key.namespace,
+                &view.key.name,
+            ))
+            .cloned();
+        if let Some(ctx) = ctx {
+            let mut stats = ctx.stats.snapshot();
+            let key = &ctx.runtime.key;
+            if let Ok(lag) = ctx.broker.lag(&key.subscription_name()).await {
+                stats["lag"] = json!(lag);
+            }
+            if let Ok(n) = ctx.dead_letters.count(&key.to_string()).await {
+                stats["deadLettersStored"] = json!(n);
+            }
+            stats["subscriber"] = json!(ctx.runtime.subscriber.as_str());
+            view.json["status"]["stats"] = stats;
+        }
+        view
+    }
+}
+
+/// `created`, `configured` or `unchanged`.
+pub(crate) fn applied_str(applied: Applied) -> &'static str {
+    match applied {
+        Applied::Created => "created",
+        Applied::Configured => "configured",
+        Applied::Unchanged => "unchanged",
+    }
+}
+
+/// The message of a refusal from a file-owned resource, shared by REST and gRPC.
+pub(crate) fn owned_by_file_message(file: &std::path::Path) -> String {
+    format!(
+        "owned by the file {}: change it there, not through the API",
+        file.display()
+    )
 }
 
 pub async fn list_all(
@@ -69,10 +141,12 @@ async fn list_in(
     kind: Kind,
     ns: Option<&str>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut items = Vec::new();
-    for v in state.control.list(kind, ns) {
-        items.push(with_stats(state, v).await);
-    }
+    let items: Vec<Value> = Resources::of(state)
+        .list(kind, ns)
+        .await
+        .into_iter()
+        .map(|v| v.json)
+        .collect();
     Ok(Json(
         json!({ "kind": format!("{}List", kind.as_str()), "items": items }),
     ))
@@ -81,13 +155,16 @@ async fn list_in(
 pub async fn get(
     State(state): State<AdminState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    let key = ResKey::new(kind(&plural)?, &ns, &name);
-    let view = state
-        .control
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
-    Ok(Json(with_stats(&state, view).await))
+) -> Response {
+    let kind = match kind(&plural) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let key = ResKey::new(kind, &ns, &name);
+    match Resources::of(&state).get(&key).await {
+        Ok(view) => Json(view.json).into_response(),
+        Err(e) => apply_error(e),
+    }
 }
 
 fn apply_error(e: ApplyError) -> Response {
@@ -100,12 +177,14 @@ fn apply_error(e: ApplyError) -> Response {
         ApplyError::OwnedByFile(file) => (
             StatusCode::CONFLICT,
             Json(json!({
-                "error": format!("owned by the file {}: change it there, not through the API", file.display()),
+                "error": owned_by_file_message(&file),
                 "file": file.display().to_string(),
             })),
         )
             .into_response(),
-        ApplyError::NotFound(what) => ApiError::not_found(format!("{what} not found")).into_response(),
+        ApplyError::NotFound(what) => {
+            ApiError::not_found(format!("{what} not found")).into_response()
+        }
         ApplyError::Storage(e) => ApiError::internal(e).into_response(),
     }
 }
@@ -123,16 +202,14 @@ pub async fn put(
         return ApiError::bad_request("the body is not UTF-8 YAML or JSON").into_response();
     };
     let key = ResKey::new(kind, &ns, &name);
-    match state.control.apply(&key, text).await {
+    match Resources::of(&state).apply(&key, text).await {
         Ok((applied, view)) => {
             let code = if applied == Applied::Created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            let mut json = with_stats(&state, view).await;
-            json["status"]["applied"] = json!(format!("{applied:?}").to_ascii_lowercase());
-            (code, Json(json)).into_response()
+            (code, Json(view.json)).into_response()
         }
         Err(e) => apply_error(e),
     }
@@ -147,7 +224,7 @@ pub async fn delete(
         Err(e) => return e.into_response(),
     };
     let key = ResKey::new(kind, &ns, &name);
-    match state.control.delete(&key).await {
+    match Resources::of(&state).delete(&key).await {
         Ok(()) => Json(json!({ "deleted": key.to_string() })).into_response(),
         Err(e) => apply_error(e),
     }

@@ -1,5 +1,6 @@
 //! The gRPC ingress in process: a server on 127.0.0.1:0 over memory channels, the
-//! typed client from `send_grpc`, and raw tonic clients for health and reflection.
+//! typed client from `send_grpc`, and raw tonic clients for health, reflection and
+//! `Admin` (over a control plane on a temporary directory).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,12 +24,63 @@ struct Harness {
     subscription: Arc<dyn Subscription>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    control: Arc<crate::control::ControlPlane>,
+    dir: tempfile::TempDir,
+}
+
+/// A control plane on `dir` (`config/` for files, `data/` for the rest), on memory
+/// channels, with `files` written into `config/` first.
+async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::AdminContext {
+    use crate::config::{ChannelKind, LogFormat, Settings};
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    for (name, text) in files {
+        std::fs::write(config_dir.join(name), text).expect("write manifest");
+    }
+    let settings = Settings {
+        config_dir,
+        data_dir: dir.join("data"),
+        ingress_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        channel: ChannelKind::Memory,
+        max_body_bytes: crate::config::DEFAULT_MAX_BODY,
+        service_url_template: crate::config::DEFAULT_SERVICE_TEMPLATE.to_owned(),
+        services: Default::default(),
+        log_format: LogFormat::Text,
+        log_level: None,
+        shutdown_grace: Duration::from_secs(1),
+        #[cfg(feature = "kafka")]
+        kafka: None,
+    };
+    let mesh = crate::mesh::Mesh::new(
+        Routes::default(),
+        crate::mesh::Channels::new(settings.data_dir.clone()),
+    );
+    let (registry, background) = (mesh.registry(), mesh.background());
+    let control = crate::control::ControlPlane::start(mesh, settings, "http://127.0.0.1:1".into())
+        .await
+        .expect("control plane");
+    super::AdminContext {
+        control,
+        registry,
+        background,
+    }
 }
 
 impl Harness {
     /// One broker `default/orders` on a memory channel of `max_records`, limit
     /// `max_body_bytes`.
     async fn start(max_records: usize, max_body_bytes: usize) -> Harness {
+        Self::start_with(max_records, max_body_bytes, &[]).await
+    }
+
+    /// As [`Harness::start`], with `files` in the control plane's config dir.
+    async fn start_with(
+        max_records: usize,
+        max_body_bytes: usize,
+        files: &[(&str, &str)],
+    ) -> Harness {
         let channel: Arc<dyn Channel> = Arc::new(MemoryChannel::new(MemoryConfig {
             max_records,
             ..MemoryConfig::default()
@@ -51,7 +103,10 @@ impl Harness {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let keda = crate::keda::service(Default::default(), Default::default());
-        let server = tokio::spawn(super::serve(listener, routes, keda, async move {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let admin = admin_context(dir.path(), files).await;
+        let control = admin.control.clone();
+        let server = tokio::spawn(super::serve(listener, routes, keda, admin, async move {
             let _ = stopped.await;
         }));
         Harness {
@@ -60,6 +115,8 @@ impl Harness {
             subscription,
             stop: Some(stop),
             server,
+            control,
+            dir,
         }
     }
 
@@ -94,6 +151,8 @@ impl Harness {
             .expect("server stopped")
             .expect("join")
             .expect("served");
+        self.control.shutdown(Duration::from_secs(1)).await;
+        drop(self.dir);
     }
 }
 
@@ -263,7 +322,7 @@ async fn health_and_reflection_answer() {
         .await
         .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "cemesh.v1.Publisher"] {
+    for service in ["", "cemesh.v1.Publisher", "cemesh.v1.Admin"] {
         let resp = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -297,5 +356,162 @@ async fn health_and_reflection_answer() {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+    assert!(names.contains(&"cemesh.v1.Admin".to_owned()), "{names:?}");
     h.shutdown().await;
+}
+
+const TRIGGER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n";
+
+#[tokio::test]
+async fn admin_applies_lists_gets_and_deletes_resources() {
+    use cemesh_proto::pb::cemesh::v1::admin_client::AdminClient;
+    use cemesh_proto::pb::cemesh::v1::{
+        ApplyOutcome, ApplyResourceRequest, DeleteResourceRequest, GetResourceRequest,
+        ListDeadLettersRequest, ListResourcesRequest, ResourceKind,
+    };
+
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n";
+    let h = Harness::start_with(10, 1 << 20, &[("mesh.yaml", broker)]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminClient::new(channel);
+    let apply = |manifest: &str| ApplyResourceRequest {
+        kind: ResourceKind::Trigger as i32,
+        namespace: String::new(),
+        name: "t".into(),
+        manifest: manifest.into(),
+    };
+
+    let a = admin
+        .apply_resource(apply(TRIGGER))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.applied, ApplyOutcome::Created as i32);
+    let r = a.resource.unwrap();
+    assert_eq!((r.namespace.as_str(), r.name.as_str()), ("default", "t"));
+    assert_eq!(r.owner_file, "");
+    let json: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+    assert_eq!(json["status"]["applied"], "created", "{json}");
+    let a = admin
+        .apply_resource(apply(TRIGGER))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.applied, ApplyOutcome::Unchanged as i32);
+
+    let got = admin
+        .get_resource(GetResourceRequest {
+            kind: ResourceKind::Trigger as i32,
+            namespace: "default".into(),
+            name: "t".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let json: serde_json::Value = serde_json::from_str(&got.json).unwrap();
+    assert_eq!(json["spec"]["broker"], "default", "{json}");
+
+    let list = admin
+        .list_resources(ListResourcesRequest {
+            kind: ResourceKind::Broker as i32,
+            namespace: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.items.len(), 1);
+    assert!(list.items[0].owner_file.ends_with("mesh.yaml"));
+
+    let letters = admin
+        .list_dead_letters(ListDeadLettersRequest {
+            namespace: String::new(),
+            trigger: "t".into(),
+            after: None,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((letters.trigger.as_str(), letters.total), ("default/t", 0));
+
+    let bad = admin
+        .apply_resource(apply(&TRIGGER.replace("  broker: default\n", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("broker"), "{bad:?}");
+
+    let owned = admin
+        .delete_resource(DeleteResourceRequest {
+            kind: ResourceKind::Broker as i32,
+            namespace: String::new(),
+            name: "default".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(owned.code(), Code::FailedPrecondition, "{owned:?}");
+    assert!(owned.message().contains("mesh.yaml"), "{owned:?}");
+    let file = owned.metadata().get(super::OWNER_FILE_METADATA).unwrap();
+    assert!(file.to_str().unwrap().ends_with("mesh.yaml"));
+
+    let unspecified = admin
+        .get_resource(GetResourceRequest {
+            kind: 0,
+            namespace: String::new(),
+            name: "t".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unspecified.code(), Code::InvalidArgument);
+
+    admin
+        .delete_resource(DeleteResourceRequest {
+            kind: ResourceKind::Trigger as i32,
+            namespace: String::new(),
+            name: "t".into(),
+        })
+        .await
+        .unwrap();
+    let gone = admin
+        .get_resource(GetResourceRequest {
+            kind: ResourceKind::Trigger as i32,
+            namespace: String::new(),
+            name: "t".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    h.shutdown().await;
+}
+
+#[test]
+fn control_plane_refusals_map_to_grpc_codes() {
+    use crate::control::ApplyError;
+    let s = super::admin::apply_status(ApplyError::Invalid(vec![
+        "request body: spec.broker: missing".into(),
+        "request body: spec.subscriber: missing".into(),
+    ]));
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert_eq!(
+        s.message(),
+        "request body: spec.broker: missing\nrequest body: spec.subscriber: missing"
+    );
+    let s = super::admin::apply_status(ApplyError::OwnedByFile("/etc/cemesh/mesh.yaml".into()));
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(s.message().contains("/etc/cemesh/mesh.yaml"), "{s:?}");
+    assert_eq!(
+        s.metadata().get(super::OWNER_FILE_METADATA).unwrap(),
+        "/etc/cemesh/mesh.yaml"
+    );
+    let s = super::admin::apply_status(ApplyError::NotFound("trigger default/t".into()));
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::NotFound, "trigger default/t not found")
+    );
+    let s = super::admin::apply_status(ApplyError::Storage("disk full".into()));
+    assert_eq!(s.code(), Code::Internal);
 }

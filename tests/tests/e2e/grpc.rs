@@ -1,11 +1,11 @@
 //! The protobuf format end to end: gRPC publishing (`cemesh.v1.Publisher`: unary,
 //! batch, stream) received over HTTP by a subscriber, structured protobuf over HTTP
-//! both ways, and the gRPC status codes of refusals.
+//! both ways, the gRPC status codes of refusals, and `cemesh.v1.Admin`.
 //!
 //! The gRPC client here is deliberately hand-made (HTTP/2 with prior knowledge,
 //! length-prefixed protobuf frames, `grpc-status` in the headers of a trailers-only
 //! answer): it shows that nothing cemesh-specific is needed on the wire, and the test
-//! crate needs no gRPC library.
+//! crate needs no gRPC library. The `Admin` test uses tonic's generated client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -441,4 +441,287 @@ async fn a_subscriber_may_ask_for_protobuf() {
     let e = cemesh_proto::protobuf::decode_event(got[0].body.clone()).expect("protobuf body");
     // Binary mode typed nothing, so the extensions were strings from the start.
     assert_eq!(unstamped(&e), as_delivered(&sample("p1")));
+}
+
+/// `cemesh.v1.Admin` end to end, with tonic's client: a trigger applied, listed, got
+/// and deleted; refusals as INVALID_ARGUMENT (every problem), FAILED_PRECONDITION
+/// (file-owned, naming the file) and NOT_FOUND; dead letters listed page by page,
+/// redriven by id and all, and purged.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_admin_manages_triggers_and_dead_letters() {
+    use cemesh_proto::pb::cemesh::v1::admin_client::AdminClient;
+    use cemesh_proto::pb::cemesh::v1::{
+        ApplyOutcome, ApplyResourceRequest, DeleteResourceRequest, GetResourceRequest,
+        ListDeadLettersRequest, ListResourcesRequest, PurgeDeadLettersRequest,
+        RedriveDeadLettersRequest, ResourceKind,
+    };
+
+    let sub = Subscriber::start().await;
+    // 422 is final: each event is a dead letter after one attempt.
+    sub.set_status(422);
+    let mesh = mesh_with(&[broker_yaml("default")], &[]).await;
+    let grpc = RawGrpc::new(grpc_addr(&mesh));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", grpc_addr(&mesh)))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the gRPC listener");
+    let mut admin = AdminClient::new(channel);
+    let apply = |kind: ResourceKind, name: &str, manifest: String| ApplyResourceRequest {
+        kind: kind as i32,
+        namespace: "default".into(),
+        name: name.into(),
+        manifest,
+    };
+    let trigger_ref = |name: &str| GetResourceRequest {
+        kind: ResourceKind::Trigger as i32,
+        namespace: "default".into(),
+        name: name.into(),
+    };
+
+    // Apply, then the same again.
+    let manifest = trigger_yaml("api", "default", &sub.url(), &[]);
+    let a = admin
+        .apply_resource(apply(ResourceKind::Trigger, "api", manifest.clone()))
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(a.applied, ApplyOutcome::Created as i32);
+    let r = a.resource.expect("the resource");
+    assert_eq!(r.kind, ResourceKind::Trigger as i32);
+    assert_eq!(r.owner_file, "", "owned by the API");
+    let json: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+    assert_eq!(json["status"]["applied"], "created", "{json}");
+    let a = admin
+        .apply_resource(apply(ResourceKind::Trigger, "api", manifest))
+        .await
+        .expect("apply again")
+        .into_inner();
+    assert_eq!(a.applied, ApplyOutcome::Unchanged as i32);
+
+    // Listed and got, the same JSON the REST API shows.
+    let list = admin
+        .list_resources(ListResourcesRequest {
+            kind: ResourceKind::Trigger as i32,
+            namespace: Some("default".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = list.items.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["api"]);
+    let got = admin
+        .get_resource(trigger_ref("api"))
+        .await
+        .unwrap()
+        .into_inner();
+    let json: serde_json::Value = serde_json::from_str(&got.json).unwrap();
+    assert_eq!(json["spec"]["subscriber"]["uri"], sub.url(), "{json}");
+    let rest: serde_json::Value = client()
+        .get(mesh.admin_url("/v1/namespaces/default/triggers/api"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["spec"], json["spec"]);
+    assert_eq!(rest["metadata"], json["metadata"]);
+
+    // Invalid: the control plane's problems in the message, and nothing applied.
+    let bad = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bad\nspec:\n  broker: nope\n  subscriber:\n    uri: http://127.0.0.1:1/\n";
+    let e = admin
+        .apply_resource(apply(ResourceKind::Trigger, "bad", bad.into()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains("spec.broker: broker default/nope is not defined"),
+        "{e:?}"
+    );
+    let e = admin.get_resource(trigger_ref("bad")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // The broker is declared by mesh.yaml: FAILED_PRECONDITION naming the file.
+    let e = admin
+        .apply_resource(apply(
+            ResourceKind::Broker,
+            "default",
+            broker_yaml("default"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("mesh.yaml"), "{e:?}");
+    let file = e
+        .metadata()
+        .get("cemesh-owner-file")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(file.ends_with("mesh.yaml"), "{e:?}");
+
+    // Dead letters: three refused events, listed two and one.
+    for i in 0..3 {
+        let a = grpc
+            .publish("default", "default", &sample(&format!("dl{i}")))
+            .await;
+        assert_eq!(a.code, 0, "{}", a.message);
+    }
+    let list_req = |after: Option<u64>, limit: u32| ListDeadLettersRequest {
+        namespace: "default".into(),
+        trigger: "api".into(),
+        after,
+        limit,
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut page = loop {
+        let page = admin
+            .list_dead_letters(list_req(None, 2))
+            .await
+            .expect("list dead letters")
+            .into_inner();
+        if page.total == 3 {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{page:?}\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(page.trigger, "default/api");
+    assert_eq!(page.items.len(), 2);
+    let next = page.next.expect("a next page");
+    let rest = admin
+        .list_dead_letters(list_req(Some(next), 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next, None);
+    page.items.extend(rest.items);
+    let mut ids = Vec::new();
+    for (i, l) in page.items.iter().enumerate() {
+        assert_eq!(l.trigger, "default/api");
+        assert!(!l.reason.is_empty(), "{l:?}");
+        assert_eq!(l.attempts, 1, "{l:?}");
+        assert!(l.dead_at.is_some(), "{l:?}");
+        let event = cemesh_proto::protobuf::from_proto(l.event.clone().expect("the event"))
+            .expect("a valid event");
+        assert_eq!(event.id, format!("dl{i}"));
+        assert_eq!(
+            event
+                .extension("knativeerrorcode")
+                .map(AttributeValue::to_canonical)
+                .as_deref(),
+            Some("422")
+        );
+        let json: serde_json::Value = serde_json::from_str(&l.json).unwrap();
+        assert_eq!(json["id"], l.id);
+        assert_eq!(json["event"]["id"], event.id);
+        ids.push(l.id);
+    }
+
+    // An unknown id refuses the whole redrive.
+    let redrive = |ids: Vec<u64>| RedriveDeadLettersRequest {
+        namespace: "default".into(),
+        trigger: "api".into(),
+        ids,
+    };
+    let e = admin
+        .redrive_dead_letters(redrive(vec![ids[0], 999_999]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("999999"), "{e:?}");
+
+    // Redrive one, then the rest.
+    sub.set_status(200);
+    let before = sub.count();
+    let r = admin
+        .redrive_dead_letters(redrive(vec![ids[0]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.redriving, 1);
+    let got = sub.wait_for(before + 1, WAIT).await;
+    let e = got[before].event.clone().expect("a CloudEvent");
+    assert_eq!(e.id, "dl0");
+    assert!(e.extension("knativeerrorcode").is_none(), "{e:?}");
+    let poller = admin.clone();
+    let wait_total = move |want: u64| {
+        let mut admin = poller.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let page = admin
+                    .list_dead_letters(list_req(None, 0))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if page.total == want {
+                    return page;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{page:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let page = wait_total(2).await;
+    assert_eq!(
+        page.items.iter().map(|l| l.id).collect::<Vec<_>>(),
+        ids[1..]
+    );
+    let r = admin
+        .redrive_dead_letters(redrive(Vec::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.redriving, 2);
+    sub.wait_for(before + 3, WAIT).await;
+    wait_total(0).await;
+
+    // Purge.
+    sub.set_status(422);
+    let a = grpc.publish("default", "default", &sample("dl3")).await;
+    assert_eq!(a.code, 0, "{}", a.message);
+    wait_total(1).await;
+    let purged = admin
+        .purge_dead_letters(PurgeDeadLettersRequest {
+            namespace: "default".into(),
+            trigger: "api".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.deleted, 1);
+    assert_eq!(wait_total(0).await.items.len(), 0);
+
+    // Delete: gone from the API and its dead letters with it.
+    admin
+        .delete_resource(DeleteResourceRequest {
+            kind: ResourceKind::Trigger as i32,
+            namespace: "default".into(),
+            name: "api".into(),
+        })
+        .await
+        .expect("delete");
+    let e = admin.get_resource(trigger_ref("api")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = admin
+        .list_dead_letters(list_req(None, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = admin
+        .delete_resource(DeleteResourceRequest {
+            kind: ResourceKind::Trigger as i32,
+            namespace: "default".into(),
+            name: "api".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 }

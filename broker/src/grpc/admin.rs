@@ -1,0 +1,280 @@
+//! `cemesh.v1.Admin`: the admin REST API's operations over gRPC. Every call goes to
+//! the layer the REST handlers use ([`Resources`] for brokers and triggers, the
+//! shared dead-letter operations of [`crate::admin::deadletters`]); this module only
+//! translates messages and maps refusals to gRPC codes:
+//!
+//! - invalid manifest or request → INVALID_ARGUMENT, every problem in the message,
+//!   one a line;
+//! - owned by a file → FAILED_PRECONDITION, the file in the message and in the
+//!   `cemesh-owner-file` metadata. Not ALREADY_EXISTS: apply is create-or-replace
+//!   and delete removes, so existence is never what is wrong; the system's state (a
+//!   file declares the resource) must change first, which is FAILED_PRECONDITION's
+//!   meaning, and a client must not retry until it has;
+//! - not found → NOT_FOUND; storage → INTERNAL.
+
+use std::sync::Arc;
+
+use cemesh_channels::DeadLetter as StoredLetter;
+use cemesh_proto::pb::cemesh::v1 as pb;
+use cemesh_proto::pb::cemesh::v1::admin_server::Admin;
+use cemesh_proto::pb::prost_types::Timestamp;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status};
+
+use crate::admin::deadletters::{
+    letter_json, list_page, purge_all, redrive_letters, trigger_context, DeadLetterError,
+};
+use crate::admin::resources::{owned_by_file_message, Resources};
+use crate::control::{Applied, ApplyError, ControlPlane, Kind, Owner, ResKey, ResourceView};
+use crate::mesh::Registry;
+
+/// Metadata key naming the file that owns a resource (FAILED_PRECONDITION).
+pub const OWNER_FILE_METADATA: &str = "cemesh-owner-file";
+
+/// What the `Admin` service needs: the control plane, the running triggers, and the
+/// token that stops background redrives at shutdown.
+#[derive(Clone)]
+pub struct AdminContext {
+    pub control: Arc<ControlPlane>,
+    pub registry: Registry,
+    pub background: CancellationToken,
+}
+
+/// The `cemesh.v1.Admin` implementation.
+pub struct AdminService {
+    resources: Resources,
+    background: CancellationToken,
+}
+
+impl AdminService {
+    pub fn new(ctx: AdminContext) -> Self {
+        AdminService {
+            resources: Resources {
+                control: ctx.control,
+                registry: ctx.registry,
+            },
+            background: ctx.background,
+        }
+    }
+}
+
+/// A control-plane refusal as a gRPC status.
+pub fn apply_status(e: ApplyError) -> Status {
+    match e {
+        ApplyError::Invalid(problems) => Status::invalid_argument(problems.join("\n")),
+        ApplyError::OwnedByFile(file) => {
+            let mut metadata = MetadataMap::new();
+            if let Ok(v) = MetadataValue::try_from(file.display().to_string()) {
+                metadata.insert(OWNER_FILE_METADATA, v);
+            }
+            Status::with_metadata(
+                Code::FailedPrecondition,
+                owned_by_file_message(&file),
+                metadata,
+            )
+        }
+        ApplyError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        ApplyError::Storage(e) => Status::internal(e),
+    }
+}
+
+fn dead_letter_status(e: DeadLetterError) -> Status {
+    match e {
+        DeadLetterError::NotFound(m) => Status::not_found(m),
+        DeadLetterError::Storage(m) => Status::internal(m),
+    }
+}
+
+fn kind(raw: i32) -> Result<Kind, Status> {
+    match pb::ResourceKind::try_from(raw) {
+        Ok(pb::ResourceKind::Broker) => Ok(Kind::Broker),
+        Ok(pb::ResourceKind::Trigger) => Ok(Kind::Trigger),
+        _ => Err(Status::invalid_argument(
+            "kind: set RESOURCE_KIND_BROKER or RESOURCE_KIND_TRIGGER",
+        )),
+    }
+}
+
+fn pb_kind(kind: Kind) -> pb::ResourceKind {
+    match kind {
+        Kind::Broker => pb::ResourceKind::Broker,
+        Kind::Trigger => pb::ResourceKind::Trigger,
+    }
+}
+
+/// An empty namespace is `default`, as in manifests.
+fn namespace(ns: &str) -> &str {
+    if ns.is_empty() {
+        "default"
+    } else {
+        ns
+    }
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn key(raw_kind: i32, ns: &str, name: &str) -> Result<ResKey, Status> {
+    Ok(ResKey::new(
+        kind(raw_kind)?,
+        namespace(ns),
+        required("name", name)?,
+    ))
+}
+
+fn resource(view: ResourceView) -> pb::Resource {
+    pb::Resource {
+        kind: pb_kind(view.key.kind) as i32,
+        namespace: view.key.namespace,
+        name: view.key.name,
+        owner_file: match view.owner {
+            Owner::File(f) => f.display().to_string(),
+            Owner::Api => String::new(),
+        },
+        json: view.json.to_string(),
+    }
+}
+
+fn timestamp(rfc3339: &str) -> Option<Timestamp> {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339).ok()?;
+    Some(Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).ok()?,
+    })
+}
+
+fn letter(l: &StoredLetter) -> pb::DeadLetter {
+    pb::DeadLetter {
+        id: l.id,
+        trigger: l.trigger.clone(),
+        reason: l.reason.clone(),
+        dead_at: timestamp(&l.dead_at),
+        attempts: u32::try_from(l.attempts.len()).unwrap_or(u32::MAX),
+        event: Some(cemesh_proto::protobuf::to_proto(&l.event)),
+        json: letter_json(l).to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply_resource(
+        &self,
+        request: Request<pb::ApplyResourceRequest>,
+    ) -> Result<Response<pb::ApplyResourceResponse>, Status> {
+        let req = request.into_inner();
+        let key = key(req.kind, &req.namespace, &req.name)?;
+        let (applied, view) = self
+            .resources
+            .apply(&key, &req.manifest)
+            .await
+            .map_err(apply_status)?;
+        let applied = match applied {
+            Applied::Created => pb::ApplyOutcome::Created,
+            Applied::Configured => pb::ApplyOutcome::Configured,
+            Applied::Unchanged => pb::ApplyOutcome::Unchanged,
+        };
+        Ok(Response::new(pb::ApplyResourceResponse {
+            resource: Some(resource(view)),
+            applied: applied as i32,
+        }))
+    }
+
+    async fn get_resource(
+        &self,
+        request: Request<pb::GetResourceRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
+        let req = request.into_inner();
+        let key = key(req.kind, &req.namespace, &req.name)?;
+        let view = self.resources.get(&key).await.map_err(apply_status)?;
+        Ok(Response::new(resource(view)))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Request<pb::ListResourcesRequest>,
+    ) -> Result<Response<pb::ListResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let kind = kind(req.kind)?;
+        let items = self
+            .resources
+            .list(kind, req.namespace.as_deref())
+            .await
+            .into_iter()
+            .map(resource)
+            .collect();
+        Ok(Response::new(pb::ListResourcesResponse { items }))
+    }
+
+    async fn delete_resource(
+        &self,
+        request: Request<pb::DeleteResourceRequest>,
+    ) -> Result<Response<pb::DeleteResourceResponse>, Status> {
+        let req = request.into_inner();
+        let key = key(req.kind, &req.namespace, &req.name)?;
+        self.resources.delete(&key).await.map_err(apply_status)?;
+        Ok(Response::new(pb::DeleteResourceResponse {}))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let ctx = trigger_context(
+            &self.resources.registry,
+            namespace(&req.namespace),
+            required("trigger", &req.trigger)?,
+        )
+        .map_err(dead_letter_status)?;
+        let limit = (req.limit > 0).then(|| usize::try_from(req.limit).unwrap_or(usize::MAX));
+        let page = list_page(&ctx, req.after, limit)
+            .await
+            .map_err(dead_letter_status)?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            trigger: page.trigger,
+            total: page.total,
+            items: page.items.iter().map(letter).collect(),
+            next: page.next,
+        }))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let ctx = trigger_context(
+            &self.resources.registry,
+            namespace(&req.namespace),
+            required("trigger", &req.trigger)?,
+        )
+        .map_err(dead_letter_status)?;
+        let count = redrive_letters(ctx, &req.ids, self.background.clone())
+            .await
+            .map_err(dead_letter_status)?;
+        Ok(Response::new(pb::RedriveDeadLettersResponse {
+            redriving: u32::try_from(count).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<pb::PurgeDeadLettersRequest>,
+    ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let ctx = trigger_context(
+            &self.resources.registry,
+            namespace(&req.namespace),
+            required("trigger", &req.trigger)?,
+        )
+        .map_err(dead_letter_status)?;
+        let deleted = purge_all(&ctx).await.map_err(dead_letter_status)?;
+        Ok(Response::new(pb::PurgeDeadLettersResponse { deleted }))
+    }
+}
