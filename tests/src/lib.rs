@@ -191,14 +191,17 @@ impl Cemesh {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged first, so whoever wakes on the "listening" line finds it there.
+                {
+                    let mut l = logs.lock().unwrap_or_else(|p| p.into_inner());
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if line.contains("cemesh listening") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
+                        let _ = tx.send(line);
                     }
                 }
-                let mut l = logs.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
             }
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
