@@ -200,6 +200,150 @@ async fn per_key_order_holds_across_a_rebalance_and_a_dead_replica_loses_nothing
     }
 }
 
+/// Set for the child process of
+/// `a_killed_member_s_partitions_go_to_the_survivor`: the namespace to join.
+const VICTIM_ENV: &str = "CEMESH_KAFKA_TEST_VICTIM_NS";
+
+/// Not a test by itself: the member that the next test kills with SIGKILL. It joins
+/// the group, reads without ever acking, and waits to die.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by a_killed_member_s_partitions_go_to_the_survivor"]
+async fn victim_member() {
+    let Ok(ns) = std::env::var(VICTIM_ENV) else {
+        return;
+    };
+    let store = replica().await;
+    let ch = channel(&store, &ns).await;
+    let sub = ch.subscribe("t", StartAt::Latest).await.unwrap();
+    println!("victim subscribed");
+    loop {
+        let _ = sub.next(100).await;
+    }
+}
+
+/// A member killed with SIGKILL (no LeaveGroup, records read but not acked): after
+/// the session timeout the survivor reads its partitions, from the last commit.
+/// On tansu 0.6 this takes the orphan watchdog: its coordinator keeps the dead
+/// member's assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_member_s_partitions_go_to_the_survivor() {
+    use std::io::BufRead as _;
+    let ns = testing::unique("killed");
+    let a = replica().await;
+    let ca = channel(&a, &ns).await;
+    let sa = ca.subscribe("t", StartAt::Latest).await.unwrap();
+    let mut victim = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "victim_member", "--ignored", "--nocapture"])
+        .env(VICTIM_ENV, &ns)
+        .env(testing::ENV, testing::bootstrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the victim member");
+    let out = victim.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("victim subscribed") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the victim member subscribed");
+    // Until the group is stable with both members.
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", testing::bootstrap())
+        .create()
+        .unwrap();
+    let group = ca.group_name("t");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stable_with_two = probe
+            .fetch_group_list(Some(&group), Duration::from_secs(5))
+            .ok()
+            .and_then(|l| {
+                let g = l.groups().iter().find(|g| g.name() == group)?;
+                Some(g.state().eq_ignore_ascii_case("stable") && g.members().len() == 2)
+            })
+            .unwrap_or(false);
+        if stable_with_two {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group never stable with two members"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    const N: usize = 400;
+    let events: Vec<Event> = (0..N)
+        .map(|i| keyed(format!("v{i}"), &format!("k{i}")))
+        .collect();
+    // Half while the victim owns some partitions (it reads them, never acks)...
+    ca.append(events[..N / 2].to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // ...half after it died, to all partitions.
+    ca.append(events[N / 2..].to_vec()).await.unwrap();
+    let got = drain(vec![sa], N, Duration::from_secs(90)).await;
+    let seen: HashSet<&str> = got[0].iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(
+        seen.len(),
+        N,
+        "every event, the dead member's partitions too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_refused_while_the_slowest_trigger_lags_past_max_backlog() {
+    let ns = testing::unique("cap");
+    let store = replica().await;
+    let ch = store
+        .channel(
+            &ns,
+            "default",
+            KafkaChannelConfig {
+                max_backlog: Some(50),
+                ..KafkaChannelConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    let sub = ch.subscribe("t", StartAt::Latest).await.unwrap();
+    let batch = |from: usize| -> Vec<Event> {
+        (from..from + 20)
+            .map(|i| keyed(format!("c{i}"), &format!("k{i}")))
+            .collect()
+    };
+    // Nobody reads: appends go through until the measured lag passes the cap.
+    let mut appended = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match ch.append(batch(appended)).await {
+            Ok(()) => appended += 20,
+            Err(cemesh_channels::ChannelError::Full { reason, .. }) => break reason,
+            Err(e) => panic!("append failed: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refused ({appended} appended)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(appended > 50, "refused after only {appended}: {refused}");
+    assert!(refused.contains("max-backlog"), "{refused}");
+    // Once the trigger caught up, appends are accepted again.
+    drain(vec![sub], appended, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = ch.append(batch(10_000)).await {
+        assert!(tokio::time::Instant::now() < deadline, "still refused: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn records_are_cloudevents_binary_mode_with_the_partition_key() {
     let ns = testing::unique("binary");

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cemesh_proto::Event;
@@ -30,7 +30,21 @@ pub(crate) struct ChannelInner {
     /// This process's open subscriptions by name; a second `subscribe` of a name
     /// reuses the consumer (a changed trigger restarts without a rebalance).
     subs: Mutex<HashMap<String, Arc<SubInner>>>,
+    /// The backlog cap (`KafkaChannelConfig::max_backlog`).
+    max_backlog: Option<u64>,
+    backlog: Mutex<Backlog>,
 }
+
+/// The last measured lag of the slowest subscription.
+#[derive(Default)]
+struct Backlog {
+    lag: u64,
+    measured: Option<Instant>,
+    measuring: bool,
+}
+
+/// How old a backlog measurement may be before an append starts a new one.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for KafkaChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -48,6 +62,7 @@ impl KafkaChannel {
         broker: &str,
         topic: String,
         partitions: i32,
+        max_backlog: Option<u64>,
     ) -> Self {
         KafkaChannel {
             inner: Arc::new(ChannelInner {
@@ -57,8 +72,47 @@ impl KafkaChannel {
                 topic,
                 partitions,
                 subs: Mutex::default(),
+                max_backlog,
+                backlog: Mutex::default(),
             }),
         }
+    }
+
+    /// Refuses appends while the slowest subscription lags past the cap. Answers
+    /// from the last measurement and starts a new one when it is stale, so an
+    /// append never waits for Kafka's offsets.
+    fn check_backlog(&self) -> Result<(), ChannelError> {
+        let Some(cap) = self.inner.max_backlog else {
+            return Ok(());
+        };
+        let lag = {
+            let mut st = self.inner.backlog.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = st.measured.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY);
+            if stale && !st.measuring {
+                st.measuring = true;
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let lag = inner.slowest_lag().await;
+                    let mut st = inner.backlog.lock().unwrap_or_else(|p| p.into_inner());
+                    st.measuring = false;
+                    st.measured = Some(Instant::now());
+                    if let Some(lag) = lag {
+                        st.lag = lag;
+                    }
+                });
+            }
+            st.lag
+        };
+        if lag > cap {
+            return Err(ChannelError::Full {
+                reason: format!(
+                    "the slowest trigger of topic {} is {lag} events behind (max-backlog {cap})",
+                    self.inner.topic
+                ),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        Ok(())
     }
 
     /// The Kafka topic holding this channel's events.
@@ -78,6 +132,28 @@ impl KafkaChannel {
 }
 
 impl ChannelInner {
+    /// The largest lag over this process's subscriptions; `None` when none could
+    /// be measured.
+    async fn slowest_lag(self: &Arc<Self>) -> Option<u64> {
+        let subs: Vec<(String, Arc<SubInner>)> = self
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let mut slowest = None;
+        for (name, sub) in subs {
+            match subscription::lag(self, &name, Some(sub)).await {
+                Ok(lag) => slowest = Some(slowest.unwrap_or(0).max(lag)),
+                Err(e) => {
+                    tracing::debug!(topic = %self.topic, subscription = %name, error = %e, "Measuring the backlog failed")
+                }
+            }
+        }
+        slowest
+    }
+
     pub(crate) fn group_name(&self, subscription: &str) -> String {
         let (ns, trigger) = subscription
             .split_once('/')
@@ -107,6 +183,7 @@ impl Channel for KafkaChannel {
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
+        self.check_backlog()?;
         let topic = &self.inner.topic;
         let producer = &self.inner.store.producer;
         let mut pending = Vec::with_capacity(events.len());

@@ -17,13 +17,19 @@
 //!   offsets is new: its offsets are written before it joins (latest, earliest or
 //!   the given offset, per partition), as Knative's controller does before a
 //!   trigger turns ready, so nothing appended after `subscribe` returns is missed.
-//! - Acks arrive out of order; per partition an [`AckTracker`] keeps the contiguous
+//! - Acks arrive out of order; per partition an [`AckTracker`](crate::AckTracker) keeps the contiguous
 //!   prefix of finished records and only that prefix is committed (every
 //!   `commit_interval`, and synchronously when a partition is revoked or the
 //!   subscription closes). Unlike Knative's Kafka broker, a record whose dead-letter
 //!   send failed is simply not acked, so the offset never passes it.
 //! - `lag` is the sum over partitions of high watermark minus committed offset,
 //!   using this replica's exact in-memory watermark for the partitions it owns.
+//! - A crashed replica's partitions go to the survivors after the session timeout;
+//!   a subscription that finds partitions assigned to no live member (a coordinator
+//!   keeping a dead member's assignment, as tansu 0.6 does) leaves and rejoins its
+//!   group (module `orphans`).
+//! - `KafkaChannelConfig::max_backlog` refuses appends (`Full`) while the slowest
+//!   subscription of the process lags past it.
 //! - Retention is Kafka's (`retention.ms` / `retention.bytes` of the topic), not
 //!   "removed once every subscription passed": a new subscription starting at
 //!   `Earliest` sees everything Kafka still keeps.
@@ -34,6 +40,7 @@
 mod channel;
 pub mod codec;
 mod deadletters;
+mod orphans;
 mod subscription;
 #[doc(hidden)]
 pub mod testing;
@@ -129,6 +136,11 @@ pub struct KafkaChannelConfig {
     pub replication: Option<i32>,
     /// Extra topic configs when the topic is created, e.g. `retention.ms`.
     pub topic_configs: BTreeMap<String, String>,
+    /// `cemesh.dev/max-backlog`: appends answer [`ChannelError::Full`] while the
+    /// slowest subscription of this process lags more records than this. The lag
+    /// is measured in the background at most once a second, so the cap is
+    /// approximate (Kafka's retention stays the hard limit). `None`: no cap.
+    pub max_backlog: Option<u64>,
 }
 
 /// Fills `{name}` placeholders.
@@ -369,6 +381,7 @@ impl KafkaStore {
             broker,
             topic,
             partitions,
+            config.max_backlog,
         ))
     }
 

@@ -27,6 +27,7 @@ use rdkafka::ClientContext;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::channel::ChannelInner;
+use super::orphans::{self, Verdict};
 use super::{blocking, codec, kafka_err, StoreInner};
 use crate::{AckTracker, ChannelError, Position, Record, StartAt, Subscription};
 
@@ -164,6 +165,9 @@ impl ConsumerContext for SubContext {
 enum Command {
     /// Re-deliver everything after the watermark (the subscription was reopened).
     Rewind(oneshot::Sender<Result<(), ChannelError>>),
+    /// Leave the group and join again: some partitions are read by no member
+    /// ([`orphans`]).
+    Rejoin(String),
 }
 
 /// One subscription's consumer in this process.
@@ -227,6 +231,15 @@ impl SubInner {
             stop: Mutex::new(Some(stop)),
             pump: Mutex::new(None),
         });
+        let watchdog = tokio::spawn(watch_group(
+            consumer.clone(),
+            topic.clone(),
+            chan.partitions,
+            group.clone(),
+            orphans::check_interval(opts.session_timeout),
+            opts.request_timeout,
+            inner.commands.clone(),
+        ));
         let pump = tokio::spawn(pump(
             consumer,
             parts,
@@ -235,6 +248,7 @@ impl SubInner {
             opts.commit_interval,
             commands_rx,
             stop_rx,
+            watchdog,
         ));
         *inner.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
         Ok(inner)
@@ -409,7 +423,47 @@ fn commit(consumer: &KConsumer, parts: &Parts, topic: &str, group: &str, mode: C
     }
 }
 
+/// Checks the group every `every` and asks the pump to rejoin when partitions were
+/// orphaned on two checks in a row with the same own assignment ([`orphans`]).
+async fn watch_group(
+    consumer: Arc<KConsumer>,
+    topic: String,
+    partitions: i32,
+    group: String,
+    every: Duration,
+    timeout: Duration,
+    commands: mpsc::Sender<Command>,
+) {
+    let mut suspect: Option<Vec<i32>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let (c, t, g) = (consumer.clone(), topic.clone(), group.clone());
+        let verdict =
+            tokio::task::spawn_blocking(move || orphans::check(&*c, &t, partitions, &g, timeout))
+                .await;
+        match verdict {
+            Ok(Ok(Verdict::Orphans { mine, why })) => {
+                if suspect.as_ref() == Some(&mine) {
+                    suspect = None;
+                    if commands.send(Command::Rejoin(why)).await.is_err() {
+                        return;
+                    }
+                } else {
+                    tracing::debug!(group = %group, reason = %why, "Kafka group may have orphaned partitions; checking again");
+                    suspect = Some(mine);
+                }
+            }
+            Ok(Ok(Verdict::Fine)) => suspect = None,
+            Ok(Err(e)) => {
+                tracing::debug!(group = %group, error = %e, "Describing the Kafka group failed")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Polls the consumer into the buffer, commits, and serves rewinds, until stopped.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     consumer: Arc<KConsumer>,
     parts: Arc<Parts>,
@@ -418,6 +472,7 @@ async fn pump(
     commit_interval: Duration,
     mut commands: mpsc::Receiver<Command>,
     mut stop: oneshot::Receiver<()>,
+    watchdog: tokio::task::JoinHandle<()>,
 ) {
     let mut tick = tokio::time::interval(commit_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -429,6 +484,7 @@ async fn pump(
                 Command::Rewind(reply) => {
                     let _ = reply.send(rewind(&consumer, &parts, &topic, &group));
                 }
+                Command::Rejoin(why) => rejoin(&consumer, &topic, &group, &why),
             },
             m = consumer.recv() => match m {
                 Ok(m) => take(&consumer, &parts, &group, &m),
@@ -439,6 +495,9 @@ async fn pump(
             },
         }
     }
+    // The watchdog holds the consumer too: gone before the consumer is closed.
+    watchdog.abort();
+    let _ = watchdog.await;
     // The last commit; `SubInner::close` then closes the consumer.
     let _ = tokio::task::spawn_blocking(move || {
         commit(&consumer, &parts, &topic, &group, CommitMode::Sync);
@@ -497,6 +556,16 @@ fn take(
             tracing::warn!(group = %group, partition, offset, error = %e, "Skipping an invalid CloudEvent record");
             part.tracker.ack(offset);
         }
+    }
+}
+
+/// Leaves the group and joins it again with a new member id. The revocation
+/// commits what is finished; librdkafka sends the join once the leave is done.
+fn rejoin(consumer: &KConsumer, topic: &str, group: &str, why: &str) {
+    tracing::warn!(group = %group, reason = %why, "Kafka partitions are read by no member of the group; leaving and joining it again");
+    consumer.unsubscribe();
+    if let Err(e) = consumer.subscribe(&[topic]) {
+        tracing::warn!(group = %group, error = %e, "Joining the Kafka group again failed");
     }
 }
 
