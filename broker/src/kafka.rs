@@ -18,6 +18,9 @@ use crate::duration::parse_humane;
 
 /// Knative's annotation naming an existing topic for a broker.
 pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
+/// The broker's backlog cap in records (shared with the other channels): past it the
+/// ingress answers 429.
+pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
 /// Partitions of the broker's topic when cemesh creates it.
 pub const PARTITIONS_ANNOTATION: &str = "cemesh.dev/kafka-partitions";
 /// Replication factor of the broker's topic when cemesh creates it.
@@ -223,6 +226,20 @@ pub fn channel_config(
             })
             .transpose()
     };
+    if let Some(v) = annotations.get(MAX_BACKLOG_ANNOTATION) {
+        let n = v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                err(
+                    MAX_BACKLOG_ANNOTATION,
+                    format!("{v:?} is not a positive whole number"),
+                )
+            })?;
+        c.max_backlog = Some(n);
+    }
     c.partitions = count(PARTITIONS_ANNOTATION)?;
     c.replication = count(REPLICATION_ANNOTATION)?;
     if let Some(v) = annotations.get(RETENTION_ANNOTATION) {
