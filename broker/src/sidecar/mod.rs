@@ -329,4 +329,3 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     tracing::info!("Stopped");
     Ok(())
 }
-
