@@ -48,4 +48,4 @@ if [ -z "${CEMESH_TEST_KAFKA:-}" ]; then
 fi
 
 echo "==> cargo test (all features)"
-cargo test --workspace --all-features --locked -- --test-threads "${CEMESH_TEST_THREADS:-4}"
+cargo test --workspace --all-features --locked --no-fail-fast -- --test-threads "${CEMESH_TEST_THREADS:-4}"

@@ -106,7 +106,8 @@ async fn editing_a_filter_takes_effect_and_other_triggers_lose_nothing() {
     stop.store(true, Ordering::SeqCst);
     producer.await.unwrap();
     let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() > 200, "only {} events sent", accepted.len());
+    // Enough events on both sides of the edit for the checks below to mean something.
+    assert!(accepted.len() > 50, "only {} events sent", accepted.len());
 
     // The untouched trigger got every event exactly once.
     let deadline = Instant::now() + WAIT;
