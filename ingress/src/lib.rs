@@ -153,7 +153,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 /// The CloudEvents webhook abuse-protection handshake (http-webhook.md §4).
-fn webhook_handshake(headers: &HeaderMap) -> Response {
+pub fn webhook_handshake(headers: &HeaderMap) -> Response {
     let origin = headers
         .get("webhook-request-origin")
         .cloned()

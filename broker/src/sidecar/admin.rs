@@ -23,32 +23,14 @@ use serde_json::{json, Value};
 use super::error::SidecarError;
 use super::outbox::DEAD_LETTER_KEY;
 use super::Local;
+// Dead letters look the same as the mesh's.
+use crate::admin::deadletters::letter_json;
 
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
 
 fn storage(e: impl std::fmt::Display) -> SidecarError {
     SidecarError::Storage(format!("dead-letter store: {e}"))
-}
-
-/// The JSON form of a dead letter, the same as the mesh's; the event in structured
-/// mode.
-pub fn letter_json(l: &DeadLetter) -> Value {
-    let event: Value =
-        serde_json::from_slice(&cemesh_proto::json::encode_event(&l.event)).unwrap_or(Value::Null);
-    json!({
-        "id": l.id,
-        "trigger": l.trigger,
-        "reason": l.reason,
-        "deadAt": l.dead_at,
-        "attempts": l.attempts.iter().map(|a| json!({
-            "at": a.at,
-            "status": a.status,
-            "error": a.error,
-            "latencyMs": a.latency_ms,
-        })).collect::<Vec<_>>(),
-        "event": event,
-    })
 }
 
 pub async fn healthz() -> &'static str {

@@ -17,12 +17,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cemesh_proto::http::DecodeError;
 use cemesh_proto::{knative, validate::validate, AttributeValue, Event, EventError};
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 
 use super::error::SidecarError;
 use super::stats::inc;
 use super::Local;
+// The CloudEvents webhook handshake, answered as the broker ingress does.
+pub use cemesh_ingress::webhook_handshake;
 
 /// `POST /publish/{type}`: wraps a plain request into a CloudEvent.
 pub async fn plain(
@@ -169,29 +171,6 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<By
         }
         Err(e) => Err(SidecarError::BodyRead(e.to_string())),
     }
-}
-
-/// The CloudEvents webhook abuse-protection handshake (http-webhook.md §4).
-pub fn webhook_handshake(headers: &HeaderMap) -> Response {
-    let origin = headers
-        .get("webhook-request-origin")
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("*"));
-    (
-        StatusCode::OK,
-        [
-            (
-                header::HeaderName::from_static("webhook-allowed-origin"),
-                origin,
-            ),
-            (
-                header::HeaderName::from_static("webhook-allowed-rate"),
-                HeaderValue::from_static("*"),
-            ),
-            (header::ALLOW, HeaderValue::from_static("POST, OPTIONS")),
-        ],
-    )
-        .into_response()
 }
 
 #[cfg(test)]
