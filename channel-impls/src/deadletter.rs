@@ -10,8 +10,9 @@ use cemesh_proto::Event;
 
 use crate::ChannelError;
 
-/// One delivery attempt, for the record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One delivery attempt, for the record. Its serde form is how the durable stores
+/// (sled, Kafka) keep it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     /// RFC 3339 time the attempt started.
     pub at: String,

@@ -27,16 +27,8 @@ struct Stored {
     trigger: String,
     reason: String,
     dead_at: String,
-    attempts: Vec<StoredAttempt>,
+    attempts: Vec<Attempt>,
     event: Box<serde_json::value::RawValue>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredAttempt {
-    at: String,
-    status: Option<u16>,
-    error: String,
-    latency_ms: u64,
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> ChannelError {
@@ -82,16 +74,7 @@ impl SledDeadLetters {
             trigger: s.trigger,
             event,
             reason: s.reason,
-            attempts: s
-                .attempts
-                .into_iter()
-                .map(|a| Attempt {
-                    at: a.at,
-                    status: a.status,
-                    error: a.error,
-                    latency_ms: a.latency_ms,
-                })
-                .collect(),
+            attempts: s.attempts,
             dead_at: s.dead_at,
         })
     }
@@ -125,16 +108,7 @@ impl DeadLetterStore for SledDeadLetters {
             trigger: letter.trigger.clone(),
             reason: letter.reason,
             dead_at: letter.dead_at,
-            attempts: letter
-                .attempts
-                .into_iter()
-                .map(|a| StoredAttempt {
-                    at: a.at,
-                    status: a.status,
-                    error: a.error,
-                    latency_ms: a.latency_ms,
-                })
-                .collect(),
+            attempts: letter.attempts,
             event,
         };
         let value =

@@ -33,15 +33,7 @@ struct Meta {
     trigger: String,
     reason: String,
     dead_at: String,
-    attempts: Vec<StoredAttempt>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredAttempt {
-    at: String,
-    status: Option<u16>,
-    error: String,
-    latency_ms: u64,
+    attempts: Vec<Attempt>,
 }
 
 /// A trigger's dead letters as folded from its topic so far.
@@ -235,16 +227,7 @@ fn read_forward(
                 trigger: meta.trigger,
                 event,
                 reason: meta.reason,
-                attempts: meta
-                    .attempts
-                    .into_iter()
-                    .map(|a| Attempt {
-                        at: a.at,
-                        status: a.status,
-                        error: a.error,
-                        latency_ms: a.latency_ms,
-                    })
-                    .collect(),
+                attempts: meta.attempts,
                 dead_at: meta.dead_at,
             },
         );
@@ -261,16 +244,7 @@ impl DeadLetterStore for KafkaDeadLetters {
             trigger: letter.trigger.clone(),
             reason: letter.reason.clone(),
             dead_at: letter.dead_at.clone(),
-            attempts: letter
-                .attempts
-                .iter()
-                .map(|a| StoredAttempt {
-                    at: a.at.clone(),
-                    status: a.status,
-                    error: a.error.clone(),
-                    latency_ms: a.latency_ms,
-                })
-                .collect(),
+            attempts: letter.attempts.clone(),
         })
         .map_err(|e| storage("encoding a dead letter", e))?;
         let enc = codec::encode(&letter.event);
