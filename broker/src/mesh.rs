@@ -398,6 +398,7 @@ impl Mesh {
                         broker: broker.channel.clone(),
                         dead_letters,
                         stats: Arc::default(),
+                        metrics: Arc::default(),
                     });
                     self.registry
                         .write()

@@ -14,5 +14,5 @@ pub mod trigger;
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use endpoint::{Endpoints, Lease};
 pub use filter::{Filter, FilterError};
-pub use pipeline::{Processed, TriggerContext, TriggerStats};
+pub use pipeline::{Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use trigger::{spawn_trigger, TriggerHandle, TriggerKey, TriggerRuntime};

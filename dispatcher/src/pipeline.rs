@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use cemesh_channels::{Attempt, Channel, ChannelError, DeadLetter, DeadLetterStore};
 use cemesh_proto::{knative, metric_names as names, AttributeValue, Event};
 use http::HeaderMap;
+use metrics::{Counter, Gauge, Histogram};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -42,6 +43,40 @@ pub struct TriggerContext {
     pub broker: Arc<dyn Channel>,
     pub dead_letters: Arc<dyn DeadLetterStore>,
     pub stats: Arc<TriggerStats>,
+    pub metrics: Arc<TriggerMetrics>,
+}
+
+/// The trigger's metric handles, each registered on first use and kept, so the hot
+/// path records without building label sets (and without exporting series that
+/// never happened).
+#[derive(Debug, Default)]
+pub struct TriggerMetrics {
+    in_flight: OnceLock<Gauge>,
+    retries: OnceLock<Counter>,
+    replies: OnceLock<Counter>,
+    dead_letters: OnceLock<Counter>,
+    /// Attempts and their latency, per status class (`names::STATUS_CLASSES` order).
+    attempts: [OnceLock<(Counter, Histogram)>; 6],
+}
+
+impl TriggerContext {
+    fn in_flight_gauge(&self) -> &Gauge {
+        let key = &self.runtime.key;
+        self.metrics.in_flight.get_or_init(|| {
+            metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
+        })
+    }
+
+    fn per_trigger_counter<'a>(
+        &self,
+        cell: &'a OnceLock<Counter>,
+        name: &'static str,
+    ) -> &'a Counter {
+        let key = &self.runtime.key;
+        cell.get_or_init(|| {
+            metrics::counter!(name, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
+        })
+    }
 }
 
 /// Counters of one trigger since it started, for `cemesh describe` (the same events
@@ -146,7 +181,7 @@ impl<'a> InFlight<'a> {
         let arrival = arrival_ms(event);
         *lock(&ctx.stats.arrivals).entry(arrival).or_insert(0) += 1;
         ctx.stats.in_flight.fetch_add(1, Relaxed);
-        metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => ctx.runtime.key.namespace.clone(), "trigger_name" => ctx.runtime.key.name.clone()).increment(1.0);
+        ctx.in_flight_gauge().increment(1.0);
         InFlight(ctx, arrival)
     }
 }
@@ -164,7 +199,7 @@ impl Drop for InFlight<'_> {
             }
         }
         ctx.stats.in_flight.fetch_sub(1, Relaxed);
-        metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => ctx.runtime.key.namespace.clone(), "trigger_name" => ctx.runtime.key.name.clone()).decrement(1.0);
+        ctx.in_flight_gauge().decrement(1.0);
     }
 }
 
@@ -186,7 +221,12 @@ impl TriggerContext {
                 } else {
                     "store"
                 };
-                metrics::counter!(names::TRIGGER_DEAD_LETTERS, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone(), "destination" => destination).increment(1);
+                self.metrics
+                    .dead_letters
+                    .get_or_init(|| {
+                        metrics::counter!(names::TRIGGER_DEAD_LETTERS, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone(), "destination" => destination)
+                    })
+                    .increment(1);
             }
             Processed::Interrupted => {}
         }
@@ -367,18 +407,28 @@ impl TriggerContext {
             Err(f) => f.status,
         };
         let class = names::status_class(status);
-        let labels = [
-            ("namespace_name", key.namespace.clone()),
-            ("broker_name", self.runtime.broker.clone()),
-            ("trigger_name", key.name.clone()),
-            ("response_code_class", class.to_owned()),
-        ];
-        metrics::counter!(names::TRIGGER_EVENT_COUNT, &labels).increment(1);
-        metrics::histogram!(names::TRIGGER_DISPATCH_LATENCIES, &labels)
-            .record(latency.as_secs_f64());
+        let slot = names::STATUS_CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(names::STATUS_CLASSES.len() - 1);
+        let (count, latencies) = self.metrics.attempts[slot].get_or_init(|| {
+            let labels = [
+                ("namespace_name", key.namespace.clone()),
+                ("broker_name", self.runtime.broker.clone()),
+                ("trigger_name", key.name.clone()),
+                ("response_code_class", class.to_owned()),
+            ];
+            (
+                metrics::counter!(names::TRIGGER_EVENT_COUNT, &labels),
+                metrics::histogram!(names::TRIGGER_DISPATCH_LATENCIES, &labels),
+            )
+        });
+        count.increment(1);
+        latencies.record(latency.as_secs_f64());
         if k > 0 {
             self.stats.retries.fetch_add(1, Relaxed);
-            metrics::counter!(names::TRIGGER_RETRIES, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone()).increment(1);
+            self.per_trigger_counter(&self.metrics.retries, names::TRIGGER_RETRIES)
+                .increment(1);
         }
     }
 
@@ -437,7 +487,8 @@ impl TriggerContext {
             let error = match self.broker.append(replies.clone()).await {
                 Ok(()) => {
                     self.stats.replies.fetch_add(replies.len() as u64, Relaxed);
-                    metrics::counter!(names::TRIGGER_REPLIES, "namespace_name" => self.runtime.key.namespace.clone(), "trigger_name" => self.runtime.key.name.clone()).increment(replies.len() as u64);
+                    self.per_trigger_counter(&self.metrics.replies, names::TRIGGER_REPLIES)
+                        .increment(replies.len() as u64);
                     return;
                 }
                 Err(ChannelError::Closed) => "the broker's channel is closed".to_owned(),

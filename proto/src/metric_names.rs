@@ -55,6 +55,9 @@ pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 /// Open file descriptors.
 pub const PROCESS_FDS: &str = "process_open_fds";
 
+/// Every value of the `response_code_class` label, `none` last.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
 /// `2xx`, `4xx`, ... or `none`.
 pub fn status_class(status: Option<u16>) -> &'static str {
     match status {
