@@ -156,6 +156,16 @@ struct Inner {
     rejected: Vec<ManifestError>,
 }
 
+impl Inner {
+    /// The config file defining `key`, if a file owns it.
+    fn file_owning(&self, key: &ResKey) -> Option<PathBuf> {
+        self.files
+            .iter()
+            .find(|l| ResKey::of(&l.value) == *key)
+            .map(|l| l.file.clone())
+    }
+}
+
 /// A resource as the API shows it: the manifest, its owner and a Knative-style status.
 #[derive(Debug, Clone)]
 pub struct ResourceView {
@@ -306,12 +316,7 @@ impl ControlPlane {
             )]));
         }
         let mut inner = self.inner.lock().await;
-        if let Some(file) = inner
-            .files
-            .iter()
-            .find(|l| ResKey::of(&l.value) == *key)
-            .map(|l| l.file.clone())
-        {
+        if let Some(file) = inner.file_owning(key) {
             return Err(ApplyError::OwnedByFile(file));
         }
         let path = resource_path(&self.settings.data_dir, key);
@@ -352,12 +357,7 @@ impl ControlPlane {
     /// `DELETE` of an API-owned resource.
     pub async fn delete(&self, key: &ResKey) -> Result<(), ApplyError> {
         let mut inner = self.inner.lock().await;
-        if let Some(file) = inner
-            .files
-            .iter()
-            .find(|l| ResKey::of(&l.value) == *key)
-            .map(|l| l.file.clone())
-        {
+        if let Some(file) = inner.file_owning(key) {
             return Err(ApplyError::OwnedByFile(file));
         }
         let Some(located) = inner.api.remove(key) else {

@@ -304,7 +304,9 @@ fn request_failure(e: &reqwest::Error, timeout: Duration, started: Instant) -> F
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost error of a chain (reqwest's own message is often "error sending
+/// request"; the cause, e.g. "Connection refused", is what a user needs).
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;

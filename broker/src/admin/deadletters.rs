@@ -241,6 +241,17 @@ struct RedriveRequest {
     ids: Vec<u64>,
 }
 
+/// The ids a redrive body names: `{"ids": [..]}`, or all (empty) when the body is
+/// empty. Shared with the sidecar's admin endpoint; the error is the message to send.
+pub(crate) fn redrive_ids(body: &[u8]) -> Result<Vec<u64>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice::<RedriveRequest>(body)
+        .map(|r| r.ids)
+        .map_err(|e| format!("body must be JSON like {{\"ids\": [1, 2]}} (or empty for all): {e}"))
+}
+
 /// `POST ...deadletters:redrive` with an optional body `{"ids": [..]}` (all when
 /// absent or empty). Answers 202 with how many letters are being redriven.
 pub async fn redrive(
@@ -249,16 +260,8 @@ pub async fn redrive(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let ctx = context(&state, &ns, &name)?;
-    let req: RedriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RedriveRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "body must be JSON like {{\"ids\": [1, 2]}} (or empty for all): {e}"
-            ))
-        })?
-    };
-    let count = redrive_letters(ctx, &req.ids, state.background.clone()).await?;
+    let ids = redrive_ids(&body).map_err(ApiError::bad_request)?;
+    let count = redrive_letters(ctx, &ids, state.background.clone()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "redriving": count }))))
 }
 

@@ -24,7 +24,7 @@ use super::error::SidecarError;
 use super::outbox::DEAD_LETTER_KEY;
 use super::Local;
 // Dead letters look the same as the mesh's.
-use crate::admin::deadletters::letter_json;
+use crate::admin::deadletters::{letter_json, redrive_ids};
 
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
@@ -159,29 +159,14 @@ pub async fn purge(State(local): State<Local>) -> Result<Response, SidecarError>
     Ok(Json(json!({ "deleted": deleted })).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedriveRequest {
-    #[serde(default)]
-    ids: Vec<u64>,
-}
-
 pub async fn redrive(State(local): State<Local>, body: Bytes) -> Result<Response, SidecarError> {
-    let req: RedriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RedriveRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            SidecarError::BadRequest(format!(
-                "body must be JSON like {{\"ids\": [1, 2]}} (or empty for all): {e}"
-            ))
-        })?
-    };
+    let ids = redrive_ids(&body).map_err(SidecarError::BadRequest)?;
     let store = local.outbox.dead_letters();
-    let letters = if req.ids.is_empty() {
+    let letters = if ids.is_empty() {
         all_letters(&local).await?
     } else {
-        let mut v = Vec::with_capacity(req.ids.len());
-        for id in &req.ids {
+        let mut v = Vec::with_capacity(ids.len());
+        for id in &ids {
             match store.get(DEAD_LETTER_KEY, *id).await.map_err(storage)? {
                 Some(l) => v.push(l),
                 None => return Err(no_letter(*id)),

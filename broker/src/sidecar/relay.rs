@@ -28,6 +28,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cemesh_dispatcher::delivery::root_cause;
 use cemesh_proto::{knative, validate::validate, AttributeValue, Event, EventError};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::sync::{Notify, Semaphore};
@@ -327,14 +328,6 @@ pub fn wrap_reply(
     reply.data = Some(body);
     validate(&reply)?;
     Ok(reply)
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]
