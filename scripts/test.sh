@@ -23,7 +23,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+# Absolute: the end-to-end tests run with their crate as the working directory.
 target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,33 +1,13 @@
-//! cemesh's control plane and command line: Knative manifests become running brokers
-//! (channels behind the ingress) and triggers (delivery loops in the dispatcher).
+//! The `cemesh` binary's library half: parse the command line, set up logging, and hand
+//! each subcommand to the crate that runs it (see ARCHITECTURE.md for the crates).
 
-pub mod admin;
-pub mod bench;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod control;
-pub mod deadletters;
-pub mod display;
-pub mod duration;
-pub mod grpc;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod keda;
-pub mod kubectl;
-pub mod manifest;
-pub mod mesh;
-pub mod metrics;
-pub mod ondemand;
 mod otel;
-pub mod reload;
-pub mod send;
-pub mod send_grpc;
-pub mod serve;
-pub mod sidecar;
 
+use cemesh_client::{deadletters, display, kubectl, send};
+use cemesh_control::config::LogFormat;
+use cemesh_control::serve;
 use cli::{Cli, Command};
-use config::LogFormat;
 
 /// Runs the command line; `main` only calls this.
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
@@ -48,9 +28,9 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Serve(args) => serve::run(serve::settings(&args)?).await,
             Command::Send(args) => send::run(args).await,
             Command::Display(args) => display::run(args.addr).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => cemesh_bench::run(args).await,
             Command::DeadLetters(args) => deadletters::run(args).await,
-            Command::Sidecar(args) => sidecar::run(args).await,
+            Command::Sidecar(args) => cemesh_sidecar::run(args).await,
             Command::Apply(args) => kubectl::apply(args).await,
             Command::Get(args) => kubectl::get(args).await,
             Command::Describe(args) => kubectl::describe(args).await,

@@ -1,0 +1,213 @@
+//! The command-line arguments of the client commands (`send`, `display`, `apply`,
+//! `get`, `describe`, `delete`, `validate`, `tail`, `deadletters`); the binary
+//! gathers them under one `cemesh` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// Where the admin API is, for commands that talk to a running broker.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The broker's admin URL
+    #[arg(
+        long,
+        env = "CEMESH_ADMIN",
+        default_value = "http://127.0.0.1:9090",
+        global = true
+    )]
+    pub admin: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Manage a sidecar's outbox dead letters instead, at this sidecar admin URL
+    /// (e.g. http://127.0.0.1:3500); the trigger name is then not needed
+    #[arg(long, env = "CEMESH_SIDECAR", global = true)]
+    pub sidecar: Option<String>,
+    #[command(subcommand)]
+    pub action: DeadLettersAction,
+}
+
+/// Which trigger.
+#[derive(Debug, Args)]
+pub struct TriggerRef {
+    /// The trigger's name (not with --sidecar)
+    pub trigger: Option<String>,
+    /// The trigger's namespace
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersAction {
+    /// List dead letters (id, event id, type, attempts, reason)
+    List {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// Print the API's JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Most letters to list
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter: event, reason and every attempt (JSON)
+    Show {
+        /// The trigger's namespace
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// TRIGGER ID, or just ID with --sidecar (the id comes from `list`)
+        #[arg(value_name = "[TRIGGER] ID", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
+    /// Deliver dead letters again through the trigger's delivery policy
+    Redrive {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// Only these ids (repeatable) [default: all]
+        #[arg(long = "id")]
+        ids: Vec<u64>,
+    },
+    /// Delete dead letters
+    Purge {
+        #[command(flatten)]
+        trigger: TriggerRef,
+        /// Only this id [default: all]
+        #[arg(long)]
+        id: Option<u64>,
+    },
+}
+
+/// Content mode for `send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendMode {
+    Binary,
+    Structured,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Where to POST: a broker ingress URL such as http://127.0.0.1:8080/default/default
+    #[arg(long)]
+    pub to: String,
+    /// The event type
+    #[arg(long = "type")]
+    pub ty: String,
+    /// The event source (a URI-reference)
+    #[arg(long)]
+    pub source: String,
+    /// The event id [default: a new UUID]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The event subject
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Data: JSON text, or @FILE to read a file
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Content type of the data [default: application/json when --data is given]
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// An extension attribute, name=value (repeatable)
+    #[arg(long = "extension", short = 'e', value_name = "NAME=VALUE")]
+    pub extensions: Vec<String>,
+    /// Content mode
+    #[arg(long, value_enum, default_value_t = SendMode::Binary)]
+    pub mode: SendMode,
+    /// Publish over gRPC to this gRPC address (HOST:PORT); --to then names the broker
+    /// as NAMESPACE/BROKER (an ingress URL also works)
+    #[arg(long, value_name = "ADDR")]
+    pub grpc: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DisplayArgs {
+    /// Listen address
+    #[arg(long, default_value = "127.0.0.1:8081", env = "CEMESH_DISPLAY_ADDR")]
+    pub addr: SocketAddr,
+}
+
+/// Output format of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// A manifest file, a directory of them, or - for stdin (repeatable)
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// brokers or triggers
+    pub kind: String,
+    /// Only this one
+    pub name: Option<String>,
+    /// Namespace [default: all namespaces]
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// broker or trigger
+    pub kind: String,
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// broker or trigger
+    pub kind: String,
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Manifest files or directories
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Server config file, for `services` and the URL template refs resolve through
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The broker's name
+    pub broker: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Only events matching this CESQL expression
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Stop after this many events
+    #[arg(long)]
+    pub count: Option<u64>,
+}

@@ -1,0 +1,119 @@
+//! `cemesh deadletters list|show|redrive|purge`: the dead-letter admin API from the
+//! command line.
+
+use serde_json::{json, Value};
+
+use crate::admin_client::AdminClient;
+use crate::args::{DeadLettersAction, DeadLettersArgs, TriggerRef};
+
+/// The dead-letter collection: a mesh trigger's, or a sidecar's outbox's.
+fn collection(sidecar: bool, t: &TriggerRef) -> anyhow::Result<String> {
+    if sidecar {
+        return Ok("/v1/deadletters".to_owned());
+    }
+    let Some(trigger) = &t.trigger else {
+        anyhow::bail!("name the trigger (or pass --sidecar URL for a sidecar's outbox)");
+    };
+    Ok(format!(
+        "/v1/namespaces/{}/triggers/{trigger}/deadletters",
+        t.namespace
+    ))
+}
+
+pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
+    let sidecar = args.sidecar.is_some();
+    let client = AdminClient::new(args.sidecar.as_deref().unwrap_or(&args.admin.admin));
+    let base = |t: &TriggerRef| collection(sidecar, t);
+    let trigger_name = |t: &TriggerRef| t.trigger.clone().unwrap_or_default();
+    match args.action {
+        DeadLettersAction::List {
+            trigger,
+            json,
+            limit,
+        } => {
+            let page = client
+                .call(
+                    http::Method::GET,
+                    &format!("{}?limit={limit}", base(&trigger)?),
+                    None,
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                print_table(&page);
+            }
+        }
+        DeadLettersAction::Show { namespace, args } => {
+            let (trigger, id) = match args.as_slice() {
+                [id] => (None, id),
+                [trigger, id] => (Some(trigger.clone()), id),
+                _ => anyhow::bail!("expected TRIGGER ID"),
+            };
+            let id: u64 = id.parse().map_err(|_| {
+                anyhow::anyhow!("{id:?} is not a dead-letter id (a number from `list`)")
+            })?;
+            let trigger = TriggerRef { trigger, namespace };
+            let letter = client
+                .call(
+                    http::Method::GET,
+                    &format!("{}/{id}", base(&trigger)?),
+                    None,
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&letter)?);
+        }
+        DeadLettersAction::Redrive { trigger, ids } => {
+            let answer = client
+                .call(
+                    http::Method::POST,
+                    &format!("{}:redrive", base(&trigger)?),
+                    Some(json!({ "ids": ids })),
+                )
+                .await?;
+            if sidecar {
+                println!(
+                    "redriving {} dead letter(s) of the sidecar outbox",
+                    answer["redriving"]
+                );
+            } else {
+                println!(
+                    "redriving {} dead letter(s) of {}/{}",
+                    answer["redriving"],
+                    trigger.namespace,
+                    trigger_name(&trigger)
+                );
+            }
+        }
+        DeadLettersAction::Purge { trigger, id } => {
+            let path = match id {
+                Some(id) => format!("{}/{id}", base(&trigger)?),
+                None => base(&trigger)?,
+            };
+            let answer = client.call(http::Method::DELETE, &path, None).await?;
+            println!("deleted {} dead letter(s)", answer["deleted"]);
+        }
+    }
+    Ok(())
+}
+
+fn print_table(page: &Value) {
+    let empty = Vec::new();
+    let items = page["items"].as_array().unwrap_or(&empty);
+    println!(
+        "{:<8} {:<36} {:<32} {:>8} {:<24} REASON",
+        "ID", "EVENT ID", "TYPE", "ATTEMPTS", "DEAD AT"
+    );
+    for l in items {
+        println!(
+            "{:<8} {:<36} {:<32} {:>8} {:<24} {}",
+            l["id"],
+            l["event"]["id"].as_str().unwrap_or("-"),
+            l["event"]["type"].as_str().unwrap_or("-"),
+            l["attempts"].as_array().map_or(0, Vec::len),
+            l["deadAt"].as_str().unwrap_or("-").get(..23).unwrap_or("-"),
+            l["reason"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} of {} shown", items.len(), page["total"]);
+}

@@ -1,0 +1,317 @@
+//! `/v1/namespaces/{ns}/triggers/{name}/deadletters`: list, show, redrive and purge
+//! the events a trigger could not deliver.
+//!
+//! A redrive runs each letter through the trigger's full pipeline again (retries,
+//! dead-letter sink) in the background; the letter is removed only once that
+//! finished, so a crash mid-redrive loses nothing (it may redeliver).
+//!
+//! The operations themselves ([`list_page`], [`redrive_letters`], [`purge_all`]) are
+//! shared with the gRPC `Admin` service; the handlers here only translate HTTP.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::Json;
+use cemesh_channels::DeadLetter;
+use cemesh_dispatcher::{Processed, TriggerContext, TriggerKey};
+use cemesh_proto::knative;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{AdminState, ApiError};
+use crate::mesh::Registry;
+
+/// Largest page.
+const MAX_LIMIT: usize = 1000;
+
+/// Why a dead-letter operation failed; REST and gRPC map it to their codes.
+#[derive(Debug)]
+pub(crate) enum DeadLetterError {
+    /// No such trigger running, or no such letter.
+    NotFound(String),
+    /// The dead-letter store failed.
+    Storage(String),
+}
+
+impl std::fmt::Display for DeadLetterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterError::NotFound(m) | DeadLetterError::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<DeadLetterError> for ApiError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::NotFound(m) => ApiError::not_found(m),
+            DeadLetterError::Storage(m) => ApiError::internal(m),
+        }
+    }
+}
+
+/// The running trigger `ns/name`.
+pub(crate) fn trigger_context(
+    registry: &Registry,
+    ns: &str,
+    name: &str,
+) -> Result<Arc<TriggerContext>, DeadLetterError> {
+    let key = TriggerKey::new(ns, name);
+    registry
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| DeadLetterError::NotFound(format!("trigger {key} is not running")))
+}
+
+fn context(state: &AdminState, ns: &str, name: &str) -> Result<Arc<TriggerContext>, ApiError> {
+    Ok(trigger_context(&state.registry, ns, name)?)
+}
+
+fn storage(e: impl std::fmt::Display) -> DeadLetterError {
+    DeadLetterError::Storage(format!("dead-letter store: {e}"))
+}
+
+fn no_letter(trigger: &str, id: u64) -> DeadLetterError {
+    DeadLetterError::NotFound(format!("trigger {trigger} has no dead letter {id}"))
+}
+
+/// The JSON form of a dead letter; the event in structured mode.
+pub fn letter_json(l: &DeadLetter) -> Value {
+    let event: Value =
+        serde_json::from_slice(&cemesh_proto::json::encode_event(&l.event)).unwrap_or(Value::Null);
+    json!({
+        "id": l.id,
+        "trigger": l.trigger,
+        "reason": l.reason,
+        "deadAt": l.dead_at,
+        "attempts": l.attempts.iter().map(|a| json!({
+            "at": a.at,
+            "status": a.status,
+            "error": a.error,
+            "latencyMs": a.latency_ms,
+        })).collect::<Vec<_>>(),
+        "event": event,
+    })
+}
+
+/// A page of a trigger's dead letters.
+pub(crate) struct LetterPage {
+    /// The trigger, `namespace/name`.
+    pub trigger: String,
+    /// How many letters it has in all.
+    pub total: u64,
+    pub items: Vec<DeadLetter>,
+    /// The `after` of the next page, when this one is full.
+    pub next: Option<u64>,
+}
+
+/// Up to `limit` letters (default 100, at most [`MAX_LIMIT`]) with ids above `after`.
+pub(crate) async fn list_page(
+    ctx: &TriggerContext,
+    after: Option<u64>,
+    limit: Option<usize>,
+) -> Result<LetterPage, DeadLetterError> {
+    let trigger = ctx.runtime.key.to_string();
+    let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let items = ctx
+        .dead_letters
+        .list(&trigger, after, limit)
+        .await
+        .map_err(storage)?;
+    let total = ctx.dead_letters.count(&trigger).await.map_err(storage)?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|l| l.id))
+        .flatten();
+    Ok(LetterPage {
+        trigger,
+        total,
+        items,
+        next,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(page): Query<Page>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = context(&state, &ns, &name)?;
+    let page = list_page(&ctx, page.after, page.limit).await?;
+    Ok(Json(json!({
+        "trigger": page.trigger,
+        "total": page.total,
+        "items": page.items.iter().map(letter_json).collect::<Vec<_>>(),
+        "next": page.next,
+    })))
+}
+
+pub async fn show(
+    State(state): State<AdminState>,
+    Path((ns, name, id)): Path<(String, String, u64)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = context(&state, &ns, &name)?;
+    let trigger = ctx.runtime.key.to_string();
+    match ctx.dead_letters.get(&trigger, id).await.map_err(storage)? {
+        Some(l) => Ok(Json(letter_json(&l))),
+        None => Err(no_letter(&trigger, id).into()),
+    }
+}
+
+pub async fn remove(
+    State(state): State<AdminState>,
+    Path((ns, name, id)): Path<(String, String, u64)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = context(&state, &ns, &name)?;
+    let trigger = ctx.runtime.key.to_string();
+    if ctx
+        .dead_letters
+        .remove(&trigger, id)
+        .await
+        .map_err(storage)?
+    {
+        Ok(Json(json!({ "deleted": 1 })))
+    } else {
+        Err(no_letter(&trigger, id).into())
+    }
+}
+
+/// Every letter of the trigger, page by page.
+async fn all_letters(ctx: &TriggerContext) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let trigger = ctx.runtime.key.to_string();
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = ctx
+            .dead_letters
+            .list(&trigger, after, MAX_LIMIT)
+            .await
+            .map_err(storage)?;
+        let full = page.len() == MAX_LIMIT;
+        after = page.last().map(|l| l.id);
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Deletes every letter of the trigger; answers how many were deleted.
+pub(crate) async fn purge_all(ctx: &TriggerContext) -> Result<u64, DeadLetterError> {
+    let trigger = ctx.runtime.key.to_string();
+    let mut deleted = 0u64;
+    for l in all_letters(ctx).await? {
+        if ctx
+            .dead_letters
+            .remove(&trigger, l.id)
+            .await
+            .map_err(storage)?
+        {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+pub async fn purge(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = context(&state, &ns, &name)?;
+    let deleted = purge_all(&ctx).await?;
+    Ok(Json(json!({ "deleted": deleted })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    #[serde(default)]
+    ids: Vec<u64>,
+}
+
+/// The ids a redrive body names: `{"ids": [..]}`, or all (empty) when the body is
+/// empty. Shared with the sidecar's admin endpoint; the error is the message to send.
+pub fn redrive_ids(body: &[u8]) -> Result<Vec<u64>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice::<RedriveRequest>(body)
+        .map(|r| r.ids)
+        .map_err(|e| format!("body must be JSON like {{\"ids\": [1, 2]}} (or empty for all): {e}"))
+}
+
+/// `POST ...deadletters:redrive` with an optional body `{"ids": [..]}` (all when
+/// absent or empty). Answers 202 with how many letters are being redriven.
+pub async fn redrive(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let ctx = context(&state, &ns, &name)?;
+    let ids = redrive_ids(&body).map_err(ApiError::bad_request)?;
+    let count = redrive_letters(ctx, &ids, state.background.clone()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "redriving": count }))))
+}
+
+/// Redrives the letters `ids` of the trigger (all when empty) in the background:
+/// each runs through the trigger's pipeline again (without its `knativeerror*`
+/// extensions), at most the trigger's parallelism at a time, and is removed once
+/// that finished, unless `cancel` interrupted it. An unknown id refuses the whole
+/// call before anything starts. Answers how many letters are being redriven.
+pub(crate) async fn redrive_letters(
+    ctx: Arc<TriggerContext>,
+    ids: &[u64],
+    cancel: CancellationToken,
+) -> Result<usize, DeadLetterError> {
+    let trigger = ctx.runtime.key.to_string();
+    let letters = if ids.is_empty() {
+        all_letters(&ctx).await?
+    } else {
+        let mut v = Vec::new();
+        for id in ids {
+            match ctx.dead_letters.get(&trigger, *id).await.map_err(storage)? {
+                Some(l) => v.push(l),
+                None => return Err(no_letter(&trigger, *id)),
+            }
+        }
+        v
+    };
+    let count = letters.len();
+    let permits = Arc::new(Semaphore::new(ctx.runtime.parallelism.max(1)));
+    for letter in letters {
+        let (ctx, cancel, permits) = (ctx.clone(), cancel.clone(), permits.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let mut event = letter.event.clone();
+            for ext in [
+                knative::ERROR_DEST,
+                knative::ERROR_CODE,
+                knative::ERROR_DATA,
+            ] {
+                event.remove_extension(ext);
+            }
+            let outcome = ctx.process(&event, &cancel).await;
+            tracing::info!(trigger = %ctx.runtime.key, dead_letter = letter.id, ?outcome, "Redriven");
+            if outcome != Processed::Interrupted {
+                if let Err(e) = ctx.dead_letters.remove(&letter.trigger, letter.id).await {
+                    tracing::error!(dead_letter = letter.id, error = %e, "Removing a redriven dead letter failed");
+                }
+            }
+        });
+    }
+    Ok(count)
+}

@@ -1,0 +1,108 @@
+//! The admin port: health, readiness with detail, and the REST API under `/v1`
+//! (Kubernetes-shaped paths) that the CLI talks to.
+
+pub mod deadletters;
+pub(crate) mod resources;
+mod scale;
+mod tail;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::ControlPlane;
+use crate::mesh::{MeshStatus, Registry, Taps};
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub status: Arc<Mutex<MeshStatus>>,
+    pub registry: Registry,
+    pub taps: Taps,
+    /// Cancelled at shutdown; background work (redrives) stops with it.
+    pub background: CancellationToken,
+    pub control: Arc<ControlPlane>,
+    pub routes: cemesh_ingress::Routes,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let dl = "/v1/namespaces/{ns}/triggers/{name}/deadletters";
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/{plural}", get(resources::list_all))
+        .route("/v1/namespaces/{ns}/{plural}", get(resources::list))
+        .route(
+            "/v1/namespaces/{ns}/{plural}/{name}",
+            get(resources::get)
+                .put(resources::put)
+                .delete(resources::delete),
+        )
+        .route(
+            "/v1/namespaces/{ns}/brokers/{name}/events",
+            get(tail::events),
+        )
+        .route(
+            "/v1/namespaces/{ns}/triggers/{name}/scale",
+            get(scale::scale),
+        )
+        .route(dl, get(deadletters::list).delete(deadletters::purge))
+        .route(&format!("{dl}:redrive"), post(deadletters::redrive))
+        .route(
+            &format!("{dl}/{{id}}"),
+            get(deadletters::show).delete(deadletters::remove),
+        )
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&state.registry).await,
+    )
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut s = state
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if state.routes.is_draining() {
+        s.ready = false;
+        s.problems.push("shutting down".into());
+    }
+    let code = if s.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(s))
+}
+
+/// An error answer: `{"error": "..."}` with its status.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, msg.into())
+    }
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, msg.into())
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}

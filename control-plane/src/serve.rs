@@ -1,0 +1,290 @@
+//! `cemesh serve`: load manifests, bind, run the mesh until SIGINT/SIGTERM, then stop
+//! gracefully (no new events accepted, in-flight deliveries finish).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cemesh_ingress::Routes;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    ChannelKind, LogFormat, ServerConfig, Settings, DEFAULT_MAX_BODY, DEFAULT_SERVICE_TEMPLATE,
+};
+use crate::control::ControlPlane;
+use crate::duration::parse_bytes;
+use crate::mesh::{Channels, Mesh};
+
+/// `cemesh serve`'s flags; each is also a `CEMESH_*` variable and a config file key.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Server config file (YAML); flags and CEMESH_* variables override it.
+    #[arg(long, env = "CEMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder of Knative Broker/Trigger manifests [default: ./config]
+    #[arg(long, env = "CEMESH_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Folder for durable data [default: ./data]
+    #[arg(long, env = "CEMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Ingress listen address; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, env = "CEMESH_INGRESS_ADDR")]
+    pub ingress_addr: Option<SocketAddr>,
+    /// Admin, health and metrics listen address [default: 127.0.0.1:9090]
+    #[arg(long, env = "CEMESH_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// gRPC listen address (cemesh.v1.Publisher, KEDA external scaler, health,
+    /// reflection) [default: 127.0.0.1:50051]
+    #[arg(long, env = "CEMESH_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Channel for brokers that do not choose one [default: sled]
+    #[arg(long, env = "CEMESH_CHANNEL")]
+    pub channel: Option<ChannelKind>,
+    /// Largest request body the ingress accepts, e.g. 1MiB [default: 1MiB]
+    #[arg(long, env = "CEMESH_MAX_BODY_SIZE")]
+    pub max_body_size: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "CEMESH_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or cemesh_dispatcher=debug [default: $RUST_LOG, else info]
+    #[arg(long, env = "CEMESH_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Time deliveries in flight get to finish on shutdown, e.g. 30s [default: 30s]
+    #[arg(long, env = "CEMESH_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    #[cfg(feature = "kafka")]
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaArgs,
+    /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318
+    /// (builds with the `otel` cargo feature only)
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Merges flags/env over the config file over the defaults.
+pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => ServerConfig::load(path)?,
+        None => ServerConfig::default(),
+    };
+    let max_body_bytes = match &args.max_body_size {
+        Some(s) => parse_bytes(s).map_err(|e| anyhow::anyhow!("--max-body-size: {e}"))?,
+        None => file.max_body_size.map_or(DEFAULT_MAX_BODY, |b| b.0),
+    };
+    Ok(Settings {
+        config_dir: args
+            .config_dir
+            .clone()
+            .or(file.config_dir)
+            .unwrap_or_else(|| PathBuf::from("config")),
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data")),
+        ingress_addr: args
+            .ingress_addr
+            .or(file.ingress_addr)
+            .unwrap_or(([127, 0, 0, 1], 8080).into()),
+        admin_addr: args
+            .admin_addr
+            .or(file.admin_addr)
+            .unwrap_or(([127, 0, 0, 1], 9090).into()),
+        grpc_addr: args
+            .grpc_addr
+            .or(file.grpc_addr)
+            .unwrap_or(([127, 0, 0, 1], 50051).into()),
+        channel: args.channel.or(file.channel).unwrap_or(ChannelKind::Sled),
+        max_body_bytes,
+        service_url_template: file
+            .service_url_template
+            .unwrap_or_else(|| DEFAULT_SERVICE_TEMPLATE.to_owned()),
+        services: file.services,
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+        #[cfg(feature = "kafka")]
+        kafka: crate::kafka::options(&args.kafka, &file.kafka)?,
+        log_level: args.log_level.clone().or(file.log_level),
+        shutdown_grace: match &args.shutdown_grace {
+            Some(s) => crate::duration::parse_humane(s)
+                .map_err(|e| anyhow::anyhow!("--shutdown-grace: {e}"))?,
+            None => file
+                .shutdown_grace
+                .as_deref()
+                .map(crate::duration::parse_humane)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("shutdown_grace: {e}"))?
+                .unwrap_or(Duration::from_secs(30)),
+        },
+    })
+}
+
+/// A running broker: what `cemesh serve` runs, embeddable (the benchmark uses it).
+pub struct Server {
+    pub ingress_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub control: Arc<ControlPlane>,
+    on_demand: crate::ondemand::OnDemand,
+    routes: Routes,
+    grace: Duration,
+    stop: CancellationToken,
+    ingress_task: JoinHandle<std::io::Result<()>>,
+    grpc_task: JoinHandle<anyhow::Result<()>>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+    _watcher: Option<crate::reload::Watcher>,
+}
+
+impl Server {
+    /// Stops gracefully: new events are answered 503 with `Retry-After`, deliveries
+    /// in flight get the grace period to finish, cursors are committed and channels
+    /// flushed and closed.
+    pub async fn shutdown(self) {
+        self.routes.start_draining();
+        self.control.shutdown(self.grace).await;
+        self.on_demand.shutdown().await;
+        self.stop.cancel();
+        let _ = self.ingress_task.await;
+        let _ = self.grpc_task.await;
+        let _ = self.admin_task.await;
+    }
+}
+
+/// Binds both listeners, loads manifests and starts every broker and trigger, and
+/// watches the config dir.
+pub async fn start(mut settings: Settings) -> anyhow::Result<Server> {
+    crate::metrics::install();
+    let ingress = TcpListener::bind(settings.ingress_addr)
+        .await
+        .with_context(|| format!("cannot listen on ingress address {}", settings.ingress_addr))?;
+    let admin = TcpListener::bind(settings.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on admin address {}", settings.admin_addr))?;
+    let grpc = TcpListener::bind(settings.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on gRPC address {}", settings.grpc_addr))?;
+    let ingress_addr = ingress.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+
+    // On-demand services (a command instead of a URL) get their instance pools; refs
+    // to them resolve to the pool.
+    let on_demand = crate::ondemand::OnDemand::start(&mut settings.services);
+    let routes = Routes::default();
+    #[allow(unused_mut)]
+    let mut channels = Channels::new(settings.data_dir.clone());
+    #[cfg(feature = "kafka")]
+    if let Some(options) = settings.kafka.clone() {
+        channels.set_kafka(crate::kafka::connect(options).await?);
+    }
+    let mesh = Mesh::new(routes.clone(), channels);
+    let registry = mesh.registry();
+    let taps = mesh.taps();
+    let background = mesh.background();
+    let status = mesh.status();
+    let control =
+        ControlPlane::start(mesh, settings.clone(), format!("http://{ingress_addr}")).await?;
+    let watcher = crate::reload::watch(control.clone(), &settings.config_dir);
+
+    let stop = CancellationToken::new();
+    let ingress_task = {
+        let stop = stop.clone();
+        tokio::spawn(cemesh_ingress::serve(ingress, routes.clone(), async move {
+            stop.cancelled().await
+        }))
+    };
+    let grpc_task = {
+        let stop = stop.clone();
+        let keda = crate::keda::service(registry.clone(), taps.clone());
+        let admin = crate::grpc::AdminContext {
+            control: control.clone(),
+            registry: registry.clone(),
+            background: background.clone(),
+        };
+        tokio::spawn(crate::grpc::serve(
+            grpc,
+            routes.clone(),
+            keda,
+            admin,
+            async move { stop.cancelled().await },
+        ))
+    };
+    let admin_task = {
+        let stop = stop.clone();
+        let app = crate::admin::router(crate::admin::AdminState {
+            status,
+            registry,
+            taps,
+            background,
+            control: control.clone(),
+            routes: routes.clone(),
+        });
+        tokio::spawn(async move {
+            axum::serve(admin, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    Ok(Server {
+        ingress_addr,
+        admin_addr,
+        grpc_addr,
+        control,
+        on_demand,
+        routes,
+        grace: settings.shutdown_grace,
+        stop,
+        ingress_task,
+        grpc_task,
+        admin_task,
+        _watcher: watcher,
+    })
+}
+
+/// `cemesh serve`: start, announce the addresses, run until SIGINT/SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let server = start(settings.clone()).await?;
+    tracing::info!(
+        ingress = %server.ingress_addr,
+        admin = %server.admin_addr,
+        grpc = %server.grpc_addr,
+        config_dir = %settings.config_dir.display(),
+        channel = settings.channel.as_str(),
+        "cemesh listening"
+    );
+    shutdown_signal().await;
+    tracing::info!(grace = ?settings.shutdown_grace, "Shutting down: draining");
+    server.shutdown().await;
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
