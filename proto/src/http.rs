@@ -146,8 +146,13 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
             }
         }
     }
+    // Content-Type is an ordinary HTTP header, not a `ce-` one: taken as it is, never
+    // percent-decoded (binding §3.1.1).
     if let Some(ct) = headers.get(CONTENT_TYPE) {
-        event.datacontenttype = Some(decode_header_value("datacontenttype", ct.as_bytes())?);
+        let ct = ct.to_str().map_err(|_| {
+            EventError::attr("datacontenttype", "Content-Type is not visible ASCII")
+        })?;
+        event.datacontenttype = Some(ct.to_owned());
     }
     if !body.is_empty() {
         event.data = Some(body);
@@ -242,6 +247,14 @@ pub fn encode_header_value(value: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// `datacontenttype` as the `Content-Type` header: the media type exactly as it came
+/// in (percent-encoding is for `ce-` headers only). A value no header can carry (one
+/// from a structured event with control characters) falls back to percent-encoding
+/// rather than being dropped.
+fn content_type_value(ct: &str) -> HeaderValue {
+    HeaderValue::from_str(ct).unwrap_or_else(|_| encode_header_value(ct))
+}
+
 /// Encodes an event in binary mode: the headers to add and the body.
 pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Option<Bytes> {
     for (name, value) in event.attributes() {
@@ -267,7 +280,7 @@ pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Option<Bytes> {
         headers.insert(header, value);
     }
     if let Some(ct) = &event.datacontenttype {
-        headers.insert(CONTENT_TYPE, encode_header_value(ct));
+        headers.insert(CONTENT_TYPE, content_type_value(ct));
     }
     event.data.clone()
 }
@@ -403,5 +416,28 @@ mod tests {
             decode(&h, Bytes::new()),
             Err(DecodeError::UnsupportedMediaType(_))
         ));
+    }
+
+    #[test]
+    fn content_type_goes_out_as_it_came_in() {
+        for ct in [
+            "text/plain; charset=utf-8",
+            "application/json; charset=utf-8",
+            "multipart/form-data; boundary=\"a b\"",
+            "text/plain; name=100%25",
+        ] {
+            let h = headers(&[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("content-type", ct),
+            ]);
+            let e = decode_binary(&h, Bytes::from_static(b"x")).unwrap();
+            assert_eq!(e.datacontenttype.as_deref(), Some(ct));
+            let mut out = HeaderMap::new();
+            encode_binary(&e, &mut out);
+            assert_eq!(out.get(CONTENT_TYPE).unwrap().to_str().unwrap(), ct);
+        }
     }
 }

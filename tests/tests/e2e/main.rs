@@ -10,3 +10,4 @@ mod grpc;
 mod kafka;
 mod scale;
 mod sidecar;
+mod wire;
