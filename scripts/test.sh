@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The project's one test command: formatting, lints, one build with every feature,
-# every test from that build. Installs what the tests need that a fresh machine
-# lacks: Debian's pkg-config and libssl-dev (librdkafka's build), PyYAML (deploy
-# checks) and a Kafka-protocol server (tansu, cached in the cargo bin dir).
+# The project's one test command: formatting, module cycles, lints (default and all
+# features), one build with every feature, every test from that build. Installs what
+# the tests need that a fresh machine lacks: Debian's pkg-config and libssl-dev
+# (librdkafka's build), PyYAML (deploy checks) and a Kafka-protocol server (tansu,
+# cached in the cargo bin dir).
 #
 #   CEMESH_TEST_KAFKA=HOST:PORT   use this Kafka instead of starting tansu
 #   CEMESH_TEST_THREADS=N         parallel tests per binary (default 4)
@@ -29,6 +30,10 @@ case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> module import cycles"
+python3 scripts/check-module-cycles.py
+echo "==> cargo clippy (default features, as the quickstart builds)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo clippy (all features)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "==> cargo build (debug, all targets, all features)"
