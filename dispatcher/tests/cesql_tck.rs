@@ -1,9 +1,10 @@
 //! Runs the CloudEvents SQL conformance suite (the TCK YAML files of
 //! cloudevents/spec `cesql/cesql_tck/`) against `filter::cesql`.
 //!
-//! The folder is `$CESQL_TCK_DIR`, or else
-//! `<crate>/../../shared/conformance/cesql-tck`. A missing folder fails the
-//! test: a conformance run that found nothing must not pass.
+//! The folder is `$CESQL_TCK_DIR`, or else `tests/cesql-tck` beside this file: the
+//! vectors are a fixture of the repository (source, commit and licence in its
+//! `SOURCE.txt`). A missing folder fails the test: a conformance run that found
+//! nothing must not pass.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -119,9 +120,7 @@ fn show(v: &Value<'_>) -> String {
 fn tck_dir() -> PathBuf {
     match std::env::var_os("CESQL_TCK_DIR") {
         Some(d) => PathBuf::from(d),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cesql-tck")
-        }
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cesql-tck"),
     }
 }
 
