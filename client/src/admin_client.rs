@@ -11,11 +11,41 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// `base` is a URL, or `HOST:PORT` (taken as `http://HOST:PORT`, as kubectl's
+    /// `--server` is).
     pub fn new(base: &str) -> Self {
+        let base = base.trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
         AdminClient {
-            base: base.trim_end_matches('/').to_owned(),
+            base,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The admin API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// One line for a request that got no answer: what failed, at which address, and
+    /// what to check, instead of reqwest's error chain.
+    pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+        let why = if e.is_connect() {
+            "connection refused or no route".to_owned()
+        } else if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            cemesh_dispatcher::delivery::root_cause(e)
+        };
+        anyhow!(
+            "cannot reach the admin API at {} ({why}); is `cemesh serve` running? \
+             Point --admin (or CEMESH_ADMIN) at its admin address",
+            self.base
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -32,7 +62,7 @@ impl AdminClient {
             .body(yaml)
             .send()
             .await
-            .with_context(|| format!("cannot reach the admin API at {url}"))?;
+            .map_err(|e| self.unreachable(&e))?;
         Self::answer(http::Method::PUT, &url, resp).await
     }
 
@@ -51,10 +81,7 @@ impl AdminClient {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(&b)?);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         Self::answer(method, &url, resp).await
     }
 

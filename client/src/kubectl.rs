@@ -371,7 +371,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         .header(http::header::ACCEPT, "text/event-stream")
         .send()
         .await
-        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        .map_err(|e| client.unreachable(&e))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body: Value = resp.json_or_null().await;

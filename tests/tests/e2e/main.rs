@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary (faster to link) with a module per area.
 
 mod bench;
+mod cli;
 mod control_plane;
 mod delivery;
 mod durability;
