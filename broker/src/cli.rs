@@ -47,7 +47,7 @@ pub enum Command {
     /// Stream the events entering a broker, live.
     Tail(TailArgs),
     /// List, show, redrive or purge a trigger's dead letters.
-    #[command(name = "deadletters", alias = "dlq")]
+    #[command(name = "deadletters", visible_aliases = ["dlq", "dl"])]
     DeadLetters(DeadLettersArgs),
 }
 

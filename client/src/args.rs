@@ -135,7 +135,11 @@ pub struct DisplayArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     Table,
+    /// The table with more columns (filter, counters, channel).
+    Wide,
+    /// One document per resource, ready for `apply -f`.
     Yaml,
+    /// One object, or a `List` of them, ready for `apply -f`.
     Json,
 }
 
@@ -152,13 +156,16 @@ pub struct ApplyArgs {
 pub struct GetArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
-    /// brokers or triggers
+    /// brokers (br) or triggers (tr)
     pub kind: String,
     /// Only this one
     pub name: Option<String>,
-    /// Namespace [default: all namespaces]
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
+    /// Namespace
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace (as kubectl's -A)
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    pub all_namespaces: bool,
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -168,7 +175,7 @@ pub struct GetArgs {
 pub struct DescribeArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
-    /// broker or trigger
+    /// broker (br) or trigger (tr)
     pub kind: String,
     pub name: String,
     #[arg(short = 'n', long, default_value = "default")]
@@ -179,11 +186,18 @@ pub struct DescribeArgs {
 pub struct DeleteArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
-    /// broker or trigger
-    pub kind: String,
-    pub name: String,
+    /// broker (br) or trigger (tr); not with -f
+    #[arg(required_unless_present = "files", conflicts_with = "files")]
+    pub kind: Option<String>,
+    /// The resource's name; not with -f
+    #[arg(required_unless_present = "files", conflicts_with = "files")]
+    pub name: Option<String>,
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// Delete the resources these manifests name: files, directories or - for stdin
+    /// (repeatable)
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Args)]

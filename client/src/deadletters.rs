@@ -100,20 +100,27 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
 fn print_table(page: &Value) {
     let empty = Vec::new();
     let items = page["items"].as_array().unwrap_or(&empty);
-    println!(
-        "{:<8} {:<36} {:<32} {:>8} {:<24} REASON",
-        "ID", "EVENT ID", "TYPE", "ATTEMPTS", "DEAD AT"
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|l| {
+            vec![
+                l["id"].to_string(),
+                l["event"]["id"].as_str().unwrap_or("-").to_owned(),
+                l["event"]["type"].as_str().unwrap_or("-").to_owned(),
+                l["attempts"].as_array().map_or(0, Vec::len).to_string(),
+                l["deadAt"]
+                    .as_str()
+                    .and_then(|t| t.get(..23))
+                    .unwrap_or("-")
+                    .to_owned(),
+                l["reason"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    crate::kubectl::print_columns(
+        "",
+        &["ID", "EVENT ID", "TYPE", "ATTEMPTS", "DEAD AT", "REASON"],
+        &rows,
     );
-    for l in items {
-        println!(
-            "{:<8} {:<36} {:<32} {:>8} {:<24} {}",
-            l["id"],
-            l["event"]["id"].as_str().unwrap_or("-"),
-            l["event"]["type"].as_str().unwrap_or("-"),
-            l["attempts"].as_array().map_or(0, Vec::len),
-            l["deadAt"].as_str().unwrap_or("-").get(..23).unwrap_or("-"),
-            l["reason"].as_str().unwrap_or("")
-        );
-    }
     println!("{} of {} shown", items.len(), page["total"]);
 }

@@ -7,7 +7,8 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use serde_json::Value;
+use serde::Deserialize as _;
+use serde_json::{json, Value};
 
 use crate::admin_client::AdminClient;
 use crate::args::{
@@ -19,9 +20,17 @@ use cemesh_control::manifest::{
     compile, load_dir, parse_str, Located, ManifestError, ResolveContext, Resource,
 };
 
+/// A resource type as typed on the command line: plural, singular or kubectl's
+/// short name (`br`, `tr`).
 fn kind_arg(s: &str) -> anyhow::Result<Kind> {
-    Kind::parse_plural(s)
-        .with_context(|| format!("{s:?} is not a resource type; use broker(s) or trigger(s)"))
+    let long = match s.to_ascii_lowercase().as_str() {
+        "br" => "brokers",
+        "tr" => "triggers",
+        _ => s,
+    }
+    .to_owned();
+    Kind::parse_plural(&long)
+        .with_context(|| format!("{s:?} is not a resource type; use brokers (br) or triggers (tr)"))
 }
 
 fn plural(kind: Kind) -> &'static str {
@@ -43,7 +52,7 @@ fn read_manifests(
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading manifests from stdin")?;
-            parse_str(Path::new("<stdin>"), &text)
+            parse_str(Path::new("<stdin>"), &expand_lists(text)?)
         } else {
             let path = PathBuf::from(src);
             if path.is_dir() {
@@ -51,13 +60,51 @@ fn read_manifests(
             } else {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("{}: cannot read", path.display()))?;
-                parse_str(&path, &text)
+                parse_str(&path, &expand_lists(text)?)
             }
         };
         resources.extend(r);
         errors.extend(e);
     }
     Ok((resources, errors))
+}
+
+/// What `get -o json|yaml` prints can be applied again: a `kind: List` document (as
+/// kubectl and `get -o json` write for several resources) stands for its items.
+/// Text without a List is returned unchanged, so error lines stay true.
+fn expand_lists(text: String) -> anyhow::Result<String> {
+    if !text.contains("List") {
+        return Ok(text);
+    }
+    let mut docs = Vec::new();
+    let mut any_list = false;
+    let values: Result<Vec<_>, _> = serde_yaml::Deserializer::from_str(&text)
+        .map(serde_yaml::Value::deserialize)
+        .collect();
+    let Ok(values) = values else {
+        return Ok(text); // the manifest parser reports it, with its line
+    };
+    for value in values {
+        match value.get("kind").and_then(serde_yaml::Value::as_str) {
+            Some("List") => {
+                any_list = true;
+                if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
+                    docs.extend(items.iter().cloned());
+                }
+            }
+            _ if value.is_null() => {}
+            _ => docs.push(value),
+        }
+    }
+    if !any_list {
+        return Ok(text);
+    }
+    let mut out = String::new();
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&d).context("re-encoding a List item")?);
+    }
+    Ok(out)
 }
 
 fn key_of(r: &Resource) -> (Kind, String, String) {
@@ -129,26 +176,62 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let kind = kind_arg(&args.kind)?;
     let client = AdminClient::new(&args.admin.admin);
-    let items: Vec<Value> = match (&args.name, &args.namespace) {
-        (Some(name), ns) => {
-            let ns = ns.as_deref().unwrap_or("default");
-            vec![
-                client
-                    .call(
-                        http::Method::GET,
-                        &format!("/v1/namespaces/{ns}/{}/{name}", plural(kind)),
-                        None,
-                    )
-                    .await?,
-            ]
-        }
-        (None, Some(ns)) => list(&client, &format!("/v1/namespaces/{ns}/{}", plural(kind))).await?,
-        (None, None) => list(&client, &format!("/v1/{}", plural(kind))).await?,
+    let ns = &args.namespace;
+    if let Some(name) = &args.name {
+        let item = client
+            .call(http::Method::GET, &resource_path(kind, ns, name), None)
+            .await?;
+        return print_items(kind, &[item], None, args.output);
+    }
+    let items = if args.all_namespaces {
+        list(&client, &format!("/v1/{}", plural(kind))).await?
+    } else {
+        list(&client, &format!("/v1/namespaces/{ns}/{}", plural(kind))).await?
     };
-    match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&items)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&items)?),
-        OutputFormat::Table => print_table(kind, &items, args.namespace.is_none()),
+    if items.is_empty() && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
+        match args.all_namespaces {
+            true => eprintln!("No {} found.", plural(kind)),
+            false => eprintln!("No {} found in namespace {ns}.", plural(kind)),
+        }
+        return Ok(());
+    }
+    print_items(kind, &items, Some(args.all_namespaces), args.output)
+}
+
+fn resource_path(kind: Kind, ns: &str, name: &str) -> String {
+    format!("/v1/namespaces/{ns}/{}/{name}", plural(kind))
+}
+
+/// Tables for people; for machines, documents `apply -f` takes back: one object
+/// for a named resource, a `List` (JSON) or a multi-document stream (YAML) for a
+/// listing (`Some(all_namespaces)`).
+fn print_items(
+    kind: Kind,
+    items: &[Value],
+    listing: Option<bool>,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let all_ns = listing.unwrap_or(false);
+    match (output, listing.is_some()) {
+        (OutputFormat::Json, false) => println!("{}", serde_json::to_string_pretty(&items[0])?),
+        (OutputFormat::Json, true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": items,
+            }))?
+        ),
+        (OutputFormat::Yaml, _) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    println!("---");
+                }
+                print!("{}", serde_yaml::to_string(item)?);
+            }
+        }
+        (OutputFormat::Table, _) => print_table(kind, items, false, all_ns),
+        (OutputFormat::Wide, _) => print_table(kind, items, true, all_ns),
     }
     Ok(())
 }
@@ -209,8 +292,13 @@ fn subscriber(item: &Value) -> String {
     }
 }
 
-fn print_table(kind: Kind, items: &[Value], with_ns: bool) {
-    let mut rows: Vec<Vec<String>> = Vec::new();
+fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
+    let namespace = |item: &Value| {
+        item["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned()
+    };
     let mut header: Vec<&str> = Vec::new();
     if with_ns {
         header.push("NAMESPACE");
@@ -219,15 +307,19 @@ fn print_table(kind: Kind, items: &[Value], with_ns: bool) {
         Kind::Trigger => header.extend(["NAME", "BROKER", "SUBSCRIBER", "READY", "REASON", "AGE"]),
         Kind::Broker => header.extend(["NAME", "URL", "READY", "REASON", "AGE"]),
     }
+    if wide {
+        match kind {
+            Kind::Trigger => {
+                header.extend(["FILTER", "DELIVERED", "RETRIES", "DEAD-LETTERED", "LAG"])
+            }
+            Kind::Broker => header.extend(["CHANNEL", "SOURCE"]),
+        }
+    }
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for item in items {
         let mut row = Vec::new();
         if with_ns {
-            row.push(
-                item["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("default")
-                    .to_owned(),
-            );
+            row.push(namespace(item));
         }
         row.push(item["metadata"]["name"].as_str().unwrap_or("").to_owned());
         let (ready, reason) = readiness(item);
@@ -236,22 +328,71 @@ fn print_table(kind: Kind, items: &[Value], with_ns: bool) {
                 row.push(item["spec"]["broker"].as_str().unwrap_or("").to_owned());
                 row.push(subscriber(item));
             }
-            Kind::Broker => {
-                row.push(
-                    item["status"]["address"]["url"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
-                );
-            }
+            Kind::Broker => row.push(text(&item["status"]["address"]["url"])),
         }
         row.extend([ready, reason, age(item)]);
+        if wide {
+            match kind {
+                Kind::Trigger => {
+                    let stats = &item["status"]["stats"];
+                    row.push(filter_summary(&item["spec"]));
+                    for k in ["delivered", "retries", "deadLettered", "lag"] {
+                        row.push(text(&stats[k]));
+                    }
+                }
+                Kind::Broker => {
+                    let channel = &item["metadata"]["annotations"]["cemesh.dev/channel"];
+                    row.push(channel.as_str().unwrap_or("(default)").to_owned());
+                    row.push(source(item));
+                }
+            }
+        }
         rows.push(row);
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
+    print_columns("", &header, &rows);
+}
+
+/// A JSON value as a table cell: strings bare, numbers as they are, `-` for none.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Where a resource comes from: a file in the config dir, or the API.
+fn source(item: &Value) -> String {
+    match item["metadata"]["annotations"]["cemesh.dev/owner"].as_str() {
+        Some(owner) => owner.to_owned(),
+        None => "api".into(),
+    }
+}
+
+/// A trigger's filter on one line: `type=x,region=eu` for Knative's attributes
+/// filter, the compact JSON of `spec.filters` otherwise.
+fn filter_summary(spec: &Value) -> String {
+    if let Some(filters) = spec.get("filters").filter(|f| !f.is_null()) {
+        return filters.to_string();
+    }
+    match spec["filter"]["attributes"].as_object() {
+        Some(attrs) if !attrs.is_empty() => attrs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "(all events)".into(),
+    }
+}
+
+/// Left-aligned columns three spaces apart, as kubectl prints them, each line
+/// starting with `indent`.
+pub(crate) fn print_columns(indent: &str, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
+            widths[i] = widths[i].max(c.chars().count());
         }
     }
     let line = |cells: Vec<&str>| {
@@ -260,56 +401,194 @@ fn print_table(kind: Kind, items: &[Value], with_ns: bool) {
             if i + 1 == cells.len() {
                 out.push_str(c);
             } else {
-                out.push_str(&format!("{c:<w$}   ", w = widths[i]));
+                let pad = widths[i] - c.chars().count();
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad + 3));
             }
         }
-        println!("{}", out.trim_end());
+        println!("{indent}{}", out.trim_end());
     };
-    line(header.clone());
-    for r in &rows {
+    line(header.to_vec());
+    for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
 }
 
+/// For people, as `kubectl describe`: what the resource is, its conditions, its live
+/// counters and, for a trigger, its most recent dead letters (the errors that
+/// stopped deliveries); `get -o yaml` is the form for machines.
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let kind = kind_arg(&args.kind)?;
     let client = AdminClient::new(&args.admin.admin);
-    let item = client
-        .call(
-            http::Method::GET,
-            &format!(
-                "/v1/namespaces/{}/{}/{}",
-                args.namespace,
-                plural(kind),
-                args.name
-            ),
-            None,
-        )
-        .await?;
-    print!("{}", serde_yaml::to_string(&item)?);
+    let path = resource_path(kind, &args.namespace, &args.name);
+    let item = client.call(http::Method::GET, &path, None).await?;
+    let meta = &item["metadata"];
+    let field = |name: &str, value: String| println!("{:<14}{value}", format!("{name}:"));
+    field("Name", text(&meta["name"]));
+    field("Namespace", text(&meta["namespace"]));
+    field("Kind", kind.as_str().to_owned());
+    field("Source", source(&item));
+    field(
+        "Created",
+        format!("{} ({} ago)", text(&meta["creationTimestamp"]), age(&item)),
+    );
+    field(
+        "Generation",
+        format!(
+            "{} (observed {})",
+            text(&meta["generation"]),
+            text(&item["status"]["observedGeneration"])
+        ),
+    );
+    if let Some(annotations) = meta["annotations"].as_object() {
+        let list: Vec<String> = annotations
+            .iter()
+            .filter(|(k, _)| *k != "cemesh.dev/owner")
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        if !list.is_empty() {
+            field("Annotations", list.join(", "));
+        }
+    }
+    let spec = &item["spec"];
+    match kind {
+        Kind::Broker => field("Address", text(&item["status"]["address"]["url"])),
+        Kind::Trigger => {
+            field("Broker", text(&spec["broker"]));
+            field("Subscriber", subscriber(&item));
+            field("Filter", filter_summary(spec));
+        }
+    }
+    field("Delivery", delivery_summary(&spec["delivery"]));
+    println!("Conditions:");
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = item["status"]["conditions"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|c| {
+            ["type", "status", "reason", "message"]
+                .iter()
+                .map(|k| text(&c[*k]))
+                .collect()
+        })
+        .collect();
+    print_columns("  ", &["TYPE", "STATUS", "REASON", "MESSAGE"], &rows);
+    if kind == Kind::Trigger {
+        let stats = &item["status"]["stats"];
+        println!("Stats:");
+        for (label, key) in [
+            ("Delivered", "delivered"),
+            ("Retries", "retries"),
+            ("Dead-lettered", "deadLettered"),
+            ("Stored dead letters", "deadLettersStored"),
+            ("Replies", "replies"),
+            ("In flight", "inFlight"),
+            ("Lag", "lag"),
+        ] {
+            println!("  {:<21}{}", format!("{label}:"), text(&stats[key]));
+        }
+        recent_dead_letters(&client, &path).await;
+    }
     Ok(())
 }
 
-pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let kind = kind_arg(&args.kind)?;
-    let client = AdminClient::new(&args.admin.admin);
-    client
+/// `spec.delivery` on one line, or where the policy comes from when unset.
+fn delivery_summary(delivery: &Value) -> String {
+    let Some(d) = delivery.as_object().filter(|d| !d.is_empty()) else {
+        return "the broker's, else cemesh's defaults (retry 10, exponential from PT0.2S)".into();
+    };
+    d.iter()
+        .map(|(k, v)| match v {
+            Value::Object(_) => format!("{k}={}", v),
+            _ => format!("{k}={}", text(v)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The last few dead letters with their reasons: the errors an operator looks for.
+async fn recent_dead_letters(client: &AdminClient, trigger_path: &str) {
+    println!("Recent dead letters:");
+    let page = match client
         .call(
-            http::Method::DELETE,
-            &format!(
-                "/v1/namespaces/{}/{}/{}",
-                args.namespace,
-                plural(kind),
-                args.name
-            ),
+            http::Method::GET,
+            &format!("{trigger_path}/deadletters?limit=5"),
             None,
         )
-        .await?;
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            println!("  (not available: {e})");
+            return;
+        }
+    };
+    let empty = Vec::new();
+    let items = page["items"].as_array().unwrap_or(&empty);
+    if items.is_empty() {
+        println!("  (none)");
+        return;
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|l| {
+            vec![
+                text(&l["id"]),
+                text(&l["event"]["id"]),
+                text(&l["deadAt"]),
+                text(&l["reason"]),
+            ]
+        })
+        .collect();
+    print_columns("  ", &["ID", "EVENT ID", "DEAD AT", "REASON"], &rows);
     println!(
-        "{}.eventing.knative.dev/{} deleted",
-        kind.as_str().to_ascii_lowercase(),
-        args.name
+        "  ({} in all; `cemesh deadletters list` shows them)",
+        page["total"]
     );
+}
+
+/// Deletes by name, or every resource the `-f` manifests name (as `kubectl delete -f`).
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let client = AdminClient::new(&args.admin.admin);
+    let targets: Vec<(Kind, String, String)> = if args.files.is_empty() {
+        let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
+            bail!("name the resource (KIND NAME) or pass -f FILE");
+        };
+        vec![(kind_arg(kind)?, args.namespace.clone(), name.clone())]
+    } else {
+        let (resources, errors) = read_manifests(&args.files)?;
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            bail!(
+                "{} problem(s) in the manifests; nothing deleted",
+                errors.len()
+            );
+        }
+        // Triggers before their brokers, the reverse of apply.
+        let mut keys: Vec<_> = resources.iter().map(|l| key_of(&l.value)).collect();
+        keys.sort_by_key(|(kind, _, _)| *kind == Kind::Broker);
+        keys
+    };
+    let mut failed = 0;
+    for (kind, ns, name) in targets {
+        let label = kind.as_str().to_ascii_lowercase();
+        match client
+            .call(http::Method::DELETE, &resource_path(kind, &ns, &name), None)
+            .await
+        {
+            Ok(_) => println!("{label}.eventing.knative.dev/{name} deleted"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {label}/{name}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} resource(s) not deleted");
+    }
     Ok(())
 }
 

@@ -171,7 +171,7 @@ async fn an_invalid_edit_keeps_the_old_configuration_and_get_shows_why() {
     assert_eq!(a.settle(Duration::from_millis(300)).await.len(), 1);
     assert_eq!(a.ids(), ["still-x"]);
 
-    let (ok, out) = cli(&mesh, &["get", "triggers"]);
+    let (ok, out) = cli(&mesh, &["get", "triggers", "-A"]);
     assert!(ok, "{out}");
     let line = out
         .lines()
