@@ -32,17 +32,18 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<Event>, EventError> {
     })?;
     let mut events = Vec::with_capacity(maps.len());
     for (i, map) in maps.into_iter().enumerate() {
-        let event = from_raw_map(map).map_err(|e| EventError {
-            attribute: e.attribute,
-            message: format!("event {i} of the batch: {}", e.message),
-        })?;
+        let id = map
+            .get("id")
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        let event = from_raw_map(map).map_err(|e| e.in_batch(i, id.as_deref()))?;
         if let Some(first) = events.first() {
             let first: &Event = first;
             if first.specversion != event.specversion {
                 return Err(EventError::attr(
                     "specversion",
-                    format!("event {i} of the batch: all events of a batch must share specversion"),
-                ));
+                    "all events of a batch must share specversion",
+                )
+                .in_batch(i, Some(&event.id)));
             }
         }
         events.push(event);
@@ -349,7 +350,32 @@ mod tests {
     fn batch_is_refused_whole() {
         let body = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","source":"/s","type":"t"}]"#;
         let err = decode_batch(body).unwrap_err();
-        assert!(err.message.contains("event 1"), "{err}");
+        assert!(err.message.contains("event at index 1"), "{err}");
         assert_eq!(decode_batch(b"[]").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_batch_error_names_the_index_base_and_the_id() {
+        let err = decode_batch(
+            br#"[{"specversion":"1.0","id":"a","source":"/s","type":"t"},
+                 {"specversion":"1.0","id":"b","source":"","type":"t"},
+                 {"specversion":"1.0","source":"/s","type":"t"}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("batch event at index 1 (from 0, id \"b\"): "),
+            "{err}"
+        );
+        let err = decode_batch(
+            br#"[{"specversion":"1.0","id":"a","source":"/s","type":"t"},
+                 {"specversion":"1.0","source":"/s","type":"t"}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.message.starts_with("batch event at index 1 (from 0): "),
+            "{err}"
+        );
+        assert_eq!(err.attribute.as_deref(), Some("id"));
     }
 }

@@ -359,20 +359,19 @@ pub fn decode_batch(body: Bytes) -> Result<Vec<Event>, EventError> {
 pub fn from_proto_batch(messages: Vec<CloudEvent>) -> Result<Vec<Event>, EventError> {
     let mut events: Vec<Event> = Vec::with_capacity(messages.len());
     for (i, msg) in messages.into_iter().enumerate() {
+        let id = msg.id.clone();
         let event = from_proto(msg)
             .and_then(|e| validate(&e).map(|()| e))
-            .map_err(|e| EventError {
-                attribute: e.attribute,
-                message: format!("event {i} of the batch: {}", e.message),
-            })?;
+            .map_err(|e| e.in_batch(i, Some(&id)))?;
         if events
             .first()
             .is_some_and(|first| first.specversion != event.specversion)
         {
             return Err(EventError::attr(
                 "specversion",
-                format!("event {i} of the batch: all events of a batch must share specversion"),
-            ));
+                "all events of a batch must share specversion",
+            )
+            .in_batch(i, Some(&event.id)));
         }
         events.push(event);
     }

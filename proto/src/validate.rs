@@ -26,6 +26,22 @@ impl EventError {
             message: message.into(),
         }
     }
+
+    /// The same problem, said of the event at `index` (counted from 0) of a batch,
+    /// with the event's `id` when it has one, so a producer finds it without
+    /// guessing the index base.
+    pub fn in_batch(self, index: usize, id: Option<&str>) -> Self {
+        let which = match id {
+            Some(id) if !id.is_empty() => {
+                format!("batch event at index {index} (from 0, id {id:?})")
+            }
+            _ => format!("batch event at index {index} (from 0)"),
+        };
+        EventError {
+            attribute: self.attribute,
+            message: format!("{which}: {}", self.message),
+        }
+    }
 }
 
 /// Checks every rule the spec makes about attributes.

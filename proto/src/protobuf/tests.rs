@@ -243,7 +243,10 @@ fn batches() {
     let mut bad = events.clone();
     bad[1].id.clear();
     let err = decode_batch(Bytes::from(encode_batch(&bad))).unwrap_err();
-    assert!(err.message.starts_with("event 1 of the batch"), "{err}");
+    assert!(
+        err.message.starts_with("batch event at index 1 (from 0"),
+        "{err}"
+    );
     let mut mixed = events;
     mixed[1].specversion = SpecVersion::V03;
     let err = decode_batch(Bytes::from(encode_batch(&mixed))).unwrap_err();
