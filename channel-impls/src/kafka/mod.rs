@@ -44,6 +44,7 @@ mod orphans;
 mod subscription;
 #[doc(hidden)]
 pub mod testing;
+mod topic;
 
 use std::collections::BTreeMap;
 use std::fmt;
