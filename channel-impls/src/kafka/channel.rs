@@ -11,9 +11,10 @@ use cemesh_proto::Event;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
 
+use super::client::{kafka_err, StoreInner};
+use super::codec;
 use super::subscription::{self, SubInner};
 use super::topic::BrokerTopic;
-use super::{codec, kafka_err, StoreInner};
 use crate::{Channel, ChannelError, StartAt, Subscription};
 
 /// One broker's topic.

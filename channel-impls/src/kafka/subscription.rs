@@ -26,9 +26,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::client::{blocking, kafka_err, StoreInner};
+use super::codec;
 use super::orphans::{self, Verdict};
 use super::topic::BrokerTopic;
-use super::{blocking, codec, kafka_err, StoreInner};
 use crate::{AckTracker, ChannelError, Position, Record, StartAt, Subscription};
 
 /// Records buffered per subscription before its partitions are paused.

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use super::{expand, StoreInner};
+use super::client::StoreInner;
+use super::options::expand;
 
 /// A broker's topic and the clients that reach it.
 pub(crate) struct BrokerTopic {
