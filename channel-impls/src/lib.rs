@@ -25,8 +25,8 @@ pub mod memory;
 pub mod sled;
 pub mod tap;
 
-pub use deadletter::{Attempt, DeadLetter, DeadLetterStore, MemoryDeadLetters};
-pub use memory::{MemoryChannel, MemoryConfig};
+pub use deadletter::{Attempt, DeadLetter, DeadLetterStore};
+pub use memory::{MemoryChannel, MemoryConfig, MemoryDeadLetters};
 pub use sled::{Durability, SledChannel, SledConfig, SledDeadLetters, SledStore, SledStoreOptions};
 pub use tap::Tapped;
 
