@@ -23,13 +23,11 @@ pub mod deadletter;
 pub mod kafka;
 pub mod memory;
 pub mod sled;
-pub mod sled_deadletters;
 pub mod tap;
 
-pub use deadletter::{Attempt, DeadLetter, DeadLetterStore, MemoryDeadLetters};
-pub use memory::{MemoryChannel, MemoryConfig};
-pub use sled::{Durability, SledChannel, SledConfig, SledStore, SledStoreOptions};
-pub use sled_deadletters::SledDeadLetters;
+pub use deadletter::{Attempt, DeadLetter, DeadLetterStore};
+pub use memory::{MemoryChannel, MemoryConfig, MemoryDeadLetters};
+pub use sled::{Durability, SledChannel, SledConfig, SledDeadLetters, SledStore, SledStoreOptions};
 pub use tap::Tapped;
 
 /// Where a record sits in a channel: a partition (0 for single-log channels) and an

@@ -11,8 +11,10 @@ use cemesh_proto::Event;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
 
+use super::client::{kafka_err, StoreInner};
+use super::codec;
 use super::subscription::{self, SubInner};
-use super::{codec, expand, kafka_err, StoreInner};
+use super::topic::BrokerTopic;
 use crate::{Channel, ChannelError, StartAt, Subscription};
 
 /// One broker's topic.
@@ -21,12 +23,8 @@ pub struct KafkaChannel {
     inner: Arc<ChannelInner>,
 }
 
-pub(crate) struct ChannelInner {
-    pub(crate) store: Arc<StoreInner>,
-    pub(crate) namespace: String,
-    pub(crate) broker: String,
-    pub(crate) topic: String,
-    pub(crate) partitions: i32,
+struct ChannelInner {
+    target: BrokerTopic,
     /// This process's open subscriptions by name; a second `subscribe` of a name
     /// reuses the consumer (a changed trigger restarts without a rebalance).
     subs: Mutex<HashMap<String, Arc<SubInner>>>,
@@ -49,8 +47,8 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 impl fmt::Debug for KafkaChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaChannel")
-            .field("topic", &self.inner.topic)
-            .field("partitions", &self.inner.partitions)
+            .field("topic", &self.inner.target.topic)
+            .field("partitions", &self.inner.target.partitions)
             .finish()
     }
 }
@@ -66,11 +64,13 @@ impl KafkaChannel {
     ) -> Self {
         KafkaChannel {
             inner: Arc::new(ChannelInner {
-                store,
-                namespace: namespace.to_owned(),
-                broker: broker.to_owned(),
-                topic,
-                partitions,
+                target: BrokerTopic {
+                    store,
+                    namespace: namespace.to_owned(),
+                    broker: broker.to_owned(),
+                    topic,
+                    partitions,
+                },
                 subs: Mutex::default(),
                 max_backlog,
                 backlog: Mutex::default(),
@@ -107,7 +107,7 @@ impl KafkaChannel {
             return Err(ChannelError::Full {
                 reason: format!(
                     "the slowest trigger of topic {} is {lag} events behind (max-backlog {cap})",
-                    self.inner.topic
+                    self.inner.target.topic
                 ),
                 retry_after: Duration::from_secs(1),
             });
@@ -117,13 +117,13 @@ impl KafkaChannel {
 
     /// The Kafka topic holding this channel's events.
     pub fn topic(&self) -> &str {
-        &self.inner.topic
+        &self.inner.target.topic
     }
 
     /// The consumer group of a subscription. The broker names subscriptions
     /// `namespace/trigger`; a bare name is taken to be in the broker's namespace.
     pub fn group_name(&self, subscription: &str) -> String {
-        self.inner.group_name(subscription)
+        self.inner.target.group_name(subscription)
     }
 
     fn subs(&self) -> MutexGuard<'_, HashMap<String, Arc<SubInner>>> {
@@ -144,28 +144,14 @@ impl ChannelInner {
             .collect();
         let mut slowest = None;
         for (name, sub) in subs {
-            match subscription::lag(self, &name, Some(sub)).await {
+            match subscription::lag(&self.target, &name, Some(sub)).await {
                 Ok(lag) => slowest = Some(slowest.unwrap_or(0).max(lag)),
                 Err(e) => {
-                    tracing::debug!(topic = %self.topic, subscription = %name, error = %e, "Measuring the backlog failed")
+                    tracing::debug!(topic = %self.target.topic, subscription = %name, error = %e, "Measuring the backlog failed")
                 }
             }
         }
         slowest
-    }
-
-    pub(crate) fn group_name(&self, subscription: &str) -> String {
-        let (ns, trigger) = subscription
-            .split_once('/')
-            .unwrap_or((&self.namespace, subscription));
-        expand(
-            &self.store.options.group_template,
-            &[
-                ("namespace", ns),
-                ("trigger", trigger),
-                ("broker", &self.broker),
-            ],
-        )
     }
 }
 
@@ -184,8 +170,8 @@ impl Channel for KafkaChannel {
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         self.check_backlog()?;
-        let topic = &self.inner.topic;
-        let producer = &self.inner.store.producer;
+        let topic = &self.inner.target.topic;
+        let producer = &self.inner.target.store.producer;
         let mut pending = Vec::with_capacity(events.len());
         for event in &events {
             let enc = codec::encode(event);
@@ -234,7 +220,7 @@ impl Channel for KafkaChannel {
             sub.reopen().await?;
             return Ok(Arc::new(subscription::Handle::new(sub)));
         }
-        let sub = SubInner::open(&self.inner, name, start).await?;
+        let sub = SubInner::open(&self.inner.target, name, start).await?;
         // Two racing subscribes of one name: keep the first, close the other.
         let (sub, loser) = {
             let mut subs = self.subs();
@@ -257,12 +243,12 @@ impl Channel for KafkaChannel {
         if let Some(sub) = sub {
             sub.close().await;
         }
-        subscription::delete_group(&self.inner, &self.group_name(name)).await
+        subscription::delete_group(&self.inner.target, &self.group_name(name)).await
     }
 
     async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
         let local = self.subs().get(name).cloned();
-        subscription::lag(&self.inner, name, local).await
+        subscription::lag(&self.inner.target, name, local).await
     }
 }
 

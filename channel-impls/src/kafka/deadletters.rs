@@ -21,7 +21,9 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, codec, expand, kafka_err, StoreInner};
+use super::client::{blocking, kafka_err, StoreInner};
+use super::codec;
+use super::options::expand;
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterStore};
 use crate::ChannelError;
 

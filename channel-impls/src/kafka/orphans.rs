@@ -26,6 +26,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::groups::GroupInfo;
 
 /// What a check of the group found.
@@ -35,6 +36,16 @@ pub(crate) enum Verdict {
     Fine,
     /// Some partitions are read by no member; `mine` is this member's assignment.
     Orphans { mine: Vec<i32>, why: String },
+}
+
+/// Why a check of the group could not be made (the watchdog logs it and tries
+/// again at the next check).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckError {
+    #[error("reading this member's assignment in group {group}: {error}")]
+    Assignment { group: String, error: KafkaError },
+    #[error("describing group {group}: {error}")]
+    Describe { group: String, error: KafkaError },
 }
 
 /// How often a subscription checks its group.
@@ -101,10 +112,13 @@ pub(crate) fn check<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     partitions: i32,
     group: &str,
     timeout: Duration,
-) -> Result<Verdict, String> {
+) -> Result<Verdict, CheckError> {
     let mine: Vec<i32> = consumer
         .assignment()
-        .map_err(|e| e.to_string())?
+        .map_err(|error| CheckError::Assignment {
+            group: group.to_owned(),
+            error,
+        })?
         .elements_for_topic(topic)
         .iter()
         .map(|e| e.partition())
@@ -114,7 +128,10 @@ pub(crate) fn check<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     }
     let list = consumer
         .fetch_group_list(Some(group), timeout)
-        .map_err(|e| e.to_string())?;
+        .map_err(|error| CheckError::Describe {
+            group: group.to_owned(),
+            error,
+        })?;
     let Some(info) = list.groups().iter().find(|g| g.name() == group) else {
         return Ok(Verdict::Fine);
     };

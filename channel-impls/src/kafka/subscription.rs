@@ -26,9 +26,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::channel::ChannelInner;
+use super::client::{blocking, kafka_err, StoreInner};
+use super::codec;
 use super::orphans::{self, Verdict};
-use super::{blocking, codec, kafka_err, StoreInner};
+use super::topic::BrokerTopic;
 use crate::{AckTracker, ChannelError, Position, Record, StartAt, Subscription};
 
 /// Records buffered per subscription before its partitions are paused.
@@ -185,7 +186,7 @@ pub(crate) struct SubInner {
 
 impl SubInner {
     pub(crate) async fn open(
-        chan: &ChannelInner,
+        chan: &BrokerTopic,
         name: &str,
         start: StartAt,
     ) -> Result<Arc<SubInner>, ChannelError> {
@@ -628,7 +629,7 @@ impl Subscription for Handle {
 
 /// Forgets a consumer group (its committed offsets). A group that still has
 /// members (other replicas not yet told) stays; the last replica deletes it.
-pub(crate) async fn delete_group(chan: &ChannelInner, group: &str) -> Result<(), ChannelError> {
+pub(crate) async fn delete_group(chan: &BrokerTopic, group: &str) -> Result<(), ChannelError> {
     let opts = AdminOptions::new().operation_timeout(Some(chan.store.options.request_timeout));
     let results = chan
         .store
@@ -651,7 +652,7 @@ pub(crate) async fn delete_group(chan: &ChannelInner, group: &str) -> Result<(),
 /// Records waiting for a subscription: high watermark minus committed offset, per
 /// partition; this replica's own watermark for the partitions it reads.
 pub(crate) async fn lag(
-    chan: &ChannelInner,
+    chan: &BrokerTopic,
     name: &str,
     local: Option<Arc<SubInner>>,
 ) -> Result<u64, ChannelError> {

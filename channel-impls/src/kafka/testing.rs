@@ -96,11 +96,11 @@ pub fn unique(prefix: &str) -> String {
 /// "latest offset" request with the last batch's first offset + 1, so with
 /// multi-record batches high watermarks (lag, `StartAt::Latest`) come out low.
 /// Harmless on Apache Kafka.
-pub fn options() -> super::KafkaOptions {
-    super::KafkaOptions {
+pub fn options() -> super::options::KafkaOptions {
+    super::options::KafkaOptions {
         bootstrap: bootstrap(),
         properties: [(TANSU_WORKAROUND.0.to_owned(), TANSU_WORKAROUND.1.to_owned())].into(),
-        ..super::KafkaOptions::default()
+        ..super::options::KafkaOptions::default()
     }
 }
 

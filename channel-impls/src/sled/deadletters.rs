@@ -1,17 +1,29 @@
 //! Dead letters in the sled database, so events that exhausted their retries survive
-//! restarts like the channel they came from. Keys are `trigger \0 id` (big-endian id
+//! restarts like the channel they came from. They share the channels' group commit. Keys are `trigger \0 id` (big-endian id
 //! from sled's monotonic id generator), so a trigger's letters list in order; values
 //! are JSON with the event in structured mode, readable with any sled tool.
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cemesh_proto::json;
 use serde::{Deserialize, Serialize};
 
+use super::db::Owner;
+use super::flusher::Flusher;
+use super::util::storage;
 use crate::deadletter::{Attempt, DeadLetter, DeadLetterStore};
-use crate::sled::{DeadLetterGuard, Flusher};
 use crate::ChannelError;
+
+/// Keeps the database open while a dead-letter store uses it.
+struct DeadLetterGuard(#[allow(dead_code)] Arc<Owner>);
+
+impl fmt::Debug for DeadLetterGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeadLetterGuard")
+    }
+}
 
 /// The durable dead-letter store of a [`crate::SledStore`].
 #[derive(Debug)]
@@ -31,10 +43,6 @@ struct Stored {
     event: Box<serde_json::value::RawValue>,
 }
 
-fn storage(what: &str, e: impl std::fmt::Display) -> ChannelError {
-    ChannelError::Storage(format!("{what}: {e}"))
-}
-
 fn key(trigger: &str, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(trigger.len() + 9);
     k.extend_from_slice(trigger.as_bytes());
@@ -50,25 +58,25 @@ fn prefix(trigger: &str) -> Vec<u8> {
 }
 
 impl SledDeadLetters {
-    pub(crate) fn new(
+    pub(super) fn new(
         db: sled::Db,
         tree: sled::Tree,
         flusher: Arc<Flusher>,
-        guard: DeadLetterGuard,
+        owner: Arc<Owner>,
     ) -> Self {
         SledDeadLetters {
             db,
             tree,
             flusher,
-            _guard: guard,
+            _guard: DeadLetterGuard(owner),
         }
     }
 
     fn decode(id: u64, value: &[u8]) -> Result<DeadLetter, ChannelError> {
         let s: Stored = serde_json::from_slice(value)
-            .map_err(|e| storage(&format!("dead letter {id} is unreadable"), e))?;
+            .map_err(|e| storage(format!("dead letter {id} is unreadable"), e))?;
         let event = json::decode_event(s.event.get().as_bytes())
-            .map_err(|e| storage(&format!("dead letter {id} holds an invalid event"), e))?;
+            .map_err(|e| storage(format!("dead letter {id} holds an invalid event"), e))?;
         Ok(DeadLetter {
             id,
             trigger: s.trigger,

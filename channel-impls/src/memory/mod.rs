@@ -1,0 +1,7 @@
+//! The in-memory channel and its dead letters: fast, bounded, and lost on restart.
+
+mod channel;
+mod deadletters;
+
+pub use channel::{MemoryChannel, MemoryConfig};
+pub use deadletters::MemoryDeadLetters;

@@ -1,0 +1,252 @@
+//! A broker's durable channel ([`SledChannel`]): `append` writes a batch atomically
+//! and waits for the group commit as its [`Durability`] says; `subscribe` and
+//! `unsubscribe` change cursors durably.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cemesh_proto::{codec, Event};
+
+use super::config::{Durability, SledConfig};
+use super::db::Owner;
+use super::layout::{cursor_key, mark_key, record_key};
+use super::log::{ChannelShared, SubState};
+use super::subscription::SledSubscription;
+use super::util::{lock, now_ms, storage};
+use crate::{AckTracker, Channel, ChannelError, StartAt, Subscription};
+
+/// A time mark is written at most this often (milliseconds).
+const MARK_EVERY_MS: u64 = 1000;
+
+/// A broker's durable channel. Cheap to clone; every clone is the same channel.
+#[derive(Clone)]
+pub struct SledChannel {
+    pub(super) owner: Arc<Owner>,
+    pub(super) shared: Arc<ChannelShared>,
+}
+
+impl fmt::Debug for SledChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledChannel")
+            .field("broker", &self.shared.broker)
+            .field("path", &self.owner.core.path)
+            .finish()
+    }
+}
+
+impl SledChannel {
+    pub fn broker_id(&self) -> &str {
+        &self.shared.broker
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> SledConfig {
+        self.shared.lock().config.clone()
+    }
+
+    /// How many distinct stored records were found undecodable (or missing) and
+    /// skipped since the channel was opened.
+    pub fn corrupt_records(&self) -> u64 {
+        self.shared.lock().corrupt_total
+    }
+
+    /// Enforces retention now instead of waiting for the maintenance thread; returns
+    /// how many records were deleted.
+    pub async fn enforce_retention(&self) -> Result<u64, ChannelError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.trim())
+            .await
+            .map_err(|e| storage("enforcing retention", e))?
+    }
+
+    /// Reads one raw key of this broker's tree (tests inspect the layout with it).
+    #[doc(hidden)]
+    pub fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
+        self.shared
+            .tree
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| storage("reading a raw key", e))
+    }
+
+    async fn durable(&self, durability: Durability) -> Result<(), ChannelError> {
+        match durability {
+            Durability::FlushPerBatch => {
+                let ticket = self.shared.flusher.request();
+                self.shared.flusher.wait(ticket).await
+            }
+            Durability::Interval(d) => {
+                self.shared.flusher.request_within(d);
+                Ok(())
+            }
+            Durability::None => Ok(()),
+        }
+    }
+
+    /// Runs blocking work that changes subscriptions.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ChannelShared) -> Result<T, ChannelError> + Send + 'static,
+    ) -> Result<T, ChannelError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| storage("updating subscriptions", e))?
+    }
+}
+
+#[async_trait]
+impl Channel for SledChannel {
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
+        let sh = &*self.shared;
+        sh.check_open()?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<Bytes> = events.iter().map(codec::encode).collect();
+        let n = encoded.len() as u64;
+        let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
+        let durability = {
+            let _append = lock(&sh.append_lock);
+            sh.check_open()?;
+            let (first, durability, mark) = {
+                let st = sh.lock();
+                st.admit(n, bytes)?;
+                let now = now_ms();
+                let last_mark = st.marks.back().map_or(0, |(_, ms)| *ms);
+                let mark = (now >= last_mark + MARK_EVERY_MS).then_some(now);
+                (st.next, st.config.durability, mark)
+            };
+            let mut batch = sled::Batch::default();
+            for (i, b) in encoded.iter().enumerate() {
+                batch.insert(&record_key(first + i as u64)[..], b.as_ref());
+            }
+            if let Some(ms) = mark {
+                batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
+            }
+            sh.tree.apply_batch(batch).map_err(|e| {
+                storage(
+                    format_args!("appending {n} events to broker {}", sh.broker),
+                    e,
+                )
+            })?;
+            let mut st = sh.lock();
+            st.next += n;
+            st.last_append_ms = mark.unwrap_or_else(now_ms);
+            if let Some(ms) = mark {
+                st.marks.push_back((first, ms));
+            }
+            if let Some(sizes) = &mut st.sizes {
+                sizes.extend(
+                    encoded
+                        .iter()
+                        .map(|b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
+                );
+                st.backlog_bytes += bytes;
+            }
+            st.sync_floor();
+            durability
+        };
+        sh.notify.notify_waiters();
+        self.durable(durability).await
+    }
+
+    async fn subscribe(
+        &self,
+        name: &str,
+        start: StartAt,
+    ) -> Result<Arc<dyn Subscription>, ChannelError> {
+        self.shared.check_open()?;
+        let owned = name.to_owned();
+        let created = self
+            .blocking(move |sh| {
+                let mut st = sh.lock();
+                sh.check_open()?;
+                if let Some(sub) = st.subs.get_mut(&owned) {
+                    sub.tracker.reset();
+                    sub.read = sub.tracker.committed();
+                    return Ok(false);
+                }
+                let at = match start {
+                    StartAt::Earliest => st.base,
+                    StartAt::Latest => st.next,
+                    StartAt::Offset(o) => o.clamp(st.base, st.next),
+                };
+                sh.tree
+                    .insert(cursor_key(&owned), &at.to_be_bytes()[..])
+                    .map_err(|e| {
+                        storage(format_args!("creating subscription {owned:?} of broker {}", sh.broker), e)
+                    })?;
+                st.subs.insert(
+                    owned.clone(),
+                    SubState {
+                        tracker: AckTracker::new(at),
+                        read: at,
+                        persisted: at,
+                    },
+                );
+                st.sync_floor();
+                st.backfill_sizes(&sh.tree, &sh.broker)?;
+                tracing::info!(broker = %sh.broker, subscription = %owned, offset = at, "subscription created");
+                Ok(true)
+            })
+            .await?;
+        if created {
+            // A subscription forgotten in a crash would restart at `Latest` and miss
+            // events: make its cursor durable before answering.
+            let ticket = self.shared.flusher.request();
+            self.shared.flusher.wait(ticket).await?;
+        }
+        Ok(Arc::new(SledSubscription {
+            _owner: self.owner.clone(),
+            shared: self.shared.clone(),
+            name: name.to_owned(),
+        }))
+    }
+
+    async fn unsubscribe(&self, name: &str) -> Result<(), ChannelError> {
+        self.shared.check_open()?;
+        let owned = name.to_owned();
+        let existed = self
+            .blocking(move |sh| {
+                let mut st = sh.lock();
+                if st.subs.remove(&owned).is_none() {
+                    return Ok(false);
+                }
+                sh.tree.remove(cursor_key(&owned)).map_err(|e| {
+                    storage(
+                        format_args!("removing subscription {owned:?} of broker {}", sh.broker),
+                        e,
+                    )
+                })?;
+                st.sync_floor();
+                st.backfill_sizes(&sh.tree, &sh.broker)?;
+                tracing::info!(broker = %sh.broker, subscription = %owned, "subscription removed");
+                Ok(true)
+            })
+            .await?;
+        self.shared.notify.notify_waiters();
+        if existed {
+            self.owner.core.maint.wake();
+            let ticket = self.shared.flusher.request();
+            self.shared.flusher.wait(ticket).await?;
+        }
+        Ok(())
+    }
+
+    async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
+        self.shared.check_open()?;
+        let st = self.shared.lock();
+        let sub = st
+            .subs
+            .get(name)
+            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
+        Ok(st.next - sub.tracker.committed())
+    }
+}

@@ -1,0 +1,58 @@
+//! Settings: per-broker channel settings and the process-wide database options.
+
+use std::time::Duration;
+
+/// When `append` returns, relative to the fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After the batch is flushed to disk (shared with concurrent appends). Safe.
+    #[default]
+    FlushPerBatch,
+    /// At once; a flush follows within the interval. A crash loses at most that much.
+    Interval(Duration),
+    /// At once; sled's own background flush (every 500 ms) makes it durable.
+    None,
+}
+
+/// Per-broker settings of a sled channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledConfig {
+    pub durability: Durability,
+    /// How long records every subscription has passed are kept (for replay with
+    /// `StartAt::Earliest`/`Offset`). Zero: deleted as soon as all have passed.
+    pub retention: Duration,
+    /// Newest records kept while the broker has no subscription.
+    pub retain_without_subscribers: u64,
+    /// Cap on the slowest subscription's backlog, in records (with no subscription:
+    /// on the records kept for a later one). Past it `append` answers `Full`.
+    pub max_backlog_records: u64,
+    /// The same cap in stored bytes; `u64::MAX` disables it (and its bookkeeping).
+    pub max_backlog_bytes: u64,
+}
+
+impl Default for SledConfig {
+    fn default() -> Self {
+        SledConfig {
+            durability: Durability::FlushPerBatch,
+            retention: Duration::ZERO,
+            retain_without_subscribers: 0,
+            max_backlog_records: 1_000_000,
+            max_backlog_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Settings of the process-wide database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledStoreOptions {
+    /// sled's page cache size (approximate bound on the RAM it uses).
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for SledStoreOptions {
+    fn default() -> Self {
+        SledStoreOptions {
+            cache_capacity_bytes: 256 << 20,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The flusher: group commit for a store. Appends (and dead letters) insert their
+//! writes, then ask for a ticket and wait; one thread runs `flush` in a loop, and
+//! each flush covers every writer that arrived while the previous one ran, so
+//! concurrent producers share fsyncs instead of paying one each.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::util::lock;
+use crate::ChannelError;
+
+#[derive(Debug, Clone, Default)]
+struct FlushStatus {
+    /// Every ticket up to this one has been flushed (or failed).
+    done: u64,
+    /// Every ticket up to this one is durable.
+    last_ok: u64,
+    error: Option<String>,
+}
+
+#[derive(Debug)]
+struct FlushState {
+    /// Ticket handed to writers arriving now; the flusher takes it and moves on.
+    epoch: u64,
+    /// A writer waits for the next flush.
+    waiting: bool,
+    /// Flush no later than this (Durability::Interval).
+    deadline: Option<Instant>,
+    shutdown: bool,
+}
+
+/// The single flusher thread of a store, and the tickets appenders wait on.
+#[derive(Debug)]
+pub(super) struct Flusher {
+    state: Mutex<FlushState>,
+    cv: Condvar,
+    status: watch::Sender<FlushStatus>,
+    pub(super) flushes: AtomicU64,
+}
+
+impl Flusher {
+    pub(super) fn new() -> Self {
+        Flusher {
+            state: Mutex::new(FlushState {
+                epoch: 1,
+                waiting: false,
+                deadline: None,
+                shutdown: false,
+            }),
+            cv: Condvar::new(),
+            status: watch::Sender::new(FlushStatus::default()),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks for a flush covering every write made before this call; returns the
+    /// ticket to wait for.
+    pub(super) fn request(&self) -> u64 {
+        let ticket = {
+            let mut st = lock(&self.state);
+            st.waiting = true;
+            st.epoch
+        };
+        self.cv.notify_one();
+        ticket
+    }
+
+    /// Asks for a flush within `within`, without waiting for it.
+    pub(super) fn request_within(&self, within: Duration) {
+        let at = Instant::now() + within;
+        {
+            let mut st = lock(&self.state);
+            st.deadline = Some(st.deadline.map_or(at, |d| d.min(at)));
+        }
+        self.cv.notify_one();
+    }
+
+    pub(super) async fn wait(&self, ticket: u64) -> Result<(), ChannelError> {
+        let mut rx = self.status.subscribe();
+        let status = rx
+            .wait_for(|s| s.done >= ticket)
+            .await
+            .map_err(|_| ChannelError::Closed)?
+            .clone();
+        if status.last_ok >= ticket {
+            Ok(())
+        } else {
+            Err(ChannelError::Storage(format!(
+                "flushing to disk failed: {}",
+                status.error.as_deref().unwrap_or("unknown error")
+            )))
+        }
+    }
+
+    /// The flusher thread's loop: one `flush` per round covers every writer that
+    /// arrived while the previous one ran.
+    pub(super) fn run(&self, db: sled::Db) {
+        loop {
+            let ticket = {
+                let mut st = lock(&self.state);
+                loop {
+                    if st.waiting || st.deadline.is_some_and(|d| d <= Instant::now()) {
+                        break;
+                    }
+                    if st.shutdown {
+                        return;
+                    }
+                    st = match st.deadline {
+                        Some(d) => {
+                            let wait = d.saturating_duration_since(Instant::now());
+                            self.cv
+                                .wait_timeout(st, wait)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+                st.waiting = false;
+                st.deadline = None;
+                st.epoch += 1;
+                st.epoch - 1
+            };
+            let result = db.flush();
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.status.send_modify(|s| {
+                s.done = ticket;
+                match result {
+                    Ok(_) => {
+                        s.last_ok = ticket;
+                        s.error = None;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "sled flush failed; appends waiting for it fail");
+                        s.error = Some(e.to_string());
+                    }
+                }
+            });
+        }
+    }
+
+    pub(super) fn shutdown(&self) {
+        lock(&self.state).shutdown = true;
+        self.cv.notify_all();
+    }
+}

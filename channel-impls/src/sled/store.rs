@@ -1,0 +1,217 @@
+//! The process-wide database ([`SledStore`]): opening it and its threads, opening
+//! and removing brokers' channels, and the dead-letter tree.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::channel::SledChannel;
+use super::config::{SledConfig, SledStoreOptions};
+use super::db::{Core, Owner};
+use super::deadletters::SledDeadLetters;
+use super::flusher::Flusher;
+use super::layout;
+use super::log::ChannelShared;
+use super::maintenance::Maint;
+use super::util::{lock, storage};
+use crate::ChannelError;
+
+/// How long `open` retries while a previous instance in this process still closes.
+const LOCK_RETRY: Duration = Duration::from_secs(2);
+
+/// The process-wide sled database holding every broker's channel.
+#[derive(Clone)]
+pub struct SledStore {
+    owner: Arc<Owner>,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.owner.core.path)
+            .finish()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in directory `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, ChannelError> {
+        Self::open_with(path, SledStoreOptions::default())
+    }
+
+    /// Opens (or creates) the database in directory `path`.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SledStoreOptions,
+    ) -> Result<SledStore, ChannelError> {
+        let path = path.as_ref().to_path_buf();
+        let config = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(options.cache_capacity_bytes);
+        let started = Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // The same directory closing elsewhere in this process (a handle
+                // dropped on another thread): wait a little for its lock.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < LOCK_RETRY =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(storage(
+                        format_args!("opening sled database {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        };
+        tracing::info!(path = %path.display(), recovered = db.was_recovered(), "sled store opened");
+        let core = Arc::new(Core {
+            db: db.clone(),
+            path,
+            flusher: Arc::new(Flusher::new()),
+            maint: Arc::new(Maint::default()),
+            channels: Mutex::new(HashMap::new()),
+        });
+        let flusher = core.flusher.clone();
+        let flush_thread = std::thread::Builder::new()
+            .name("cemesh-sled-flush".into())
+            .spawn(move || flusher.run(db))
+            .map_err(|e| storage("starting the sled flusher thread", e))?;
+        let mut owner = Owner {
+            core: core.clone(),
+            flush_thread: Some(flush_thread),
+            maint_thread: None,
+        };
+        let maint_thread = std::thread::Builder::new()
+            .name("cemesh-sled-maint".into())
+            .spawn(move || core.maint.clone().run(|| core.snapshot()))
+            .map_err(|e| storage("starting the sled maintenance thread", e))?;
+        owner.maint_thread = Some(maint_thread);
+        Ok(SledStore {
+            owner: Arc::new(owner),
+        })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.owner.core.path
+    }
+
+    /// Opens a broker's channel (creating it if new, recovering it otherwise). Asking
+    /// again for an open broker returns a handle to the same channel, with `config`
+    /// replacing the previous settings.
+    pub fn channel(
+        &self,
+        broker_id: &str,
+        config: SledConfig,
+    ) -> Result<SledChannel, ChannelError> {
+        let core = &self.owner.core;
+        let mut channels = lock(&core.channels);
+        let shared = match channels.get(broker_id) {
+            Some(shared) => {
+                shared.reconfigure(config)?;
+                shared.clone()
+            }
+            None => {
+                let shared = Arc::new(ChannelShared::open(
+                    &core.db,
+                    core.flusher.clone(),
+                    broker_id,
+                    config,
+                )?);
+                channels.insert(broker_id.to_owned(), shared.clone());
+                shared
+            }
+        };
+        Ok(SledChannel {
+            owner: self.owner.clone(),
+            shared,
+        })
+    }
+
+    /// Deletes a broker's channel: its records and cursors. Open handles to it answer
+    /// [`ChannelError::Closed`] from then on. Returns whether anything was stored.
+    pub fn remove_channel(&self, broker_id: &str) -> Result<bool, ChannelError> {
+        let core = &self.owner.core;
+        let removed = lock(&core.channels).remove(broker_id);
+        if let Some(shared) = &removed {
+            // Wait for an append in flight, then refuse everything.
+            let _append = lock(&shared.append_lock);
+            let _state = shared.lock();
+            shared.closed.store(true, Ordering::SeqCst);
+            shared.notify.notify_waiters();
+        }
+        let existed = core
+            .db
+            .drop_tree(layout::tree_name(broker_id))
+            .map_err(|e| {
+                storage(
+                    format_args!("removing the channel of broker {broker_id}"),
+                    e,
+                )
+            })?;
+        core.flusher.request_within(Duration::ZERO);
+        tracing::info!(broker = %broker_id, existed, "sled channel removed");
+        Ok(existed)
+    }
+
+    /// Broker ids that have a channel on disk (open or not).
+    pub fn stored_channels(&self) -> Vec<String> {
+        self.owner
+            .core
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .filter_map(|n| n.strip_prefix(layout::TREE_PREFIX))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Writes every cursor and flushes the database. Blocks (call it from
+    /// `spawn_blocking` in async code, or use [`SledStore::close`]).
+    pub fn flush(&self) -> Result<(), ChannelError> {
+        self.owner.core.flush_all()
+    }
+
+    /// Clean shutdown: persists cursors and flushes. The database closes once the
+    /// last handle (channels and subscriptions included) is dropped.
+    pub async fn close(self) -> Result<(), ChannelError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| storage("flushing the sled store", e))??;
+        drop(self);
+        Ok(())
+    }
+
+    /// The dead-letter store kept in this database (tree `deadletters`), durable like
+    /// the channels: `put` returns after the group commit flushed it.
+    pub fn dead_letters(&self) -> Result<SledDeadLetters, ChannelError> {
+        let tree = self
+            .owner
+            .core
+            .db
+            .open_tree("deadletters")
+            .map_err(|e| storage("opening the dead-letter tree", e))?;
+        Ok(SledDeadLetters::new(
+            self.owner.core.db.clone(),
+            tree,
+            self.owner.core.flusher.clone(),
+            self.owner.clone(),
+        ))
+    }
+
+    /// How many flushes (fsyncs) the group-commit thread made so far.
+    pub fn flushes(&self) -> u64 {
+        self.owner.core.flusher.flushes.load(Ordering::Relaxed)
+    }
+}
