@@ -120,12 +120,8 @@ impl Publisher for PublisherService {
             cemesh_proto::protobuf::from_proto_batch(messages).map_err(|e| refuse(invalid(e)))?;
         let now = knative::now_rfc3339();
         for (i, event) in events.iter_mut().enumerate() {
-            knative::stamp_ingress(event, &now).map_err(|e| {
-                refuse(invalid(EventError {
-                    attribute: e.attribute,
-                    message: format!("event {i} of the batch: {}", e.message),
-                }))
-            })?;
+            knative::stamp_ingress(event, &now)
+                .map_err(|e| refuse(invalid(e.in_batch(i, Some(&event.id)))))?;
         }
         let accepted = u32::try_from(events.len()).unwrap_or(u32::MAX);
         if !events.is_empty() {

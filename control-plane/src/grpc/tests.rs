@@ -245,7 +245,10 @@ async fn refusals_map_to_grpc_codes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("event 1 of the batch"), "{err:?}");
+    assert!(
+        err.message().starts_with("batch event at index 1 (from 0"),
+        "{err:?}"
+    );
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
         .unwrap()
