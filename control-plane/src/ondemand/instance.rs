@@ -10,7 +10,52 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::{Child, Command};
 
-use super::pool::{Exit, Instance, Pool};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
+
+use super::spec::CommandSpec;
+
+/// One running (starting or ready) process of a service.
+pub(crate) struct Instance {
+    /// 1, 2, 3... per service, never reused: the log names instances by it.
+    pub number: u64,
+    pub port: u16,
+    pub base: reqwest::Url,
+    pub ready: AtomicBool,
+    pub in_flight: AtomicUsize,
+    /// When the instance last finished a delivery (or became ready).
+    pub last_done: Mutex<Instant>,
+    /// Asks the instance's task to stop the process.
+    pub stop: CancellationToken,
+    /// Started to serve a service that had no instance (a cold start).
+    pub cold: bool,
+}
+
+/// Why an instance's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// We stopped it (idle or shutdown).
+    Stopped,
+    /// It could not start or never became ready.
+    FailedStart(String),
+    /// It exited on its own.
+    Crashed(String),
+}
+
+/// The side of a pool an instance's task talks to: what to run and how to probe it,
+/// and where to report readiness and the exit. (The pool depends on this module,
+/// never the other way round.)
+pub(crate) trait Supervisor: Send + Sync + 'static {
+    /// The service's name, for logs and the instance's environment.
+    fn service(&self) -> &str;
+    fn spec(&self) -> &CommandSpec;
+    /// The HTTP client readiness probes use.
+    fn probe(&self) -> &reqwest::Client;
+    fn became_ready(&self, inst: &Instance, took: Duration);
+    fn exited(&self, inst: &Instance, exit: Exit, uptime: Duration);
+}
 
 /// How often readiness is probed while an instance starts.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
@@ -18,22 +63,32 @@ const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// not grow our memory).
 const MAX_LINE: usize = 16 * 1024;
 
-pub(crate) async fn run(pool: Arc<Pool>, inst: Arc<Instance>) {
+pub(crate) async fn run<P: Supervisor>(pool: Arc<P>, inst: Arc<Instance>) {
     let started = Instant::now();
-    let mut child = match spawn(&pool, &inst) {
+    let mut child = match spawn(&*pool, &inst) {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("cannot run {:?}: {e}", pool.spec.command);
+            let msg = format!("cannot run {:?}: {e}", pool.spec().command);
             pool.exited(&inst, Exit::FailedStart(msg), started.elapsed());
             return;
         }
     };
     let pid = child.id();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(out, pool.name.clone(), inst.number, "stdout"));
+        tokio::spawn(forward(
+            out,
+            pool.service().to_owned(),
+            inst.number,
+            "stdout",
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(err, pool.name.clone(), inst.number, "stderr"));
+        tokio::spawn(forward(
+            err,
+            pool.service().to_owned(),
+            inst.number,
+            "stderr",
+        ));
     }
 
     enum Start {
@@ -43,7 +98,7 @@ pub(crate) async fn run(pool: Arc<Pool>, inst: Arc<Instance>) {
         Stop,
     }
     let start = tokio::select! {
-        r = wait_ready(&pool, &inst) => if r { Start::Ready } else { Start::TimedOut },
+        r = wait_ready(&*pool, &inst) => if r { Start::Ready } else { Start::TimedOut },
         status = child.wait() => Start::Exited(describe(status)),
         _ = inst.stop.cancelled() => Start::Stop,
     };
@@ -57,7 +112,7 @@ pub(crate) async fn run(pool: Arc<Pool>, inst: Arc<Instance>) {
                     Exit::Crashed(describe(status))
                 }
                 _ = inst.stop.cancelled() => {
-                    stop(&mut child, pid, pool.spec.stop_grace).await;
+                    stop(&mut child, pid, pool.spec().stop_grace).await;
                     Exit::Stopped
                 }
             }
@@ -67,33 +122,34 @@ pub(crate) async fn run(pool: Arc<Pool>, inst: Arc<Instance>) {
             Exit::FailedStart(format!("exited before it was ready: {status}"))
         }
         Start::TimedOut => {
-            stop(&mut child, pid, pool.spec.stop_grace).await;
-            Exit::FailedStart(match &pool.spec.readiness {
+            stop(&mut child, pid, pool.spec().stop_grace).await;
+            Exit::FailedStart(match &pool.spec().readiness {
                 Some(path) => format!(
                     "GET {path} did not answer 2xx within {:?}",
-                    pool.spec.start_timeout
+                    pool.spec().start_timeout
                 ),
                 None => format!(
                     "port {} did not accept connections within {:?}",
-                    inst.port, pool.spec.start_timeout
+                    inst.port,
+                    pool.spec().start_timeout
                 ),
             })
         }
         Start::Stop => {
-            stop(&mut child, pid, pool.spec.stop_grace).await;
+            stop(&mut child, pid, pool.spec().stop_grace).await;
             Exit::Stopped
         }
     };
     pool.exited(&inst, exit, started.elapsed());
 }
 
-fn spawn(pool: &Pool, inst: &Instance) -> std::io::Result<Child> {
-    let spec = &pool.spec;
+fn spawn(pool: &impl Supervisor, inst: &Instance) -> std::io::Result<Child> {
+    let spec = pool.spec();
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .envs(&spec.env)
         .env(&spec.port_env, inst.port.to_string())
-        .env("CEMESH_SERVICE", &pool.name)
+        .env("CEMESH_SERVICE", pool.service())
         .env("CEMESH_INSTANCE", inst.number.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -111,17 +167,17 @@ fn spawn(pool: &Pool, inst: &Instance) -> std::io::Result<Child> {
 }
 
 /// Probes until ready; false when `start_timeout` passed first.
-async fn wait_ready(pool: &Pool, inst: &Instance) -> bool {
-    let deadline = tokio::time::Instant::now() + pool.spec.start_timeout;
+async fn wait_ready(pool: &impl Supervisor, inst: &Instance) -> bool {
+    let deadline = tokio::time::Instant::now() + pool.spec().start_timeout;
     let url = pool
-        .spec
+        .spec()
         .readiness
         .as_ref()
         .and_then(|path| inst.base.join(path.trim_start_matches('/')).ok());
     loop {
         let ready = match &url {
             Some(url) => matches!(
-                pool.probe.get(url.clone()).send().await,
+                pool.probe().get(url.clone()).send().await,
                 Ok(r) if r.status().is_success()
             ),
             None => tokio::net::TcpStream::connect(("127.0.0.1", inst.port))

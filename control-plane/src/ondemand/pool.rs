@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::instance;
+use super::instance::{self, Exit, Instance, Supervisor};
 use super::spec::CommandSpec;
 
 /// An instance that stayed up this long before exiting resets the crash backoff.
@@ -32,39 +32,6 @@ const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often a delivery waiting for an instance re-checks without a wake-up (a crash
 /// backoff ending, a start timing out).
 const RECHECK: Duration = Duration::from_millis(100);
-
-/// One running (starting or ready) process of a service.
-pub(crate) struct Instance {
-    /// 1, 2, 3... per service, never reused: the log names instances by it.
-    pub number: u64,
-    pub port: u16,
-    pub base: reqwest::Url,
-    pub ready: AtomicBool,
-    pub in_flight: AtomicUsize,
-    /// When the instance last finished a delivery (or became ready).
-    pub last_done: Mutex<Instant>,
-    /// Asks the instance's task to stop the process.
-    pub stop: CancellationToken,
-    /// Started to serve a service that had no instance (a cold start).
-    pub cold: bool,
-}
-
-impl Instance {
-    fn idle_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(*lock(&self.last_done))
-    }
-}
-
-/// Why an instance's process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Exit {
-    /// We stopped it (idle or shutdown).
-    Stopped,
-    /// It could not start or never became ready.
-    FailedStart(String),
-    /// It exited on its own.
-    Crashed(String),
-}
 
 #[derive(Default)]
 struct State {
@@ -94,6 +61,25 @@ pub(crate) struct Pool {
     pub probe: reqwest::Client,
 }
 
+/// What an instance's task tells its pool, and reads from it.
+impl Supervisor for Pool {
+    fn service(&self) -> &str {
+        &self.name
+    }
+    fn spec(&self) -> &CommandSpec {
+        &self.spec
+    }
+    fn probe(&self) -> &reqwest::Client {
+        &self.probe
+    }
+    fn became_ready(&self, inst: &Instance, took: Duration) {
+        Pool::became_ready(self, inst, took);
+    }
+    fn exited(&self, inst: &Instance, exit: Exit, uptime: Duration) {
+        Pool::exited(self, inst, exit, uptime);
+    }
+}
+
 impl fmt::Debug for Pool {
     // Stable across calls: a trigger's fingerprint includes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,6 +88,10 @@ impl fmt::Debug for Pool {
             .field("command", &self.spec.command)
             .finish()
     }
+}
+
+fn idle_for(inst: &Instance, now: Instant) -> Duration {
+    now.saturating_duration_since(*lock(&inst.last_done))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,7 +281,7 @@ impl Pool {
                     let inst = &st.instances[i];
                     if inst.ready.load(SeqCst)
                         && inst.in_flight.load(SeqCst) == 0
-                        && inst.idle_for(now) >= self.spec.idle
+                        && idle_for(inst, now) >= self.spec.idle
                     {
                         let inst = st.instances.remove(i);
                         st.stopping += 1;
