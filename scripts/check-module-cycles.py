@@ -16,6 +16,7 @@ import sys
 PATH = re.compile(r"\b((?:crate|super)(?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 # `use super::{a, b::C}` and `use crate::{...}` groups.
 GROUP = re.compile(r"\b((?:crate|super)(?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^}]*)\}")
+COMMENT = re.compile(r"(?m)^\s*//.*$|\s//\s.*$")
 TESTS = re.compile(r"#\[cfg\(test\)\]\s*(?:pub\s+)?mod\s+\w+\s*\{")
 
 
@@ -70,6 +71,8 @@ def graph(src):
         cut = TESTS.search(text)
         if cut:
             text = text[: cut.start()]
+        # Comments (doc links included) mention modules without using them.
+        text = COMMENT.sub("", text)
         is_dir = f.endswith(("mod.rs", "lib.rs", "main.rs"))
         for p in paths_in(text):
             target = resolve(m, is_dir, p, modules)

@@ -9,10 +9,12 @@ pub mod delivery;
 pub mod endpoint;
 pub mod filter;
 pub mod pipeline;
+pub mod runtime;
 pub mod trigger;
 
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use endpoint::{Endpoints, Lease};
 pub use filter::{Filter, FilterError};
 pub use pipeline::{Processed, TriggerContext, TriggerMetrics, TriggerStats};
-pub use trigger::{spawn_trigger, TriggerHandle, TriggerKey, TriggerRuntime};
+pub use runtime::{TriggerKey, TriggerRuntime};
+pub use trigger::{spawn_trigger, TriggerHandle};

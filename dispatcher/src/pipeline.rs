@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::delivery::{is_retryable, Deliverer, Failure, Format, Success};
-use crate::trigger::TriggerRuntime;
+use crate::runtime::TriggerRuntime;
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]

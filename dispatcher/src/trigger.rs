@@ -3,7 +3,6 @@
 //! ack what the pipeline finished. A trigger never waits on another: each has its own
 //! loop, subscription and permits.
 
-use std::fmt;
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -15,52 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{DeliverySpec, Ordering};
-use crate::endpoint::Endpoints;
-use crate::filter::Filter;
+use crate::delivery::Ordering;
 use crate::pipeline::{Processed, TriggerContext};
-
-/// A trigger's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TriggerKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl TriggerKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        TriggerKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The channel subscription name for this trigger.
-    pub fn subscription_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-impl fmt::Display for TriggerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A trigger as the data plane runs it: references resolved, filter compiled.
-#[derive(Debug, Clone)]
-pub struct TriggerRuntime {
-    pub key: TriggerKey,
-    pub broker: String,
-    pub filter: Filter,
-    pub subscriber: reqwest::Url,
-    pub delivery: DeliverySpec,
-    /// Deliveries in flight at most.
-    pub parallelism: usize,
-    /// Set when the subscriber is a pool of on-demand instances: each attempt leases
-    /// one and `subscriber`'s host is replaced by the instance's.
-    pub endpoints: Option<Arc<dyn Endpoints>>,
-}
+pub use crate::runtime::{TriggerKey, TriggerRuntime};
 
 /// A running trigger loop.
 #[derive(Debug)]

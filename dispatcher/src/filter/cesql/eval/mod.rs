@@ -21,8 +21,10 @@
 
 use std::borrow::Cow;
 
+mod calls;
+
 use super::ast::{BinaryOp, Expr, Literal};
-use super::functions::{self, Function};
+use super::functions::Function;
 use super::{ErrorKind, EvalError, EventAttributes, Value};
 
 /// Where errors go: a list (complete evaluation) or just a flag (filters).
@@ -256,7 +258,7 @@ impl<'a, E: EventAttributes + ?Sized> Ctx<'a, '_, E> {
             },
             Expr::In { expr, set, negated } => self.in_set(expr, set, *negated),
             Expr::Call { function, args } => match function {
-                Function::Builtin(b) => functions::call(self, *b, args),
+                Function::Builtin(b) => calls::call(self, *b, args),
                 Function::Unknown(name) => {
                     self.error(ErrorKind::MissingFunction, || {
                         format!("no function {name} taking {} argument(s)", args.len())
