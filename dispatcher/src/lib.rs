@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod endpoint;
 pub mod filter;
 pub mod pipeline;
+pub mod retry;
 pub mod runtime;
 pub mod trigger;
 
@@ -16,5 +17,6 @@ pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use endpoint::{Endpoints, Lease};
 pub use filter::{Filter, FilterError};
 pub use pipeline::{Processed, TriggerContext, TriggerMetrics, TriggerStats};
+pub use retry::{GiveUp, RetryAction, RetryState};
 pub use runtime::{TriggerKey, TriggerRuntime};
 pub use trigger::{spawn_trigger, TriggerHandle};

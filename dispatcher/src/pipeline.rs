@@ -19,7 +19,8 @@ use metrics::{Counter, Gauge, Histogram};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::delivery::{is_retryable, Deliverer, Failure, Format, Success};
+use crate::delivery::{Deliverer, Failure, Format, Success};
+use crate::retry::{RetryAction, RetryState};
 use crate::runtime::TriggerRuntime;
 
 /// What became of an event.
@@ -288,13 +289,10 @@ impl TriggerContext {
             _ => None,
         };
         let mut attempts: Vec<(Attempt, Failure)> = Vec::new();
-        // Attempts counted against `retry`; cold-start failures within the grace
-        // period are not.
-        let mut k = 0u32;
-        let mut cold_since: Option<Instant> = None;
+        let mut retry = RetryState::default();
+        let mut wait: Option<Duration> = None;
         loop {
-            if let Some(last) = attempts.last().map(|(_, f)| f.clone()) {
-                let wait = spec.wait_before(k.max(1), &last);
+            if let Some(wait) = wait.take() {
                 tokio::select! {
                     _ = cancel.cancelled() => return Sent::Interrupted,
                     _ = tokio::time::sleep(wait) => {}
@@ -351,18 +349,14 @@ impl TriggerContext {
                     if let Some(s) = failure.status {
                         span.record("status", s);
                     }
-                    let in_grace = match (spec.cold_start_grace, failure.looks_cold()) {
-                        (Some(grace), true) => {
-                            let since = *cold_since.get_or_insert_with(Instant::now);
-                            since.elapsed() < grace
+                    let action = retry.after_failure(spec, &failure, Instant::now());
+                    let (in_grace, last) = match action {
+                        RetryAction::Retry { wait: w, counted } => {
+                            wait = Some(w);
+                            (!counted, false)
                         }
-                        _ => false,
+                        RetryAction::DontRetry(_) => (false, true),
                     };
-                    if !in_grace {
-                        k += 1;
-                    }
-                    let retryable = is_retryable(failure.status);
-                    let last = k > spec.retry || !retryable;
                     span.in_scope(|| {
                         tracing::warn!(
                             status = ?failure.status,
