@@ -1,0 +1,129 @@
+//! Everything that happens to one event a trigger matched, until it can be acked:
+//! attempts with retries and backoff, the reply fed back into the broker, the
+//! dead-letter sink, and the built-in dead-letter store when the sink is absent or
+//! fails. Nothing is dropped silently: an event leaves here delivered, dead-lettered
+//! somewhere durable, or interrupted (not acked, so the channel delivers it again).
+//!
+//! `TriggerContext` is one type whose methods live by concern: `process` here
+//! (the order of things), [`send`] (attempts and retries), [`reply`] (answers that
+//! carry events), [`deadletter`] (the error extensions and the built-in store) and
+//! [`stats`] (counters and metric handles).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use cemesh_channels::{Attempt, Channel, DeadLetterStore};
+use cemesh_proto::{knative, metric_names as names, Event};
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::{Deliverer, Failure, Success};
+use crate::runtime::TriggerRuntime;
+
+mod deadletter;
+mod reply;
+mod send;
+mod stats;
+
+use deadletter::knative_error;
+use stats::InFlight;
+pub use stats::{TriggerMetrics, TriggerStats};
+
+/// What became of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    /// The subscriber took it (any reply was appended or dead-lettered).
+    Delivered,
+    /// Retries ran out or the failure was final; the event is in the dead-letter sink
+    /// or the built-in store.
+    DeadLettered,
+    /// Shutdown interrupted it; it must not be acked.
+    Interrupted,
+}
+
+/// A trigger's delivery pipeline: its policy and everything it writes to.
+#[derive(Debug, Clone)]
+pub struct TriggerContext {
+    pub runtime: Arc<TriggerRuntime>,
+    pub deliverer: Deliverer,
+    /// The trigger's broker, where replies go.
+    pub broker: Arc<dyn Channel>,
+    pub dead_letters: Arc<dyn DeadLetterStore>,
+    pub stats: Arc<TriggerStats>,
+    pub metrics: Arc<TriggerMetrics>,
+}
+
+impl TriggerContext {
+    /// Runs the event through the pipeline. `cancel` stops waiting between retries
+    /// (the attempt in flight finishes).
+    pub async fn process(&self, event: &Event, cancel: &CancellationToken) -> Processed {
+        let _in_flight = InFlight::enter(self, event);
+        let processed = self.process_inner(event, cancel).await;
+        let key = &self.runtime.key;
+        match processed {
+            Processed::Delivered => {
+                self.stats.delivered.fetch_add(1, Relaxed);
+            }
+            Processed::DeadLettered => {
+                self.stats.dead_lettered.fetch_add(1, Relaxed);
+                let destination = if self.runtime.delivery.dead_letter_sink.is_some() {
+                    "sink"
+                } else {
+                    "store"
+                };
+                self.metrics
+                    .dead_letters
+                    .get_or_init(|| {
+                        metrics::counter!(names::TRIGGER_DEAD_LETTERS, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone(), "destination" => destination)
+                    })
+                    .increment(1);
+            }
+            Processed::Interrupted => {}
+        }
+        processed
+    }
+
+    async fn process_inner(&self, event: &Event, cancel: &CancellationToken) -> Processed {
+        let ttl = knative::ttl(event).unwrap_or(knative::DEFAULT_TTL);
+        let mut outgoing = event.clone();
+        outgoing.remove_extension(knative::BROKER_TTL);
+        let spec = &self.runtime.delivery;
+        let url = &self.runtime.subscriber;
+
+        let (mut attempts, failure) = match self.send(url, &outgoing, spec.format, cancel).await {
+            Sent::Ok(success) => {
+                self.reply(event, &outgoing, ttl, success, cancel).await;
+                return Processed::Delivered;
+            }
+            Sent::Interrupted => return Processed::Interrupted,
+            Sent::Failed(attempts, failure) => (attempts, failure),
+        };
+
+        let mut letter = outgoing;
+        knative_error(&mut letter, url.as_str(), &failure);
+        if let Some(sink) = &spec.dead_letter_sink {
+            match self.send(sink, &letter, spec.format, cancel).await {
+                Sent::Ok(..) => {
+                    tracing::info!(trigger = %self.runtime.key, event.id = %event.id, sink = %sink, "Dead-lettered to the sink");
+                    return Processed::DeadLettered;
+                }
+                Sent::Interrupted => return Processed::Interrupted,
+                Sent::Failed(sink_attempts, sink_failure) => {
+                    attempts.extend(sink_attempts);
+                    let reason = format!(
+                        "dead-letter sink failed ({}) after the subscriber failed ({})",
+                        sink_failure.error, failure.error
+                    );
+                    return self.store(letter, reason, attempts, cancel).await;
+                }
+            }
+        }
+        let reason = format!("delivery failed: {}", failure.error);
+        self.store(letter, reason, attempts, cancel).await
+    }
+}
+
+pub(super) enum Sent {
+    Ok(Success),
+    Failed(Vec<Attempt>, Failure),
+    Interrupted,
+}

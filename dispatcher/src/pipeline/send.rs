@@ -1,0 +1,176 @@
+//! Attempts with retries: each attempt goes to the subscriber (or a leased on-demand
+//! instance) and is recorded; `retry::RetryState` decides whether and when to try
+//! again.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cemesh_channels::Attempt;
+use cemesh_proto::{knative, metric_names as names, Event};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::{Sent, TriggerContext};
+use crate::delivery::{Failure, Format, Success};
+use crate::retry::{RetryAction, RetryState};
+
+impl TriggerContext {
+    /// Attempts with retries; returns the 2xx answer, or every attempt and the last
+    /// failure.
+    pub(super) async fn send(
+        &self,
+        url: &reqwest::Url,
+        event: &Event,
+        format: Format,
+        cancel: &CancellationToken,
+    ) -> Sent {
+        let spec = &self.runtime.delivery;
+        let ns = &self.runtime.key.namespace;
+        let pool = match &self.runtime.endpoints {
+            Some(p) if url == &self.runtime.subscriber => Some(p),
+            _ => None,
+        };
+        let mut attempts: Vec<(Attempt, Failure)> = Vec::new();
+        let mut retry = RetryState::default();
+        let mut wait: Option<Duration> = None;
+        loop {
+            if let Some(wait) = wait.take() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Sent::Interrupted,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            let span = tracing::info_span!(
+                "deliver",
+                broker = %self.runtime.broker,
+                trigger = %self.runtime.key,
+                event.id = %event.id,
+                to = %url,
+                attempt = attempts.len() + 1,
+                status = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            );
+            let at = knative::now_rfc3339();
+            let started = Instant::now();
+            let result = match pool {
+                None => {
+                    self.deliverer
+                        .attempt(url, event, ns, format, spec.timeout)
+                        .instrument(span.clone())
+                        .await
+                }
+                Some(pool) => match pool.acquire().instrument(span.clone()).await {
+                    Ok(lease) => {
+                        let target = lease.target(url);
+                        let r = self
+                            .deliverer
+                            .attempt(&target, event, ns, format, spec.timeout)
+                            .instrument(span.clone())
+                            .await;
+                        drop(lease);
+                        r
+                    }
+                    Err(e) => Err(Failure {
+                        status: None,
+                        error: format!("no instance of {url}: {e}"),
+                        body: Bytes::new(),
+                        retry_after: None,
+                        connect_failed: true,
+                    }),
+                },
+            };
+            let latency = started.elapsed();
+            span.record("latency_ms", latency.as_secs_f64() * 1e3);
+            self.record_attempt(attempts.len() as u32, &result, latency);
+            match result {
+                Ok(success) => {
+                    span.record("status", success.status);
+                    return Sent::Ok(success);
+                }
+                Err(failure) => {
+                    if let Some(s) = failure.status {
+                        span.record("status", s);
+                    }
+                    let action = retry.after_failure(spec, &failure, Instant::now());
+                    let (in_grace, last) = match action {
+                        RetryAction::Retry { wait: w, counted } => {
+                            wait = Some(w);
+                            (!counted, false)
+                        }
+                        RetryAction::DontRetry(_) => (false, true),
+                    };
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            status = ?failure.status,
+                            error = %failure.error,
+                            cold_start_grace = in_grace,
+                            final_attempt = last,
+                            "Delivery attempt failed"
+                        );
+                    });
+                    attempts.push((
+                        Attempt {
+                            at,
+                            status: failure.status,
+                            error: failure.error.clone(),
+                            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                        },
+                        failure,
+                    ));
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+        let failure = attempts
+            .last()
+            .map(|(_, f)| f.clone())
+            .unwrap_or_else(|| Failure {
+                status: None,
+                error: "no attempt was made".into(),
+                body: Bytes::new(),
+                retry_after: None,
+                connect_failed: false,
+            });
+        Sent::Failed(attempts.into_iter().map(|(a, _)| a).collect(), failure)
+    }
+
+    pub(super) fn record_attempt(
+        &self,
+        k: u32,
+        result: &Result<Success, Failure>,
+        latency: Duration,
+    ) {
+        let key = &self.runtime.key;
+        let status = match result {
+            Ok(s) => Some(s.status),
+            Err(f) => f.status,
+        };
+        let class = names::status_class(status);
+        let slot = names::STATUS_CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(names::STATUS_CLASSES.len() - 1);
+        let (count, latencies) = self.metrics.attempts[slot].get_or_init(|| {
+            let labels = [
+                ("namespace_name", key.namespace.clone()),
+                ("broker_name", self.runtime.broker.clone()),
+                ("trigger_name", key.name.clone()),
+                ("response_code_class", class.to_owned()),
+            ];
+            (
+                metrics::counter!(names::TRIGGER_EVENT_COUNT, &labels),
+                metrics::histogram!(names::TRIGGER_DISPATCH_LATENCIES, &labels),
+            )
+        });
+        count.increment(1);
+        latencies.record(latency.as_secs_f64());
+        if k > 0 {
+            self.stats.retries.fetch_add(1, Relaxed);
+            self.per_trigger_counter(&self.metrics.retries, names::TRIGGER_RETRIES)
+                .increment(1);
+        }
+    }
+}

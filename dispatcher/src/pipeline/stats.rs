@@ -1,0 +1,171 @@
+//! A trigger's live counters (delivered, retries, dead letters, in flight, the
+//! arrival times behind lag and oldest-waiting age) and its metric handles,
+//! registered once so the hot path records without building label sets.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cemesh_proto::{knative, metric_names as names, AttributeValue, Event};
+use metrics::{Counter, Gauge, Histogram};
+
+use super::TriggerContext;
+
+/// The trigger's metric handles, each registered on first use and kept, so the hot
+/// path records without building label sets (and without exporting series that
+/// never happened).
+#[derive(Debug, Default)]
+pub struct TriggerMetrics {
+    pub(super) in_flight: OnceLock<Gauge>,
+    pub(super) retries: OnceLock<Counter>,
+    pub(super) replies: OnceLock<Counter>,
+    pub(super) dead_letters: OnceLock<Counter>,
+    /// Attempts and their latency, per status class (`names::STATUS_CLASSES` order).
+    pub(super) attempts: [OnceLock<(Counter, Histogram)>; 6],
+}
+
+impl TriggerContext {
+    pub(super) fn in_flight_gauge(&self) -> &Gauge {
+        let key = &self.runtime.key;
+        self.metrics.in_flight.get_or_init(|| {
+            metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
+        })
+    }
+
+    pub(super) fn per_trigger_counter<'a>(
+        &self,
+        cell: &'a OnceLock<Counter>,
+        name: &'static str,
+    ) -> &'a Counter {
+        let key = &self.runtime.key;
+        cell.get_or_init(|| {
+            metrics::counter!(name, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
+        })
+    }
+}
+
+/// Counters of one trigger since it started, for `cemesh describe` (the same events
+/// are also counted in the process's metrics), and the scaling signals built on them.
+#[derive(Debug)]
+pub struct TriggerStats {
+    /// Events the subscriber took.
+    pub delivered: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+    /// Events sent to the dead-letter sink or the built-in store.
+    pub dead_lettered: AtomicU64,
+    /// Replies appended to the broker.
+    pub replies: AtomicU64,
+    /// Events being processed now.
+    pub in_flight: AtomicI64,
+    /// Arrival times (Unix ms) of the events being processed, with their count: the
+    /// oldest is the oldest event not finished (the trigger reads in log order).
+    arrivals: Mutex<BTreeMap<i64, u32>>,
+    /// `(when, delivered)` samples, at least a second apart, for the delivery rate.
+    rate_samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl Default for TriggerStats {
+    fn default() -> Self {
+        TriggerStats {
+            delivered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            arrivals: Mutex::default(),
+            rate_samples: Mutex::new(VecDeque::from([(Instant::now(), 0)])),
+        }
+    }
+}
+
+impl TriggerStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "delivered": self.delivered.load(Relaxed),
+            "retries": self.retries.load(Relaxed),
+            "deadLettered": self.dead_lettered.load(Relaxed),
+            "replies": self.replies.load(Relaxed),
+            "inFlight": self.in_flight.load(Relaxed).max(0),
+        })
+    }
+
+    /// When the oldest event being processed arrived (`knativearrivaltime`, Unix ms).
+    pub fn oldest_arrival_ms(&self) -> Option<i64> {
+        lock(&self.arrivals).keys().next().copied()
+    }
+
+    /// Events delivered per second over about the last minute (a reader calling at
+    /// least once a minute sees a window of one to two minutes at most).
+    pub fn delivery_rate(&self) -> f64 {
+        let now = Instant::now();
+        let count = self.delivered.load(Relaxed);
+        let mut samples = lock(&self.rate_samples);
+        if samples
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            samples.push_back((now, count));
+        }
+        while samples.len() > 2 && now.duration_since(samples[1].0) >= Duration::from_secs(60) {
+            samples.pop_front();
+        }
+        let Some(&(t0, c0)) = samples.front() else {
+            return 0.0;
+        };
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt < 0.001 {
+            return 0.0;
+        }
+        count.saturating_sub(c0) as f64 / dt
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `knativearrivaltime` in Unix ms; now when absent or unreadable.
+pub(super) fn arrival_ms(event: &Event) -> i64 {
+    match event.extension(knative::ARRIVAL_TIME) {
+        Some(AttributeValue::String(s) | AttributeValue::Timestamp(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis())
+        }
+        _ => chrono::Utc::now().timestamp_millis(),
+    }
+}
+
+/// Decrements the in-flight count (and forgets the event's arrival) however
+/// processing ends.
+pub(super) struct InFlight<'a>(&'a TriggerContext, i64);
+
+impl<'a> InFlight<'a> {
+    pub(super) fn enter(ctx: &'a TriggerContext, event: &Event) -> Self {
+        let arrival = arrival_ms(event);
+        *lock(&ctx.stats.arrivals).entry(arrival).or_insert(0) += 1;
+        ctx.stats.in_flight.fetch_add(1, Relaxed);
+        ctx.in_flight_gauge().increment(1.0);
+        InFlight(ctx, arrival)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let ctx = self.0;
+        {
+            let mut arrivals = lock(&ctx.stats.arrivals);
+            if let Some(n) = arrivals.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    arrivals.remove(&self.1);
+                }
+            }
+        }
+        ctx.stats.in_flight.fetch_sub(1, Relaxed);
+        ctx.in_flight_gauge().decrement(1.0);
+    }
+}
