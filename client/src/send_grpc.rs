@@ -1,6 +1,6 @@
 //! `cemesh send --grpc ADDR`: publish through `cemesh.v1.Publisher` instead of HTTP.
 
-use cemesh_control::grpc::client::GrpcPublisher;
+use cemesh_ingress::grpc::GrpcPublisher;
 use cemesh_proto::Event;
 
 /// The broker named by `--to` when sending over gRPC: `NAMESPACE/BROKER`, or an
@@ -33,7 +33,7 @@ pub async fn run(addr: &str, to: &str, event: &Event) -> anyhow::Result<()> {
         Err(status) => {
             let attribute = status
                 .metadata()
-                .get(cemesh_control::grpc::ATTRIBUTE_METADATA)
+                .get(cemesh_ingress::grpc::ATTRIBUTE_METADATA)
                 .and_then(|v| v.to_str().ok())
                 .map(|a| format!(" (attribute {a})"))
                 .unwrap_or_default();

@@ -1,4 +1,6 @@
-//! Every ingress refusal and the one place that maps it to an HTTP answer.
+//! Every ingress refusal, and [`ErrorAnswer`]: the one place where any refusal of
+//! any cemesh HTTP endpoint becomes a response. The gRPC form of the same refusals
+//! is in `grpc::status`.
 
 use std::time::Duration;
 
@@ -50,7 +52,7 @@ impl IngressError {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             IngressError::Channel(ChannelError::Full { retry_after, .. }) => Some(*retry_after),
             IngressError::Channel(ChannelError::Closed) | IngressError::Draining => {
@@ -61,24 +63,99 @@ impl IngressError {
     }
 }
 
+impl IngressError {
+    /// The attribute at fault, for an invalid event.
+    pub fn attribute(&self) -> Option<&str> {
+        match self {
+            IngressError::Decode(DecodeError::Invalid(e)) => e.attribute.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// This refusal as an HTTP answer.
+    pub fn answer(&self) -> ErrorAnswer {
+        let mut answer =
+            ErrorAnswer::new(self.status(), self.to_string()).with_retry_after(self.retry_after());
+        if let Some(attr) = self.attribute() {
+            answer = answer.with("attribute", attr);
+        }
+        if let IngressError::MethodNotAllowed(_) = self {
+            answer = answer.with_allow("POST, OPTIONS");
+        }
+        answer
+    }
+}
+
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let mut body = serde_json::json!({ "error": self.to_string() });
-        if let IngressError::Decode(DecodeError::Invalid(e)) = &self {
-            if let Some(attr) = &e.attribute {
-                body["attribute"] = serde_json::Value::String(attr.clone());
-            }
+        self.answer().into_response()
+    }
+}
+
+/// An HTTP refusal as every cemesh endpoint answers it: the status, a JSON body
+/// `{"error": message, ...details}` (e.g. `attribute`, `problems`), and the
+/// `Retry-After` and `Allow` headers when they apply. The ingress, the admin API and
+/// the sidecar each classify their own errors into one of these; this is the one
+/// place that turns any of them into a response.
+#[derive(Debug, Clone)]
+pub struct ErrorAnswer {
+    pub status: StatusCode,
+    pub message: String,
+    /// Fields beside `error` in the body.
+    pub details: serde_json::Map<String, serde_json::Value>,
+    pub retry_after: Option<Duration>,
+    /// The methods the resource takes (`405`).
+    pub allow: Option<&'static str>,
+}
+
+impl ErrorAnswer {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ErrorAnswer {
+            status,
+            message: message.into(),
+            details: serde_json::Map::new(),
+            retry_after: None,
+            allow: None,
         }
-        let mut resp = (status, axum::Json(body)).into_response();
-        if let IngressError::MethodNotAllowed(_) = self {
+    }
+
+    /// Adds a field beside `error` in the body.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+
+    pub fn with_allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
+        self
+    }
+}
+
+/// Whole seconds for `Retry-After`, at least one.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl IntoResponse for ErrorAnswer {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), serde_json::Value::String(self.message));
+        body.extend(self.details);
+        let mut resp = (self.status, axum::Json(serde_json::Value::Object(body))).into_response();
+        if let Some(methods) = self.allow {
             resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+                .insert(header::ALLOW, HeaderValue::from_static(methods));
         }
-        if let Some(wait) = self.retry_after() {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(wait) = self.retry_after {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
         }
         resp
     }

@@ -1,24 +1,26 @@
-//! The HTTP ingress: `POST /{namespace}/{broker}` in binary, structured or batched
-//! mode. An event is answered 202 only after its broker's channel stored it, so a 202
-//! means durable. Every refusal names the problem.
+//! Every way events come in: the HTTP ingress (`POST /{namespace}/{broker}` in
+//! binary, structured or batched mode, JSON or protobuf) and the gRPC `Publisher`
+//! ([`grpc`]), both thin adapters over one accept path ([`accept`]); the sidecar's
+//! publish endpoint reuses it too. An event is answered 202 (or `accepted`) only
+//! after its broker's channel stored it, so an acceptance means durable. Every
+//! refusal names the problem, rendered in one place per protocol ([`ErrorAnswer`]
+//! for HTTP, [`grpc::status`] for gRPC).
 
+pub mod accept;
 mod error;
+pub mod grpc;
 mod routes;
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bytes::Bytes;
-use cemesh_proto::http::DecodeError;
-use cemesh_proto::{knative, metric_names as names, Event};
+use cemesh_proto::{knative, metric_names as names};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use tracing::Instrument;
 
-pub use error::IngressError;
+pub use error::{retry_after_secs, ErrorAnswer, IngressError};
 pub use routes::{BrokerEndpoint, BrokerKey, Routes};
 
 /// The extension the ingress stamps on every event it accepts.
@@ -81,40 +83,19 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
         Method::OPTIONS => return Ok((webhook_handshake(req.headers()), 0)),
         _ => return Err(IngressError::MethodNotAllowed(req.method().clone())),
     }
-    let broker = routes
-        .get(&key)
-        .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))?;
+    let broker = accept::broker(routes, &key)?;
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, broker.max_body_bytes).await?;
+    let body = accept::read_body(&parts.headers, body, broker.max_body_bytes).await?;
     let mut events = cemesh_proto::http::decode(&parts.headers, body)?;
-    let now = knative::now_rfc3339();
-    for event in &mut events {
-        knative::stamp_ingress(event, &now)
-            .map_err(|e| IngressError::Decode(DecodeError::Invalid(e)))?;
-        continue_trace(event, &parts.headers);
-    }
-    let count = events.len();
-    tracing::Span::current().record("events", count);
-    if count > 0 {
-        let started = std::time::Instant::now();
-        broker.channel.append(events).await?;
-        metrics::histogram!(names::CHANNEL_APPEND_LATENCIES, "channel" => broker.channel.kind())
-            .record(started.elapsed().as_secs_f64());
-    }
+    accept::stamp(
+        &mut events,
+        &knative::now_rfc3339(),
+        Some(&parts.headers),
+        false,
+    )?;
+    tracing::Span::current().record("events", events.len());
+    let count = accept::store(&broker, events).await?;
     Ok((StatusCode::ACCEPTED.into_response(), count))
-}
-
-/// W3C trace context sent as HTTP headers continues in the event (the distributed
-/// tracing extension), unless the event carries its own.
-fn continue_trace(event: &mut Event, headers: &HeaderMap) {
-    for name in ["traceparent", "tracestate"] {
-        if event.extension(name).is_some() {
-            continue;
-        }
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            event.set_extension(name, cemesh_proto::AttributeValue::String(v.to_owned()));
-        }
-    }
 }
 
 /// `/{namespace}/{broker}`, with one trailing slash tolerated.
@@ -130,25 +111,6 @@ fn parse_path(path: &str) -> Result<BrokerKey, IngressError> {
             Ok(BrokerKey::new(ns, name))
         }
         _ => Err(IngressError::BadPath(path.to_owned())),
-    }
-}
-
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngressError> {
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(IngressError::TooLarge { limit });
-        }
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(IngressError::TooLarge { limit })
-        }
-        Err(e) => Err(IngressError::BodyRead(e.to_string())),
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use cemesh_channels::ChannelError;
+use cemesh_ingress::{ErrorAnswer, IngressError};
 use cemesh_proto::http::DecodeError;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 
 /// How long a client should wait when the sidecar does not know better.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -91,27 +92,45 @@ impl SidecarError {
 
 /// Whole seconds for `Retry-After`, at least one.
 pub fn retry_after_secs(wait: Duration) -> HeaderValue {
-    HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)
+    HeaderValue::from(cemesh_ingress::retry_after_secs(wait))
+}
+
+impl SidecarError {
+    /// This refusal as an HTTP answer, rendered like the broker ingress's.
+    pub fn answer(&self) -> ErrorAnswer {
+        let mut answer =
+            ErrorAnswer::new(self.status(), self.to_string()).with_retry_after(self.retry_after());
+        if let SidecarError::Decode(DecodeError::Invalid(e)) = self {
+            if let Some(attr) = &e.attribute {
+                answer = answer.with("attribute", attr.clone());
+            }
+        }
+        if let SidecarError::MethodNotAllowed(_) = self {
+            answer = answer.with_allow("POST, OPTIONS");
+        }
+        answer
+    }
 }
 
 impl IntoResponse for SidecarError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let mut body = serde_json::json!({ "error": self.to_string() });
-        if let SidecarError::Decode(DecodeError::Invalid(e)) = &self {
-            if let Some(attr) = &e.attribute {
-                body["attribute"] = serde_json::Value::String(attr.clone());
-            }
+        self.answer().into_response()
+    }
+}
+
+/// The ingress's body and decoding refusals, in the sidecar's words (its limit is
+/// the sidecar's, not a broker's).
+impl From<IngressError> for SidecarError {
+    fn from(e: IngressError) -> Self {
+        match e {
+            IngressError::TooLarge { limit } => SidecarError::TooLarge {
+                limit: limit as u64,
+            },
+            IngressError::BodyRead(m) => SidecarError::BodyRead(m),
+            IngressError::Decode(d) => SidecarError::Decode(d),
+            IngressError::Channel(c) => c.into(),
+            IngressError::MethodNotAllowed(m) => SidecarError::MethodNotAllowed(m),
+            other => SidecarError::BadRequest(other.to_string()),
         }
-        let mut resp = (status, axum::Json(body)).into_response();
-        if let SidecarError::MethodNotAllowed(_) = self {
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
-        }
-        if let Some(wait) = self.retry_after() {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, retry_after_secs(wait));
-        }
-        resp
     }
 }

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use cemesh_proto::http::DecodeError;
 use cemesh_proto::{knative, validate::validate, AttributeValue, Event, EventError};
 use http::{header, HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt as _, Limited};
 
 use crate::error::SidecarError;
 use crate::stats::inc;
@@ -152,25 +151,10 @@ fn accepted(id: Option<&str>) -> Response {
     resp
 }
 
-/// Reads a body up to `limit` bytes (413 past it, checked on `Content-Length` first).
+/// Reads a body up to `limit` bytes (413 past it), as the broker ingress does.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, SidecarError> {
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit {
-            return Err(SidecarError::TooLarge { limit });
-        }
-    }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, cap).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(SidecarError::TooLarge { limit })
-        }
-        Err(e) => Err(SidecarError::BodyRead(e.to_string())),
-    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(cemesh_ingress::accept::read_body(headers, body, limit).await?)
 }
 
 #[cfg(test)]

@@ -103,6 +103,6 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        cemesh_ingress::ErrorAnswer::new(self.0, self.1).into_response()
     }
 }

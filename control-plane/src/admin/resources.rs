@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cemesh_ingress::ErrorAnswer;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -168,25 +169,21 @@ pub async fn get(
 }
 
 fn apply_error(e: ApplyError) -> Response {
-    match e {
-        ApplyError::Invalid(problems) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": problems.join("\n"), "problems": problems })),
-        )
-            .into_response(),
-        ApplyError::OwnedByFile(file) => (
-            StatusCode::CONFLICT,
-            Json(json!({
-                "error": owned_by_file_message(&file),
-                "file": file.display().to_string(),
-            })),
-        )
-            .into_response(),
-        ApplyError::NotFound(what) => {
-            ApiError::not_found(format!("{what} not found")).into_response()
+    let answer = match e {
+        ApplyError::Invalid(problems) => {
+            ErrorAnswer::new(StatusCode::BAD_REQUEST, problems.join("\n"))
+                .with("problems", problems)
         }
-        ApplyError::Storage(e) => ApiError::internal(e).into_response(),
-    }
+        ApplyError::OwnedByFile(file) => {
+            ErrorAnswer::new(StatusCode::CONFLICT, owned_by_file_message(&file))
+                .with("file", file.display().to_string())
+        }
+        ApplyError::NotFound(what) => {
+            ErrorAnswer::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+        }
+        ApplyError::Storage(e) => ErrorAnswer::new(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    answer.into_response()
 }
 
 pub async fn put(

@@ -4,16 +4,14 @@
 //! Producers that already speak gRPC (or want a typed client, HTTP/2 multiplexing
 //! and a stream with per-event acks) publish here; the events land in the same
 //! channels, through the same route table, with the same validation, stamping and
-//! durability promise as `POST /{namespace}/{broker}`. Refusals carry the HTTP
-//! ingress's messages under gRPC codes ([`error`]). The server also answers gRPC
+//! durability promise as `POST /{namespace}/{broker}` (the service is the ingress
+//! crate's, `cemesh_ingress::grpc`). Refusals carry the HTTP ingress's messages under
+//! gRPC codes. The server also answers gRPC
 //! health checks (`grpc.health.v1.Health`, for load balancers and Kubernetes probes)
 //! and reflection (`grpc.reflection.v1` and `v1alpha`, so `grpcurl` works without
 //! the `.proto` files).
 
 mod admin;
-pub mod client;
-mod error;
-mod publisher;
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,12 +25,9 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 
 pub use admin::{AdminContext, AdminService, OWNER_FILE_METADATA};
-pub use error::{ATTRIBUTE_METADATA, RETRY_AFTER_METADATA};
-pub use publisher::PublisherService;
-
-/// Largest gRPC message accepted before a broker's own limit applies (each broker
-/// refuses events over its `max_body_bytes` with RESOURCE_EXHAUSTED).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use cemesh_ingress::grpc::{
+    PublisherService, ATTRIBUTE_METADATA, MAX_MESSAGE_BYTES, RETRY_AFTER_METADATA,
+};
 
 /// How long open streams may go on after shutdown starts before they are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -16,7 +16,7 @@ use cemesh_proto::{knative, AttributeValue, Event};
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use super::client::GrpcPublisher;
+use cemesh_ingress::grpc::GrpcPublisher;
 
 struct Harness {
     addr: SocketAddr,

@@ -1,13 +1,26 @@
 //! A small typed client of `cemesh.v1.Publisher`, for `cemesh send --grpc`, tools
 //! and tests.
 
-use anyhow::Context as _;
 use cemesh_proto::pb::cemesh::v1::publisher_client::PublisherClient;
 use cemesh_proto::pb::cemesh::v1::{PublishAck, PublishBatchRequest, PublishRequest};
 use cemesh_proto::pb::cloudevents::CloudEventBatch;
 use cemesh_proto::protobuf::to_proto;
 use cemesh_proto::Event;
 use tonic::transport::{Channel, Endpoint};
+
+/// Why [`GrpcPublisher::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error("--grpc {0:?}: not HOST:PORT or a URL")]
+    BadAddress(String),
+    #[error("cannot connect to the gRPC ingress at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
 
 /// A connection to a cemesh gRPC ingress.
 #[derive(Debug, Clone)]
@@ -17,19 +30,19 @@ pub struct GrpcPublisher {
 
 impl GrpcPublisher {
     /// Connects to `addr`: `HOST:PORT`, or a URL (`http://HOST:PORT`).
-    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
+    pub async fn connect(addr: &str) -> Result<Self, ConnectError> {
         let url = if addr.contains("://") {
             addr.to_owned()
         } else {
             format!("http://{addr}")
         };
         let endpoint = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("--grpc {addr:?}: not HOST:PORT or a URL"))?
+            .map_err(|_| ConnectError::BadAddress(addr.to_owned()))?
             .tcp_nodelay(true);
         let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("cannot connect to the gRPC ingress at {url}"))?;
+            .map_err(|source| ConnectError::Unreachable { url, source })?;
         Ok(GrpcPublisher {
             client: PublisherClient::new(channel)
                 .max_decoding_message_size(super::MAX_MESSAGE_BYTES),

@@ -8,8 +8,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cemesh_ingress::{BrokerEndpoint, BrokerKey, IngressError, Routes};
-use cemesh_proto::http::DecodeError;
+use crate::accept::{self, check_size, invalid};
+use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
 use cemesh_proto::pb::cemesh::v1::publisher_server::Publisher;
 use cemesh_proto::pb::cemesh::v1::{
     PublishAck, PublishBatchRequest, PublishRequest, PublishResponse,
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::error;
+use super::status as error;
 
 /// Events of a stream gathered into one append at most (those already received
 /// while the previous append was in flight).
@@ -47,23 +47,7 @@ fn broker(
     namespace: &str,
     name: &str,
 ) -> Result<Arc<BrokerEndpoint>, IngressError> {
-    let key = BrokerKey::new(namespace, name);
-    routes
-        .get(&key)
-        .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
-}
-
-fn invalid(e: EventError) -> IngressError {
-    IngressError::Decode(DecodeError::Invalid(e))
-}
-
-fn check_size(broker: &BrokerEndpoint, encoded_len: usize) -> Result<(), IngressError> {
-    if encoded_len > broker.max_body_bytes {
-        return Err(IngressError::TooLarge {
-            limit: broker.max_body_bytes,
-        });
-    }
-    Ok(())
+    accept::broker(routes, &BrokerKey::new(namespace, name))
 }
 
 /// Converts, validates and stamps one event.
@@ -74,9 +58,11 @@ fn accept(
 ) -> Result<Event, IngressError> {
     let msg = msg.ok_or_else(|| invalid(EventError::msg("the request carries no event")))?;
     check_size(broker, msg.encoded_len())?;
-    let mut event = cemesh_proto::protobuf::from_proto(msg).map_err(invalid)?;
+    let event = cemesh_proto::protobuf::from_proto(msg).map_err(invalid)?;
     cemesh_proto::validate::validate(&event).map_err(invalid)?;
-    knative::stamp_ingress(&mut event, now).map_err(invalid)?;
+    let mut events = [event];
+    accept::stamp(&mut events, now, None, false)?;
+    let [event] = events;
     Ok(event)
 }
 
@@ -96,11 +82,7 @@ impl Publisher for PublisherService {
         let req = request.into_inner();
         let broker = broker(&self.routes, &req.namespace, &req.broker).map_err(refuse)?;
         let event = accept(req.event, &broker, &knative::now_rfc3339()).map_err(refuse)?;
-        broker
-            .channel
-            .append(vec![event])
-            .await
-            .map_err(|e| refuse(e.into()))?;
+        accept::store(&broker, vec![event]).await.map_err(refuse)?;
         Ok(Response::new(PublishResponse { accepted: 1 }))
     }
 
@@ -118,19 +100,9 @@ impl Publisher for PublisherService {
         check_size(&broker, size).map_err(refuse)?;
         let mut events =
             cemesh_proto::protobuf::from_proto_batch(messages).map_err(|e| refuse(invalid(e)))?;
-        let now = knative::now_rfc3339();
-        for (i, event) in events.iter_mut().enumerate() {
-            knative::stamp_ingress(event, &now)
-                .map_err(|e| refuse(invalid(e.in_batch(i, Some(&event.id)))))?;
-        }
-        let accepted = u32::try_from(events.len()).unwrap_or(u32::MAX);
-        if !events.is_empty() {
-            broker
-                .channel
-                .append(events)
-                .await
-                .map_err(|e| refuse(e.into()))?;
-        }
+        accept::stamp(&mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
+        let accepted = accept::store(&broker, events).await.map_err(refuse)?;
+        let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
         Ok(Response::new(PublishResponse { accepted }))
     }
 
@@ -269,15 +241,15 @@ async fn append_run(
     acks: &mut Vec<PublishAck>,
 ) {
     let Some(b) = broker.take() else { return };
-    let result = b.channel.append(std::mem::take(events)).await;
+    let result = accept::store(&b, std::mem::take(events)).await;
     for (sequence, id) in run.drain(..) {
         acks.push(match &result {
-            Ok(()) => PublishAck {
+            Ok(_) => PublishAck {
                 sequence,
                 id,
                 ..PublishAck::default()
             },
-            Err(e) => error::refused_ack(sequence, id, &IngressError::Channel(e.clone())),
+            Err(e) => error::refused_ack(sequence, id, e),
         });
     }
 }

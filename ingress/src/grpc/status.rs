@@ -1,8 +1,8 @@
 //! The one place that turns an ingress refusal into a gRPC status, so the gRPC
 //! answers stay those of HTTP (`IngressError::status`) in gRPC's vocabulary.
 
+use crate::IngressError;
 use cemesh_channels::ChannelError;
-use cemesh_ingress::IngressError;
 use cemesh_proto::http::DecodeError;
 use cemesh_proto::pb::cemesh::v1::PublishAck;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -44,20 +44,17 @@ pub fn message(err: &IngressError) -> String {
 
 /// The attribute at fault, for an invalid event.
 pub fn attribute(err: &IngressError) -> Option<&str> {
-    match err {
-        IngressError::Decode(DecodeError::Invalid(e)) => e.attribute.as_deref(),
-        _ => None,
-    }
+    err.attribute()
 }
 
 /// Seconds a producer should wait before sending again.
 pub fn retry_after_secs(err: &IngressError) -> Option<u32> {
     let wait = match err {
         IngressError::Channel(ChannelError::Full { retry_after, .. }) => *retry_after,
-        IngressError::Channel(ChannelError::Closed) => cemesh_ingress::DEFAULT_RETRY_AFTER,
+        IngressError::Channel(ChannelError::Closed) => crate::DEFAULT_RETRY_AFTER,
         _ => return None,
     };
-    Some(u32::try_from(wait.as_secs_f64().ceil().max(1.0) as u64).unwrap_or(u32::MAX))
+    Some(u32::try_from(crate::retry_after_secs(wait)).unwrap_or(u32::MAX))
 }
 
 /// A refusal as a gRPC status, with the attribute and `retry-after` in metadata.

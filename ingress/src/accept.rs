@@ -1,0 +1,110 @@
+//! Accepting events, written once for every receiver: find the broker, read the body
+//! within its limit, decode and validate, stamp (arrival time, TTL, trace context),
+//! append, and only then answer. The HTTP handler, the gRPC `Publisher` and the
+//! sidecar's publish endpoint are thin adapters over these steps, so a rule changed
+//! here holds for all of them.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use cemesh_proto::http::DecodeError;
+use cemesh_proto::{knative, metric_names as names, Event, EventError};
+use http::{header, HeaderMap};
+use http_body_util::{BodyExt as _, Limited};
+
+use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
+
+/// The broker `key` names, or 404.
+pub fn broker(routes: &Routes, key: &BrokerKey) -> Result<Arc<BrokerEndpoint>, IngressError> {
+    routes
+        .get(key)
+        .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
+}
+
+/// Reads a body up to `limit` bytes: 413 past it, checked on `Content-Length` before
+/// anything is read, and again while reading (a body may be longer than it says).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(IngressError::TooLarge { limit });
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(IngressError::TooLarge { limit })
+        }
+        Err(e) => Err(IngressError::BodyRead(e.to_string())),
+    }
+}
+
+/// An event (or an encoded size) over the broker's limit is refused with 413.
+pub fn check_size(broker: &BrokerEndpoint, encoded_len: usize) -> Result<(), IngressError> {
+    if encoded_len > broker.max_body_bytes {
+        return Err(IngressError::TooLarge {
+            limit: broker.max_body_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// An invalid event, as a refusal.
+pub fn invalid(e: EventError) -> IngressError {
+    IngressError::Decode(DecodeError::Invalid(e))
+}
+
+/// Stamps what the ingress adds to every accepted event: `knativearrivaltime` (`now`)
+/// and `knativebrokerttl`, and the W3C trace context of the request's headers unless
+/// the event carries its own. An error names the event's index in a batch.
+pub fn stamp(
+    events: &mut [Event],
+    now: &str,
+    headers: Option<&HeaderMap>,
+    batch: bool,
+) -> Result<(), IngressError> {
+    for (i, event) in events.iter_mut().enumerate() {
+        knative::stamp_ingress(event, now).map_err(|e| match batch {
+            true => invalid(e.in_batch(i, Some(&event.id))),
+            false => invalid(e),
+        })?;
+        if let Some(headers) = headers {
+            continue_trace(event, headers);
+        }
+    }
+    Ok(())
+}
+
+/// W3C trace context sent as HTTP headers continues in the event (the distributed
+/// tracing extension), unless the event carries its own.
+fn continue_trace(event: &mut Event, headers: &HeaderMap) {
+    for name in ["traceparent", "tracestate"] {
+        if event.extension(name).is_some() {
+            continue;
+        }
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            event.set_extension(name, cemesh_proto::AttributeValue::String(v.to_owned()));
+        }
+    }
+}
+
+/// Appends to the broker's channel; returns once the channel says the events are as
+/// durable as it promises (the moment a receiver may answer "accepted").
+pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize, IngressError> {
+    let count = events.len();
+    if count > 0 {
+        let started = std::time::Instant::now();
+        broker.channel.append(events).await?;
+        metrics::histogram!(names::CHANNEL_APPEND_LATENCIES, "channel" => broker.channel.kind())
+            .record(started.elapsed().as_secs_f64());
+    }
+    Ok(count)
+}
