@@ -48,9 +48,26 @@ pub async fn render(registry: &Registry) -> String {
         metrics::gauge!(names::PROCESS_CPU).set(p.cpu_seconds);
         metrics::gauge!(names::PROCESS_FDS).set(p.open_fds as f64);
     }
+    render_recorded()
+}
+
+/// Renders what the process-wide recorder holds (for a process with no mesh, such
+/// as the sidecar, which sets its own gauges first).
+pub fn render_recorded() -> String {
     match HANDLE.get() {
         Some(Some(h)) => h.render(),
         _ => String::new(),
+    }
+}
+
+/// Gives each metric its `# HELP` text.
+pub fn describe(metrics: &[(&'static str, names::Kind, &'static str)]) {
+    for (name, kind, help) in metrics {
+        match kind {
+            names::Kind::Counter => metrics::describe_counter!(*name, *help),
+            names::Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            names::Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
     }
 }
 

@@ -55,6 +55,91 @@ pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 /// Open file descriptors.
 pub const PROCESS_FDS: &str = "process_open_fds";
 
+/// The sidecar's counters and gauges (`cemesh sidecar`'s `/metrics`), each with
+/// its help text.
+pub const SIDECAR_METRICS: [(&str, Kind, &str); 12] = [
+    (
+        SIDECAR_PUBLISHED,
+        Kind::Counter,
+        "Events accepted into the outbox.",
+    ),
+    (
+        SIDECAR_OUTBOX_FULL,
+        Kind::Counter,
+        "Publishes refused because the outbox was full.",
+    ),
+    (
+        SIDECAR_FORWARDED,
+        Kind::Counter,
+        "Events the broker accepted.",
+    ),
+    (
+        SIDECAR_FORWARD_FAILURES,
+        Kind::Counter,
+        "Failed attempts to forward an event to the broker.",
+    ),
+    (
+        SIDECAR_DEAD_LETTERED,
+        Kind::Counter,
+        "Events the broker refused as invalid.",
+    ),
+    (
+        SIDECAR_OUTBOX_EVENTS,
+        Kind::Gauge,
+        "Events waiting in the outbox.",
+    ),
+    (
+        SIDECAR_DEAD_LETTERS,
+        Kind::Gauge,
+        "Events in the sidecar's dead letters.",
+    ),
+    (
+        SIDECAR_RELAYED,
+        Kind::Counter,
+        "Events the service took (2xx).",
+    ),
+    (
+        SIDECAR_RELAY_FAILURES,
+        Kind::Counter,
+        "Events the service refused or did not answer.",
+    ),
+    (
+        SIDECAR_GATED,
+        Kind::Counter,
+        "Deliveries answered 503 while the service was unhealthy.",
+    ),
+    (
+        SIDECAR_REPLIES,
+        Kind::Counter,
+        "Reply events returned to the mesh.",
+    ),
+    (
+        SIDECAR_APP_HEALTHY,
+        Kind::Gauge,
+        "1 when the service's health path answers 2xx.",
+    ),
+];
+pub const SIDECAR_PUBLISHED: &str = "cemesh_sidecar_published_events_total";
+pub const SIDECAR_OUTBOX_FULL: &str = "cemesh_sidecar_outbox_full_total";
+pub const SIDECAR_FORWARDED: &str = "cemesh_sidecar_forwarded_events_total";
+pub const SIDECAR_FORWARD_FAILURES: &str = "cemesh_sidecar_forward_failures_total";
+pub const SIDECAR_DEAD_LETTERED: &str = "cemesh_sidecar_dead_lettered_events_total";
+pub const SIDECAR_OUTBOX_EVENTS: &str = "cemesh_sidecar_outbox_events";
+pub const SIDECAR_DEAD_LETTERS: &str = "cemesh_sidecar_dead_letters";
+pub const SIDECAR_RELAYED: &str = "cemesh_sidecar_relayed_events_total";
+pub const SIDECAR_RELAY_FAILURES: &str = "cemesh_sidecar_relay_failures_total";
+pub const SIDECAR_GATED: &str = "cemesh_sidecar_gated_deliveries_total";
+pub const SIDECAR_REPLIES: &str = "cemesh_sidecar_replies_total";
+pub const SIDECAR_APP_HEALTHY: &str = "cemesh_sidecar_app_healthy";
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
 /// Every value of the `response_code_class` label, `none` last.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 

@@ -57,9 +57,10 @@ pub async fn stats(State(local): State<Local>) -> Response {
 pub async fn metrics(State(local): State<Local>) -> Response {
     let pending = local.outbox.pending().await.ok();
     let dead = local.outbox.dead_letter_count().await.ok();
+    local.stats.record(pending, dead);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        local.stats.prometheus(pending, dead),
+        cemesh_control::metrics::render_recorded(),
     )
         .into_response()
 }

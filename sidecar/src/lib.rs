@@ -104,6 +104,8 @@ pub struct Sidecar {
 
 /// Binds both listeners, opens the outbox and starts every task.
 pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
+    cemesh_control::metrics::install();
+    cemesh_control::metrics::describe(&cemesh_proto::metric_names::SIDECAR_METRICS);
     if args.triggers.is_some() && args.app_url.is_none() {
         anyhow::bail!(
             "--triggers needs --app-url: the triggers deliver to the service through the sidecar"

@@ -1,7 +1,8 @@
-//! Counters of the sidecar, shared by its tasks and shown by its admin endpoints
-//! (`/v1/stats` as JSON, `/metrics` as Prometheus text). Metric names live here only.
+//! Counters of the sidecar, shared by its tasks and shown by its admin endpoints:
+//! `/v1/stats` as JSON, and `/metrics` through the same `metrics` recorder and
+//! exporter as the broker's (names in `cemesh_proto::metric_names`).
 
-use std::fmt::Write as _;
+use cemesh_proto::metric_names as names;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Every counter the sidecar keeps; all monotonic except the gauges noted.
@@ -68,91 +69,29 @@ impl Stats {
         })
     }
 
-    /// Prometheus text exposition.
-    pub fn prometheus(&self, pending: Option<u64>, dead_letters: Option<u64>) -> String {
-        let mut out = String::with_capacity(1024);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "cemesh_sidecar_published_events_total",
-            "counter",
-            "Events accepted into the outbox.",
-            get(&self.published),
-        );
-        metric(
-            "cemesh_sidecar_outbox_full_total",
-            "counter",
-            "Publishes refused because the outbox was full.",
-            get(&self.outbox_full),
-        );
-        metric(
-            "cemesh_sidecar_forwarded_events_total",
-            "counter",
-            "Events the broker accepted.",
-            get(&self.forwarded),
-        );
-        metric(
-            "cemesh_sidecar_forward_failures_total",
-            "counter",
-            "Failed attempts to forward an event to the broker.",
-            get(&self.forward_failures),
-        );
-        metric(
-            "cemesh_sidecar_dead_lettered_events_total",
-            "counter",
-            "Events the broker refused as invalid.",
-            get(&self.dead_lettered),
-        );
+    /// Copies the counters into the process's `metrics` recorder (names and help in
+    /// `cemesh_proto::metric_names`), for `/metrics` to render like the broker's.
+    pub fn record(&self, pending: Option<u64>, dead_letters: Option<u64>) {
+        for (name, value) in [
+            (names::SIDECAR_PUBLISHED, &self.published),
+            (names::SIDECAR_OUTBOX_FULL, &self.outbox_full),
+            (names::SIDECAR_FORWARDED, &self.forwarded),
+            (names::SIDECAR_FORWARD_FAILURES, &self.forward_failures),
+            (names::SIDECAR_DEAD_LETTERED, &self.dead_lettered),
+            (names::SIDECAR_RELAYED, &self.relayed),
+            (names::SIDECAR_RELAY_FAILURES, &self.relay_failures),
+            (names::SIDECAR_GATED, &self.gated),
+            (names::SIDECAR_REPLIES, &self.replies),
+        ] {
+            metrics::counter!(name).absolute(get(value));
+        }
         if let Some(p) = pending {
-            metric(
-                "cemesh_sidecar_outbox_events",
-                "gauge",
-                "Events waiting in the outbox.",
-                p,
-            );
+            metrics::gauge!(names::SIDECAR_OUTBOX_EVENTS).set(p as f64);
         }
         if let Some(d) = dead_letters {
-            metric(
-                "cemesh_sidecar_dead_letters",
-                "gauge",
-                "Events in the sidecar's dead letters.",
-                d,
-            );
+            metrics::gauge!(names::SIDECAR_DEAD_LETTERS).set(d as f64);
         }
-        metric(
-            "cemesh_sidecar_relayed_events_total",
-            "counter",
-            "Events the service took (2xx).",
-            get(&self.relayed),
-        );
-        metric(
-            "cemesh_sidecar_relay_failures_total",
-            "counter",
-            "Events the service refused or did not answer.",
-            get(&self.relay_failures),
-        );
-        metric(
-            "cemesh_sidecar_gated_deliveries_total",
-            "counter",
-            "Deliveries answered 503 while the service was unhealthy.",
-            get(&self.gated),
-        );
-        metric(
-            "cemesh_sidecar_replies_total",
-            "counter",
-            "Reply events returned to the mesh.",
-            get(&self.replies),
-        );
-        metric(
-            "cemesh_sidecar_app_healthy",
-            "gauge",
-            "1 when the service's health path answers 2xx.",
-            u64::from(self.app_healthy.load(Ordering::Relaxed)),
-        );
-        out
+        let healthy = self.app_healthy.load(Ordering::Relaxed);
+        metrics::gauge!(names::SIDECAR_APP_HEALTHY).set(f64::from(u8::from(healthy)));
     }
 }

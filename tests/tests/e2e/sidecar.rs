@@ -1082,3 +1082,55 @@ async fn footprint_rss_and_start_time() {
         rss
     );
 }
+
+/// The sidecar's `/metrics` comes from the same `metrics` exporter as the broker's:
+/// every series has `# HELP` and `# TYPE`, and the counters count.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_use_the_brokers_exporter_and_count() {
+    let sub = Subscriber::start().await;
+    let mesh = Cemesh::start(&docs(&[
+        broker_yaml("default"),
+        trigger_yaml("t", "default", &sub.url(), &[]),
+    ]));
+    let sc = SidecarProc::start(&["--broker-url", &mesh.broker_url("default", "default")]);
+    let c = client();
+    for i in 0..3 {
+        let (status, _, _) =
+            publish_plain(&c, &sc, "com.example.m", None, &format!("{{\"i\":{i}}}")).await;
+        assert_eq!(status, 202);
+    }
+    sub.wait_for(3, WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = c
+            .get(sc.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("cemesh_sidecar_forwarded_events_total 3") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (name, kind) in [
+        ("cemesh_sidecar_published_events_total", "counter"),
+        ("cemesh_sidecar_forwarded_events_total", "counter"),
+        ("cemesh_sidecar_outbox_events", "gauge"),
+        ("cemesh_sidecar_app_healthy", "gauge"),
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("cemesh_sidecar_published_events_total 3\n"),
+        "{text}"
+    );
+    assert!(text.contains("cemesh_sidecar_outbox_events 0\n"), "{text}");
+}
