@@ -141,7 +141,7 @@ pub enum Applied {
 /// Bookkeeping kept per resource across changes.
 #[derive(Debug, Clone)]
 struct Tracked {
-    spec: String,
+    spec: serde_yaml::Value,
     generation: i64,
     created: String,
 }
@@ -502,8 +502,9 @@ impl ControlPlane {
     }
 }
 
-/// The spec part of a manifest, for generation tracking.
-fn spec_of(raw: &serde_yaml::Value) -> String {
+/// The spec part of a manifest (what a change of bumps the generation), compared as a
+/// YAML value.
+fn spec_of(raw: &serde_yaml::Value) -> serde_yaml::Value {
     let mut v = raw.clone();
     if let Some(m) = v.as_mapping_mut() {
         m.remove("status");
@@ -519,7 +520,7 @@ fn spec_of(raw: &serde_yaml::Value) -> String {
             }
         }
     }
-    serde_json::to_string(&v).unwrap_or_default()
+    v
 }
 
 fn resources_dir(data_dir: &Path) -> PathBuf {

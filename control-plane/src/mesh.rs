@@ -11,9 +11,7 @@ use cemesh_channels::{
     Channel, DeadLetterStore, MemoryChannel, MemoryConfig, MemoryDeadLetters, SledConfig,
     SledStore, SledStoreOptions, Tapped,
 };
-use cemesh_dispatcher::{
-    spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
-};
+use cemesh_dispatcher::{spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey};
 use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +24,8 @@ struct RunningBroker {
 }
 
 struct RunningTrigger {
-    /// Everything that defines the trigger's behaviour; a change restarts its loop.
-    fingerprint: String,
+    /// Its `TriggerRuntime` (`handle.trigger()`) defines the trigger's behaviour; a
+    /// desired runtime that differs restarts the loop.
     handle: TriggerHandle,
 }
 
@@ -268,7 +266,7 @@ impl Mesh {
         // is about to close.
         let mut keep = BTreeMap::new();
         for (key, running) in std::mem::take(&mut self.triggers) {
-            let wanted = desired.triggers.get(&key).map(|t| fingerprint(&t.runtime));
+            let wanted = desired.triggers.get(&key).map(|t| &t.runtime);
             let broker_key = BrokerKey::new(&key.namespace, broker_of(&running));
             // A broker that goes or changes its channel kind takes its triggers along.
             let broker_gone = match (
@@ -279,7 +277,7 @@ impl Mesh {
                 (Some(_), None) => false,
                 (None, _) => true,
             };
-            if wanted.as_deref() == Some(running.fingerprint.as_str()) && !broker_gone {
+            if wanted == Some(running.handle.trigger()) && !broker_gone {
                 keep.insert(key, running);
                 continue;
             }
@@ -382,7 +380,6 @@ impl Mesh {
                 .await
             {
                 Ok(sub) => {
-                    let fp = fingerprint(&t.runtime);
                     let dead_letters = match self.channels.dead_letters(broker.desired.channel) {
                         Ok(d) => d,
                         Err(e) => {
@@ -405,13 +402,7 @@ impl Mesh {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(key.clone(), context.clone());
                     let handle = spawn_trigger(context, sub);
-                    self.triggers.insert(
-                        key,
-                        RunningTrigger {
-                            fingerprint: fp,
-                            handle,
-                        },
-                    );
+                    self.triggers.insert(key, RunningTrigger { handle });
                 }
                 Err(e) => {
                     tracing::error!(trigger = %key, error = %e, "Trigger not started");
@@ -467,10 +458,6 @@ impl Mesh {
         self.taps.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.channels.close().await;
     }
-}
-
-fn fingerprint(t: &TriggerRuntime) -> String {
-    format!("{t:?}")
 }
 
 fn broker_of(t: &RunningTrigger) -> &str {

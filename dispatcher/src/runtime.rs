@@ -50,3 +50,60 @@ pub struct TriggerRuntime {
     /// one and `subscriber`'s host is replaced by the instance's.
     pub endpoints: Option<Arc<dyn Endpoints>>,
 }
+
+/// Two runtimes are equal when a running trigger would deliver the same way under
+/// either, which is what decides whether a reload restarts it. The on-demand pool
+/// is compared by identity: pools live as long as the server config.
+impl PartialEq for TriggerRuntime {
+    fn eq(&self, other: &Self) -> bool {
+        let same_pool = match (&self.endpoints, &other.endpoints) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+            _ => false,
+        };
+        self.key == other.key
+            && self.broker == other.broker
+            && self.filter == other.filter
+            && self.subscriber == other.subscriber
+            && self.delivery == other.delivery
+            && self.parallelism == other.parallelism
+            && same_pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::filter::AttributesFilter;
+
+    fn runtime(filter: Filter) -> TriggerRuntime {
+        TriggerRuntime {
+            key: TriggerKey::new("default", "t"),
+            broker: "default".into(),
+            filter,
+            subscriber: "http://127.0.0.1:1/".parse().unwrap(),
+            delivery: DeliverySpec::default(),
+            parallelism: 64,
+            endpoints: None,
+        }
+    }
+
+    #[test]
+    fn a_reload_restarts_a_trigger_only_when_its_runtime_differs() {
+        let attrs = |v: &str| {
+            let map = BTreeMap::from([("type".to_owned(), v.to_owned())]);
+            Filter::Attributes(AttributesFilter::new(&map, "spec.filter.attributes").unwrap())
+        };
+        assert_eq!(runtime(attrs("a")), runtime(attrs("a")));
+        assert_ne!(runtime(attrs("a")), runtime(attrs("b")));
+        assert_ne!(runtime(attrs("a")), runtime(Filter::All));
+        let mut slower = runtime(Filter::All);
+        slower.delivery.retry += 1;
+        assert_ne!(runtime(Filter::All), slower);
+        let mut wider = runtime(Filter::All);
+        wider.parallelism = 8;
+        assert_ne!(runtime(Filter::All), wider);
+    }
+}

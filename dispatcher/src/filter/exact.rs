@@ -8,7 +8,7 @@ use cemesh_proto::{AttrRef, Event};
 
 use super::FilterError;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttributesFilter {
     entries: Box<[(Box<str>, Box<str>)]>,
 }

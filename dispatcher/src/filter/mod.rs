@@ -41,7 +41,7 @@ impl FilterError {
 }
 
 /// A trigger's compiled filter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// No filter: every event matches.
     All,

@@ -45,7 +45,7 @@ use super::cesql::Expression;
 use super::FilterError;
 
 /// A compiled `spec.filters` list. Always valid; see the module docs for semantics.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DialectFilter {
     root: Node,
 }
@@ -65,7 +65,7 @@ impl DialectFilter {
 }
 
 /// One node of the compiled tree.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Node {
     Exact(Box<[Clause]>),
     Prefix(Box<[Clause]>),
@@ -77,7 +77,7 @@ enum Node {
 }
 
 /// One `name: value` entry of `exact`, `prefix` or `suffix`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Clause {
     key: AttrKey,
     /// Never empty.
