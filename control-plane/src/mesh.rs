@@ -11,12 +11,14 @@ use cemesh_channels::{
     Channel, DeadLetterStore, MemoryChannel, MemoryConfig, MemoryDeadLetters, SledConfig,
     SledStore, SledStoreOptions, Tapped,
 };
-use cemesh_dispatcher::{spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey};
+use cemesh_dispatcher::{
+    spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
+};
 use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChannelKind;
-use crate::manifest::{BrokerDesired, Desired};
+use crate::manifest::{BrokerDesired, Desired, TriggerDesired};
 
 struct RunningBroker {
     desired: BrokerDesired,
@@ -256,80 +258,101 @@ impl Mesh {
         self.status.clone()
     }
 
-    /// Moves the mesh to `desired`, changing only what differs.
+    /// Moves the mesh to `desired`, changing only what differs: first decides what
+    /// to change ([`plan`], which touches nothing), then carries it out in an order
+    /// that never leaves a trigger reading a closed channel.
     pub async fn apply(&mut self, desired: Desired) {
-        let mut problems: Vec<String> = desired.problems.iter().map(ToString::to_string).collect();
-        let mut broker_failures = BTreeMap::new();
-        let mut trigger_failures = BTreeMap::new();
-
-        // Triggers that go away or change stop first, so nothing reads a channel that
-        // is about to close.
-        let mut keep = BTreeMap::new();
-        for (key, running) in std::mem::take(&mut self.triggers) {
-            let wanted = desired.triggers.get(&key).map(|t| &t.runtime);
-            let broker_key = BrokerKey::new(&key.namespace, broker_of(&running));
-            // A broker that goes or changes its channel kind takes its triggers along.
-            let broker_gone = match (
-                desired.brokers.get(&broker_key),
-                self.brokers.get(&broker_key),
-            ) {
-                (Some(d), Some(b)) => d.channel != b.desired.channel,
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            if wanted == Some(running.handle.trigger()) && !broker_gone {
-                keep.insert(key, running);
-                continue;
+        let running_triggers = self
+            .triggers
+            .iter()
+            .map(|(k, t)| (k.clone(), t.handle.trigger()))
+            .collect();
+        let running_brokers = self
+            .brokers
+            .iter()
+            .map(|(k, b)| (k.clone(), &b.desired))
+            .collect();
+        let plan = plan(&running_triggers, &running_brokers, &desired);
+        let mut outcome = Outcome {
+            problems: desired.problems.iter().map(ToString::to_string).collect(),
+            ..Outcome::default()
+        };
+        self.stop_triggers(&plan.stop).await;
+        self.close_brokers(&plan.close);
+        self.update_brokers(&plan.update, &desired, &mut outcome)
+            .await;
+        self.open_brokers(&plan.open, &desired, &mut outcome).await;
+        self.publish_routes();
+        let mut desired = desired;
+        for key in &plan.start {
+            if let Some(t) = desired.triggers.remove(key) {
+                self.start_trigger(key.clone(), t, &mut outcome).await;
             }
+        }
+        self.publish_status(outcome);
+    }
+
+    /// Stops triggers; a removed one also drops its subscription.
+    async fn stop_triggers(&mut self, stop: &[(TriggerKey, bool)]) {
+        for (key, removed) in stop {
+            let Some(running) = self.triggers.remove(key) else {
+                continue;
+            };
+            let broker_key = BrokerKey::new(&key.namespace, broker_of(&running));
             running.handle.stop().await;
             self.registry
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-            if wanted.is_none() {
+                .remove(key);
+            if *removed {
                 if let Some(b) = self.brokers.get(&broker_key) {
                     let _ = b.channel.unsubscribe(&key.subscription_name()).await;
                 }
                 tracing::info!(trigger = %key, "Trigger removed");
             }
         }
-        self.triggers = keep;
+    }
 
-        let gone: Vec<BrokerKey> = self
-            .brokers
-            .keys()
-            .filter(|k| !desired.brokers.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(b) = self.brokers.remove(&key) {
-                self.channels.remove(&key, b.desired.channel);
+    fn close_brokers(&mut self, close: &[BrokerKey]) {
+        for key in close {
+            if let Some(b) = self.brokers.remove(key) {
+                self.channels.remove(key, b.desired.channel);
                 tracing::info!(broker = %key, "Broker removed");
             }
         }
-        for (key, d) in &desired.brokers {
-            let reuse = self
-                .brokers
-                .get(key)
-                .is_some_and(|b| b.desired.channel == d.channel);
-            if reuse {
-                let Some(b) = self.brokers.get_mut(key) else {
-                    continue;
-                };
-                if b.desired.channel_options != d.channel_options {
-                    if d.channel == ChannelKind::Sled {
-                        // The same channel with new settings: subscriptions carry on.
-                        if let Err(e) = self.channels.open(key, d).await {
-                            broker_failures.insert(key.to_string(), e.clone());
-                            problems.push(e);
-                        }
-                    } else {
-                        tracing::warn!(broker = %key, "Changed channel settings of a memory broker apply after a restart");
-                    }
-                }
-                b.desired = d.clone();
+    }
+
+    /// Brokers that keep their channel take their new settings; changed sled settings
+    /// reopen the same channel (subscriptions carry on).
+    async fn update_brokers(
+        &mut self,
+        update: &[(BrokerKey, bool)],
+        desired: &Desired,
+        outcome: &mut Outcome,
+    ) {
+        for (key, options_changed) in update {
+            let (Some(d), Some(b)) = (desired.brokers.get(key), self.brokers.get_mut(key)) else {
                 continue;
+            };
+            if *options_changed {
+                if d.channel == ChannelKind::Sled {
+                    if let Err(e) = self.channels.open(key, d).await {
+                        outcome.broker_failures.insert(key.to_string(), e.clone());
+                        outcome.problems.push(e);
+                    }
+                } else {
+                    tracing::warn!(broker = %key, "Changed channel settings of a memory broker apply after a restart");
+                }
             }
+            b.desired = d.clone();
+        }
+    }
+
+    async fn open_brokers(&mut self, open: &[BrokerKey], desired: &Desired, outcome: &mut Outcome) {
+        for key in open {
+            let Some(d) = desired.brokers.get(key) else {
+                continue;
+            };
             match self.channels.open(key, d).await {
                 Ok(channel) => {
                     let channel = Arc::new(Tapped::new(channel));
@@ -344,11 +367,15 @@ impl Mesh {
                 }
                 Err(e) => {
                     tracing::error!(broker = %key, error = %e, "Broker not started");
-                    broker_failures.insert(key.to_string(), e.clone());
-                    problems.push(e);
+                    outcome.broker_failures.insert(key.to_string(), e.clone());
+                    outcome.problems.push(e);
                 }
             }
         }
+    }
+
+    /// The ingress's route table and the taps follow the running brokers.
+    fn publish_routes(&mut self) {
         let table = self
             .brokers
             .iter()
@@ -362,73 +389,72 @@ impl Mesh {
             })
             .collect();
         self.routes.replace(table);
+        let mut taps = self.taps.write().unwrap_or_else(|p| p.into_inner());
+        *taps = self
+            .brokers
+            .iter()
+            .map(|(k, b)| (k.clone(), b.channel.clone()))
+            .collect();
+    }
 
-        for (key, t) in desired.triggers {
-            if self.triggers.contains_key(&key) {
-                continue;
-            }
-            let broker_key = BrokerKey::new(&key.namespace, &t.runtime.broker);
-            let Some(broker) = self.brokers.get(&broker_key) else {
-                let why = format!("broker {broker_key} is not running");
-                problems.push(format!("trigger {key}: {why}"));
-                trigger_failures.insert(key.to_string(), why);
-                continue;
-            };
-            match broker
-                .channel
-                .subscribe(&key.subscription_name(), t.start)
-                .await
-            {
-                Ok(sub) => {
-                    let dead_letters = match self.channels.dead_letters(broker.desired.channel) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::error!(trigger = %key, error = %e, "Trigger not started");
-                            problems.push(format!("trigger {key}: {e}"));
-                            trigger_failures.insert(key.to_string(), e);
-                            continue;
-                        }
-                    };
-                    let context = Arc::new(TriggerContext {
-                        runtime: Arc::new(t.runtime),
-                        deliverer: self.deliverer.clone(),
-                        broker: broker.channel.clone(),
-                        dead_letters,
-                        stats: Arc::default(),
-                        metrics: Arc::default(),
-                    });
-                    self.registry
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.clone(), context.clone());
-                    let handle = spawn_trigger(context, sub);
-                    self.triggers.insert(key, RunningTrigger { handle });
-                }
-                Err(e) => {
-                    tracing::error!(trigger = %key, error = %e, "Trigger not started");
-                    problems.push(format!("trigger {key}: {e}"));
-                    trigger_failures.insert(key.to_string(), e.to_string());
-                }
-            }
-        }
-
+    async fn start_trigger(&mut self, key: TriggerKey, t: TriggerDesired, outcome: &mut Outcome) {
+        let broker_key = BrokerKey::new(&key.namespace, &t.runtime.broker);
+        let Some(broker) = self.brokers.get(&broker_key) else {
+            let why = format!("broker {broker_key} is not running");
+            outcome.problems.push(format!("trigger {key}: {why}"));
+            outcome.trigger_failures.insert(key.to_string(), why);
+            return;
+        };
+        let sub = match broker
+            .channel
+            .subscribe(&key.subscription_name(), t.start)
+            .await
         {
-            let mut taps = self.taps.write().unwrap_or_else(|p| p.into_inner());
-            *taps = self
-                .brokers
-                .iter()
-                .map(|(k, b)| (k.clone(), b.channel.clone()))
-                .collect();
-        }
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::error!(trigger = %key, error = %e, "Trigger not started");
+                outcome.problems.push(format!("trigger {key}: {e}"));
+                outcome
+                    .trigger_failures
+                    .insert(key.to_string(), e.to_string());
+                return;
+            }
+        };
+        let dead_letters = match self.channels.dead_letters(broker.desired.channel) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(trigger = %key, error = %e, "Trigger not started");
+                outcome.problems.push(format!("trigger {key}: {e}"));
+                outcome.trigger_failures.insert(key.to_string(), e);
+                return;
+            }
+        };
+        let context = Arc::new(TriggerContext {
+            runtime: Arc::new(t.runtime),
+            deliverer: self.deliverer.clone(),
+            broker: broker.channel.clone(),
+            dead_letters,
+            stats: Arc::default(),
+            metrics: Arc::default(),
+        });
+        self.registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), context.clone());
+        let handle = spawn_trigger(context, sub);
+        self.triggers.insert(key, RunningTrigger { handle });
+    }
+
+    fn publish_status(&mut self, outcome: Outcome) {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         *status = MeshStatus {
-            ready: broker_failures.is_empty() && trigger_failures.is_empty(),
+            ready: outcome.broker_failures.is_empty() && outcome.trigger_failures.is_empty(),
             brokers: self.brokers.keys().map(ToString::to_string).collect(),
             triggers: self.triggers.keys().map(ToString::to_string).collect(),
-            problems,
+            problems: outcome.problems,
             rejected_reload: Vec::new(),
-            broker_failures,
-            trigger_failures,
+            broker_failures: outcome.broker_failures,
+            trigger_failures: outcome.trigger_failures,
         };
     }
 
@@ -460,6 +486,216 @@ impl Mesh {
     }
 }
 
+/// What one `apply` changes, decided before anything is touched.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Triggers to stop; `true` when the trigger is gone (its subscription goes too),
+    /// `false` when it restarts (changed, or its broker's channel changes).
+    stop: Vec<(TriggerKey, bool)>,
+    /// Brokers to close.
+    close: Vec<BrokerKey>,
+    /// Brokers that keep their channel; `true` when its settings changed.
+    update: Vec<(BrokerKey, bool)>,
+    /// Brokers to open: new ones, and those whose channel kind changed.
+    open: Vec<BrokerKey>,
+    /// Triggers to start: new, changed, or on a reopened broker.
+    start: Vec<TriggerKey>,
+}
+
+/// What the failures of one `apply` were, for `/readyz`.
+#[derive(Debug, Default)]
+struct Outcome {
+    problems: Vec<String>,
+    broker_failures: BTreeMap<String, String>,
+    trigger_failures: BTreeMap<String, String>,
+}
+
+/// The difference between what runs and what is desired. A trigger keeps running
+/// only if its runtime is equal and its broker keeps the same channel kind.
+fn plan(
+    triggers: &BTreeMap<TriggerKey, &TriggerRuntime>,
+    brokers: &BTreeMap<BrokerKey, &BrokerDesired>,
+    desired: &Desired,
+) -> Plan {
+    let mut plan = Plan::default();
+    let channel_changes = |key: &BrokerKey| match (desired.brokers.get(key), brokers.get(key)) {
+        (Some(d), Some(b)) => d.channel != b.channel,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    let mut kept = Vec::new();
+    for (key, running) in triggers {
+        let wanted = desired.triggers.get(key).map(|t| &t.runtime);
+        let broker_key = BrokerKey::new(&key.namespace, &running.broker);
+        if wanted == Some(*running) && !channel_changes(&broker_key) {
+            kept.push(key);
+        } else {
+            plan.stop.push((key.clone(), wanted.is_none()));
+        }
+    }
+    plan.close = brokers
+        .keys()
+        .filter(|k| !desired.brokers.contains_key(*k))
+        .cloned()
+        .collect();
+    for (key, d) in &desired.brokers {
+        match brokers.get(key) {
+            Some(b) if b.channel == d.channel => plan
+                .update
+                .push((key.clone(), b.channel_options != d.channel_options)),
+            _ => plan.open.push(key.clone()),
+        }
+    }
+    plan.start = desired
+        .triggers
+        .keys()
+        .filter(|k| !kept.contains(k))
+        .cloned()
+        .collect();
+    plan
+}
+
 fn broker_of(t: &RunningTrigger) -> &str {
     &t.handle.trigger().broker
+}
+
+#[cfg(test)]
+mod tests {
+    use cemesh_channels::StartAt;
+    use cemesh_dispatcher::{DeliverySpec, Filter};
+
+    use super::*;
+    use crate::manifest::ChannelOptions;
+
+    fn broker(name: &str, channel: ChannelKind) -> BrokerDesired {
+        BrokerDesired {
+            key: BrokerKey::new("default", name),
+            channel,
+            channel_options: ChannelOptions::default(),
+            annotations: BTreeMap::new(),
+            max_body_bytes: 1 << 20,
+            delivery: None,
+        }
+    }
+
+    fn trigger(name: &str, broker: &str, parallelism: usize) -> TriggerDesired {
+        TriggerDesired {
+            runtime: TriggerRuntime {
+                key: TriggerKey::new("default", name),
+                broker: broker.into(),
+                filter: Filter::All,
+                subscriber: "http://127.0.0.1:1/".parse().unwrap(),
+                delivery: DeliverySpec::default(),
+                parallelism,
+                endpoints: None,
+            },
+            start: StartAt::Latest,
+        }
+    }
+
+    fn desired(brokers: &[BrokerDesired], triggers: &[TriggerDesired]) -> Desired {
+        Desired {
+            brokers: brokers.iter().map(|b| (b.key.clone(), b.clone())).collect(),
+            triggers: triggers
+                .iter()
+                .map(|t| (t.runtime.key.clone(), t.clone()))
+                .collect(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Runs `plan` with `running` as what runs now.
+    fn diff(running: &Desired, wanted: &Desired) -> Plan {
+        let triggers = running
+            .triggers
+            .iter()
+            .map(|(k, t)| (k.clone(), &t.runtime))
+            .collect();
+        let brokers = running
+            .brokers
+            .iter()
+            .map(|(k, b)| (k.clone(), b))
+            .collect();
+        plan(&triggers, &brokers, wanted)
+    }
+
+    fn tk(name: &str) -> TriggerKey {
+        TriggerKey::new("default", name)
+    }
+
+    fn bk(name: &str) -> BrokerKey {
+        BrokerKey::new("default", name)
+    }
+
+    #[test]
+    fn nothing_changes_when_nothing_differs() {
+        let now = desired(&[broker("b", ChannelKind::Sled)], &[trigger("t", "b", 64)]);
+        let plan = diff(&now, &now);
+        assert_eq!(
+            plan,
+            Plan {
+                update: vec![(bk("b"), false)],
+                ..Plan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_changed_trigger_restarts_and_a_removed_one_is_dropped() {
+        let now = desired(
+            &[broker("b", ChannelKind::Sled)],
+            &[
+                trigger("same", "b", 64),
+                trigger("changed", "b", 64),
+                trigger("gone", "b", 64),
+            ],
+        );
+        let next = desired(
+            &[broker("b", ChannelKind::Sled)],
+            &[
+                trigger("same", "b", 64),
+                trigger("changed", "b", 8),
+                trigger("new", "b", 64),
+            ],
+        );
+        let plan = diff(&now, &next);
+        assert_eq!(plan.stop, vec![(tk("changed"), false), (tk("gone"), true)]);
+        assert_eq!(plan.start, vec![tk("changed"), tk("new")]);
+        assert!(plan.open.is_empty() && plan.close.is_empty());
+    }
+
+    #[test]
+    fn brokers_open_close_and_reopen_with_their_triggers() {
+        let now = desired(
+            &[
+                broker("kept", ChannelKind::Sled),
+                broker("gone", ChannelKind::Sled),
+                broker("kind", ChannelKind::Sled),
+            ],
+            &[
+                trigger("on-kind", "kind", 64),
+                trigger("on-gone", "gone", 64),
+            ],
+        );
+        let mut tuned = broker("kept", ChannelKind::Sled);
+        tuned.channel_options.max_backlog_records = 10;
+        let next = desired(
+            &[
+                tuned,
+                broker("kind", ChannelKind::Memory),
+                broker("new", ChannelKind::Memory),
+            ],
+            &[trigger("on-kind", "kind", 64)],
+        );
+        let plan = diff(&now, &next);
+        assert_eq!(plan.close, vec![bk("gone")]);
+        assert_eq!(plan.open, vec![bk("kind"), bk("new")]);
+        assert_eq!(plan.update, vec![(bk("kept"), true)]);
+        // A trigger whose broker changes channel kind restarts on the new channel.
+        assert_eq!(
+            plan.stop,
+            vec![(tk("on-gone"), true), (tk("on-kind"), false)]
+        );
+        assert_eq!(plan.start, vec![tk("on-kind")]);
+    }
 }

@@ -18,7 +18,9 @@ use serde::Deserialize;
 pub use broker::{BrokerManifest, BrokerSpec};
 pub use delivery::{DeliveryManifest, Destination, KReference};
 pub use trigger::{TriggerFilter, TriggerManifest, TriggerSpec};
-pub use validate::{compile, BrokerDesired, ChannelOptions, Desired, ResolveContext};
+pub use validate::{
+    compile, BrokerDesired, ChannelOptions, Desired, ResolveContext, TriggerDesired,
+};
 
 pub const EVENTING_V1: &str = "eventing.knative.dev/v1";
 
