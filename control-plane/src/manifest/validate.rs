@@ -108,7 +108,13 @@ pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Des
                     desired.brokers.insert(d.key.clone(), d);
                 }
             }
-            Err((path, msg)) => desired.problems.push(located.error(label, path, msg)),
+            Err(problems) => {
+                for (path, msg) in problems {
+                    desired
+                        .problems
+                        .push(located.error(label.clone(), path, msg));
+                }
+            }
         }
     }
     for located in resources {
@@ -128,13 +134,51 @@ pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Des
                     desired.triggers.insert(d.runtime.key.clone(), d);
                 }
             }
-            Err((path, msg)) => desired.problems.push(located.error(label, path, msg)),
+            Err(problems) => {
+                for (path, msg) in problems {
+                    desired
+                        .problems
+                        .push(located.error(label.clone(), path, msg));
+                }
+            }
         }
     }
     desired
 }
 
 type FieldError = (String, String);
+
+/// Every problem found in one resource, each with its field path: checks note what is
+/// wrong and go on, so a user fixes all of it in one go (Knative's `FieldError.Also`).
+#[derive(Debug, Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, path: &str, msg: impl Into<String>) {
+        self.push(field(path, msg));
+    }
+
+    /// One problem per field: the merged delivery is checked after the trigger's own.
+    fn push(&mut self, problem: FieldError) {
+        if !self.0.iter().any(|(path, _)| *path == problem.0) {
+            self.0.push(problem);
+        }
+    }
+
+    /// The value, or `None` after noting why there is none.
+    fn note<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// `value` if nothing was wrong, else every problem.
+    fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
+    }
+}
 
 fn field(path: &str, msg: impl Into<String>) -> FieldError {
     (path.to_owned(), msg.into())
@@ -169,31 +213,38 @@ fn compile_broker(
     meta: &Metadata,
     delivery: Option<DeliveryManifest>,
     ctx: &ResolveContext<'_>,
-) -> Result<BrokerDesired, FieldError> {
-    check_metadata(meta)?;
+) -> Result<BrokerDesired, Vec<FieldError>> {
+    let mut problems = Problems::default();
+    problems.note(check_metadata(meta));
     let path = |a: &str| format!("metadata.annotations.{a}");
     let channel = match meta.annotations.get(CHANNEL_ANNOTATION) {
         None => ctx.default_channel,
-        Some(v) => ChannelKind::parse(v).ok_or_else(|| {
-            field(
-                &path(CHANNEL_ANNOTATION),
-                format!("{v:?} is not a channel; expected memory, sled or kafka"),
-            )
-        })?,
+        Some(v) => match ChannelKind::parse(v) {
+            Some(c) => c,
+            None => {
+                problems.add(
+                    &path(CHANNEL_ANNOTATION),
+                    format!("{v:?} is not a channel; expected memory, sled or kafka"),
+                );
+                ctx.default_channel
+            }
+        },
     };
     let max_body_bytes = match meta.annotations.get(MAX_BODY_ANNOTATION) {
         None => ctx.default_max_body,
-        Some(v) => parse_bytes(v).map_err(|e| field(&path(MAX_BODY_ANNOTATION), e))?,
+        Some(v) => problems
+            .note(parse_bytes(v).map_err(|e| field(&path(MAX_BODY_ANNOTATION), e)))
+            .unwrap_or(ctx.default_max_body),
     };
     if let Some(d) = &delivery {
-        check_delivery(d, "spec.delivery")?;
+        check_delivery(d, "spec.delivery", &mut problems);
     }
-    let channel_options = channel_options(meta)?;
+    let channel_options = channel_options(meta, &mut problems);
     #[cfg(feature = "kafka")]
     if channel == ChannelKind::Kafka {
-        crate::kafka::channel_config(&meta.annotations)?;
+        problems.note(crate::kafka::channel_config(&meta.annotations));
     }
-    Ok(BrokerDesired {
+    problems.into_result(BrokerDesired {
         key: BrokerKey::new(meta.namespace(), &meta.name),
         channel,
         channel_options,
@@ -203,15 +254,21 @@ fn compile_broker(
     })
 }
 
-fn channel_options(meta: &Metadata) -> Result<ChannelOptions, FieldError> {
+fn channel_options(meta: &Metadata, problems: &mut Problems) -> ChannelOptions {
     let path = |a: &str| format!("metadata.annotations.{a}");
     let get = |a: &str| meta.annotations.get(a).map(String::as_str);
     let mut o = ChannelOptions::default();
     if let Some(v) = get(DURABILITY_ANNOTATION) {
-        o.durability = parse_durability(v).map_err(|e| field(&path(DURABILITY_ANNOTATION), e))?;
+        let r = parse_durability(v).map_err(|e| field(&path(DURABILITY_ANNOTATION), e));
+        if let Some(d) = problems.note(r) {
+            o.durability = d;
+        }
     }
     if let Some(v) = get(RETENTION_ANNOTATION) {
-        o.retention = parse_humane(v).map_err(|e| field(&path(RETENTION_ANNOTATION), e))?;
+        let r = parse_humane(v).map_err(|e| field(&path(RETENTION_ANNOTATION), e));
+        if let Some(d) = problems.note(r) {
+            o.retention = d;
+        }
     }
     let count = |a: &str, v: &str| {
         v.trim()
@@ -221,21 +278,28 @@ fn channel_options(meta: &Metadata) -> Result<ChannelOptions, FieldError> {
             .ok_or_else(|| field(&path(a), format!("{v:?} is not a positive whole number")))
     };
     if let Some(v) = get(MAX_BACKLOG_ANNOTATION) {
-        o.max_backlog_records = count(MAX_BACKLOG_ANNOTATION, v)?;
+        if let Some(n) = problems.note(count(MAX_BACKLOG_ANNOTATION, v)) {
+            o.max_backlog_records = n;
+        }
     }
     if let Some(v) = get(MAX_BACKLOG_SIZE_ANNOTATION) {
-        o.max_backlog_bytes =
-            parse_bytes(v).map_err(|e| field(&path(MAX_BACKLOG_SIZE_ANNOTATION), e))?;
+        let r = parse_bytes(v).map_err(|e| field(&path(MAX_BACKLOG_SIZE_ANNOTATION), e));
+        if let Some(n) = problems.note(r) {
+            o.max_backlog_bytes = n;
+        }
     }
     if let Some(v) = get(RETAIN_WITHOUT_TRIGGERS_ANNOTATION) {
-        o.retain_without_triggers = v.trim().parse::<u64>().map_err(|_| {
+        let r = v.trim().parse::<u64>().map_err(|_| {
             field(
                 &path(RETAIN_WITHOUT_TRIGGERS_ANNOTATION),
                 format!("{v:?} is not a whole number of records"),
             )
-        })?;
+        });
+        if let Some(n) = problems.note(r) {
+            o.retain_without_triggers = n;
+        }
     }
-    Ok(o)
+    o
 }
 
 /// `flush-per-batch`, `none` or `interval(10ms)`.
@@ -262,39 +326,45 @@ fn compile_trigger(
     t: &TriggerManifest,
     brokers: &BTreeMap<BrokerKey, BrokerDesired>,
     ctx: &ResolveContext<'_>,
-) -> Result<TriggerDesired, FieldError> {
-    check_metadata(&t.metadata)?;
+) -> Result<TriggerDesired, Vec<FieldError>> {
+    let mut problems = Problems::default();
+    problems.note(check_metadata(&t.metadata));
     let ns = t.metadata.namespace();
-    if t.spec.broker.is_empty() {
-        return Err(field(
+    let broker_key = BrokerKey::new(ns, &t.spec.broker);
+    let broker = if t.spec.broker.is_empty() {
+        problems.add(
             "spec.broker",
             "required: the name of the broker to subscribe to",
-        ));
-    }
-    let broker_key = BrokerKey::new(ns, &t.spec.broker);
-    let Some(broker) = brokers.get(&broker_key) else {
-        return Err(field(
-            "spec.broker",
-            format!("broker {broker_key} is not defined"),
-        ));
+        );
+        None
+    } else {
+        let broker = brokers.get(&broker_key);
+        if broker.is_none() {
+            problems.add("spec.broker", format!("broker {broker_key} is not defined"));
+        }
+        broker
     };
-    let subscriber = resolve(&t.spec.subscriber, ns, "spec.subscriber", ctx)?;
-    let filter = super::filters::compile_filter(&t.spec)?;
+    let subscriber = problems.note(resolve(&t.spec.subscriber, ns, "spec.subscriber", ctx));
+    let filter = problems.note(super::filters::compile_filter(&t.spec));
     if let Some(d) = &t.spec.delivery {
-        check_delivery(d, "spec.delivery")?;
+        check_delivery(d, "spec.delivery", &mut problems);
     }
-    let merged = merge_delivery(broker.delivery.as_ref(), t.spec.delivery.as_ref());
-    let delivery = delivery_spec(&merged, &t.metadata, ctx)?;
+    let merged = merge_delivery(
+        broker.and_then(|b| b.delivery.as_ref()),
+        t.spec.delivery.as_ref(),
+    );
+    let delivery = delivery_spec(&merged, &t.metadata, ctx, &mut problems);
     let ann = |a: &str| format!("metadata.annotations.{a}");
     let parallelism = match t.metadata.annotations.get(PARALLELISM_ANNOTATION) {
         None => 64,
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=10_000).contains(&n) => n,
             _ => {
-                return Err(field(
+                problems.add(
                     &ann(PARALLELISM_ANNOTATION),
                     format!("{v:?} is not a whole number from 1 to 10000"),
-                ))
+                );
+                64
             }
         },
     };
@@ -307,13 +377,17 @@ fn compile_trigger(
         None | Some("latest") => StartAt::Latest,
         Some("earliest") => StartAt::Earliest,
         Some(v) => {
-            return Err(field(
+            problems.add(
                 &ann(START_ANNOTATION),
                 format!("{v:?} is not latest or earliest"),
-            ))
+            );
+            StartAt::Latest
         }
     };
-    Ok(TriggerDesired {
+    let (Some(subscriber), Some(filter)) = (subscriber, filter) else {
+        return Err(problems.0);
+    };
+    problems.into_result(TriggerDesired {
         runtime: TriggerRuntime {
             key: TriggerKey::new(ns, &t.metadata.name),
             broker: t.spec.broker.clone(),
@@ -334,11 +408,15 @@ fn delivery_spec(
     d: &DeliveryManifest,
     meta: &Metadata,
     ctx: &ResolveContext<'_>,
-) -> Result<DeliverySpec, FieldError> {
+    problems: &mut Problems,
+) -> DeliverySpec {
     let mut spec = DeliverySpec::default();
     let p = |f: &str| format!("spec.delivery.{f}");
     if let Some(r) = d.retry {
-        spec.retry = u32::try_from(r).map_err(|_| field(&p("retry"), "must not be negative"))?;
+        let r = u32::try_from(r).map_err(|_| field(&p("retry"), "must not be negative"));
+        if let Some(r) = problems.note(r) {
+            spec.retry = r;
+        }
     }
     if let Some(b) = &d.backoff_policy {
         spec.backoff_policy = match b.as_str() {
@@ -346,14 +424,20 @@ fn delivery_spec(
             _ => BackoffPolicy::Exponential,
         };
     }
-    if let Some(v) = &d.backoff_delay {
-        spec.backoff_delay = parse_iso8601(v).map_err(|e| field(&p("backoffDelay"), e))?;
-    }
-    if let Some(v) = &d.timeout {
-        spec.timeout = parse_iso8601(v).map_err(|e| field(&p("timeout"), e))?;
-    }
-    if let Some(v) = &d.retry_after_max {
-        spec.retry_after_max = parse_iso8601(v).map_err(|e| field(&p("retryAfterMax"), e))?;
+    for (name, value, slot) in [
+        ("backoffDelay", &d.backoff_delay, &mut spec.backoff_delay),
+        ("timeout", &d.timeout, &mut spec.timeout),
+        (
+            "retryAfterMax",
+            &d.retry_after_max,
+            &mut spec.retry_after_max,
+        ),
+    ] {
+        if let Some(v) = value {
+            if let Some(dur) = problems.note(parse_iso8601(v).map_err(|e| field(&p(name), e))) {
+                *slot = dur;
+            }
+        }
     }
     if let Some(f) = &d.format {
         spec.format = if f == "json" {
@@ -363,67 +447,60 @@ fn delivery_spec(
         };
     }
     if let Some(sink) = &d.dead_letter_sink {
-        spec.dead_letter_sink = Some(resolve(sink, meta.namespace(), &p("deadLetterSink"), ctx)?);
+        spec.dead_letter_sink =
+            problems.note(resolve(sink, meta.namespace(), &p("deadLetterSink"), ctx));
     }
     let ann = |a: &str| format!("metadata.annotations.{a}");
     let get = |a: &str| meta.annotations.get(a).map(|v| v.trim());
     if let Some(v) = get(JITTER_ANNOTATION) {
-        spec.jitter = match v {
-            "true" | "on" => true,
-            "false" | "off" => false,
-            _ => {
-                return Err(field(
-                    &ann(JITTER_ANNOTATION),
-                    format!("{v:?} is not true or false"),
-                ))
-            }
-        };
+        match v {
+            "true" | "on" => spec.jitter = true,
+            "false" | "off" => spec.jitter = false,
+            _ => problems.add(
+                &ann(JITTER_ANNOTATION),
+                format!("{v:?} is not true or false"),
+            ),
+        }
     }
     if let Some(v) = get(BACKOFF_MAX_ANNOTATION) {
         spec.backoff_max =
-            Some(parse_humane(v).map_err(|e| field(&ann(BACKOFF_MAX_ANNOTATION), e))?);
+            problems.note(parse_humane(v).map_err(|e| field(&ann(BACKOFF_MAX_ANNOTATION), e)));
     }
     if let Some(v) = get(ORDER_ANNOTATION) {
-        spec.ordering = match v {
-            "ordered" => Ordering::PerPartitionKey,
-            "unordered" => Ordering::Unordered,
-            _ => {
-                return Err(field(
-                    &ann(ORDER_ANNOTATION),
-                    format!("{v:?} is not ordered or unordered"),
-                ))
-            }
-        };
+        match v {
+            "ordered" => spec.ordering = Ordering::PerPartitionKey,
+            "unordered" => spec.ordering = Ordering::Unordered,
+            _ => problems.add(
+                &ann(ORDER_ANNOTATION),
+                format!("{v:?} is not ordered or unordered"),
+            ),
+        }
     }
     if let Some(v) = get(COLD_START_GRACE_ANNOTATION) {
         spec.cold_start_grace =
-            Some(parse_humane(v).map_err(|e| field(&ann(COLD_START_GRACE_ANNOTATION), e))?);
+            problems.note(parse_humane(v).map_err(|e| field(&ann(COLD_START_GRACE_ANNOTATION), e)));
     }
     if let Some(v) = get(DELIVERY_FORMAT_ANNOTATION) {
-        spec.format = match v {
-            "protobuf" => Format::Protobuf,
-            "json" => Format::Structured,
-            "binary" => Format::Binary,
-            _ => {
-                return Err(field(
-                    &ann(DELIVERY_FORMAT_ANNOTATION),
-                    format!("{v:?} is not binary, json or protobuf"),
-                ))
-            }
-        };
+        match v {
+            "protobuf" => spec.format = Format::Protobuf,
+            "json" => spec.format = Format::Structured,
+            "binary" => spec.format = Format::Binary,
+            _ => problems.add(
+                &ann(DELIVERY_FORMAT_ANNOTATION),
+                format!("{v:?} is not binary, json or protobuf"),
+            ),
+        }
     }
     if let Some(v) = get(MAX_RATE_ANNOTATION) {
-        spec.max_rate = match v.parse::<f64>() {
-            Ok(r) if r.is_finite() && r > 0.0 => Some(r),
-            _ => {
-                return Err(field(
-                    &ann(MAX_RATE_ANNOTATION),
-                    format!("{v:?} is not a positive number of events per second"),
-                ))
-            }
-        };
+        match v.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 => spec.max_rate = Some(r),
+            _ => problems.add(
+                &ann(MAX_RATE_ANNOTATION),
+                format!("{v:?} is not a positive number of events per second"),
+            ),
+        }
     }
-    Ok(spec)
+    spec
 }
 
 /// Field by field: what the trigger sets wins, the rest comes from the broker.
@@ -444,48 +521,42 @@ pub fn merge_delivery(
     }
 }
 
-fn check_delivery(d: &DeliveryManifest, path: &str) -> Result<(), FieldError> {
-    if let Some(r) = d.retry {
-        if r < 0 {
-            return Err(field(
-                &format!("{path}.retry"),
-                format!("{r} must not be negative"),
-            ));
-        }
+fn check_delivery(d: &DeliveryManifest, path: &str, problems: &mut Problems) {
+    if let Some(r) = d.retry.filter(|r| *r < 0) {
+        problems.add(
+            &format!("{path}.retry"),
+            format!("{r} must not be negative"),
+        );
     }
-    if let Some(p) = &d.backoff_policy {
-        if p != "exponential" && p != "linear" {
-            return Err(field(
-                &format!("{path}.backoffPolicy"),
-                format!("{p:?} is not exponential or linear"),
-            ));
-        }
+    if let Some(p) = d
+        .backoff_policy
+        .as_ref()
+        .filter(|p| *p != "exponential" && *p != "linear")
+    {
+        problems.add(
+            &format!("{path}.backoffPolicy"),
+            format!("{p:?} is not exponential or linear"),
+        );
     }
     for (name, v) in [
         ("backoffDelay", &d.backoff_delay),
         ("timeout", &d.timeout),
         ("retryAfterMax", &d.retry_after_max),
     ] {
-        if let Some(v) = v {
-            let dur: Duration =
-                parse_iso8601(v).map_err(|e| field(&format!("{path}.{name}"), e))?;
+        let Some(v) = v else { continue };
+        let parsed = parse_iso8601(v).map_err(|e| field(&format!("{path}.{name}"), e));
+        if let Some(dur) = problems.note(parsed) {
             if name == "timeout" && dur.is_zero() {
-                return Err(field(
-                    &format!("{path}.timeout"),
-                    "must be greater than zero",
-                ));
+                problems.add(&format!("{path}.timeout"), "must be greater than zero");
             }
         }
     }
-    if let Some(f) = &d.format {
-        if f != "json" && f != "binary" {
-            return Err(field(
-                &format!("{path}.format"),
-                format!("{f:?} is not json or binary"),
-            ));
-        }
+    if let Some(f) = d.format.as_ref().filter(|f| *f != "json" && *f != "binary") {
+        problems.add(
+            &format!("{path}.format"),
+            format!("{f:?} is not json or binary"),
+        );
     }
-    Ok(())
 }
 
 /// Resolves a Destination to a URL: `uri` as is, or a `ref` through the services map,
@@ -674,6 +745,38 @@ mod tests {
         );
         // Without a running pool (validation only) nothing is leased.
         assert!(on_demand_endpoints(&dest, "ns", &c).is_none());
+    }
+
+    #[test]
+    fn every_problem_of_a_resource_is_reported() {
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations:\n    cemesh.dev/channel: disk\n    cemesh.dev/max-backlog: \"0\"\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  annotations:\n    cemesh.dev/parallelism: \"0\"\n    cemesh.dev/start: middle\nspec:\n  broker: nope\n  subscriber: {uri: 'http://x'}\n  filter: {attributes: {Type: x}}\n  delivery: {backoffDelay: soon, retry: -1}\n";
+        let (resources, errors) = parse_str(Path::new("f.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let services = BTreeMap::new();
+        let d = compile(&resources, &ctx(&services));
+        let msgs: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
+        for needle in [
+            "(Broker default/b): metadata.annotations.cemesh.dev/channel",
+            "(Broker default/b): metadata.annotations.cemesh.dev/max-backlog",
+            "(Trigger default/t): spec.broker",
+            "(Trigger default/t): spec.filter.attributes.Type",
+            "(Trigger default/t): spec.delivery.retry",
+            "(Trigger default/t): spec.delivery.backoffDelay",
+            "(Trigger default/t): metadata.annotations.cemesh.dev/parallelism",
+            "(Trigger default/t): metadata.annotations.cemesh.dev/start",
+        ] {
+            assert!(
+                msgs.iter().any(|m| m.contains(needle)),
+                "{needle} in {msgs:#?}"
+            );
+        }
+        assert!(d.brokers.is_empty() && d.triggers.is_empty());
+        let retry = msgs
+            .iter()
+            .filter(|m| m.contains("spec.delivery.retry"))
+            .count();
+        assert_eq!(retry, 1, "each problem once: {msgs:#?}");
     }
 
     #[test]
