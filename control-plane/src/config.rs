@@ -79,7 +79,7 @@ pub struct ServerConfig {
     /// `tracing` filter, e.g. `info` or `cemesh_dispatcher=debug`.
     pub log_level: Option<String>,
     /// How long deliveries in flight may take to finish on shutdown, e.g. `30s`.
-    pub shutdown_grace: Option<String>,
+    pub shutdown_grace: Option<crate::duration::HumaneDuration>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -158,4 +158,31 @@ pub struct Settings {
     pub shutdown_grace: std::time::Duration,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_typed_and_a_bad_one_names_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.yaml");
+        std::fs::write(&good, "shutdown_grace: 250ms\n").unwrap();
+        let cfg = ServerConfig::load(&good).unwrap();
+        assert_eq!(
+            cfg.shutdown_grace,
+            Some(crate::duration::HumaneDuration(
+                std::time::Duration::from_millis(250)
+            ))
+        );
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "log_level: info\nshutdown_grace: soon\n").unwrap();
+        let err = ServerConfig::load(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.yaml") && err.contains("shutdown_grace"),
+            "{err}"
+        );
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    }
 }

@@ -1,12 +1,50 @@
 //! Durations as users write them: ISO 8601 in Knative fields (`PT0.2S`, `PT1M`), and
-//! humane forms in cemesh's own config (`200ms`, `5s`, `1m`, `2h`).
+//! humane forms in cemesh's own config (`200ms`, `5s`, `1m`, `2h`), and byte sizes;
+//! with a typed error that names the input and the form expected.
 
 use std::time::Duration;
 
+/// Why a duration or size does not parse; each message names the input and the
+/// form expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    #[error("{0:?} is not an ISO 8601 duration such as PT0.2S or PT1M")]
+    NotIso8601(String),
+    #[error("{0:?} is not a duration such as 200ms, 5s or 1m")]
+    NotDuration(String),
+    #[error("{input:?}: unknown unit {unit:?} (use {expected})")]
+    UnknownUnit {
+        input: String,
+        unit: String,
+        expected: &'static str,
+    },
+    #[error("{input:?}: {reason}")]
+    OutOfRange { input: String, reason: String },
+    #[error("{0:?} is not a size such as 1MiB or 65536")]
+    NotSize(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
+/// A duration in cemesh's own config (`200ms`, `5s`, `1m`), typed: a config file
+/// with a bad one is refused with its file, line and field at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumaneDuration(pub Duration);
+
+impl<'de> serde::Deserialize<'de> for HumaneDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_humane(&s)
+            .map(HumaneDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Parses an ISO 8601 duration (`PnDTnHnMnS`, fractional seconds allowed; years and
 /// months are refused because their length varies).
-pub fn parse_iso8601(s: &str) -> Result<Duration, String> {
-    let err = || format!("{s:?} is not an ISO 8601 duration such as PT0.2S or PT1M");
+pub fn parse_iso8601(s: &str) -> Result<Duration, ParseError> {
+    let err = || ParseError::NotIso8601(s.to_owned());
     let rest = s.strip_prefix('P').ok_or_else(err)?;
     if rest.is_empty() {
         return Err(err());
@@ -17,7 +55,7 @@ pub fn parse_iso8601(s: &str) -> Result<Duration, String> {
         None => (rest, None),
     };
     let mut total = 0f64;
-    let mut take = |part: &str, units: &[(char, f64)]| -> Result<(), String> {
+    let mut take = |part: &str, units: &[(char, f64)]| -> Result<(), ParseError> {
         let mut num = String::new();
         let mut allowed = units.iter();
         for c in part.chars() {
@@ -50,7 +88,7 @@ pub fn parse_iso8601(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `250ms`, `5s`, `1.5m`, `2h`, `1d`; a bare number is seconds.
-pub fn parse_humane(s: &str) -> Result<Duration, String> {
+pub fn parse_humane(s: &str) -> Result<Duration, ParseError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -58,7 +96,7 @@ pub fn parse_humane(s: &str) -> Result<Duration, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 200ms, 5s or 1m"))?;
+        .map_err(|_| ParseError::NotDuration(s.to_owned()))?;
     let factor = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -66,22 +104,25 @@ pub fn parse_humane(s: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         "d" => 86_400.0,
         other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
-            ))
+            return Err(ParseError::UnknownUnit {
+                input: s.to_owned(),
+                unit: other.to_owned(),
+                expected: "ms, s, m, h or d",
+            })
         }
     };
-    Duration::try_from_secs_f64(n * factor).map_err(|e| format!("{s:?}: {e}"))
+    Duration::try_from_secs_f64(n * factor).map_err(|e| ParseError::OutOfRange {
+        input: s.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Parses byte sizes: `1048576`, `64KiB`, `1MiB`, `1MB`, `2GiB`.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, ParseError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 1MiB or 65536"))?;
+    let n: u64 = num.parse().map_err(|_| ParseError::NotSize(s.to_owned()))?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "Ki" => 1 << 10,
@@ -91,13 +132,15 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "MB" | "M" => 1_000_000,
         "GB" | "G" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?} (use B, KiB, MiB or GiB)"
-            ))
+            return Err(ParseError::UnknownUnit {
+                input: s.to_owned(),
+                unit: other.to_owned(),
+                expected: "B, KiB, MiB or GiB",
+            })
         }
     };
     n.checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| ParseError::TooLarge(s.to_owned()))
 }
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ pub fn channel_config(
     c.partitions = count(PARTITIONS_ANNOTATION)?;
     c.replication = count(REPLICATION_ANNOTATION)?;
     if let Some(v) = annotations.get(RETENTION_ANNOTATION) {
-        let d = parse_humane(v).map_err(|e| err(RETENTION_ANNOTATION, e))?;
+        let d = parse_humane(v).map_err(|e| err(RETENTION_ANNOTATION, e.to_string()))?;
         c.topic_configs
             .insert("retention.ms".into(), d.as_millis().to_string());
     }

@@ -56,8 +56,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CEMESH_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Time deliveries in flight get to finish on shutdown, e.g. 30s [default: 30s]
-    #[arg(long, env = "CEMESH_SHUTDOWN_GRACE")]
-    pub shutdown_grace: Option<String>,
+    #[arg(long, env = "CEMESH_SHUTDOWN_GRACE", value_parser = crate::duration::parse_humane)]
+    pub shutdown_grace: Option<Duration>,
     #[cfg(feature = "kafka")]
     #[command(flatten)]
     pub kafka: crate::kafka::KafkaArgs,
@@ -113,17 +113,10 @@ pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
         #[cfg(feature = "kafka")]
         kafka: crate::kafka::options(&args.kafka, &file.kafka)?,
         log_level: args.log_level.clone().or(file.log_level),
-        shutdown_grace: match &args.shutdown_grace {
-            Some(s) => crate::duration::parse_humane(s)
-                .map_err(|e| anyhow::anyhow!("--shutdown-grace: {e}"))?,
-            None => file
-                .shutdown_grace
-                .as_deref()
-                .map(crate::duration::parse_humane)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("shutdown_grace: {e}"))?
-                .unwrap_or(Duration::from_secs(30)),
-        },
+        shutdown_grace: args
+            .shutdown_grace
+            .or(file.shutdown_grace.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(30)),
     })
 }
 

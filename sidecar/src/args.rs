@@ -123,11 +123,11 @@ pub struct SidecarArgs {
     pub log_format: Option<LogFormat>,
 }
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
+fn duration_arg(s: &str) -> Result<Duration, cemesh_control::duration::ParseError> {
     cemesh_control::duration::parse_humane(s)
 }
 
-fn bytes_arg(s: &str) -> Result<u64, String> {
+fn bytes_arg(s: &str) -> Result<u64, cemesh_control::duration::ParseError> {
     cemesh_control::duration::parse_bytes(s)
 }
 

@@ -154,7 +154,7 @@ type FieldError = (String, String);
 struct Problems(Vec<FieldError>);
 
 impl Problems {
-    fn add(&mut self, path: &str, msg: impl Into<String>) {
+    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.push(field(path, msg));
     }
 
@@ -180,8 +180,8 @@ impl Problems {
     }
 }
 
-fn field(path: &str, msg: impl Into<String>) -> FieldError {
-    (path.to_owned(), msg.into())
+fn field(path: &str, msg: impl std::fmt::Display) -> FieldError {
+    (path.to_owned(), msg.to_string())
 }
 
 fn check_metadata(meta: &Metadata) -> Result<(), FieldError> {
@@ -311,7 +311,7 @@ fn parse_durability(v: &str) -> Result<Durability, String> {
             .strip_prefix("interval(")
             .and_then(|r| r.strip_suffix(')'))
         {
-            Some(d) => match parse_humane(d)? {
+            Some(d) => match parse_humane(d).map_err(|e| e.to_string())? {
                 d if d.is_zero() => Err("the interval must be above zero".into()),
                 d => Ok(Durability::Interval(d)),
             },
