@@ -344,7 +344,7 @@ impl ControlPlane {
             Some(prev) if prev == spec_of(&located.raw) => Applied::Unchanged,
             Some(_) => Applied::Configured,
         };
-        write_atomically(&path, body).map_err(ApplyError::Storage)?;
+        write_atomically(&path, body).map_err(|e| ApplyError::Storage(e.to_string()))?;
         inner.api = candidate;
         self.run(&mut inner, desired).await;
         tracing::info!(resource = %key, ?applied, "Applied through the admin API");
@@ -563,17 +563,30 @@ fn load_dir_quiet(dir: &Path) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
 
 /// Writes `text` to `path` through a temporary file and a rename, fsynced, so a crash
 /// leaves the old or the new content, never a mix.
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+/// Why a resource could not be written under the data dir.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {}: {source}", path.display())]
+pub struct WriteError {
+    step: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), WriteError> {
     use std::io::Write as _;
-    let dir = path.parent().ok_or("no parent directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let fail = |step, path: &Path| {
+        let path = path.to_owned();
+        move |source| WriteError { step, path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(fail("creating", dir))?;
     let tmp = path.with_extension("yaml.tmp");
-    let mut f =
-        std::fs::File::create(&tmp).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(fail("writing", &tmp))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
+        .map_err(fail("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(fail("renaming to", path))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -41,10 +41,24 @@ impl fmt::Debug for Lease {
     }
 }
 
+/// Why no instance could be leased; the attempt fails without a response (and is
+/// retried like a refused connection).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    #[error("service {service} is shutting down")]
+    ShuttingDown { service: String },
+    #[error("no instance of service {service} was ready within {waited:?}")]
+    NotReady {
+        service: String,
+        waited: std::time::Duration,
+    },
+}
+
 /// A pool of subscriber instances.
 #[async_trait]
 pub trait Endpoints: Send + Sync + fmt::Debug + 'static {
     /// Waits for a ready instance (starting one when none runs) and leases it for one
-    /// attempt. An error is a failed attempt without a response (retried).
-    async fn acquire(&self) -> Result<Lease, String>;
+    /// attempt.
+    async fn acquire(&self) -> Result<Lease, LeaseError>;
 }

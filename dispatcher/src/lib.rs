@@ -14,7 +14,7 @@ pub mod runtime;
 pub mod trigger;
 
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
-pub use endpoint::{Endpoints, Lease};
+pub use endpoint::{Endpoints, Lease, LeaseError};
 pub use filter::{Filter, FilterError};
 pub use pipeline::{Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use retry::{GiveUp, RetryAction, RetryState};

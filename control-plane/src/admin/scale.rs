@@ -23,7 +23,9 @@ pub async fn scale(
         .get(&key)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("trigger {key} is not running")))?;
-    let s = crate::keda::read(&ctx).await.map_err(ApiError::internal)?;
+    let s = crate::keda::read(&ctx)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(json!({
         "trigger": key.to_string(),
         "lag": s.lag,

@@ -173,7 +173,9 @@ impl Scaler {
         let ctx = self
             .context(key)
             .ok_or_else(|| Status::not_found(format!("trigger {key} is not running")))?;
-        signals::read(&ctx).await.map_err(Status::unavailable)
+        signals::read(&ctx)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
     }
 }
 

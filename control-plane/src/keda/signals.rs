@@ -26,13 +26,25 @@ pub struct Signals {
 }
 
 /// Reads a running trigger's signals.
-pub async fn read(ctx: &TriggerContext) -> Result<Signals, String> {
+/// The channel could not say how far behind a trigger is.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the lag of trigger {trigger}: {source}")]
+pub struct LagError {
+    trigger: String,
+    #[source]
+    source: cemesh_channels::ChannelError,
+}
+
+pub async fn read(ctx: &TriggerContext) -> Result<Signals, LagError> {
     let key = &ctx.runtime.key;
     let lag = ctx
         .broker
         .lag(&key.subscription_name())
         .await
-        .map_err(|e| format!("reading the lag of trigger {key}: {e}"))?;
+        .map_err(|source| LagError {
+            trigger: key.to_string(),
+            source,
+        })?;
     let in_flight = u64::try_from(ctx.stats.in_flight.load(Relaxed)).unwrap_or(0);
     let oldest_waiting_age_seconds = match ctx.stats.oldest_arrival_ms() {
         Some(ms) => (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1e3,

@@ -645,11 +645,29 @@ fn on_demand_endpoints(
         .clone()
 }
 
-fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not an absolute URL: {e}"))?;
+/// Why a subscriber URL is refused.
+#[derive(Debug, thiserror::Error)]
+enum UrlError {
+    #[error("{input:?} is not an absolute URL: {source}")]
+    NotAbsolute {
+        input: String,
+        source: url::ParseError,
+    },
+    #[error("{input:?}: scheme {scheme:?} is not http or https")]
+    Scheme { input: String, scheme: String },
+}
+
+fn parse_http_url(s: &str) -> Result<reqwest::Url, UrlError> {
+    let url = reqwest::Url::parse(s).map_err(|source| UrlError::NotAbsolute {
+        input: s.to_owned(),
+        source,
+    })?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        other => Err(format!("{s:?}: scheme {other:?} is not http or https")),
+        other => Err(UrlError::Scheme {
+            input: s.to_owned(),
+            scheme: other.to_owned(),
+        }),
     }
 }
 

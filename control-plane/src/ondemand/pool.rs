@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cemesh_dispatcher::{Endpoints, Lease};
+use cemesh_dispatcher::{Endpoints, Lease, LeaseError};
 use cemesh_proto::metric_names as names;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -343,7 +343,7 @@ pub(crate) struct PoolEndpoints(pub Arc<Pool>);
 
 #[async_trait]
 impl Endpoints for PoolEndpoints {
-    async fn acquire(&self) -> Result<Lease, String> {
+    async fn acquire(&self) -> Result<Lease, LeaseError> {
         self.0.acquire().await
     }
 }
@@ -351,7 +351,7 @@ impl Endpoints for PoolEndpoints {
 impl Pool {
     /// Waits for a ready instance (starting instances as the demand requires) and
     /// leases it for one attempt.
-    async fn acquire(self: &Arc<Self>) -> Result<Lease, String> {
+    async fn acquire(self: &Arc<Self>) -> Result<Lease, LeaseError> {
         let deadline = tokio::time::Instant::now() + self.spec.start_timeout;
         let concurrency = self.spec.concurrency.get() as usize;
         let mut waiting: Option<Waiting<'_>> = None;
@@ -362,7 +362,9 @@ impl Pool {
             {
                 let mut st = lock(&self.state);
                 if self.closing.is_cancelled() {
-                    return Err(format!("service {} is shutting down", self.name));
+                    return Err(LeaseError::ShuttingDown {
+                        service: self.name.clone(),
+                    });
                 }
                 let in_flight: usize = st.instances.iter().map(|i| i.in_flight.load(SeqCst)).sum();
                 let demand = in_flight + st.waiting + usize::from(waiting.is_none());
@@ -410,10 +412,10 @@ impl Pool {
                 _ = tokio::time::sleep_until(recheck) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "no instance of service {} was ready within {:?}",
-                    self.name, self.spec.start_timeout
-                ));
+                return Err(LeaseError::NotReady {
+                    service: self.name.clone(),
+                    waited: self.spec.start_timeout,
+                });
             }
         }
     }
@@ -450,7 +452,10 @@ mod tests {
     async fn a_program_that_cannot_start_fails_the_attempt_with_backoff() {
         let pool = Pool::new("broken".into(), spec(&["/nonexistent/cemesh-test-program"]));
         let err = pool.acquire().await.expect_err("no instance can start");
-        assert!(err.contains("no instance of service broken"), "{err}");
+        assert!(
+            err.to_string().contains("no instance of service broken"),
+            "{err}"
+        );
         assert_eq!(pool.running(), 0);
         // Backoff doubles from 100 ms: within 400 ms, a handful of tries, not hundreds.
         let crashes = lock(&pool.state).crashes;
