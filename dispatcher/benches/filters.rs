@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use cemesh_dispatcher::filter::cesql::Expression;
-use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter};
+use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter, FilterSpec};
 use cemesh_proto::{AttributeValue, Event};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -37,32 +37,31 @@ fn typical_event() -> Event {
     e
 }
 
-const EXACT5: &str = r#"
-- exact:
-    type: com.example.order.created
-    source: https://shop.example/eu/orders
-    subject: order-4711
-    region: eu-west
-    tenant: acme
-"#;
+const EXACT5: [(&str, &str); 5] = [
+    ("type", "com.example.order.created"),
+    ("source", "https://shop.example/eu/orders"),
+    ("subject", "order-4711"),
+    ("region", "eu-west"),
+    ("tenant", "acme"),
+];
 
 const CESQL3: &str =
     "type LIKE 'com.example.order.%' AND region IN ('eu-west', 'eu-north', 'eu-central') AND amount > 1000";
 
-fn yaml(text: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::from_str(text).expect("bench YAML")
+fn exact(pairs: &[(&str, &str)]) -> Vec<FilterSpec> {
+    let pairs = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    vec![FilterSpec::Exact(pairs)]
 }
 
 fn evaluation(c: &mut Criterion) {
     let event = typical_event();
-    let exact = DialectFilter::from_yaml(&yaml(EXACT5), "spec.filters").expect("exact");
-    let cesql_filter = DialectFilter::from_yaml(
-        &[serde_yaml::Value::Mapping(
-            [("cesql".into(), CESQL3.into())].into_iter().collect(),
-        )],
-        "spec.filters",
-    )
-    .expect("cesql");
+    let exact = DialectFilter::compile(&exact(&EXACT5), "spec.filters").expect("exact");
+    let cesql_filter =
+        DialectFilter::compile(&[FilterSpec::Cesql(CESQL3.to_owned())], "spec.filters")
+            .expect("cesql");
     let legacy = AttributesFilter::new(
         &[
             ("type", "com.example.order.created"),
@@ -98,10 +97,10 @@ fn evaluation(c: &mut Criterion) {
 }
 
 fn compilation(c: &mut Criterion) {
-    let exact = yaml(EXACT5);
+    let exact = exact(&EXACT5);
     let mut g = c.benchmark_group("compile");
     g.bench_function("exact_5_attributes", |b| {
-        b.iter(|| DialectFilter::from_yaml(black_box(&exact), "spec.filters"))
+        b.iter(|| DialectFilter::compile(black_box(&exact), "spec.filters"))
     });
     g.bench_function("cesql_3_clauses_like_in", |b| {
         b.iter(|| Expression::parse(black_box(CESQL3)))

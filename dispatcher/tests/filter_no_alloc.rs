@@ -8,7 +8,7 @@
 
 use std::alloc::System;
 
-use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter};
+use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter, FilterSpec};
 use cemesh_dispatcher::Filter;
 use cemesh_proto::{AttributeValue, Event};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -32,7 +32,45 @@ fn event() -> Event {
 
 fn dialect(yaml: &str) -> Filter {
     let nodes: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).expect("YAML");
-    Filter::Dialect(DialectFilter::from_yaml(&nodes, "spec.filters").expect("valid filter"))
+    let specs: Vec<FilterSpec> = nodes.iter().map(spec).collect();
+    Filter::Dialect(DialectFilter::compile(&specs, "spec.filters").expect("valid filter"))
+}
+
+/// Well-formed test YAML to specs (the control plane's reader checks real manifests).
+fn spec(node: &serde_yaml::Value) -> FilterSpec {
+    let (dialect, arg) = node
+        .as_mapping()
+        .and_then(|m| m.iter().next())
+        .expect("a filter object");
+    let pairs = || {
+        arg.as_mapping()
+            .expect("a map")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_owned(),
+                    v.as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let list = || {
+        arg.as_sequence()
+            .expect("a list")
+            .iter()
+            .map(spec)
+            .collect()
+    };
+    match dialect.as_str().expect("a dialect") {
+        "exact" => FilterSpec::Exact(pairs()),
+        "prefix" => FilterSpec::Prefix(pairs()),
+        "suffix" => FilterSpec::Suffix(pairs()),
+        "all" => FilterSpec::All(list()),
+        "any" => FilterSpec::Any(list()),
+        "not" => FilterSpec::Not(Box::new(spec(arg))),
+        "cesql" => FilterSpec::Cesql(arg.as_str().unwrap().to_owned()),
+        other => panic!("dialect {other}"),
+    }
 }
 
 #[test]

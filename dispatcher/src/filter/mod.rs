@@ -19,7 +19,7 @@ mod exact;
 
 use cemesh_proto::Event;
 
-pub use dialect::DialectFilter;
+pub use dialect::{attr_path, DialectFilter, FilterSpec};
 pub use exact::AttributesFilter;
 
 /// Why a filter was refused at load time; `path` names the bad node

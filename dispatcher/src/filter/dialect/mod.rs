@@ -1,10 +1,13 @@
 //! Knative's `spec.filters`: the filter dialects of the CloudEvents Subscriptions API
 //! (`exact`, `prefix`, `suffix`, `all`, `any`, `not`) plus Knative's `cesql`.
 //!
-//! [`DialectFilter::from_yaml`] takes the manifest's YAML nodes and either returns a
-//! compiled tree or a [`FilterError`] naming the bad node
-//! (`spec.filters[1].any[0].cesql: parse error at column 12: ...`). Every check
-//! happens there, so a compiled tree is always valid and evaluation is a plain
+//! [`DialectFilter::compile`] takes the typed [`FilterSpec`]s the control plane read
+//! from a manifest (the dispatcher never sees YAML) and either returns a compiled
+//! tree or a [`FilterError`] naming the bad node
+//! (`spec.filters[1].any[0].cesql: parse error at column 12: ...`). Every check of
+//! meaning happens there (the shape of the YAML is the control plane's to check,
+//! `control-plane/src/manifest/filters.rs`), so a compiled tree is always valid and
+//! evaluation is a plain
 //! two-valued walk: no re-parsing, no error state, and no allocation except to turn a
 //! Binary attribute into base64 (or inside the few CESQL functions that build text).
 //!
@@ -12,7 +15,7 @@
 //!
 //! * The list is an implicit AND. Only a *non-empty* list replaces
 //!   `spec.filter.attributes`: Knative applies `filter` when `filters` is `[]`, and so
-//!   do we (the broker decides; see `broker/src/manifest/filters.rs`).
+//!   do we (the control plane decides; see `control-plane/src/manifest/filters.rs`).
 //! * `exact` / `prefix` / `suffix` map attribute names to strings; every entry must
 //!   hold (AND), comparisons are case-sensitive, a non-string attribute is compared
 //!   through its canonical string (`true`, `42`, base64), and an attribute the event
@@ -36,7 +39,11 @@
 //!   bare `7` or `true` is refused with a hint to quote it, so that `1.0` vs `1` or
 //!   `yes` vs `true` never surprise anyone.
 
-mod yaml;
+mod compile;
+pub mod spec;
+
+pub use compile::attr_path;
+pub use spec::FilterSpec;
 
 use cemesh_proto::Event;
 
@@ -54,8 +61,8 @@ impl DialectFilter {
     /// Compiles the `spec.filters` list. `path` is where the list sits in the manifest
     /// (`spec.filters`); errors extend it (`spec.filters[1].any[0].cesql`). The list
     /// must not be empty: an empty list is not a dialect filter (see the module docs).
-    pub fn from_yaml(filters: &[serde_yaml::Value], path: &str) -> Result<Self, FilterError> {
-        yaml::compile_list(filters, path).map(|root| DialectFilter { root })
+    pub fn compile(filters: &[FilterSpec], path: &str) -> Result<Self, FilterError> {
+        compile::compile_list(filters, path).map(|root| DialectFilter { root })
     }
 
     /// Whether the event passes every filter of the list.
@@ -107,6 +114,3 @@ impl Node {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

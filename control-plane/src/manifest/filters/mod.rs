@@ -2,14 +2,26 @@
 //!
 //! As in Knative, a non-empty `filters` list wins and `filter` is then ignored; an
 //! empty `filters: []` leaves `filter` in charge (Knative's
-//! FilterAttributeWithEmptyFiltersFeature). The dispatcher does every check, so a
-//! trigger whose filter does not compile never starts, and the error names the node:
+//! FilterAttributeWithEmptyFiltersFeature). The YAML's shape is checked here
+//! ([`yaml`], into the dispatcher's typed `FilterSpec`), what it means by the
+//! dispatcher's compiler, so a trigger whose filter does not compile never starts, and
+//! the error names the node:
 //! `spec.filters[1].any[0].cesql: parse error at column 12: ...`.
+
+mod yaml;
 
 use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter};
 use cemesh_dispatcher::{Filter, FilterError};
 
 use super::TriggerSpec;
+
+/// `spec.filters` YAML, read into typed specs and compiled.
+pub fn compile_dialect(
+    filters: &[serde_yaml::Value],
+    path: &str,
+) -> Result<DialectFilter, FilterError> {
+    DialectFilter::compile(&yaml::specs(filters, path)?, path)
+}
 
 /// Compiles the trigger's filter; the error is `(field path, message)`.
 pub(super) fn compile_filter(spec: &TriggerSpec) -> Result<Filter, (String, String)> {
@@ -18,7 +30,7 @@ pub(super) fn compile_filter(spec: &TriggerSpec) -> Result<Filter, (String, Stri
 
 fn compile(spec: &TriggerSpec) -> Result<Filter, FilterError> {
     if let Some(filters) = spec.filters.as_deref().filter(|f| !f.is_empty()) {
-        return DialectFilter::from_yaml(filters, "spec.filters").map(Filter::Dialect);
+        return compile_dialect(filters, "spec.filters").map(Filter::Dialect);
     }
     match &spec.filter {
         Some(f) if !f.attributes.is_empty() => {
@@ -58,3 +70,6 @@ mod tests {
         assert!(message.starts_with("parse error at column 17"), "{message}");
     }
 }
+
+#[cfg(test)]
+mod dialect_tests;

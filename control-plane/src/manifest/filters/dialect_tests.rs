@@ -1,15 +1,16 @@
-//! Dialect semantics (table tests) and load-time errors (paths and messages).
+//! Dialect semantics (table tests) and load-time errors (paths and messages), from
+//! manifest YAML through the typed specs to the dispatcher's compiled filter.
 
 use bytes::Bytes;
 use cemesh_proto::{AttributeValue, Event};
 use proptest::prelude::*;
 
-use super::DialectFilter;
-use crate::filter::FilterError;
+use cemesh_dispatcher::filter::DialectFilter;
+use cemesh_dispatcher::FilterError;
 
 fn compile(yaml: &str) -> Result<DialectFilter, FilterError> {
     let nodes: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).expect("test YAML");
-    DialectFilter::from_yaml(&nodes, "spec.filters")
+    super::compile_dialect(&nodes, "spec.filters")
 }
 
 fn filter(yaml: &str) -> DialectFilter {
@@ -232,12 +233,12 @@ proptest! {
 
     #[test]
     fn compiling_and_evaluating_never_panic(nodes in prop::collection::vec(yaml_node(), 0..3)) {
-        match DialectFilter::from_yaml(&nodes, "spec.filters") {
+        match super::compile_dialect(&nodes, "spec.filters") {
             Ok(f) => {
                 let _ = f.matches(&order());
                 // `not: not: x` is `x`.
                 let nn = vec![single("not", single("not", single("all", serde_yaml::Value::Sequence(nodes))))];
-                let g = DialectFilter::from_yaml(&nn, "spec.filters").expect("still valid");
+                let g = super::compile_dialect(&nn, "spec.filters").expect("still valid");
                 prop_assert_eq!(g.matches(&order()), f.matches(&order()));
             }
             Err(e) => prop_assert!(e.path.starts_with("spec.filters"), "{}", e),
