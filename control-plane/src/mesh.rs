@@ -56,6 +56,31 @@ pub struct MeshStatus {
 /// were written, so a small cache costs little and keeps RSS bounded under a backlog.
 const SLED_CACHE_BYTES: u64 = 64 << 20;
 
+/// Why a broker's channel (or the store behind it) did not open; shown in the log,
+/// `/readyz` and the broker's status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Sled(cemesh_channels::ChannelError),
+    #[error("broker {broker}: {source}")]
+    Channel {
+        broker: BrokerKey,
+        source: cemesh_channels::ChannelError,
+    },
+    #[error("broker {0}: the kafka channel needs --kafka-bootstrap (or kafka.bootstrap in the config file)")]
+    NoKafka(BrokerKey),
+    #[error("broker {broker}: {message}")]
+    KafkaConfig { broker: BrokerKey, message: String },
+    #[error("broker {0}: the kafka channel is not available in this build (build with --features kafka)")]
+    KafkaNotBuilt(BrokerKey),
+}
+
 /// Opens channels for brokers. The sled database (one per process, under
 /// `<data-dir>/sled`) opens with the first sled broker and stays open until shutdown.
 pub struct Channels {
@@ -79,15 +104,17 @@ impl Channels {
         }
     }
 
-    fn sled(&mut self) -> Result<&SledStore, String> {
+    fn sled(&mut self) -> Result<&SledStore, OpenError> {
         if self.sled.is_none() {
             let path = self.data_dir.join("sled");
-            std::fs::create_dir_all(&path)
-                .map_err(|e| format!("cannot create data directory {}: {e}", path.display()))?;
+            std::fs::create_dir_all(&path).map_err(|source| OpenError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
             let options = SledStoreOptions {
                 cache_capacity_bytes: SLED_CACHE_BYTES,
             };
-            self.sled = Some(SledStore::open_with(&path, options).map_err(|e| e.to_string())?);
+            self.sled = Some(SledStore::open_with(&path, options).map_err(OpenError::Sled)?);
         }
         Ok(self.sled.as_ref().expect("opened above"))
     }
@@ -103,18 +130,23 @@ impl Channels {
         &self,
         key: &BrokerKey,
         d: &BrokerDesired,
-    ) -> Result<Arc<dyn Channel>, String> {
+    ) -> Result<Arc<dyn Channel>, OpenError> {
         let Some(store) = &self.kafka else {
-            return Err(format!(
-                "broker {key}: the kafka channel needs --kafka-bootstrap (or kafka.bootstrap in the config file)"
-            ));
+            return Err(OpenError::NoKafka(key.clone()));
         };
-        let config = crate::kafka::channel_config(&d.annotations)
-            .map_err(|(path, msg)| format!("broker {key}: {path}: {msg}"))?;
+        let config = crate::kafka::channel_config(&d.annotations).map_err(|(path, msg)| {
+            OpenError::KafkaConfig {
+                broker: key.clone(),
+                message: format!("{path}: {msg}"),
+            }
+        })?;
         let channel = store
             .channel(&key.namespace, &key.name, config)
             .await
-            .map_err(|e| format!("broker {key}: {e}"))?;
+            .map_err(|source| OpenError::Channel {
+                broker: key.clone(),
+                source,
+            })?;
         Ok(Arc::new(channel))
     }
 
@@ -123,17 +155,15 @@ impl Channels {
         &self,
         key: &BrokerKey,
         _d: &BrokerDesired,
-    ) -> Result<Arc<dyn Channel>, String> {
-        Err(format!(
-            "broker {key}: the kafka channel is not available in this build (build with --features kafka)"
-        ))
+    ) -> Result<Arc<dyn Channel>, OpenError> {
+        Err(OpenError::KafkaNotBuilt(key.clone()))
     }
 
     async fn open(
         &mut self,
         key: &BrokerKey,
         d: &BrokerDesired,
-    ) -> Result<Arc<dyn Channel>, String> {
+    ) -> Result<Arc<dyn Channel>, OpenError> {
         let o = &d.channel_options;
         match d.channel {
             ChannelKind::Memory => Ok(Arc::new(MemoryChannel::new(MemoryConfig {
@@ -152,7 +182,10 @@ impl Channels {
                 let channel = self
                     .sled()?
                     .channel(&sled_id(key), config)
-                    .map_err(|e| format!("broker {key}: {e}"))?;
+                    .map_err(|source| OpenError::Channel {
+                        broker: key.clone(),
+                        source,
+                    })?;
                 Ok(Arc::new(channel))
             }
             ChannelKind::Kafka => self.open_kafka(key, d).await,
@@ -161,7 +194,7 @@ impl Channels {
 
     /// Where a trigger on a broker of this kind keeps its dead letters: durable in
     /// the sled database for sled brokers, in memory otherwise (like their events).
-    fn dead_letters(&mut self, kind: ChannelKind) -> Result<Arc<dyn DeadLetterStore>, String> {
+    fn dead_letters(&mut self, kind: ChannelKind) -> Result<Arc<dyn DeadLetterStore>, OpenError> {
         #[cfg(feature = "kafka")]
         if kind == ChannelKind::Kafka {
             if let Some(store) = &self.kafka {
@@ -175,7 +208,7 @@ impl Channels {
             return Ok(d.clone());
         }
         let store: Arc<dyn DeadLetterStore> =
-            Arc::new(self.sled()?.dead_letters().map_err(|e| e.to_string())?);
+            Arc::new(self.sled()?.dead_letters().map_err(OpenError::Sled)?);
         self.sled_dead_letters = Some(store.clone());
         Ok(store)
     }
@@ -337,8 +370,10 @@ impl Mesh {
             if *options_changed {
                 if d.channel == ChannelKind::Sled {
                     if let Err(e) = self.channels.open(key, d).await {
-                        outcome.broker_failures.insert(key.to_string(), e.clone());
-                        outcome.problems.push(e);
+                        outcome
+                            .broker_failures
+                            .insert(key.to_string(), e.to_string());
+                        outcome.problems.push(e.to_string());
                     }
                 } else {
                     tracing::warn!(broker = %key, "Changed channel settings of a memory broker apply after a restart");
@@ -367,8 +402,10 @@ impl Mesh {
                 }
                 Err(e) => {
                     tracing::error!(broker = %key, error = %e, "Broker not started");
-                    outcome.broker_failures.insert(key.to_string(), e.clone());
-                    outcome.problems.push(e);
+                    outcome
+                        .broker_failures
+                        .insert(key.to_string(), e.to_string());
+                    outcome.problems.push(e.to_string());
                 }
             }
         }
@@ -425,7 +462,9 @@ impl Mesh {
             Err(e) => {
                 tracing::error!(trigger = %key, error = %e, "Trigger not started");
                 outcome.problems.push(format!("trigger {key}: {e}"));
-                outcome.trigger_failures.insert(key.to_string(), e);
+                outcome
+                    .trigger_failures
+                    .insert(key.to_string(), e.to_string());
                 return;
             }
         };

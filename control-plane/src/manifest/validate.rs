@@ -302,8 +302,19 @@ fn channel_options(meta: &Metadata, problems: &mut Problems) -> ChannelOptions {
     o
 }
 
+/// Why a `cemesh.dev/durability` value is refused.
+#[derive(Debug, thiserror::Error)]
+enum DurabilityError {
+    #[error(transparent)]
+    Interval(#[from] crate::duration::ParseError),
+    #[error("the interval must be above zero")]
+    ZeroInterval,
+    #[error("{0:?} is not a durability; expected flush-per-batch, interval(10ms) or none")]
+    Unknown(String),
+}
+
 /// `flush-per-batch`, `none` or `interval(10ms)`.
-fn parse_durability(v: &str) -> Result<Durability, String> {
+fn parse_durability(v: &str) -> Result<Durability, DurabilityError> {
     match v.trim() {
         "flush-per-batch" => Ok(Durability::FlushPerBatch),
         "none" => Ok(Durability::None),
@@ -311,13 +322,11 @@ fn parse_durability(v: &str) -> Result<Durability, String> {
             .strip_prefix("interval(")
             .and_then(|r| r.strip_suffix(')'))
         {
-            Some(d) => match parse_humane(d).map_err(|e| e.to_string())? {
-                d if d.is_zero() => Err("the interval must be above zero".into()),
+            Some(d) => match parse_humane(d)? {
+                d if d.is_zero() => Err(DurabilityError::ZeroInterval),
                 d => Ok(Durability::Interval(d)),
             },
-            None => Err(format!(
-                "{v:?} is not a durability; expected flush-per-batch, interval(10ms) or none"
-            )),
+            None => Err(DurabilityError::Unknown(v.to_owned())),
         },
     }
 }

@@ -106,17 +106,46 @@ impl ServiceEntry {
     }
 }
 
-impl TryFrom<ServiceEntryRaw> for ServiceEntry {
-    type Error = String;
+/// Why a `services:` entry of the server config is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceEntryError {
+    #[error(
+        "set either url (a running service) or command (one cemesh starts on demand), not both"
+    )]
+    UrlAndCommand,
+    #[error("expected url (a running service) or command (one cemesh starts on demand)")]
+    NoTarget,
+    #[error("{0} applies only to a service with a command, not to one with a url")]
+    CommandOnly(&'static str),
+    #[error("command must name a program, e.g. [\"python3\", \"app.py\"]")]
+    EmptyCommand,
+    #[error("port_env {0:?} is not an environment variable name")]
+    PortEnv(String),
+    #[error("readiness {0:?} must be a path starting with '/', e.g. /healthz")]
+    Readiness(String),
+    #[error("concurrency must be at least 1")]
+    Concurrency,
+    #[error("max {0} must be from 1 to {MAX_INSTANCES} instances")]
+    Max(u32),
+    #[error("min {min} must not be above max {max}")]
+    MinAboveMax { min: u32, max: u32 },
+    #[error("{0} must be above zero")]
+    ZeroDuration(&'static str),
+    #[error("{field}: {source}")]
+    Duration {
+        field: &'static str,
+        source: crate::duration::ParseError,
+    },
+}
 
-    fn try_from(raw: ServiceEntryRaw) -> Result<Self, String> {
+impl TryFrom<ServiceEntryRaw> for ServiceEntry {
+    type Error = ServiceEntryError;
+
+    fn try_from(raw: ServiceEntryRaw) -> Result<Self, ServiceEntryError> {
         let target = match (raw.url, raw.command) {
-            (Some(_), Some(_)) => {
-                return Err("set either url (a running service) or command (one cemesh starts on demand), not both".into())
-            }
-            (None, None) => {
-                return Err("expected url (a running service) or command (one cemesh starts on demand)".into())
-            }
+            (Some(_), Some(_)) => return Err(ServiceEntryError::UrlAndCommand),
+            (None, None) => return Err(ServiceEntryError::NoTarget),
             (Some(url), None) => {
                 let extra = [
                     ("port_env", raw.port_env.is_some()),
@@ -131,15 +160,13 @@ impl TryFrom<ServiceEntryRaw> for ServiceEntry {
                     ("working_dir", raw.working_dir.is_some()),
                 ];
                 if let Some((name, _)) = extra.iter().find(|(_, set)| *set) {
-                    return Err(format!(
-                        "{name} applies only to a service with a command, not to one with a url"
-                    ));
+                    return Err(ServiceEntryError::CommandOnly(name));
                 }
                 ServiceTarget::Url(url)
             }
             (None, Some(command)) => {
                 if command.is_empty() || command[0].trim().is_empty() {
-                    return Err("command must name a program, e.g. [\"python3\", \"app.py\"]".into());
+                    return Err(ServiceEntryError::EmptyCommand);
                 }
                 let port_env = raw.port_env.unwrap_or_else(|| "PORT".into());
                 if port_env.is_empty()
@@ -147,35 +174,32 @@ impl TryFrom<ServiceEntryRaw> for ServiceEntry {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
-                    return Err(format!(
-                        "port_env {port_env:?} is not an environment variable name"
-                    ));
+                    return Err(ServiceEntryError::PortEnv(port_env));
                 }
                 if let Some(path) = &raw.readiness {
                     if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
-                        return Err(format!(
-                            "readiness {path:?} must be a path starting with '/', e.g. /healthz"
-                        ));
+                        return Err(ServiceEntryError::Readiness(path.clone()));
                     }
                 }
                 let concurrency = NonZeroU32::new(raw.concurrency.unwrap_or(10))
-                    .ok_or("concurrency must be at least 1")?;
+                    .ok_or(ServiceEntryError::Concurrency)?;
                 let max = raw.max.unwrap_or(1);
                 if !(1..=MAX_INSTANCES).contains(&max) {
-                    return Err(format!(
-                        "max {max} must be from 1 to {MAX_INSTANCES} instances"
-                    ));
+                    return Err(ServiceEntryError::Max(max));
                 }
                 let min = raw.min.unwrap_or(0);
                 if min > max {
-                    return Err(format!("min {min} must not be above max {max}"));
+                    return Err(ServiceEntryError::MinAboveMax { min, max });
                 }
-                let duration = |name: &str, v: Option<String>, default: u64| match v {
+                let duration = |name: &'static str, v: Option<String>, default: u64| match v {
                     None => Ok(Duration::from_secs(default)),
                     Some(v) => match parse_humane(&v) {
-                        Ok(d) if d.is_zero() => Err(format!("{name} must be above zero")),
+                        Ok(d) if d.is_zero() => Err(ServiceEntryError::ZeroDuration(name)),
                         Ok(d) => Ok(d),
-                        Err(e) => Err(format!("{name}: {e}")),
+                        Err(source) => Err(ServiceEntryError::Duration {
+                            field: name,
+                            source,
+                        }),
                     },
                 };
                 ServiceTarget::Command(CommandSpec {
@@ -184,7 +208,7 @@ impl TryFrom<ServiceEntryRaw> for ServiceEntry {
                     readiness: raw.readiness,
                     concurrency,
                     min,
-                    max: NonZeroU32::new(max).ok_or("max must be at least 1")?,
+                    max: NonZeroU32::new(max).ok_or(ServiceEntryError::Max(max))?,
                     idle: duration("idle", raw.idle, 60)?,
                     start_timeout: duration("start_timeout", raw.start_timeout, 60)?,
                     stop_grace: duration("stop_grace", raw.stop_grace, 10)?,
@@ -206,7 +230,7 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<ServiceEntry, String> {
         let raw: ServiceEntryRaw = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-        ServiceEntry::try_from(raw)
+        ServiceEntry::try_from(raw).map_err(|e| e.to_string())
     }
 
     #[test]

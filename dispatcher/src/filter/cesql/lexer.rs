@@ -180,7 +180,7 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
                     {
                         i += 1;
                     }
-                    word(&src[start..i]).map_err(|m| err(start, m))?
+                    word(&src[start..i]).map_err(|m| err(start, m.to_string()))?
                 }
                 _ => {
                     let c = src[i..].chars().next().unwrap_or('?');
@@ -197,8 +197,16 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, ParseError> {
     Ok(out)
 }
 
+/// A word that is neither a name, a function name nor a number.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid name '{0}': attribute names are letters and digits, \
+     function names start with a letter and contain only letters and '_'"
+)]
+struct InvalidName(String);
+
 /// Classifies a run of `[A-Za-z0-9_]`.
-fn word(w: &str) -> Result<Tok, String> {
+fn word(w: &str) -> Result<Tok, InvalidName> {
     let has_digit = w.bytes().any(|b| b.is_ascii_digit());
     let has_alpha = w.bytes().any(|b| b.is_ascii_alphabetic());
     let has_underscore = w.contains('_');
@@ -212,10 +220,7 @@ fn word(w: &str) -> Result<Tok, String> {
     if has_underscore {
         let starts_alpha = w.as_bytes()[0].is_ascii_alphabetic();
         if has_digit || !starts_alpha {
-            return Err(format!(
-                "invalid name '{w}': attribute names are letters and digits, \
-                 function names start with a letter and contain only letters and '_'"
-            ));
+            return Err(InvalidName(w.to_owned()));
         }
         return Ok(Tok::FnName(w.to_string()));
     }

@@ -58,7 +58,7 @@ fn clauses(map: &[(String, String)], path: &str) -> Result<Box<[Clause]>, Filter
     let mut out = Vec::with_capacity(map.len());
     for (name, value) in map {
         let at = attr_path(path, name);
-        check_attribute_name(name).map_err(|m| FilterError::new(&at, m))?;
+        check_attribute_name(name).map_err(|m| FilterError::new(&at, m.to_string()))?;
         if value.is_empty() {
             return Err(FilterError::new(
                 at,
@@ -87,20 +87,30 @@ fn children(items: &[FilterSpec], path: &str) -> Result<Box<[Node]>, FilterError
     compile_children(items, path).map(Vec::into_boxed_slice)
 }
 
+/// Why a name cannot be filtered on.
+#[derive(Debug, thiserror::Error)]
+enum AttributeNameError {
+    #[error("the attribute name must not be empty")]
+    Empty,
+    #[error("\"data\" is not an attribute: event data cannot be filtered")]
+    Data,
+    #[error(
+        "attribute name {0:?} is not a CloudEvents name: use lower-case letters a-z \
+         and digits 0-9 only"
+    )]
+    NotCloudEvents(String),
+}
+
 /// CloudEvents naming rules: `[a-z0-9]+`, not `data`.
-fn check_attribute_name(name: &str) -> Result<(), String> {
+fn check_attribute_name(name: &str) -> Result<(), AttributeNameError> {
     if name.is_empty() {
-        return Err("the attribute name must not be empty".into());
+        return Err(AttributeNameError::Empty);
     }
     if name == "data" {
-        return Err("\"data\" is not an attribute: event data cannot be filtered".into());
+        return Err(AttributeNameError::Data);
     }
-    cemesh_proto::validate::check_name(name).map_err(|_| {
-        format!(
-            "attribute name {name:?} is not a CloudEvents name: use lower-case letters a-z \
-             and digits 0-9 only"
-        )
-    })
+    cemesh_proto::validate::check_name(name)
+        .map_err(|_| AttributeNameError::NotCloudEvents(name.to_owned()))
 }
 
 /// `path.name`, or `path["odd name"]` when the name would not read as one segment.
