@@ -25,7 +25,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(serve::settings(&args)?).await,
+            Command::Serve(args) => Ok(serve::run(serve::settings(&args)?).await?),
             Command::Send(args) => send::run(args).await,
             Command::Display(args) => display::run(args.addr).await,
             Command::Bench(args) => cemesh_bench::run(args).await,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::duration::parse_bytes;
+use crate::error::Error;
 
 /// Where a broker keeps its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -118,9 +119,11 @@ pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
 
 impl ServerConfig {
     /// Reads and checks a config file; errors name the file, line and field.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    pub fn load(path: &Path) -> crate::error::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
         if text.trim().is_empty() {
             return Ok(ServerConfig::default());
         }
@@ -133,9 +136,11 @@ impl ServerConfig {
                 .strip_prefix(&format!("{field}: "))
                 .map(str::to_owned)
                 .unwrap_or(msg);
-            match line {
-                Some(l) => anyhow::anyhow!("{}: line {l}: {field}: {msg}", path.display()),
-                None => anyhow::anyhow!("{}: {field}: {msg}", path.display()),
+            Error::Config {
+                path: path.to_owned(),
+                line,
+                field,
+                message: msg,
             }
         })
     }

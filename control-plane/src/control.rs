@@ -189,15 +189,13 @@ impl ControlPlane {
         mesh: Mesh,
         settings: Settings,
         ingress_base: String,
-    ) -> anyhow::Result<Arc<ControlPlane>> {
+    ) -> crate::error::Result<Arc<ControlPlane>> {
         let (files, errors) = load_dir(&settings.config_dir);
         if !errors.is_empty() {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::bail!(
-                "invalid manifests in {}:\n  {}",
-                settings.config_dir.display(),
-                list.join("\n  ")
-            );
+            return Err(crate::Error::Manifests {
+                dir: settings.config_dir.clone(),
+                problems: errors.iter().map(ToString::to_string).collect(),
+            });
         }
         let api = load_api(&resources_dir(&settings.data_dir), &files);
         let mesh_status = mesh.status();

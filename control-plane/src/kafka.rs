@@ -15,6 +15,7 @@ use cemesh_channels::kafka::{
 use serde::Deserialize;
 
 use crate::duration::parse_humane;
+use crate::error::Error;
 
 /// Knative's annotation naming an existing topic for a broker.
 pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
@@ -100,16 +101,16 @@ pub struct KafkaConfig {
     pub client_id: Option<String>,
 }
 
-fn duration(field: &str, v: Option<&String>, default: Duration) -> anyhow::Result<Duration> {
+fn duration(field: &'static str, v: Option<&String>, default: Duration) -> Result<Duration, Error> {
     match v {
         None => Ok(default),
-        Some(s) => parse_humane(s).map_err(|e| anyhow::anyhow!("kafka.{field}: {e}")),
+        Some(s) => parse_humane(s).map_err(|source| Error::KafkaDuration { field, source }),
     }
 }
 
 /// Merges flags (first) and the config file into the channel crate's options.
 /// `Ok(None)` when no bootstrap servers are set anywhere (Kafka not configured).
-pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> anyhow::Result<Option<KafkaOptions>> {
+pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> Result<Option<KafkaOptions>, Error> {
     let Some(bootstrap) = args
         .kafka_bootstrap
         .clone()
@@ -126,11 +127,9 @@ pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> anyhow::Result<Option<Ka
     };
     let mut properties = file.properties.clone();
     for p in &args.kafka_properties {
-        let (k, v) = p.split_once('=').ok_or_else(|| {
-            anyhow::anyhow!(
-                "--kafka-property {p:?}: expected KEY=VALUE, e.g. security.protocol=SSL"
-            )
-        })?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| Error::KafkaProperty(p.clone()))?;
         properties.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     let topic_template = args
@@ -139,7 +138,11 @@ pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> anyhow::Result<Option<Ka
         .or_else(|| file.topic_template.clone())
         .unwrap_or_else(|| topic.to_owned());
     if !topic_template.contains("{broker}") {
-        anyhow::bail!("kafka topic template {topic_template:?} must contain {{broker}}");
+        return Err(Error::KafkaTemplate {
+            what: "topic",
+            template: topic_template,
+            needs: "{broker}",
+        });
     }
     let group_template = args
         .kafka_group_template
@@ -147,12 +150,16 @@ pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> anyhow::Result<Option<Ka
         .or_else(|| file.group_template.clone())
         .unwrap_or_else(|| group.to_owned());
     if !group_template.contains("{trigger}") {
-        anyhow::bail!("kafka group template {group_template:?} must contain {{trigger}}");
+        return Err(Error::KafkaTemplate {
+            what: "group",
+            template: group_template,
+            needs: "{trigger}",
+        });
     }
-    let positive = |what: &str, v: Option<u16>, default: i32| -> anyhow::Result<i32> {
+    let positive = |what: &'static str, v: Option<u16>, default: i32| -> Result<i32, Error> {
         match v {
             None => Ok(default),
-            Some(0) => anyhow::bail!("kafka {what} must be at least 1"),
+            Some(0) => Err(Error::KafkaZero(what)),
             Some(n) => Ok(i32::from(n)),
         }
     };
@@ -191,11 +198,11 @@ pub fn options(args: &KafkaArgs, file: &KafkaConfig) -> anyhow::Result<Option<Ka
 }
 
 /// Connects to Kafka (checking it answers) with merged settings.
-pub async fn connect(options: KafkaOptions) -> anyhow::Result<KafkaStore> {
+pub async fn connect(options: KafkaOptions) -> Result<KafkaStore, Error> {
     let bootstrap = options.bootstrap.clone();
     KafkaStore::connect(options)
         .await
-        .map_err(|e| anyhow::anyhow!("Kafka at {bootstrap}: {e}"))
+        .map_err(|source| Error::KafkaConnect { bootstrap, source })
 }
 
 /// A broker's topic settings from its annotations; errors name the annotation.

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod duration;
+pub mod error;
 pub mod grpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -25,3 +26,5 @@ pub mod metrics;
 pub mod ondemand;
 pub mod reload;
 pub mod serve;
+
+pub use error::Error;

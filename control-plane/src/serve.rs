@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use cemesh_ingress::Routes;
 
-use anyhow::Context as _;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -19,6 +18,7 @@ use crate::config::{
 };
 use crate::control::ControlPlane;
 use crate::duration::parse_bytes;
+use crate::error::Error;
 use crate::mesh::{Channels, Mesh};
 
 /// `cemesh serve`'s flags; each is also a `CEMESH_*` variable and a config file key.
@@ -68,13 +68,13 @@ pub struct ServeArgs {
 }
 
 /// Merges flags/env over the config file over the defaults.
-pub fn settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
     let file = match &args.config {
         Some(path) => ServerConfig::load(path)?,
         None => ServerConfig::default(),
     };
     let max_body_bytes = match &args.max_body_size {
-        Some(s) => parse_bytes(s).map_err(|e| anyhow::anyhow!("--max-body-size: {e}"))?,
+        Some(s) => parse_bytes(s).map_err(Error::MaxBodySize)?,
         None => file.max_body_size.map_or(DEFAULT_MAX_BODY, |b| b.0),
     };
     Ok(Settings {
@@ -131,7 +131,7 @@ pub struct Server {
     grace: Duration,
     stop: CancellationToken,
     ingress_task: JoinHandle<std::io::Result<()>>,
-    grpc_task: JoinHandle<anyhow::Result<()>>,
+    grpc_task: JoinHandle<crate::error::Result<()>>,
     admin_task: JoinHandle<std::io::Result<()>>,
     _watcher: Option<crate::reload::Watcher>,
 }
@@ -153,20 +153,14 @@ impl Server {
 
 /// Binds both listeners, loads manifests and starts every broker and trigger, and
 /// watches the config dir.
-pub async fn start(mut settings: Settings) -> anyhow::Result<Server> {
+pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     crate::metrics::install();
-    let ingress = TcpListener::bind(settings.ingress_addr)
-        .await
-        .with_context(|| format!("cannot listen on ingress address {}", settings.ingress_addr))?;
-    let admin = TcpListener::bind(settings.admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on admin address {}", settings.admin_addr))?;
-    let grpc = TcpListener::bind(settings.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on gRPC address {}", settings.grpc_addr))?;
-    let ingress_addr = ingress.local_addr()?;
-    let admin_addr = admin.local_addr()?;
-    let grpc_addr = grpc.local_addr()?;
+    let ingress = listen("ingress", settings.ingress_addr).await?;
+    let admin = listen("admin", settings.admin_addr).await?;
+    let grpc = listen("gRPC", settings.grpc_addr).await?;
+    let ingress_addr = ingress.local_addr().map_err(Error::LocalAddr)?;
+    let admin_addr = admin.local_addr().map_err(Error::LocalAddr)?;
+    let grpc_addr = grpc.local_addr().map_err(Error::LocalAddr)?;
 
     // On-demand services (a command instead of a URL) get their instance pools; refs
     // to them resolve to the pool.
@@ -242,8 +236,14 @@ pub async fn start(mut settings: Settings) -> anyhow::Result<Server> {
     })
 }
 
+async fn listen(what: &'static str, addr: SocketAddr) -> crate::error::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { what, addr, source })
+}
+
 /// `cemesh serve`: start, announce the addresses, run until SIGINT/SIGTERM.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(settings: Settings) -> crate::error::Result<()> {
     let server = start(settings.clone()).await?;
     tracing::info!(
         ingress = %server.ingress_addr,

@@ -16,7 +16,6 @@ mod admin;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use cemesh_ingress::Routes;
 use cemesh_proto::pb::cemesh::v1::admin_server::AdminServer;
 use cemesh_proto::pb::cemesh::v1::publisher_server::PublisherServer;
@@ -43,7 +42,7 @@ pub async fn serve(
     >,
     admin: AdminContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<PublisherServer<PublisherService>>()
@@ -53,12 +52,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(cemesh_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .context("gRPC reflection: cannot load the service descriptors")?;
+        .map_err(crate::Error::Reflection)?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cemesh_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .context("gRPC reflection: cannot load the service descriptors")?;
+        .map_err(crate::Error::Reflection)?;
     let publisher = PublisherServer::new(PublisherService::new(routes))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(admin));
@@ -90,7 +89,7 @@ pub async fn serve(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        served = server => served.context("gRPC server failed"),
+        served = server => served.map_err(crate::Error::Grpc),
         () = cut_off => {
             tracing::warn!("gRPC calls still open after the shutdown grace period; closing them");
             Ok(())

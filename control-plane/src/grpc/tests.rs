@@ -23,7 +23,7 @@ struct Harness {
     channel: Arc<dyn Channel>,
     subscription: Arc<dyn Subscription>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: tokio::task::JoinHandle<crate::error::Result<()>>,
     control: Arc<crate::control::ControlPlane>,
     dir: tempfile::TempDir,
 }
