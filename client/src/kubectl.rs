@@ -620,6 +620,20 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     };
     let desired = compile(&resources, &ctx);
     problems.extend(desired.problems);
+    for l in &resources {
+        if let Resource::Broker(b) = &l.value {
+            for note in b.notes().iter().filter(|n| n.severity == "Warning") {
+                eprintln!(
+                    "warning: {}: document {} (Broker {}/{}): {}",
+                    l.file.display(),
+                    l.document,
+                    b.metadata.namespace(),
+                    b.metadata.name,
+                    note.message
+                );
+            }
+        }
+    }
     for p in &problems {
         println!("{p}");
     }

@@ -151,6 +151,8 @@ struct Inner {
     files: Vec<Located<Resource>>,
     api: BTreeMap<ResKey, Located<Resource>>,
     tracked: BTreeMap<ResKey, Tracked>,
+    /// Documents in the config dir of kinds cemesh does not run.
+    unsupported: Vec<ManifestError>,
     /// Problems of the running configuration, and of a rejected reload.
     problems: Vec<ManifestError>,
     rejected: Vec<ManifestError>,
@@ -191,6 +193,7 @@ impl ControlPlane {
         ingress_base: String,
     ) -> crate::error::Result<Arc<ControlPlane>> {
         let (files, errors) = load_dir(&settings.config_dir);
+        let (unsupported, errors) = split_unsupported(errors);
         if !errors.is_empty() {
             return Err(crate::Error::Manifests {
                 dir: settings.config_dir.clone(),
@@ -205,6 +208,7 @@ impl ControlPlane {
                 files: Vec::new(),
                 api: BTreeMap::new(),
                 tracked: BTreeMap::new(),
+                unsupported: Vec::new(),
                 problems: Vec::new(),
                 rejected: Vec::new(),
             }),
@@ -217,8 +221,9 @@ impl ControlPlane {
             let mut inner = cp.inner.lock().await;
             inner.files = files;
             inner.api = api;
+            inner.unsupported = unsupported;
             let desired = cp.compile(&inner.files, &inner.api);
-            for p in &desired.problems {
+            for p in inner.unsupported.iter().chain(&desired.problems) {
                 tracing::error!(problem = %p, "Resource not started");
             }
             cp.run(&mut inner, desired).await;
@@ -246,7 +251,10 @@ impl ControlPlane {
     }
 
     /// Applies a validated desired state and refreshes every resource's status.
-    async fn run(&self, inner: &mut Inner, desired: Desired) {
+    async fn run(&self, inner: &mut Inner, mut desired: Desired) {
+        let mut problems = inner.unsupported.clone();
+        problems.append(&mut desired.problems);
+        desired.problems = problems;
         inner.problems = desired.problems.clone();
         inner.mesh.apply(desired).await;
         self.refresh(inner);
@@ -257,13 +265,13 @@ impl ControlPlane {
     pub async fn reload(&self) -> Result<(), Vec<String>> {
         let mut inner = self.inner.lock().await;
         let (files, errors) = load_dir(&self.settings.config_dir);
+        let (unsupported, mut new_problems) = split_unsupported(errors);
         let desired = self.compile(&files, &inner.api);
         let known: Vec<String> = inner.problems.iter().map(ToString::to_string).collect();
-        let mut new_problems: Vec<ManifestError> = errors;
         new_problems.extend(
-            desired
-                .problems
+            unsupported
                 .iter()
+                .chain(&desired.problems)
                 .filter(|p| !known.contains(&p.to_string()))
                 .cloned(),
         );
@@ -278,6 +286,7 @@ impl ControlPlane {
         }
         inner.rejected.clear();
         inner.files = files;
+        inner.unsupported = unsupported;
         // A file now owning what the API owned takes it over.
         let owned: Vec<ResKey> = inner.files.iter().map(|l| ResKey::of(&l.value)).collect();
         inner.api.retain(|k, _| !owned.contains(k));
@@ -461,6 +470,17 @@ impl ControlPlane {
                     "message": format!("the running configuration is the previous one: {rejected}"),
                 }));
             }
+            if let Resource::Broker(b) = &located.value {
+                for note in b.notes() {
+                    conditions.push(json!({
+                        "type": note.kind,
+                        "status": "True",
+                        "severity": note.severity,
+                        "reason": note.reason,
+                        "message": note.message,
+                    }));
+                }
+            }
             let mut st = json!({
                 "observedGeneration": tracked.generation,
                 "conditions": conditions,
@@ -498,6 +518,12 @@ impl ControlPlane {
         inner.tracked.retain(|k, _| live.contains(k));
         *self.views.write().unwrap_or_else(|p| p.into_inner()) = views;
     }
+}
+
+/// Documents of kinds cemesh does not run (problems of their own, reported like an
+/// invalid resource), and the errors that make a file unreadable.
+fn split_unsupported(errors: Vec<ManifestError>) -> (Vec<ManifestError>, Vec<ManifestError>) {
+    errors.into_iter().partition(|e| e.unsupported_kind)
 }
 
 /// The spec part of a manifest (what a change of bumps the generation), compared as a

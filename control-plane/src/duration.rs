@@ -9,8 +9,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
-    #[error("{0:?} is not an ISO 8601 duration such as PT0.2S or PT1M")]
+    #[error("{0:?} is not an ISO 8601 duration: expected PnYnMnWnDTnHnMnS (each part optional, T before hours, minutes and seconds), such as PT0.2S, PT1M30S or P1D")]
     NotIso8601(String),
+    #[error("{0:?} is negative; expected a duration of zero or more, such as PT0.2S")]
+    Negative(String),
     #[error("{0:?} is not a duration such as 200ms, 5s or 1m")]
     NotDuration(String),
     #[error("{input:?}: unknown unit {unit:?} (use {expected})")]
@@ -41,37 +43,48 @@ impl<'de> serde::Deserialize<'de> for HumaneDuration {
     }
 }
 
-/// Parses an ISO 8601 duration (`PnDTnHnMnS`, fractional seconds allowed; years and
-/// months are refused because their length varies).
+/// Parses an ISO 8601 duration as Knative does (its `period.Parse`): `P`, then years,
+/// months, weeks and days in any order, then `T` and hours, minutes and seconds in any
+/// order, each at most once, decimals with `.` or `,`; a leading `+`; `P0` is zero.
+/// Years and months count as their average length (365.2425 and 30.436875 days), as
+/// Knative's `DurationApprox`. A negative period is refused: no Knative field means it.
 pub fn parse_iso8601(s: &str) -> Result<Duration, ParseError> {
     let err = || ParseError::NotIso8601(s.to_owned());
-    let rest = s.strip_prefix('P').ok_or_else(err)?;
-    if rest.is_empty() {
-        return Err(err());
+    if s.starts_with('-') {
+        return Err(ParseError::Negative(s.to_owned()));
     }
+    let unsigned = s.strip_prefix('+').unwrap_or(s);
+    if unsigned == "P0" {
+        return Ok(Duration::ZERO);
+    }
+    let rest = unsigned.strip_prefix('P').ok_or_else(err)?;
     let (date, time) = match rest.split_once('T') {
-        Some((d, t)) if !t.is_empty() => (d, Some(t)),
-        Some(_) => return Err(err()),
+        Some((d, t)) => (d, Some(t)),
         None => (rest, None),
     };
+    const DAY: f64 = 86_400.0;
+    let mut components = 0;
     let mut total = 0f64;
     let mut take = |part: &str, units: &[(char, f64)]| -> Result<(), ParseError> {
+        let mut seen = Vec::new();
         let mut num = String::new();
-        let mut allowed = units.iter();
         for c in part.chars() {
             if c.is_ascii_digit() || c == '.' || c == ',' {
                 num.push(if c == ',' { '.' } else { c });
                 continue;
             }
-            let factor = loop {
-                match allowed.next() {
-                    Some((u, f)) if *u == c => break *f,
-                    Some(_) => continue,
-                    None => return Err(err()),
-                }
-            };
+            let factor = units
+                .iter()
+                .find(|(u, _)| *u == c)
+                .map(|(_, f)| *f)
+                .ok_or_else(err)?;
+            if seen.contains(&c) {
+                return Err(err());
+            }
+            seen.push(c);
             let n: f64 = num.parse().map_err(|_| err())?;
             total += n * factor;
+            components += 1;
             num.clear();
         }
         if num.is_empty() {
@@ -80,9 +93,20 @@ pub fn parse_iso8601(s: &str) -> Result<Duration, ParseError> {
             Err(err())
         }
     };
-    take(date, &[('W', 604_800.0), ('D', 86_400.0)])?;
+    take(
+        date,
+        &[
+            ('Y', 365.2425 * DAY),
+            ('M', 30.436875 * DAY),
+            ('W', 7.0 * DAY),
+            ('D', DAY),
+        ],
+    )?;
     if let Some(t) = time {
         take(t, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
+    }
+    if components == 0 {
+        return Err(err());
     }
     Duration::try_from_secs_f64(total).map_err(|_| err())
 }
@@ -156,9 +180,34 @@ mod tests {
             Duration::from_secs(90_000)
         );
         assert_eq!(parse_iso8601("PT1M30S").unwrap(), Duration::from_secs(90));
-        for bad in ["", "P", "PT", "1S", "PT1X", "P1Y", "PTS", "PT1S1M"] {
-            assert!(parse_iso8601(bad).is_err(), "{bad}");
+        // Every form Knative's period.Parse takes.
+        assert_eq!(parse_iso8601("PT0,5S").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_iso8601("PT1S1M").unwrap(), Duration::from_secs(61));
+        assert_eq!(parse_iso8601("+PT2S").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_iso8601("P0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_iso8601("PT0S").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_iso8601("P1W1D").unwrap(),
+            Duration::from_secs(8 * 86_400)
+        );
+        assert_eq!(
+            parse_iso8601("P1Y").unwrap(),
+            Duration::from_secs_f64(365.2425 * 86_400.0)
+        );
+        assert_eq!(
+            parse_iso8601("P1M").unwrap(),
+            Duration::from_secs_f64(30.436875 * 86_400.0)
+        );
+        for bad in [
+            "", "P", "PT", "1S", "PT1X", "PTS", "PT1S1S", "P1H", "PT1D", "pt1s",
+        ] {
+            let e = parse_iso8601(bad).unwrap_err().to_string();
+            assert!(e.contains("expected PnYnMnWnDTnHnMnS"), "{bad}: {e}");
         }
+        assert!(parse_iso8601("-PT1S")
+            .unwrap_err()
+            .to_string()
+            .contains("is negative"));
     }
 
     #[test]

@@ -31,12 +31,16 @@ struct RunningTrigger {
     handle: TriggerHandle,
 }
 
+/// The `/readyz` problem of a process that runs no broker.
+pub const NO_BROKER: &str =
+    "no broker is running: define one in the config dir or apply one through the admin API";
+
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MeshStatus {
-    /// Every valid broker has its channel open and every valid trigger runs (and
-    /// the process is not starting or draining). Invalid resources are listed in
-    /// `problems` but do not make the process unready.
+    /// At least one broker runs, every valid broker has its channel open and every
+    /// valid trigger runs (and the process is not starting or draining). Invalid
+    /// resources are listed in `problems` but do not make the process unready.
     pub ready: bool,
     pub brokers: Vec<String>,
     pub triggers: Vec<String>,
@@ -484,10 +488,16 @@ impl Mesh {
         self.triggers.insert(key, RunningTrigger { handle });
     }
 
-    fn publish_status(&mut self, outcome: Outcome) {
+    fn publish_status(&mut self, mut outcome: Outcome) {
+        // A process serving no broker at all must not pass a readiness probe.
+        if self.brokers.is_empty() {
+            outcome.problems.push(NO_BROKER.to_owned());
+        }
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         *status = MeshStatus {
-            ready: outcome.broker_failures.is_empty() && outcome.trigger_failures.is_empty(),
+            ready: outcome.broker_failures.is_empty()
+                && outcome.trigger_failures.is_empty()
+                && !self.brokers.is_empty(),
             brokers: self.brokers.keys().map(ToString::to_string).collect(),
             triggers: self.triggers.keys().map(ToString::to_string).collect(),
             problems: outcome.problems,

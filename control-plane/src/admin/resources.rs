@@ -20,7 +20,8 @@ use crate::mesh::Registry;
 fn kind(plural: &str) -> Result<Kind, ApiError> {
     Kind::parse_plural(plural).ok_or_else(|| {
         ApiError::not_found(format!(
-            "unknown resource type {plural:?}; use brokers or triggers"
+            "unknown resource type {plural:?}: use brokers or triggers (cemesh runs {})",
+            crate::manifest::supported_kinds()
         ))
     })
 }

@@ -40,3 +40,75 @@ pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
 /// Annotation: newest records kept while the broker has no trigger, for a trigger
 /// created later with `cemesh.dev/start: earliest`.
 pub const RETAIN_WITHOUT_TRIGGERS_ANNOTATION: &str = "cemesh.dev/retain-without-triggers";
+
+/// Knative's annotation choosing which implementation runs a broker.
+pub const CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
+/// The class cemesh answers to; any other class is run by cemesh all the same, and the
+/// broker's status says so.
+pub const CEMESH_CLASS: &str = "cemesh";
+
+/// Every `cemesh.dev/` annotation a Broker may carry (the Kafka ones matter only on
+/// the kafka channel); any other is refused with a did-you-mean.
+pub const BROKER_ANNOTATIONS: &[&str] = &[
+    CHANNEL_ANNOTATION,
+    MAX_BODY_ANNOTATION,
+    DURABILITY_ANNOTATION,
+    RETENTION_ANNOTATION,
+    MAX_BACKLOG_ANNOTATION,
+    MAX_BACKLOG_SIZE_ANNOTATION,
+    RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
+    "cemesh.dev/kafka-partitions",
+    "cemesh.dev/kafka-replication",
+    super::OWNER_ANNOTATION,
+];
+
+/// Something about a valid broker its status should tell: a setting cemesh reads
+/// differently from Knative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The condition type, e.g. `BrokerClass`.
+    pub kind: &'static str,
+    /// Knative's condition severity: `Warning` or `Info` (neither affects Ready).
+    pub severity: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl BrokerManifest {
+    /// What the status says about the broker class and `spec.config`, which cemesh
+    /// does not use: never silently ignored.
+    pub fn notes(&self) -> Vec<Note> {
+        let mut notes = Vec::new();
+        match self.metadata.annotations.get(CLASS_ANNOTATION).map(String::as_str) {
+            Some(CEMESH_CLASS) => {}
+            Some(other) => notes.push(Note {
+                kind: "BrokerClass",
+                severity: "Warning",
+                reason: "RunByCemesh",
+                message: format!(
+                    "{CLASS_ANNOTATION} is {other:?}; cemesh runs this broker itself (class {CEMESH_CLASS:?}) on its own channel"
+                ),
+            }),
+            None => notes.push(Note {
+                kind: "BrokerClass",
+                severity: "Info",
+                reason: "RunByCemesh",
+                message: format!(
+                    "no {CLASS_ANNOTATION}; cemesh runs this broker (class {CEMESH_CLASS:?})"
+                ),
+            }),
+        }
+        if let Some(config) = &self.spec.config {
+            notes.push(Note {
+                kind: "ConfigNotRead",
+                severity: "Warning",
+                reason: "SpecConfigIgnored",
+                message: format!(
+                    "spec.config ({} {}) is not read: cemesh takes a broker's settings from its cemesh.dev/ annotations (channel, retention, max-backlog, ...)",
+                    config.kind, config.name
+                ),
+            });
+        }
+        notes
+    }
+}

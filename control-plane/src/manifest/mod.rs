@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use broker::{BrokerManifest, BrokerSpec};
+pub use broker::{BrokerManifest, BrokerSpec, Note};
 pub use delivery::{DeliveryManifest, Destination, KReference};
 pub use trigger::{TriggerFilter, TriggerManifest, TriggerSpec};
 pub use validate::{
@@ -23,6 +23,38 @@ pub use validate::{
 };
 
 pub const EVENTING_V1: &str = "eventing.knative.dev/v1";
+
+/// Written by the admin API into every resource it shows (`file:...` or `api`), so
+/// `get -o yaml` output applies again; never read.
+pub const OWNER_ANNOTATION: &str = "cemesh.dev/owner";
+
+/// The kinds cemesh runs, as `(apiVersion, kind)`. Every reader (config dir, `apply`,
+/// `validate`, the admin API) refuses any other kind through [`unsupported_kind`], so
+/// running a new kind starts with one line here.
+pub const SUPPORTED_KINDS: &[(&str, &str)] = &[(EVENTING_V1, "Broker"), (EVENTING_V1, "Trigger")];
+
+/// `eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger`.
+pub fn supported_kinds() -> String {
+    SUPPORTED_KINDS
+        .iter()
+        .map(|(api, kind)| format!("{api} {kind}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a document of `api_version`/`kind` is not run: a kind cemesh knows under
+/// another version gets that version named.
+pub fn unsupported_kind(api_version: &str, kind: &str) -> String {
+    match SUPPORTED_KINDS.iter().find(|(_, k)| *k == kind) {
+        Some((api, _)) => {
+            format!("{kind} {api_version} is not supported: cemesh runs {kind} as apiVersion {api}")
+        }
+        None => format!(
+            "kind {kind} ({api_version}) is not run by cemesh; supported kinds: {}",
+            supported_kinds()
+        ),
+    }
+}
 
 /// Kubernetes object metadata; fields cemesh does not use (labels, uid, ...) are
 /// ignored, as Kubernetes tools expect.
@@ -70,6 +102,7 @@ impl<T> Located<T> {
             line: None,
             path: path.into(),
             message: message.into(),
+            unsupported_kind: false,
         }
     }
 }
@@ -91,6 +124,9 @@ pub struct ManifestError {
     /// Field path such as `spec.filter.attributes`; empty for the whole document.
     pub path: String,
     pub message: String,
+    /// The document is well formed but of a kind cemesh does not run: a problem of
+    /// that resource (reported, not run), not a broken file.
+    pub unsupported_kind: bool,
 }
 
 impl fmt::Display for ManifestError {
@@ -130,6 +166,7 @@ pub fn load_dir(dir: &Path) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
                 line: None,
                 path: String::new(),
                 message: format!("cannot read the config dir: {e}"),
+                unsupported_kind: false,
             });
             return (resources, errors);
         }
@@ -155,6 +192,7 @@ pub fn load_dir(dir: &Path) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
                 line: None,
                 path: String::new(),
                 message: format!("cannot read: {e}"),
+                unsupported_kind: false,
             }),
         }
     }
@@ -221,6 +259,7 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
                 line: line.map(|l| l + doc.first_line - 1),
                 path,
                 message,
+                unsupported_kind: false,
             }
         };
         let value: serde_yaml::Value = match serde_yaml::from_str(doc.text) {
@@ -268,13 +307,15 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
             (EVENTING_V1, "Broker") => typed::<BrokerManifest>(doc.text).map(Resource::Broker),
             (EVENTING_V1, "Trigger") => typed::<TriggerManifest>(doc.text).map(Resource::Trigger),
             _ => {
-                tracing::warn!(
-                    file = %file.display(),
-                    document = doc.index,
-                    api_version,
-                    kind,
-                    "Skipping a resource cemesh does not handle"
+                let kind_line = doc.text.lines().position(|l| l.starts_with("kind:"));
+                let mut e = err(
+                    Some(label),
+                    Some(kind_line.map_or(1, |i| i + 1)),
+                    "kind".into(),
+                    unsupported_kind(&api_version, &kind),
                 );
+                e.unsupported_kind = true;
+                errors.push(e);
                 continue;
             }
         };
@@ -314,11 +355,30 @@ mod tests {
 
     #[test]
     fn documents_and_lines() {
-        let text = "# c\n---\napiVersion: v1\nkind: ConfigMap\n---\n\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n";
+        let text = "# c\n---\n---\n\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n";
         let (r, e) = parse_str(Path::new("x.yaml"), text);
         assert!(e.is_empty(), "{e:?}");
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].document, 2);
+        assert_eq!(r[0].document, 1);
+    }
+
+    #[test]
+    fn kinds_cemesh_does_not_run_are_problems_of_their_own() {
+        let text = "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: c\n---\napiVersion: eventing.knative.dev/v1beta1\nkind: Trigger\nmetadata:\n  name: t\n";
+        let (r, e) = parse_str(Path::new("k.yaml"), text);
+        assert!(r.is_empty());
+        assert_eq!(e.len(), 2);
+        assert!(e.iter().all(|e| e.unsupported_kind));
+        let channel = e[0].to_string();
+        assert!(
+            channel.starts_with("k.yaml: document 1 (Channel default/c), line 2: kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger"),
+            "{channel}"
+        );
+        let trigger = e[1].to_string();
+        assert!(
+            trigger.ends_with("Trigger eventing.knative.dev/v1beta1 is not supported: cemesh runs Trigger as apiVersion eventing.knative.dev/v1"),
+            "{trigger}"
+        );
     }
 
     #[test]
@@ -352,7 +412,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_absolute_lines() {
-        let text = "apiVersion: v1\nkind: X\n---\nkind: [\n";
+        let text = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n---\nkind: [\n";
         let (_, e) = parse_str(Path::new("s.yaml"), text);
         assert_eq!(e.len(), 1);
         assert!(e[0].line.is_some_and(|l| l >= 4), "{:?}", e[0]);

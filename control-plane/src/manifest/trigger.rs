@@ -53,3 +53,17 @@ pub const MAX_RATE_ANNOTATION: &str = "cemesh.dev/max-rate";
 pub const COLD_START_GRACE_ANNOTATION: &str = "cemesh.dev/cold-start-grace";
 /// Annotation: `protobuf` delivers structured protobuf (`application/cloudevents+protobuf`).
 pub const DELIVERY_FORMAT_ANNOTATION: &str = "cemesh.dev/delivery-format";
+
+/// Every `cemesh.dev/` annotation a Trigger may carry; any other is refused with a
+/// did-you-mean.
+pub const TRIGGER_ANNOTATIONS: &[&str] = &[
+    PARALLELISM_ANNOTATION,
+    START_ANNOTATION,
+    JITTER_ANNOTATION,
+    BACKOFF_MAX_ANNOTATION,
+    ORDER_ANNOTATION,
+    MAX_RATE_ANNOTATION,
+    COLD_START_GRACE_ANNOTATION,
+    DELIVERY_FORMAT_ANNOTATION,
+    super::OWNER_ANNOTATION,
+];

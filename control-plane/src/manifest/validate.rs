@@ -12,13 +12,14 @@ use cemesh_dispatcher::{
 use cemesh_ingress::BrokerKey;
 
 use super::broker::{
-    CHANNEL_ANNOTATION, DURABILITY_ANNOTATION, MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION,
-    MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION,
+    BROKER_ANNOTATIONS, CHANNEL_ANNOTATION, DURABILITY_ANNOTATION, MAX_BACKLOG_ANNOTATION,
+    MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
+    RETENTION_ANNOTATION,
 };
 use super::trigger::{
     BACKOFF_MAX_ANNOTATION, COLD_START_GRACE_ANNOTATION, DELIVERY_FORMAT_ANNOTATION,
     JITTER_ANNOTATION, MAX_RATE_ANNOTATION, ORDER_ANNOTATION, PARALLELISM_ANNOTATION,
-    START_ANNOTATION,
+    START_ANNOTATION, TRIGGER_ANNOTATIONS,
 };
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
@@ -91,6 +92,8 @@ pub struct Desired {
 /// Compiles every resource; brokers first, so triggers can check their broker.
 pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Desired {
     let mut desired = Desired::default();
+    // Brokers defined but invalid, with their first problem, for their triggers.
+    let mut invalid = BTreeMap::new();
     for located in resources {
         let Resource::Broker(b) = &located.value else {
             continue;
@@ -109,6 +112,12 @@ pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Des
                 }
             }
             Err(problems) => {
+                let key = BrokerKey::new(b.metadata.namespace(), &b.metadata.name);
+                if let Some((path, msg)) = problems.first() {
+                    invalid
+                        .entry(key)
+                        .or_insert_with(|| format!("{path}: {msg}"));
+                }
                 for (path, msg) in problems {
                     desired
                         .problems
@@ -122,7 +131,7 @@ pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Des
             continue;
         };
         let label = format!("Trigger {}/{}", t.metadata.namespace(), t.metadata.name);
-        match compile_trigger(t, &desired.brokers, ctx) {
+        match compile_trigger(t, &desired.brokers, &invalid, ctx) {
             Ok(d) => {
                 if desired.triggers.contains_key(&d.runtime.key) {
                     desired.problems.push(located.error(
@@ -200,6 +209,37 @@ fn check_metadata(meta: &Metadata) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Refuses a `cemesh.dev/` annotation that is not in `known` (a typo would otherwise
+/// be silently ignored), naming the closest known one.
+fn check_annotations(meta: &Metadata, known: &[&str], problems: &mut Problems) {
+    for key in meta.annotations.keys() {
+        if !key.starts_with("cemesh.dev/") || known.contains(&key.as_str()) {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+            .min()
+            .filter(|(distance, _)| *distance <= 3);
+        let hint = match closest {
+            Some((_, k)) => format!("; did you mean {k}?"),
+            None => format!(
+                "; known: {}",
+                known
+                    .iter()
+                    .filter(|k| **k != super::OWNER_ANNOTATION)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        problems.add(
+            &format!("metadata.annotations.{key}"),
+            format!("unknown cemesh annotation{hint}"),
+        );
+    }
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -216,6 +256,7 @@ fn compile_broker(
 ) -> Result<BrokerDesired, Vec<FieldError>> {
     let mut problems = Problems::default();
     problems.note(check_metadata(meta));
+    check_annotations(meta, BROKER_ANNOTATIONS, &mut problems);
     let path = |a: &str| format!("metadata.annotations.{a}");
     let channel = match meta.annotations.get(CHANNEL_ANNOTATION) {
         None => ctx.default_channel,
@@ -334,10 +375,12 @@ fn parse_durability(v: &str) -> Result<Durability, DurabilityError> {
 fn compile_trigger(
     t: &TriggerManifest,
     brokers: &BTreeMap<BrokerKey, BrokerDesired>,
+    invalid: &BTreeMap<BrokerKey, String>,
     ctx: &ResolveContext<'_>,
 ) -> Result<TriggerDesired, Vec<FieldError>> {
     let mut problems = Problems::default();
     problems.note(check_metadata(&t.metadata));
+    check_annotations(&t.metadata, TRIGGER_ANNOTATIONS, &mut problems);
     let ns = t.metadata.namespace();
     let broker_key = BrokerKey::new(ns, &t.spec.broker);
     let broker = if t.spec.broker.is_empty() {
@@ -348,8 +391,15 @@ fn compile_trigger(
         None
     } else {
         let broker = brokers.get(&broker_key);
-        if broker.is_none() {
-            problems.add("spec.broker", format!("broker {broker_key} is not defined"));
+        match (broker, invalid.get(&broker_key)) {
+            (Some(_), _) => {}
+            (None, Some(why)) => problems.add(
+                "spec.broker",
+                format!("broker {broker_key} is invalid: {why}"),
+            ),
+            (None, None) => {
+                problems.add("spec.broker", format!("broker {broker_key} is not defined"))
+            }
         }
         broker
     };
@@ -772,6 +822,55 @@ mod tests {
         );
         // Without a running pool (validation only) nothing is leased.
         assert!(on_demand_endpoints(&dest, "ns", &c).is_none());
+    }
+
+    fn problems_of(text: &str) -> Vec<String> {
+        let (resources, errors) = parse_str(Path::new("f.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let services = BTreeMap::new();
+        compile(&resources, &ctx(&services))
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn unknown_cemesh_annotations_are_refused_with_a_suggestion() {
+        let problems = problems_of("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations:\n    cemesh.dev/owner: api\n    cemesh.dev/retension: 7d\n    other.io/x: y\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  annotations:\n    cemesh.dev/paralelism: \"4\"\n    cemesh.dev/zzzzzzzzzzzz: x\nspec:\n  broker: b\n  subscriber: {uri: 'http://x'}\n");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].ends_with("metadata.annotations.cemesh.dev/retension: unknown cemesh annotation; did you mean cemesh.dev/retention?"), "{}", problems[0]);
+        assert!(problems[1].ends_with("metadata.annotations.cemesh.dev/paralelism: unknown cemesh annotation; did you mean cemesh.dev/parallelism?"), "{}", problems[1]);
+        assert!(
+            problems[2].contains("unknown cemesh annotation; known: cemesh.dev/parallelism, "),
+            "{}",
+            problems[2]
+        );
+        assert!(!problems[2].contains("cemesh.dev/owner"), "{}", problems[2]);
+    }
+
+    #[test]
+    fn a_trigger_on_an_invalid_broker_says_why() {
+        let problems = problems_of("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations: {cemesh.dev/channel: disk}\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: b\n  subscriber: {uri: 'http://x'}\n");
+        assert!(problems[1].ends_with("spec.broker: broker default/b is invalid: metadata.annotations.cemesh.dev/channel: \"disk\" is not a channel; expected memory, sled or kafka"), "{problems:#?}");
+    }
+
+    #[test]
+    fn broker_class_and_spec_config_are_noted() {
+        let (resources, _) = parse_str(Path::new("f.yaml"), "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations: {eventing.knative.dev/broker.class: Kafka}\nspec:\n  config: {apiVersion: v1, kind: ConfigMap, name: kafka-broker-config}\n");
+        let Resource::Broker(b) = &resources[0].value else {
+            panic!("a broker")
+        };
+        let notes = b.notes();
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0]
+            .message
+            .contains("is \"Kafka\"; cemesh runs this broker itself"));
+        assert!(notes[1]
+            .message
+            .starts_with("spec.config (ConfigMap kafka-broker-config) is not read"));
     }
 
     #[test]

@@ -454,7 +454,7 @@ async fn an_invalid_trigger_is_reported_while_the_others_run() {
     assert!(logs.contains("(Trigger default/bad): spec.filter.attributes.Type: attribute name \\\"Type\\\" must match ^[a-z][a-z0-9]*$")
         || logs.contains("(Trigger default/bad): spec.filter.attributes.Type: attribute name \"Type\" must match ^[a-z][a-z0-9]*$"), "{logs}");
     assert!(
-        logs.contains("Skipping a resource cemesh does not handle"),
+        logs.contains("(PingSource default/p), line 7: kind: kind PingSource (sources.knative.dev/v1) is not run by cemesh"),
         "{logs}"
     );
     assert_eq!(
@@ -477,11 +477,18 @@ async fn an_invalid_trigger_is_reported_while_the_others_run() {
         .await
         .unwrap();
     assert_eq!(ready["triggers"], serde_json::json!(["default/good"]));
+    let problems: Vec<&str> = ready["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
     assert!(
-        ready["problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("default/bad"),
+        problems.iter().any(|p| p.contains("Trigger default/bad")),
+        "{ready}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("PingSource default/p")),
         "{ready}"
     );
 }
