@@ -47,6 +47,58 @@ pub async fn read_body(
     }
 }
 
+/// Headers a request may carry (hyper's own default).
+pub const MAX_HEADERS: usize = 100;
+/// Bytes of the whole header section (names, values and line overhead).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses a header section over [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`] (431, with
+/// the JSON body every refusal has) and answers the bytes of its `ce-` headers: in
+/// binary mode those carry the event's attributes, which count toward the broker's
+/// event size limit with the body, as they do inside a structured body.
+pub fn check_headers(headers: &HeaderMap) -> Result<usize, IngressError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(IngressError::HeadersTooLarge(format!(
+            "the request has {} headers; at most {MAX_HEADERS} are allowed",
+            headers.len()
+        )));
+    }
+    let mut total = 0;
+    let mut attributes = 0;
+    for (name, value) in headers {
+        let line = name.as_str().len() + value.len();
+        total += line + 4;
+        if name.as_str().starts_with("ce-") {
+            attributes += line;
+        }
+    }
+    if total > MAX_HEADER_BYTES {
+        return Err(IngressError::HeadersTooLarge(format!(
+            "the request headers are {total} bytes; at most {MAX_HEADER_BYTES} are allowed (put large values in the event's data)"
+        )));
+    }
+    Ok(attributes)
+}
+
+/// Reads the body of an event whose `ce-` headers took `attributes` bytes of the
+/// broker's `limit` already.
+pub async fn read_event_body(
+    headers: &HeaderMap,
+    body: Body,
+    attributes: usize,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
+    let too_large = || IngressError::EventTooLarge {
+        headers: attributes,
+        limit,
+    };
+    let left = limit.checked_sub(attributes).ok_or_else(too_large)?;
+    match read_body(headers, body, left).await {
+        Err(IngressError::TooLarge { .. }) if attributes > 0 => Err(too_large()),
+        other => other,
+    }
+}
+
 /// An event (or an encoded size) over the broker's limit is refused with 413.
 pub fn check_size(broker: &BrokerEndpoint, encoded_len: usize) -> Result<(), IngressError> {
     if encoded_len > broker.max_body_bytes {

@@ -22,6 +22,10 @@ pub enum IngressError {
     MethodNotAllowed(Method),
     #[error("request body is larger than this broker's limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the event's ce- headers ({headers} bytes) and body together are larger than this broker's limit of {limit} bytes")]
+    EventTooLarge { headers: usize, limit: usize },
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
     #[error(transparent)]
@@ -40,7 +44,10 @@ impl IngressError {
             IngressError::UnknownBroker(_) => StatusCode::NOT_FOUND,
             IngressError::BadPath(_) | IngressError::BodyRead(_) => StatusCode::BAD_REQUEST,
             IngressError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::TooLarge { .. } | IngressError::EventTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngressError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             IngressError::Decode(DecodeError::Invalid(_)) => StatusCode::BAD_REQUEST,
             IngressError::Decode(DecodeError::UnsupportedMediaType(_)) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE

@@ -76,6 +76,7 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
 
 /// Handles one request; answers with how many events it carried.
 async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), IngressError> {
+    let attributes = accept::check_headers(req.headers())?;
     let key = parse_path(req.uri().path())?;
     match *req.method() {
         Method::POST if routes.is_draining() => return Err(IngressError::Draining),
@@ -85,7 +86,8 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
     }
     let broker = accept::broker(routes, &key)?;
     let (parts, body) = req.into_parts();
-    let body = accept::read_body(&parts.headers, body, broker.max_body_bytes).await?;
+    let body =
+        accept::read_event_body(&parts.headers, body, attributes, broker.max_body_bytes).await?;
     let mut events = cemesh_proto::http::decode(&parts.headers, body)?;
     accept::stamp(
         &mut events,
@@ -137,16 +139,54 @@ pub fn webhook_handshake(headers: &HeaderMap) -> Response {
         .into_response()
 }
 
-/// Serves the ingress on `listener` until `shutdown` resolves.
+/// Serves the ingress on `listener` until `shutdown` resolves, then lets the
+/// requests in progress finish.
+///
+/// hyper's own header limits are raised far above [`accept::MAX_HEADERS`] and
+/// [`accept::MAX_HEADER_BYTES`], so a request past ours is refused by the ingress
+/// with a JSON body naming the limit; only one past hyper's (1024 headers, 1 MiB)
+/// gets hyper's bare 431.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(routes))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(routes);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_headers(HARD_MAX_HEADERS)
+        .max_buf_size(HARD_MAX_HEADER_BYTES);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait instead of spinning.
+                    tracing::warn!(error = %e, "Ingress accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "Ingress connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
+
+/// hyper's limits, above the ingress's own (see [`serve`]).
+const HARD_MAX_HEADERS: usize = 1024;
+const HARD_MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// How long a producer should wait after a 429/503 when the channel did not say.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);

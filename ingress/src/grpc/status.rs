@@ -18,7 +18,9 @@ pub const RETRY_AFTER_METADATA: &str = "retry-after";
 pub fn code(err: &IngressError) -> Code {
     match err {
         IngressError::UnknownBroker(_) => Code::NotFound,
-        IngressError::TooLarge { .. } => Code::ResourceExhausted,
+        IngressError::TooLarge { .. }
+        | IngressError::EventTooLarge { .. }
+        | IngressError::HeadersTooLarge(_) => Code::ResourceExhausted,
         IngressError::Decode(DecodeError::Invalid(_))
         | IngressError::Decode(DecodeError::UnsupportedMediaType(_))
         | IngressError::BadPath(_)

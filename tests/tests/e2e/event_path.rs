@@ -173,7 +173,7 @@ struct Case {
     attribute: Option<&'static str>,
 }
 
-fn ce(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+fn ce<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut h = vec![
         ("ce-specversion", "1.0"),
         ("ce-id", "1"),
@@ -263,15 +263,69 @@ async fn each_error_code_names_the_problem() {
     // Nothing refused was delivered, not even the valid half of the batch.
     assert!(sub.settle(Duration::from_millis(300)).await.is_empty());
 
-    // A query string is ignored; the body limit counts only the body.
+    // A query string is ignored; the limit counts the event: its ce- headers and body.
     let resp = c
         .post(format!("{}?x=1", mesh.broker_url("default", "small")))
         .headers(header_map(&ce(&[])))
-        .body(vec![b'x'; 1000])
+        .body(vec![b'x'; 900])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    let resp = c
+        .post(mesh.broker_url("default", "small"))
+        .headers(header_map(&ce(&[("ce-note", &"n".repeat(200))])))
+        .body(vec![b'x'; 900])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("ce- headers (")
+            && body["error"]
+                .as_str()
+                .unwrap()
+                .contains("limit of 1024 bytes"),
+        "{body}"
+    );
+
+    // 431 has the same JSON body as every refusal: a 200 KB extension, too many headers.
+    let big = "x".repeat(200 * 1024);
+    let resp = c
+        .post(mesh.broker_url("default", "default"))
+        .headers(header_map(&ce(&[("ce-big", &big)])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    let body: serde_json::Value = resp.json().await.expect("431 with a JSON body");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 65536 are allowed"),
+        "{body}"
+    );
+    let mut many = ce(&[]);
+    let names: Vec<String> = (0..150).map(|i| format!("x-h{i}")).collect();
+    many.extend(names.iter().map(|n| (n.as_str(), "1")));
+    let resp = c
+        .post(mesh.broker_url("default", "default"))
+        .headers(header_map(&many))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    let body: serde_json::Value = resp.json().await.expect("431 with a JSON body");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100 are allowed"),
+        "{body}"
+    );
+    assert!(sub.settle(Duration::from_millis(200)).await.is_empty());
 
     // The webhook abuse-protection handshake.
     let resp = c
