@@ -23,8 +23,9 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::resources::Resources;
 use super::{AdminState, ApiError};
-use crate::mesh::Registry;
+use crate::control::{Kind, ResKey};
 
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
@@ -32,8 +33,10 @@ const MAX_LIMIT: usize = 1000;
 /// Why a dead-letter operation failed; REST and gRPC map it to their codes.
 #[derive(Debug)]
 pub(crate) enum DeadLetterError {
-    /// No such trigger running, or no such letter.
+    /// No such trigger, or no such letter.
     NotFound(String),
+    /// The trigger is defined but does not run (invalid, or its broker failed).
+    NotRunning(String),
     /// The dead-letter store failed.
     Storage(String),
 }
@@ -41,7 +44,9 @@ pub(crate) enum DeadLetterError {
 impl std::fmt::Display for DeadLetterError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DeadLetterError::NotFound(m) | DeadLetterError::Storage(m) => f.write_str(m),
+            DeadLetterError::NotFound(m)
+            | DeadLetterError::NotRunning(m)
+            | DeadLetterError::Storage(m) => f.write_str(m),
         }
     }
 }
@@ -50,28 +55,49 @@ impl From<DeadLetterError> for ApiError {
     fn from(e: DeadLetterError) -> Self {
         match e {
             DeadLetterError::NotFound(m) => ApiError::not_found(m),
+            DeadLetterError::NotRunning(m) => ApiError::conflict(m),
             DeadLetterError::Storage(m) => ApiError::internal(m),
         }
     }
 }
 
-/// The running trigger `ns/name`.
+/// The running trigger `ns/name`: "not found" when no such trigger is defined, "not
+/// running" (with why) when it is defined but does not run.
 pub(crate) fn trigger_context(
-    registry: &Registry,
+    resources: &Resources,
     ns: &str,
     name: &str,
 ) -> Result<Arc<TriggerContext>, DeadLetterError> {
     let key = TriggerKey::new(ns, name);
-    registry
+    let running = resources
+        .registry
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(&key)
-        .cloned()
-        .ok_or_else(|| DeadLetterError::NotFound(format!("trigger {key} is not running")))
+        .cloned();
+    if let Some(ctx) = running {
+        return Ok(ctx);
+    }
+    match resources.control.get(&ResKey::new(Kind::Trigger, ns, name)) {
+        None => Err(DeadLetterError::NotFound(format!(
+            "trigger {key} not found"
+        ))),
+        Some(view) => {
+            let ready = view.json["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .and_then(|c| c["message"].as_str())
+                .filter(|m| !m.is_empty())
+                .unwrap_or("see `cemesh describe trigger`");
+            Err(DeadLetterError::NotRunning(format!(
+                "trigger {key} is defined but not running: {ready}"
+            )))
+        }
+    }
 }
 
 fn context(state: &AdminState, ns: &str, name: &str) -> Result<Arc<TriggerContext>, ApiError> {
-    Ok(trigger_context(&state.registry, ns, name)?)
+    Ok(trigger_context(&Resources::of(state), ns, name)?)
 }
 
 fn storage(e: impl std::fmt::Display) -> DeadLetterError {

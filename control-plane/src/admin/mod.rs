@@ -96,6 +96,9 @@ impl ApiError {
     pub fn bad_request(msg: impl Into<String>) -> Self {
         ApiError(StatusCode::BAD_REQUEST, msg.into())
     }
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::CONFLICT, msg.into())
+    }
     pub fn internal(msg: impl Into<String>) -> Self {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.into())
     }

@@ -82,6 +82,7 @@ pub fn apply_status(e: ApplyError) -> Status {
 fn dead_letter_status(e: DeadLetterError) -> Status {
     match e {
         DeadLetterError::NotFound(m) => Status::not_found(m),
+        DeadLetterError::NotRunning(m) => Status::failed_precondition(m),
         DeadLetterError::Storage(m) => Status::internal(m),
     }
 }
@@ -227,7 +228,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let req = request.into_inner();
         let ctx = trigger_context(
-            &self.resources.registry,
+            &self.resources,
             namespace(&req.namespace),
             required("trigger", &req.trigger)?,
         )
@@ -250,7 +251,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
         let req = request.into_inner();
         let ctx = trigger_context(
-            &self.resources.registry,
+            &self.resources,
             namespace(&req.namespace),
             required("trigger", &req.trigger)?,
         )
@@ -269,7 +270,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
         let req = request.into_inner();
         let ctx = trigger_context(
-            &self.resources.registry,
+            &self.resources,
             namespace(&req.namespace),
             required("trigger", &req.trigger)?,
         )

@@ -399,6 +399,11 @@ async fn builtin_store_keeps_what_the_sink_refuses_and_the_cli_redrives_it() {
     assert!(ok && out.contains("\"attempts\""), "{out}");
     let (ok, out) = cli(&mesh, &["show", "t", "999999"]);
     assert!(!ok && out.contains("no dead letter 999999"), "{out}");
+    let (ok, out) = cli(&mesh, &["list", "nope"]);
+    assert!(
+        !ok && out.contains("trigger default/nope not found"),
+        "{out}"
+    );
 
     sub.set_status(200);
     let before = sub.count();

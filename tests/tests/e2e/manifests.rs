@@ -83,6 +83,23 @@ async fn the_config_dir_reports_what_it_does_not_run_and_runs_the_rest() {
     );
     assert!(mesh.logs().contains(CHANNEL_PROBLEM), "{}", mesh.logs());
 
+    // The dead letters of a trigger that is defined but invalid: not running, and why.
+    let r = client()
+        .get(mesh.admin_url("/v1/namespaces/default/triggers/typo/deadletters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("trigger default/typo is defined but not running: ")
+            && body["error"].as_str().unwrap().contains("paralelism"),
+        "{body}"
+    );
+
     // The broker's status says who runs it and that spec.config is not read.
     let (code, broker) = json(mesh.admin_url("/v1/namespaces/default/brokers/default")).await;
     assert_eq!(code, 200, "{broker}");
