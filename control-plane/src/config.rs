@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub log_level: Option<String>,
     /// How long deliveries in flight may take to finish on shutdown, e.g. `30s`.
     pub shutdown_grace: Option<crate::duration::HumaneDuration>,
+    /// Whether the admin API may apply and delete resources. Default true, false
+    /// when the default channel is `kafka` (several replicas share one config).
+    pub api_writes: Option<bool>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -161,6 +164,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: Option<String>,
     pub shutdown_grace: std::time::Duration,
+    /// Whether the admin API may create, change and delete resources. Off makes the
+    /// config dir the only source (each replica of a Kafka deployment reads the same
+    /// ConfigMap, while an API-applied resource would live on one replica only).
+    pub api_writes: bool,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }

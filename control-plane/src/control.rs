@@ -113,7 +113,12 @@ pub enum ApplyError {
     NotFound(String),
     /// 500: storing the resource failed.
     Storage(String),
+    /// 405: this server takes resources from its config dir only.
+    ReadOnly,
 }
+
+/// Why a server refuses API writes, and what to do instead.
+pub const READ_ONLY_MESSAGE: &str = "this cemesh takes its resources from its config dir only (--api-writes false, the default with the kafka channel: every replica must run the same resources, and one applied here would live on one replica only); change the manifests in the config dir (the ConfigMap), or start cemesh with --api-writes true if it runs as a single replica";
 
 impl fmt::Display for ApplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,6 +131,7 @@ impl fmt::Display for ApplyError {
             ),
             ApplyError::NotFound(what) => write!(f, "{what} not found"),
             ApplyError::Storage(e) => write!(f, "{e}"),
+            ApplyError::ReadOnly => f.write_str(READ_ONLY_MESSAGE),
         }
     }
 }
@@ -302,6 +308,9 @@ impl ControlPlane {
         key: &ResKey,
         body: &str,
     ) -> Result<(Applied, ResourceView), ApplyError> {
+        if !self.settings.api_writes {
+            return Err(ApplyError::ReadOnly);
+        }
         let (mut parsed, errors) = parse_str(Path::new("request body"), body);
         if !errors.is_empty() {
             return Err(ApplyError::Invalid(
@@ -363,6 +372,9 @@ impl ControlPlane {
 
     /// `DELETE` of an API-owned resource.
     pub async fn delete(&self, key: &ResKey) -> Result<(), ApplyError> {
+        if !self.settings.api_writes {
+            return Err(ApplyError::ReadOnly);
+        }
         let mut inner = self.inner.lock().await;
         if let Some(file) = inner.file_owning(key) {
             return Err(ApplyError::OwnedByFile(file));

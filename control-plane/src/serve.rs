@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Time deliveries in flight get to finish on shutdown, e.g. 30s [default: 30s]
     #[arg(long, env = "CEMESH_SHUTDOWN_GRACE", value_parser = crate::duration::parse_humane)]
     pub shutdown_grace: Option<Duration>,
+    /// Let the admin API apply and delete resources [default: true; false with
+    /// --channel kafka, whose replicas must all read one config: the config dir]
+    #[arg(long, env = "CEMESH_API_WRITES")]
+    pub api_writes: Option<bool>,
     #[cfg(feature = "kafka")]
     #[command(flatten)]
     pub kafka: crate::kafka::KafkaArgs,
@@ -77,6 +81,7 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
         Some(s) => parse_bytes(s).map_err(Error::MaxBodySize)?,
         None => file.max_body_size.map_or(DEFAULT_MAX_BODY, |b| b.0),
     };
+    let channel = args.channel.or(file.channel).unwrap_or(ChannelKind::Sled);
     Ok(Settings {
         config_dir: args
             .config_dir
@@ -100,7 +105,11 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             .grpc_addr
             .or(file.grpc_addr)
             .unwrap_or(([127, 0, 0, 1], 50051).into()),
-        channel: args.channel.or(file.channel).unwrap_or(ChannelKind::Sled),
+        channel,
+        api_writes: args
+            .api_writes
+            .or(file.api_writes)
+            .unwrap_or(channel != ChannelKind::Kafka),
         max_body_bytes,
         service_url_template: file
             .service_url_template
@@ -279,5 +288,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn api_writes(args: &[&str]) -> bool {
+        let cli = Cli::parse_from(std::iter::once("cemesh").chain(args.iter().copied()));
+        settings(&cli.serve).expect("settings").api_writes
+    }
+
+    #[test]
+    fn api_writes_are_off_by_default_on_kafka_only() {
+        assert!(api_writes(&[]));
+        assert!(api_writes(&["--channel", "memory"]));
+        assert!(!api_writes(&["--channel", "kafka"]));
+        assert!(api_writes(&["--channel", "kafka", "--api-writes", "true"]));
+        assert!(!api_writes(&["--api-writes", "false"]));
     }
 }

@@ -183,6 +183,7 @@ fn apply_error(e: ApplyError) -> Response {
             ErrorAnswer::new(StatusCode::NOT_FOUND, format!("{what} not found"))
         }
         ApplyError::Storage(e) => ErrorAnswer::new(StatusCode::INTERNAL_SERVER_ERROR, e),
+        ApplyError::ReadOnly => ErrorAnswer::new(StatusCode::METHOD_NOT_ALLOWED, e.to_string()),
     };
     answer.into_response()
 }

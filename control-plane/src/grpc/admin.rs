@@ -76,6 +76,7 @@ pub fn apply_status(e: ApplyError) -> Status {
         }
         ApplyError::NotFound(what) => Status::not_found(format!("{what} not found")),
         ApplyError::Storage(e) => Status::internal(e),
+        ApplyError::ReadOnly => Status::failed_precondition(e.to_string()),
     }
 }
 

@@ -50,6 +50,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         log_format: LogFormat::Text,
         log_level: None,
         shutdown_grace: Duration::from_secs(1),
+        api_writes: true,
         #[cfg(feature = "kafka")]
         kafka: None,
     };

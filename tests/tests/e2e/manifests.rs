@@ -282,3 +282,56 @@ async fn readyz_fails_while_no_broker_runs() {
     let (code, ready) = json(mesh.admin_url("/readyz")).await;
     assert_eq!(code, 200, "{ready}");
 }
+
+/// With `--api-writes false` (the default on Kafka) the config dir is the only
+/// source: PUT and DELETE are refused with what to do instead, reads still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_admin_api_refuses_writes_and_says_why() {
+    let mesh = Cemesh::builder()
+        .manifest("mesh.yaml", &broker_yaml("default"))
+        .arg("--api-writes")
+        .arg("false")
+        .start();
+    let r = client()
+        .put(mesh.admin_url("/v1/namespaces/default/triggers/t"))
+        .header("content-type", "application/yaml")
+        .body(trigger_yaml("t", "default", "http://127.0.0.1:1/", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("takes its resources from its config dir only"),
+        "{body}"
+    );
+    let r = client()
+        .delete(mesh.admin_url("/v1/namespaces/default/brokers/default"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let (code, _) = json(mesh.admin_url("/v1/namespaces/default/brokers/default")).await;
+    assert_eq!(code, 200);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("t.yaml");
+    std::fs::write(
+        &file,
+        trigger_yaml("t", "default", "http://127.0.0.1:1/", &[]),
+    )
+    .unwrap();
+    let admin = mesh.admin.to_string();
+    let (ok, out, err) = cemesh(&[
+        "apply",
+        "-f",
+        &file.display().to_string(),
+        "--admin",
+        &admin,
+    ]);
+    assert!(!ok, "{out}\n{err}");
+    assert!(err.contains("--api-writes"), "{err}");
+}
