@@ -9,6 +9,7 @@ mod event_path;
 mod filters;
 mod grpc;
 mod kafka;
+mod metrics;
 mod scale;
 mod sidecar;
 mod wire;
