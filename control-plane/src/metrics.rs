@@ -1,6 +1,7 @@
 //! The Prometheus endpoint: one process-wide recorder (`metrics` with its Prometheus
-//! exporter), the names in `cemesh_proto::metric_names`, and gauges that are read at
-//! scrape time (lag per trigger, process RSS, CPU, open file descriptors).
+//! exporter), the names and help texts in `cemesh_proto::metric_names` (described at
+//! install, so every metric has `# HELP`), gauges that are read at scrape time (lag
+//! per trigger) and the `process_*` metrics, rendered at scrape time.
 
 use std::sync::OnceLock;
 
@@ -11,15 +12,26 @@ use crate::mesh::Registry;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the recorder once per process (an embedded broker may start twice).
+/// Buckets of every duration histogram (`..._duration_seconds`), in seconds: from
+/// half a millisecond to a minute.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Installs the recorder once per process (an embedded broker may start twice) and
+/// describes the broker's metrics.
 pub fn install() {
     HANDLE.get_or_init(|| {
-        let buckets = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0, 60.0,
-        ];
+        // Default buckets for every histogram, so none renders as a summary.
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("latencies".into()), &buckets)
+            .set_buckets(&DURATION_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix(names::DURATION_SUFFIX.into()),
+                    &DURATION_BUCKETS,
+                )
+            })
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full(names::CHANNEL_GROUP_COMMIT_BATCH.into()),
@@ -29,7 +41,10 @@ pub fn install() {
                 )
             });
         match builder.map(PrometheusBuilder::install_recorder) {
-            Ok(Ok(handle)) => Some(handle),
+            Ok(Ok(handle)) => {
+                describe(&names::BROKER_METRICS);
+                Some(handle)
+            }
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!(error = %e, "Metrics recorder not installed");
                 None
@@ -43,12 +58,29 @@ pub fn install() {
 pub async fn render(registry: &Registry) -> String {
     // Lag, delivery rate and oldest-waiting age per trigger.
     crate::keda::signals::export(registry).await;
+    let mut out = render_recorded();
     if let Some(p) = read_process() {
-        metrics::gauge!(names::PROCESS_RSS).set(p.rss_bytes as f64);
-        metrics::gauge!(names::PROCESS_CPU).set(p.cpu_seconds);
-        metrics::gauge!(names::PROCESS_FDS).set(p.open_fds as f64);
+        // Rendered here rather than recorded: the CPU counter is fractional seconds,
+        // which a `metrics` counter (u64) cannot hold.
+        write_sample(&mut out, names::PROCESS_RSS, p.rss_bytes as f64);
+        write_sample(&mut out, names::PROCESS_CPU, p.cpu_seconds);
+        write_sample(&mut out, names::PROCESS_FDS, p.open_fds as f64);
     }
-    render_recorded()
+    out
+}
+
+/// Appends one unlabelled sample of a metric in [`names::BROKER_METRICS`], with its
+/// `# HELP` and `# TYPE`.
+fn write_sample(out: &mut String, name: &str, value: f64) {
+    use std::fmt::Write as _;
+    let Some((_, kind, help)) = names::BROKER_METRICS.iter().find(|(n, ..)| *n == name) else {
+        return;
+    };
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {}\n{name} {value}\n\n",
+        kind.as_str()
+    );
 }
 
 /// Renders what the process-wide recorder holds (for a process with no mesh, such

@@ -155,7 +155,7 @@ pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize,
     if count > 0 {
         let started = std::time::Instant::now();
         broker.channel.append(events).await?;
-        metrics::histogram!(names::CHANNEL_APPEND_LATENCIES, "channel" => broker.channel.kind())
+        metrics::histogram!(names::CHANNEL_APPEND_DURATION, "channel" => broker.channel.kind())
             .record(started.elapsed().as_secs_f64());
     }
     Ok(count)

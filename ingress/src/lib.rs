@@ -55,8 +55,11 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
         };
         let status = resp.status().as_u16();
         tracing::Span::current().record("status", status);
-        if let Some(key) = broker {
-            let accepted = status == 202;
+        // A request that carried no event (the webhook handshake, an empty batch)
+        // counts nothing; `result` follows the code, so no series pairs `refused`
+        // with a 2xx code.
+        if let Some(key) = broker.filter(|_| events > 0) {
+            let accepted = resp.status().is_success();
             let labels = [
                 ("namespace_name", key.namespace.clone()),
                 ("broker_name", key.name.clone()),
@@ -64,8 +67,8 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
                 ("response_code", status.to_string()),
                 ("response_code_class", names::status_class(Some(status)).to_owned()),
             ];
-            metrics::counter!(names::INGRESS_EVENT_COUNT, &labels).increment(events as u64);
-            metrics::histogram!(names::INGRESS_REQUEST_LATENCIES, "namespace_name" => key.namespace, "broker_name" => key.name)
+            metrics::counter!(names::INGRESS_EVENTS, &labels).increment(events as u64);
+            metrics::histogram!(names::INGRESS_REQUEST_DURATION, "namespace_name" => key.namespace, "broker_name" => key.name)
                 .record(started.elapsed().as_secs_f64());
         }
         resp

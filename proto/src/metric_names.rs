@@ -1,36 +1,58 @@
 //! Every metric name cemesh exports, in one place, so the crates that record them
-//! (ingress, dispatcher, channels) and the `/metrics` endpoint agree. Names follow
-//! Knative's (`event_count`, `event_dispatch_latencies`) where they overlap, with a
-//! `cemesh_` prefix; labels are low-cardinality only (namespace, broker, trigger,
-//! status class, result; never an event id or source).
+//! (ingress, dispatcher, control plane, sidecar) and the `/metrics` endpoint agree,
+//! and every one has its `# HELP` text ([`BROKER_METRICS`], [`SIDECAR_METRICS`]).
+//!
+//! Conventions (Prometheus's): counters end in `_total`; durations are histograms in
+//! seconds named `..._duration_seconds`; every name has a `cemesh_` prefix except the
+//! standard `process_*` ones. Knative's broker metrics (`event_count`,
+//! `event_dispatch_latencies` in milliseconds) have equivalents here under names of
+//! their own ([`INGRESS_EVENTS`], [`INGRESS_REQUEST_DURATION`],
+//! [`TRIGGER_DISPATCH_ATTEMPTS`], [`TRIGGER_DISPATCH_DURATION`]) with Knative's label
+//! names (`namespace_name`, `broker_name`, `trigger_name`, `response_code`,
+//! `response_code_class`); no Knative name is kept as an alias, since a Knative
+//! dashboard would not find them under the `cemesh_` prefix anyway. Labels are
+//! low-cardinality only (never an event id or source), and every per-trigger series
+//! carries `namespace_name`, `broker_name` and `trigger_name`.
 
 /// Events offered to a broker's ingress. Labels: `namespace_name`, `broker_name`,
-/// `result` (`accepted`/`refused`), `response_code`, `response_code_class`.
-pub const INGRESS_EVENT_COUNT: &str = "cemesh_broker_ingress_event_count";
-/// Ingress request latency (seconds). Labels: `namespace_name`, `broker_name`.
-pub const INGRESS_REQUEST_LATENCIES: &str = "cemesh_broker_ingress_event_dispatch_latencies";
-/// Delivery attempts to subscribers. Labels: `namespace_name`, `broker_name`,
-/// `trigger_name`, `response_code_class` (`2xx`.. or `none` without a response).
-pub const TRIGGER_EVENT_COUNT: &str = "cemesh_trigger_event_count";
-/// Delivery attempt latency (seconds). Labels as [`TRIGGER_EVENT_COUNT`].
-pub const TRIGGER_DISPATCH_LATENCIES: &str = "cemesh_trigger_event_dispatch_latencies";
-/// Retries (attempts after the first). Labels: `namespace_name`, `trigger_name`.
+/// `result` (`accepted` with a 2xx code, `refused` with a 4xx/5xx one),
+/// `response_code`, `response_code_class`. (Knative: `event_count`.)
+pub const INGRESS_EVENTS: &str = "cemesh_broker_ingress_events_total";
+/// Ingress request duration (seconds), for requests that carried events. Labels:
+/// `namespace_name`, `broker_name`. (Knative: `event_dispatch_latencies`, in ms.)
+pub const INGRESS_REQUEST_DURATION: &str = "cemesh_broker_ingress_request_duration_seconds";
+/// Delivery attempts to a trigger's subscriber (not to its dead-letter sink).
+/// Labels: `namespace_name`, `broker_name`, `trigger_name`, `response_code_class`
+/// (`2xx`.. or `none` without a response). (Knative: `event_count`.)
+pub const TRIGGER_DISPATCH_ATTEMPTS: &str = "cemesh_trigger_dispatch_attempts_total";
+/// Delivery attempt duration (seconds). Labels as [`TRIGGER_DISPATCH_ATTEMPTS`].
+/// (Knative: `event_dispatch_latencies`, in ms.)
+pub const TRIGGER_DISPATCH_DURATION: &str = "cemesh_trigger_dispatch_duration_seconds";
+/// Events the subscriber took (2xx), once each however many attempts it took.
+/// Labels: `namespace_name`, `broker_name`, `trigger_name`.
+pub const TRIGGER_DELIVERED: &str = "cemesh_trigger_delivered_events_total";
+/// Retries: attempts to the subscriber after the first. Labels: `namespace_name`,
+/// `broker_name`, `trigger_name`.
 pub const TRIGGER_RETRIES: &str = "cemesh_trigger_retries_total";
-/// Events dead-lettered. Labels: `namespace_name`, `trigger_name`, `destination`
-/// (`sink`/`store`).
+/// Events dead-lettered. Labels: `namespace_name`, `broker_name`, `trigger_name`,
+/// `destination` (`sink`: the trigger's dead-letter sink took it; `store`: the
+/// built-in dead-letter store).
 pub const TRIGGER_DEAD_LETTERS: &str = "cemesh_trigger_dead_letters_total";
-/// Replies appended to the broker. Labels: `namespace_name`, `trigger_name`.
+/// Replies appended to the broker. Labels: `namespace_name`, `broker_name`,
+/// `trigger_name`.
 pub const TRIGGER_REPLIES: &str = "cemesh_trigger_replies_total";
-/// Deliveries in flight now. Labels: `namespace_name`, `trigger_name`.
+/// Deliveries in flight now. Labels: `namespace_name`, `broker_name`,
+/// `trigger_name`.
 pub const TRIGGER_IN_FLIGHT: &str = "cemesh_trigger_in_flight";
 /// Records waiting for the trigger (channel lag). Labels: `namespace_name`,
-/// `trigger_name`.
+/// `broker_name`, `trigger_name`.
 pub const TRIGGER_LAG: &str = "cemesh_trigger_lag";
 /// Deliveries the subscriber took per second, over the last minute or less. Labels:
-/// `namespace_name`, `trigger_name`.
+/// `namespace_name`, `broker_name`, `trigger_name`.
 pub const TRIGGER_DELIVERY_RATE: &str = "cemesh_trigger_delivery_rate";
 /// Age (seconds since `knativearrivaltime`) of the oldest event the trigger has not
-/// finished; 0 when none waits. Labels: `namespace_name`, `trigger_name`.
+/// finished; 0 when none waits. Labels: `namespace_name`, `broker_name`,
+/// `trigger_name`.
 pub const TRIGGER_OLDEST_WAITING_AGE: &str = "cemesh_trigger_oldest_waiting_age_seconds";
 /// Instances of an on-demand service (starting, ready or stopping). Labels: `service`.
 pub const ONDEMAND_INSTANCES: &str = "cemesh_ondemand_instances";
@@ -42,18 +64,130 @@ pub const ONDEMAND_INSTANCE_STARTS: &str = "cemesh_ondemand_instance_starts_tota
 pub const ONDEMAND_INSTANCE_EXITS: &str = "cemesh_ondemand_instance_exits_total";
 /// Starts from zero instances. Labels: `service`.
 pub const ONDEMAND_COLD_STARTS: &str = "cemesh_ondemand_cold_starts_total";
-/// Cold start latency (seconds), from spawn to ready. Labels: `service`.
-pub const ONDEMAND_COLD_START_LATENCIES: &str = "cemesh_ondemand_cold_start_latencies";
-/// Channel append latency (seconds). Labels: `channel` (kind).
-pub const CHANNEL_APPEND_LATENCIES: &str = "cemesh_channel_append_latencies";
-/// Appends made durable by one sled flush (group commit).
+/// Cold start duration (seconds), from spawn to ready. Labels: `service`.
+pub const ONDEMAND_COLD_START_DURATION: &str = "cemesh_ondemand_cold_start_duration_seconds";
+/// Channel append duration (seconds), until the events are durable. Labels:
+/// `channel` (kind).
+pub const CHANNEL_APPEND_DURATION: &str = "cemesh_channel_append_duration_seconds";
+/// Appends made durable by one sled flush (group commit). Not recorded yet; its
+/// buckets are set so it renders as a histogram when it is.
 pub const CHANNEL_GROUP_COMMIT_BATCH: &str = "cemesh_channel_group_commit_batch_size";
 /// Process resident memory (bytes).
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
-/// Process CPU time (seconds).
+/// Process CPU time, user and system (seconds).
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 /// Open file descriptors.
 pub const PROCESS_FDS: &str = "process_open_fds";
+
+/// Suffix of every duration histogram (seconds); the recorder gives them the same
+/// buckets.
+pub const DURATION_SUFFIX: &str = "_duration_seconds";
+
+/// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
+/// help text. The `process_*` ones are read and rendered at scrape time.
+pub const BROKER_METRICS: [(&str, Kind, &str); 21] = [
+    (
+        INGRESS_EVENTS,
+        Kind::Counter,
+        "Events offered to a broker's ingress, by result and response code.",
+    ),
+    (
+        INGRESS_REQUEST_DURATION,
+        Kind::Histogram,
+        "Time the ingress took to answer a request that carried events, in seconds.",
+    ),
+    (
+        TRIGGER_DISPATCH_ATTEMPTS,
+        Kind::Counter,
+        "Delivery attempts to a trigger's subscriber, by response code class (none: no response).",
+    ),
+    (
+        TRIGGER_DISPATCH_DURATION,
+        Kind::Histogram,
+        "Duration of delivery attempts to a trigger's subscriber, in seconds.",
+    ),
+    (
+        TRIGGER_DELIVERED,
+        Kind::Counter,
+        "Events a trigger's subscriber took (answered 2xx), once per event.",
+    ),
+    (
+        TRIGGER_RETRIES,
+        Kind::Counter,
+        "Delivery attempts to a trigger's subscriber after the first.",
+    ),
+    (
+        TRIGGER_DEAD_LETTERS,
+        Kind::Counter,
+        "Events that failed delivery, by where they went: the trigger's dead-letter sink or the built-in store.",
+    ),
+    (
+        TRIGGER_REPLIES,
+        Kind::Counter,
+        "Reply events a trigger's subscriber returned, appended to the broker.",
+    ),
+    (
+        TRIGGER_IN_FLIGHT,
+        Kind::Gauge,
+        "Events a trigger is delivering now (including waits between retries).",
+    ),
+    (
+        TRIGGER_LAG,
+        Kind::Gauge,
+        "Events appended to the broker and not yet finished by the trigger.",
+    ),
+    (
+        TRIGGER_DELIVERY_RATE,
+        Kind::Gauge,
+        "Events per second the trigger's subscriber took, over about the last minute.",
+    ),
+    (
+        TRIGGER_OLDEST_WAITING_AGE,
+        Kind::Gauge,
+        "Seconds since the oldest event the trigger has not finished arrived; 0 when none.",
+    ),
+    (
+        ONDEMAND_INSTANCES,
+        Kind::Gauge,
+        "Instances of an on-demand service (starting, ready or stopping).",
+    ),
+    (
+        ONDEMAND_INSTANCE_STARTS,
+        Kind::Counter,
+        "Instances of an on-demand service started, by reason.",
+    ),
+    (
+        ONDEMAND_INSTANCE_EXITS,
+        Kind::Counter,
+        "Instances of an on-demand service that ended, by reason.",
+    ),
+    (
+        ONDEMAND_COLD_STARTS,
+        Kind::Counter,
+        "Starts of an on-demand service from zero instances.",
+    ),
+    (
+        ONDEMAND_COLD_START_DURATION,
+        Kind::Histogram,
+        "Time from spawning an on-demand instance to it being ready, in seconds.",
+    ),
+    (
+        CHANNEL_APPEND_DURATION,
+        Kind::Histogram,
+        "Time to append events to a channel until they are durable, in seconds.",
+    ),
+    (
+        PROCESS_RSS,
+        Kind::Gauge,
+        "Resident memory size in bytes.",
+    ),
+    (
+        PROCESS_CPU,
+        Kind::Counter,
+        "User and system CPU time spent, in seconds.",
+    ),
+    (PROCESS_FDS, Kind::Gauge, "Open file descriptors."),
+];
 
 /// The sidecar's counters and gauges (`cemesh sidecar`'s `/metrics`), each with
 /// its help text.
@@ -140,6 +274,17 @@ pub enum Kind {
     Histogram,
 }
 
+impl Kind {
+    /// The type as Prometheus's `# TYPE` line spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
 /// Every value of the `response_code_class` label, `none` last.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
@@ -152,5 +297,35 @@ pub fn status_class(status: Option<u16>) -> &'static str {
         Some(400..=499) => "4xx",
         Some(500..=599) => "5xx",
         _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        for (name, kind, help) in BROKER_METRICS.iter().chain(SIDECAR_METRICS.iter()) {
+            assert!(!help.is_empty(), "{name} has no help");
+            match kind {
+                Kind::Counter => assert!(name.ends_with("_total"), "counter {name}"),
+                _ => assert!(!name.ends_with("_total"), "{name} is not a counter"),
+            }
+            if name.contains("duration") || name.ends_with("_seconds") {
+                assert!(
+                    *kind == Kind::Histogram || name.ends_with("_age_seconds"),
+                    "{name}"
+                );
+            }
+            assert!(
+                !name.contains("latencies"),
+                "{name}: durations are in seconds"
+            );
+        }
+        let mut names: Vec<_> = BROKER_METRICS.iter().map(|(n, ..)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), BROKER_METRICS.len(), "a name is listed twice");
     }
 }

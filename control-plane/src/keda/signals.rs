@@ -73,6 +73,7 @@ pub async fn export(registry: &Registry) {
         let key = &ctx.runtime.key;
         let labels = [
             ("namespace_name", key.namespace.clone()),
+            ("broker_name", ctx.runtime.broker.clone()),
             ("trigger_name", key.name.clone()),
         ];
         metrics::gauge!(names::TRIGGER_LAG, &labels).set(s.lag as f64);

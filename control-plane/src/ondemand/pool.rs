@@ -193,7 +193,7 @@ impl Pool {
         *lock(&inst.last_done) = Instant::now();
         inst.ready.store(true, SeqCst);
         if inst.cold {
-            metrics::histogram!(names::ONDEMAND_COLD_START_LATENCIES, "service" => self.name.clone())
+            metrics::histogram!(names::ONDEMAND_COLD_START_DURATION, "service" => self.name.clone())
                 .record(took.as_secs_f64());
         }
         tracing::info!(

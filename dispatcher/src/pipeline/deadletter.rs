@@ -14,11 +14,14 @@ use crate::delivery::Failure;
 impl TriggerContext {
     /// Puts a dead letter in the built-in store, retrying a failing store until it
     /// works or shutdown interrupts.
+    /// Logs the one WARN line of an event that finally failed (with the last
+    /// attempt's status and `latency`, when there were attempts).
     pub(super) async fn store(
         &self,
         event: Event,
         reason: String,
         attempts: Vec<Attempt>,
+        latency: Option<Duration>,
         cancel: &CancellationToken,
     ) -> Processed {
         let letter = DeadLetter {
@@ -34,12 +37,17 @@ impl TriggerContext {
             match self.dead_letters.put(letter.clone()).await {
                 Ok(id) => {
                     tracing::warn!(
+                        broker = %self.runtime.broker,
                         trigger = %self.runtime.key,
                         event.id = %letter.event.id,
+                        attempts = letter.attempts.len(),
+                        status = letter.attempts.last().and_then(|a| a.status),
+                        latency_ms = latency.map(super::stats::rounded_ms),
                         dead_letter = id,
                         reason = %letter.reason,
                         "Event stored in the dead letters"
                     );
+                    self.count_dead_letter(super::stats::Destination::Store);
                     return Processed::DeadLettered;
                 }
                 Err(e) => {

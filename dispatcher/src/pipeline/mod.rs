@@ -58,26 +58,10 @@ impl TriggerContext {
     pub async fn process(&self, event: &Event, cancel: &CancellationToken) -> Processed {
         let _in_flight = InFlight::enter(self, event);
         let processed = self.process_inner(event, cancel).await;
-        let key = &self.runtime.key;
-        match processed {
-            Processed::Delivered => {
-                self.stats.delivered.fetch_add(1, Relaxed);
-            }
-            Processed::DeadLettered => {
-                self.stats.dead_lettered.fetch_add(1, Relaxed);
-                let destination = if self.runtime.delivery.dead_letter_sink.is_some() {
-                    "sink"
-                } else {
-                    "store"
-                };
-                self.metrics
-                    .dead_letters
-                    .get_or_init(|| {
-                        metrics::counter!(names::TRIGGER_DEAD_LETTERS, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone(), "destination" => destination)
-                    })
-                    .increment(1);
-            }
-            Processed::Interrupted => {}
+        if processed == Processed::Delivered {
+            self.stats.delivered.fetch_add(1, Relaxed);
+            self.per_trigger_counter(&self.metrics.delivered, names::TRIGGER_DELIVERED)
+                .increment(1);
         }
         processed
     }
@@ -89,41 +73,72 @@ impl TriggerContext {
         let spec = &self.runtime.delivery;
         let url = &self.runtime.subscriber;
 
-        let (mut attempts, failure) = match self.send(url, &outgoing, spec.format, cancel).await {
+        let (mut attempts, failure, latency) = match self
+            .send(url, Target::Subscriber, &outgoing, spec.format, cancel)
+            .await
+        {
             Sent::Ok(success) => {
                 self.reply(event, &outgoing, ttl, success, cancel).await;
                 return Processed::Delivered;
             }
             Sent::Interrupted => return Processed::Interrupted,
-            Sent::Failed(attempts, failure) => (attempts, failure),
+            Sent::Failed(attempts, failure, latency) => (attempts, failure, latency),
         };
 
         let mut letter = outgoing;
         knative_error(&mut letter, url.as_str(), &failure);
         if let Some(sink) = &spec.dead_letter_sink {
-            match self.send(sink, &letter, spec.format, cancel).await {
+            match self
+                .send(sink, Target::DeadLetterSink, &letter, spec.format, cancel)
+                .await
+            {
                 Sent::Ok(..) => {
-                    tracing::info!(trigger = %self.runtime.key, event.id = %event.id, sink = %sink, "Dead-lettered to the sink");
+                    // The one line for an event that finally failed (attempts log at
+                    // debug).
+                    tracing::warn!(
+                        broker = %self.runtime.broker,
+                        trigger = %self.runtime.key,
+                        event.id = %event.id,
+                        attempts = attempts.len(),
+                        status = failure.status,
+                        latency_ms = stats::rounded_ms(latency),
+                        error = %failure.error,
+                        sink = %sink,
+                        "Delivery failed; the event went to the dead-letter sink"
+                    );
+                    self.count_dead_letter(stats::Destination::Sink);
                     return Processed::DeadLettered;
                 }
                 Sent::Interrupted => return Processed::Interrupted,
-                Sent::Failed(sink_attempts, sink_failure) => {
+                Sent::Failed(sink_attempts, sink_failure, sink_latency) => {
                     attempts.extend(sink_attempts);
                     let reason = format!(
                         "dead-letter sink failed ({}) after the subscriber failed ({})",
                         sink_failure.error, failure.error
                     );
-                    return self.store(letter, reason, attempts, cancel).await;
+                    return self
+                        .store(letter, reason, attempts, Some(sink_latency), cancel)
+                        .await;
                 }
             }
         }
         let reason = format!("delivery failed: {}", failure.error);
-        self.store(letter, reason, attempts, cancel).await
+        self.store(letter, reason, attempts, Some(latency), cancel)
+            .await
     }
+}
+
+/// Whom an attempt is for: only the subscriber's attempts are counted in the
+/// trigger's dispatch metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    Subscriber,
+    DeadLetterSink,
 }
 
 pub(super) enum Sent {
     Ok(Success),
-    Failed(Vec<Attempt>, Failure),
+    /// Every attempt, the last failure and the last attempt's duration.
+    Failed(Vec<Attempt>, Failure, std::time::Duration),
     Interrupted,
 }

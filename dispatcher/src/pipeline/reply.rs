@@ -28,7 +28,7 @@ impl TriggerContext {
             Reply::Invalid(error) => {
                 let reason = format!("the subscriber's reply is not a valid CloudEvent: {error}");
                 let _ = self
-                    .store(delivered.clone(), reason, Vec::new(), cancel)
+                    .store(delivered.clone(), reason, Vec::new(), None, cancel)
                     .await;
                 return;
             }
@@ -56,8 +56,8 @@ impl TriggerContext {
                     knative::BROKER_TTL,
                     knative::DEFAULT_TTL
                 );
-                tracing::warn!(trigger = %self.runtime.key, event.id = %reply.id, "Reply dropped to the dead letters: TTL exhausted");
-                let _ = self.store(reply, reason, Vec::new(), cancel).await;
+                // The store logs the one WARN line, with the reason.
+                let _ = self.store(reply, reason, Vec::new(), None, cancel).await;
             }
             return;
         }
@@ -82,12 +82,12 @@ impl TriggerContext {
                         "appending the reply to broker {} failed: {error}",
                         self.runtime.broker
                     );
-                    let _ = self.store(reply, reason, Vec::new(), cancel).await;
+                    let _ = self.store(reply, reason, Vec::new(), None, cancel).await;
                 }
                 return;
             }
             let wait = spec.backoff(k);
-            tracing::warn!(trigger = %self.runtime.key, error = %error, retry_in = ?wait, "Appending a reply failed");
+            tracing::debug!(trigger = %self.runtime.key, error = %error, retry_in = ?wait, "Appending a reply failed; retrying");
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}

@@ -1,6 +1,8 @@
 //! Attempts with retries: each attempt goes to the subscriber (or a leased on-demand
-//! instance) and is recorded; `retry::RetryState` decides whether and when to try
-//! again.
+//! instance) or the dead-letter sink; attempts to the subscriber are counted in the
+//! trigger's metrics; `retry::RetryState` decides whether and when to try again.
+//! Each failed attempt logs at DEBUG; the event's final failure is the one WARN line
+//! (`process_inner`, `store`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -11,7 +13,8 @@ use cemesh_proto::{knative, metric_names as names, Event};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{Sent, TriggerContext};
+use super::stats::rounded_ms;
+use super::{Sent, Target, TriggerContext};
 use crate::delivery::{Failure, Format, Success};
 use crate::retry::{RetryAction, RetryState};
 
@@ -21,6 +24,7 @@ impl TriggerContext {
     pub(super) async fn send(
         &self,
         url: &reqwest::Url,
+        target: Target,
         event: &Event,
         format: Format,
         cancel: &CancellationToken,
@@ -28,10 +32,11 @@ impl TriggerContext {
         let spec = &self.runtime.delivery;
         let ns = &self.runtime.key.namespace;
         let pool = match &self.runtime.endpoints {
-            Some(p) if url == &self.runtime.subscriber => Some(p),
+            Some(p) if target == Target::Subscriber => Some(p),
             _ => None,
         };
         let mut attempts: Vec<(Attempt, Failure)> = Vec::new();
+        let mut last_latency: Duration;
         let mut retry = RetryState::default();
         let mut wait: Option<Duration> = None;
         loop {
@@ -81,8 +86,11 @@ impl TriggerContext {
                 },
             };
             let latency = started.elapsed();
-            span.record("latency_ms", latency.as_secs_f64() * 1e3);
-            self.record_attempt(attempts.len() as u32, &result, latency);
+            last_latency = latency;
+            span.record("latency_ms", rounded_ms(latency));
+            if target == Target::Subscriber {
+                self.record_attempt(attempts.len() as u32, &result, latency);
+            }
             match result {
                 Ok(success) => {
                     span.record("status", success.status);
@@ -100,9 +108,10 @@ impl TriggerContext {
                         }
                         RetryAction::DontRetry(_) => (false, true),
                     };
+                    // The span holds the status (when there was a response) and
+                    // the latency.
                     span.in_scope(|| {
-                        tracing::warn!(
-                            status = ?failure.status,
+                        tracing::debug!(
                             error = %failure.error,
                             cold_start_grace = in_grace,
                             final_attempt = last,
@@ -134,7 +143,11 @@ impl TriggerContext {
                 retry_after: None,
                 connect_failed: false,
             });
-        Sent::Failed(attempts.into_iter().map(|(a, _)| a).collect(), failure)
+        Sent::Failed(
+            attempts.into_iter().map(|(a, _)| a).collect(),
+            failure,
+            last_latency,
+        )
     }
 
     pub(super) fn record_attempt(
@@ -161,8 +174,8 @@ impl TriggerContext {
                 ("response_code_class", class.to_owned()),
             ];
             (
-                metrics::counter!(names::TRIGGER_EVENT_COUNT, &labels),
-                metrics::histogram!(names::TRIGGER_DISPATCH_LATENCIES, &labels),
+                metrics::counter!(names::TRIGGER_DISPATCH_ATTEMPTS, &labels),
+                metrics::histogram!(names::TRIGGER_DISPATCH_DURATION, &labels),
             )
         });
         count.increment(1);

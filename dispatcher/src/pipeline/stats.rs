@@ -19,19 +19,40 @@ use super::TriggerContext;
 #[derive(Debug, Default)]
 pub struct TriggerMetrics {
     pub(super) in_flight: OnceLock<Gauge>,
+    pub(super) delivered: OnceLock<Counter>,
     pub(super) retries: OnceLock<Counter>,
     pub(super) replies: OnceLock<Counter>,
-    pub(super) dead_letters: OnceLock<Counter>,
+    /// Dead letters taken by the sink, and by the built-in store.
+    pub(super) dead_letters_sink: OnceLock<Counter>,
+    pub(super) dead_letters_store: OnceLock<Counter>,
     /// Attempts and their latency, per status class (`names::STATUS_CLASSES` order).
     pub(super) attempts: [OnceLock<(Counter, Histogram)>; 6],
 }
 
+/// Where a dead letter went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Destination {
+    /// The trigger's dead-letter sink took it.
+    Sink,
+    /// The built-in dead-letter store.
+    Store,
+}
+
 impl TriggerContext {
-    pub(super) fn in_flight_gauge(&self) -> &Gauge {
+    /// The labels every per-trigger series carries.
+    pub(super) fn trigger_labels(&self) -> [(&'static str, String); 3] {
         let key = &self.runtime.key;
-        self.metrics.in_flight.get_or_init(|| {
-            metrics::gauge!(names::TRIGGER_IN_FLIGHT, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
-        })
+        [
+            ("namespace_name", key.namespace.clone()),
+            ("broker_name", self.runtime.broker.clone()),
+            ("trigger_name", key.name.clone()),
+        ]
+    }
+
+    pub(super) fn in_flight_gauge(&self) -> &Gauge {
+        self.metrics
+            .in_flight
+            .get_or_init(|| metrics::gauge!(names::TRIGGER_IN_FLIGHT, &self.trigger_labels()))
     }
 
     pub(super) fn per_trigger_counter<'a>(
@@ -39,11 +60,29 @@ impl TriggerContext {
         cell: &'a OnceLock<Counter>,
         name: &'static str,
     ) -> &'a Counter {
-        let key = &self.runtime.key;
-        cell.get_or_init(|| {
-            metrics::counter!(name, "namespace_name" => key.namespace.clone(), "trigger_name" => key.name.clone())
-        })
+        cell.get_or_init(|| metrics::counter!(name, &self.trigger_labels()))
     }
+
+    /// Counts an event that went to the dead letters (the live counter and the
+    /// metric, by destination).
+    pub(super) fn count_dead_letter(&self, destination: Destination) {
+        self.stats.dead_lettered.fetch_add(1, Relaxed);
+        let (cell, label) = match destination {
+            Destination::Sink => (&self.metrics.dead_letters_sink, "sink"),
+            Destination::Store => (&self.metrics.dead_letters_store, "store"),
+        };
+        cell.get_or_init(|| {
+            let [ns, broker, trigger] = self.trigger_labels();
+            let labels = [ns, broker, trigger, ("destination", label.to_owned())];
+            metrics::counter!(names::TRIGGER_DEAD_LETTERS, &labels)
+        })
+        .increment(1);
+    }
+}
+
+/// A duration in milliseconds rounded to a tenth, for logs (`latency_ms=2.1`).
+pub(super) fn rounded_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// Counters of one trigger since it started, for `cemesh describe` (the same events
@@ -54,7 +93,8 @@ pub struct TriggerStats {
     pub delivered: AtomicU64,
     /// Attempts after the first.
     pub retries: AtomicU64,
-    /// Events sent to the dead-letter sink or the built-in store.
+    /// Events sent to the dead-letter sink or the built-in store (including replies
+    /// that could not be appended).
     pub dead_lettered: AtomicU64,
     /// Replies appended to the broker.
     pub replies: AtomicU64,
@@ -167,5 +207,21 @@ impl Drop for InFlight<'_> {
         }
         ctx.stats.in_flight.fetch_sub(1, Relaxed);
         ctx.in_flight_gauge().decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_latencies_are_rounded_to_a_tenth_of_a_millisecond() {
+        assert_eq!(rounded_ms(Duration::from_nanos(2_123_456)), 2.1);
+        assert_eq!(rounded_ms(Duration::from_nanos(49_999)), 0.0);
+        assert_eq!(rounded_ms(Duration::from_millis(1500)), 1500.0);
+        assert_eq!(
+            format!("{}", rounded_ms(Duration::from_nanos(300_001))),
+            "0.3"
+        );
     }
 }

@@ -388,7 +388,7 @@ async fn metrics_count_what_happened() {
     let m = |name: &str, labels: &[&str]| metric(&text, name, labels);
     assert_eq!(
         m(
-            "cemesh_broker_ingress_event_count",
+            "cemesh_broker_ingress_events_total",
             &["broker_name=\"default\"", "result=\"accepted\""]
         ),
         15.0,
@@ -396,7 +396,7 @@ async fn metrics_count_what_happened() {
     );
     assert_eq!(
         m(
-            "cemesh_trigger_event_count",
+            "cemesh_trigger_dispatch_attempts_total",
             &["trigger_name=\"ok\"", "response_code_class=\"2xx\""]
         ),
         10.0,
@@ -404,7 +404,7 @@ async fn metrics_count_what_happened() {
     );
     assert_eq!(
         m(
-            "cemesh_trigger_event_count",
+            "cemesh_trigger_dispatch_attempts_total",
             &["trigger_name=\"failing\"", "response_code_class=\"5xx\""]
         ),
         15.0,
@@ -433,13 +433,16 @@ async fn metrics_count_what_happened() {
     );
     assert!(
         m(
-            "cemesh_trigger_event_dispatch_latencies_count",
+            "cemesh_trigger_dispatch_duration_seconds_count",
             &["trigger_name=\"ok\""]
         ) >= 10.0,
         "{text}"
     );
     assert!(m("process_resident_memory_bytes", &[]) > 1e6, "{text}");
-    assert!(text.contains("cemesh_channel_append_latencies"), "{text}");
+    assert!(
+        text.contains("cemesh_channel_append_duration_seconds"),
+        "{text}"
+    );
     // Refused requests are counted with their code.
     let resp = c.post(&url).body("not an event").send().await.unwrap();
     assert_eq!(resp.status(), 400);
@@ -454,7 +457,7 @@ async fn metrics_count_what_happened() {
     assert_eq!(
         metric(
             &text,
-            "cemesh_broker_ingress_event_count",
+            "cemesh_broker_ingress_events_total",
             &["result=\"refused\"", "response_code=\"400\""]
         ),
         1.0,

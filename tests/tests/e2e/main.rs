@@ -10,6 +10,7 @@ mod filters;
 mod grpc;
 mod kafka;
 mod manifests;
+mod metrics;
 mod scale;
 mod sidecar;
 mod wire;
