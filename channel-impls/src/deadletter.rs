@@ -21,6 +21,32 @@ pub struct Attempt {
     pub status: Option<u16>,
     pub error: String,
     pub latency_ms: u64,
+    /// Whom it was for; letters stored before this field existed were for the
+    /// subscriber.
+    #[serde(default)]
+    pub to: AttemptTarget,
+    /// The URL attempted (empty in letters stored before this field existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+}
+
+/// Whom a delivery attempt was for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AttemptTarget {
+    #[default]
+    Subscriber,
+    DeadLetterSink,
+}
+
+impl AttemptTarget {
+    /// `subscriber` or `deadLetterSink`, as the admin API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptTarget::Subscriber => "subscriber",
+            AttemptTarget::DeadLetterSink => "deadLetterSink",
+        }
+    }
 }
 
 /// A dead letter as stored.
@@ -57,4 +83,27 @@ pub trait DeadLetterStore: Send + Sync + std::fmt::Debug + 'static {
     /// Removes one; true if it existed.
     async fn remove(&self, trigger: &str, id: u64) -> Result<bool, ChannelError>;
     async fn count(&self, trigger: &str) -> Result<u64, ChannelError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_stored_before_targets_existed_were_for_the_subscriber() {
+        let old: Attempt = serde_json::from_str(
+            r#"{"at":"2026-01-01T00:00:00Z","status":500,"error":"e","latency_ms":3}"#,
+        )
+        .expect("an attempt in the old form");
+        assert_eq!(old.to, AttemptTarget::Subscriber);
+        assert!(old.url.is_empty());
+        let new = Attempt {
+            to: AttemptTarget::DeadLetterSink,
+            url: "http://127.0.0.1:1/".into(),
+            ..old
+        };
+        let text = serde_json::to_string(&new).expect("encode");
+        assert!(text.contains(r#""to":"deadLetterSink""#), "{text}");
+        assert_eq!(serde_json::from_str::<Attempt>(&text).expect("decode"), new);
+    }
 }

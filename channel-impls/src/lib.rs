@@ -25,7 +25,7 @@ pub mod memory;
 pub mod sled;
 pub mod tap;
 
-pub use deadletter::{Attempt, DeadLetter, DeadLetterStore};
+pub use deadletter::{Attempt, AttemptTarget, DeadLetter, DeadLetterStore};
 pub use memory::{MemoryChannel, MemoryConfig, MemoryDeadLetters};
 pub use sled::{Durability, SledChannel, SledConfig, SledDeadLetters, SledStore, SledStoreOptions};
 pub use tap::Tapped;

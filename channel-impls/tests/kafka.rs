@@ -478,6 +478,8 @@ async fn dead_letters_live_in_a_topic_per_trigger() {
             status: Some(500),
             error: "boom".into(),
             latency_ms: 12,
+            to: cemesh_channels::AttemptTarget::DeadLetterSink,
+            url: "http://127.0.0.1:1/sink".into(),
         }],
         dead_at: "2024-01-01T00:00:01Z".into(),
     };

@@ -71,6 +71,9 @@ pub enum DeadLettersAction {
         /// Only these ids (repeatable) [default: all]
         #[arg(long = "id")]
         ids: Vec<u64>,
+        /// Start the redrive and return without waiting for the outcomes
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Delete dead letters
     Purge {

@@ -63,7 +63,21 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
                 .await?;
             println!("{}", serde_json::to_string_pretty(&letter)?);
         }
-        DeadLettersAction::Redrive { trigger, ids } => {
+        DeadLettersAction::Redrive {
+            trigger,
+            ids,
+            no_wait,
+        } if !sidecar && !no_wait => {
+            let answer = client
+                .call(
+                    http::Method::POST,
+                    &format!("{}:redrive?wait=true", base(&trigger)?),
+                    Some(json!({ "ids": ids })),
+                )
+                .await?;
+            print_outcomes(&answer);
+        }
+        DeadLettersAction::Redrive { trigger, ids, .. } => {
             let answer = client
                 .call(
                     http::Method::POST,
@@ -95,6 +109,43 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line per redriven letter: where it went this time.
+fn print_outcomes(answer: &Value) {
+    let empty = Vec::new();
+    let results = answer["results"].as_array().unwrap_or(&empty);
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+            let (outcome, detail) = match r["outcome"].as_str() {
+                Some("delivered") => ("delivered".to_owned(), format!("to {}", text("to"))),
+                Some("deadLetterSink") => (
+                    "failed again".to_owned(),
+                    format!("sent to the dead-letter sink {}", text("to")),
+                ),
+                Some("deadLetters") => (
+                    "failed again".to_owned(),
+                    format!("stored as dead letter {}", r["deadLetter"]),
+                ),
+                _ => (
+                    "interrupted".to_owned(),
+                    "the letter stays; redrive it again".to_owned(),
+                ),
+            };
+            vec![r["id"].to_string(), text("eventId"), outcome, detail]
+        })
+        .collect();
+    crate::kubectl::print_columns("", &["ID", "EVENT ID", "OUTCOME", "WHERE"], &rows);
+    let delivered = results
+        .iter()
+        .filter(|r| r["outcome"] == "delivered")
+        .count();
+    println!(
+        "{delivered} of {} redriven dead letter(s) delivered",
+        results.len()
+    );
 }
 
 fn print_table(page: &Value) {

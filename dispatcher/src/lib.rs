@@ -16,7 +16,7 @@ pub mod trigger;
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use endpoint::{Endpoints, Lease, LeaseError};
 pub use filter::{Filter, FilterError};
-pub use pipeline::{Processed, TriggerContext, TriggerMetrics, TriggerStats};
+pub use pipeline::{DeadLettered, Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use retry::{GiveUp, RetryAction, RetryState};
 pub use runtime::{TriggerKey, TriggerRuntime};
 pub use trigger::{spawn_trigger, TriggerHandle};

@@ -158,7 +158,7 @@ async fn finish(
     cancel: &CancellationToken,
 ) {
     match ctx.process(&record.event, cancel).await {
-        Processed::Delivered | Processed::DeadLettered => {
+        Processed::Delivered | Processed::DeadLettered(_) => {
             if let Err(e) = sub.ack(record.position).await {
                 tracing::warn!(trigger = %ctx.runtime.key, error = %e, "Ack failed");
             }

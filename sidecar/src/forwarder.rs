@@ -276,6 +276,8 @@ async fn forward(shared: &Shared, record: Record, permit: OwnedSemaphorePermit) 
             status: failure.status,
             error: failure.error.clone(),
             latency_ms: started.elapsed().as_millis() as u64,
+            to: cemesh_channels::AttemptTarget::Subscriber,
+            url: String::new(),
         });
         if verdict(failure.status) == Verdict::Refused {
             if dead_letter(shared, event, &failure, attempts.iter().cloned().collect()).await {

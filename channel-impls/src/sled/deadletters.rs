@@ -189,6 +189,8 @@ mod tests {
                 status: Some(500),
                 error: "answered 500".into(),
                 latency_ms: 3,
+                to: crate::AttemptTarget::DeadLetterSink,
+                url: "http://127.0.0.1:1/".into(),
             }],
             dead_at: "2026-11-24T10:00:01Z".into(),
         }

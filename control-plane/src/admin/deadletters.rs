@@ -15,12 +15,13 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::Json;
 use cemesh_channels::DeadLetter;
-use cemesh_dispatcher::{Processed, TriggerContext, TriggerKey};
+use cemesh_dispatcher::{DeadLettered, Processed, TriggerContext, TriggerKey};
 use cemesh_proto::knative;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::resources::Resources;
@@ -122,6 +123,8 @@ pub fn letter_json(l: &DeadLetter) -> Value {
             "status": a.status,
             "error": a.error,
             "latencyMs": a.latency_ms,
+            "to": a.to.as_str(),
+            "url": a.url,
         })).collect::<Vec<_>>(),
         "event": event,
     })
@@ -267,6 +270,13 @@ struct RedriveRequest {
     ids: Vec<u64>,
 }
 
+/// `?wait=true`: answer once every letter was redriven, with each one's outcome.
+#[derive(Debug, Default, Deserialize)]
+pub struct RedriveQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
 /// The ids a redrive body names: `{"ids": [..]}`, or all (empty) when the body is
 /// empty. Shared with the sidecar's admin endpoint; the error is the message to send.
 pub fn redrive_ids(body: &[u8]) -> Result<Vec<u64>, String> {
@@ -279,28 +289,72 @@ pub fn redrive_ids(body: &[u8]) -> Result<Vec<u64>, String> {
 }
 
 /// `POST ...deadletters:redrive` with an optional body `{"ids": [..]}` (all when
-/// absent or empty). Answers 202 with how many letters are being redriven.
+/// absent or empty). Answers 202 with how many letters are being redriven, or with
+/// `?wait=true` 200 once all were, with each letter's outcome.
 pub async fn redrive(
     State(state): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
+    Query(query): Query<RedriveQuery>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let ctx = context(&state, &ns, &name)?;
     let ids = redrive_ids(&body).map_err(ApiError::bad_request)?;
-    let count = redrive_letters(ctx, &ids, state.background.clone()).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "redriving": count }))))
+    let running = redrive_letters(ctx, &ids, state.background.clone()).await?;
+    if !query.wait {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "redriving": running.len() })),
+        ));
+    }
+    let mut results = Vec::new();
+    for (letter, task) in running {
+        let outcome = task.await.unwrap_or(Processed::Interrupted);
+        results.push(outcome_json(&letter, &outcome));
+    }
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "redriven": results.len(), "results": results })),
+    ))
+}
+
+/// One redriven letter's outcome: `delivered` (to the subscriber), `deadLetterSink`
+/// (failed again; the sink took it), `deadLetters` (failed again; stored anew under
+/// `deadLetter`), or `interrupted` (shutdown; the letter stays).
+fn outcome_json(letter: &RedrivenLetter, outcome: &Processed) -> Value {
+    let (name, to, new_id) = match outcome {
+        Processed::Delivered => ("delivered", Some(letter.subscriber.clone()), None),
+        Processed::DeadLettered(DeadLettered::Sink(url)) => {
+            ("deadLetterSink", Some(url.clone()), None)
+        }
+        Processed::DeadLettered(DeadLettered::Store(id)) => ("deadLetters", None, Some(*id)),
+        Processed::Interrupted => ("interrupted", None, None),
+    };
+    json!({
+        "id": letter.id,
+        "eventId": letter.event_id,
+        "outcome": name,
+        "to": to,
+        "deadLetter": new_id,
+    })
+}
+
+/// A letter a redrive runs, for its outcome.
+pub(crate) struct RedrivenLetter {
+    pub id: u64,
+    pub event_id: String,
+    pub subscriber: String,
 }
 
 /// Redrives the letters `ids` of the trigger (all when empty) in the background:
 /// each runs through the trigger's pipeline again (without its `knativeerror*`
 /// extensions), at most the trigger's parallelism at a time, and is removed once
 /// that finished, unless `cancel` interrupted it. An unknown id refuses the whole
-/// call before anything starts. Answers how many letters are being redriven.
+/// call before anything starts. Answers each letter with the task redriving it.
 pub(crate) async fn redrive_letters(
     ctx: Arc<TriggerContext>,
     ids: &[u64],
     cancel: CancellationToken,
-) -> Result<usize, DeadLetterError> {
+) -> Result<Vec<(RedrivenLetter, JoinHandle<Processed>)>, DeadLetterError> {
     let trigger = ctx.runtime.key.to_string();
     let letters = if ids.is_empty() {
         all_letters(&ctx).await?
@@ -314,13 +368,18 @@ pub(crate) async fn redrive_letters(
         }
         v
     };
-    let count = letters.len();
     let permits = Arc::new(Semaphore::new(ctx.runtime.parallelism.max(1)));
+    let mut running = Vec::with_capacity(letters.len());
     for letter in letters {
+        let redriven = RedrivenLetter {
+            id: letter.id,
+            event_id: letter.event.id.clone(),
+            subscriber: ctx.runtime.subscriber.to_string(),
+        };
         let (ctx, cancel, permits) = (ctx.clone(), cancel.clone(), permits.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
-                return;
+                return Processed::Interrupted;
             };
             let mut event = letter.event.clone();
             for ext in [
@@ -337,7 +396,9 @@ pub(crate) async fn redrive_letters(
                     tracing::error!(dead_letter = letter.id, error = %e, "Removing a redriven dead letter failed");
                 }
             }
+            outcome
         });
+        running.push((redriven, task));
     }
-    Ok(count)
+    Ok(running)
 }

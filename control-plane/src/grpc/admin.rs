@@ -259,7 +259,8 @@ impl Admin for AdminService {
         .map_err(dead_letter_status)?;
         let count = redrive_letters(ctx, &req.ids, self.background.clone())
             .await
-            .map_err(dead_letter_status)?;
+            .map_err(dead_letter_status)?
+            .len();
         Ok(Response::new(pb::RedriveDeadLettersResponse {
             redriving: u32::try_from(count).unwrap_or(u32::MAX),
         }))

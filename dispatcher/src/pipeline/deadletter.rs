@@ -48,7 +48,7 @@ impl TriggerContext {
                         "Event stored in the dead letters"
                     );
                     self.count_dead_letter(super::stats::Destination::Store);
-                    return Processed::DeadLettered;
+                    return Processed::DeadLettered(super::DeadLettered::Store(id));
                 }
                 Err(e) => {
                     tracing::error!(trigger = %self.runtime.key, error = %e, "Storing a dead letter failed; retrying");

@@ -35,9 +35,18 @@ pub enum Processed {
     Delivered,
     /// Retries ran out or the failure was final; the event is in the dead-letter sink
     /// or the built-in store.
-    DeadLettered,
+    DeadLettered(DeadLettered),
     /// Shutdown interrupted it; it must not be acked.
     Interrupted,
+}
+
+/// Where a dead-lettered event went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLettered {
+    /// The dead-letter sink at this URL took it.
+    Sink(String),
+    /// The built-in store keeps it under this id.
+    Store(u64),
 }
 
 /// A trigger's delivery pipeline: its policy and everything it writes to.
@@ -107,7 +116,7 @@ impl TriggerContext {
                         "Delivery failed; the event went to the dead-letter sink"
                     );
                     self.count_dead_letter(stats::Destination::Sink);
-                    return Processed::DeadLettered;
+                    return Processed::DeadLettered(DeadLettered::Sink(sink.to_string()));
                 }
                 Sent::Interrupted => return Processed::Interrupted,
                 Sent::Failed(sink_attempts, sink_failure, sink_latency) => {
@@ -128,13 +137,9 @@ impl TriggerContext {
     }
 }
 
-/// Whom an attempt is for: only the subscriber's attempts are counted in the
-/// trigger's dispatch metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Target {
-    Subscriber,
-    DeadLetterSink,
-}
+/// Whom an attempt is for (kept in each dead letter's attempts): only the
+/// subscriber's attempts are counted in the trigger's dispatch metrics.
+pub(super) use cemesh_channels::AttemptTarget as Target;
 
 pub(super) enum Sent {
     Ok(Success),

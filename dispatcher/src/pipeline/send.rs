@@ -124,6 +124,8 @@ impl TriggerContext {
                             status: failure.status,
                             error: failure.error.clone(),
                             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                            to: target,
+                            url: url.to_string(),
                         },
                         failure,
                     ));

@@ -380,8 +380,24 @@ async fn builtin_store_keeps_what_the_sink_refuses_and_the_cli_redrives_it() {
             .contains("dead-letter sink failed"),
         "{first}"
     );
-    // Two subscriber attempts and two sink attempts, each recorded.
-    assert_eq!(first["attempts"].as_array().unwrap().len(), 4, "{first}");
+    // Two subscriber attempts and two sink attempts, each recorded with its target.
+    let attempts = first["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "{first}");
+    let targets: Vec<(&str, &str)> = attempts
+        .iter()
+        .map(|a| (a["to"].as_str().unwrap(), a["url"].as_str().unwrap()))
+        .collect();
+    let (s, d) = (sub.url(), dls.url());
+    assert_eq!(
+        targets,
+        [
+            ("subscriber", s.as_str()),
+            ("subscriber", s.as_str()),
+            ("deadLetterSink", d.as_str()),
+            ("deadLetterSink", d.as_str())
+        ],
+        "{first}"
+    );
     assert_eq!(first["event"]["knativeerrorcode"], "500");
     // No sink at all: a 422 is final, stored after one attempt.
     let page = wait_dead_letters(&mesh, "nosink", 3).await;
@@ -405,10 +421,31 @@ async fn builtin_store_keeps_what_the_sink_refuses_and_the_cli_redrives_it() {
         "{out}"
     );
 
+    // Redriven while the subscriber still fails: each letter's outcome is printed.
+    let (ok, out) = cli(&mesh, &["redrive", "t", "--id", &id.to_string()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("OUTCOME"), "{out}");
+    assert!(
+        out.contains("e0")
+            && out.contains("failed again")
+            && out.contains("stored as dead letter "),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 of 1 redriven dead letter(s) delivered"),
+        "{out}"
+    );
+    assert_eq!(wait_dead_letters(&mesh, "t", 3).await["total"], 3);
+
     sub.set_status(200);
     let before = sub.count();
     let (ok, out) = cli(&mesh, &["redrive", "t"]);
-    assert!(ok && out.contains("redriving 3"), "{out}");
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("to {}", sub.url())), "{out}");
+    assert!(
+        out.contains("3 of 3 redriven dead letter(s) delivered"),
+        "{out}"
+    );
     let got = sub.wait_for(before + 3, WAIT).await;
     let redriven: Vec<&Event> = got[before..]
         .iter()
