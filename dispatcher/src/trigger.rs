@@ -68,7 +68,12 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
     let ordered = trigger.delivery.ordering == Ordering::PerPartitionKey;
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let mut keys = KeyChains::default();
-    let mut limiter = trigger.delivery.max_rate.map(RateLimiter::new);
+    // Gates first attempts, in the delivery task once it may send (its permit and its
+    // key's turn taken): events that waited there do not then fire back to back.
+    let limiter = trigger
+        .delivery
+        .max_rate
+        .map(|r| Arc::new(tokio::sync::Mutex::new(RateLimiter::new(r))));
     let batch = parallelism.clamp(16, 512);
     tracing::info!(trigger = %trigger.key, subscriber = %trigger.subscriber, "Trigger started");
     'outer: loop {
@@ -89,18 +94,13 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
                 }
                 continue;
             }
-            if let Some(l) = &mut limiter {
-                tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    _ = l.wait() => {}
-                }
-            }
             let key = if ordered {
                 partition_key(&record.event)
             } else {
                 None
             };
             let (ctx, sub, cancel2) = (ctx.clone(), sub.clone(), cancel.clone());
+            let limiter = limiter.clone();
             match key {
                 None => {
                     let permit = tokio::select! {
@@ -111,7 +111,9 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
                         },
                     };
                     tokio::spawn(async move {
-                        finish(&ctx, &*sub, &record, &cancel2).await;
+                        if pace(limiter.as_deref(), &cancel2).await {
+                            finish(&ctx, &*sub, &record, &cancel2).await;
+                        }
                         drop(permit);
                     });
                 }
@@ -139,7 +141,9 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
                         let Ok(_permit) = permits.acquire_owned().await else {
                             return;
                         };
-                        finish(&ctx, &*sub, &record, &cancel2).await;
+                        if pace(limiter.as_deref(), &cancel2).await {
+                            finish(&ctx, &*sub, &record, &cancel2).await;
+                        }
                     });
                 }
             }
@@ -196,6 +200,21 @@ impl KeyChains {
 }
 
 /// Spaces first attempts at most `rate` per second (no bursts beyond one).
+/// Waits for the rate limiter's next slot, if there is a limit; false when shutdown
+/// came first (the record stays unacked and comes again).
+async fn pace(
+    limiter: Option<&tokio::sync::Mutex<RateLimiter>>,
+    cancel: &CancellationToken,
+) -> bool {
+    let Some(limiter) = limiter else {
+        return true;
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        () = async { limiter.lock().await.wait().await } => true,
+    }
+}
+
 struct RateLimiter {
     interval: Duration,
     next: tokio::time::Instant,

@@ -2,11 +2,12 @@
 //! temporary config dir, and real HTTP subscribers on 127.0.0.1 that record what they
 //! receive.
 
+use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -322,6 +323,11 @@ struct SubState {
     status: AtomicU16,
     notify: tokio::sync::Notify,
     behaviour: Mutex<Behaviour>,
+    /// Requests being answered now, in all and per `partitionkey`.
+    in_flight: Mutex<(usize, HashMap<String, usize>)>,
+    max_in_flight: AtomicUsize,
+    /// Set when two requests of one `partitionkey` were in flight at once.
+    key_overlapped: AtomicBool,
 }
 
 /// How a subscriber answers, besides its status.
@@ -412,6 +418,16 @@ impl Subscriber {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The most requests this subscriber was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether two events with the same `partitionkey` were ever in flight at once.
+    pub fn same_key_overlapped(&self) -> bool {
+        self.state.key_overlapped.load(Ordering::SeqCst)
+    }
+
     /// The ids of the events received so far, in arrival order.
     pub fn ids(&self) -> Vec<String> {
         self.received()
@@ -483,6 +499,11 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
             status_sent: status,
         });
     state.notify.notify_waiters();
+    let key = event
+        .as_ref()
+        .and_then(|e| e.extension("partitionkey"))
+        .map(|k| format!("{k:?}"));
+    let _answering = InFlight::enter(&state, key);
     let mut wait = behaviour.delay;
     if !behaviour.jitter.is_zero() {
         use std::hash::{BuildHasher as _, Hasher as _};
@@ -515,6 +536,44 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
         }
     }
     (code, headers, body)
+}
+
+/// A request being answered, counted in the subscriber's in-flight figures.
+struct InFlight<'a> {
+    state: &'a SubState,
+    key: Option<String>,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a SubState, key: Option<String>) -> Self {
+        let mut f = state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        f.0 += 1;
+        state.max_in_flight.fetch_max(f.0, Ordering::SeqCst);
+        if let Some(k) = &key {
+            let n = f.1.entry(k.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                state.key_overlapped.store(true, Ordering::SeqCst);
+            }
+        }
+        InFlight { state, key }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut f = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        f.0 -= 1;
+        if let Some(k) = &self.key {
+            if let Some(n) = f.1.get_mut(k) {
+                *n -= 1;
+            }
+        }
+    }
 }
 
 /// A Broker manifest.
