@@ -27,6 +27,8 @@ struct FlushState {
     epoch: u64,
     /// A writer waits for the next flush.
     waiting: bool,
+    /// Writers waiting for the next flush (its group).
+    writers: u64,
     /// Flush no later than this (Durability::Interval).
     deadline: Option<Instant>,
     shutdown: bool,
@@ -39,6 +41,8 @@ pub(super) struct Flusher {
     cv: Condvar,
     status: watch::Sender<FlushStatus>,
     pub(super) flushes: AtomicU64,
+    /// The most writers one flush covered.
+    pub(super) largest_group: AtomicU64,
 }
 
 impl Flusher {
@@ -47,12 +51,14 @@ impl Flusher {
             state: Mutex::new(FlushState {
                 epoch: 1,
                 waiting: false,
+                writers: 0,
                 deadline: None,
                 shutdown: false,
             }),
             cv: Condvar::new(),
             status: watch::Sender::new(FlushStatus::default()),
             flushes: AtomicU64::new(0),
+            largest_group: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +68,7 @@ impl Flusher {
         let ticket = {
             let mut st = lock(&self.state);
             st.waiting = true;
+            st.writers += 1;
             st.epoch
         };
         self.cv.notify_one();
@@ -121,6 +128,12 @@ impl Flusher {
                 }
                 st.waiting = false;
                 st.deadline = None;
+                let group = std::mem::take(&mut st.writers);
+                if group > 0 {
+                    self.largest_group.fetch_max(group, Ordering::Relaxed);
+                    metrics::histogram!(cemesh_proto::metric_names::CHANNEL_GROUP_COMMIT_BATCH)
+                        .record(group as f64);
+                }
                 st.epoch += 1;
                 st.epoch - 1
             };

@@ -214,4 +214,13 @@ impl SledStore {
     pub fn flushes(&self) -> u64 {
         self.owner.core.flusher.flushes.load(Ordering::Relaxed)
     }
+
+    /// The most writers one flush covered so far (1 means no flush was shared).
+    pub fn largest_flush_group(&self) -> u64 {
+        self.owner
+            .core
+            .flusher
+            .largest_group
+            .load(Ordering::Relaxed)
+    }
 }
