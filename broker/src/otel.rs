@@ -51,7 +51,18 @@ mod imp {
             .build();
         let tracer = provider.tracer("cemesh");
         let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
+        cemesh_proto::trace::install(link);
         (Some(layer), Guard(Some(provider)))
+    }
+
+    /// Parents `span` on the remote span `traceparent` names (W3C Trace Context).
+    fn link(span: &tracing::Span, traceparent: &str) {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(cx);
     }
 }
 

@@ -106,6 +106,17 @@ async fn spans_reach_an_otlp_collector() {
                 "the event id is a span attribute: {all}"
             );
             assert!(all.contains("cemesh"), "service name: {all}");
+            // Both spans continue the producer's trace; the ingress span's parent is
+            // the producer's span.
+            let all: String = all.chars().filter(|c| !c.is_whitespace()).collect();
+            assert!(
+                all.matches(&format!("\"traceId\":\"{trace}\"")).count() >= 2,
+                "the spans are not in the producer's trace {trace}: {all}"
+            );
+            assert!(
+                all.contains("\"parentSpanId\":\"00f067aa0ba902b7\""),
+                "no span is a child of the producer's span: {all}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "spans not exported: {all}");

@@ -39,6 +39,12 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
         status = tracing::field::Empty,
         events = tracing::field::Empty,
     );
+    cemesh_proto::trace::continue_from(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     let started = std::time::Instant::now();
     // Label metrics with known brokers only: paths are the client's to choose.
     let broker = parse_path(req.uri().path())

@@ -16,6 +16,7 @@ pub mod pb;
 pub mod protobuf;
 #[cfg(feature = "sdk")]
 pub mod sdk;
+pub mod trace;
 pub mod validate;
 
 pub use event::{AttrRef, AttributeValue, Event, SpecVersion};

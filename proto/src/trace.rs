@@ -1,0 +1,27 @@
+//! A producer's W3C trace context (`traceparent`) as the parent of cemesh's own
+//! spans (the ingress request, each delivery attempt), so an exported trace runs from
+//! the producer through the broker to the subscriber.
+//!
+//! The libraries create the spans, but only the binary knows whether spans are
+//! exported (its `otel` feature); so it installs the one function that links a span
+//! to a `traceparent`, and without it linking costs one atomic load.
+
+use std::sync::OnceLock;
+
+/// Makes `span` a child of the remote span a `traceparent` value names.
+pub type Linker = fn(&tracing::Span, &str);
+
+static LINKER: OnceLock<Linker> = OnceLock::new();
+
+/// Installs the linker (once per process; later calls are ignored).
+pub fn install(linker: Linker) {
+    let _ = LINKER.set(linker);
+}
+
+/// Parents `span` (not entered yet) on the trace `traceparent` names, when spans are
+/// exported; a malformed value is ignored.
+pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
+    if let (Some(link), Some(tp)) = (LINKER.get(), traceparent) {
+        link(span, tp);
+    }
+}
