@@ -87,6 +87,14 @@ pub enum ChannelError {
     /// The storage failed; the events were not stored.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The data dir's filesystem is nearly full: writes are refused (nothing was
+    /// stored) until space returns.
+    #[error("the data dir's disk has {free} bytes free, under the {reserve}-byte reserve; nothing was stored, retry after {retry_after:?} (free space, or lower --min-free-disk)")]
+    DiskFull {
+        free: u64,
+        reserve: u64,
+        retry_after: Duration,
+    },
 }
 
 /// A durable (or not) log of events with named subscriptions.

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     /// Whether the admin API may apply and delete resources. Default true, false
     /// when the default channel is `kafka` (several replicas share one config).
     pub api_writes: Option<bool>,
+    /// Free space the data dir's disk keeps, e.g. `128MiB`: below it the ingress
+    /// answers 507 instead of letting the disk fill. Default 128 MiB.
+    pub min_free_disk: Option<ByteSize>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -168,6 +171,9 @@ pub struct Settings {
     /// config dir the only source (each replica of a Kafka deployment reads the same
     /// ConfigMap, while an API-applied resource would live on one replica only).
     pub api_writes: bool,
+    /// Bytes the data dir's filesystem keeps free: sled writes are refused (507)
+    /// below it.
+    pub min_free_disk: u64,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }

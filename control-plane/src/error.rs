@@ -26,6 +26,8 @@ pub enum Error {
     },
     #[error("--max-body-size: {0}")]
     MaxBodySize(ParseError),
+    #[error("--min-free-disk: {0}")]
+    MinFreeDisk(ParseError),
     #[error("invalid manifests in {}:\n  {}", dir.display(), problems.join("\n  "))]
     Manifests { dir: PathBuf, problems: Vec<String> },
     #[error("cannot listen on {what} address {addr}")]

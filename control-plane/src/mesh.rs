@@ -94,6 +94,7 @@ pub struct Channels {
     sled: Option<SledStore>,
     sled_dead_letters: Option<Arc<dyn DeadLetterStore>>,
     memory_dead_letters: Arc<dyn DeadLetterStore>,
+    min_free_disk: u64,
 }
 
 impl Channels {
@@ -105,7 +106,14 @@ impl Channels {
             sled: None,
             sled_dead_letters: None,
             memory_dead_letters: Arc::new(MemoryDeadLetters::default()),
+            min_free_disk: cemesh_channels::sled::DEFAULT_MIN_FREE_BYTES,
         }
+    }
+
+    /// The disk reserve under which the sled store refuses writes (`--min-free-disk`).
+    pub fn with_min_free_disk(mut self, bytes: u64) -> Self {
+        self.min_free_disk = bytes;
+        self
     }
 
     fn sled(&mut self) -> Result<&SledStore, OpenError> {
@@ -117,6 +125,7 @@ impl Channels {
             })?;
             let options = SledStoreOptions {
                 cache_capacity_bytes: SLED_CACHE_BYTES,
+                min_free_bytes: self.min_free_disk,
             };
             self.sled = Some(SledStore::open_with(&path, options).map_err(OpenError::Sled)?);
         }

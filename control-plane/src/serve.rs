@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// --channel kafka, whose replicas must all read one config: the config dir]
     #[arg(long, env = "CEMESH_API_WRITES")]
     pub api_writes: Option<bool>,
+    /// Free space to keep on the data dir's disk, e.g. 128MiB: below it writes to
+    /// sled are refused with 507 until space returns (0: never) [default: 128MiB]
+    #[arg(long, env = "CEMESH_MIN_FREE_DISK")]
+    pub min_free_disk: Option<String>,
     #[cfg(feature = "kafka")]
     #[command(flatten)]
     pub kafka: crate::kafka::KafkaArgs,
@@ -111,6 +115,12 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             .or(file.api_writes)
             .unwrap_or(channel != ChannelKind::Kafka),
         max_body_bytes,
+        min_free_disk: match &args.min_free_disk {
+            Some(s) => parse_bytes(s).map_err(Error::MinFreeDisk)?,
+            None => file
+                .min_free_disk
+                .map_or(cemesh_channels::sled::DEFAULT_MIN_FREE_BYTES, |b| b.0),
+        },
         service_url_template: file
             .service_url_template
             .unwrap_or_else(|| DEFAULT_SERVICE_TEMPLATE.to_owned()),
@@ -176,7 +186,8 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     let on_demand = crate::ondemand::OnDemand::start(&mut settings.services);
     let routes = Routes::default();
     #[allow(unused_mut)]
-    let mut channels = Channels::new(settings.data_dir.clone());
+    let mut channels =
+        Channels::new(settings.data_dir.clone()).with_min_free_disk(settings.min_free_disk);
     #[cfg(feature = "kafka")]
     if let Some(options) = settings.kafka.clone() {
         channels.set_kafka(crate::kafka::connect(options).await?);

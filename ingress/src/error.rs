@@ -54,6 +54,9 @@ impl IngressError {
             }
             IngressError::Channel(ChannelError::Full { .. }) => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Channel(ChannelError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Channel(ChannelError::DiskFull { .. }) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -61,7 +64,9 @@ impl IngressError {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            IngressError::Channel(ChannelError::Full { retry_after, .. }) => Some(*retry_after),
+            IngressError::Channel(
+                ChannelError::Full { retry_after, .. } | ChannelError::DiskFull { retry_after, .. },
+            ) => Some(*retry_after),
             IngressError::Channel(ChannelError::Closed) | IngressError::Draining => {
                 Some(DEFAULT_RETRY_AFTER)
             }

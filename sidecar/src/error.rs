@@ -57,6 +57,10 @@ impl From<ChannelError> for SidecarError {
                 retry_after,
             },
             ChannelError::Closed => SidecarError::Stopping,
+            ChannelError::DiskFull { retry_after, .. } => SidecarError::OutboxFull {
+                reason: e.to_string(),
+                retry_after,
+            },
             other => SidecarError::Storage(other.to_string()),
         }
     }

@@ -52,6 +52,8 @@ impl Outbox {
             dir,
             SledStoreOptions {
                 cache_capacity_bytes: CACHE_BYTES,
+                // A sidecar's volume is small: keep enough for sled to finish writing.
+                min_free_bytes: 32 << 20,
             },
         )
         .map_err(|e| anyhow::anyhow!("opening the outbox in {}: {e}", dir.display()))?;

@@ -72,6 +72,7 @@ pub struct CemeshBuilder {
     files: Vec<(String, String)>,
     args: Vec<String>,
     channel: String,
+    data_dir: Option<PathBuf>,
 }
 
 impl Default for CemeshBuilder {
@@ -80,6 +81,7 @@ impl Default for CemeshBuilder {
             files: Vec::new(),
             args: Vec::new(),
             channel: "memory".into(),
+            data_dir: None,
         }
     }
 }
@@ -93,6 +95,13 @@ impl CemeshBuilder {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
+        self
+    }
+
+    /// Keeps data in `dir` (e.g. a small filesystem the test made) instead of the
+    /// broker's temporary dir.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
         self
     }
 
@@ -113,7 +122,11 @@ impl CemeshBuilder {
             "--config-dir".into(),
             config.display().to_string(),
             "--data-dir".into(),
-            tmp.path().join("data").display().to_string(),
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| tmp.path().join("data"))
+                .display()
+                .to_string(),
             "--ingress-addr".into(),
             "127.0.0.1:0".into(),
             "--admin-addr".into(),

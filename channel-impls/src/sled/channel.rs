@@ -109,6 +109,7 @@ impl Channel for SledChannel {
         if events.is_empty() {
             return Ok(());
         }
+        sh.flusher.space.check()?;
         let encoded: Vec<Bytes> = events.iter().map(codec::encode).collect();
         let n = encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();

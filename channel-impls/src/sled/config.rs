@@ -42,17 +42,24 @@ impl Default for SledConfig {
     }
 }
 
+/// The default disk reserve: 128 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 << 20;
+
 /// Settings of the process-wide database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SledStoreOptions {
     /// sled's page cache size (approximate bound on the RAM it uses).
     pub cache_capacity_bytes: u64,
+    /// Durable writes are refused while the filesystem has less free than this
+    /// (0: never), so sled never meets a full disk.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SledStoreOptions {
     fn default() -> Self {
         SledStoreOptions {
             cache_capacity_bytes: 256 << 20,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }

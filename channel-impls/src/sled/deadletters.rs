@@ -101,6 +101,7 @@ impl SledDeadLetters {
 #[async_trait]
 impl DeadLetterStore for SledDeadLetters {
     async fn put(&self, letter: DeadLetter) -> Result<u64, ChannelError> {
+        self.flusher.space.check()?;
         // Ids start at 1, so `after: 0` and "no cursor" mean the same.
         let id = self
             .db

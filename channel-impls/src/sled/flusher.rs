@@ -43,11 +43,14 @@ pub(super) struct Flusher {
     pub(super) flushes: AtomicU64,
     /// The most writers one flush covered.
     pub(super) largest_group: AtomicU64,
+    /// Every durable write of the store asks it first.
+    pub(super) space: super::space::DiskSpace,
 }
 
 impl Flusher {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(space: super::space::DiskSpace) -> Self {
         Flusher {
+            space,
             state: Mutex::new(FlushState {
                 epoch: 1,
                 waiting: false,

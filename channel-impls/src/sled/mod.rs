@@ -54,12 +54,13 @@ mod flusher;
 pub mod layout;
 mod log;
 mod maintenance;
+mod space;
 mod store;
 mod subscription;
 mod util;
 
 pub use channel::SledChannel;
-pub use config::{Durability, SledConfig, SledStoreOptions};
+pub use config::{Durability, SledConfig, SledStoreOptions, DEFAULT_MIN_FREE_BYTES};
 pub use deadletters::SledDeadLetters;
 pub use maintenance::MAINTENANCE_INTERVAL;
 pub use store::SledStore;

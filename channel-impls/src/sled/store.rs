@@ -73,10 +73,11 @@ impl SledStore {
             }
         };
         tracing::info!(path = %path.display(), recovered = db.was_recovered(), "sled store opened");
+        let space = super::space::DiskSpace::new(path.clone(), options.min_free_bytes);
         let core = Arc::new(Core {
             db: db.clone(),
             path,
-            flusher: Arc::new(Flusher::new()),
+            flusher: Arc::new(Flusher::new(space)),
             maint: Arc::new(Maint::default()),
             channels: Mutex::new(HashMap::new()),
         });

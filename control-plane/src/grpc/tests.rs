@@ -51,6 +51,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         log_level: None,
         shutdown_grace: Duration::from_secs(1),
         api_writes: true,
+        min_free_disk: 0,
         #[cfg(feature = "kafka")]
         kafka: None,
     };

@@ -25,7 +25,9 @@ pub fn code(err: &IngressError) -> Code {
         | IngressError::Decode(DecodeError::UnsupportedMediaType(_))
         | IngressError::BadPath(_)
         | IngressError::BodyRead(_) => Code::InvalidArgument,
-        IngressError::Channel(ChannelError::Full { .. }) => Code::ResourceExhausted,
+        IngressError::Channel(ChannelError::Full { .. } | ChannelError::DiskFull { .. }) => {
+            Code::ResourceExhausted
+        }
         IngressError::Channel(ChannelError::Closed) => Code::Unavailable,
         IngressError::Channel(_) => Code::Internal,
         IngressError::MethodNotAllowed(_) => Code::Unimplemented,

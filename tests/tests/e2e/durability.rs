@@ -210,3 +210,156 @@ async fn million_event_backlog_keeps_rss_bounded() {
     println!("1M-event backlog: peak RSS {} MiB", peak / 1024);
     assert!(peak < 256 * 1024, "RSS {} KiB over 256 MiB", peak);
 }
+
+/// A small filesystem (tmpfs) mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (and a note) when this process may not mount; as root it must.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        let root = std::fs::read_to_string("/proc/self/status")
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+        if !ok {
+            assert!(!root, "running as root, but mounting a tmpfs failed");
+            println!("SKIPPED: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "resizing the tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Publishing until the data dir's disk is nearly full: the ingress answers 507 with
+/// `Retry-After` (never 202 for what it did not store, never a 500 or a hang), keeps
+/// serving, takes events again by itself once space returns, and after a restart
+/// every accepted event is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_refused_with_507_and_recovers_by_itself() {
+    let Some(disk) = SmallDisk::mount("24m") else {
+        return;
+    };
+    let sub = Subscriber::start().await;
+    sub.set_status(503);
+    let trigger = format!(
+        "{}  annotations:\n    cemesh.dev/backoff-max: 300ms\n{}  delivery:\n    retry: 100000\n    backoffDelay: PT0.1S\n",
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n",
+        format_args!("spec:\n  broker: default\n  subscriber:\n    uri: {}\n", sub.url())
+    );
+    let mut mesh = Cemesh::builder()
+        .channel("sled")
+        .data_dir(disk.path())
+        .arg("--min-free-disk")
+        .arg("4MiB")
+        .manifest("mesh.yaml", &docs(&[sled_broker("default", &[]), trigger]))
+        .start();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let post = |i: usize, url: String| {
+        let c = c.clone();
+        async move {
+            let mut e = Event::new(format!("d{i}"), "/disk", "t");
+            e.data = Some(bytes::Bytes::from(vec![b'x'; 60_000]));
+            let mut headers = http::HeaderMap::new();
+            let body = cemesh_proto::http::encode_binary(&e, &mut headers).unwrap();
+            c.post(url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .expect("an answer, not a hang")
+        }
+    };
+    let mut accepted = Vec::new();
+    let mut i = 0;
+    let refusal = loop {
+        let r = post(i, mesh.broker_url("default", "default")).await;
+        match r.status().as_u16() {
+            202 => accepted.push(format!("d{i}")),
+            507 => break r,
+            other => panic!("event {i}: {other} {}", r.text().await.unwrap()),
+        }
+        i += 1;
+        assert!(i < 2000, "a 24 MiB disk took 2000 events of 60 KB");
+    };
+    assert!(accepted.len() > 10, "{} accepted", accepted.len());
+    assert!(refusal.headers().get("retry-after").is_some());
+    let body: serde_json::Value = refusal.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("reserve"),
+        "{body}"
+    );
+    // Still refused, still serving.
+    for _ in 0..5 {
+        i += 1;
+        assert_eq!(
+            post(i, mesh.broker_url("default", "default"))
+                .await
+                .status(),
+            507
+        );
+    }
+    let ready = client()
+        .get(mesh.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Space returns: taken again without a restart.
+    disk.resize("64m");
+    i += 1;
+    let r = post(i, mesh.broker_url("default", "default")).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    accepted.push(format!("d{i}"));
+
+    // Every accepted event survives a restart and is delivered.
+    mesh.terminate();
+    mesh.restart();
+    sub.set_status(200);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<String> = sub.ids().into_iter().collect();
+        if want.is_subset(&got) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted events delivered",
+            want.intersection(&got).count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,96 @@
+//! The disk-space guard: sled must never meet a full disk. After a write fails with
+//! `ENOSPC`, sled 0.34 wedges (its flush never completes, appends block, shutdown
+//! hangs), so a store refuses durable writes while the free space of its filesystem
+//! is under a reserve, and takes them again by itself once space returns.
+//!
+//! Free space is read with `statvfs` at most every [`CHECK_EVERY`] while there is
+//! room (a cheap syscall), and on every write while there is not.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::ChannelError;
+
+/// How stale a "there is room" answer may be.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long a producer refused for space should wait.
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub(super) struct DiskSpace {
+    path: PathBuf,
+    reserve: u64,
+    started: Instant,
+    /// Milliseconds since `started` of the last check that found room.
+    checked_ms: AtomicU64,
+    low: AtomicBool,
+}
+
+impl DiskSpace {
+    pub(super) fn new(path: PathBuf, reserve: u64) -> Self {
+        DiskSpace {
+            path,
+            reserve,
+            started: Instant::now(),
+            checked_ms: AtomicU64::new(0),
+            low: AtomicBool::new(true),
+        }
+    }
+
+    /// `Ok` while the filesystem has more than the reserve free.
+    pub(super) fn check(&self) -> Result<(), ChannelError> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let fresh = now_ms.saturating_sub(self.checked_ms.load(Ordering::Relaxed))
+            < CHECK_EVERY.as_millis() as u64;
+        if fresh && !self.low.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(free) = free_bytes(&self.path) else {
+            // Unknown (an unusual filesystem): do not refuse writes over it.
+            return Ok(());
+        };
+        let low = free < self.reserve;
+        let was_low = self.low.swap(low, Ordering::Relaxed);
+        if low {
+            if !was_low {
+                tracing::error!(path = %self.path.display(), free, reserve = self.reserve, "Disk almost full: refusing writes until space returns");
+            }
+            return Err(ChannelError::DiskFull {
+                free,
+                reserve: self.reserve,
+                retry_after: RETRY_AFTER,
+            });
+        }
+        if was_low && now_ms > 0 {
+            tracing::info!(path = %self.path.display(), free, "Disk space is back: taking writes again");
+        }
+        self.checked_ms.store(now_ms, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserve_larger_than_the_disk_refuses_and_zero_never_does() {
+        let dir = std::env::temp_dir();
+        let full = DiskSpace::new(dir.clone(), u64::MAX);
+        assert!(matches!(full.check(), Err(ChannelError::DiskFull { .. })));
+        // Still refused on the next call: no stale "room" answer.
+        assert!(full.check().is_err());
+        assert!(DiskSpace::new(dir.clone(), 0).check().is_ok());
+        assert!(DiskSpace::new(dir, 1).check().is_ok());
+    }
+}
