@@ -84,6 +84,18 @@ pub struct ServerConfig {
     /// Whether the admin API may apply and delete resources. Default true, false
     /// when the default channel is `kafka` (several replicas share one config).
     pub api_writes: Option<bool>,
+    /// Time a client has to send a request's head (line and headers) on the ingress
+    /// and admin listeners, e.g. `10s`. Default 10s.
+    pub header_read_timeout: Option<crate::duration::HumaneDuration>,
+    /// Time a client has to send a request's body once its head arrived, e.g. `30s`.
+    /// Default 30s.
+    pub body_read_timeout: Option<crate::duration::HumaneDuration>,
+    /// Time a keep-alive connection with no request in flight stays open, e.g.
+    /// `120s`. Default 120s.
+    pub idle_timeout: Option<crate::duration::HumaneDuration>,
+    /// Connections each listener (ingress, admin, gRPC) holds at once; past it a new
+    /// one is refused (503 on HTTP). Default 10000.
+    pub max_connections: Option<std::num::NonZeroUsize>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -168,6 +180,8 @@ pub struct Settings {
     /// config dir the only source (each replica of a Kafka deployment reads the same
     /// ConfigMap, while an API-applied resource would live on one replica only).
     pub api_writes: bool,
+    /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
+    pub limits: cemesh_ingress::server::Limits,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }
