@@ -87,6 +87,18 @@ pub struct ServerConfig {
     /// Free space the data dir's disk keeps, e.g. `128MiB`: below it the ingress
     /// answers 507 instead of letting the disk fill. Default 128 MiB.
     pub min_free_disk: Option<ByteSize>,
+    /// Time a client has to send a request's head (line and headers) on the ingress
+    /// and admin listeners, e.g. `10s`. Default 10s.
+    pub header_read_timeout: Option<crate::duration::HumaneDuration>,
+    /// Time a client has to send a request's body once its head arrived, e.g. `30s`.
+    /// Default 30s.
+    pub body_read_timeout: Option<crate::duration::HumaneDuration>,
+    /// Time a keep-alive connection with no request in flight stays open, e.g.
+    /// `120s`. Default 120s.
+    pub idle_timeout: Option<crate::duration::HumaneDuration>,
+    /// Connections each listener (ingress, admin, gRPC) holds at once; past it a new
+    /// one is refused (503 on HTTP). Default 10000.
+    pub max_connections: Option<std::num::NonZeroUsize>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -174,6 +186,8 @@ pub struct Settings {
     /// Bytes the data dir's filesystem keeps free: sled writes are refused (507)
     /// below it.
     pub min_free_disk: u64,
+    /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
+    pub limits: cemesh_ingress::server::Limits,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cemesh_ingress::server::Limits;
 use cemesh_ingress::Routes;
 
 use clap::Args;
@@ -66,6 +67,21 @@ pub struct ServeArgs {
     /// sled are refused with 507 until space returns (0: never) [default: 128MiB]
     #[arg(long, env = "CEMESH_MIN_FREE_DISK")]
     pub min_free_disk: Option<String>,
+    /// Time a client has to send a request's head (line and headers) on the ingress
+    /// and admin listeners; past it the connection is closed [default: 10s]
+    #[arg(long, env = "CEMESH_HEADER_READ_TIMEOUT", value_parser = positive_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Time a client has to send a request's body once its head arrived; past it the
+    /// request is answered 408 [default: 30s]
+    #[arg(long, env = "CEMESH_BODY_READ_TIMEOUT", value_parser = positive_duration)]
+    pub body_read_timeout: Option<Duration>,
+    /// Time a keep-alive connection with no request in flight stays open [default: 120s]
+    #[arg(long, env = "CEMESH_IDLE_TIMEOUT", value_parser = positive_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Connections each listener (ingress, admin, gRPC) serves at once; past it a new
+    /// one is refused: 503 with Retry-After on HTTP, closed on gRPC [default: 10000]
+    #[arg(long, env = "CEMESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
     #[cfg(feature = "kafka")]
     #[command(flatten)]
     pub kafka: crate::kafka::KafkaArgs,
@@ -86,6 +102,7 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
         None => file.max_body_size.map_or(DEFAULT_MAX_BODY, |b| b.0),
     };
     let channel = args.channel.or(file.channel).unwrap_or(ChannelKind::Sled);
+    let limits = limits(args, &file, args.config.as_deref())?;
     Ok(Settings {
         config_dir: args
             .config_dir
@@ -125,6 +142,7 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             .service_url_template
             .unwrap_or_else(|| DEFAULT_SERVICE_TEMPLATE.to_owned()),
         services: file.services,
+        limits,
         log_format: args
             .log_format
             .or(file.log_format)
@@ -137,6 +155,65 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             .or(file.shutdown_grace.map(|d| d.0))
             .unwrap_or(Duration::from_secs(30)),
     })
+}
+
+/// The listeners' timeouts and connection limit: flags over the file over the
+/// defaults; a zero timeout in the file is refused (the flags refuse it as they parse).
+fn limits(
+    args: &ServeArgs,
+    file: &ServerConfig,
+    path: Option<&std::path::Path>,
+) -> crate::error::Result<Limits> {
+    let defaults = Limits::default();
+    let timeout = |flag: Option<Duration>,
+                   key: Option<crate::duration::HumaneDuration>,
+                   field: &str,
+                   default: Duration| {
+        match (flag, key) {
+            (Some(d), _) => Ok(d),
+            (None, Some(d)) if d.0.is_zero() => Err(Error::Config {
+                path: path.map(ToOwned::to_owned).unwrap_or_default(),
+                line: None,
+                field: field.to_owned(),
+                message: "must be more than zero".to_owned(),
+            }),
+            (None, Some(d)) => Ok(d.0),
+            (None, None) => Ok(default),
+        }
+    };
+    Ok(Limits {
+        header_read_timeout: timeout(
+            args.header_read_timeout,
+            file.header_read_timeout,
+            "header_read_timeout",
+            defaults.header_read_timeout,
+        )?,
+        body_read_timeout: timeout(
+            args.body_read_timeout,
+            file.body_read_timeout,
+            "body_read_timeout",
+            defaults.body_read_timeout,
+        )?,
+        idle_timeout: timeout(
+            args.idle_timeout,
+            file.idle_timeout,
+            "idle_timeout",
+            defaults.idle_timeout,
+        )?,
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .map_or(defaults.max_connections, std::num::NonZeroUsize::get),
+    })
+}
+
+/// A duration flag that must be more than zero, e.g. `300ms`, `10s`.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    match crate::duration::parse_humane(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A running broker: what `cemesh serve` runs, embeddable (the benchmark uses it).
@@ -204,9 +281,12 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     let stop = CancellationToken::new();
     let ingress_task = {
         let stop = stop.clone();
-        tokio::spawn(cemesh_ingress::serve(ingress, routes.clone(), async move {
-            stop.cancelled().await
-        }))
+        tokio::spawn(cemesh_ingress::serve(
+            ingress,
+            routes.clone(),
+            settings.limits,
+            async move { stop.cancelled().await },
+        ))
     };
     let grpc_task = {
         let stop = stop.clone();
@@ -221,6 +301,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             routes.clone(),
             keda,
             admin,
+            settings.limits,
             async move { stop.cancelled().await },
         ))
     };
@@ -234,11 +315,13 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             control: control.clone(),
             routes: routes.clone(),
         });
-        tokio::spawn(async move {
-            axum::serve(admin, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(cemesh_ingress::server::serve(
+            "admin",
+            admin,
+            app,
+            settings.limits,
+            async move { stop.cancelled().await },
+        ))
     };
     Ok(Server {
         ingress_addr,

@@ -23,7 +23,9 @@ pub fn broker(routes: &Routes, key: &BrokerKey) -> Result<Arc<BrokerEndpoint>, I
 }
 
 /// Reads a body up to `limit` bytes: 413 past it, checked on `Content-Length` before
-/// anything is read, and again while reading (a body may be longer than it says).
+/// anything is read, and again while reading (a body may be longer than it says);
+/// 408 if the listener's body read timeout ([`crate::server::BodyTimeout`]) passes
+/// first.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -43,7 +45,10 @@ pub async fn read_body(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(IngressError::TooLarge { limit })
         }
-        Err(e) => Err(IngressError::BodyRead(e.to_string())),
+        Err(e) => match crate::server::body_timeout(&*e) {
+            Some(timeout) => Err(IngressError::BodyTimeout(timeout.0)),
+            None => Err(IngressError::BodyRead(e.to_string())),
+        },
     }
 }
 

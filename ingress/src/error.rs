@@ -28,6 +28,8 @@ pub enum IngressError {
     HeadersTooLarge(String),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within the body read timeout ({}); send it faster, or ask the operator to raise --body-read-timeout", crate::server::humane(*.0))]
+    BodyTimeout(Duration),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error(transparent)]
@@ -48,6 +50,7 @@ impl IngressError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             IngressError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Decode(DecodeError::Invalid(_)) => StatusCode::BAD_REQUEST,
             IngressError::Decode(DecodeError::UnsupportedMediaType(_)) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE

@@ -4,12 +4,14 @@
 //! publish endpoint reuses it too. An event is answered 202 (or `accepted`) only
 //! after its broker's channel stored it, so an acceptance means durable. Every
 //! refusal names the problem, rendered in one place per protocol ([`ErrorAnswer`]
-//! for HTTP, [`grpc::status`] for gRPC).
+//! for HTTP, [`grpc::status`] for gRPC). Every HTTP listener of cemesh runs on
+//! [`server::serve`], which holds clients to its timeouts and connection limit.
 
 pub mod accept;
 mod error;
 pub mod grpc;
 mod routes;
+pub mod server;
 
 use std::time::Duration;
 
@@ -148,54 +150,16 @@ pub fn webhook_handshake(headers: &HeaderMap) -> Response {
         .into_response()
 }
 
-/// Serves the ingress on `listener` until `shutdown` resolves, then lets the
-/// requests in progress finish.
-///
-/// hyper's own header limits are raised far above [`accept::MAX_HEADERS`] and
-/// [`accept::MAX_HEADER_BYTES`], so a request past ours is refused by the ingress
-/// with a JSON body naming the limit; only one past hyper's (1024 headers, 1 MiB)
-/// gets hyper's bare 431.
+/// Serves the ingress on `listener` within `limits` until `shutdown` resolves,
+/// then lets the requests in progress finish (see [`server::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
+    limits: server::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(routes);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_headers(HARD_MAX_HEADERS)
-        .max_buf_size(HARD_MAX_HEADER_BYTES);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, mostly: wait instead of spinning.
-                    tracing::warn!(error = %e, "Ingress accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Ingress connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    server::serve("ingress", listener, router(routes), limits, shutdown).await
 }
-
-/// hyper's limits, above the ingress's own (see [`serve`]).
-const HARD_MAX_HEADERS: usize = 1024;
-const HARD_MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// How long a producer should wait after a 429/503 when the channel did not say.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);

@@ -121,6 +121,25 @@ pub struct SidecarArgs {
     /// Log format (takes effect once `main_with` reads it for this command)
     #[arg(long, env = "CEMESH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Time a client has to send a request's head (line and headers) on either
+    /// listener; past it the connection is closed
+    #[arg(long, env = "CEMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body once its head arrived
+    #[arg(long, env = "CEMESH_BODY_READ_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub body_read_timeout: Duration,
+    /// Time a keep-alive connection with no request in flight stays open
+    #[arg(long, env = "CEMESH_IDLE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// Connections each listener serves at once; past it a new one is answered 503
+    /// with Retry-After
+    #[arg(long, env = "CEMESH_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: NonZeroUsize,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    cemesh_control::serve::positive_duration(s)
 }
 
 fn duration_arg(s: &str) -> Result<Duration, cemesh_control::duration::ParseError> {
@@ -132,6 +151,16 @@ fn bytes_arg(s: &str) -> Result<u64, cemesh_control::duration::ParseError> {
 }
 
 impl SidecarArgs {
+    /// The timeouts and connection limit of both listeners.
+    pub fn limits(&self) -> cemesh_ingress::server::Limits {
+        cemesh_ingress::server::Limits {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections.get(),
+        }
+    }
+
     /// The advertised delivery URL: `--advertise-url`, or one made of the bound
     /// delivery address (an unspecified IP becomes 127.0.0.1, fine on one host).
     pub fn advertise(&self, deliver: SocketAddr) -> String {

@@ -188,17 +188,20 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         }),
         registration: registration.clone(),
     };
+    let limits = args.limits();
     // Metrics are also served on the delivery port, the one a cluster can scrape.
     let metrics_router = axum::Router::new()
         .route("/metrics", get(admin::metrics))
         .with_state(local.clone());
     let local_task = {
         let stop = stop_publishing.clone();
-        tokio::spawn(async move {
-            axum::serve(local_listener, local_router(local))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(cemesh_ingress::server::serve(
+            "sidecar publishing",
+            local_listener,
+            local_router(local),
+            limits,
+            async move { stop.cancelled().await },
+        ))
     };
 
     let deliver_task = match (deliver_listener, &args.app_url) {
@@ -228,11 +231,13 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
             );
             tokio::spawn(relay.clone().monitor_health(stop_receiving.clone()));
             let stop = stop_receiving.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, relay.router().merge(metrics_router))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }))
+            Some(tokio::spawn(cemesh_ingress::server::serve(
+                "sidecar delivery",
+                listener,
+                relay.router().merge(metrics_router),
+                limits,
+                async move { stop.cancelled().await },
+            )))
         }
         _ => None,
     };

@@ -14,12 +14,16 @@
 mod admin;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use cemesh_ingress::server::{ConnectionGate, Limits};
 use cemesh_ingress::Routes;
 use cemesh_proto::pb::cemesh::v1::admin_server::AdminServer;
 use cemesh_proto::pb::cemesh::v1::publisher_server::PublisherServer;
 use futures::FutureExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 
@@ -41,6 +45,7 @@ pub async fn serve(
         crate::keda::Scaler,
     >,
     admin: AdminContext,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::error::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -70,13 +75,32 @@ pub async fn serve(
         health.set_not_serving::<AdminServer<AdminService>>().await;
     }
     .shared();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|stream| {
+    let gate = ConnectionGate::new("gRPC", limits.max_connections);
+    let first_bytes = limits.header_read_timeout;
+    let incoming =
+        tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
+            let stream = match conn {
+                Ok(stream) => stream,
+                Err(e) => return Some(Err(e)),
+            };
+            // Past the limit the connection is closed at once: HTTP/2 has no answer
+            // before its handshake, and a client sees UNAVAILABLE and retries.
+            let permit = gate.admit()?;
             // Small acks and unary answers should not wait for Nagle.
             let _ = stream.set_nodelay(true);
-        })
-    });
+            Some(Ok(Admitted {
+                stream,
+                _permit: permit,
+                first_byte: Some(Box::pin(tokio::time::sleep(first_bytes))),
+            }))
+        });
     let server = tonic::transport::Server::builder()
+        // A unary call must be read, handled and answered within this (a client's
+        // shorter `grpc-timeout` wins); a stream only until its response starts.
+        .timeout(limits.header_read_timeout + limits.body_read_timeout + CALL_ALLOWANCE)
+        // Pings find peers that went away without closing.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -94,6 +118,86 @@ pub async fn serve(
             tracing::warn!("gRPC calls still open after the shutdown grace period; closing them");
             Ok(())
         }
+    }
+}
+
+/// Time a unary gRPC call gets to be handled beyond the header and body read
+/// timeouts (see `serve`): an append waits for the channel's durability.
+pub const CALL_ALLOWANCE: Duration = Duration::from_secs(60);
+/// How often an HTTP/2 ping checks a gRPC connection, and how long its answer may take.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An admitted gRPC connection: holds its place under the connection limit, and is
+/// closed if its first bytes (the HTTP/2 preface) do not arrive within the header
+/// read timeout.
+struct Admitted {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
+            Poll::Pending => {
+                if let Some(deadline) = self.first_byte.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no HTTP/2 preface within the header read timeout",
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -52,6 +52,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         shutdown_grace: Duration::from_secs(1),
         api_writes: true,
         min_free_disk: 0,
+        limits: Default::default(),
         #[cfg(feature = "kafka")]
         kafka: None,
     };
@@ -108,9 +109,16 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let admin = admin_context(dir.path(), files).await;
         let control = admin.control.clone();
-        let server = tokio::spawn(super::serve(listener, routes, keda, admin, async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(super::serve(
+            listener,
+            routes,
+            keda,
+            admin,
+            Default::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Harness {
             addr,
             channel,

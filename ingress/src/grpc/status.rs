@@ -31,6 +31,7 @@ pub fn code(err: &IngressError) -> Code {
         IngressError::Channel(ChannelError::Closed) => Code::Unavailable,
         IngressError::Channel(_) => Code::Internal,
         IngressError::MethodNotAllowed(_) => Code::Unimplemented,
+        IngressError::BodyTimeout(_) => Code::DeadlineExceeded,
         _ => Code::Internal,
     }
 }

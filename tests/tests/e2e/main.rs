@@ -8,6 +8,7 @@ mod durability;
 mod event_path;
 mod filters;
 mod grpc;
+mod hostile;
 mod kafka;
 mod manifests;
 mod metrics;

@@ -1,0 +1,611 @@
+//! The one HTTP/1.1 server every cemesh listener runs (the ingress, the admin API,
+//! the sidecar's two ports), so a client gets the same limits everywhere:
+//!
+//! - **header read timeout**: a request's head (request line and headers) must arrive
+//!   within [`Limits::header_read_timeout`], counted from the accept for the first
+//!   request and from its first byte for the next ones; past it the connection is
+//!   closed.
+//! - **body read timeout**: a request's body must arrive within
+//!   [`Limits::body_read_timeout`] of its head; past it reading the body fails with
+//!   [`BodyTimeout`], which the ingress answers 408 (`IngressError::BodyTimeout`).
+//! - **idle timeout**: a keep-alive connection with no request in flight (and no
+//!   response still streaming) is closed after [`Limits::idle_timeout`].
+//! - **connection limit**: at most [`Limits::max_connections`] connections at once;
+//!   past it a connection is answered `503` with `Retry-After` and the JSON body
+//!   every refusal has, then closed — never left waiting in the backlog.
+//!
+//! The gRPC listener (HTTP/2, served by tonic) shares the connection limit through
+//! [`ConnectionGate`].
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Default [`Limits::header_read_timeout`]: generous for any client on any network
+/// (a request head is a few hundred bytes), short enough that a client trickling
+/// headers holds a connection for seconds, not forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Limits::body_read_timeout`]: a whole body of the default 1 MiB limit
+/// at 35 KB/s, the slowest link a producer plausibly has.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`Limits::idle_timeout`]: longer than the 90 s common HTTP clients
+/// (reqwest/hyper-util, Go's `net/http`) keep an idle pooled connection, so a client
+/// closes its idle connection before the broker does and never sends a request into
+/// a connection being closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default [`Limits::max_connections`], per listener: far above what a broker serves
+/// in practice (clients keep pooled connections), low enough to stay under a
+/// container's file descriptor limit and to bound the memory idle connections take.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Refusals answered at once past the connection limit; past these a connection is
+/// closed without an answer (a flood gets no more work than it must).
+const REFUSALS_AT_ONCE: usize = 256;
+/// The longest a refusal may take (reading the request, answering, closing).
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+
+/// The limits a listener holds its clients to; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// A request body that did not arrive within [`Limits::body_read_timeout`]. Reading
+/// the body fails with it (as the source of the body error).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the request body did not arrive within {}", humane(*.0))]
+pub struct BodyTimeout(pub Duration);
+
+/// Whether `err` (or an error it wraps) is a [`BodyTimeout`].
+pub fn body_timeout(err: &(dyn std::error::Error + 'static)) -> Option<BodyTimeout> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<BodyTimeout>() {
+            return Some(*t);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// `1.5s`, `300ms`: a duration as the flags take it.
+pub fn humane(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// Admits at most `max` connections at once (the permit a connection holds until it
+/// ends), and logs refusals past it, at most once per ten seconds.
+#[derive(Debug, Clone)]
+pub struct ConnectionGate {
+    what: &'static str,
+    max: usize,
+    permits: Arc<Semaphore>,
+    refused: Arc<AtomicU64>,
+    last_warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl ConnectionGate {
+    /// A gate for the listener `what` (`ingress`, `admin`, ...).
+    pub fn new(what: &'static str, max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        ConnectionGate {
+            what,
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            refused: Arc::new(AtomicU64::new(0)),
+            last_warned: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A permit for one more connection, or `None` (and a note of the refusal) at
+    /// the limit.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.note_refusal();
+                None
+            }
+        }
+    }
+
+    fn note_refusal(&self) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let mut last = self.last_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+            *last = Some(now);
+            tracing::warn!(
+                listener = self.what,
+                max_connections = self.max,
+                refused_total = refused,
+                "Connection limit reached; refusing new connections (raise --max-connections if this is expected load)"
+            );
+        }
+    }
+
+    /// The message a refused client reads.
+    pub fn refusal_message(&self) -> String {
+        format!(
+            "too many connections: this {} listener serves at most {} at once; retry shortly",
+            self.what, self.max
+        )
+    }
+
+    /// Resolves once every admitted connection has ended.
+    pub async fn closed(&self) {
+        let _ = self.permits.acquire_many(self.max as u32).await;
+    }
+}
+
+/// Serves `router` on `listener` (HTTP/1.1) within `limits` until `shutdown`
+/// resolves, then lets the requests in progress finish and returns once every
+/// connection has closed. `what` names the listener in logs and refusals.
+///
+/// hyper's own header limits are raised far above [`crate::accept::MAX_HEADERS`] and
+/// [`crate::accept::MAX_HEADER_BYTES`], so a request past ours is refused by the
+/// ingress with a JSON body naming the limit; only one past hyper's (1024 headers,
+/// 1 MiB) gets hyper's bare 431.
+pub async fn serve(
+    what: &'static str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_headers(HARD_MAX_HEADERS)
+        .max_buf_size(HARD_MAX_HEADER_BYTES)
+        // The head is timed by `Connection::run` (hyper's timer would also cut
+        // idle keep-alive connections at the header read timeout).
+        .header_read_timeout(None);
+    let http = Arc::new(http);
+    let gate = ConnectionGate::new(what, limits.max_connections);
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait instead of spinning.
+                    tracing::warn!(listener = what, error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(permit) = gate.admit() else {
+            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                let message = gate.refusal_message();
+                tokio::spawn(async move {
+                    refuse(stream, &message).await;
+                    drop(slot);
+                });
+            }
+            continue;
+        };
+        let conn = Connection {
+            what,
+            http: http.clone(),
+            router: router.clone(),
+            limits,
+            stop: stop.clone(),
+        };
+        tokio::spawn(async move {
+            conn.run(stream).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    gate.closed().await;
+    Ok(())
+}
+
+/// hyper's limits, above the ingress's own (see [`serve`]).
+const HARD_MAX_HEADERS: usize = 1024;
+const HARD_MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// Answers a connection past the limit: reads what the client sent of its request
+/// (so closing does not reset the connection before the client reads the answer),
+/// answers 503 with `Retry-After` and a JSON body, and closes.
+async fn refuse(mut stream: TcpStream, message: &str) {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        crate::retry_after_secs(crate::DEFAULT_RETRY_AFTER),
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        let mut buf = [0u8; 4096];
+        let mut head = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(250), async {
+            while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Let the client read the answer and close first.
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// One admitted connection.
+struct Connection {
+    what: &'static str,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    router: Router,
+    limits: Limits,
+    stop: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream) {
+        let activity = Arc::new(Activity::new());
+        let io = hyper_util::rt::TokioIo::new(Watched {
+            io: stream,
+            activity: activity.clone(),
+        });
+        let service = {
+            let activity = activity.clone();
+            let app = hyper_util::service::TowerToHyperService::new(self.router);
+            let body_timeout = self.limits.body_read_timeout;
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let guard = activity.begin();
+                let req = req.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
+                let answer = hyper::service::Service::call(&app, req);
+                async move {
+                    let resp: Response<Body> = answer.await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                        Body::new(GuardedBody {
+                            inner: body,
+                            _guard: guard,
+                        })
+                    }))
+                }
+            })
+        };
+        let conn = self.http.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut draining = false;
+        loop {
+            let changed = activity.changed.notified();
+            let deadline = activity.deadline(&self.limits);
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(listener = self.what, error = %e, "Connection ended with an error");
+                    }
+                    return;
+                }
+                () = sleep_until(deadline) => {
+                    if let Some(why) = activity.expired(&self.limits) {
+                        tracing::debug!(listener = self.what, "Closing the connection: {why}");
+                        return;
+                    }
+                }
+                () = changed => {}
+                () = self.stop.cancelled(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a connection is doing, for its timeouts.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Wakes the connection's watch when its deadline may have moved earlier.
+    changed: Notify,
+}
+
+struct ActivityState {
+    /// Requests whose answer has not been sent completely.
+    in_flight: usize,
+    /// Requests begun on this connection.
+    requests: u64,
+    /// Since when nothing has been in flight (the accept, at first).
+    idle_since: Instant,
+    /// The first byte of the next request's head, once read.
+    head_started: Option<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                requests: 0,
+                idle_since: Instant::now(),
+                head_started: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived.
+    fn read(&self) {
+        let mut s = self.state();
+        if s.in_flight == 0 && s.head_started.is_none() && s.requests > 0 {
+            s.head_started = Some(Instant::now());
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's head has been read; the guard ends it once its answer is sent.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut s = self.state();
+        s.in_flight += 1;
+        s.requests += 1;
+        s.head_started = None;
+        InFlight(self.clone())
+    }
+
+    fn end(&self) {
+        let mut s = self.state();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            s.idle_since = Instant::now();
+            s.head_started = None;
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection is to be closed if nothing happens; `None` while a request
+    /// is in flight.
+    fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        let s = self.state();
+        if s.in_flight > 0 {
+            return None;
+        }
+        Some(match s.head_started {
+            _ if s.requests == 0 => s.idle_since + limits.header_read_timeout,
+            Some(started) => started + limits.header_read_timeout,
+            None => s.idle_since + limits.idle_timeout,
+        })
+    }
+
+    /// Why the connection is to be closed now, if it is.
+    fn expired(&self, limits: &Limits) -> Option<String> {
+        let deadline = self.deadline(limits)?;
+        if Instant::now() < deadline {
+            return None;
+        }
+        let s = self.state();
+        Some(if s.requests == 0 || s.head_started.is_some() {
+            format!(
+                "no complete request head within the header read timeout ({})",
+                humane(limits.header_read_timeout)
+            )
+        } else {
+            format!(
+                "idle for the idle timeout ({})",
+                humane(limits.idle_timeout)
+            )
+        })
+    }
+}
+
+/// Held while a request is in flight (until its answer's body is sent or dropped).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// The connection's socket, noting when bytes arrive.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A request body that fails with [`BodyTimeout`] if it has not all arrived by its
+/// deadline.
+struct DeadlineBody {
+    inner: Incoming,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            done: false,
+        }
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.done = true;
+                    Poll::Ready(Some(Err(BodyTimeout(self.timeout).into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An answer's body, holding its request in flight until it is sent (or dropped).
+struct GuardedBody {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_body_timeout_inside_other_errors() {
+        let inner: axum::BoxError = BodyTimeout(Duration::from_millis(300)).into();
+        let wrapped = axum::Error::new(inner);
+        let found = body_timeout(&wrapped).expect("found");
+        assert_eq!(found.0, Duration::from_millis(300));
+        assert_eq!(
+            found.to_string(),
+            "the request body did not arrive within 300ms"
+        );
+        let other = std::io::Error::other("nope");
+        assert!(body_timeout(&other).is_none());
+    }
+
+    #[test]
+    fn durations_read_as_flags() {
+        assert_eq!(humane(Duration::from_secs(10)), "10s");
+        assert_eq!(humane(Duration::from_millis(300)), "300ms");
+        assert_eq!(humane(Duration::from_millis(1500)), "1.5s");
+    }
+}
