@@ -13,4 +13,5 @@ mod manifests;
 mod metrics;
 mod scale;
 mod sidecar;
+mod stall;
 mod wire;
