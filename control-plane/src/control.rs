@@ -9,6 +9,10 @@
 //! Every change is validated as a whole before anything runs: a reload with any new
 //! problem is rejected and the running configuration stays as it was; an API `PUT`
 //! with problems in its resource is answered 400. Only then is the difference applied.
+//!
+//! Reading, parsing and compiling manifests is CPU work that grows with what a user
+//! sends: it runs on the blocking pool ([`blocking`]), never on a runtime worker, so a
+//! large or hostile manifest cannot stall the ingress that shares those workers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -198,7 +202,19 @@ impl ControlPlane {
         settings: Settings,
         ingress_base: String,
     ) -> crate::error::Result<Arc<ControlPlane>> {
-        let (files, errors) = load_dir(&settings.config_dir);
+        let dir = settings.config_dir.clone();
+        let stored = resources_dir(&settings.data_dir);
+        let (files, errors, api) = blocking(move || {
+            let (files, errors) = load_dir(&dir);
+            // Resources stored by the API are read only when the files are.
+            let api = if errors.iter().all(|e| e.unsupported_kind) {
+                load_api(&stored, &files)
+            } else {
+                BTreeMap::new()
+            };
+            (files, errors, api)
+        })
+        .await;
         let (unsupported, errors) = split_unsupported(errors);
         if !errors.is_empty() {
             return Err(crate::Error::Manifests {
@@ -206,7 +222,6 @@ impl ControlPlane {
                 problems: errors.iter().map(ToString::to_string).collect(),
             });
         }
-        let api = load_api(&resources_dir(&settings.data_dir), &files);
         let mesh_status = mesh.status();
         let cp = Arc::new(ControlPlane {
             inner: AsyncMutex::new(Inner {
@@ -228,7 +243,7 @@ impl ControlPlane {
             inner.files = files;
             inner.api = api;
             inner.unsupported = unsupported;
-            let desired = cp.compile(&inner.files, &inner.api);
+            let desired = cp.compile(&inner.files, &inner.api).await;
             for p in inner.unsupported.iter().chain(&desired.problems) {
                 tracing::error!(problem = %p, "Resource not started");
             }
@@ -237,23 +252,29 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    fn ctx(&self) -> ResolveContext<'_> {
-        ResolveContext {
-            ingress_base: self.ingress_base.clone(),
-            service_url_template: &self.settings.service_url_template,
-            services: &self.settings.services,
-            default_channel: self.settings.channel,
-            default_max_body: self.settings.max_body_bytes,
-        }
-    }
-
-    fn compile(
+    /// Validates `files` and `api` together into a desired state, on the blocking pool.
+    async fn compile(
         &self,
         files: &[Located<Resource>],
         api: &BTreeMap<ResKey, Located<Resource>>,
     ) -> Desired {
         let all: Vec<Located<Resource>> = files.iter().chain(api.values()).cloned().collect();
-        compile(&all, &self.ctx())
+        let ingress_base = self.ingress_base.clone();
+        let template = self.settings.service_url_template.clone();
+        let services = self.settings.services.clone();
+        let default_channel = self.settings.channel;
+        let default_max_body = self.settings.max_body_bytes;
+        blocking(move || {
+            let ctx = ResolveContext {
+                ingress_base,
+                service_url_template: &template,
+                services: &services,
+                default_channel,
+                default_max_body,
+            };
+            compile(&all, &ctx)
+        })
+        .await
     }
 
     /// Applies a validated desired state and refreshes every resource's status.
@@ -270,9 +291,10 @@ impl ControlPlane {
     /// configuration stays, and the problems are reported (log, `/readyz`, status).
     pub async fn reload(&self) -> Result<(), Vec<String>> {
         let mut inner = self.inner.lock().await;
-        let (files, errors) = load_dir(&self.settings.config_dir);
+        let dir = self.settings.config_dir.clone();
+        let (files, errors) = blocking(move || load_dir(&dir)).await;
         let (unsupported, mut new_problems) = split_unsupported(errors);
-        let desired = self.compile(&files, &inner.api);
+        let desired = self.compile(&files, &inner.api).await;
         let known: Vec<String> = inner.problems.iter().map(ToString::to_string).collect();
         new_problems.extend(
             unsupported
@@ -311,7 +333,9 @@ impl ControlPlane {
         if !self.settings.api_writes {
             return Err(ApplyError::ReadOnly);
         }
-        let (mut parsed, errors) = parse_str(Path::new("request body"), body);
+        let text = body.to_owned();
+        let (mut parsed, errors) =
+            blocking(move || parse_str(Path::new("request body"), &text)).await;
         if !errors.is_empty() {
             return Err(ApplyError::Invalid(
                 errors.iter().map(ToString::to_string).collect(),
@@ -340,7 +364,7 @@ impl ControlPlane {
         let previous = inner.api.get(key).map(|l| spec_of(&l.raw));
         let mut candidate = inner.api.clone();
         candidate.insert(key.clone(), located.clone());
-        let desired = self.compile(&inner.files, &candidate);
+        let desired = self.compile(&inner.files, &candidate).await;
         let label = key.label();
         let mine: Vec<String> = desired
             .problems
@@ -360,7 +384,10 @@ impl ControlPlane {
             Some(prev) if prev == spec_of(&located.raw) => Applied::Unchanged,
             Some(_) => Applied::Configured,
         };
-        write_atomically(&path, body).map_err(|e| ApplyError::Storage(e.to_string()))?;
+        let text = body.to_owned();
+        blocking(move || write_atomically(&path, &text))
+            .await
+            .map_err(|e| ApplyError::Storage(e.to_string()))?;
         inner.api = candidate;
         self.run(&mut inner, desired).await;
         tracing::info!(resource = %key, ?applied, "Applied through the admin API");
@@ -390,7 +417,7 @@ impl ControlPlane {
                 )));
             }
         }
-        let desired = self.compile(&inner.files, &inner.api);
+        let desired = self.compile(&inner.files, &inner.api).await;
         self.run(&mut inner, desired).await;
         tracing::info!(resource = %key, "Deleted through the admin API");
         Ok(())
@@ -529,6 +556,19 @@ impl ControlPlane {
         let live: Vec<ResKey> = views.keys().cloned().collect();
         inner.tracked.retain(|k, _| live.contains(k));
         *self.views.write().unwrap_or_else(|p| p.into_inner()) = views;
+    }
+}
+
+/// Runs CPU-bound or blocking work (reading, parsing, compiling manifests; writing
+/// them) on the blocking pool and waits for it without holding a runtime worker. A
+/// panic there is raised here, as if the work had run inline.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("manifest work on the blocking pool did not finish: {e}"),
+        },
     }
 }
 

@@ -7,6 +7,7 @@
 mod broker;
 mod delivery;
 mod filters;
+pub mod limits;
 mod trigger;
 mod validate;
 
@@ -246,7 +247,10 @@ pub fn strip_location(msg: &str) -> String {
     }
 }
 
-/// Parses one file's text into resources and errors.
+/// Parses one file's text into resources and errors. Each document is first checked
+/// against [`limits`] (size, nesting depth, anchors and aliases), so a hostile one is
+/// refused in time linear in its size. CPU-bound: async callers run it on the
+/// blocking pool.
 pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<ManifestError>) {
     let mut resources = Vec::new();
     let mut errors = Vec::new();
@@ -262,6 +266,11 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
                 unsupported_kind: false,
             }
         };
+        // Before the parser: its cost grows with the square of the nesting depth.
+        if let Err(over) = limits::check(doc.text) {
+            errors.push(err(None, Some(over.line), String::new(), over.message));
+            continue;
+        }
         let value: serde_yaml::Value = match serde_yaml::from_str(doc.text) {
             Ok(v) => v,
             Err(e) => {
@@ -408,6 +417,26 @@ mod tests {
         let msg = e[0].to_string();
         assert!(msg.contains("unknown field `filtre`"), "{msg}");
         assert!(msg.contains("line 9"), "{msg}");
+    }
+
+    #[test]
+    fn documents_over_the_limits_are_refused_before_parsing() {
+        let deep = format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: b}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nspec: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let (r, e) = parse_str(Path::new("deep.yaml"), &deep);
+        let took = started.elapsed();
+        assert_eq!(r.len(), 1);
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            e[0].to_string(),
+            "deep.yaml: document 2, line 7: nested deeper than 64 levels, the limit for a manifest"
+        );
+        // Generous: the parser took 24 s on this document; the scan takes microseconds.
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
     }
 
     #[test]

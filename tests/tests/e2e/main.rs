@@ -14,4 +14,5 @@ mod manifests;
 mod metrics;
 mod scale;
 mod sidecar;
+mod stall;
 mod wire;

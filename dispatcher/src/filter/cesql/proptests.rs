@@ -177,3 +177,97 @@ proptest! {
         prop_assert_eq!(LikePattern::new(plain.clone()).matches(&s), plain == s);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn like_agrees_with_the_reference(
+        pattern in "[ab%_\\\\é]{0,10}",
+        text in "[abé]{0,8}|[ab%_\\\\é]{0,14}",
+    ) {
+        prop_assert_eq!(
+            LikePattern::new(pattern.clone()).matches(&text),
+            reference_like(&text, &pattern),
+            "{:?} LIKE {:?}", text, pattern
+        );
+    }
+
+    #[test]
+    fn like_agrees_with_the_reference_on_long_segments(
+        text in prop::collection::vec(prop::sample::select(vec!['a', 'b', 'é']), 0..400),
+        from in 0usize..400,
+        len in 0usize..300,
+        holes in prop::collection::vec(prop::bool::weighted(0.7), 300),
+        tweak in prop::option::of((0usize..300, prop::sample::select(vec!['a', 'b', '%']))),
+        anchored in any::<(bool, bool)>(),
+    ) {
+        // A piece of the text with most characters turned into `_`, so long
+        // segments with inner `_`s both match and (tweaked) do not.
+        let from = from.min(text.len());
+        let to = (from + len).min(text.len());
+        let mut piece: Vec<char> = text[from..to]
+            .iter()
+            .zip(&holes)
+            .map(|(c, hole)| if *hole { '_' } else { *c })
+            .collect();
+        if let Some((at, c)) = tweak {
+            if at < piece.len() {
+                piece[at] = c;
+            }
+        }
+        let pattern = format!(
+            "{}{}{}",
+            if anchored.0 { "" } else { "%" },
+            piece.iter().collect::<String>(),
+            if anchored.1 { "" } else { "%" },
+        );
+        let text: String = text.into_iter().collect();
+        prop_assert_eq!(
+            LikePattern::new(pattern.clone()).matches(&text),
+            reference_like(&text, &pattern),
+            "{:?} LIKE {:?}", text, pattern
+        );
+    }
+}
+
+/// The obvious `LIKE`: its own reading of the pattern and an O(n·m) table.
+fn reference_like(text: &str, pattern: &str) -> bool {
+    enum Tok {
+        Any,
+        One,
+        Lit(char),
+    }
+    let mut toks = Vec::new();
+    let mut p = pattern.chars().peekable();
+    while let Some(c) = p.next() {
+        toks.push(match c {
+            '%' => Tok::Any,
+            '_' => Tok::One,
+            '\\' => match p.peek() {
+                Some(&n) if matches!(n, '%' | '_' | '\\') => {
+                    p.next();
+                    Tok::Lit(n)
+                }
+                _ => Tok::Lit('\\'),
+            },
+            c => Tok::Lit(c),
+        });
+    }
+    let text: Vec<char> = text.chars().collect();
+    // row[i]: the tokens so far match text[..i].
+    let mut row = vec![false; text.len() + 1];
+    row[0] = true;
+    for tok in &toks {
+        let mut next = vec![false; text.len() + 1];
+        for i in 0..=text.len() {
+            next[i] = match tok {
+                Tok::Any => row[i] || (i > 0 && next[i - 1]),
+                Tok::One => i > 0 && row[i - 1],
+                Tok::Lit(c) => i > 0 && row[i - 1] && text[i - 1] == *c,
+            };
+        }
+        row = next;
+    }
+    row[text.len()]
+}
