@@ -24,6 +24,8 @@ pub enum SidecarError {
     TooLarge { limit: u64 },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("the outbox is full ({reason}); retry after {retry_after:?}")]
@@ -71,6 +73,7 @@ impl SidecarError {
         match self {
             SidecarError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             SidecarError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            SidecarError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             SidecarError::BodyRead(_) | SidecarError::BadRequest(_) => StatusCode::BAD_REQUEST,
             SidecarError::Decode(DecodeError::Invalid(_)) => StatusCode::BAD_REQUEST,
             SidecarError::Decode(DecodeError::UnsupportedMediaType(_)) => {
@@ -131,6 +134,7 @@ impl From<IngressError> for SidecarError {
                 limit: limit as u64,
             },
             IngressError::BodyRead(m) => SidecarError::BodyRead(m),
+            IngressError::BodyTimeout(t) => SidecarError::BodyTimeout(t),
             IngressError::Decode(d) => SidecarError::Decode(d),
             IngressError::Channel(c) => c.into(),
             IngressError::MethodNotAllowed(m) => SidecarError::MethodNotAllowed(m),
