@@ -589,6 +589,22 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Runs a `cemesh` client command (no stdin, no `CEMESH_ADMIN`); answers whether it
+/// succeeded, its stdout and its stderr.
+pub fn cemesh_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cemesh_bin())
+        .args(args)
+        .env_remove("CEMESH_ADMIN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cemesh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A Broker manifest.
 pub fn broker_yaml(name: &str) -> String {
     format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n")

@@ -4,20 +4,6 @@ use std::process::{Command, Stdio};
 
 use cemesh_tests::*;
 
-fn cemesh(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cemesh_bin())
-        .args(args)
-        .env_remove("CEMESH_ADMIN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cemesh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `--admin HOST:PORT` without a scheme works, as kubectl's `--server` does.
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_address_without_scheme() {
@@ -27,7 +13,7 @@ async fn admin_address_without_scheme() {
         trigger_yaml("orders", "default", &sub.url(), &[]),
     ]));
     let addr = mesh.admin.to_string();
-    let (ok, out, err) = cemesh(&["get", "triggers", "--admin", &addr]);
+    let (ok, out, err) = cemesh_cli(&["get", "triggers", "--admin", &addr]);
     assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("orders"), "{out}");
 }
@@ -50,7 +36,7 @@ fn unreachable_admin_is_one_line_with_a_hint() {
     ] {
         let mut args = args.clone();
         args.extend(["--admin", &addr]);
-        let (ok, out, err) = cemesh(&args);
+        let (ok, out, err) = cemesh_cli(&args);
         assert!(!ok, "{args:?} succeeded: {out}");
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
@@ -100,7 +86,7 @@ async fn get_output_round_trips_through_apply_and_delete() {
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--admin", &admin]);
-        cemesh(&all)
+        cemesh_cli(&all)
     };
     let file = |name: &str, text: &str| {
         let p = dir.path().join(name);

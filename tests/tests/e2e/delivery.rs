@@ -434,7 +434,7 @@ async fn builtin_store_keeps_what_the_sink_refuses_and_the_cli_redrives_it() {
     assert!(ok, "{out}");
     assert!(out.contains("OUTCOME"), "{out}");
     assert!(
-        out.contains("e0")
+        out.contains(first["event"]["id"].as_str().unwrap())
             && out.contains("failed again")
             && out.contains("stored as dead letter "),
         "{out}"

@@ -3,25 +3,8 @@
 //! `cemesh.dev/` annotation and a trigger on an invalid broker in the same words; the
 //! broker class and `spec.config` are shown in the status, not ignored; `/readyz`
 //! fails while no broker runs.
-
-use std::process::{Command, Stdio};
-
 use cemesh_tests::*;
 use serde_json::Value;
-
-fn cemesh(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cemesh_bin())
-        .args(args)
-        .env_remove("CEMESH_ADMIN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cemesh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 const CHANNEL: &str =
     "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: orders\n";
@@ -147,7 +130,7 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
     .unwrap();
     let file = file.display().to_string();
 
-    let (ok, out, err) = cemesh(&["validate", &file]);
+    let (ok, out, err) = cemesh_cli(&["validate", &file]);
     assert!(!ok, "validate must fail:\n{out}\n{err}");
     // File, document, resource and the line of its kind.
     assert!(
@@ -161,7 +144,7 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
     // The same file through `apply`: refused before anything is sent.
     let mesh = Cemesh::start(&broker_yaml("other"));
     let admin = mesh.admin.to_string();
-    let (ok, out, err) = cemesh(&["apply", "-f", &file, "--admin", &admin]);
+    let (ok, out, err) = cemesh_cli(&["apply", "-f", &file, "--admin", &admin]);
     assert!(!ok, "apply must fail:\n{out}\n{err}");
     assert!(err.contains(CHANNEL_PROBLEM), "{err}");
     assert!(err.contains("nothing applied"), "{err}");
@@ -214,7 +197,7 @@ async fn a_trigger_on_an_invalid_broker_says_the_broker_is_invalid() {
         ]),
     )
     .unwrap();
-    let (ok, out, _) = cemesh(&["validate", &file.display().to_string()]);
+    let (ok, out, _) = cemesh_cli(&["validate", &file.display().to_string()]);
     assert!(!ok);
     assert!(out.contains("(Trigger default/orders): spec.broker: broker default/default is invalid: metadata.annotations.cemesh.dev/retension: unknown cemesh annotation; did you mean cemesh.dev/retention?"), "{out}");
     assert!(!out.contains("is not defined"), "{out}");
@@ -237,7 +220,7 @@ async fn every_iso_8601_form_knative_takes_is_taken() {
     let mut all = vec![broker_yaml("default")];
     all.extend(good);
     std::fs::write(&file, docs(&all)).unwrap();
-    let (ok, out, err) = cemesh(&["validate", &file.display().to_string()]);
+    let (ok, out, err) = cemesh_cli(&["validate", &file.display().to_string()]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("valid: 1 broker(s), 6 trigger(s)"), "{out}");
 
@@ -251,7 +234,7 @@ async fn every_iso_8601_form_knative_takes_is_taken() {
         ]),
     )
     .unwrap();
-    let (ok, out, _) = cemesh(&["validate", &bad.display().to_string()]);
+    let (ok, out, _) = cemesh_cli(&["validate", &bad.display().to_string()]);
     assert!(!ok);
     assert!(
         out.contains("spec.delivery.backoffDelay: \"-PT1S\" is negative"),
@@ -325,7 +308,7 @@ async fn a_read_only_admin_api_refuses_writes_and_says_why() {
     )
     .unwrap();
     let admin = mesh.admin.to_string();
-    let (ok, out, err) = cemesh(&[
+    let (ok, out, err) = cemesh_cli(&[
         "apply",
         "-f",
         &file.display().to_string(),
