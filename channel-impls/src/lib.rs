@@ -95,6 +95,10 @@ pub enum ChannelError {
         reserve: u64,
         retry_after: Duration,
     },
+    /// The data dir's filesystem is mounted read-only: writes are refused (nothing
+    /// was stored) until it is writable again.
+    #[error("the data dir's disk is read-only; nothing was stored, retry after {retry_after:?}")]
+    ReadOnlyDisk { retry_after: Duration },
 }
 
 /// A durable (or not) log of events with named subscriptions.

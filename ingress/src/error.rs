@@ -60,6 +60,9 @@ impl IngressError {
             IngressError::Channel(ChannelError::DiskFull { .. }) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
+            IngressError::Channel(ChannelError::ReadOnlyDisk { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -68,7 +71,9 @@ impl IngressError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             IngressError::Channel(
-                ChannelError::Full { retry_after, .. } | ChannelError::DiskFull { retry_after, .. },
+                ChannelError::Full { retry_after, .. }
+                | ChannelError::DiskFull { retry_after, .. }
+                | ChannelError::ReadOnlyDisk { retry_after },
             ) => Some(*retry_after),
             IngressError::Channel(ChannelError::Closed) | IngressError::Draining => {
                 Some(DEFAULT_RETRY_AFTER)

@@ -59,7 +59,8 @@ impl From<ChannelError> for SidecarError {
                 retry_after,
             },
             ChannelError::Closed => SidecarError::Stopping,
-            ChannelError::DiskFull { retry_after, .. } => SidecarError::OutboxFull {
+            ChannelError::DiskFull { retry_after, .. }
+            | ChannelError::ReadOnlyDisk { retry_after } => SidecarError::OutboxFull {
                 reason: e.to_string(),
                 retry_after,
             },

@@ -1,7 +1,9 @@
-//! The disk-space guard: sled must never meet a full disk. After a write fails with
+//! The disk-space guard: sled must never meet a full or read-only disk. After a write fails with
 //! `ENOSPC`, sled 0.34 wedges (its flush never completes, appends block, shutdown
 //! hangs), so a store refuses durable writes while the free space of its filesystem
-//! is under a reserve, and takes them again by itself once space returns.
+//! is under a reserve, and takes them again by itself once space returns. A
+//! filesystem the kernel remounted read-only (ext4's `errors=remount-ro`) is
+//! refused the same way, as 503, until it is writable again.
 //!
 //! Free space is read with `statvfs` at most every [`CHECK_EVERY`] while there is
 //! room (a cheap syscall), and on every write while there is not.
@@ -49,10 +51,18 @@ impl DiskSpace {
         if fresh && !self.low.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let Some(free) = free_bytes(&self.path) else {
+        let Some((free, read_only)) = free_bytes(&self.path) else {
             // Unknown (an unusual filesystem): do not refuse writes over it.
             return Ok(());
         };
+        if read_only {
+            if !self.low.swap(true, Ordering::Relaxed) {
+                tracing::error!(path = %self.path.display(), "The data dir's disk is read-only: refusing writes until it is writable");
+            }
+            return Err(ChannelError::ReadOnlyDisk {
+                retry_after: RETRY_AFTER,
+            });
+        }
         let low = free < self.reserve;
         let was_low = self.low.swap(low, Ordering::Relaxed);
         if low {
@@ -73,10 +83,14 @@ impl DiskSpace {
     }
 }
 
-/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`, and
+/// whether it is mounted read-only.
+fn free_bytes(path: &std::path::Path) -> Option<(u64, bool)> {
     let st = rustix::fs::statvfs(path).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
+    Some((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+    ))
 }
 
 #[cfg(test)]
@@ -92,5 +106,37 @@ mod tests {
         assert!(full.check().is_err());
         assert!(DiskSpace::new(dir.clone(), 0).check().is_ok());
         assert!(DiskSpace::new(dir, 1).check().is_ok());
+    }
+
+    /// Mounts a tmpfs (needs root; skipped without it), flips it read-only and back.
+    #[test]
+    fn a_read_only_filesystem_is_refused_until_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = |opts: &str| {
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !mount("size=1m") {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let space = DiskSpace::new(dir.path().to_path_buf(), 1);
+        assert!(space.check().is_ok());
+        assert!(mount("remount,ro"));
+        std::thread::sleep(CHECK_EVERY * 2); // past the cached "there is room"
+        let refused = space.check();
+        assert!(mount("remount,rw"));
+        let writable = space.check();
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        match refused {
+            Err(ChannelError::ReadOnlyDisk { retry_after }) => assert_eq!(retry_after, RETRY_AFTER),
+            other => panic!("expected ReadOnlyDisk, got {other:?}"),
+        }
+        assert!(writable.is_ok(), "{writable:?}");
     }
 }

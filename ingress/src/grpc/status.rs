@@ -28,7 +28,9 @@ pub fn code(err: &IngressError) -> Code {
         IngressError::Channel(ChannelError::Full { .. } | ChannelError::DiskFull { .. }) => {
             Code::ResourceExhausted
         }
-        IngressError::Channel(ChannelError::Closed) => Code::Unavailable,
+        IngressError::Channel(ChannelError::Closed | ChannelError::ReadOnlyDisk { .. }) => {
+            Code::Unavailable
+        }
         IngressError::Channel(_) => Code::Internal,
         IngressError::MethodNotAllowed(_) => Code::Unimplemented,
         IngressError::BodyTimeout(_) => Code::DeadlineExceeded,
@@ -55,8 +57,8 @@ pub fn attribute(err: &IngressError) -> Option<&str> {
 /// Seconds a producer should wait before sending again.
 pub fn retry_after_secs(err: &IngressError) -> Option<u32> {
     let wait = match err {
-        IngressError::Channel(ChannelError::Full { retry_after, .. }) => *retry_after,
         IngressError::Channel(ChannelError::Closed) => crate::DEFAULT_RETRY_AFTER,
+        IngressError::Channel(_) => err.retry_after()?,
         _ => return None,
     };
     Some(u32::try_from(crate::retry_after_secs(wait)).unwrap_or(u32::MAX))
