@@ -1,5 +1,8 @@
 use clap::Parser as _;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     quiet_broken_pipe();
     let cli = cemesh_broker::cli::Cli::parse();

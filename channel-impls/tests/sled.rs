@@ -155,9 +155,10 @@ async fn corrupt_and_missing_records_are_skipped_and_counted() {
         let store = open(dir.path());
         let ch = store.channel("b1", SledConfig::default()).unwrap();
         let _a = ch.subscribe("a", StartAt::Latest).await.unwrap();
-        ch.append((0..5).map(|i| ev(format!("e{i}"))).collect())
-            .await
-            .unwrap();
+        // One append each: one key each, to damage one by one.
+        for i in 0..5 {
+            ch.append(vec![ev(format!("e{i}"))]).await.unwrap();
+        }
     }
     {
         // Damage the log behind the store's back.
@@ -226,12 +227,77 @@ async fn background_retention_trims_without_being_asked() {
     for r in read_n(&*a, 100).await {
         a.ack(r.position).await.unwrap();
     }
+    // The 100 were one append: one chunk, under the key of offset 0.
+    assert!(ch.raw_get(&layout::record_key(99)).unwrap().is_none());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while ch.raw_get(&layout::record_key(99)).unwrap().is_some() {
+    while ch.raw_get(&layout::record_key(0)).unwrap().is_some() {
         assert!(Instant::now() < deadline, "records not trimmed in 5s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(ch.raw_get(&layout::record_key(0)).unwrap().is_none());
+}
+
+/// A multi-event append is one key (a chunk): reads start and stop inside it, a trim
+/// that ends inside it keeps it whole but hidden, and all of it survives a restart.
+#[tokio::test]
+async fn a_batch_is_one_key_read_and_trimmed_by_record() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+        ch.append(vec![ev("solo")]).await.unwrap();
+        ch.append((0..10).map(|i| ev(format!("c{i}"))).collect())
+            .await
+            .unwrap();
+        assert!(ch.raw_get(&layout::record_key(1)).unwrap().is_some());
+        for o in 2..=10 {
+            assert!(ch.raw_get(&layout::record_key(o)).unwrap().is_none(), "{o}");
+        }
+        // Small reads walk through the chunk.
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            let batch = a.next(3).await.unwrap();
+            assert!(batch.len() <= 3);
+            got.extend(batch);
+        }
+        let offsets: Vec<u64> = got.iter().map(|r| r.position.offset).collect();
+        assert_eq!(offsets, (0..11).collect::<Vec<_>>());
+        assert_eq!(got[5].event.id, "c4");
+        // A subscription starting inside the chunk reads from there.
+        let mid = ch.subscribe("mid", StartAt::Offset(7)).await.unwrap();
+        assert_eq!(ids(&read_n(&*mid, 4).await), ["c6", "c7", "c8", "c9"]);
+        ch.unsubscribe("mid").await.unwrap();
+        // Acknowledge up to offset 5: the solo record goes, the chunk stays.
+        for r in &got[..6] {
+            a.ack(r.position).await.unwrap();
+        }
+        // (The background trim may have been first: the keys tell.)
+        ch.enforce_retention().await.unwrap();
+        assert!(ch.raw_get(&layout::record_key(0)).unwrap().is_none());
+        assert!(ch.raw_get(&layout::record_key(1)).unwrap().is_some());
+        assert_eq!(ch.lag("a").await.unwrap(), 5);
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    assert_eq!(ch.lag("a").await.unwrap(), 5);
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let rest = read_n(&*a, 5).await;
+    assert_eq!(ids(&rest), ["c5", "c6", "c7", "c8", "c9"]);
+    // The trimmed part of the chunk stays hidden: Earliest starts at the trim.
+    let replay = ch.subscribe("replay", StartAt::Earliest).await.unwrap();
+    assert_eq!(read_n(&*replay, 1).await[0].event.id, "c5");
+    for r in &rest {
+        a.ack(r.position).await.unwrap();
+    }
+    ch.unsubscribe("replay").await.unwrap();
+    ch.append(vec![ev("after")]).await.unwrap();
+    let got = read_n(&*a, 1).await;
+    assert_eq!(got[0].position.offset, 11);
+    a.ack(got[0].position).await.unwrap();
+    // Every subscription has passed the chunk: it goes with the rest.
+    ch.enforce_retention().await.unwrap();
+    assert!(ch.raw_get(&layout::record_key(1)).unwrap().is_none());
+    assert!(ch.raw_get(&layout::record_key(11)).unwrap().is_none());
 }
 
 #[tokio::test]

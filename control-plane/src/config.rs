@@ -87,6 +87,11 @@ pub struct ServerConfig {
     /// Free space the data dir's disk keeps, e.g. `128MiB`: below it the ingress
     /// answers 507 instead of letting the disk fill. Default 128 MiB.
     pub min_free_disk: Option<ByteSize>,
+    /// sled's page cache, e.g. `64MiB`. Default 64 MiB.
+    pub sled_cache_size: Option<ByteSize>,
+    /// Request bytes the ingress works on at once, over all connections; requests
+    /// past it wait their turn. Default 8 MiB.
+    pub max_pending_bytes: Option<ByteSize>,
     /// Time a client has to send a request's head (line and headers) on the ingress
     /// and admin listeners, e.g. `10s`. Default 10s.
     pub header_read_timeout: Option<crate::duration::HumaneDuration>,
@@ -186,6 +191,10 @@ pub struct Settings {
     /// Bytes the data dir's filesystem keeps free: sled writes are refused (507)
     /// below it.
     pub min_free_disk: u64,
+    /// sled's page cache in bytes.
+    pub sled_cache_bytes: u64,
+    /// Request bytes the ingress works on at once.
+    pub max_pending_bytes: u64,
     /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
     pub limits: cemesh_ingress::server::Limits,
     #[cfg(feature = "kafka")]

@@ -28,6 +28,10 @@ pub enum Error {
     MaxBodySize(ParseError),
     #[error("--min-free-disk: {0}")]
     MinFreeDisk(ParseError),
+    #[error("--sled-cache-size: {0}")]
+    SledCacheSize(ParseError),
+    #[error("--max-pending-bytes: {0}")]
+    MaxPendingBytes(ParseError),
     #[error("invalid manifests in {}:\n  {}", dir.display(), problems.join("\n  "))]
     Manifests { dir: PathBuf, problems: Vec<String> },
     #[error("cannot listen on {what} address {addr}")]

@@ -56,9 +56,10 @@ pub struct MeshStatus {
     pub trigger_failures: BTreeMap<String, String>,
 }
 
-/// sled's page cache. Events are read once per subscription, mostly right after they
-/// were written, so a small cache costs little and keeps RSS bounded under a backlog.
-const SLED_CACHE_BYTES: u64 = 64 << 20;
+/// sled's page cache by default. Events are read once per subscription, mostly right
+/// after they were written, so a small cache costs little and keeps RSS bounded
+/// under a backlog.
+pub const DEFAULT_SLED_CACHE_BYTES: u64 = 64 << 20;
 
 /// Why a broker's channel (or the store behind it) did not open; shown in the log,
 /// `/readyz` and the broker's status.
@@ -95,6 +96,7 @@ pub struct Channels {
     sled_dead_letters: Option<Arc<dyn DeadLetterStore>>,
     memory_dead_letters: Arc<dyn DeadLetterStore>,
     min_free_disk: u64,
+    sled_cache: u64,
 }
 
 impl Channels {
@@ -107,7 +109,14 @@ impl Channels {
             sled_dead_letters: None,
             memory_dead_letters: Arc::new(MemoryDeadLetters::default()),
             min_free_disk: cemesh_channels::sled::DEFAULT_MIN_FREE_BYTES,
+            sled_cache: DEFAULT_SLED_CACHE_BYTES,
         }
+    }
+
+    /// sled's page cache (`--sled-cache-size`).
+    pub fn with_sled_cache(mut self, bytes: u64) -> Self {
+        self.sled_cache = bytes;
+        self
     }
 
     /// The disk reserve under which the sled store refuses writes (`--min-free-disk`).
@@ -124,7 +133,7 @@ impl Channels {
                 source,
             })?;
             let options = SledStoreOptions {
-                cache_capacity_bytes: SLED_CACHE_BYTES,
+                cache_capacity_bytes: self.sled_cache,
                 min_free_bytes: self.min_free_disk,
             };
             self.sled = Some(SledStore::open_with(&path, options).map_err(OpenError::Sled)?);

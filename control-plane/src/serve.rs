@@ -67,6 +67,14 @@ pub struct ServeArgs {
     /// sled are refused with 507 until space returns (0: never) [default: 128MiB]
     #[arg(long, env = "CEMESH_MIN_FREE_DISK")]
     pub min_free_disk: Option<String>,
+    /// sled's page cache, e.g. 64MiB: with --max-pending-bytes, what bounds the
+    /// broker's memory [default: 64MiB]
+    #[arg(long, env = "CEMESH_SLED_CACHE_SIZE")]
+    pub sled_cache_size: Option<String>,
+    /// Request bytes the ingress reads, decodes and stores at once over all
+    /// connections, e.g. 8MiB; requests past it wait their turn [default: 8MiB]
+    #[arg(long, env = "CEMESH_MAX_PENDING_BYTES")]
+    pub max_pending_bytes: Option<String>,
     /// Time a client has to send a request's head (line and headers) on the ingress
     /// and admin listeners; past it the connection is closed [default: 10s]
     #[arg(long, env = "CEMESH_HEADER_READ_TIMEOUT", value_parser = positive_duration)]
@@ -137,6 +145,18 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             None => file
                 .min_free_disk
                 .map_or(cemesh_channels::sled::DEFAULT_MIN_FREE_BYTES, |b| b.0),
+        },
+        sled_cache_bytes: match &args.sled_cache_size {
+            Some(s) => parse_bytes(s).map_err(Error::SledCacheSize)?,
+            None => file
+                .sled_cache_size
+                .map_or(crate::mesh::DEFAULT_SLED_CACHE_BYTES, |b| b.0),
+        },
+        max_pending_bytes: match &args.max_pending_bytes {
+            Some(s) => parse_bytes(s).map_err(Error::MaxPendingBytes)?,
+            None => file
+                .max_pending_bytes
+                .map_or(cemesh_ingress::DEFAULT_MAX_PENDING_BYTES, |b| b.0),
         },
         service_url_template: file
             .service_url_template
@@ -261,10 +281,11 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     // On-demand services (a command instead of a URL) get their instance pools; refs
     // to them resolve to the pool.
     let on_demand = crate::ondemand::OnDemand::start(&mut settings.services);
-    let routes = Routes::default();
+    let routes = Routes::default().with_pending_budget(settings.max_pending_bytes);
     #[allow(unused_mut)]
-    let mut channels =
-        Channels::new(settings.data_dir.clone()).with_min_free_disk(settings.min_free_disk);
+    let mut channels = Channels::new(settings.data_dir.clone())
+        .with_min_free_disk(settings.min_free_disk)
+        .with_sled_cache(settings.sled_cache_bytes);
     #[cfg(feature = "kafka")]
     if let Some(options) = settings.kafka.clone() {
         channels.set_kafka(crate::kafka::connect(options).await?);

@@ -38,6 +38,10 @@ pub enum IngressError {
         "the broker is shutting down; send again shortly (to another replica if there is one)"
     )]
     Draining,
+    #[error(
+        "the ingress is busy: the request bytes it works on at once (--max-pending-bytes) stayed taken for {0:?}; send again shortly"
+    )]
+    Busy(Duration),
 }
 
 impl IngressError {
@@ -64,7 +68,7 @@ impl IngressError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            IngressError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Draining | IngressError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,9 +79,9 @@ impl IngressError {
                 | ChannelError::DiskFull { retry_after, .. }
                 | ChannelError::ReadOnlyDisk { retry_after },
             ) => Some(*retry_after),
-            IngressError::Channel(ChannelError::Closed) | IngressError::Draining => {
-                Some(DEFAULT_RETRY_AFTER)
-            }
+            IngressError::Channel(ChannelError::Closed)
+            | IngressError::Draining
+            | IngressError::Busy(_) => Some(DEFAULT_RETRY_AFTER),
             _ => None,
         }
     }

@@ -23,7 +23,7 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use tracing::Instrument;
 
 pub use error::{retry_after_secs, ErrorAnswer, IngressError};
-pub use routes::{BrokerEndpoint, BrokerKey, Routes};
+pub use routes::{BrokerEndpoint, BrokerKey, Routes, DEFAULT_MAX_PENDING_BYTES};
 
 /// The extension the ingress stamps on every event it accepts.
 pub const ARRIVAL_TIME: &str = knative::ARRIVAL_TIME;
@@ -97,18 +97,69 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
     }
     let broker = accept::broker(routes, &key)?;
     let (parts, body) = req.into_parts();
+    // Held until the events are stored: reading, decoding and storing are what
+    // the request costs in memory.
+    let expected = content_length(&parts.headers)
+        .map_or(broker.max_body_bytes, |len| len.min(broker.max_body_bytes));
+    let Ok(_pending) = tokio::time::timeout(PENDING_WAIT, routes.reserve_pending(expected)).await
+    else {
+        // Read (and drop) the body first: a client still sending it would see a
+        // broken pipe instead of the 503.
+        discard(body, broker.max_body_bytes).await;
+        return Err(IngressError::Busy(PENDING_WAIT));
+    };
     let body =
         accept::read_event_body(&parts.headers, body, attributes, broker.max_body_bytes).await?;
-    let mut events = cemesh_proto::http::decode(&parts.headers, body)?;
-    accept::stamp(
-        &mut events,
-        &knative::now_rfc3339(),
-        Some(&parts.headers),
-        false,
-    )?;
+    let events = if body.len() > DECODE_INLINE_MAX {
+        // A large batch takes milliseconds of CPU to decode: not on the runtime.
+        let headers = parts.headers.clone();
+        tokio::task::spawn_blocking(move || decode_stamped(&headers, body))
+            .await
+            .map_err(|e| IngressError::BodyRead(format!("decoding the body: {e}")))??
+    } else {
+        decode_stamped(&parts.headers, body)?
+    };
     tracing::Span::current().record("events", events.len());
     let count = accept::store(&broker, events).await?;
     Ok((StatusCode::ACCEPTED.into_response(), count))
+}
+
+/// How long a request waits for its share of `--max-pending-bytes` before a 503.
+const PENDING_WAIT: Duration = Duration::from_secs(10);
+
+/// Bodies up to this size are decoded on the runtime (microseconds); larger ones
+/// on the blocking pool.
+const DECODE_INLINE_MAX: usize = 64 * 1024;
+
+fn decode_stamped(
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Vec<cemesh_proto::Event>, IngressError> {
+    let mut events = cemesh_proto::http::decode(headers, body)?;
+    accept::stamp(&mut events, &knative::now_rfc3339(), Some(headers), false)?;
+    Ok(events)
+}
+
+/// Reads up to `limit` bytes of a body without keeping them.
+async fn discard(body: axum::body::Body, limit: usize) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// `/{namespace}/{broker}`, with one trailing slash tolerated.

@@ -8,6 +8,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cemesh_channels::Channel;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Request bytes the ingress works on at once by default (`--max-pending-bytes`).
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 8 << 20;
 
 /// A broker's identity: namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,13 +47,66 @@ pub struct BrokerEndpoint {
 /// The table of brokers, cheap to read on every request and swapped whole on change,
 /// and whether the process is draining (shutting down: new events are refused with
 /// 503 and `Retry-After` while deliveries finish).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Routes {
     table: Arc<ArcSwap<HashMap<BrokerKey, Arc<BrokerEndpoint>>>>,
     draining: Arc<AtomicBool>,
+    pending: PendingBudget,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            table: Arc::default(),
+            draining: Arc::default(),
+            pending: PendingBudget::new(DEFAULT_MAX_PENDING_BYTES),
+        }
+    }
+}
+
+/// The request bytes the ingress reads, decodes and stores at once, over every
+/// connection: what bounds its memory whatever producers send (a thousand
+/// connections each posting a 1 MiB batch wait their turn instead of holding a
+/// gigabyte of bodies and decoded events). Counted in KiB.
+#[derive(Debug, Clone)]
+struct PendingBudget {
+    permits: Arc<Semaphore>,
+    kib: u32,
+}
+
+impl PendingBudget {
+    fn new(bytes: u64) -> Self {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize) as u32);
+        PendingBudget {
+            permits: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
 }
 
 impl Routes {
+    /// The same table with `bytes` as the pending-request budget.
+    pub fn with_pending_budget(mut self, bytes: u64) -> Self {
+        self.pending = PendingBudget::new(bytes);
+        self
+    }
+
+    /// Waits until a request of `bytes` fits the pending budget; it holds its share
+    /// until the permit drops. A request larger than the whole budget takes all of it.
+    pub async fn reserve_pending(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let b = &self.pending;
+        let want = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, b.kib);
+        b.permits
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .expect("the budget's semaphore is never closed")
+    }
+
     pub fn get(&self, key: &BrokerKey) -> Option<Arc<BrokerEndpoint>> {
         self.table.load().get(key).cloned()
     }

@@ -11,7 +11,7 @@ use cemesh_proto::{codec, Event};
 
 use super::config::{Durability, SledConfig};
 use super::db::Owner;
-use super::layout::{cursor_key, mark_key, record_key};
+use super::layout::{cursor_key, encode_records, mark_key, record_key};
 use super::log::{ChannelShared, SubState};
 use super::subscription::SledSubscription;
 use super::util::{lock, now_ms, storage};
@@ -110,50 +110,12 @@ impl Channel for SledChannel {
             return Ok(());
         }
         sh.flusher.space.check()?;
-        let encoded: Vec<Bytes> = events.iter().map(codec::encode).collect();
-        let n = encoded.len() as u64;
-        let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
-        let durability = {
-            let _append = lock(&sh.append_lock);
-            sh.check_open()?;
-            let (first, durability, mark) = {
-                let st = sh.lock();
-                st.admit(n, bytes)?;
-                let now = now_ms();
-                let last_mark = st.marks.back().map_or(0, |(_, ms)| *ms);
-                let mark = (now >= last_mark + MARK_EVERY_MS).then_some(now);
-                (st.next, st.config.durability, mark)
-            };
-            let mut batch = sled::Batch::default();
-            for (i, b) in encoded.iter().enumerate() {
-                batch.insert(&record_key(first + i as u64)[..], b.as_ref());
-            }
-            if let Some(ms) = mark {
-                batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
-            }
-            sh.tree.apply_batch(batch).map_err(|e| {
-                storage(
-                    format_args!("appending {n} events to broker {}", sh.broker),
-                    e,
-                )
-            })?;
-            let mut st = sh.lock();
-            st.next += n;
-            st.last_append_ms = mark.unwrap_or_else(now_ms);
-            if let Some(ms) = mark {
-                st.marks.push_back((first, ms));
-            }
-            if let Some(sizes) = &mut st.sizes {
-                sizes.extend(
-                    encoded
-                        .iter()
-                        .map(|b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
-                );
-                st.backlog_bytes += bytes;
-            }
-            st.sync_floor();
-            durability
-        };
+        // Encoding a batch and sled's write (which waits while a flush holds its
+        // lock) are blocking work: off the runtime, so no worker stalls on them.
+        let shared = self.shared.clone();
+        let durability = tokio::task::spawn_blocking(move || shared.write(&events))
+            .await
+            .map_err(|e| storage("appending", e))??;
         sh.notify.notify_waiters();
         self.durable(durability).await
     }
@@ -249,5 +211,53 @@ impl Channel for SledChannel {
             .get(name)
             .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
         Ok(st.next - sub.tracker.committed())
+    }
+}
+
+impl ChannelShared {
+    /// Writes `events` as one value (see [`super::layout`]) and advances the log;
+    /// returns the durability the caller must then wait for.
+    fn write(&self, events: &[Event]) -> Result<Durability, ChannelError> {
+        let encoded: Vec<Bytes> = events.iter().map(codec::encode).collect();
+        let n = encoded.len() as u64;
+        let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
+        let value = encode_records(&encoded);
+        let _append = lock(&self.append_lock);
+        self.check_open()?;
+        let (first, durability, mark) = {
+            let st = self.lock();
+            st.admit(n, bytes)?;
+            let now = now_ms();
+            let last_mark = st.marks.back().map_or(0, |(_, ms)| *ms);
+            let mark = (now >= last_mark + MARK_EVERY_MS).then_some(now);
+            (st.next, st.config.durability, mark)
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(&record_key(first)[..], value);
+        if let Some(ms) = mark {
+            batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
+        }
+        self.tree.apply_batch(batch).map_err(|e| {
+            storage(
+                format_args!("appending {n} events to broker {}", self.broker),
+                e,
+            )
+        })?;
+        let mut st = self.lock();
+        st.next += n;
+        st.last_append_ms = mark.unwrap_or_else(now_ms);
+        if let Some(ms) = mark {
+            st.marks.push_back((first, ms));
+        }
+        if let Some(sizes) = &mut st.sizes {
+            sizes.extend(
+                encoded
+                    .iter()
+                    .map(|b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
+            );
+            st.backlog_bytes += bytes;
+        }
+        st.sync_floor();
+        Ok(durability)
     }
 }

@@ -91,19 +91,31 @@ impl State {
         }
         let mut found = Vec::new();
         let mut expect = self.floor;
-        for item in tree.range(record_key(self.floor)..record_key(self.sizes_base)) {
-            let (k, v) =
-                item.map_err(|e| storage(format_args!("reading broker {broker}'s log"), e))?;
-            let Some(offset) = offset_of(layout::RECORD_PREFIX, &k) else {
+        let ctx = || format!("reading broker {broker}'s log");
+        let start =
+            super::subscription::chunk_start(tree, self.floor).map_err(|e| storage(ctx(), e))?;
+        for item in tree.range(record_key(start)..record_key(self.sizes_base)) {
+            let (k, v) = item.map_err(|e| storage(ctx(), e))?;
+            let Some(first) = offset_of(layout::RECORD_PREFIX, &k) else {
                 continue;
             };
-            // Missing records (there should be none) count as empty.
-            while expect < offset {
-                found.push(0);
+            let value = bytes::Bytes::copy_from_slice(&v);
+            for (offset, record) in layout::split_records(first, &value) {
+                if offset < self.floor {
+                    continue;
+                }
+                if offset >= self.sizes_base {
+                    break;
+                }
+                // Missing records (there should be none) count as empty.
+                while expect < offset {
+                    found.push(0);
+                    expect += 1;
+                }
+                let len = record.map_or(0, |r| r.len());
+                found.push(u32::try_from(len).unwrap_or(u32::MAX));
                 expect += 1;
             }
-            found.push(u32::try_from(v.len()).unwrap_or(u32::MAX));
-            expect += 1;
         }
         while expect < self.sizes_base {
             found.push(0);
@@ -176,8 +188,12 @@ impl ChannelShared {
             Some(kv) => offset_of(layout::RECORD_PREFIX, &kv.map_err(|e| storage(ctx(), e))?.0),
             None => None,
         };
+        // The last value may be a chunk: the log ends after its last record.
         let last = match tree.range(records).next_back() {
-            Some(kv) => offset_of(layout::RECORD_PREFIX, &kv.map_err(|e| storage(ctx(), e))?.0),
+            Some(kv) => {
+                let (k, v) = kv.map_err(|e| storage(ctx(), e))?;
+                offset_of(layout::RECORD_PREFIX, &k).map(|o| o + layout::record_count(&v) - 1)
+            }
             None => None,
         };
         let trimmed = match tree
@@ -213,7 +229,8 @@ impl ChannelShared {
             .map_or(0, |l| l + 1)
             .max(trimmed)
             .max(cursors.iter().map(|(_, c)| *c).max().unwrap_or(0));
-        let base = first.unwrap_or(next);
+        // A chunk straddling the last trim keeps records below the trim marker.
+        let base = first.map_or(next, |f| f.max(trimmed).min(next));
         let subs = cursors
             .into_iter()
             .map(|(name, c)| {

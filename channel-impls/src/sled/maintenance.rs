@@ -152,18 +152,29 @@ impl ChannelShared {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
+            // From the first key: a chunk straddling an earlier limit starts below
+            // `from`. A chunk straddling this one is kept whole, and ends the pass.
+            let mut straddles = false;
             for kv in self
                 .tree
-                .range(record_key(from)..record_key(limit))
+                .range(record_key(0)..record_key(limit))
                 .take(TRIM_CHUNK)
             {
-                batch.remove(kv.map_err(|e| storage(ctx(), e))?.0);
+                let (k, v) = kv.map_err(|e| storage(ctx(), e))?;
+                let first = layout::offset_of(layout::RECORD_PREFIX, &k).unwrap_or(0);
+                if first + layout::record_count(&v) > limit {
+                    straddles = true;
+                    break;
+                }
+                batch.remove(k);
+                removed += layout::record_count(&v);
                 n += 1;
             }
             // The trim marker goes with the deletions so that the next offset survives
             // a restart even when the log ends up empty.
             batch.insert(layout::TRIMMED_KEY, &limit.to_be_bytes()[..]);
-            if n == 0 {
+            let done = n == 0 || straddles;
+            if done {
                 for kv in self.tree.range(mark_key(0)..=mark_key(limit)) {
                     batch.remove(kv.map_err(|e| storage(ctx(), e))?.0);
                 }
@@ -171,8 +182,7 @@ impl ChannelShared {
             self.tree
                 .apply_batch(batch)
                 .map_err(|e| storage(ctx(), e))?;
-            removed += n as u64;
-            if n == 0 {
+            if done {
                 break;
             }
         }

@@ -104,26 +104,55 @@ fn read_range(
 ) -> Result<Vec<ReadItem>, ChannelError> {
     let mut out = Vec::with_capacity((to - from) as usize);
     let mut expect = from;
-    for kv in tree.range(record_key(from)..record_key(to)) {
-        let (k, v) =
-            kv.map_err(|e| storage(format_args!("reading broker {broker}'s log at {expect}"), e))?;
-        let Some(offset) = offset_of(layout::RECORD_PREFIX, &k) else {
+    let ctx = |at: u64| format!("reading broker {broker}'s log at {at}");
+    let start = chunk_start(tree, from).map_err(|e| storage(ctx(from), e))?;
+    for kv in tree.range(record_key(start)..record_key(to)) {
+        let (k, v) = kv.map_err(|e| storage(ctx(expect), e))?;
+        let Some(first) = offset_of(layout::RECORD_PREFIX, &k) else {
             continue;
         };
-        while expect < offset {
-            out.push((expect, Err((None, "record missing".to_owned()))));
-            expect += 1;
+        let value = Bytes::copy_from_slice(&v);
+        for (offset, bytes) in layout::split_records(first, &value) {
+            if offset < from {
+                continue;
+            }
+            if offset >= to {
+                break;
+            }
+            while expect < offset {
+                out.push((expect, Err((None, "record missing".to_owned()))));
+                expect += 1;
+            }
+            let item = match bytes {
+                Ok(b) => codec::decode(&b).map_err(|e| (Some(b.len()), e.to_string())),
+                Err(e) => Err((None, e.to_owned())),
+            };
+            out.push((offset, item));
+            expect = offset + 1;
         }
-        let bytes = Bytes::copy_from_slice(&v);
-        let item = codec::decode(&bytes).map_err(|e| (Some(bytes.len()), e.to_string()));
-        out.push((offset, item));
-        expect = offset + 1;
     }
     while expect < to {
         out.push((expect, Err((None, "record missing".to_owned()))));
         expect += 1;
     }
     Ok(out)
+}
+
+/// The key offset of the value holding `offset`: the chunk that starts before it
+/// and covers it, else `offset` itself.
+pub(super) fn chunk_start(tree: &sled::Tree, offset: u64) -> Result<u64, sled::Error> {
+    if offset == 0 {
+        return Ok(0);
+    }
+    if let Some(kv) = tree.range(record_key(0)..record_key(offset)).next_back() {
+        let (k, v) = kv?;
+        if let Some(first) = offset_of(layout::RECORD_PREFIX, &k) {
+            if first + layout::record_count(&v) > offset {
+                return Ok(first);
+            }
+        }
+    }
+    Ok(offset)
 }
 
 pub(super) struct SledSubscription {

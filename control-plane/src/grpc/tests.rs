@@ -52,6 +52,8 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         shutdown_grace: Duration::from_secs(1),
         api_writes: true,
         min_free_disk: 0,
+        sled_cache_bytes: crate::mesh::DEFAULT_SLED_CACHE_BYTES,
+        max_pending_bytes: cemesh_ingress::DEFAULT_MAX_PENDING_BYTES,
         limits: Default::default(),
         #[cfg(feature = "kafka")]
         kafka: None,
