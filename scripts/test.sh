@@ -2,8 +2,8 @@
 # The project's one test command: formatting, module cycles, lints (default and all
 # features), one build with every feature, every test from that build. Installs what
 # the tests need that a fresh machine lacks: Debian's pkg-config and libssl-dev
-# (librdkafka's build), PyYAML (deploy checks) and a Kafka-protocol server (tansu,
-# cached in the cargo bin dir).
+# (librdkafka's build) and strace (the test that a 202 follows its fsync), PyYAML
+# (deploy checks) and a Kafka-protocol server (tansu, cached in the cargo bin dir).
 #
 #   CEMESH_TEST_KAFKA=HOST:PORT   use this Kafka instead of starting tansu
 #   CEMESH_TEST_THREADS=N         parallel tests per binary (default 4)
@@ -16,6 +16,8 @@ missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v make >/dev/null || missing+=(make)
+# tests/tests/e2e/fsync.rs traces the broker's syscalls.
+command -v strace >/dev/null || missing+=(strace)
 if ((${#missing[@]})); then
   echo "==> installing Debian packages: ${missing[*]}"
   sudo=""

@@ -7,6 +7,7 @@ mod delivery;
 mod durability;
 mod event_path;
 mod filters;
+mod fsync;
 mod grpc;
 mod hostile;
 mod kafka;
