@@ -107,7 +107,10 @@ impl Flusher {
 
     /// The flusher thread's loop: one `flush` per round covers every writer that
     /// arrived while the previous one ran.
-    pub(super) fn run(&self, db: sled::Db) {
+    /// sled's `flush` ends with `sync_file_range`, which writes no metadata (a file
+    /// that grew loses its tail in a power cut) and flushes no disk cache: an
+    /// `fdatasync` of sled's file follows it, and only then are the writers told.
+    pub(super) fn run(&self, db: sled::Db, file: std::fs::File) {
         loop {
             let ticket = {
                 let mut st = lock(&self.state);
@@ -140,7 +143,9 @@ impl Flusher {
                 st.epoch += 1;
                 st.epoch - 1
             };
-            let result = db.flush();
+            let result = db
+                .flush()
+                .and_then(|_| file.sync_data().map_err(sled::Error::Io));
             self.flushes.fetch_add(1, Ordering::Relaxed);
             self.status.send_modify(|s| {
                 s.done = ticket;

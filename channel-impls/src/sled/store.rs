@@ -82,9 +82,12 @@ impl SledStore {
             channels: Mutex::new(HashMap::new()),
         });
         let flusher = core.flusher.clone();
+        // sled's file, synced after each of its flushes (see `Flusher::run`).
+        let file = std::fs::File::open(core.path.join("db"))
+            .map_err(|e| storage("opening sled's data file for fdatasync", e))?;
         let flush_thread = std::thread::Builder::new()
             .name("cemesh-sled-flush".into())
-            .spawn(move || flusher.run(db))
+            .spawn(move || flusher.run(db, file))
             .map_err(|e| storage("starting the sled flusher thread", e))?;
         let mut owner = Owner {
             core: core.clone(),
