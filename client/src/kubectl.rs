@@ -7,7 +7,6 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use serde::Deserialize as _;
 use serde_json::{json, Value};
 
 use crate::admin_client::AdminClient;
@@ -17,7 +16,7 @@ use crate::args::{
 use cemesh_control::config::{ServerConfig, DEFAULT_MAX_BODY, DEFAULT_SERVICE_TEMPLATE};
 use cemesh_control::control::Kind;
 use cemesh_control::manifest::{
-    compile, load_dir, parse_str, Located, ManifestError, ResolveContext, Resource,
+    compile, load_dir, parse_str, parse_values, Located, ManifestError, ResolveContext, Resource,
 };
 
 /// A resource type as typed on the command line: plural, singular or kubectl's
@@ -78,14 +77,11 @@ fn expand_lists(text: String) -> anyhow::Result<String> {
     }
     let mut docs = Vec::new();
     let mut any_list = false;
-    let values: Result<Vec<_>, _> = serde_yaml::Deserializer::from_str(&text)
-        .map(serde_yaml::Value::deserialize)
-        .collect();
-    let Ok(values) = values else {
+    let Ok(values) = parse_values(Path::new(""), &text) else {
         return Ok(text); // the manifest parser reports it, with its line
     };
     for value in values {
-        match value.get("kind").and_then(serde_yaml::Value::as_str) {
+        match value.get("kind").and_then(|k| k.as_str()) {
             Some("List") => {
                 any_list = true;
                 if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
@@ -102,7 +98,7 @@ fn expand_lists(text: String) -> anyhow::Result<String> {
     let mut out = String::new();
     for d in docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&d).context("re-encoding a List item")?);
+        out.push_str(&serde_saphyr::to_string(&d).context("re-encoding a List item")?);
     }
     Ok(out)
 }
@@ -146,7 +142,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     ordered.sort_by_key(|l| matches!(l.value, Resource::Trigger(_)));
     for l in ordered {
         let (kind, ns, name) = key_of(&l.value);
-        let body = serde_yaml::to_string(&l.raw).context("re-encoding a manifest")?;
+        let body = serde_saphyr::to_string(&l.raw).context("re-encoding a manifest")?;
         let path = format!("/v1/namespaces/{ns}/{}/{name}", plural(kind));
         match client.put_yaml(&path, body).await {
             Ok(v) => println!(
@@ -227,7 +223,7 @@ fn print_items(
                 if i > 0 {
                     println!("---");
                 }
-                print!("{}", serde_yaml::to_string(item)?);
+                print!("{}", serde_saphyr::to_string(item)?);
             }
         }
         (OutputFormat::Table, _) => print_table(kind, items, false, all_ns),

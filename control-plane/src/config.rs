@@ -150,21 +150,11 @@ impl ServerConfig {
         if text.trim().is_empty() {
             return Ok(ServerConfig::default());
         }
-        let de = serde_yaml::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let line = e.inner().location().map(|l| l.line());
-            let field = e.path().to_string();
-            let msg = crate::manifest::strip_location(&e.inner().to_string());
-            let msg = msg
-                .strip_prefix(&format!("{field}: "))
-                .map(str::to_owned)
-                .unwrap_or(msg);
-            Error::Config {
-                path: path.to_owned(),
-                line,
-                field,
-                message: msg,
-            }
+        crate::manifest::parser::typed(&text, "a config file").map_err(|e| Error::Config {
+            path: path.to_owned(),
+            line: e.line,
+            field: e.path,
+            message: e.message,
         })
     }
 }
@@ -225,5 +215,24 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("\"soon\" is not a duration"), "{err}");
+        assert!(err.contains("line 2: shutdown_grace: "), "{err}");
+
+        // Unknown keys, and a value of the wrong type, name their line.
+        std::fs::write(
+            &bad,
+            "log_level: info\n\nservices:\n  a:\n    urll: http://x\n",
+        )
+        .unwrap();
+        let err = ServerConfig::load(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("line 5: services.a.urll: unknown field `urll`"),
+            "{err}"
+        );
+        std::fs::write(&bad, "services: [a]\n").unwrap();
+        let err = ServerConfig::load(&bad).unwrap_err().to_string();
+        assert!(
+            err.ends_with("bad.yaml: line 1: services: invalid type: sequence, expected a map"),
+            "{err}"
+        );
     }
 }

@@ -151,7 +151,7 @@ pub enum Applied {
 /// Bookkeeping kept per resource across changes.
 #[derive(Debug, Clone)]
 struct Tracked {
-    spec: serde_yaml::Value,
+    spec: crate::manifest::Value,
     generation: i64,
     created: String,
 }
@@ -580,7 +580,7 @@ fn split_unsupported(errors: Vec<ManifestError>) -> (Vec<ManifestError>, Vec<Man
 
 /// The spec part of a manifest (what a change of bumps the generation), compared as a
 /// YAML value.
-fn spec_of(raw: &serde_yaml::Value) -> serde_yaml::Value {
+fn spec_of(raw: &crate::manifest::Value) -> crate::manifest::Value {
     let mut v = raw.clone();
     if let Some(m) = v.as_mapping_mut() {
         m.remove("status");

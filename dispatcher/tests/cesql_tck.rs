@@ -25,7 +25,7 @@ struct Case {
     name: String,
     expression: String,
     #[serde(default)]
-    result: Option<serde_yaml::Value>,
+    result: Option<serde_json::Value>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
@@ -97,15 +97,15 @@ impl EventAttributes for TckEvent {
 }
 
 /// The expected `result`, typed.
-fn expected_value(v: &serde_yaml::Value) -> Result<Value<'static>, String> {
+fn expected_value(v: &serde_json::Value) -> Result<Value<'static>, String> {
     match v {
-        serde_yaml::Value::Bool(b) => Ok(Value::Boolean(*b)),
-        serde_yaml::Value::Number(n) => n
+        serde_json::Value::Bool(b) => Ok(Value::Boolean(*b)),
+        serde_json::Value::Number(n) => n
             .as_i64()
             .and_then(|i| i32::try_from(i).ok())
             .map(Value::Integer)
             .ok_or_else(|| format!("result {n} is not a 32-bit integer")),
-        serde_yaml::Value::String(s) => Ok(Value::String(Cow::Owned(s.clone()))),
+        serde_json::Value::String(s) => Ok(Value::String(Cow::Owned(s.clone()))),
         other => Err(format!("unsupported result {other:?}")),
     }
 }
@@ -207,7 +207,7 @@ fn cesql_tck() {
             .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let suite: Suite = serde_yaml::from_str(&text)
+        let suite: Suite = serde_saphyr::from_str(&text)
             .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
         let (mut p, mut f) = (0usize, 0usize);
         for case in &suite.tests {

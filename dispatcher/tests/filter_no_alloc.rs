@@ -31,37 +31,26 @@ fn event() -> Event {
 }
 
 fn dialect(yaml: &str) -> Filter {
-    let nodes: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).expect("YAML");
+    let nodes: Vec<serde_json::Value> = serde_saphyr::from_str(yaml).expect("YAML");
     let specs: Vec<FilterSpec> = nodes.iter().map(spec).collect();
     Filter::Dialect(DialectFilter::compile(&specs, "spec.filters").expect("valid filter"))
 }
 
 /// Well-formed test YAML to specs (the control plane's reader checks real manifests).
-fn spec(node: &serde_yaml::Value) -> FilterSpec {
+fn spec(node: &serde_json::Value) -> FilterSpec {
     let (dialect, arg) = node
-        .as_mapping()
+        .as_object()
         .and_then(|m| m.iter().next())
         .expect("a filter object");
     let pairs = || {
-        arg.as_mapping()
+        arg.as_object()
             .expect("a map")
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().unwrap().to_owned(),
-                    v.as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
             .collect()
     };
-    let list = || {
-        arg.as_sequence()
-            .expect("a list")
-            .iter()
-            .map(spec)
-            .collect()
-    };
-    match dialect.as_str().expect("a dialect") {
+    let list = || arg.as_array().expect("a list").iter().map(spec).collect();
+    match dialect.as_str() {
         "exact" => FilterSpec::Exact(pairs()),
         "prefix" => FilterSpec::Prefix(pairs()),
         "suffix" => FilterSpec::Suffix(pairs()),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{DeliveryManifest, Destination, Metadata};
+use super::{DeliveryManifest, Destination, Metadata, Value};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -22,7 +22,7 @@ pub struct TriggerSpec {
     pub broker: String,
     pub filter: Option<TriggerFilter>,
     /// Knative's newer filters dialect (Subscriptions API).
-    pub filters: Option<Vec<serde_yaml::Value>>,
+    pub filters: Option<Vec<Value>>,
     #[serde(default)]
     pub subscriber: Destination,
     pub delivery: Option<DeliveryManifest>,

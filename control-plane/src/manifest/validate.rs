@@ -800,7 +800,7 @@ mod tests {
     fn an_on_demand_service_is_a_subscriber_only() {
         let mut services = BTreeMap::new();
         let entry: ServiceEntry =
-            serde_yaml::from_str("command: [python3, app.py]").expect("entry");
+            crate::manifest::parser::typed("command: [python3, app.py]", "a test").expect("entry");
         services.insert("thumbs".to_string(), entry);
         let c = ctx(&services);
         let dest = Destination {

@@ -229,7 +229,8 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<ServiceEntry, String> {
-        let raw: ServiceEntryRaw = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let raw: ServiceEntryRaw =
+            crate::manifest::parser::typed(yaml, "a test").map_err(|e| e.message)?;
         ServiceEntry::try_from(raw).map_err(|e| e.to_string())
     }
 

@@ -100,7 +100,7 @@ async fn get_output_round_trips_through_apply_and_delete() {
     // One named resource: one document, not a list.
     let (ok, one, err) = run(&["get", "tr", "api2", "-o", "yaml"]);
     assert!(ok, "{err}");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&one).unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&one).unwrap();
     assert_eq!(doc["kind"].as_str(), Some("Trigger"), "{one}");
     assert_eq!(doc["metadata"]["name"].as_str(), Some("api2"), "{one}");
     let (ok, one_json, _) = run(&["get", "tr", "api2", "-o", "json"]);
@@ -116,9 +116,7 @@ async fn get_output_round_trips_through_apply_and_delete() {
     assert_eq!(v["items"].as_array().unwrap().len(), 2, "{list}");
     let (ok, stream, _) = run(&["get", "triggers", "-o", "yaml"]);
     assert!(ok);
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stream)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stream).unwrap();
     assert_eq!(docs.len(), 2, "{stream}");
     let (ok, brokers, _) = run(&["get", "br"]);
     assert!(ok && !brokers.contains("team"), "{brokers}");

@@ -8,8 +8,10 @@ use proptest::prelude::*;
 use cemesh_dispatcher::filter::DialectFilter;
 use cemesh_dispatcher::FilterError;
 
+use crate::manifest::{Mapping, Value};
+
 fn compile(yaml: &str) -> Result<DialectFilter, FilterError> {
-    let nodes: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).expect("test YAML");
+    let nodes: Vec<Value> = crate::manifest::parser::typed(yaml, "a test").expect("test YAML");
     super::compile_dialect(&nodes, "spec.filters")
 }
 
@@ -184,8 +186,7 @@ fn cesql_errors_carry_the_column() {
 }
 
 /// Random YAML trees shaped like filters (valid or not).
-fn yaml_node() -> impl Strategy<Value = serde_yaml::Value> {
-    use serde_yaml::Value;
+fn yaml_node() -> impl Strategy<Value = Value> {
     let name = prop::sample::select(&["type", "source", "region", "amount", "Bad", "", "data"][..]);
     let text = prop_oneof!["[a-z./]{0,6}", Just(String::new())];
     let leaf = prop_oneof![
@@ -194,7 +195,7 @@ fn yaml_node() -> impl Strategy<Value = serde_yaml::Value> {
             prop::collection::vec((name, text.clone()), 0..3)
         )
             .prop_map(|(d, pairs)| {
-                let m: serde_yaml::Mapping = pairs
+                let m: Mapping = pairs
                     .into_iter()
                     .map(|(k, v)| (Value::from(k), Value::from(v)))
                     .collect();
@@ -213,7 +214,7 @@ fn yaml_node() -> impl Strategy<Value = serde_yaml::Value> {
                 .prop_map(|(d, v)| single(d, Value::Sequence(v))),
             inner.clone().prop_map(|n| single("not", n)),
             (inner.clone(), inner).prop_map(|(a, b)| {
-                let mut m = serde_yaml::Mapping::new();
+                let mut m = Mapping::new();
                 m.insert("not".into(), a);
                 m.insert("all".into(), Value::Sequence(vec![b]));
                 Value::Mapping(m)
@@ -222,10 +223,10 @@ fn yaml_node() -> impl Strategy<Value = serde_yaml::Value> {
     })
 }
 
-fn single(key: &str, value: serde_yaml::Value) -> serde_yaml::Value {
-    let mut m = serde_yaml::Mapping::new();
+fn single(key: &str, value: Value) -> Value {
+    let mut m = Mapping::new();
     m.insert(key.into(), value);
-    serde_yaml::Value::Mapping(m)
+    Value::Mapping(m)
 }
 
 proptest! {
@@ -237,7 +238,7 @@ proptest! {
             Ok(f) => {
                 let _ = f.matches(&order());
                 // `not: not: x` is `x`.
-                let nn = vec![single("not", single("not", single("all", serde_yaml::Value::Sequence(nodes))))];
+                let nn = vec![single("not", single("not", single("all", Value::Sequence(nodes))))];
                 let g = super::compile_dialect(&nn, "spec.filters").expect("still valid");
                 prop_assert_eq!(g.matches(&order()), f.matches(&order()));
             }

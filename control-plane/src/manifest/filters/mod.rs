@@ -17,7 +17,7 @@ use super::TriggerSpec;
 
 /// `spec.filters` YAML, read into typed specs and compiled.
 pub fn compile_dialect(
-    filters: &[serde_yaml::Value],
+    filters: &[crate::manifest::Value],
     path: &str,
 ) -> Result<DialectFilter, FilterError> {
     DialectFilter::compile(&yaml::specs(filters, path)?, path)
@@ -45,7 +45,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> TriggerSpec {
-        serde_yaml::from_str(yaml).expect("test spec")
+        crate::manifest::parser::typed(yaml, "a test").expect("test spec")
     }
 
     #[test]

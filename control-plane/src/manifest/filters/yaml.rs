@@ -7,7 +7,8 @@
 
 use cemesh_dispatcher::filter::{attr_path, FilterSpec};
 use cemesh_dispatcher::FilterError;
-use serde_yaml::{Mapping, Value};
+
+use crate::manifest::{Mapping, Value};
 
 const DIALECTS: &str = "exact, prefix, suffix, all, any, not or cesql";
 
@@ -174,6 +175,5 @@ fn describe(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Sequence(_) => "a list",
         Value::Mapping(_) => "a map",
-        Value::Tagged(_) => "a tagged value",
     }
 }
