@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -295,8 +294,10 @@ pub async fn redrive(
     State(state): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
     Query(query): Query<RedriveQuery>,
-    body: Bytes,
+    headers: http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body = super::read_body(&headers, body).await?;
     let ctx = context(&state, &ns, &name)?;
     let ids = redrive_ids(&body).map_err(ApiError::bad_request)?;
     let running = redrive_letters(ctx, &ids, state.background.clone()).await?;

@@ -104,6 +104,26 @@ impl ApiError {
     }
 }
 
+/// A body the admin could not read: 408 at the listener's body read timeout, 413
+/// past [`MAX_BODY`], as on the ingress.
+impl From<cemesh_ingress::IngressError> for ApiError {
+    fn from(e: cemesh_ingress::IngressError) -> Self {
+        ApiError(e.status(), e.to_string())
+    }
+}
+
+/// The largest admin request body (a manifest, a redrive list).
+pub const MAX_BODY: usize = 2 << 20;
+
+/// Reads an admin request's body through the ingress's reader (timeouts and size
+/// limit answered 408 and 413, where axum's extractor answers 400).
+pub async fn read_body(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    Ok(cemesh_ingress::accept::read_body(headers, body, MAX_BODY).await?)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         cemesh_ingress::ErrorAnswer::new(self.0, self.1).into_response()

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -191,10 +190,15 @@ fn apply_error(e: ApplyError) -> Response {
 pub async fn put(
     State(state): State<AdminState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
-    body: Bytes,
+    headers: http::HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
     let kind = match kind(&plural) {
         Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let body = match super::read_body(&headers, body).await {
+        Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     let Ok(text) = std::str::from_utf8(&body) else {
