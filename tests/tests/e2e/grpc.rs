@@ -734,3 +734,69 @@ async fn grpc_admin_manages_triggers_and_dead_letters() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 }
+
+/// The gRPC listener's limits: past `--max-connections` a connection is closed at
+/// once; one that sends nothing is closed at the header read timeout; then a new
+/// connection is served (the HTTP/2 handshake is answered).
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_connections_are_limited_and_silent_ones_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    let mesh = Cemesh::builder()
+        .manifest("mesh.yaml", &broker_yaml("default"))
+        .arg("--max-connections")
+        .arg("2")
+        .arg("--header-read-timeout")
+        .arg("700ms")
+        .start();
+    let addr = grpc_addr(&mesh);
+    // How long until the server closes `s`, reading whatever it sends.
+    async fn closed_after(s: &mut TcpStream) -> Duration {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the server closes the connection within 10 s");
+        started.elapsed()
+    }
+    let started = std::time::Instant::now();
+    let mut silent = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let refused = closed_after(&mut third).await;
+    assert!(
+        refused < Duration::from_millis(400),
+        "third closed after {refused:?}"
+    );
+    for s in &mut silent {
+        closed_after(s).await;
+    }
+    let silent_for = started.elapsed();
+    assert!(
+        silent_for >= Duration::from_millis(600),
+        "silent connections closed after {silent_for:?}, before the 700ms timeout"
+    );
+    // The permits are back: a client's HTTP/2 preface gets the server's SETTINGS.
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    fresh
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), fresh.read_exact(&mut head))
+        .await
+        .expect("an answer within 5 s")
+        .expect("the server's first frame");
+    assert_eq!(head[3], 0x04, "a SETTINGS frame: {head:?}");
+}
