@@ -128,6 +128,23 @@ pub fn split_records(
     })
 }
 
+/// The key offset of the value holding `offset`: the chunk that starts before it
+/// and covers it, else `offset` itself.
+pub fn chunk_start(tree: &sled::Tree, offset: u64) -> Result<u64, sled::Error> {
+    if offset == 0 {
+        return Ok(0);
+    }
+    if let Some(kv) = tree.range(record_key(0)..record_key(offset)).next_back() {
+        let (k, v) = kv?;
+        if let Some(first) = offset_of(RECORD_PREFIX, &k) {
+            if first + record_count(&v) > offset {
+                return Ok(first);
+            }
+        }
+    }
+    Ok(offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

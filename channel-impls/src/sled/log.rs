@@ -92,8 +92,7 @@ impl State {
         let mut found = Vec::new();
         let mut expect = self.floor;
         let ctx = || format!("reading broker {broker}'s log");
-        let start =
-            super::subscription::chunk_start(tree, self.floor).map_err(|e| storage(ctx(), e))?;
+        let start = layout::chunk_start(tree, self.floor).map_err(|e| storage(ctx(), e))?;
         for item in tree.range(record_key(start)..record_key(self.sizes_base)) {
             let (k, v) = item.map_err(|e| storage(ctx(), e))?;
             let Some(first) = offset_of(layout::RECORD_PREFIX, &k) else {

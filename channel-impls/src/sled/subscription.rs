@@ -105,7 +105,7 @@ fn read_range(
     let mut out = Vec::with_capacity((to - from) as usize);
     let mut expect = from;
     let ctx = |at: u64| format!("reading broker {broker}'s log at {at}");
-    let start = chunk_start(tree, from).map_err(|e| storage(ctx(from), e))?;
+    let start = layout::chunk_start(tree, from).map_err(|e| storage(ctx(from), e))?;
     for kv in tree.range(record_key(start)..record_key(to)) {
         let (k, v) = kv.map_err(|e| storage(ctx(expect), e))?;
         let Some(first) = offset_of(layout::RECORD_PREFIX, &k) else {
@@ -136,23 +136,6 @@ fn read_range(
         expect += 1;
     }
     Ok(out)
-}
-
-/// The key offset of the value holding `offset`: the chunk that starts before it
-/// and covers it, else `offset` itself.
-pub(super) fn chunk_start(tree: &sled::Tree, offset: u64) -> Result<u64, sled::Error> {
-    if offset == 0 {
-        return Ok(0);
-    }
-    if let Some(kv) = tree.range(record_key(0)..record_key(offset)).next_back() {
-        let (k, v) = kv?;
-        if let Some(first) = offset_of(layout::RECORD_PREFIX, &k) {
-            if first + layout::record_count(&v) > offset {
-                return Ok(first);
-            }
-        }
-    }
-    Ok(offset)
 }
 
 pub(super) struct SledSubscription {
