@@ -109,12 +109,26 @@ impl Call {
 
 /// Parses `strace -f -tt` output (`PID HH:MM:SS.micros CALL`) into calls, joining
 /// `<unfinished ...>` with their `<... NAME resumed>` lines.
+#[test]
+fn four_and_five_digit_pids_parse_alike() {
+    let text = "8053  09:31:45.387249 recvfrom(18<TCP:[1]>, \"x\", 8192, 0, NULL, NULL) = 181\n\
+                12345 09:31:45.387250 fdatasync(14</d/sled/db>) = 0\n";
+    let calls = parse_trace(text);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].name, "recvfrom");
+    assert_eq!(calls[0].ret, Some(181));
+    assert_eq!(calls[1].pid, 12345);
+}
+
 fn parse_trace(text: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     let mut pending: HashMap<u32, Call> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(time), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // strace pads the pid column: `8053  09:31:45.38 call(...)` has two spaces.
+        let Some((pid, after_pid)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((time, rest)) = after_pid.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else {
