@@ -3,9 +3,9 @@
 //! their CPU time and peak memory are their own, read from `/proc/<pid>` (Linux), and
 //! not mixed with the generator's and the sink's.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -14,6 +14,9 @@ use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
+
+/// Warnings and errors of a child, counted by `level: message`.
+type WarningCounts = Arc<Mutex<BTreeMap<String, u64>>>;
 
 /// Log lines kept for an error message when a child fails.
 const TAIL_LINES: usize = 40;
@@ -25,10 +28,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ChildProc {
     child: Child,
     pub pid: u32,
+    /// The broker's admin address (`/readyz`, `/v1/...`).
+    pub admin: Option<SocketAddr>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Warnings and errors the child logged.
+    warnings: WarningCounts,
     /// Held open: the forwarder exits when it closes.
     _stdin: Option<ChildStdin>,
-    _dir: Option<tempfile::TempDir>,
+    /// The temporary config and data dir, removed on drop.
+    dir: Option<tempfile::TempDir>,
 }
 
 /// CPU and memory of a process.
@@ -47,6 +55,19 @@ impl ChildProc {
         t.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
+    /// Every warning and error the child logged so far: `(level: message, count)`.
+    pub fn warnings(&self) -> BTreeMap<String, u64> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The child's temporary directory (config and data), if it has one.
+    pub fn dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().to_path_buf())
+    }
+
     /// Kills the child (the bench has what it needs; nothing of it must survive).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
@@ -61,6 +82,8 @@ pub struct BrokerLaunch<'a> {
     /// Parent of the temporary config and data dir.
     pub data_dir: Option<&'a Path>,
     pub triggers: usize,
+    /// Log messages expected by the run: counted, never echoed.
+    pub quiet: &'static [&'static str],
 }
 
 /// Starts `cemesh serve` on free loopback ports with the bench's manifests in a fresh
@@ -113,15 +136,24 @@ pub async fn spawn_broker(launch: &BrokerLaunch<'_>) -> anyhow::Result<(ChildPro
         .with_context(|| format!("cannot start {} serve", exe.display()))?;
     let pid = child.id().context("the broker exited at once")?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let warnings = Arc::new(Mutex::new(BTreeMap::new()));
     let (tx, rx) = oneshot::channel();
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    tokio::spawn(read_log("broker", stderr, tail.clone(), Some(tx)));
+    tokio::spawn(read_log(
+        "broker",
+        stderr,
+        tail.clone(),
+        (warnings.clone(), launch.quiet),
+        Some(tx),
+    ));
     let mut proc = ChildProc {
         child,
         pid,
+        admin: None,
         tail,
+        warnings,
         _stdin: None,
-        _dir: Some(dir),
+        dir: Some(dir),
     };
     let (ingress, admin) = match wait_ready(&mut proc, rx).await {
         Ok(addrs) => addrs,
@@ -135,6 +167,7 @@ pub async fn spawn_broker(launch: &BrokerLaunch<'_>) -> anyhow::Result<(ChildPro
         proc.stop().await;
         return Err(e);
     }
+    proc.admin = Some(admin);
     Ok((proc, ingress))
 }
 
@@ -216,16 +249,25 @@ pub async fn spawn_forwarder(
         .with_context(|| format!("cannot start {} bench --internal-forwarder", exe.display()))?;
     let pid = child.id().context("the forwarder exited at once")?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let warnings = Arc::new(Mutex::new(BTreeMap::new()));
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    tokio::spawn(read_log("forwarder", stderr, tail.clone(), None));
+    tokio::spawn(read_log(
+        "forwarder",
+        stderr,
+        tail.clone(),
+        (warnings.clone(), &[]),
+        None,
+    ));
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stdin = child.stdin.take();
     let proc = ChildProc {
         child,
         pid,
+        admin: None,
         tail,
+        warnings,
         _stdin: stdin,
-        _dir: None,
+        dir: None,
     };
     let first = tokio::time::timeout(START_TIMEOUT, async {
         BufReader::new(stdout).lines().next_line().await
@@ -247,12 +289,14 @@ pub async fn spawn_forwarder(
     }
 }
 
-/// Keeps the tail of a child's log, echoes its first warnings, and reports the
-/// addresses from `serve`'s "cemesh listening" line.
+/// Keeps the tail of a child's log, counts its warnings and echoes the first ones
+/// (except the `quiet` messages), and reports the addresses from `serve`'s "cemesh
+/// listening" line.
 async fn read_log(
     who: &'static str,
     stderr: impl AsyncRead + Unpin,
     tail: Arc<Mutex<VecDeque<String>>>,
+    (warnings, quiet): (WarningCounts, &'static [&'static str]),
     mut listening: Option<oneshot::Sender<(SocketAddr, SocketAddr)>>,
 ) {
     let mut lines = BufReader::new(stderr).lines();
@@ -270,7 +314,16 @@ async fn read_log(
                 }
             }
             let level = j["level"].as_str().unwrap_or("");
-            if matches!(level, "WARN" | "ERROR") && echoed < ECHO_LINES {
+            let warning = matches!(level, "WARN" | "ERROR");
+            let message = f["message"].as_str().unwrap_or("(no message)");
+            if warning {
+                *warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(format!("{level}: {message}"))
+                    .or_default() += 1;
+            }
+            if warning && !quiet.contains(&message) && echoed < ECHO_LINES {
                 echoed += 1;
                 eprintln!("{who} {level}: {f}");
                 if echoed == ECHO_LINES {
@@ -296,14 +349,45 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    let peak_rss_kib = status_field(&status, "VmHWM")?;
     Some(ProcStats {
         cpu_s: ticks as f64 / clock_ticks_per_second(),
         peak_rss_kib,
     })
+}
+
+/// What a soak watches of a process: memory, file descriptors, threads and CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ProcSample {
+    /// Resident set size now (VmRSS), KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors (entries of `/proc/PID/fd`).
+    pub fds: u64,
+    /// Threads (`Threads:` of `/proc/PID/status`).
+    pub threads: u64,
+    /// User + system CPU seconds since the process started.
+    pub cpu_s: f64,
+}
+
+/// Samples a live process from `/proc` (Linux only); `None` once it is gone.
+pub fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let fds = std::fs::read_dir(dir.join("fd")).ok()?.count() as u64;
+    Some(ProcSample {
+        rss_kib: status_field(&status, "VmRSS")?,
+        fds,
+        threads: status_field(&status, "Threads")?,
+        cpu_s: proc_stats(pid)?.cpu_s,
+    })
+}
+
+/// The number of a `/proc/PID/status` line `Name:   123 kB`.
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// `sysconf(_SC_CLK_TCK)` without `unsafe`: asked of `getconf` once; 100 (every
@@ -320,4 +404,25 @@ fn clock_ticks_per_second() -> f64 {
             .filter(|t| *t > 0.0)
             .unwrap_or(100.0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_are_read_by_exact_name() {
+        let status = "Name:\tcemesh\nVmHWM:\t  20480 kB\nVmRSS:\t   10240 kB\nThreads:\t7\n";
+        assert_eq!(status_field(status, "VmRSS"), Some(10_240));
+        assert_eq!(status_field(status, "VmHWM"), Some(20_480));
+        assert_eq!(status_field(status, "Threads"), Some(7));
+        assert_eq!(status_field(status, "VmRS"), None);
+        assert_eq!(status_field(status, "Missing"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = proc_sample(std::process::id()).expect("/proc of this process");
+        assert!(s.rss_kib > 0 && s.threads >= 1 && s.fds >= 3, "{s:?}");
+    }
 }

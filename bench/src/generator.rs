@@ -44,6 +44,17 @@ pub struct GenConfig {
     pub run_id: String,
     /// The clock the sink measures latency against.
     pub base: Instant,
+    /// Live counts for whoever watches a long run (the soak's sampler).
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// The generator's counts so far, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Answered 2xx.
+    pub accepted: AtomicU64,
+    /// Answered otherwise, or not at all.
+    pub failed: AtomicU64,
 }
 
 /// What the generator did.
@@ -175,7 +186,13 @@ async fn worker(shared: Arc<Shared>, sender: SendRequest<Full<Bytes>>) {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(seq);
+                    if let Some(p) = &cfg.progress {
+                        p.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
+                    if let Some(p) = &cfg.progress {
+                        p.failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     let mut o = shared.outcome.lock().unwrap_or_else(|p| p.into_inner());
                     *o.0.entry(status).or_default() += 1;
                 }
@@ -187,6 +204,9 @@ async fn worker(shared: Arc<Shared>, sender: SendRequest<Full<Bytes>>) {
 
 impl Shared {
     fn failed(&self, e: String) {
+        if let Some(p) = &self.cfg.progress {
+            p.failed.fetch_add(1, Ordering::Relaxed);
+        }
         let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
         o.1 += 1;
         o.2.get_or_insert(e);

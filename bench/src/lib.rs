@@ -25,6 +25,7 @@ mod histogram;
 mod manifests;
 mod report;
 mod sink;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Hard caps: a bench must stop by itself, and its bitsets stay small.
 const MAX_EVENTS: u64 = 10_000_000;
 const MAX_DURATION: Duration = Duration::from_secs(300);
+/// A soak's default length and its own cap (it is never run in CI).
+const DEFAULT_SOAK_DURATION: Duration = Duration::from_secs(30 * 60);
+const MAX_SOAK_DURATION: Duration = Duration::from_secs(2 * 3600);
 /// However long deliveries keep coming after the generator stops, the drain ends here.
 const MAX_DRAIN: Duration = Duration::from_secs(120);
 
@@ -95,15 +99,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub events: Option<u64>,
     /// How long to send per run, e.g. 10s [default: 10s; 300s cap when only --events
-    /// is given]
+    /// is given; with --soak: default 30m, at most 2h]
     #[arg(long)]
     pub duration: Option<String>,
     /// Send at this fixed total rate (events/s) instead of as fast as possible
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Channel of the embedded broker
-    #[arg(long, value_enum, default_value_t = ChannelKind::Memory)]
-    pub channel: ChannelKind,
+    /// Channel of the embedded broker [default: memory; sled with --soak]
+    #[arg(long, value_enum)]
+    pub channel: Option<ChannelKind>,
     /// sled durability (Broker annotation cemesh.dev/durability): flush-per-batch,
     /// none or interval(10ms)
     #[arg(long)]
@@ -154,6 +158,45 @@ pub struct BenchArgs {
     /// Extra argument for the embedded `cemesh serve` (repeatable)
     #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// Soak the embedded broker: send at --rate for --duration (default 30m, at most
+    /// 2h) to at least 3 triggers — healthy, failing --soak-fail-ratio of attempts,
+    /// slow — with retries and a dead-letter sink; sample the broker's RSS, fds,
+    /// threads and the p99 every --soak-interval; then check that every accepted
+    /// event was delivered or dead-lettered (exit 1 on loss)
+    #[arg(long, requires = "rate")]
+    pub soak: bool,
+    /// With --soak: how often to sample the broker and cut a latency interval
+    #[arg(
+        long,
+        default_value = "60s",
+        value_name = "DURATION",
+        requires = "soak"
+    )]
+    pub soak_interval: String,
+    /// With --soak: the fraction of delivery attempts the failing trigger's subscriber
+    /// answers 500/503 (decided by a hash of the event and the attempt)
+    #[arg(long, default_value_t = 0.1, value_name = "RATIO", requires = "soak")]
+    pub soak_fail_ratio: f64,
+    /// With --soak: how long the slow trigger's subscriber waits before answering,
+    /// MIN..MAX (per event, spread evenly)
+    #[arg(
+        long,
+        default_value = "50ms..200ms",
+        value_name = "MIN..MAX",
+        requires = "soak"
+    )]
+    pub soak_slow: String,
+    /// With --soak: the triggers' spec.delivery.retry (attempts after the first)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=20), requires = "soak")]
+    pub soak_retry: u32,
+    /// With --soak: the triggers' exponential spec.delivery.backoffDelay
+    #[arg(
+        long,
+        default_value = "50ms",
+        value_name = "DURATION",
+        requires = "soak"
+    )]
+    pub soak_backoff: String,
     /// Internal: run as the baseline forwarder in front of this sink URL.
     #[arg(long, hide = true)]
     pub internal_forwarder: Option<String>,
@@ -188,6 +231,9 @@ pub struct Plan {
     pub target_pid: Option<u32>,
     #[serde(skip)]
     pub serve_args: Vec<String>,
+    /// Set for a soak (`--soak`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<soak::SoakOptions>,
 }
 
 impl Plan {
@@ -203,9 +249,15 @@ impl Plan {
             .map(parse_humane)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+        let (default_duration, max_duration) = if a.soak {
+            (DEFAULT_SOAK_DURATION, MAX_SOAK_DURATION)
+        } else {
+            (DEFAULT_DURATION, MAX_DURATION)
+        };
         let (max_events, duration) = match (a.events, duration) {
-            (None, None) => (DEFAULT_EVENTS, DEFAULT_DURATION),
-            (Some(n), None) => (n, MAX_DURATION),
+            (None, None) if a.soak => (MAX_EVENTS, default_duration),
+            (None, None) => (DEFAULT_EVENTS, default_duration),
+            (Some(n), None) => (n, max_duration),
             (None, Some(d)) => (MAX_EVENTS, d),
             (Some(n), Some(d)) => (n, d),
         };
@@ -214,8 +266,13 @@ impl Plan {
             "--events: {max_events} is not from 1 to {MAX_EVENTS}"
         );
         anyhow::ensure!(
-            !duration.is_zero() && duration <= MAX_DURATION,
-            "--duration: {duration:?} is not more than 0s and at most {MAX_DURATION:?}"
+            !duration.is_zero() && duration <= max_duration,
+            "--duration: {duration:?} is not more than 0s and at most {max_duration:?}{}",
+            if a.soak {
+                ""
+            } else {
+                " (--soak runs up to 2h)"
+            }
         );
         if let Some(r) = a.rate {
             anyhow::ensure!(
@@ -232,9 +289,14 @@ impl Plan {
             a.match_ratio >= 1.0 || a.filter != FilterKind::None,
             "--match-ratio below 1 needs a filter (--filter attributes, exact, prefix or cesql)"
         );
+        let channel = a.channel.unwrap_or(if a.soak {
+            ChannelKind::Sled
+        } else {
+            ChannelKind::Memory
+        });
         if a.durability.is_some() {
             anyhow::ensure!(
-                a.channel == ChannelKind::Sled,
+                channel == ChannelKind::Sled,
                 "--durability applies to the sled channel only (use --channel sled)"
             );
         }
@@ -246,15 +308,34 @@ impl Plan {
         }
         let drain_timeout =
             parse_humane(&a.drain_timeout).map_err(|e| anyhow::anyhow!("--drain-timeout: {e}"))?;
+        let (triggers, soak) = if a.soak {
+            anyhow::ensure!(
+                !a.baseline && a.target_url.is_none() && a.rounds == 1,
+                "--soak runs the embedded broker once: no --baseline, --target-url or --rounds"
+            );
+            anyhow::ensure!(
+                a.match_ratio >= 1.0,
+                "--soak: every trigger matches every event (no --match-ratio)"
+            );
+            let rate = a.rate.context("--soak needs --rate")?;
+            anyhow::ensure!(
+                rate * duration.as_secs_f64() <= MAX_EVENTS as f64,
+                "--soak: {rate} events/s for {duration:?} is more than {MAX_EVENTS} events"
+            );
+            let triggers = (a.triggers as usize).max(3);
+            (triggers, Some(soak::SoakOptions::from_args(a, rate)?))
+        } else {
+            (a.triggers as usize, None)
+        };
         Ok(Plan {
             connections: a.connections as usize,
             size_bytes,
             max_events,
             duration,
             rate: a.rate,
-            channel: a.channel.as_str(),
+            channel: channel.as_str(),
             durability: a.durability.clone(),
-            triggers: a.triggers as usize,
+            triggers,
             match_ratio: a.match_ratio,
             filter: a.filter,
             parallelism: a.parallelism,
@@ -266,6 +347,7 @@ impl Plan {
             data_dir: a.data_dir.clone(),
             target_pid: a.target_pid,
             serve_args: a.serve_args.clone(),
+            soak,
         })
     }
 
@@ -275,6 +357,7 @@ impl Plan {
     }
 
     fn manifests(&self, sink_base: &str) -> String {
+        let soak = self.soak.as_ref().map(|s| s.manifest(self.triggers));
         manifests::render(&manifests::ManifestOptions {
             channel: self.channel,
             durability: self.durability.as_deref(),
@@ -283,6 +366,7 @@ impl Plan {
             filter_on_tag: self.filter_on_tag(),
             parallelism: self.parallelism,
             sink_base,
+            soak: soak.as_ref(),
         })
     }
 }
@@ -308,6 +392,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await;
     }
     let plan = Plan::from_args(&args)?;
+    if plan.soak.is_some() && !args.print_manifests {
+        return soak::run(&plan, args.json).await;
+    }
     if args.print_manifests {
         let sink = plan
             .sink_addr
@@ -364,6 +451,7 @@ async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Res
                 extra_args: &plan.serve_args,
                 data_dir: plan.data_dir.as_deref(),
                 triggers: plan.triggers,
+                quiet: &[],
             })
             .await?;
             Ok(Started {
@@ -487,6 +575,7 @@ async fn measure(
         match_ratio: plan.match_ratio,
         run_id,
         base,
+        progress: None,
     })
     .await?;
 
@@ -569,6 +658,57 @@ mod tests {
                 .count();
             assert_eq!(k, 1);
         }
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("bench").chain(args.iter().copied()),
+        )?;
+        Plan::from_args(&cli.bench)
+    }
+
+    #[test]
+    fn a_soak_runs_long_on_sled_with_three_triggers_and_a_bench_stays_short() {
+        let p = plan(&["--soak", "--rate", "500"]).expect("soak");
+        assert_eq!(p.duration, DEFAULT_SOAK_DURATION);
+        assert_eq!((p.channel, p.triggers), ("sled", 3));
+        let soak = p.soak.as_ref().expect("soak options");
+        assert_eq!(soak.retry, 2);
+        // Twice the rate at the longest wait, in flight.
+        assert_eq!(soak.slow_parallelism, Some(200));
+        assert!(plan(&["--soak", "--rate", "500", "--duration", "2h"]).is_ok());
+        assert!(plan(&["--soak", "--rate", "500", "--duration", "121m"]).is_err());
+        assert!(plan(&[
+            "--soak",
+            "--rate",
+            "1",
+            "--channel",
+            "memory",
+            "--triggers",
+            "4"
+        ])
+        .is_ok_and(|p| p.channel == "memory" && p.triggers == 4));
+        // A soak needs a rate and runs the embedded broker alone.
+        assert!(plan(&["--soak"]).is_err());
+        assert!(plan(&["--soak", "--rate", "5", "--baseline"]).is_err());
+        assert!(plan(&["--soak", "--rate", "5", "--match-ratio", "0.5"]).is_err());
+        assert!(
+            plan(&["--soak-retry", "3"]).is_err(),
+            "--soak-* need --soak"
+        );
+        // An ordinary run keeps its defaults and its 300 s cap.
+        let p = plan(&[]).expect("bench");
+        assert_eq!(
+            (p.channel, p.triggers, p.duration),
+            ("memory", 1, DEFAULT_DURATION)
+        );
+        assert!(p.soak.is_none());
+        assert!(plan(&["--duration", "301s"]).is_err());
     }
 
     #[test]

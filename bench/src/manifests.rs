@@ -4,6 +4,7 @@
 //! deployed one.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use crate::{FilterKind, MATCH_ATTRIBUTE};
 
@@ -21,6 +22,20 @@ pub struct ManifestOptions<'a> {
     pub parallelism: Option<u32>,
     /// Base URL of the sink, e.g. `http://127.0.0.1:4000`.
     pub sink_base: &'a str,
+    /// A soak's delivery settings: retries, backoff, a dead-letter sink per trigger.
+    pub soak: Option<&'a SoakManifest>,
+}
+
+/// What a soak adds to each trigger: `spec.delivery` with retries, exponential
+/// backoff and a dead-letter sink at the sink's `/dl/{i}`, and its own parallelism.
+#[derive(Debug, Clone)]
+pub struct SoakManifest {
+    /// `spec.delivery.retry`: attempts after the first.
+    pub retry: u32,
+    /// `spec.delivery.backoffDelay` (exponential policy).
+    pub backoff_delay: Duration,
+    /// Parallelism per trigger, where it differs from `ManifestOptions::parallelism`.
+    pub parallelism: Vec<Option<u32>>,
 }
 
 pub fn render(o: &ManifestOptions<'_>) -> String {
@@ -38,14 +53,32 @@ pub fn render(o: &ManifestOptions<'_>) -> String {
             y,
             "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench-{i}\n  namespace: {NAMESPACE}"
         );
-        if let Some(p) = o.parallelism {
+        let parallelism = o
+            .soak
+            .and_then(|s| s.parallelism.get(i).copied().flatten())
+            .or(o.parallelism);
+        if let Some(p) = parallelism {
             let _ = writeln!(y, "  annotations:\n    cemesh.dev/parallelism: \"{p}\"");
         }
         let _ = writeln!(y, "spec:\n  broker: {BROKER}");
         y.push_str(&filter_yaml(o.filter, o.filter_on_tag));
         let _ = writeln!(y, "  subscriber:\n    uri: {}/t/{i}", o.sink_base);
+        if let Some(s) = o.soak {
+            let _ = writeln!(
+                y,
+                "  delivery:\n    retry: {}\n    backoffPolicy: exponential\n    backoffDelay: {}\n    deadLetterSink:\n      uri: {}/dl/{i}",
+                s.retry,
+                iso8601(s.backoff_delay),
+                o.sink_base
+            );
+        }
     }
     y
+}
+
+/// A duration as ISO 8601 seconds with millisecond precision, e.g. `PT0.050S`.
+fn iso8601(d: Duration) -> String {
+    format!("PT{}.{:03}S", d.as_secs(), d.subsec_millis())
 }
 
 /// The trigger's filter. Every kind checks the event type, and the match tag when
@@ -107,6 +140,7 @@ mod tests {
                 filter_on_tag: true,
                 parallelism: Some(8),
                 sink_base: "http://127.0.0.1:9",
+                soak: None,
             });
             let dir = tempfile::tempdir().expect("tempdir");
             std::fs::write(dir.path().join("bench.yaml"), &text).expect("write");
@@ -115,5 +149,58 @@ mod tests {
             assert_eq!(resources.len(), 4, "{kind:?}\n{text}");
             assert!(text.contains("uri: http://127.0.0.1:9/t/2"), "{text}");
         }
+    }
+
+    /// A soak's triggers: each its dead-letter sink, retries and backoff, and the
+    /// slow one its own parallelism; the broker's validation accepts them as is.
+    #[test]
+    fn soak_manifests_carry_delivery_and_load() {
+        let soak = SoakManifest {
+            retry: 2,
+            backoff_delay: Duration::from_millis(50),
+            parallelism: vec![None, None, Some(300)],
+        };
+        let text = render(&ManifestOptions {
+            channel: "sled",
+            durability: None,
+            triggers: 3,
+            filter: FilterKind::Attributes,
+            filter_on_tag: false,
+            parallelism: None,
+            sink_base: "http://127.0.0.1:9",
+            soak: Some(&soak),
+        });
+        assert!(text.contains("backoffDelay: PT0.050S"), "{text}");
+        assert!(text.contains("uri: http://127.0.0.1:9/dl/1"), "{text}");
+        assert_eq!(text.matches("cemesh.dev/parallelism").count(), 1, "{text}");
+        assert!(text.contains("cemesh.dev/parallelism: \"300\""), "{text}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("bench.yaml"), &text).expect("write");
+        let (resources, errors) = cemesh_control::manifest::load_dir(dir.path());
+        assert!(errors.is_empty(), "{errors:?}\n{text}");
+        assert_eq!(resources.len(), 4, "{text}");
+        let services = std::collections::BTreeMap::new();
+        let desired = cemesh_control::manifest::compile(
+            &resources,
+            &cemesh_control::manifest::ResolveContext {
+                ingress_base: "http://127.0.0.1:8080".into(),
+                service_url_template: "",
+                services: &services,
+                default_channel: cemesh_control::config::ChannelKind::Sled,
+                default_max_body: 1 << 20,
+            },
+        );
+        assert!(desired.problems.is_empty(), "{:?}", desired.problems);
+        let triggers: Vec<_> = desired.triggers.values().collect();
+        assert_eq!(triggers.len(), 3);
+        for (i, t) in triggers.iter().enumerate() {
+            let d = &t.runtime.delivery;
+            assert_eq!(d.retry, 2);
+            assert_eq!(d.backoff_delay, Duration::from_millis(50));
+            let dls = d.dead_letter_sink.as_ref().expect("dead-letter sink");
+            assert_eq!(dls.as_str(), format!("http://127.0.0.1:9/dl/{i}"));
+        }
+        assert_eq!(triggers[2].runtime.parallelism, 300);
+        assert_eq!(iso8601(Duration::from_millis(1_500)), "PT1.500S");
     }
 }

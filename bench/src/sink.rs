@@ -148,6 +148,20 @@ async fn accept_loop(
     tally: Arc<ArcSwap<RunTally>>,
     stop: CancellationToken,
 ) {
+    serve(listener, stop, move |req| {
+        let tally = tally.load_full();
+        handle(req, tally)
+    })
+    .await;
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `stop` (shared by the bench's
+/// sink and the soak's).
+pub(crate) async fn serve<F, Fut>(listener: TcpListener, stop: CancellationToken, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Empty<Bytes>>, Infallible>> + Send + 'static,
+{
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -162,13 +176,10 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let tally = tally.clone();
+        let handler = handler.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let tally = tally.load_full();
-                handle(req, tally)
-            });
+            let service = hyper::service::service_fn(handler);
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
