@@ -256,11 +256,7 @@ impl Cemesh {
 
     /// The process's resident set size in KiB (Linux), while running.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        rss_kib(self.pid()?)
     }
 
     /// Kills the process with SIGKILL (no graceful shutdown).
@@ -652,4 +648,13 @@ pub async fn try_post_binary(
     let mut headers = HeaderMap::new();
     let body = cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
     client.post(url).headers(headers).body(body).send().await
+}
+
+/// A process's resident memory in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }

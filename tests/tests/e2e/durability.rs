@@ -244,7 +244,7 @@ async fn a_batch_flood_keeps_rss_bounded() {
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_of(pid) {
+                if let Some(kib) = rss_kib(pid) {
                     peak.fetch_max(kib, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -317,14 +317,6 @@ async fn a_batch_flood_keeps_rss_bounded() {
         "peak RSS {} MiB over 320 MiB",
         peak / 1024
     );
-}
-
-fn rss_of(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// A small filesystem (tmpfs) mounted for one test, unmounted when dropped.

@@ -180,14 +180,6 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line[start..].split_whitespace().next().unwrap_or("")
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 // ---------------------------------------------------------------------------------
 // A TCP proxy that plays "the broker is down"
 
