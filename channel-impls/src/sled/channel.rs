@@ -112,10 +112,16 @@ impl Channel for SledChannel {
         sh.flusher.space.check()?;
         // Encoding a batch and sled's write (which waits while a flush holds its
         // lock) are blocking work: off the runtime, so no worker stalls on them.
-        let shared = self.shared.clone();
-        let durability = tokio::task::spawn_blocking(move || shared.write(&events))
+        let writer = sh
+            .writers
+            .acquire()
             .await
-            .map_err(|e| storage("appending", e))??;
+            .map_err(|_| ChannelError::Closed)?;
+        let shared = self.shared.clone();
+        let written = tokio::task::spawn_blocking(move || shared.write(&events)).await;
+        // Not held while waiting for the flush: that wait is what appends share.
+        drop(writer);
+        let durability = written.map_err(|e| storage("appending", e))??;
         sh.notify.notify_waiters();
         self.durable(durability).await
     }

@@ -15,6 +15,9 @@ use super::layout::{self, offset_of, record_key, u64_value};
 use super::util::{lock, now_ms, storage};
 use crate::{AckTracker, ChannelError};
 
+/// Appends encoding or writing on the blocking pool at once, per channel.
+const WRITERS: usize = 2;
+
 #[derive(Debug)]
 pub(super) struct SubState {
     pub(super) tracker: AckTracker,
@@ -165,6 +168,9 @@ pub(super) struct ChannelShared {
     /// Serialises appends (offsets are assigned in order); readers and ackers only
     /// take `state`, briefly.
     pub(super) append_lock: Mutex<()>,
+    /// Appends on the blocking pool at once: they serialise on `append_lock` anyway,
+    /// so more would only park one pool thread per waiting producer.
+    pub(super) writers: tokio::sync::Semaphore,
     pub(super) notify: Notify,
     pub(super) flusher: Arc<Flusher>,
     pub(super) closed: AtomicBool,
@@ -270,6 +276,7 @@ impl ChannelShared {
             tree,
             state: Mutex::new(state),
             append_lock: Mutex::new(()),
+            writers: tokio::sync::Semaphore::new(WRITERS),
             notify: Notify::new(),
             flusher,
             closed: AtomicBool::new(false),
