@@ -190,6 +190,16 @@ where
     }
 }
 
+/// A delivery's event id and `benchts` send time, from its headers.
+pub(crate) fn delivery(headers: &http::HeaderMap) -> (Option<&str>, Option<u64>) {
+    let id = headers.get("ce-id").and_then(|v| v.to_str().ok());
+    let ts = headers
+        .get(TS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (id, ts)
+}
+
 async fn handle(
     req: Request<Incoming>,
     tally: Arc<RunTally>,
@@ -197,12 +207,7 @@ async fn handle(
     let (parts, body) = req.into_parts();
     // Read the whole body, as a real subscriber would.
     let _ = body.collect().await;
-    let id = parts.headers.get("ce-id").and_then(|v| v.to_str().ok());
-    let ts = parts
-        .headers
-        .get(TS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let (id, ts) = delivery(&parts.headers);
     tally.record(parts.uri.path(), id, ts);
     let mut resp = Response::new(Empty::new());
     *resp.status_mut() = StatusCode::OK;

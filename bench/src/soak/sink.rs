@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Role, SoakOptions};
 use crate::bitset::Bitset;
 use crate::histogram::Histogram;
-use crate::{parse_event_id, TS_HEADER};
+use crate::parse_event_id;
 
 /// splitmix64's finalizer: a well-mixed 64-bit hash of `x`.
 fn mix64(mut x: u64) -> u64 {
@@ -285,12 +285,7 @@ async fn handle(
 ) -> Result<Response<Empty<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let _ = body.collect().await;
-    let id = parts.headers.get("ce-id").and_then(|v| v.to_str().ok());
-    let ts = parts
-        .headers
-        .get(TS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let (id, ts) = crate::sink::delivery(&parts.headers);
     let status = state.receive(parts.uri.path(), id, ts).await;
     let mut resp = Response::new(Empty::new());
     *resp.status_mut() = status;
