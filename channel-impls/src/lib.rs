@@ -122,6 +122,11 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
 
     /// How many records wait for a subscription (appended but not committed).
     async fn lag(&self, name: &str) -> Result<u64, ChannelError>;
+
+    /// Per partition, the offset the next appended record will take (the log's
+    /// end): with a subscription's own positions, how far behind it is, record by
+    /// record (a trigger's `cemesh.dev/max-lag`).
+    async fn ends(&self) -> Result<Vec<Position>, ChannelError>;
 }
 
 /// A subscription's read side. `next` and `ack` may be called concurrently.

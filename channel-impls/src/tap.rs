@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use cemesh_proto::Event;
 use tokio::sync::broadcast;
 
-use crate::{Channel, ChannelError, StartAt, Subscription};
+use crate::{Channel, ChannelError, Position, StartAt, Subscription};
 
 /// Events buffered per listener before it starts losing them.
 pub const TAP_CAPACITY: usize = 1024;
@@ -66,5 +66,9 @@ impl Channel for Tapped {
 
     async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
         self.inner.lag(name).await
+    }
+
+    async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
+        self.inner.ends().await
     }
 }

@@ -249,6 +249,19 @@ async fn lag_and_unknown<F: Factory>(f: &F) {
     assert_eq!(ch.lag("a").await.unwrap(), 2);
     sub.ack(recs[0].position).await.unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 1);
+    // The ends are where the next record of each partition goes: one past the last
+    // record read there.
+    let ends = ch.ends().await.unwrap();
+    for r in &recs {
+        let end = ends
+            .iter()
+            .find(|e| e.partition == r.position.partition)
+            .unwrap_or_else(|| panic!("no end for partition {} in {ends:?}", r.position.partition));
+        assert!(end.offset > r.position.offset, "{ends:?} {:?}", r.position);
+    }
+    let last = recs.iter().map(|r| r.position).max().unwrap();
+    let end = ends.iter().find(|e| e.partition == last.partition).unwrap();
+    assert_eq!(end.offset, last.offset + 1, "{ends:?}");
 }
 
 async fn unsubscribe_closes_and_forgets<F: Factory>(f: &F) {

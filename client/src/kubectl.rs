@@ -481,9 +481,26 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
             ("Replies", "replies"),
             ("In flight", "inFlight"),
             ("Lag", "lag"),
+            ("Max lag", "maxLag"),
+            ("Backlog overflow", "backlogOverflow"),
         ] {
             println!("  {:<21}{}", format!("{label}:"), text(&stats[key]));
         }
+        let breaker = &stats["breaker"];
+        let mut line = text(&breaker["state"]);
+        if let Some(since) = breaker["openSince"].as_str() {
+            line.push_str(&format!(" since {since}"));
+        }
+        if let Some(next) = breaker["nextProbeInSeconds"].as_f64() {
+            line.push_str(&format!(", next probe in {next:.1}s"));
+        }
+        line.push_str(&format!(
+            " (opened {} times, {} probes, {} consecutive failures)",
+            text(&breaker["openedTotal"]),
+            text(&breaker["probesTotal"]),
+            text(&breaker["consecutiveFailures"])
+        ));
+        println!("  {:<21}{}", "Circuit breaker:", line);
         recent_dead_letters(&client, &path).await;
     }
     Ok(())

@@ -12,7 +12,7 @@ use cemesh_channels::{
     SledStore, SledStoreOptions, Tapped,
 };
 use cemesh_dispatcher::{
-    spawn_trigger, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
+    spawn_trigger, Breaker, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
 };
 use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
 use tokio_util::sync::CancellationToken;
@@ -491,6 +491,7 @@ impl Mesh {
             }
         };
         let context = Arc::new(TriggerContext {
+            breaker: Arc::new(Breaker::new(t.runtime.delivery.breaker)),
             runtime: Arc::new(t.runtime),
             deliverer: self.deliverer.clone(),
             broker: broker.channel.clone(),
@@ -655,6 +656,7 @@ mod tests {
                 delivery: DeliverySpec::default(),
                 parallelism,
                 endpoints: None,
+                max_lag: Default::default(),
             },
             start: StartAt::Latest,
         }

@@ -69,6 +69,8 @@ pub struct DeliverySpec {
     /// retried for this long without counting as attempts
     /// (`cemesh.dev/cold-start-grace`).
     pub cold_start_grace: Option<Duration>,
+    /// The subscriber's circuit breaker (`cemesh.dev/breaker-*`).
+    pub breaker: crate::breaker::BreakerSpec,
 }
 
 impl Default for DeliverySpec {
@@ -88,6 +90,7 @@ impl Default for DeliverySpec {
             ordering: Ordering::Unordered,
             max_rate: None,
             cold_start_grace: None,
+            breaker: crate::breaker::BreakerSpec::default(),
         }
     }
 }

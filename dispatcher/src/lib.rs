@@ -5,6 +5,7 @@
 //! The control plane resolves every reference before anything here runs: a trigger
 //! arrives with its subscriber URL and a compiled filter, never a manifest.
 
+pub mod breaker;
 pub mod delivery;
 pub mod endpoint;
 pub mod filter;
@@ -13,10 +14,11 @@ pub mod retry;
 pub mod runtime;
 pub mod trigger;
 
+pub use breaker::{Breaker, BreakerSpec, BreakerView};
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use endpoint::{Endpoints, Lease, LeaseError};
 pub use filter::{Filter, FilterError};
 pub use pipeline::{DeadLettered, Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use retry::{GiveUp, RetryAction, RetryState};
-pub use runtime::{TriggerKey, TriggerRuntime};
+pub use runtime::{MaxLag, TriggerKey, TriggerRuntime};
 pub use trigger::{spawn_trigger, TriggerHandle};

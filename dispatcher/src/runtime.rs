@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::delivery::DeliverySpec;
 use crate::endpoint::Endpoints;
@@ -49,6 +50,36 @@ pub struct TriggerRuntime {
     /// Set when the subscriber is a pool of on-demand instances: each attempt leases
     /// one and `subscriber`'s host is replaced by the instance's.
     pub endpoints: Option<Arc<dyn Endpoints>>,
+    /// How far behind the trigger may fall (`cemesh.dev/max-lag`).
+    pub max_lag: MaxLag,
+}
+
+/// How far behind a trigger may fall before its oldest waiting events move to its
+/// dead letters with the reason `backlog-overflow`, so that one stuck subscriber
+/// never holds the broker's retention (and with it the ingress) for everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaxLag {
+    /// Records waiting (the channel's lag for the trigger) at most.
+    pub records: Option<u64>,
+    /// Age (since `knativearrivaltime`) of the oldest waiting event at most.
+    pub age: Option<Duration>,
+}
+
+impl MaxLag {
+    pub fn is_set(&self) -> bool {
+        self.records.is_some() || self.age.is_some()
+    }
+}
+
+impl fmt::Display for MaxLag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.records, self.age) {
+            (Some(r), Some(a)) => write!(f, "{r} records or {a:?}"),
+            (Some(r), None) => write!(f, "{r} records"),
+            (None, Some(a)) => write!(f, "{a:?}"),
+            (None, None) => f.write_str("none"),
+        }
+    }
 }
 
 /// Two runtimes are equal when a running trigger would deliver the same way under
@@ -67,6 +98,7 @@ impl PartialEq for TriggerRuntime {
             && self.subscriber == other.subscriber
             && self.delivery == other.delivery
             && self.parallelism == other.parallelism
+            && self.max_lag == other.max_lag
             && same_pool
     }
 }
@@ -87,6 +119,7 @@ mod tests {
             delivery: DeliverySpec::default(),
             parallelism: 64,
             endpoints: None,
+            max_lag: MaxLag::default(),
         }
     }
 

@@ -3,19 +3,19 @@
 //! ack what the pipeline finished. A trigger never waits on another: each has its own
 //! loop, subscription and permits.
 
-use std::sync::Arc;
-
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use cemesh_channels::{Record, Subscription};
+use cemesh_channels::{Position, Record, Subscription};
 use cemesh_proto::Event;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Ordering;
-use crate::pipeline::{Processed, TriggerContext};
+use crate::pipeline::{arrival_ms, Processed, TriggerContext};
 pub use crate::runtime::{TriggerKey, TriggerRuntime};
 
 /// A running trigger loop.
@@ -74,6 +74,13 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
         .delivery
         .max_rate
         .map(|r| Arc::new(tokio::sync::Mutex::new(RateLimiter::new(r))));
+    let overflow = trigger
+        .max_lag
+        .is_set()
+        .then(|| Arc::new(Overflow::new(trigger.max_lag.age.is_some())));
+    let watcher = overflow
+        .clone()
+        .map(|o| tokio::spawn(watch_lag(ctx.clone(), o, cancel.clone())));
     let batch = parallelism.clamp(16, 512);
     tracing::info!(trigger = %trigger.key, subscriber = %trigger.subscriber, "Trigger started");
     'outer: loop {
@@ -101,73 +108,307 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
             };
             let (ctx, sub, cancel2) = (ctx.clone(), sub.clone(), cancel.clone());
             let limiter = limiter.clone();
+            // Past the max-lag already, or while waiting for room: straight to the
+            // dead letters, without taking a delivery slot.
+            let room = match key {
+                None => permits.clone(),
+                Some(_) => waiting.clone(),
+            };
+            let taken = match &overflow {
+                None => tokio::select! {
+                    _ = cancel.cancelled() => break 'outer,
+                    p = room.acquire_owned() => p.ok(),
+                },
+                Some(o) => tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break 'outer,
+                    () = o.until_past(&record) => {
+                        o.dead_letter(ctx, sub, record, cancel2).await;
+                        continue;
+                    },
+                    p = room.acquire_owned() => p.ok(),
+                },
+            };
+            let Some(taken) = taken else { break 'outer };
+            let held = overflow.as_ref().map(|o| o.hold(&record));
             match key {
                 None => {
-                    let permit = tokio::select! {
-                        _ = cancel.cancelled() => break 'outer,
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break 'outer,
-                        },
-                    };
+                    let permit = taken;
                     tokio::spawn(async move {
-                        if pace(limiter.as_deref(), &cancel2).await {
-                            finish(&ctx, &*sub, &record, &cancel2).await;
-                        }
+                        let work = async {
+                            if pace(limiter.as_deref(), &cancel2).await {
+                                ctx.process(&record.event, &cancel2).await
+                            } else {
+                                Processed::Interrupted
+                            }
+                        };
+                        let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
+                        ack_finished(&ctx, &*sub, &record, processed).await;
                         drop(permit);
                     });
                 }
                 Some(key) => {
-                    // Wait here only for room in the queue; the task waits for its key.
-                    let slot = tokio::select! {
-                        _ = cancel.cancelled() => break 'outer,
-                        p = waiting.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break 'outer,
-                        },
-                    };
+                    // Waited here only for room in the queue; the task waits for its key.
+                    let slot = taken;
                     let (previous, done) = keys.link(key);
                     let permits = permits.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
                         let _done = done.drop_guard();
-                        if let Some(previous) = previous {
-                            previous.cancelled().await;
-                        }
-                        // A key behind an interrupted event stops too, keeping order.
-                        if cancel2.is_cancelled() {
-                            return;
-                        }
-                        let Ok(_permit) = permits.acquire_owned().await else {
-                            return;
+                        let work = async {
+                            if let Some(previous) = previous {
+                                previous.cancelled().await;
+                            }
+                            // A key behind an interrupted event stops too, keeping order.
+                            if cancel2.is_cancelled() {
+                                return Processed::Interrupted;
+                            }
+                            let Ok(_permit) = permits.acquire_owned().await else {
+                                return Processed::Interrupted;
+                            };
+                            if pace(limiter.as_deref(), &cancel2).await {
+                                ctx.process(&record.event, &cancel2).await
+                            } else {
+                                Processed::Interrupted
+                            }
                         };
-                        if pace(limiter.as_deref(), &cancel2).await {
-                            finish(&ctx, &*sub, &record, &cancel2).await;
-                        }
+                        let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
+                        ack_finished(&ctx, &*sub, &record, processed).await;
                     });
                 }
             }
         }
     }
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     // Let attempts in flight finish; unfinished records stay unacked and come again.
     let _ = waiting.acquire_many(MAX_WAITING as u32).await;
     let _ = permits.acquire_many(parallelism as u32).await;
+    if let Some(o) = &overflow {
+        let _ = o.moving.acquire_many(OVERFLOW_WRITERS as u32).await;
+    }
     tracing::info!(trigger = %trigger.key, "Trigger stopped");
 }
 
-async fn finish(
+/// Runs a record's delivery unless the trigger's max-lag moves it to the dead
+/// letters first (then the delivery, wherever it was, is abandoned).
+async fn until_overflow(
+    ctx: &TriggerContext,
+    record: &Record,
+    cancel: &CancellationToken,
+    held: Option<(CancellationToken, HeldGuard)>,
+    work: impl std::future::Future<Output = Processed>,
+) -> Processed {
+    let Some((token, _held)) = held else {
+        return work.await;
+    };
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => ctx.overflow(&record.event, cancel).await,
+        processed = work => processed,
+    }
+}
+
+async fn ack_finished(
     ctx: &TriggerContext,
     sub: &dyn Subscription,
     record: &Record,
-    cancel: &CancellationToken,
+    processed: Processed,
 ) {
-    match ctx.process(&record.event, cancel).await {
+    match processed {
         Processed::Delivered | Processed::DeadLettered(_) => {
             if let Err(e) = sub.ack(record.position).await {
                 tracing::warn!(trigger = %ctx.runtime.key, error = %e, "Ack failed");
             }
         }
         Processed::Interrupted => {}
+    }
+}
+
+type HeldMap = BTreeMap<(i64, Position), CancellationToken>;
+
+/// Dead-letter writes of overflowing records at once, per trigger.
+const OVERFLOW_WRITERS: usize = 32;
+
+/// A trigger's max-lag state, shared by its loop and its watcher: where the limit
+/// falls now, and the records it holds (read and not finished), oldest first, each
+/// with the signal that moves it to the dead letters.
+struct Overflow {
+    /// Per partition: records below this offset are more than max-lag behind.
+    boundary: RwLock<HashMap<u32, u64>>,
+    /// Events that arrived before this (Unix ms) are older than the max-lag age.
+    cutoff: AtomicI64,
+    /// Whether arrival times matter (an age limit is set).
+    by_age: bool,
+    /// Fired when the limit moves.
+    moved: Notify,
+    held: std::sync::Mutex<HeldMap>,
+    /// Bounds the dead-letter writes of records moved before delivery.
+    moving: Arc<Semaphore>,
+}
+
+/// Forgets a held record when its task ends, however it ends.
+struct HeldGuard {
+    overflow: Arc<Overflow>,
+    key: (i64, Position),
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.overflow.lock_held().remove(&self.key);
+    }
+}
+
+impl Overflow {
+    fn new(by_age: bool) -> Self {
+        Overflow {
+            boundary: RwLock::default(),
+            cutoff: AtomicI64::new(i64::MIN),
+            by_age,
+            moved: Notify::new(),
+            held: std::sync::Mutex::default(),
+            moving: Arc::new(Semaphore::new(OVERFLOW_WRITERS)),
+        }
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HeldMap> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arrival(&self, record: &Record) -> i64 {
+        if self.by_age {
+            arrival_ms(&record.event)
+        } else {
+            0
+        }
+    }
+
+    fn is_past(&self, position: Position, arrival: i64) -> bool {
+        let boundary = self.boundary.read().unwrap_or_else(|p| p.into_inner());
+        boundary
+            .get(&position.partition)
+            .is_some_and(|b| position.offset < *b)
+            || (self.by_age && arrival < self.cutoff.load(Relaxed))
+    }
+
+    /// Returns once `record` is past the limit (never while it is not).
+    async fn until_past(&self, record: &Record) {
+        let arrival = self.arrival(record);
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.is_past(record.position, arrival) {
+                return;
+            }
+            moved.await;
+        }
+    }
+
+    fn hold(self: &Arc<Self>, record: &Record) -> (CancellationToken, HeldGuard) {
+        let key = (self.arrival(record), record.position);
+        let token = CancellationToken::new();
+        self.lock_held().insert(key, token.clone());
+        (
+            token,
+            HeldGuard {
+                overflow: self.clone(),
+                key,
+            },
+        )
+    }
+
+    /// Moves a record that was never attempted to the dead letters (at most
+    /// [`OVERFLOW_WRITERS`] at once), then acks it.
+    async fn dead_letter(
+        &self,
+        ctx: Arc<TriggerContext>,
+        sub: Arc<dyn Subscription>,
+        record: Record,
+        cancel: CancellationToken,
+    ) {
+        let Ok(permit) = self.moving.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let processed = ctx.overflow(&record.event, &cancel).await;
+            ack_finished(&ctx, &*sub, &record, processed).await;
+            drop(permit);
+        });
+    }
+
+    /// Publishes where the limit falls and moves out the held records past it;
+    /// returns how many it moved.
+    fn publish(&self, boundary: Option<HashMap<u32, u64>>, cutoff: Option<i64>) -> usize {
+        if let Some(b) = boundary {
+            *self.boundary.write().unwrap_or_else(|p| p.into_inner()) = b;
+        }
+        if let Some(c) = cutoff {
+            self.cutoff.store(c, Relaxed);
+        }
+        self.moved.notify_waiters();
+        let held = self.lock_held();
+        let mut moved = 0;
+        for ((arrival, position), token) in held.iter() {
+            if !token.is_cancelled() && self.is_past(*position, *arrival) {
+                token.cancel();
+                moved += 1;
+            }
+        }
+        moved
+    }
+}
+
+/// How often a trigger with a max-lag reads where its channel ends (a Kafka topic's
+/// ends cost a request per partition, so less often there).
+fn lag_check_every(kind: &str) -> Duration {
+    match kind {
+        "kafka" => Duration::from_secs(1),
+        _ => Duration::from_millis(50),
+    }
+}
+
+/// Keeps the trigger within its max-lag: from the channel's ends, the offset below
+/// which records are more than max-lag behind (the limit is shared evenly by the
+/// partitions), and the age cutoff. Held records past it go to the dead letters
+/// (their deliveries abandoned), and the loop moves records past it without
+/// attempting them, so the trigger's cursor never stays further behind than the
+/// limit and the broker can trim: other triggers and the ingress go on.
+async fn watch_lag(ctx: Arc<TriggerContext>, overflow: Arc<Overflow>, cancel: CancellationToken) {
+    let max = ctx.runtime.max_lag;
+    let mut tick = tokio::time::interval(lag_check_every(ctx.broker.kind()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let boundary = match max.records {
+            Some(limit) => match ctx.broker.ends().await {
+                Ok(ends) => {
+                    let share = (limit / ends.len().max(1) as u64).max(1);
+                    Some(
+                        ends.iter()
+                            .map(|e| (e.partition, e.offset.saturating_sub(share)))
+                            .collect(),
+                    )
+                }
+                Err(e) => {
+                    tracing::debug!(trigger = %ctx.runtime.key, error = %e, "Reading the channel's ends failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        let cutoff = max.age.map(|age| {
+            chrono::Utc::now().timestamp_millis()
+                - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+        });
+        let moved = overflow.publish(boundary, cutoff);
+        if moved > 0 {
+            tracing::warn!(trigger = %ctx.runtime.key, moved, max_lag = %max, "Trigger is past its max-lag; its oldest waiting events go to the dead letters (backlog-overflow)");
+        }
     }
 }
 

@@ -54,6 +54,16 @@ pub const TRIGGER_DELIVERY_RATE: &str = "cemesh_trigger_delivery_rate";
 /// finished; 0 when none waits. Labels: `namespace_name`, `broker_name`,
 /// `trigger_name`.
 pub const TRIGGER_OLDEST_WAITING_AGE: &str = "cemesh_trigger_oldest_waiting_age_seconds";
+/// 1 while the trigger's circuit breaker is open (its subscriber looks down and
+/// events are held), else 0. Labels: `namespace_name`, `broker_name`, `trigger_name`.
+pub const TRIGGER_BREAKER_OPEN: &str = "cemesh_trigger_breaker_open";
+/// Times the trigger's circuit breaker opened. Labels: `namespace_name`,
+/// `broker_name`, `trigger_name`.
+pub const TRIGGER_BREAKER_OPENED: &str = "cemesh_trigger_breaker_opened_total";
+/// Events moved to the dead letters because the trigger fell more than its
+/// `cemesh.dev/max-lag` behind (reason `backlog-overflow`). Labels: `namespace_name`,
+/// `broker_name`, `trigger_name`.
+pub const TRIGGER_BACKLOG_OVERFLOW: &str = "cemesh_trigger_backlog_overflow_events_total";
 /// Instances of an on-demand service (starting, ready or stopping). Labels: `service`.
 pub const ONDEMAND_INSTANCES: &str = "cemesh_ondemand_instances";
 /// Instances started. Labels: `service`, `reason` (`cold`: the service had none;
@@ -85,7 +95,7 @@ pub const DURATION_SUFFIX: &str = "_duration_seconds";
 
 /// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
 /// help text. The `process_*` ones are read and rendered at scrape time.
-pub const BROKER_METRICS: [(&str, Kind, &str); 21] = [
+pub const BROKER_METRICS: [(&str, Kind, &str); 24] = [
     (
         INGRESS_EVENTS,
         Kind::Counter,
@@ -145,6 +155,21 @@ pub const BROKER_METRICS: [(&str, Kind, &str); 21] = [
         TRIGGER_OLDEST_WAITING_AGE,
         Kind::Gauge,
         "Seconds since the oldest event the trigger has not finished arrived; 0 when none.",
+    ),
+    (
+        TRIGGER_BREAKER_OPEN,
+        Kind::Gauge,
+        "1 while the trigger's circuit breaker is open (events held, the subscriber probed), else 0.",
+    ),
+    (
+        TRIGGER_BREAKER_OPENED,
+        Kind::Counter,
+        "Times the trigger's circuit breaker opened.",
+    ),
+    (
+        TRIGGER_BACKLOG_OVERFLOW,
+        Kind::Counter,
+        "Events moved to the trigger's dead letters because it fell more than its max-lag behind.",
     ),
     (
         ONDEMAND_INSTANCES,

@@ -15,7 +15,7 @@ use super::client::{kafka_err, StoreInner};
 use super::codec;
 use super::subscription::{self, SubInner};
 use super::topic::BrokerTopic;
-use crate::{Channel, ChannelError, StartAt, Subscription};
+use crate::{Channel, ChannelError, Position, StartAt, Subscription};
 
 /// One broker's topic.
 #[derive(Clone)]
@@ -249,6 +249,11 @@ impl Channel for KafkaChannel {
     async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
         let local = self.subs().get(name).cloned();
         subscription::lag(&self.inner.target, name, local).await
+    }
+
+    async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
+        let local = self.subs().values().next().cloned();
+        subscription::ends(&self.inner.target, local).await
     }
 }
 

@@ -718,6 +718,41 @@ pub(crate) async fn lag(
     .await
 }
 
+/// Each partition's high watermark: where the next record goes.
+pub(crate) async fn ends(
+    chan: &BrokerTopic,
+    local: Option<Arc<SubInner>>,
+) -> Result<Vec<Position>, ChannelError> {
+    let topic = chan.topic.clone();
+    let partitions = chan.partitions;
+    let timeout = chan.store.options.request_timeout;
+    let probe: Box<dyn Probe> = match local {
+        Some(s) => Box::new(s.consumer()?),
+        None => {
+            let c: BaseConsumer = chan
+                .store
+                .client_config(&[("group.id", "cemesh-ends"), ("enable.auto.commit", "false")])
+                .create()
+                .map_err(|e| kafka_err("creating a client to read offsets", e))?;
+            Box::new(Box::new(c))
+        }
+    };
+    blocking(move || {
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = probe
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map_err(|e| kafka_err(format!("reading the offsets of topic {topic}"), e))?;
+                Ok(Position::new(
+                    u32::try_from(p).unwrap_or(0),
+                    u64::try_from(high).unwrap_or(0),
+                ))
+            })
+            .collect()
+    })
+    .await
+}
+
 /// The two calls `lag` needs, from the subscription's own consumer or a probe.
 trait Probe: Send {
     fn committed_offsets(

@@ -167,6 +167,10 @@ impl Channel for MemoryChannel {
             .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
         Ok(st.next() - sub.tracker.committed())
     }
+
+    async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
+        Ok(vec![Position::new(0, self.shared.lock().next())])
+    }
 }
 
 struct MemorySubscription {

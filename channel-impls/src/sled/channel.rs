@@ -15,7 +15,7 @@ use super::layout::{cursor_key, encode_records, mark_key, record_key};
 use super::log::{ChannelShared, SubState};
 use super::subscription::SledSubscription;
 use super::util::{lock, now_ms, storage};
-use crate::{AckTracker, Channel, ChannelError, StartAt, Subscription};
+use crate::{AckTracker, Channel, ChannelError, Position, StartAt, Subscription};
 
 /// A time mark is written at most this often (milliseconds).
 const MARK_EVERY_MS: u64 = 1000;
@@ -217,6 +217,11 @@ impl Channel for SledChannel {
             .get(name)
             .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
         Ok(st.next - sub.tracker.committed())
+    }
+
+    async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
+        self.shared.check_open()?;
+        Ok(vec![Position::new(0, self.shared.lock().next)])
     }
 }
 

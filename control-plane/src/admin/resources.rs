@@ -100,6 +100,8 @@ impl Resources {
                 stats["deadLettersStored"] = json!(n);
             }
             stats["subscriber"] = json!(ctx.runtime.subscriber.as_str());
+            stats["maxLag"] = json!(ctx.runtime.max_lag.to_string());
+            stats["breaker"] = json!(ctx.breaker.view());
             view.json["status"]["stats"] = stats;
         }
         view

@@ -33,5 +33,6 @@ pub async fn scale(
         "deliveryRate": s.delivery_rate,
         "oldestWaitingAgeSeconds": s.oldest_waiting_age_seconds,
         "active": s.active,
+        "breakerOpen": s.breaker_open,
     })))
 }

@@ -23,6 +23,9 @@ pub struct Signals {
     pub oldest_waiting_age_seconds: f64,
     /// Anything to do: a scaled-to-zero subscriber should run.
     pub active: bool,
+    /// The trigger's circuit breaker is open: its subscriber looks down and events
+    /// wait (the lag still says how many).
+    pub breaker_open: bool,
 }
 
 /// Reads a running trigger's signals.
@@ -56,6 +59,7 @@ pub async fn read(ctx: &TriggerContext) -> Result<Signals, LagError> {
         delivery_rate: ctx.stats.delivery_rate(),
         oldest_waiting_age_seconds,
         active: lag > 0 || in_flight > 0,
+        breaker_open: ctx.breaker.is_open(),
     })
 }
 

@@ -54,6 +54,23 @@ pub const COLD_START_GRACE_ANNOTATION: &str = "cemesh.dev/cold-start-grace";
 /// Annotation: `protobuf` delivers structured protobuf (`application/cloudevents+protobuf`).
 pub const DELIVERY_FORMAT_ANNOTATION: &str = "cemesh.dev/delivery-format";
 
+/// Annotation: how far behind the trigger may fall before its oldest waiting events
+/// move to its dead letters (`backlog-overflow`): records (`5000`), an age (`10m`),
+/// both (`5000,10m`), or `none`. Default: 90 % of the broker's `max-backlog`.
+pub const MAX_LAG_ANNOTATION: &str = "cemesh.dev/max-lag";
+/// Annotation: consecutive failures saying the subscriber is down (no response, a
+/// timeout, 5xx) that open the circuit breaker; `off` (or `0`) turns it off.
+/// Default 5.
+pub const BREAKER_FAILURES_ANNOTATION: &str = "cemesh.dev/breaker-failures";
+/// Annotation: the breaker opens only once its consecutive failures have lasted this
+/// long, e.g. `10s` (default); `0s` opens it on the count alone.
+pub const BREAKER_WINDOW_ANNOTATION: &str = "cemesh.dev/breaker-window";
+/// Annotation: the wait before an open breaker's first probe, e.g. `1s` (default);
+/// it doubles after each failed probe.
+pub const BREAKER_PROBE_DELAY_ANNOTATION: &str = "cemesh.dev/breaker-probe-delay";
+/// Annotation: the longest wait between probes, e.g. `10s` (default).
+pub const BREAKER_PROBE_MAX_ANNOTATION: &str = "cemesh.dev/breaker-probe-max";
+
 /// Every `cemesh.dev/` annotation a Trigger may carry; any other is refused with a
 /// did-you-mean.
 pub const TRIGGER_ANNOTATIONS: &[&str] = &[
@@ -65,5 +82,10 @@ pub const TRIGGER_ANNOTATIONS: &[&str] = &[
     MAX_RATE_ANNOTATION,
     COLD_START_GRACE_ANNOTATION,
     DELIVERY_FORMAT_ANNOTATION,
+    MAX_LAG_ANNOTATION,
+    BREAKER_FAILURES_ANNOTATION,
+    BREAKER_WINDOW_ANNOTATION,
+    BREAKER_PROBE_DELAY_ANNOTATION,
+    BREAKER_PROBE_MAX_ANNOTATION,
     super::OWNER_ANNOTATION,
 ];

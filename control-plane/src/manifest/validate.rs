@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cemesh_channels::{Durability, SledConfig, StartAt};
 use cemesh_dispatcher::{
-    BackoffPolicy, DeliverySpec, Format, Ordering, TriggerKey, TriggerRuntime,
+    BackoffPolicy, DeliverySpec, Format, MaxLag, Ordering, TriggerKey, TriggerRuntime,
 };
 use cemesh_ingress::BrokerKey;
 
@@ -17,9 +17,10 @@ use super::broker::{
     RETENTION_ANNOTATION,
 };
 use super::trigger::{
-    BACKOFF_MAX_ANNOTATION, COLD_START_GRACE_ANNOTATION, DELIVERY_FORMAT_ANNOTATION,
-    JITTER_ANNOTATION, MAX_RATE_ANNOTATION, ORDER_ANNOTATION, PARALLELISM_ANNOTATION,
-    START_ANNOTATION, TRIGGER_ANNOTATIONS,
+    BACKOFF_MAX_ANNOTATION, BREAKER_FAILURES_ANNOTATION, BREAKER_PROBE_DELAY_ANNOTATION,
+    BREAKER_PROBE_MAX_ANNOTATION, BREAKER_WINDOW_ANNOTATION, COLD_START_GRACE_ANNOTATION,
+    DELIVERY_FORMAT_ANNOTATION, JITTER_ANNOTATION, MAX_LAG_ANNOTATION, MAX_RATE_ANNOTATION,
+    ORDER_ANNOTATION, PARALLELISM_ANNOTATION, START_ANNOTATION, TRIGGER_ANNOTATIONS,
 };
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
@@ -443,6 +444,12 @@ fn compile_trigger(
             StartAt::Latest
         }
     };
+    let max_lag = match t.metadata.annotations.get(MAX_LAG_ANNOTATION) {
+        None => broker.map(default_max_lag).unwrap_or_default(),
+        Some(v) => problems
+            .note(parse_max_lag(v).map_err(|e| field(&ann(MAX_LAG_ANNOTATION), e)))
+            .unwrap_or_default(),
+    };
     let (Some(subscriber), Some(filter)) = (subscriber, filter) else {
         return Err(problems.0);
     };
@@ -455,9 +462,46 @@ fn compile_trigger(
             delivery,
             parallelism,
             endpoints: on_demand_endpoints(&t.spec.subscriber, ns, ctx),
+            max_lag,
         },
         start,
     })
+}
+
+/// A trigger without `cemesh.dev/max-lag` may fall 90 % of its broker's backlog cap
+/// behind: one stuck trigger then moves its overflow to its dead letters before the
+/// broker would refuse events for everyone. A Kafka broker has a cap only when its
+/// `cemesh.dev/max-backlog` is set.
+fn default_max_lag(broker: &BrokerDesired) -> MaxLag {
+    let capped = broker.channel != ChannelKind::Kafka
+        || broker.annotations.contains_key(MAX_BACKLOG_ANNOTATION);
+    MaxLag {
+        records: capped.then(|| (broker.channel_options.max_backlog_records / 10 * 9).max(1)),
+        age: None,
+    }
+}
+
+/// `cemesh.dev/max-lag`: records, an age, both (comma-separated), or `none`.
+fn parse_max_lag(v: &str) -> Result<MaxLag, String> {
+    let v = v.trim();
+    if v == "none" {
+        return Ok(MaxLag::default());
+    }
+    let mut lag = MaxLag::default();
+    for part in v.split(',').map(str::trim) {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            match part.parse::<u64>() {
+                Ok(n) if n > 0 && lag.records.is_none() => lag.records = Some(n),
+                _ => return Err(format!("{part:?} in {v:?} is not a positive number of records, or records were given twice")),
+            }
+        } else {
+            match parse_humane(part) {
+                Ok(d) if !d.is_zero() && lag.age.is_none() => lag.age = Some(d),
+                _ => return Err(format!("{part:?} in {v:?} is not a number of records or an age (e.g. 5000, 10m, 5000,10m or none)")),
+            }
+        }
+    }
+    Ok(lag)
 }
 
 /// The merged `spec.delivery` and the trigger's delivery annotations, resolved. Every
@@ -549,6 +593,42 @@ fn delivery_spec(
                 format!("{v:?} is not binary, json or protobuf"),
             ),
         }
+    }
+    if let Some(v) = get(BREAKER_FAILURES_ANNOTATION) {
+        match v {
+            "off" | "false" => spec.breaker.failures = 0,
+            _ => match v.parse::<u32>() {
+                Ok(n) => spec.breaker.failures = n,
+                Err(_) => problems.add(
+                    &ann(BREAKER_FAILURES_ANNOTATION),
+                    format!("{v:?} is not a whole number of consecutive failures, or off"),
+                ),
+            },
+        }
+    }
+    if let Some(v) = get(BREAKER_WINDOW_ANNOTATION) {
+        match parse_humane(v) {
+            Ok(d) => spec.breaker.window = d,
+            Err(e) => problems.add(&ann(BREAKER_WINDOW_ANNOTATION), e),
+        }
+    }
+    for (a, slot) in [
+        (
+            BREAKER_PROBE_DELAY_ANNOTATION,
+            &mut spec.breaker.probe_delay,
+        ),
+        (BREAKER_PROBE_MAX_ANNOTATION, &mut spec.breaker.probe_max),
+    ] {
+        if let Some(v) = get(a) {
+            match parse_humane(v) {
+                Ok(d) if !d.is_zero() => *slot = d,
+                Ok(_) => problems.add(&ann(a), "must be longer than zero"),
+                Err(e) => problems.add(&ann(a), e),
+            }
+        }
+    }
+    if spec.breaker.probe_max < spec.breaker.probe_delay {
+        spec.breaker.probe_max = spec.breaker.probe_delay;
     }
     if let Some(v) = get(MAX_RATE_ANNOTATION) {
         match v.parse::<f64>() {
@@ -833,6 +913,74 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn max_lag_and_breaker_annotations_are_read_and_checked() {
+        let text = |anns: &str, backlog: &str| {
+            format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\n  annotations: {{cemesh.dev/max-backlog: \"{backlog}\"}}\n---\n\
+apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  annotations: {{{anns}}}\nspec:\n  broker: b\n  subscriber: {{uri: 'http://x'}}\n")
+        };
+        let compiled = |anns: &str, backlog: &str| {
+            let (resources, errors) = parse_str(Path::new("f.yaml"), &text(anns, backlog));
+            assert!(errors.is_empty(), "{errors:?}");
+            let services = BTreeMap::new();
+            compile(&resources, &ctx(&services))
+        };
+        let runtime = |anns: &str| {
+            let d = compiled(anns, "1000");
+            assert!(d.problems.is_empty(), "{:?}", d.problems);
+            d.triggers.into_values().next().unwrap().runtime
+        };
+        // By default 90 % of the broker's cap; records, an age, both, or none.
+        assert_eq!(
+            runtime("").max_lag,
+            MaxLag {
+                records: Some(900),
+                age: None
+            }
+        );
+        assert_eq!(
+            runtime("cemesh.dev/max-lag: '300'").max_lag.records,
+            Some(300)
+        );
+        let both = runtime("cemesh.dev/max-lag: '300, 10m'").max_lag;
+        assert_eq!(
+            (both.records, both.age),
+            (Some(300), Some(Duration::from_secs(600)))
+        );
+        assert!(!runtime("cemesh.dev/max-lag: none").max_lag.is_set());
+        let b = runtime("cemesh.dev/breaker-failures: '3', cemesh.dev/breaker-window: 0s, cemesh.dev/breaker-probe-delay: 200ms, cemesh.dev/breaker-probe-max: 2s").delivery.breaker;
+        assert_eq!(
+            (b.failures, b.window, b.probe_delay, b.probe_max),
+            (
+                3,
+                Duration::ZERO,
+                Duration::from_millis(200),
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(
+            runtime("cemesh.dev/breaker-failures: 'off'")
+                .delivery
+                .breaker
+                .failures,
+            0
+        );
+        assert_eq!(
+            runtime("").delivery.breaker,
+            cemesh_dispatcher::BreakerSpec::default()
+        );
+
+        let d = compiled("cemesh.dev/max-lag: '0', cemesh.dev/breaker-failures: often, cemesh.dev/breaker-probe-delay: 0s", "1000");
+        let msgs: Vec<String> = d.problems.iter().map(ToString::to_string).collect();
+        for needle in [
+            "metadata.annotations.cemesh.dev/max-lag: \"0\" in \"0\" is not a positive number of records",
+            "metadata.annotations.cemesh.dev/breaker-failures: \"often\" is not a whole number",
+            "metadata.annotations.cemesh.dev/breaker-probe-delay: must be longer than zero",
+        ] {
+            assert!(msgs.iter().any(|m| m.contains(needle)), "{needle} in {msgs:#?}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The end of a failed delivery: Knative's `knativeerror*` extensions, and the
 //! built-in dead-letter store when there is no sink or the sink failed too.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use base64::Engine as _;
 use cemesh_channels::{Attempt, DeadLetter};
-use cemesh_proto::{knative, AttributeValue, Event};
+use cemesh_proto::{knative, metric_names as names, AttributeValue, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::{Processed, TriggerContext};
@@ -62,6 +63,34 @@ impl TriggerContext {
         }
     }
 }
+
+impl TriggerContext {
+    /// Moves an event the trigger fell too far behind on to the built-in store, with
+    /// the reason `backlog-overflow` (redrivable like any dead letter). Attempts in
+    /// flight for it were abandoned; the subscriber may have received it.
+    pub async fn overflow(&self, event: &Event, cancel: &CancellationToken) -> Processed {
+        let mut letter = event.clone();
+        letter.remove_extension(knative::BROKER_TTL);
+        letter.set_extension(
+            knative::ERROR_DEST,
+            AttributeValue::String(self.runtime.subscriber.to_string()),
+        );
+        let reason = format!(
+            "{BACKLOG_OVERFLOW}: the trigger fell more than its max-lag ({}) behind",
+            self.runtime.max_lag
+        );
+        let processed = self.store(letter, reason, Vec::new(), None, cancel).await;
+        if matches!(processed, Processed::DeadLettered(_)) {
+            self.stats.overflowed.fetch_add(1, Relaxed);
+            self.per_trigger_counter(&self.metrics.overflowed, names::TRIGGER_BACKLOG_OVERFLOW)
+                .increment(1);
+        }
+        processed
+    }
+}
+
+/// How a dead letter's reason starts when `cemesh.dev/max-lag` moved it there.
+pub const BACKLOG_OVERFLOW: &str = "backlog-overflow";
 
 /// Adds Knative's `knativeerror*` extensions describing `failure` at `dest`.
 pub(super) fn knative_error(event: &mut Event, dest: &str, failure: &Failure) {

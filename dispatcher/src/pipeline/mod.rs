@@ -16,6 +16,7 @@ use cemesh_channels::{Attempt, Channel, DeadLetterStore};
 use cemesh_proto::{knative, metric_names as names, Event};
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Breaker;
 use crate::delivery::{Deliverer, Failure, Success};
 use crate::runtime::TriggerRuntime;
 
@@ -25,6 +26,8 @@ mod send;
 mod stats;
 
 use deadletter::knative_error;
+pub use deadletter::BACKLOG_OVERFLOW;
+pub(crate) use stats::arrival_ms;
 use stats::InFlight;
 pub use stats::{TriggerMetrics, TriggerStats};
 
@@ -59,6 +62,8 @@ pub struct TriggerContext {
     pub dead_letters: Arc<dyn DeadLetterStore>,
     pub stats: Arc<TriggerStats>,
     pub metrics: Arc<TriggerMetrics>,
+    /// The subscriber's circuit breaker, shared by the trigger's deliveries.
+    pub breaker: Arc<Breaker>,
 }
 
 impl TriggerContext {

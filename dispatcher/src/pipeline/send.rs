@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use super::stats::rounded_ms;
 use super::{Sent, Target, TriggerContext};
+use crate::breaker::{AfterFailure, Transition};
 use crate::delivery::{Failure, Format, Success};
 use crate::retry::{RetryAction, RetryState};
 
@@ -46,6 +47,14 @@ impl TriggerContext {
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
+            // Only the subscriber has a breaker; a probe's leave is reported below.
+            let pass = match target {
+                Target::Subscriber => match self.breaker.admit(cancel).await {
+                    Some(pass) => Some(pass),
+                    None => return Sent::Interrupted,
+                },
+                _ => None,
+            };
             let span = tracing::info_span!(
                 "deliver",
                 broker = %self.runtime.broker,
@@ -99,11 +108,26 @@ impl TriggerContext {
             match result {
                 Ok(success) => {
                     span.record("status", success.status);
+                    if let Some(pass) = pass {
+                        self.breaker_moved(pass.succeeded());
+                    }
                     return Sent::Ok(success);
                 }
                 Err(failure) => {
                     if let Some(s) = failure.status {
                         span.record("status", s);
+                    }
+                    if let Some(pass) = pass {
+                        let probe = pass.is_probe();
+                        let (after, moved) = pass.failed(failure.status);
+                        self.breaker_moved(moved);
+                        if after == AfterFailure::Hold {
+                            // The breaker holds the event: not an attempt of its own.
+                            span.in_scope(|| {
+                                tracing::debug!(error = %failure.error, probe, "Delivery attempt failed; the circuit breaker holds the event");
+                            });
+                            continue;
+                        }
                     }
                     let action = retry.after_failure(spec, &failure, Instant::now());
                     let (in_grace, last) = match action {
@@ -192,5 +216,31 @@ impl TriggerContext {
             self.per_trigger_counter(&self.metrics.retries, names::TRIGGER_RETRIES)
                 .increment(1);
         }
+    }
+}
+
+impl TriggerContext {
+    /// Logs and counts a change of the breaker's state.
+    fn breaker_moved(&self, moved: Option<Transition>) {
+        let Some(moved) = moved else { return };
+        let key = &self.runtime.key;
+        match moved {
+            Transition::Opened => {
+                tracing::warn!(trigger = %key, subscriber = %self.runtime.subscriber, "Circuit breaker opened: the subscriber looks down; events are held and probed one at a time");
+                self.per_trigger_counter(
+                    &self.metrics.breaker_opened,
+                    names::TRIGGER_BREAKER_OPENED,
+                )
+                .increment(1);
+            }
+            Transition::Closed => {
+                tracing::info!(trigger = %key, subscriber = %self.runtime.subscriber, "Circuit breaker closed: a probe got an answer; delivery resumes");
+            }
+        }
+        self.breaker_gauge().set(if moved == Transition::Opened {
+            1.0
+        } else {
+            0.0
+        });
     }
 }

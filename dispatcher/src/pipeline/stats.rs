@@ -22,6 +22,9 @@ pub struct TriggerMetrics {
     pub(super) delivered: OnceLock<Counter>,
     pub(super) retries: OnceLock<Counter>,
     pub(super) replies: OnceLock<Counter>,
+    pub(super) breaker_open: OnceLock<Gauge>,
+    pub(super) breaker_opened: OnceLock<Counter>,
+    pub(super) overflowed: OnceLock<Counter>,
     /// Dead letters taken by the sink, and by the built-in store.
     pub(super) dead_letters_sink: OnceLock<Counter>,
     pub(super) dead_letters_store: OnceLock<Counter>,
@@ -53,6 +56,12 @@ impl TriggerContext {
         self.metrics
             .in_flight
             .get_or_init(|| metrics::gauge!(names::TRIGGER_IN_FLIGHT, &self.trigger_labels()))
+    }
+
+    pub(super) fn breaker_gauge(&self) -> &Gauge {
+        self.metrics
+            .breaker_open
+            .get_or_init(|| metrics::gauge!(names::TRIGGER_BREAKER_OPEN, &self.trigger_labels()))
     }
 
     pub(super) fn per_trigger_counter<'a>(
@@ -98,6 +107,8 @@ pub struct TriggerStats {
     pub dead_lettered: AtomicU64,
     /// Replies appended to the broker.
     pub replies: AtomicU64,
+    /// Events moved to the dead letters by `cemesh.dev/max-lag`.
+    pub overflowed: AtomicU64,
     /// Events being processed now.
     pub in_flight: AtomicI64,
     /// Arrival times (Unix ms) of the events being processed, with their count: the
@@ -114,6 +125,7 @@ impl Default for TriggerStats {
             retries: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             replies: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             arrivals: Mutex::default(),
             rate_samples: Mutex::new(VecDeque::from([(Instant::now(), 0)])),
@@ -128,6 +140,7 @@ impl TriggerStats {
             "retries": self.retries.load(Relaxed),
             "deadLettered": self.dead_lettered.load(Relaxed),
             "replies": self.replies.load(Relaxed),
+            "backlogOverflow": self.overflowed.load(Relaxed),
             "inFlight": self.in_flight.load(Relaxed).max(0),
         })
     }
@@ -168,7 +181,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// `knativearrivaltime` in Unix ms; now when absent or unreadable.
-pub(super) fn arrival_ms(event: &Event) -> i64 {
+pub(crate) fn arrival_ms(event: &Event) -> i64 {
     match event.extension(knative::ARRIVAL_TIME) {
         Some(AttributeValue::String(s) | AttributeValue::Timestamp(s)) => {
             chrono::DateTime::parse_from_rfc3339(s)

@@ -10,6 +10,7 @@ mod filters;
 mod fsync;
 mod grpc;
 mod hostile;
+mod isolation;
 mod kafka;
 mod manifests;
 mod metrics;
