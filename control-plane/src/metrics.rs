@@ -43,6 +43,7 @@ pub fn install() {
         match builder.map(PrometheusBuilder::install_recorder) {
             Ok(Ok(handle)) => {
                 describe(&names::BROKER_METRICS);
+                spawn_upkeep(handle.clone());
                 Some(handle)
             }
             Ok(Err(e)) | Err(e) => {
@@ -51,6 +52,26 @@ pub fn install() {
             }
         }
     });
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exporter keeps every histogram sample recorded since the last render until
+/// upkeep folds it into the buckets; `install_recorder` leaves upkeep to the caller.
+/// Without it a broker nobody scrapes grew by every sample it recorded (a few
+/// MiB a minute under load: issue 17's soak). A plain thread, so it runs whatever
+/// runtime (or none) the process has.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "Metrics upkeep not started; histograms grow until scraped");
+    }
 }
 
 /// Renders every metric in Prometheus text format, after refreshing the gauges that
