@@ -92,6 +92,13 @@ pub struct ServerConfig {
     /// Request bytes the ingress works on at once, over all connections; requests
     /// past it wait their turn. Default 8 MiB.
     pub max_pending_bytes: Option<ByteSize>,
+    /// Bytes one header line of an event in binary-mode HTTP may take, e.g. `8KiB`;
+    /// past it the ingress refuses the event (400) unless every trigger that could
+    /// match it delivers structured. `0`: no limit. Default 8 KiB.
+    pub max_header_line_bytes: Option<ByteSize>,
+    /// Bytes an event's binary-mode header lines may take together, e.g. `16KiB`.
+    /// `0`: no limit. Default 16 KiB.
+    pub max_header_bytes_total: Option<ByteSize>,
     /// Time a client has to send a request's head (line and headers) on the ingress
     /// and admin listeners, e.g. `10s`. Default 10s.
     pub header_read_timeout: Option<crate::duration::HumaneDuration>,
@@ -185,6 +192,8 @@ pub struct Settings {
     pub sled_cache_bytes: u64,
     /// Request bytes the ingress works on at once.
     pub max_pending_bytes: u64,
+    /// What an accepted event's binary-mode headers may take.
+    pub header_budget: cemesh_proto::http::HeaderBudget,
     /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
     pub limits: cemesh_ingress::server::Limits,
     #[cfg(feature = "kafka")]

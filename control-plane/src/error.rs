@@ -32,6 +32,10 @@ pub enum Error {
     SledCacheSize(ParseError),
     #[error("--max-pending-bytes: {0}")]
     MaxPendingBytes(ParseError),
+    #[error("--max-header-line-bytes: {0}")]
+    MaxHeaderLineBytes(ParseError),
+    #[error("--max-header-bytes-total: {0}")]
+    MaxHeaderBytesTotal(ParseError),
     #[error("invalid manifests in {}:\n  {}", dir.display(), problems.join("\n  "))]
     Manifests { dir: PathBuf, problems: Vec<String> },
     #[error("cannot listen on {what} address {addr}")]

@@ -12,9 +12,11 @@ use cemesh_channels::{
     SledStore, SledStoreOptions, Tapped,
 };
 use cemesh_dispatcher::{
-    spawn_trigger, Breaker, Deliverer, TriggerContext, TriggerHandle, TriggerKey, TriggerRuntime,
+    spawn_trigger, Breaker, Deliverer, Filter, Format, TriggerContext, TriggerHandle, TriggerKey,
+    TriggerRuntime,
 };
-use cemesh_ingress::{BrokerEndpoint, BrokerKey, Routes};
+use cemesh_ingress::{BinaryDelivery, BrokerEndpoint, BrokerKey, Routes};
+use cemesh_proto::Event;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChannelKind;
@@ -275,6 +277,21 @@ pub struct Mesh {
     background: CancellationToken,
 }
 
+/// A broker's triggers as the ingress sees them: an event may be delivered in binary
+/// mode if the broker has no trigger yet (one added later may well be binary) or a
+/// binary-mode trigger's filter matches it.
+#[derive(Debug)]
+struct BinaryTriggers {
+    any: bool,
+    filters: Vec<Filter>,
+}
+
+impl BinaryDelivery for BinaryTriggers {
+    fn needs_binary(&self, event: &Event) -> bool {
+        !self.any || self.filters.iter().any(|f| f.matches(event))
+    }
+}
+
 /// Every running broker's channel, tapped for `cemesh tail`.
 pub type Taps = Arc<RwLock<BTreeMap<BrokerKey, Arc<Tapped>>>>;
 
@@ -344,6 +361,8 @@ impl Mesh {
                 self.start_trigger(key.clone(), t, &mut outcome).await;
             }
         }
+        // Again, now that the ingress can know the triggers' delivery formats.
+        self.publish_routes();
         self.publish_status(outcome);
     }
 
@@ -443,6 +462,7 @@ impl Mesh {
                     key: k.clone(),
                     channel: b.channel.clone() as Arc<dyn Channel>,
                     max_body_bytes: usize::try_from(b.desired.max_body_bytes).unwrap_or(usize::MAX),
+                    binary: Arc::new(self.binary_triggers(k)),
                 };
                 (k.clone(), Arc::new(endpoint))
             })
@@ -454,6 +474,24 @@ impl Mesh {
             .iter()
             .map(|(k, b)| (k.clone(), b.channel.clone()))
             .collect();
+    }
+
+    /// What the ingress asks of `broker`'s triggers before refusing an event too
+    /// large for binary-mode headers.
+    fn binary_triggers(&self, broker: &BrokerKey) -> BinaryTriggers {
+        let mut any = false;
+        let mut filters = Vec::new();
+        for (key, t) in &self.triggers {
+            let rt = t.handle.trigger();
+            if key.namespace != broker.namespace || rt.broker != broker.name {
+                continue;
+            }
+            any = true;
+            if rt.delivery.format == Format::Binary {
+                filters.push(rt.filter.clone());
+            }
+        }
+        BinaryTriggers { any, filters }
     }
 
     async fn start_trigger(&mut self, key: TriggerKey, t: TriggerDesired, outcome: &mut Outcome) {

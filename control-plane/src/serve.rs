@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cemesh_ingress::server::Limits;
 use cemesh_ingress::Routes;
+use cemesh_proto::http::HeaderBudget;
 
 use clap::Args;
 use tokio::net::TcpListener;
@@ -75,6 +76,15 @@ pub struct ServeArgs {
     /// connections, e.g. 8MiB; requests past it wait their turn [default: 8MiB]
     #[arg(long, env = "CEMESH_MAX_PENDING_BYTES")]
     pub max_pending_bytes: Option<String>,
+    /// Bytes one header line of an event in binary-mode HTTP may take (`ce-name:
+    /// value`, percent-encoded): past it the ingress refuses the event with 400 unless
+    /// every trigger that could match it delivers structured (0: no limit) [default: 8KiB]
+    #[arg(long, env = "CEMESH_MAX_HEADER_LINE_BYTES")]
+    pub max_header_line_bytes: Option<String>,
+    /// Bytes an event's binary-mode header lines may take together, checked as
+    /// --max-header-line-bytes is (0: no limit) [default: 16KiB]
+    #[arg(long, env = "CEMESH_MAX_HEADER_BYTES_TOTAL")]
+    pub max_header_bytes_total: Option<String>,
     /// Time a client has to send a request's head (line and headers) on the ingress
     /// and admin listeners; past it the connection is closed [default: 10s]
     #[arg(long, env = "CEMESH_HEADER_READ_TIMEOUT", value_parser = positive_duration)]
@@ -157,6 +167,24 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             None => file
                 .max_pending_bytes
                 .map_or(cemesh_ingress::DEFAULT_MAX_PENDING_BYTES, |b| b.0),
+        },
+        header_budget: HeaderBudget {
+            line: match &args.max_header_line_bytes {
+                Some(s) => parse_bytes(s).map_err(Error::MaxHeaderLineBytes)?,
+                None => file
+                    .max_header_line_bytes
+                    .map_or(HeaderBudget::DEFAULT_LINE as u64, |b| b.0),
+            }
+            .try_into()
+            .unwrap_or(usize::MAX),
+            total: match &args.max_header_bytes_total {
+                Some(s) => parse_bytes(s).map_err(Error::MaxHeaderBytesTotal)?,
+                None => file
+                    .max_header_bytes_total
+                    .map_or(HeaderBudget::DEFAULT_TOTAL as u64, |b| b.0),
+            }
+            .try_into()
+            .unwrap_or(usize::MAX),
         },
         service_url_template: file
             .service_url_template
@@ -281,7 +309,9 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     // On-demand services (a command instead of a URL) get their instance pools; refs
     // to them resolve to the pool.
     let on_demand = crate::ondemand::OnDemand::start(&mut settings.services);
-    let routes = Routes::default().with_pending_budget(settings.max_pending_bytes);
+    let routes = Routes::default()
+        .with_pending_budget(settings.max_pending_bytes)
+        .with_header_budget(settings.header_budget);
     #[allow(unused_mut)]
     let mut channels = Channels::new(settings.data_dir.clone())
         .with_min_free_disk(settings.min_free_disk)

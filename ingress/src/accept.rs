@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::Bytes;
-use cemesh_proto::http::DecodeError;
+use cemesh_proto::http::{DecodeError, HeaderBudget};
 use cemesh_proto::{knative, metric_names as names, Event, EventError};
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt as _, Limited};
@@ -135,6 +135,30 @@ pub fn stamp(
         })?;
         if let Some(headers) = headers {
             continue_trace(event, headers);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses events a subscriber could not take: one whose attributes, as binary-mode
+/// HTTP headers, go past `budget`, unless no trigger of the broker that could match
+/// it delivers in binary mode. Accepting it would only make a dead letter the
+/// producer never hears of. An error names the attribute (and the event's index in a
+/// batch).
+pub fn check_deliverable(
+    broker: &BrokerEndpoint,
+    budget: HeaderBudget,
+    events: &[Event],
+    batch: bool,
+) -> Result<(), IngressError> {
+    for (i, event) in events.iter().enumerate() {
+        if let Err(e) = cemesh_proto::http::check_binary_headers(event, budget) {
+            if broker.binary.needs_binary(event) {
+                return Err(invalid(match batch {
+                    true => e.in_batch(i, Some(&event.id)),
+                    false => e,
+                }));
+            }
         }
     }
     Ok(())

@@ -23,7 +23,9 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use tracing::Instrument;
 
 pub use error::{retry_after_secs, ErrorAnswer, IngressError};
-pub use routes::{BrokerEndpoint, BrokerKey, Routes, DEFAULT_MAX_PENDING_BYTES};
+pub use routes::{
+    AnyBinary, BinaryDelivery, BrokerEndpoint, BrokerKey, Routes, DEFAULT_MAX_PENDING_BYTES,
+};
 
 /// The extension the ingress stamps on every event it accepts.
 pub const ARRIVAL_TIME: &str = knative::ARRIVAL_TIME;
@@ -110,14 +112,16 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
     };
     let body =
         accept::read_event_body(&parts.headers, body, attributes, broker.max_body_bytes).await?;
+    let budget = routes.header_budget();
     let events = if body.len() > DECODE_INLINE_MAX {
         // A large batch takes milliseconds of CPU to decode: not on the runtime.
         let headers = parts.headers.clone();
-        tokio::task::spawn_blocking(move || decode_stamped(&headers, body))
+        let broker = broker.clone();
+        tokio::task::spawn_blocking(move || decode_checked(&broker, budget, &headers, body))
             .await
             .map_err(|e| IngressError::BodyRead(format!("decoding the body: {e}")))??
     } else {
-        decode_stamped(&parts.headers, body)?
+        decode_checked(&broker, budget, &parts.headers, body)?
     };
     tracing::Span::current().record("events", events.len());
     let count = accept::store(&broker, events).await?;
@@ -131,12 +135,22 @@ const PENDING_WAIT: Duration = Duration::from_secs(10);
 /// on the blocking pool.
 const DECODE_INLINE_MAX: usize = 64 * 1024;
 
-fn decode_stamped(
+/// Decodes and stamps a request's events, and refuses them if one could not be
+/// delivered.
+fn decode_checked(
+    broker: &BrokerEndpoint,
+    budget: cemesh_proto::http::HeaderBudget,
     headers: &HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Vec<cemesh_proto::Event>, IngressError> {
+    let batch = cemesh_proto::http::detect_mode(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    ) == cemesh_proto::http::Mode::Batch;
     let mut events = cemesh_proto::http::decode(headers, body)?;
-    accept::stamp(&mut events, &knative::now_rfc3339(), Some(headers), false)?;
+    accept::stamp(&mut events, &knative::now_rfc3339(), Some(headers), batch)?;
+    accept::check_deliverable(broker, budget, &events, batch)?;
     Ok(events)
 }
 

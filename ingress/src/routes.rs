@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cemesh_channels::Channel;
+use cemesh_proto::http::HeaderBudget;
+use cemesh_proto::Event;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Request bytes the ingress works on at once by default (`--max-pending-bytes`).
@@ -42,6 +44,27 @@ pub struct BrokerEndpoint {
     pub channel: Arc<dyn Channel>,
     /// Largest request body accepted (413 past it).
     pub max_body_bytes: usize,
+    /// Whether an event may be delivered in binary mode, where its attributes
+    /// travel as HTTP headers within [`Routes::header_budget`].
+    pub binary: Arc<dyn BinaryDelivery>,
+}
+
+/// Whether some subscriber could get an event in binary-mode HTTP. The control plane
+/// answers from the broker's triggers (their filters and delivery formats); the
+/// ingress asks only of an event whose headers go past the budget.
+pub trait BinaryDelivery: fmt::Debug + Send + Sync {
+    fn needs_binary(&self, event: &Event) -> bool;
+}
+
+/// Every event may go out in binary mode: the strict answer, for a broker whose
+/// triggers are not known (yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyBinary;
+
+impl BinaryDelivery for AnyBinary {
+    fn needs_binary(&self, _: &Event) -> bool {
+        true
+    }
 }
 
 /// The table of brokers, cheap to read on every request and swapped whole on change,
@@ -52,6 +75,7 @@ pub struct Routes {
     table: Arc<ArcSwap<HashMap<BrokerKey, Arc<BrokerEndpoint>>>>,
     draining: Arc<AtomicBool>,
     pending: PendingBudget,
+    header_budget: HeaderBudget,
 }
 
 impl Default for Routes {
@@ -60,6 +84,7 @@ impl Default for Routes {
             table: Arc::default(),
             draining: Arc::default(),
             pending: PendingBudget::new(DEFAULT_MAX_PENDING_BYTES),
+            header_budget: HeaderBudget::default(),
         }
     }
 }
@@ -91,6 +116,18 @@ impl Routes {
     pub fn with_pending_budget(mut self, bytes: u64) -> Self {
         self.pending = PendingBudget::new(bytes);
         self
+    }
+
+    /// The same table with `budget` for the binary-mode headers of accepted events
+    /// (`--max-header-line-bytes`, `--max-header-bytes-total`).
+    pub fn with_header_budget(mut self, budget: HeaderBudget) -> Self {
+        self.header_budget = budget;
+        self
+    }
+
+    /// What an accepted event's binary-mode headers may take.
+    pub fn header_budget(&self) -> HeaderBudget {
+        self.header_budget
     }
 
     /// Waits until a request of `bytes` fits the pending budget; it holds its share

@@ -54,6 +54,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         min_free_disk: 0,
         sled_cache_bytes: crate::mesh::DEFAULT_SLED_CACHE_BYTES,
         max_pending_bytes: cemesh_ingress::DEFAULT_MAX_PENDING_BYTES,
+        header_budget: Default::default(),
         limits: Default::default(),
         #[cfg(feature = "kafka")]
         kafka: None,
@@ -102,6 +103,7 @@ impl Harness {
                 key,
                 channel: channel.clone(),
                 max_body_bytes,
+                binary: Arc::new(cemesh_ingress::AnyBinary),
             }),
         )]));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

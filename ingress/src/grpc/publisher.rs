@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::accept::{self, check_size, invalid};
 use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
+use cemesh_proto::http::HeaderBudget;
 use cemesh_proto::pb::cemesh::v1::publisher_server::Publisher;
 use cemesh_proto::pb::cemesh::v1::{
     PublishAck, PublishBatchRequest, PublishRequest, PublishResponse,
@@ -54,6 +55,7 @@ fn broker(
 fn accept(
     msg: Option<CloudEvent>,
     broker: &BrokerEndpoint,
+    budget: HeaderBudget,
     now: &str,
 ) -> Result<Event, IngressError> {
     let msg = msg.ok_or_else(|| invalid(EventError::msg("the request carries no event")))?;
@@ -62,6 +64,7 @@ fn accept(
     cemesh_proto::validate::validate(&event).map_err(invalid)?;
     let mut events = [event];
     accept::stamp(&mut events, now, None, false)?;
+    accept::check_deliverable(broker, budget, &events, false)?;
     let [event] = events;
     Ok(event)
 }
@@ -81,7 +84,8 @@ impl Publisher for PublisherService {
     ) -> Result<Response<PublishResponse>, Status> {
         let req = request.into_inner();
         let broker = broker(&self.routes, &req.namespace, &req.broker).map_err(refuse)?;
-        let event = accept(req.event, &broker, &knative::now_rfc3339()).map_err(refuse)?;
+        let budget = self.routes.header_budget();
+        let event = accept(req.event, &broker, budget, &knative::now_rfc3339()).map_err(refuse)?;
         accept::store(&broker, vec![event]).await.map_err(refuse)?;
         Ok(Response::new(PublishResponse { accepted: 1 }))
     }
@@ -101,6 +105,8 @@ impl Publisher for PublisherService {
         let mut events =
             cemesh_proto::protobuf::from_proto_batch(messages).map_err(|e| refuse(invalid(e)))?;
         accept::stamp(&mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
+        accept::check_deliverable(&broker, self.routes.header_budget(), &events, true)
+            .map_err(refuse)?;
         let accepted = accept::store(&broker, events).await.map_err(refuse)?;
         let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
         Ok(Response::new(PublishResponse { accepted }))
@@ -191,7 +197,7 @@ fn prepare(
         broker(routes, &req.namespace, &req.broker).inspect(|b| *current = Some(b.clone()))
     };
     let outcome = endpoint.and_then(|b| {
-        let event = accept(req.event, &b, now)?;
+        let event = accept(req.event, &b, routes.header_budget(), now)?;
         Ok((b, event))
     });
     Pending {

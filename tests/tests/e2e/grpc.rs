@@ -252,8 +252,27 @@ async fn grpc_unary_batch_and_stream_reach_an_http_subscriber() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_refusals_carry_grpc_codes() {
-    let mesh = mesh_with(&[broker_yaml("default")], &["--max-body-size", "2KiB"]).await;
+    let mesh = mesh_with(
+        &[broker_yaml("default")],
+        &["--max-body-size", "2KiB", "--max-header-line-bytes", "1KiB"],
+    )
+    .await;
     let grpc = RawGrpc::new(grpc_addr(&mesh));
+
+    // An attribute no binary-mode header could carry: refused like an invalid one.
+    let mut wide = sample("1");
+    wide.set_extension(
+        "wide",
+        cemesh_proto::AttributeValue::String("w".repeat(1200)),
+    );
+    let a = grpc.publish("default", "default", &wide).await;
+    assert_eq!(a.code, 3, "INVALID_ARGUMENT: {}", a.message);
+    assert_eq!(
+        a.metadata
+            .get("cemesh-attribute")
+            .and_then(|v| v.to_str().ok()),
+        Some("wide")
+    );
 
     let a = grpc.publish("default", "nope", &sample("1")).await;
     assert_eq!(a.code, 5, "NOT_FOUND: {}", a.message);

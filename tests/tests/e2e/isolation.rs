@@ -391,3 +391,143 @@ async fn a_short_burst_of_failures_keeps_knatives_retries_with_the_default_break
         "a blip under the window: {s}"
     );
 }
+
+/// `event(i)` with an extension `name` of `bytes` bytes.
+fn wide(i: usize, name: &str, bytes: usize) -> Event {
+    let mut e = event(i);
+    e.set_extension(
+        name,
+        cemesh_proto::AttributeValue::String("x".repeat(bytes)),
+    );
+    e
+}
+
+async fn post_json(url: &str, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// A refusal that names `attribute` and says why.
+fn assert_names(status: u16, body: &serde_json::Value, attribute: &str, says: &str) {
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["attribute"], attribute, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains(says), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attributes_too_large_for_binary_headers_are_refused_at_the_ingress() {
+    let sub = Subscriber::start().await;
+    let mesh = Cemesh::start(&docs(&[broker(&[]), trigger("t", &sub.url(), &[], "")]));
+    let url = mesh.broker_url("default", "default");
+
+    // Binary mode: a 20 KB ce- header reaches the ingress (under its 64 KiB head
+    // limit) but no subscriber's server would take it back.
+    let resp = post_binary(&client(), &url, &wide(0, "big", 20_000)).await;
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_names(
+        status,
+        &body,
+        "big",
+        "over the 8192 bytes a header may take",
+    );
+
+    // Structured: the 100 KB extension of the issue.
+    let json = cemesh_proto::json::encode_event(&wide(1, "big", 100_000));
+    let (status, body) = post_json(&url, "application/cloudevents+json", json).await;
+    assert_names(status, &body, "big", "header");
+
+    // Each under the line limit, too many together: the largest is named.
+    let mut e = wide(2, "a", 6_000);
+    e.set_extension("b", cemesh_proto::AttributeValue::String("y".repeat(7_000)));
+    e.set_extension("c", cemesh_proto::AttributeValue::String("z".repeat(5_000)));
+    let json = cemesh_proto::json::encode_event(&e);
+    let (status, body) = post_json(&url, "application/cloudevents+json", json).await;
+    assert_names(
+        status,
+        &body,
+        "b",
+        "over the 16384 bytes they may take together",
+    );
+
+    // A batch names the event; none of it is stored.
+    let batch = [event(3), event(4), wide(5, "big", 9_000)];
+    let json = cemesh_proto::json::encode_batch(&batch);
+    let (status, body) = post_json(&url, "application/cloudevents-batch+json", json).await;
+    assert_names(status, &body, "big", "batch event at index 2");
+
+    // Within the budget: accepted and delivered in binary mode, header intact.
+    let resp = post_binary(&client(), &url, &wide(6, "fits", 7_000)).await;
+    assert_eq!(resp.status(), 202);
+    let got = sub.wait_for(1, WAIT).await;
+    let ids: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.event.clone().map(|e| e.id))
+        .collect();
+    assert_eq!(ids, ["e6"], "only the event within the budget was stored");
+    assert_eq!(got[0].headers["ce-fits"].len(), 7_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn structured_triggers_take_large_attributes_and_the_budget_is_configurable() {
+    let json_sub = Subscriber::start().await;
+    let binary_sub = Subscriber::start().await;
+    let mut binary = trigger("bin", &binary_sub.url(), &[], "");
+    binary.push_str("  filter:\n    attributes:\n      type: small\n");
+    let mesh = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                broker(&[]),
+                trigger("json", &json_sub.url(), &[], "    format: json\n"),
+                binary,
+            ]),
+        )
+        .arg("--max-header-line-bytes")
+        .arg("32KiB")
+        .arg("--max-header-bytes-total")
+        .arg("40KiB")
+        .start();
+    let url = mesh.broker_url("default", "default");
+
+    // Only a structured trigger matches: a 100 KB attribute is deliverable.
+    let json = cemesh_proto::json::encode_event(&wide(0, "big", 100_000));
+    let (status, body) = post_json(&url, "application/cloudevents+json", json).await;
+    assert_eq!(status, 202, "{body}");
+    let got = json_sub.wait_for(1, WAIT).await;
+    let e = got[0].event.clone().expect("a structured event");
+    assert_eq!(e.id, "e0");
+    assert_eq!(
+        e.extension("big").map(|v| v.to_canonical().len()),
+        Some(100_000)
+    );
+
+    // A binary trigger matches too: past the configured 32 KiB, refused.
+    let mut e = wide(1, "big", 40_000);
+    e.ty = "small".into();
+    let json = cemesh_proto::json::encode_event(&e);
+    let (status, body) = post_json(&url, "application/cloudevents+json", json).await;
+    assert_names(
+        status,
+        &body,
+        "big",
+        "over the 32768 bytes a header may take",
+    );
+
+    // Under the raised limit (over the default 8 KiB): accepted, and the binary
+    // subscriber gets it as a header.
+    let mut e = wide(2, "big", 20_000);
+    e.ty = "small".into();
+    let resp = post_binary(&client(), &url, &e).await;
+    assert_eq!(resp.status(), 202);
+    let got = binary_sub.wait_for(1, WAIT).await;
+    assert_eq!(got[0].headers["ce-big"].len(), 20_000);
+}
