@@ -274,6 +274,11 @@ pub struct HeaderBudget {
 impl HeaderBudget {
     pub const DEFAULT_LINE: usize = 8 * 1024;
     pub const DEFAULT_TOTAL: usize = 16 * 1024;
+
+    /// No limit at all (both `0`): nothing to measure.
+    pub fn is_off(&self) -> bool {
+        self.line == 0 && self.total == 0
+    }
 }
 
 impl Default for HeaderBudget {
