@@ -2,8 +2,8 @@
 //! runs it (`serve` by the control plane, `sidecar`, `bench`, and the client commands).
 
 use cemesh_client::args::{
-    ApplyArgs, DeadLettersArgs, DeleteArgs, DescribeArgs, DisplayArgs, GetArgs, SendArgs, TailArgs,
-    ValidateArgs,
+    ApplyArgs, DeadLettersArgs, DeleteArgs, DescribeArgs, DisplayArgs, GetArgs, ResumeArgs,
+    SendArgs, TailArgs, ValidateArgs,
 };
 use clap::{Parser, Subcommand};
 
@@ -46,6 +46,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Stream the events entering a broker, live.
     Tail(TailArgs),
+    /// Let a trigger paused at its max-lag (`cemesh.dev/max-lag-action: pause`)
+    /// deliver again.
+    Resume(ResumeArgs),
     /// List, show, redrive or purge a trigger's dead letters.
     #[command(name = "deadletters", visible_aliases = ["dlq", "dl"])]
     DeadLetters(DeadLettersArgs),

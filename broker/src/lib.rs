@@ -37,6 +37,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Delete(args) => kubectl::delete(args).await,
             Command::Validate(args) => kubectl::validate(args),
             Command::Tail(args) => kubectl::tail(args).await,
+            Command::Resume(args) => kubectl::resume(args).await,
         }
     })
 }

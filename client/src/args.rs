@@ -186,6 +186,16 @@ pub struct DescribeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The trigger paused at its max-lag
+    pub trigger: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
 pub struct DeleteArgs {
     #[command(flatten)]
     pub admin: AdminArgs,

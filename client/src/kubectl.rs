@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::admin_client::AdminClient;
 use crate::args::{
-    ApplyArgs, DeleteArgs, DescribeArgs, GetArgs, OutputFormat, TailArgs, ValidateArgs,
+    ApplyArgs, DeleteArgs, DescribeArgs, GetArgs, OutputFormat, ResumeArgs, TailArgs, ValidateArgs,
 };
 use cemesh_control::config::{ServerConfig, DEFAULT_MAX_BODY, DEFAULT_SERVICE_TEMPLATE};
 use cemesh_control::control::Kind;
@@ -501,6 +501,16 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
             text(&breaker["consecutiveFailures"])
         ));
         println!("  {:<21}{}", "Circuit breaker:", line);
+        if let Some(paused) = stats["paused"].as_object() {
+            println!(
+                "  {:<21}since {}, {}; nothing is delivered until `cemesh resume {} -n {}`",
+                "Paused:",
+                text(&paused["since"]),
+                text(&paused["reason"]),
+                args.name,
+                args.namespace
+            );
+        }
         recent_dead_letters(&client, &path).await;
     }
     Ok(())
@@ -562,6 +572,23 @@ async fn recent_dead_letters(client: &AdminClient, trigger_path: &str) {
 }
 
 /// Deletes by name, or every resource the `-f` manifests name (as `kubectl delete -f`).
+/// `cemesh resume TRIGGER`: lets a trigger paused at its max-lag deliver again.
+pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
+    let client = AdminClient::new(&args.admin.admin);
+    let path = format!(
+        "/v1/namespaces/{}/triggers/{}/resume",
+        args.namespace, args.trigger
+    );
+    let answer = client.call(http::Method::POST, &path, None).await?;
+    let key = format!("{}/{}", args.namespace, args.trigger);
+    if answer["resumed"] == true {
+        println!("trigger {key} resumed: it delivers its backlog and pauses again only once back under its max-lag");
+    } else {
+        println!("trigger {key} was not paused");
+    }
+    Ok(())
+}
+
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let client = AdminClient::new(&args.admin.admin);
     let targets: Vec<(Kind, String, String)> = if args.files.is_empty() {

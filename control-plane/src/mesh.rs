@@ -530,6 +530,7 @@ impl Mesh {
         };
         let context = Arc::new(TriggerContext {
             breaker: Arc::new(Breaker::new(t.runtime.delivery.breaker)),
+            pause: Default::default(),
             runtime: Arc::new(t.runtime),
             deliverer: self.deliverer.clone(),
             broker: broker.channel.clone(),

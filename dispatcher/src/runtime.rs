@@ -63,6 +63,9 @@ pub struct MaxLag {
     pub records: Option<u64>,
     /// Age (since `knativearrivaltime`) of the oldest waiting event at most.
     pub age: Option<Duration>,
+    /// Past the limit, pause the trigger (keeping every event) instead of moving
+    /// the oldest to the dead letters (`cemesh.dev/max-lag-action: pause`).
+    pub pause: bool,
 }
 
 impl MaxLag {
@@ -74,11 +77,15 @@ impl MaxLag {
 impl fmt::Display for MaxLag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.records, self.age) {
-            (Some(r), Some(a)) => write!(f, "{r} records or {a:?}"),
-            (Some(r), None) => write!(f, "{r} records"),
-            (None, Some(a)) => write!(f, "{a:?}"),
-            (None, None) => f.write_str("none"),
+            (Some(r), Some(a)) => write!(f, "{r} records or {a:?}")?,
+            (Some(r), None) => write!(f, "{r} records")?,
+            (None, Some(a)) => write!(f, "{a:?}")?,
+            (None, None) => return f.write_str("none"),
         }
+        if self.pause {
+            f.write_str(", then pause")?;
+        }
+        Ok(())
     }
 }
 

@@ -74,10 +74,12 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
         .delivery
         .max_rate
         .map(|r| Arc::new(tokio::sync::Mutex::new(RateLimiter::new(r))));
-    let overflow = trigger
-        .max_lag
-        .is_set()
-        .then(|| Arc::new(Overflow::new(trigger.max_lag.age.is_some())));
+    let overflow = trigger.max_lag.is_set().then(|| {
+        Arc::new(Overflow::new(
+            trigger.max_lag.age.is_some(),
+            trigger.max_lag.pause,
+        ))
+    });
     let watcher = overflow
         .clone()
         .map(|o| tokio::spawn(watch_lag(ctx.clone(), o, cancel.clone())));
@@ -115,17 +117,18 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
                 Some(_) => waiting.clone(),
             };
             let taken = match &overflow {
-                None => tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    p = room.acquire_owned() => p.ok(),
-                },
-                Some(o) => tokio::select! {
+                Some(o) if !o.pause => tokio::select! {
                     biased;
                     _ = cancel.cancelled() => break 'outer,
                     () = o.until_past(&record) => {
                         o.dead_letter(ctx, sub, record, cancel2).await;
                         continue;
                     },
+                    p = room.acquire_owned() => p.ok(),
+                },
+                // Paused at the limit (or no limit): the record waits for room.
+                _ => tokio::select! {
+                    _ = cancel.cancelled() => break 'outer,
                     p = room.acquire_owned() => p.ok(),
                 },
             };
@@ -241,6 +244,8 @@ struct Overflow {
     cutoff: AtomicI64,
     /// Whether arrival times matter (an age limit is set).
     by_age: bool,
+    /// Past the limit the trigger pauses: nothing is moved.
+    pause: bool,
     /// Fired when the limit moves.
     moved: Notify,
     held: std::sync::Mutex<HeldMap>,
@@ -261,11 +266,12 @@ impl Drop for HeldGuard {
 }
 
 impl Overflow {
-    fn new(by_age: bool) -> Self {
+    fn new(by_age: bool, pause: bool) -> Self {
         Overflow {
             boundary: RwLock::default(),
             cutoff: AtomicI64::new(i64::MIN),
             by_age,
+            pause,
             moved: Notify::new(),
             held: std::sync::Mutex::default(),
             moving: Arc::new(Semaphore::new(OVERFLOW_WRITERS)),
@@ -338,8 +344,8 @@ impl Overflow {
         });
     }
 
-    /// Publishes where the limit falls and moves out the held records past it;
-    /// returns how many it moved.
+    /// Publishes where the limit falls and moves out the held records past it
+    /// (leaves them when the trigger pauses instead); returns how many are past.
     fn publish(&self, boundary: Option<HashMap<u32, u64>>, cutoff: Option<i64>) -> usize {
         if let Some(b) = boundary {
             *self.boundary.write().unwrap_or_else(|p| p.into_inner()) = b;
@@ -352,7 +358,9 @@ impl Overflow {
         let mut moved = 0;
         for ((arrival, position), token) in held.iter() {
             if !token.is_cancelled() && self.is_past(*position, *arrival) {
-                token.cancel();
+                if !self.pause {
+                    token.cancel();
+                }
                 moved += 1;
             }
         }
@@ -406,7 +414,12 @@ async fn watch_lag(ctx: Arc<TriggerContext>, overflow: Arc<Overflow>, cancel: Ca
                 - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
         });
         let moved = overflow.publish(boundary, cutoff);
-        if moved > 0 {
+        if overflow.pause {
+            match moved {
+                0 => ctx.pause.rearm(),
+                _ => ctx.pause_at_max_lag(),
+            }
+        } else if moved > 0 {
             tracing::warn!(trigger = %ctx.runtime.key, moved, max_lag = %max, "Trigger is past its max-lag; its oldest waiting events go to the dead letters (backlog-overflow)");
         }
     }

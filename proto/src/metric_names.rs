@@ -60,6 +60,10 @@ pub const TRIGGER_BREAKER_OPEN: &str = "cemesh_trigger_breaker_open";
 /// Times the trigger's circuit breaker opened. Labels: `namespace_name`,
 /// `broker_name`, `trigger_name`.
 pub const TRIGGER_BREAKER_OPENED: &str = "cemesh_trigger_breaker_opened_total";
+/// 1 while the trigger is paused at its max-lag (`cemesh.dev/max-lag-action: pause`:
+/// nothing delivered until `cemesh resume`), else 0. Labels: `namespace_name`,
+/// `broker_name`, `trigger_name`.
+pub const TRIGGER_PAUSED: &str = "cemesh_trigger_paused";
 /// Events moved to the dead letters because the trigger fell more than its
 /// `cemesh.dev/max-lag` behind (reason `backlog-overflow`). Labels: `namespace_name`,
 /// `broker_name`, `trigger_name`.
@@ -95,7 +99,7 @@ pub const DURATION_SUFFIX: &str = "_duration_seconds";
 
 /// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
 /// help text. The `process_*` ones are read and rendered at scrape time.
-pub const BROKER_METRICS: [(&str, Kind, &str); 24] = [
+pub const BROKER_METRICS: [(&str, Kind, &str); 25] = [
     (
         INGRESS_EVENTS,
         Kind::Counter,
@@ -165,6 +169,11 @@ pub const BROKER_METRICS: [(&str, Kind, &str); 24] = [
         TRIGGER_BREAKER_OPENED,
         Kind::Counter,
         "Times the trigger's circuit breaker opened.",
+    ),
+    (
+        TRIGGER_PAUSED,
+        Kind::Gauge,
+        "1 while the trigger is paused at its max-lag (nothing delivered until resumed), else 0.",
     ),
     (
         TRIGGER_BACKLOG_OVERFLOW,

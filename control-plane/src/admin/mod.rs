@@ -52,6 +52,10 @@ pub fn router(state: AdminState) -> Router {
             "/v1/namespaces/{ns}/triggers/{name}/scale",
             get(scale::scale),
         )
+        .route(
+            "/v1/namespaces/{ns}/triggers/{name}/resume",
+            post(scale::resume),
+        )
         .route(dl, get(deadletters::list).delete(deadletters::purge))
         .route(&format!("{dl}:redrive"), post(deadletters::redrive))
         .route(

@@ -102,6 +102,7 @@ impl Resources {
             stats["subscriber"] = json!(ctx.runtime.subscriber.as_str());
             stats["maxLag"] = json!(ctx.runtime.max_lag.to_string());
             stats["breaker"] = json!(ctx.breaker.view());
+            stats["paused"] = json!(ctx.pause.view());
             view.json["status"]["stats"] = stats;
         }
         view

@@ -1,7 +1,8 @@
 //! `GET /v1/namespaces/{ns}/triggers/{name}/scale`: the scaling signals of one trigger
 //! as JSON, for KEDA's `metrics-api` scaler (no Prometheus needed). Point its
 //! `valueLocation` at `lag` (events waiting), `inFlight`, `deliveryRate` or
-//! `oldestWaitingAgeSeconds`; `active` tells whether anything waits at all.
+//! `oldestWaitingAgeSeconds`; `active` tells whether anything waits at all. Also
+//! the resume of a trigger paused at its max-lag.
 
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -34,5 +35,28 @@ pub async fn scale(
         "oldestWaitingAgeSeconds": s.oldest_waiting_age_seconds,
         "active": s.active,
         "breakerOpen": s.breaker_open,
+        "paused": s.paused,
+    })))
+}
+
+/// `POST /v1/namespaces/{ns}/triggers/{name}/resume`: lets a trigger paused at its
+/// max-lag deliver again (`cemesh resume`). It pauses again only after its lag has
+/// come back under the limit.
+pub async fn resume(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = TriggerKey::new(&ns, &name);
+    let ctx = state
+        .registry
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("trigger {key} is not running")))?;
+    let resumed = ctx.resume();
+    Ok(Json(json!({
+        "trigger": key.to_string(),
+        "resumed": resumed,
     })))
 }

@@ -26,6 +26,8 @@ pub struct Signals {
     /// The trigger's circuit breaker is open: its subscriber looks down and events
     /// wait (the lag still says how many).
     pub breaker_open: bool,
+    /// The trigger is paused at its max-lag until an operator resumes it.
+    pub paused: bool,
 }
 
 /// Reads a running trigger's signals.
@@ -60,6 +62,7 @@ pub async fn read(ctx: &TriggerContext) -> Result<Signals, LagError> {
         oldest_waiting_age_seconds,
         active: lag > 0 || in_flight > 0,
         breaker_open: ctx.breaker.is_open(),
+        paused: ctx.pause.is_paused(),
     })
 }
 

@@ -58,6 +58,10 @@ pub const DELIVERY_FORMAT_ANNOTATION: &str = "cemesh.dev/delivery-format";
 /// move to its dead letters (`backlog-overflow`): records (`5000`), an age (`10m`),
 /// both (`5000,10m`), or `none`. Default: 90 % of the broker's `max-backlog`.
 pub const MAX_LAG_ANNOTATION: &str = "cemesh.dev/max-lag";
+/// Annotation: what passing max-lag does: `dead-letter` (default) moves the oldest
+/// waiting events to the dead letters; `pause` stops delivering, keeps every event
+/// and waits for `cemesh resume`.
+pub const MAX_LAG_ACTION_ANNOTATION: &str = "cemesh.dev/max-lag-action";
 /// Annotation: consecutive failures saying the subscriber is down (no response, a
 /// timeout, 5xx) that open the circuit breaker; `off` (or `0`) turns it off.
 /// Default 5.
@@ -83,6 +87,7 @@ pub const TRIGGER_ANNOTATIONS: &[&str] = &[
     COLD_START_GRACE_ANNOTATION,
     DELIVERY_FORMAT_ANNOTATION,
     MAX_LAG_ANNOTATION,
+    MAX_LAG_ACTION_ANNOTATION,
     BREAKER_FAILURES_ANNOTATION,
     BREAKER_WINDOW_ANNOTATION,
     BREAKER_PROBE_DELAY_ANNOTATION,

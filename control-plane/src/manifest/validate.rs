@@ -19,8 +19,9 @@ use super::broker::{
 use super::trigger::{
     BACKOFF_MAX_ANNOTATION, BREAKER_FAILURES_ANNOTATION, BREAKER_PROBE_DELAY_ANNOTATION,
     BREAKER_PROBE_MAX_ANNOTATION, BREAKER_WINDOW_ANNOTATION, COLD_START_GRACE_ANNOTATION,
-    DELIVERY_FORMAT_ANNOTATION, JITTER_ANNOTATION, MAX_LAG_ANNOTATION, MAX_RATE_ANNOTATION,
-    ORDER_ANNOTATION, PARALLELISM_ANNOTATION, START_ANNOTATION, TRIGGER_ANNOTATIONS,
+    DELIVERY_FORMAT_ANNOTATION, JITTER_ANNOTATION, MAX_LAG_ACTION_ANNOTATION, MAX_LAG_ANNOTATION,
+    MAX_RATE_ANNOTATION, ORDER_ANNOTATION, PARALLELISM_ANNOTATION, START_ANNOTATION,
+    TRIGGER_ANNOTATIONS,
 };
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
@@ -444,12 +445,26 @@ fn compile_trigger(
             StartAt::Latest
         }
     };
-    let max_lag = match t.metadata.annotations.get(MAX_LAG_ANNOTATION) {
+    let mut max_lag = match t.metadata.annotations.get(MAX_LAG_ANNOTATION) {
         None => broker.map(default_max_lag).unwrap_or_default(),
         Some(v) => problems
             .note(parse_max_lag(v).map_err(|e| field(&ann(MAX_LAG_ANNOTATION), e)))
             .unwrap_or_default(),
     };
+    if let Some(v) = t.metadata.annotations.get(MAX_LAG_ACTION_ANNOTATION) {
+        match v.trim() {
+            "dead-letter" => {}
+            "pause" if max_lag.is_set() => max_lag.pause = true,
+            "pause" => problems.add(
+                &ann(MAX_LAG_ACTION_ANNOTATION),
+                format!("pause needs a max-lag: set {MAX_LAG_ANNOTATION} (the trigger has none)"),
+            ),
+            other => problems.add(
+                &ann(MAX_LAG_ACTION_ANNOTATION),
+                format!("{other:?} is not dead-letter or pause"),
+            ),
+        }
+    }
     let (Some(subscriber), Some(filter)) = (subscriber, filter) else {
         return Err(problems.0);
     };
@@ -478,6 +493,7 @@ fn default_max_lag(broker: &BrokerDesired) -> MaxLag {
     MaxLag {
         records: capped.then(|| (broker.channel_options.max_backlog_records / 10 * 9).max(1)),
         age: None,
+        pause: false,
     }
 }
 
@@ -937,8 +953,16 @@ apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  anno
             runtime("").max_lag,
             MaxLag {
                 records: Some(900),
-                age: None
+                age: None,
+                pause: false,
             }
+        );
+        let paused = runtime("cemesh.dev/max-lag: '300', cemesh.dev/max-lag-action: pause").max_lag;
+        assert!(paused.pause);
+        assert_eq!(paused.to_string(), "300 records, then pause");
+        assert!(
+            runtime("cemesh.dev/max-lag-action: pause").max_lag.pause,
+            "the default limit"
         );
         assert_eq!(
             runtime("cemesh.dev/max-lag: '300'").max_lag.records,
@@ -980,6 +1004,23 @@ apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  anno
             "metadata.annotations.cemesh.dev/breaker-probe-delay: must be longer than zero",
         ] {
             assert!(msgs.iter().any(|m| m.contains(needle)), "{needle} in {msgs:#?}");
+        }
+        for (anns, needle) in [
+            (
+                "cemesh.dev/max-lag-action: stop",
+                "\"stop\" is not dead-letter or pause",
+            ),
+            (
+                "cemesh.dev/max-lag: none, cemesh.dev/max-lag-action: pause",
+                "max-lag-action: pause needs a max-lag",
+            ),
+        ] {
+            let d = compiled(anns, "1000");
+            let msgs: Vec<String> = d.problems.iter().map(ToString::to_string).collect();
+            assert!(
+                msgs.iter().any(|m| m.contains(needle)),
+                "{needle} in {msgs:#?}"
+            );
         }
     }
 

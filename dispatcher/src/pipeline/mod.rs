@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
 use crate::delivery::{Deliverer, Failure, Success};
+use crate::pause::Pause;
 use crate::runtime::TriggerRuntime;
 
 mod deadletter;
@@ -64,9 +65,31 @@ pub struct TriggerContext {
     pub metrics: Arc<TriggerMetrics>,
     /// The subscriber's circuit breaker, shared by the trigger's deliveries.
     pub breaker: Arc<Breaker>,
+    /// Set while the trigger is paused at its max-lag.
+    pub pause: Arc<Pause>,
 }
 
 impl TriggerContext {
+    /// Pauses the trigger at its max-lag (`max-lag-action: pause`), unless it is
+    /// paused or was resumed while still past the limit.
+    pub fn pause_at_max_lag(&self) {
+        let reason = format!("past its max-lag ({})", self.runtime.max_lag);
+        if self.pause.pause(reason) {
+            tracing::warn!(trigger = %self.runtime.key, max_lag = %self.runtime.max_lag, "Trigger paused at its max-lag: nothing is delivered and every event is kept until it is resumed (cemesh resume)");
+            self.paused_gauge().set(1.0);
+        }
+    }
+
+    /// Lets a paused trigger deliver again; true if it was paused.
+    pub fn resume(&self) -> bool {
+        let was = self.pause.resume();
+        if was {
+            tracing::info!(trigger = %self.runtime.key, "Trigger resumed");
+            self.paused_gauge().set(0.0);
+        }
+        was
+    }
+
     /// Runs the event through the pipeline. `cancel` stops waiting between retries
     /// (the attempt in flight finishes).
     pub async fn process(&self, event: &Event, cancel: &CancellationToken) -> Processed {

@@ -47,7 +47,11 @@ impl TriggerContext {
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            // Only the subscriber has a breaker; a probe's leave is reported below.
+            // Only the subscriber has a breaker (and a pause); a probe's leave is
+            // reported below.
+            if target == Target::Subscriber && !self.pause.wait(cancel).await {
+                return Sent::Interrupted;
+            }
             let pass = match target {
                 Target::Subscriber => match self.breaker.admit(cancel).await {
                     Some(pass) => Some(pass),

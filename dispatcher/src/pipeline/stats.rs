@@ -24,6 +24,7 @@ pub struct TriggerMetrics {
     pub(super) replies: OnceLock<Counter>,
     pub(super) breaker_open: OnceLock<Gauge>,
     pub(super) breaker_opened: OnceLock<Counter>,
+    pub(super) paused: OnceLock<Gauge>,
     pub(super) overflowed: OnceLock<Counter>,
     /// Dead letters taken by the sink, and by the built-in store.
     pub(super) dead_letters_sink: OnceLock<Counter>,
@@ -62,6 +63,12 @@ impl TriggerContext {
         self.metrics
             .breaker_open
             .get_or_init(|| metrics::gauge!(names::TRIGGER_BREAKER_OPEN, &self.trigger_labels()))
+    }
+
+    pub(super) fn paused_gauge(&self) -> &Gauge {
+        self.metrics
+            .paused
+            .get_or_init(|| metrics::gauge!(names::TRIGGER_PAUSED, &self.trigger_labels()))
     }
 
     pub(super) fn per_trigger_counter<'a>(

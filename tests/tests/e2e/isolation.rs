@@ -531,3 +531,94 @@ async fn structured_triggers_take_large_attributes_and_the_budget_is_configurabl
     let got = binary_sub.wait_for(1, WAIT).await;
     assert_eq!(got[0].headers["ce-big"].len(), 20_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_set_to_pause_stops_at_its_max_lag_keeps_every_event_and_resumes() {
+    let slow = Subscriber::start().await;
+    slow.set_delay(Duration::from_millis(100), Duration::ZERO);
+    let healthy = Subscriber::start().await;
+    let mesh = Cemesh::start(&docs(&[
+        broker(&[]),
+        trigger(
+            "a",
+            &slow.url(),
+            &[
+                ("cemesh.dev/max-lag", "30"),
+                ("cemesh.dev/max-lag-action", "pause"),
+                ("cemesh.dev/parallelism", "2"),
+            ],
+            "",
+        ),
+        trigger("b", &healthy.url(), &[], ""),
+    ]));
+
+    let statuses = post_all(&mesh, 0..200, 4).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert_eq!(healthy.wait_for(200, WAIT).await.len(), 200);
+
+    // Past 30 waiting, A pauses and says so; nothing more is attempted.
+    let deadline = Instant::now() + WAIT;
+    let paused = loop {
+        let s = stats(&mesh, "a").await;
+        if s["paused"].is_object() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "trigger a did not pause: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(paused["maxLag"], "30 records, then pause", "{paused}");
+    let reason = paused["paused"]["reason"].as_str().unwrap();
+    assert!(reason.contains("max-lag"), "{reason}");
+    // Attempts in flight when it paused finish; then nothing moves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = slow.count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(slow.count(), before, "a paused trigger sends nothing");
+    assert!(before < 200, "paused before its backlog was delivered");
+    let page = dead_letter_page(&mesh, "a").await;
+    assert_eq!(page["total"], 0, "pause keeps every event: {page}");
+    let s = stats(&mesh, "a").await;
+    assert!(s["lag"].as_u64().unwrap() > 30, "{s}");
+    assert_eq!(
+        get_json(&mesh, "/v1/namespaces/default/triggers/a/scale").await["paused"],
+        true
+    );
+    let metrics = client()
+        .get(mesh.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cemesh_trigger_paused{")
+                && l.contains("trigger_name=\"a\"")
+                && l.ends_with(" 1")),
+        "the gauge says paused"
+    );
+    let (ok, out, err) = cemesh_cli(&["describe", "trigger", "a", "--admin", &mesh.admin_url("")]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Paused:") && out.contains("cemesh resume a -n default"),
+        "{out}"
+    );
+
+    // Resumed (the subscriber fast again): every event arrives, none twice.
+    slow.set_delay(Duration::ZERO, Duration::ZERO);
+    let (ok, out, err) = cemesh_cli(&["resume", "a", "--admin", &mesh.admin_url("")]);
+    assert!(ok && out.contains("resumed"), "{out}{err}");
+    let got = slow.wait_for(200, WAIT).await;
+    let ids: HashSet<String> = got
+        .iter()
+        .filter_map(|r| r.event.clone().map(|e| e.id))
+        .collect();
+    assert_eq!(ids.len(), 200, "every event delivered after the resume");
+    let s = stats(&mesh, "a").await;
+    assert!(s["paused"].is_null(), "{s}");
+    assert_eq!(dead_letter_page(&mesh, "a").await["total"], 0);
+    let (ok, out, _) = cemesh_cli(&["resume", "a", "--admin", &mesh.admin_url("")]);
+    assert!(ok && out.contains("was not paused"), "{out}");
+}
