@@ -248,11 +248,14 @@ impl ChannelShared {
         if let Some(ms) = mark {
             batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
         }
-        self.tree.apply_batch(batch).map_err(|e| {
-            storage(
+        self.tree.apply_batch(batch).map_err(|e| match e {
+            e if super::flusher::is_read_only(&e) => ChannelError::ReadOnlyDisk {
+                retry_after: super::space::RETRY_AFTER,
+            },
+            e => storage(
                 format_args!("appending {n} events to broker {}", self.broker),
                 e,
-            )
+            ),
         })?;
         let mut st = self.lock();
         st.next += n;

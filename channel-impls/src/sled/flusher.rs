@@ -19,6 +19,9 @@ struct FlushStatus {
     /// Every ticket up to this one is durable.
     last_ok: u64,
     error: Option<String>,
+    /// The last failure was the filesystem refusing writes (EROFS: ext4's
+    /// `errors=remount-ro`, which on recent kernels statvfs does not report).
+    read_only: bool,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,10 @@ impl Flusher {
             .clone();
         if status.last_ok >= ticket {
             Ok(())
+        } else if status.read_only {
+            Err(ChannelError::ReadOnlyDisk {
+                retry_after: super::space::RETRY_AFTER,
+            })
         } else {
             Err(ChannelError::Storage(format!(
                 "flushing to disk failed: {}",
@@ -153,9 +160,11 @@ impl Flusher {
                     Ok(_) => {
                         s.last_ok = ticket;
                         s.error = None;
+                        s.read_only = false;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "sled flush failed; appends waiting for it fail");
+                        s.read_only = is_read_only(&e);
                         s.error = Some(e.to_string());
                     }
                 }
@@ -167,4 +176,9 @@ impl Flusher {
         lock(&self.state).shutdown = true;
         self.cv.notify_all();
     }
+}
+
+/// Whether sled failed because the filesystem refuses writes.
+pub(super) fn is_read_only(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
 }

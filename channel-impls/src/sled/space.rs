@@ -3,7 +3,10 @@
 //! hangs), so a store refuses durable writes while the free space of its filesystem
 //! is under a reserve, and takes them again by itself once space returns. A
 //! filesystem the kernel remounted read-only (ext4's `errors=remount-ro`) is
-//! refused the same way, as 503, until it is writable again.
+//! refused the same way, as 503, until it is writable again. (ext4's emergency
+//! read-only state after an error is not a read-only mount on recent kernels:
+//! statvfs does not see it, so sled's write fails first, and that EROFS is refused
+//! as the same 503 by the writer and the flusher.)
 //!
 //! Free space is read with `statvfs` at most every [`CHECK_EVERY`] while there is
 //! room (a cheap syscall), and on every write while there is not.

@@ -471,3 +471,188 @@ async fn a_full_disk_is_refused_with_507_and_recovers_by_itself() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// An ext4 filesystem in a file, loop-mounted with `errors=remount-ro`: what a data
+/// dir on a failing disk becomes. (A tmpfs cannot turn read-only under a process
+/// holding files open for writing; ext4 after an error can.)
+struct Ext4Disk {
+    dir: tempfile::TempDir,
+    image: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> bool {
+    std::process::Command::new(cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Ext4Disk {
+    /// `None` (and a note) where loop devices or ext4 are not available.
+    fn mount() -> Option<Ext4Disk> {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let disk = Ext4Disk { dir, image, mnt };
+        let image = disk.image.to_str().unwrap();
+        if !run_ok("mkfs.ext4", &["-q", "-F", image]) || !disk.attach() {
+            println!("SKIPPED: no mkfs.ext4 or loop mounts here");
+            return None;
+        }
+        if disk.sysfs_trigger().is_none() {
+            println!("SKIPPED: this kernel's ext4 has no trigger_fs_error");
+            return None;
+        }
+        Some(disk)
+    }
+
+    fn attach(&self) -> bool {
+        run_ok(
+            "mount",
+            &[
+                "-o",
+                "loop,errors=remount-ro",
+                self.image.to_str().unwrap(),
+                self.mnt.to_str().unwrap(),
+            ],
+        )
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.mnt
+    }
+
+    fn sysfs_trigger(&self) -> Option<std::path::PathBuf> {
+        let out = std::process::Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&self.mnt)
+            .output()
+            .ok()?;
+        let source = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let dev = std::path::Path::new(&source).file_name()?.to_owned();
+        let path = std::path::Path::new("/sys/fs/ext4")
+            .join(dev)
+            .join("trigger_fs_error");
+        path.exists().then_some(path)
+    }
+
+    /// An ext4 error: the filesystem refuses every write from now on.
+    fn fail(&self) {
+        let path = self.sysfs_trigger().expect("trigger_fs_error");
+        std::fs::write(path, "cemesh test").expect("triggering an ext4 error");
+    }
+
+    /// Unmounts, repairs (as an operator would) and mounts again.
+    fn repair(&self) {
+        assert!(run_ok("umount", &[self.mnt.to_str().unwrap()]), "umount");
+        let _ = run_ok("e2fsck", &["-fy", self.image.to_str().unwrap()]);
+        assert!(self.attach(), "mounting the repaired filesystem");
+    }
+}
+
+impl Drop for Ext4Disk {
+    fn drop(&mut self) {
+        let _ = run_ok("umount", &["-l", self.mnt.to_str().unwrap()]);
+        let _ = &self.dir;
+    }
+}
+
+/// A data dir whose filesystem turns read-only under the broker (an ext4 error with
+/// `errors=remount-ro`): new events get 503 with Retry-After, never a 202 that was
+/// not stored; the broker keeps serving; after the disk is repaired and the broker
+/// restarted, every 202'd event is delivered and no refused one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_turned_read_only_is_refused_with_503_and_loses_nothing() {
+    let Some(disk) = Ext4Disk::mount() else {
+        return;
+    };
+    let sub = Subscriber::start().await;
+    sub.set_status(503);
+    let trigger = format!(
+        "{}  annotations:\n    cemesh.dev/backoff-max: 300ms\n    cemesh.dev/breaker-failures: 'off'\n{}  delivery:\n    retry: 100000\n    backoffDelay: PT0.1S\n",
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n",
+        format_args!("spec:\n  broker: default\n  subscriber:\n    uri: {}\n", sub.url())
+    );
+    let mut mesh = Cemesh::builder()
+        .channel("sled")
+        .data_dir(&disk.path().join("data"))
+        .arg("--min-free-disk")
+        .arg("1MiB")
+        .manifest("mesh.yaml", &docs(&[sled_broker("default", &[]), trigger]))
+        .start();
+    let c = client();
+    let url = mesh.broker_url("default", "default");
+    let post = |i: usize| {
+        let (c, url) = (c.clone(), url.clone());
+        async move { post_binary(&c, &url, &Event::new(format!("r{i}"), "/ro", "t")).await }
+    };
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        assert_eq!(post(i).await.status(), 202);
+        accepted.push(format!("r{i}"));
+    }
+
+    disk.fail();
+    let mut refused = 0;
+    for i in 5..15 {
+        let r = post(i).await;
+        match r.status().as_u16() {
+            202 => accepted.push(format!("r{i}")),
+            503 => {
+                refused += 1;
+                assert!(r.headers().get("retry-after").is_some());
+                let body: serde_json::Value = r.json().await.unwrap();
+                let error = body["error"].as_str().unwrap_or_default();
+                assert!(error.contains("read-only"), "{body}");
+            }
+            other => panic!("event {i}: {other} {}", r.text().await.unwrap()),
+        }
+    }
+    assert!(refused >= 9, "{refused} of 10 refused on a read-only disk");
+    let ready = client()
+        .get(mesh.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "the broker keeps serving");
+
+    // Repaired and restarted: what was accepted is there, what was refused is not.
+    mesh.kill9();
+    disk.repair();
+    mesh.restart();
+    sub.set_status(200);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    // Only what the subscriber took after the restart (it refused everything before).
+    let delivered = || -> HashSet<String> {
+        sub.received()
+            .into_iter()
+            .filter(|r| r.status_sent == 200)
+            .filter_map(|r| r.event.map(|e| e.id))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = delivered();
+        if want.is_subset(&got) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let got = delivered();
+            assert_eq!(got, want, "only accepted events are delivered");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted events delivered",
+            want.intersection(&got).count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
