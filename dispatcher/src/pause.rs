@@ -67,6 +67,12 @@ impl Pause {
         self.armed.store(true, Relaxed);
     }
 
+    /// Whether passing the limit pauses now (false from a resume until the lag is
+    /// back under the limit).
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Relaxed)
+    }
+
     /// Lets deliveries go again; true if it was paused.
     pub fn resume(&self) -> bool {
         self.armed.store(false, Relaxed);

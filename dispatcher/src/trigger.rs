@@ -415,14 +415,29 @@ async fn watch_lag(ctx: Arc<TriggerContext>, overflow: Arc<Overflow>, cancel: Ca
         });
         let moved = overflow.publish(boundary, cutoff);
         if overflow.pause {
-            match moved {
-                0 => ctx.pause.rearm(),
-                _ => ctx.pause_at_max_lag(),
+            if moved > 0 {
+                ctx.pause_at_max_lag();
+            } else if !ctx.pause.is_armed() && within_max_lag(&ctx, &overflow).await {
+                ctx.pause.rearm();
             }
         } else if moved > 0 {
             tracing::warn!(trigger = %ctx.runtime.key, moved, max_lag = %max, "Trigger is past its max-lag; its oldest waiting events go to the dead letters (backlog-overflow)");
         }
     }
+}
+
+/// Whether a resumed trigger is back under its max-lag (so it may pause again): its
+/// lag in records, and no held record past the age limit. With nothing held, only
+/// an empty backlog tells the age is within the limit (between two reads, the held
+/// set is empty however far behind the trigger is).
+async fn within_max_lag(ctx: &TriggerContext, overflow: &Overflow) -> bool {
+    let max = ctx.runtime.max_lag;
+    let Ok(lag) = ctx.broker.lag(&ctx.runtime.key.subscription_name()).await else {
+        return false;
+    };
+    let records_ok = max.records.is_none_or(|limit| lag <= limit);
+    let age_ok = max.age.is_none() || lag == 0 || !overflow.lock_held().is_empty();
+    records_ok && age_ok
 }
 
 /// The CloudEvents `partitionkey` extension, as a string.

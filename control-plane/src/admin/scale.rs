@@ -7,7 +7,9 @@
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::Json;
-use cemesh_dispatcher::TriggerKey;
+use std::sync::Arc;
+
+use cemesh_dispatcher::{TriggerContext, TriggerKey};
 use serde_json::json;
 
 use super::{AdminState, ApiError};
@@ -16,14 +18,7 @@ pub async fn scale(
     State(state): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let key = TriggerKey::new(&ns, &name);
-    let ctx = state
-        .registry
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("trigger {key} is not running")))?;
+    let (key, ctx) = running(&state, &ns, &name)?;
     let s = crate::keda::read(&ctx)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -46,7 +41,21 @@ pub async fn resume(
     State(state): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let key = TriggerKey::new(&ns, &name);
+    let (key, ctx) = running(&state, &ns, &name)?;
+    let resumed = ctx.resume();
+    Ok(Json(json!({
+        "trigger": key.to_string(),
+        "resumed": resumed,
+    })))
+}
+
+/// The running trigger `ns/name`, or 404.
+fn running(
+    state: &AdminState,
+    ns: &str,
+    name: &str,
+) -> Result<(TriggerKey, Arc<TriggerContext>), ApiError> {
+    let key = TriggerKey::new(ns, name);
     let ctx = state
         .registry
         .read()
@@ -54,9 +63,5 @@ pub async fn resume(
         .get(&key)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("trigger {key} is not running")))?;
-    let resumed = ctx.resume();
-    Ok(Json(json!({
-        "trigger": key.to_string(),
-        "resumed": resumed,
-    })))
+    Ok((key, ctx))
 }

@@ -320,6 +320,14 @@ async fn a_batch_flood_keeps_rss_bounded() {
 }
 
 /// A small filesystem (tmpfs) mounted for one test, unmounted when dropped.
+/// Trigger `t` retrying (almost) forever, every 100–300 ms, so events wait for the
+/// subscriber instead of becoming dead letters; `annotations` are extra lines.
+fn patient_trigger(subscriber: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  annotations:\n    cemesh.dev/backoff-max: 300ms\n{annotations}spec:\n  broker: default\n  subscriber:\n    uri: {subscriber}\n  delivery:\n    retry: 100000\n    backoffDelay: PT0.1S\n"
+    )
+}
+
 struct SmallDisk {
     dir: tempfile::TempDir,
 }
@@ -377,11 +385,7 @@ async fn a_full_disk_is_refused_with_507_and_recovers_by_itself() {
     };
     let sub = Subscriber::start().await;
     sub.set_status(503);
-    let trigger = format!(
-        "{}  annotations:\n    cemesh.dev/backoff-max: 300ms\n{}  delivery:\n    retry: 100000\n    backoffDelay: PT0.1S\n",
-        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n",
-        format_args!("spec:\n  broker: default\n  subscriber:\n    uri: {}\n", sub.url())
-    );
+    let trigger = patient_trigger(&sub.url(), "");
     let mut mesh = Cemesh::builder()
         .channel("sled")
         .data_dir(disk.path())
@@ -576,11 +580,7 @@ async fn a_data_dir_turned_read_only_is_refused_with_503_and_loses_nothing() {
     };
     let sub = Subscriber::start().await;
     sub.set_status(503);
-    let trigger = format!(
-        "{}  annotations:\n    cemesh.dev/backoff-max: 300ms\n    cemesh.dev/breaker-failures: 'off'\n{}  delivery:\n    retry: 100000\n    backoffDelay: PT0.1S\n",
-        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n",
-        format_args!("spec:\n  broker: default\n  subscriber:\n    uri: {}\n", sub.url())
-    );
+    let trigger = patient_trigger(&sub.url(), "    cemesh.dev/breaker-failures: 'off'\n");
     let mut mesh = Cemesh::builder()
         .channel("sled")
         .data_dir(&disk.path().join("data"))

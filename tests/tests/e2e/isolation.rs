@@ -84,6 +84,17 @@ async fn get_json(mesh: &Cemesh, path: &str) -> serde_json::Value {
         .expect("JSON")
 }
 
+async fn metrics_text(mesh: &Cemesh) -> String {
+    client()
+        .get(mesh.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 async fn dead_letter_page(mesh: &Cemesh, trigger: &str) -> serde_json::Value {
     get_json(
         mesh,
@@ -195,14 +206,7 @@ async fn a_stuck_trigger_overflows_to_its_dead_letters_and_never_blocks_the_brok
     );
     assert!(lag <= 300);
 
-    let metrics = client()
-        .get(mesh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&mesh).await;
     let line = metrics
         .lines()
         .find(|l| {
@@ -332,14 +336,7 @@ async fn a_breaker_holds_a_down_subscribers_events_and_loses_none_to_dead_letter
     assert_eq!(s["breaker"]["state"], "closed", "{s}");
     assert_eq!(s["deadLettered"], 0, "{s}");
     assert!(s["breaker"]["openedTotal"].as_u64().unwrap() >= 1, "{s}");
-    let metrics = client()
-        .get(mesh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&mesh).await;
     assert!(
         metrics
             .lines()
@@ -583,14 +580,7 @@ async fn a_trigger_set_to_pause_stops_at_its_max_lag_keeps_every_event_and_resum
         get_json(&mesh, "/v1/namespaces/default/triggers/a/scale").await["paused"],
         true
     );
-    let metrics = client()
-        .get(mesh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&mesh).await;
     assert!(
         metrics
             .lines()
