@@ -118,10 +118,13 @@ async fn deeply_nested_manifests_are_refused_at_once_and_do_not_stall_the_ingres
 }
 
 /// `'%' || '_'×10000 || 'b%'`: a `b` at least 10,000 characters in.
+/// Delivers structured: a 60 KiB attribute fits no binary-mode header, and the
+/// ingress refuses it for a binary trigger that matches (the check runs this very
+/// filter, on the ingress, so it must not stall it either).
 fn adversarial_trigger(name: &str, subscriber: &str) -> String {
     let pattern = format!("%{}b%", "_".repeat(10_000));
     format!(
-        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  broker: default\n  subscriber:\n    uri: {subscriber}\n  filters:\n    - cesql: \"big LIKE '{pattern}'\"\n"
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  broker: default\n  subscriber:\n    uri: {subscriber}\n  filters:\n    - cesql: \"big LIKE '{pattern}'\"\n  delivery:\n    format: json\n"
     )
 }
 
