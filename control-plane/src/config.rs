@@ -111,6 +111,11 @@ pub struct ServerConfig {
     /// Connections each listener (ingress, admin, gRPC) holds at once; past it a new
     /// one is refused (503 on HTTP). Default 10000.
     pub max_connections: Option<std::num::NonZeroUsize>,
+    /// Serve the ingress, admin API and gRPC over TLS with this certificate chain
+    /// (PEM, re-read when it changes); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -194,6 +199,8 @@ pub struct Settings {
     pub max_pending_bytes: u64,
     /// What an accepted event's binary-mode headers may take.
     pub header_budget: cemesh_proto::http::HeaderBudget,
+    /// TLS for the ingress, admin and gRPC listeners.
+    pub tls: Option<cemesh_ingress::tls::TlsFiles>,
     /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
     pub limits: cemesh_ingress::server::Limits,
     #[cfg(feature = "kafka")]

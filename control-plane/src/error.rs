@@ -32,6 +32,10 @@ pub enum Error {
     SledCacheSize(ParseError),
     #[error("--max-pending-bytes: {0}")]
     MaxPendingBytes(ParseError),
+    #[error("TLS needs both a certificate and its key (--tls-cert and --tls-key)")]
+    TlsPair,
+    #[error(transparent)]
+    Tls(#[from] cemesh_ingress::tls::TlsError),
     #[error("--max-header-line-bytes: {0}")]
     MaxHeaderLineBytes(ParseError),
     #[error("--max-header-bytes-total: {0}")]

@@ -313,6 +313,12 @@ impl Mesh {
         }
     }
 
+    /// Deliveries also trust these CA certificates (DER).
+    pub fn trusting(mut self, roots: &[Vec<u8>]) -> Self {
+        self.deliverer = Deliverer::trusting(roots);
+        self
+    }
+
     pub fn registry(&self) -> Registry {
         self.registry.clone()
     }

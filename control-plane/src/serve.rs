@@ -103,6 +103,13 @@ pub struct ServeArgs {
     #[cfg(feature = "kafka")]
     #[command(flatten)]
     pub kafka: crate::kafka::KafkaArgs,
+    /// Serve the ingress, admin API and gRPC over TLS with this certificate chain
+    /// (PEM; re-read when the file changes), with --tls-key
+    #[arg(long, env = "CEMESH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318
     /// (builds with the `otel` cargo feature only)
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -185,6 +192,14 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             }
             .try_into()
             .unwrap_or(usize::MAX),
+        },
+        tls: match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(cemesh_ingress::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(Error::TlsPair),
         },
         service_url_template: file
             .service_url_template
@@ -302,6 +317,18 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     let ingress = listen("ingress", settings.ingress_addr).await?;
     let admin = listen("admin", settings.admin_addr).await?;
     let grpc = listen("gRPC", settings.grpc_addr).await?;
+    let (http_tls, grpc_tls) = match &settings.tls {
+        Some(files) => (
+            Some(cemesh_ingress::tls::acceptor(files, &[b"http/1.1"])?),
+            Some(cemesh_ingress::tls::acceptor(files, &[b"h2"])?),
+        ),
+        None => (None, None),
+    };
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let ingress_addr = ingress.local_addr().map_err(Error::LocalAddr)?;
     let admin_addr = admin.local_addr().map_err(Error::LocalAddr)?;
     let grpc_addr = grpc.local_addr().map_err(Error::LocalAddr)?;
@@ -320,22 +347,28 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     if let Some(options) = settings.kafka.clone() {
         channels.set_kafka(crate::kafka::connect(options).await?);
     }
-    let mesh = Mesh::new(routes.clone(), channels);
+    let own_issuers = match &settings.tls {
+        Some(files) => cemesh_ingress::tls::issuers(files)?,
+        None => Vec::new(),
+    };
+    let mesh = Mesh::new(routes.clone(), channels).trusting(&own_issuers);
     let registry = mesh.registry();
     let taps = mesh.taps();
     let background = mesh.background();
     let status = mesh.status();
     let control =
-        ControlPlane::start(mesh, settings.clone(), format!("http://{ingress_addr}")).await?;
+        ControlPlane::start(mesh, settings.clone(), format!("{scheme}://{ingress_addr}")).await?;
     let watcher = crate::reload::watch(control.clone(), &settings.config_dir);
 
     let stop = CancellationToken::new();
     let ingress_task = {
         let stop = stop.clone();
-        tokio::spawn(cemesh_ingress::serve(
+        tokio::spawn(cemesh_ingress::server::serve_tls(
+            "ingress",
             ingress,
-            routes.clone(),
+            cemesh_ingress::router(routes.clone()),
             settings.limits,
+            http_tls.clone(),
             async move { stop.cancelled().await },
         ))
     };
@@ -353,6 +386,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             keda,
             admin,
             settings.limits,
+            grpc_tls,
             async move { stop.cancelled().await },
         ))
     };
@@ -366,11 +400,12 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             control: control.clone(),
             routes: routes.clone(),
         });
-        tokio::spawn(cemesh_ingress::server::serve(
+        tokio::spawn(cemesh_ingress::server::serve_tls(
             "admin",
             admin,
             app,
             settings.limits,
+            http_tls,
             async move { stop.cancelled().await },
         ))
     };

@@ -12,6 +12,7 @@ mod error;
 pub mod grpc;
 mod routes;
 pub mod server;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -188,6 +188,20 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(what, listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given: the handshake must end within the header
+/// read timeout, and a connection past the limit is closed without an answer (a
+/// plaintext 503 means nothing to a TLS client).
+pub async fn serve_tls(
+    what: &'static str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<crate::tls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_headers(HARD_MAX_HEADERS)
         .max_buf_size(HARD_MAX_HEADER_BYTES)
@@ -213,6 +227,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Some(permit) = gate.admit() else {
+            if tls.is_some() {
+                continue;
+            }
             if let Ok(slot) = refusals.clone().try_acquire_owned() {
                 let message = gate.refusal_message();
                 tokio::spawn(async move {
@@ -229,8 +246,23 @@ pub async fn serve(
             limits,
             stop: stop.clone(),
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            conn.run(stream).await;
+            match tls {
+                None => conn.run(stream).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => conn.run(stream).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = what, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = what, "TLS handshake timed out")
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -285,7 +317,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream) {
+    async fn run<IO>(self, stream: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::new());
         let io = hyper_util::rt::TokioIo::new(Watched {
             io: stream,
@@ -456,12 +491,12 @@ impl Drop for InFlight {
 }
 
 /// The connection's socket, noting when bytes arrive.
-struct Watched {
-    io: TcpStream,
+struct Watched<IO> {
+    io: IO,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -476,7 +511,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -19,13 +19,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cemesh_ingress::server::{ConnectionGate, Limits};
+use cemesh_ingress::tls::TlsAcceptor;
 use cemesh_ingress::Routes;
 use cemesh_proto::pb::cemesh::v1::admin_server::AdminServer;
 use cemesh_proto::pb::cemesh::v1::publisher_server::PublisherServer;
 use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
+use tokio_util::either::Either;
+use tonic::transport::server::{Connected as _, TcpConnectInfo};
 
 pub use admin::{AdminContext, AdminService, OWNER_FILE_METADATA};
 pub use cemesh_ingress::grpc::{
@@ -46,6 +48,7 @@ pub async fn serve(
     >,
     admin: AdminContext,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::error::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -75,25 +78,7 @@ pub async fn serve(
         health.set_not_serving::<AdminServer<AdminService>>().await;
     }
     .shared();
-    let gate = ConnectionGate::new("gRPC", limits.max_connections);
-    let first_bytes = limits.header_read_timeout;
-    let incoming =
-        tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
-            let stream = match conn {
-                Ok(stream) => stream,
-                Err(e) => return Some(Err(e)),
-            };
-            // Past the limit the connection is closed at once: HTTP/2 has no answer
-            // before its handshake, and a client sees UNAVAILABLE and retries.
-            let permit = gate.admit()?;
-            // Small acks and unary answers should not wait for Nagle.
-            let _ = stream.set_nodelay(true);
-            Some(Ok(Admitted {
-                stream,
-                _permit: permit,
-                first_byte: Some(Box::pin(tokio::time::sleep(first_bytes))),
-            }))
-        });
+    let (incoming, accepting) = incoming(listener, limits, tls);
     let server = tonic::transport::Server::builder()
         // A unary call must be read, handled and answered within this (a client's
         // shorter `grpc-timeout` wins); a stream only until its response starts.
@@ -108,6 +93,8 @@ pub async fn serve(
         .add_service(admin)
         .add_service(keda)
         .serve_with_incoming_shutdown(incoming, shutdown.clone());
+    // Stops taking connections when the server returns.
+    let _accepting = AbortOnDrop(accepting.abort_handle());
     let cut_off = async move {
         shutdown.await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -128,20 +115,95 @@ pub const CALL_ALLOWANCE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// An admitted gRPC connection: holds its place under the connection limit, and is
-/// closed if its first bytes (the HTTP/2 preface) do not arrive within the header
-/// read timeout.
+/// Accepts connections for tonic: past the connection limit a connection is closed
+/// at once (HTTP/2 has no answer before its handshake, and a client sees UNAVAILABLE
+/// and retries); with TLS each handshake runs in its own task, bounded by the header
+/// read timeout, so a slow client never holds up the others.
+fn incoming(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<std::io::Result<Admitted>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let gate = ConnectionGate::new("gRPC", limits.max_connections);
+    let first_bytes = limits.header_read_timeout;
+    let accepting = tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(listener = "gRPC", error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(permit) = gate.admit() else { continue };
+            // Small acks and unary answers should not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            let info = stream.connect_info();
+            let admitted = move |stream| Admitted {
+                stream,
+                info,
+                _permit: permit,
+                first_byte: Some(Box::pin(tokio::time::sleep(first_bytes))),
+            };
+            match &tls {
+                None => {
+                    if tx.send(Ok(admitted(Either::Left(stream)))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(acceptor) => {
+                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let handshake = acceptor.accept(stream);
+                        match tokio::time::timeout(first_bytes, handshake).await {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send(Ok(admitted(Either::Right(Box::new(tls))))).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(listener = "gRPC", error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(listener = "gRPC", "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), accepting)
+}
+
+/// Ends the accept loop when the server is done.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type GrpcIo =
+    Either<tokio::net::TcpStream, Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>;
+
+/// An admitted gRPC connection (plain or TLS): holds its place under the connection
+/// limit, and is closed if its first bytes (the HTTP/2 preface) do not arrive within
+/// the header read timeout.
 struct Admitted {
-    stream: tokio::net::TcpStream,
+    stream: GrpcIo,
+    info: TcpConnectInfo,
     _permit: tokio::sync::OwnedSemaphorePermit,
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 

@@ -55,6 +55,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         sled_cache_bytes: crate::mesh::DEFAULT_SLED_CACHE_BYTES,
         max_pending_bytes: cemesh_ingress::DEFAULT_MAX_PENDING_BYTES,
         header_budget: Default::default(),
+        tls: None,
         limits: Default::default(),
         #[cfg(feature = "kafka")]
         kafka: None,
@@ -119,6 +120,7 @@ impl Harness {
             keda,
             admin,
             Default::default(),
+            None,
             async move {
                 let _ = stopped.await;
             },

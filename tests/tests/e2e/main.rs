@@ -17,4 +17,5 @@ mod metrics;
 mod scale;
 mod sidecar;
 mod stall;
+mod tls;
 mod wire;

@@ -1,0 +1,229 @@
+//! TLS on the listeners (issue 19 §1): with `--tls-cert`/`--tls-key` the ingress, the
+//! admin API and gRPC speak TLS only, with certificates made here by a test CA, and
+//! a certificate rewritten in place is taken by new connections without failing a
+//! request.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cemesh_proto::Event;
+use cemesh_tests::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca() -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cemesh test CA");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
+/// A leaf for 127.0.0.1 signed by `ca`, written as chain (leaf then CA) and key;
+/// returns the leaf's DER.
+fn leaf(ca: &Ca, serial: u64, cert_file: &Path, key_file: &Path) -> Vec<u8> {
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    // Written beside and renamed over, as cert-manager's atomic writer does.
+    let tmp_cert = std::path::PathBuf::from(format!("{}.new", cert_file.display()));
+    let tmp_key = std::path::PathBuf::from(format!("{}.new", key_file.display()));
+    std::fs::write(&tmp_cert, cert.pem() + &ca.cert.pem()).unwrap();
+    std::fs::write(&tmp_key, key.serialize_pem()).unwrap();
+    std::fs::rename(&tmp_key, key_file).unwrap();
+    std::fs::rename(&tmp_cert, cert_file).unwrap();
+    cert.der().to_vec()
+}
+
+fn trusting(ca: &Ca) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+        .tls_info(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn https(url: String) -> String {
+    url.replacen("http://", "https://", 1)
+}
+
+fn grpc_addr(mesh: &Cemesh) -> String {
+    let logs = mesh.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("cemesh listening"))
+        .unwrap();
+    let start = line.find("grpc=").unwrap() + "grpc=".len();
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+fn peer_der(resp: &reqwest::Response) -> Vec<u8> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .expect("the server's certificate")
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_listener_speaks_tls_and_a_rotated_certificate_is_taken_without_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca = ca();
+    let first = leaf(&ca, 1, &cert_file, &key_file);
+    let sub = Subscriber::start().await;
+    let forwarded = Subscriber::start().await;
+    // A trigger whose subscriber is another broker of this process: delivered to its
+    // own ingress, over TLS, trusting its own certificate's issuer.
+    let to_broker = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: fwd\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: eventing.knative.dev/v1\n      kind: Broker\n      name: other\n".to_owned();
+    let mesh = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                broker_yaml("default"),
+                broker_yaml("other"),
+                trigger_yaml("t", "default", &sub.url(), &[]),
+                to_broker,
+                trigger_yaml("t2", "other", &forwarded.url(), &[]),
+            ]),
+        )
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_file.to_str().unwrap())
+        .start();
+    let url = https(mesh.broker_url("default", "default"));
+    let client = trusting(&ca);
+
+    // The ingress: accepted over TLS, delivered.
+    let resp = post_binary(&client, &url, &Event::new("tls-1", "/tls", "t")).await;
+    assert_eq!(resp.status(), 202);
+    assert_eq!(peer_der(&resp), first);
+    sub.wait_for(1, Duration::from_secs(30)).await;
+    let got = forwarded.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(
+        got[0].event.as_ref().map(|e| e.id.as_str()),
+        Some("tls-1"),
+        "through the other broker's TLS ingress: {}",
+        mesh.logs()
+    );
+    // The admin API.
+    let ready = client
+        .get(https(mesh.admin_url("/readyz")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // Plaintext and an untrusting client get nothing.
+    let plain = cemesh_tests::client()
+        .post(mesh.broker_url("default", "default"))
+        .send()
+        .await;
+    assert!(
+        plain.map_or(true, |r| !r.status().is_success()),
+        "plaintext HTTP is not served"
+    );
+    let stranger = reqwest::Client::new();
+    assert!(stranger
+        .get(https(mesh.admin_url("/readyz")))
+        .send()
+        .await
+        .is_err());
+    // gRPC over TLS (HTTP/2 by ALPN): the health check answers SERVING.
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let health = h2
+        .post(format!(
+            "https://{}/grpc.health.v1.Health/Check",
+            grpc_addr(&mesh)
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .expect("gRPC over TLS");
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.headers().get("grpc-status").map(|v| v.as_bytes()),
+        None,
+        "a successful unary call has its status in the trailers"
+    );
+    let body = health.bytes().await.unwrap();
+    // HealthCheckResponse { status: SERVING (1) }, gRPC-framed.
+    assert_eq!(&body[..], &[0, 0, 0, 0, 2, 8, 1]);
+
+    // Rotation: a producer keeps sending on its pooled connection while the files are
+    // replaced; new connections see the new certificate; no request fails.
+    let sending = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..60 {
+                let r = post_binary(&client, &url, &Event::new(format!("r{i}"), "/tls", "t")).await;
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            statuses
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = leaf(&ca, 2, &cert_file, &key_file);
+    assert_ne!(first, second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh = trusting(&ca);
+        let r = fresh
+            .get(https(mesh.admin_url("/healthz")))
+            .send()
+            .await
+            .unwrap();
+        if peer_der(&r) == second {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let statuses = sending.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert!(mesh.logs().contains("TLS certificate reloaded"));
+}
+
+#[test]
+fn a_missing_or_mismatched_key_stops_start_up_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca = ca();
+    leaf(&ca, 1, &cert_file, &key_file);
+    // A key of another certificate.
+    std::fs::write(&key_file, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let err = Cemesh::builder()
+        .manifest("mesh.yaml", &broker_yaml("default"))
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_file.to_str().unwrap())
+        .start_expect_failure();
+    assert!(
+        err.contains("tls.key") && err.contains("does not match"),
+        "{err}"
+    );
+    let (ok, _, err) = cemesh_cli(&["serve", "--tls-cert", cert_file.to_str().unwrap()]);
+    assert!(!ok && err.contains("--tls-key"), "{err}");
+}
