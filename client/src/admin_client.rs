@@ -5,6 +5,33 @@
 use anyhow::{anyhow, Context as _};
 use serde_json::Value;
 
+use crate::args::{AdminArgs, ClientTls};
+
+/// An HTTP client trusting what `tls` says: the system's roots plus `--cacert`, or
+/// nothing checked with `--insecure-skip-verify`.
+pub fn http_client(tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &tls.cacert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --cacert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--cacert {}: not PEM certificates", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "--cacert {}: no PEM certificate in the file",
+                path.display()
+            );
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if tls.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder.build().context("building the HTTP client")
+}
+
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
@@ -13,17 +40,27 @@ pub struct AdminClient {
 impl AdminClient {
     /// `base` is a URL, or `HOST:PORT` (taken as `http://HOST:PORT`, as kubectl's
     /// `--server` is).
-    pub fn new(base: &str) -> Self {
+    pub fn new(base: &str, tls: &ClientTls) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/');
         let base = if base.contains("://") {
             base.to_owned()
         } else {
             format!("http://{base}")
         };
-        AdminClient {
+        Ok(AdminClient {
             base,
-            http: reqwest::Client::new(),
-        }
+            http: http_client(tls)?,
+        })
+    }
+
+    /// The client for the admin API given on the command line.
+    pub fn from_args(args: &AdminArgs) -> anyhow::Result<Self> {
+        Self::new(&args.admin, &args.tls)
+    }
+
+    /// The HTTP client, for requests this type has no helper for (a stream).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The admin API's base URL.
@@ -34,7 +71,10 @@ impl AdminClient {
     /// One line for a request that got no answer: what failed, at which address, and
     /// what to check, instead of reqwest's error chain.
     pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
-        let why = if e.is_connect() {
+        let cause = cemesh_dispatcher::delivery::root_cause(e);
+        let why = if cause.to_ascii_lowercase().contains("certificate") {
+            format!("its TLS certificate is not trusted ({cause}); pass --cacert with the CA that issued it")
+        } else if e.is_connect() {
             "connection refused or no route".to_owned()
         } else if e.is_timeout() {
             "timed out".to_owned()

@@ -18,6 +18,20 @@ pub struct AdminArgs {
         global = true
     )]
     pub admin: String,
+    #[command(flatten)]
+    pub tls: ClientTls,
+}
+
+/// How a client command trusts an `https` broker.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTls {
+    /// Trust the CA certificates in this PEM file (besides the system's) for https
+    #[arg(long, env = "CEMESH_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify the server's certificate at all (tests only: anyone on the path
+    /// can then read and change what is sent)
+    #[arg(long, global = true)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +111,8 @@ pub struct SendArgs {
     /// Where to POST: a broker ingress URL such as http://127.0.0.1:8080/default/default
     #[arg(long)]
     pub to: String,
+    #[command(flatten)]
+    pub tls: ClientTls,
     /// The event type
     #[arg(long = "type")]
     pub ty: String,

@@ -22,7 +22,10 @@ fn collection(sidecar: bool, t: &TriggerRef) -> anyhow::Result<String> {
 
 pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
     let sidecar = args.sidecar.is_some();
-    let client = AdminClient::new(args.sidecar.as_deref().unwrap_or(&args.admin.admin));
+    let client = AdminClient::new(
+        args.sidecar.as_deref().unwrap_or(&args.admin.admin),
+        &args.admin.tls,
+    )?;
     let base = |t: &TriggerRef| collection(sidecar, t);
     let trigger_name = |t: &TriggerRef| t.trigger.clone().unwrap_or_default();
     match args.action {

@@ -135,7 +135,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
             args.files.join(", ")
         );
     }
-    let client = AdminClient::new(&args.admin.admin);
+    let client = AdminClient::from_args(&args.admin)?;
     let mut failed = 0;
     // Brokers first, so their triggers validate.
     let mut ordered: Vec<&Located<Resource>> = resources.iter().collect();
@@ -171,7 +171,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let kind = kind_arg(&args.kind)?;
-    let client = AdminClient::new(&args.admin.admin);
+    let client = AdminClient::from_args(&args.admin)?;
     let ns = &args.namespace;
     if let Some(name) = &args.name {
         let item = client
@@ -415,7 +415,7 @@ pub(crate) fn print_columns(indent: &str, header: &[&str], rows: &[Vec<String>])
 /// stopped deliveries); `get -o yaml` is the form for machines.
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     let kind = kind_arg(&args.kind)?;
-    let client = AdminClient::new(&args.admin.admin);
+    let client = AdminClient::from_args(&args.admin)?;
     let path = resource_path(kind, &args.namespace, &args.name);
     let item = client.call(http::Method::GET, &path, None).await?;
     let meta = &item["metadata"];
@@ -574,7 +574,7 @@ async fn recent_dead_letters(client: &AdminClient, trigger_path: &str) {
 /// Deletes by name, or every resource the `-f` manifests name (as `kubectl delete -f`).
 /// `cemesh resume TRIGGER`: lets a trigger paused at its max-lag deliver again.
 pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.admin.admin);
+    let client = AdminClient::from_args(&args.admin)?;
     let path = format!(
         "/v1/namespaces/{}/triggers/{}/resume",
         args.namespace, args.trigger
@@ -590,7 +590,7 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.admin.admin);
+    let client = AdminClient::from_args(&args.admin)?;
     let targets: Vec<(Kind, String, String)> = if args.files.is_empty() {
         let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
             bail!("name the resource (KIND NAME) or pass -f FILE");
@@ -690,7 +690,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 
 /// Prints each event entering the broker as one JSON line.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.admin.admin);
+    let client = AdminClient::from_args(&args.admin)?;
     let mut url = client.url(&format!(
         "/v1/namespaces/{}/brokers/{}/events",
         args.namespace, args.broker
@@ -699,7 +699,8 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         url.push_str("?filter=");
         url.push_str(&percent_encode(f));
     }
-    let mut resp = reqwest::Client::new()
+    let mut resp = client
+        .http()
         .get(&url)
         .header(http::header::ACCEPT, "text/event-stream")
         .send()

@@ -47,7 +47,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     if let Some(addr) = &args.grpc {
         return crate::send_grpc::run(addr, &args.to, &event).await;
     }
-    let client = reqwest::Client::new();
+    let client = crate::admin_client::http_client(&args.tls)?;
     let request = match args.mode {
         SendMode::Binary => {
             let mut headers = HeaderMap::new();

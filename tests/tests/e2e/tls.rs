@@ -166,6 +166,31 @@ async fn every_listener_speaks_tls_and_a_rotated_certificate_is_taken_without_fa
     // HealthCheckResponse { status: SERVING (1) }, gRPC-framed.
     assert_eq!(&body[..], &[0, 0, 0, 0, 2, 8, 1]);
 
+    // The CLI: --cacert trusts the CA, --insecure-skip-verify trusts anything,
+    // neither refuses the unknown issuer.
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let ca_path = ca_file.to_str().unwrap();
+    let send = |extra: &[&str]| {
+        let mut args = vec!["send", "--to", &url, "--type", "t", "--source", "/cli"];
+        args.extend_from_slice(extra);
+        cemesh_cli(&args)
+    };
+    let (ok, out, err) = send(&["--cacert", ca_path]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = send(&[]);
+    assert!(!ok && err.contains(&url), "refused without the CA: {err}");
+    let (ok, out, err) = send(&["--insecure-skip-verify"]);
+    assert!(ok, "{out}{err}");
+    let admin = https(mesh.admin_url(""));
+    let (ok, out, err) = cemesh_cli(&["get", "triggers", "--admin", &admin, "--cacert", ca_path]);
+    assert!(ok && out.contains("fwd"), "{out}{err}");
+    let (ok, _, err) = cemesh_cli(&["get", "triggers", "--admin", &admin]);
+    assert!(
+        !ok && err.contains("--cacert"),
+        "the admin API's certificate is not trusted without --cacert: {err}"
+    );
+
     // Rotation: a producer keeps sending on its pooled connection while the files are
     // replaced; new connections see the new certificate; no request fails.
     let sending = tokio::spawn({
