@@ -571,7 +571,6 @@ async fn recent_dead_letters(client: &AdminClient, trigger_path: &str) {
     );
 }
 
-/// Deletes by name, or every resource the `-f` manifests name (as `kubectl delete -f`).
 /// `cemesh resume TRIGGER`: lets a trigger paused at its max-lag deliver again.
 pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     let client = AdminClient::from_args(&args.admin)?;
@@ -589,6 +588,7 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes by name, or every resource the `-f` manifests name (as `kubectl delete -f`).
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let client = AdminClient::from_args(&args.admin)?;
     let targets: Vec<(Kind, String, String)> = if args.files.is_empty() {

@@ -251,15 +251,11 @@ pub async fn serve_tls(
             match tls {
                 None => conn.run(stream).await,
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => conn.run(stream).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(listener = what, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => {
-                            tracing::debug!(listener = what, "TLS handshake timed out")
-                        }
+                    let timeout = limits.header_read_timeout;
+                    if let Some(stream) =
+                        crate::tls::handshake(&acceptor, stream, timeout, what).await
+                    {
+                        conn.run(stream).await;
                     }
                 }
             }

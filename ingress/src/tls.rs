@@ -50,6 +50,27 @@ pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsErro
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Runs the TLS handshake of an accepted connection within `timeout` (the listener's
+/// header read timeout); `None`, logged at debug, if it fails or takes longer.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    listener: &'static str,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(listener, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// The issuers in the certificate file (every certificate after the first, or the
 /// first itself when it stands alone), as DER: what a client of this process must
 /// trust, e.g. its own dispatcher delivering to its own ingress.

@@ -224,14 +224,12 @@ fn hex(c: u8) -> Option<u8> {
 /// Percent-encodes a header value: space, `"`, `%` and everything outside printable
 /// ASCII, as UTF-8 bytes in upper-case hex.
 pub fn encode_header_value(value: &str) -> HeaderValue {
-    let needs = value
-        .bytes()
-        .any(|b| !(0x21..=0x7E).contains(&b) || b == b'"' || b == b'%');
+    let needs = value.bytes().any(|b| !header_safe(b));
     let encoded;
     let s = if needs {
         let mut out = String::with_capacity(value.len() + 16);
         for b in value.bytes() {
-            if (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%' {
+            if header_safe(b) {
                 out.push(b as char);
             } else {
                 out.push('%');
@@ -247,15 +245,16 @@ pub fn encode_header_value(value: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// A byte [`encode_header_value`] keeps as it is (every other becomes `%XX`).
+fn header_safe(b: u8) -> bool {
+    (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%'
+}
+
 /// Bytes [`encode_header_value`] makes of `value`, without encoding it.
 pub fn encoded_header_len(value: &str) -> usize {
     value
         .bytes()
-        .map(|b| match b {
-            b'"' | b'%' => 3,
-            0x21..=0x7E => 1,
-            _ => 3,
-        })
+        .map(|b| if header_safe(b) { 1 } else { 3 })
         .sum()
 }
 

@@ -249,9 +249,7 @@ impl ChannelShared {
             batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
         }
         self.tree.apply_batch(batch).map_err(|e| match e {
-            e if super::flusher::is_read_only(&e) => ChannelError::ReadOnlyDisk {
-                retry_after: super::space::RETRY_AFTER,
-            },
+            e if super::space::is_read_only(&e) => super::space::read_only_refusal(),
             e => storage(
                 format_args!("appending {n} events to broker {}", self.broker),
                 e,

@@ -101,9 +101,7 @@ impl Flusher {
         if status.last_ok >= ticket {
             Ok(())
         } else if status.read_only {
-            Err(ChannelError::ReadOnlyDisk {
-                retry_after: super::space::RETRY_AFTER,
-            })
+            Err(super::space::read_only_refusal())
         } else {
             Err(ChannelError::Storage(format!(
                 "flushing to disk failed: {}",
@@ -164,7 +162,7 @@ impl Flusher {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "sled flush failed; appends waiting for it fail");
-                        s.read_only = is_read_only(&e);
+                        s.read_only = super::space::is_read_only(&e);
                         s.error = Some(e.to_string());
                     }
                 }
@@ -176,9 +174,4 @@ impl Flusher {
         lock(&self.state).shutdown = true;
         self.cv.notify_all();
     }
-}
-
-/// Whether sled failed because the filesystem refuses writes.
-pub(super) fn is_read_only(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
 }

@@ -62,9 +62,7 @@ impl DiskSpace {
             if !self.low.swap(true, Ordering::Relaxed) {
                 tracing::error!(path = %self.path.display(), "The data dir's disk is read-only: refusing writes until it is writable");
             }
-            return Err(ChannelError::ReadOnlyDisk {
-                retry_after: RETRY_AFTER,
-            });
+            return Err(read_only_refusal());
         }
         let low = free < self.reserve;
         let was_low = self.low.swap(low, Ordering::Relaxed);
@@ -84,6 +82,18 @@ impl DiskSpace {
         self.checked_ms.store(now_ms, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The refusal of a write to a read-only disk (503 with Retry-After).
+pub(super) fn read_only_refusal() -> ChannelError {
+    ChannelError::ReadOnlyDisk {
+        retry_after: RETRY_AFTER,
+    }
+}
+
+/// Whether sled failed because the filesystem refuses writes (EROFS).
+pub(super) fn is_read_only(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `path`, and

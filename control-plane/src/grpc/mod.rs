@@ -159,15 +159,10 @@ fn incoming(
                 Some(acceptor) => {
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
                     tokio::spawn(async move {
-                        let handshake = acceptor.accept(stream);
-                        match tokio::time::timeout(first_bytes, handshake).await {
-                            Ok(Ok(tls)) => {
-                                let _ = tx.send(Ok(admitted(Either::Right(Box::new(tls))))).await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(listener = "gRPC", error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(listener = "gRPC", "TLS handshake timed out"),
+                        let handshake =
+                            cemesh_ingress::tls::handshake(&acceptor, stream, first_bytes, "gRPC");
+                        if let Some(tls) = handshake.await {
+                            let _ = tx.send(Ok(admitted(Either::Right(Box::new(tls))))).await;
                         }
                     });
                 }
