@@ -445,6 +445,15 @@ impl Subscriber {
             .collect()
     }
 
+    /// The ids of the events this subscriber took (answered 2xx), not those it refused.
+    pub fn taken_ids(&self) -> std::collections::HashSet<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status_sent))
+            .filter_map(|r| r.event.map(|e| e.id))
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.state
             .received

@@ -140,12 +140,7 @@ async fn backlog_survives_restart_while_subscriber_is_down() {
     sub.set_status(200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got: HashSet<String> = sub
-            .received()
-            .into_iter()
-            .filter(|r| r.status_sent == 200)
-            .filter_map(|r| r.event.map(|e| e.id))
-            .collect();
+        let got = sub.taken_ids();
         if (0..200).all(|i| got.contains(&format!("b{i}"))) {
             break;
         }
@@ -455,16 +450,22 @@ async fn a_full_disk_is_refused_with_507_and_recovers_by_itself() {
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     accepted.push(format!("d{i}"));
 
-    // Every accepted event survives a restart and is delivered.
+    // Every accepted event survives a restart and is delivered (taken after it: the
+    // subscriber refused everything before).
     mesh.terminate();
     mesh.restart();
     sub.set_status(200);
     let want: HashSet<String> = accepted.iter().cloned().collect();
+    wait_taken(&sub, &want).await;
+}
+
+/// Waits up to 60 s until `sub` has taken every event of `want`; returns what it took.
+async fn wait_taken(sub: &Subscriber, want: &HashSet<String>) -> HashSet<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got: HashSet<String> = sub.ids().into_iter().collect();
+        let got = sub.taken_ids();
         if want.is_subset(&got) {
-            break;
+            return got;
         }
         assert!(
             Instant::now() < deadline,
@@ -629,30 +630,9 @@ async fn a_data_dir_turned_read_only_is_refused_with_503_and_loses_nothing() {
     disk.repair();
     mesh.restart();
     sub.set_status(200);
-    let want: HashSet<String> = accepted.iter().cloned().collect();
     // Only what the subscriber took after the restart (it refused everything before).
-    let delivered = || -> HashSet<String> {
-        sub.received()
-            .into_iter()
-            .filter(|r| r.status_sent == 200)
-            .filter_map(|r| r.event.map(|e| e.id))
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = delivered();
-        if want.is_subset(&got) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let got = delivered();
-            assert_eq!(got, want, "only accepted events are delivered");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} accepted events delivered",
-            want.intersection(&got).count(),
-            want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    wait_taken(&sub, &want).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sub.taken_ids(), want, "only accepted events are delivered");
 }
