@@ -144,12 +144,8 @@ fn decode_checked(
     headers: &HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Vec<cemesh_proto::Event>, IngressError> {
-    let batch = cemesh_proto::http::detect_mode(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    ) == cemesh_proto::http::Mode::Batch;
-    let mut events = cemesh_proto::http::decode(headers, body)?;
+    let (mode, mut events) = cemesh_proto::http::decode_with_mode(headers, body)?;
+    let batch = mode == cemesh_proto::http::Mode::Batch;
     accept::stamp(&mut events, &knative::now_rfc3339(), Some(headers), batch)?;
     accept::check_deliverable(broker, budget, &events, batch)?;
     Ok(events)

@@ -57,13 +57,23 @@ fn format_of(ct: &str) -> String {
 
 /// Decodes the events of one HTTP request (or response) in any supported mode.
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeError> {
+    decode_with_mode(headers, body).map(|(_, events)| events)
+}
+
+/// [`decode`], also saying which mode the request used (a batch's errors name the
+/// event's index).
+pub fn decode_with_mode(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(Mode, Vec<Event>), DecodeError> {
     let ct = match headers.get(CONTENT_TYPE) {
         Some(v) => Some(v.to_str().map_err(|_| {
             EventError::attr("datacontenttype", "Content-Type is not visible ASCII")
         })?),
         None => None,
     };
-    match detect_mode(ct) {
+    let mode = detect_mode(ct);
+    let events = match mode {
         Mode::Binary => Ok(vec![decode_binary(headers, body)?]),
         Mode::Structured => {
             let ct = ct.unwrap_or_default();
@@ -81,7 +91,8 @@ pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, DecodeErro
                 _ => Err(DecodeError::UnsupportedMediaType(ct.to_owned())),
             }
         }
-    }
+    }?;
+    Ok((mode, events))
 }
 
 /// Whether the headers look like a binary-mode CloudEvent.
