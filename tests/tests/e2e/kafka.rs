@@ -144,6 +144,26 @@ async fn post_all(urls: &[String], events: Vec<Event>, concurrency: usize) {
     }
 }
 
+fn revocations(mesh: &Cemesh) -> usize {
+    mesh.logs().matches("Kafka partitions revoked").count()
+}
+
+/// Waits until `n` distinct events arrived; fails naming how many did.
+async fn wait_distinct(sub: &Subscriber, n: usize, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (distinct, _) = distinct_and_dups(sub);
+        if distinct >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{distinct} of {n} events delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn distinct_and_dups(sub: &Subscriber) -> (usize, usize) {
     let ids = sub.ids();
     let set: HashSet<&String> = ids.iter().collect();
@@ -168,14 +188,22 @@ async fn two_replicas_deliver_10000_events_once_each_per_trigger() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let urls = [a.broker_url(&ns, "default"), b.broker_url(&ns, "default")];
     let events = (0..N).map(|i| event(format!("e{i}"), None)).collect();
+    let revoked_before = revocations(&a) + revocations(&b);
     post_all(&urls, events, 32).await;
-    s1.wait_for(N, Duration::from_secs(120)).await;
-    s2.wait_for(N, Duration::from_secs(120)).await;
+    wait_distinct(&s1, N, Duration::from_secs(120)).await;
+    wait_distinct(&s2, N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A rebalance during the run (a member missing its session timeout on a loaded
+    // machine) hands partitions over at the last commit: their new owner re-delivers
+    // what was in flight. That is the at-least-once promise; without one, each event
+    // arrives exactly once.
+    let rebalanced = revocations(&a) + revocations(&b) > revoked_before;
     for (name, s) in [("one", &s1), ("two", &s2)] {
         let (distinct, dups) = distinct_and_dups(s);
         assert_eq!(distinct, N, "trigger {name}: every event");
-        assert_eq!(dups, 0, "trigger {name}: duplicates");
+        if !rebalanced {
+            assert_eq!(dups, 0, "trigger {name}: duplicates without a rebalance");
+        }
     }
     // Both replicas delivered a share.
     let delivered_by = |m: &Cemesh| m.logs().matches("Kafka partitions assigned").count();
