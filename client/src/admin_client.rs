@@ -29,6 +29,25 @@ pub fn http_client(tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
     if tls.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
     }
+    let token = match (&tls.token, &tls.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            value,
+        )]));
+    }
     builder.build().context("building the HTTP client")
 }
 
@@ -142,7 +161,11 @@ impl AdminClient {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(anyhow!("{method} {url}: {status}: {msg}"));
+            let hint = match status.as_u16() {
+                401 => " (pass --token or --token-file, or set CEMESH_TOKEN)",
+                _ => "",
+            };
+            return Err(anyhow!("{method} {url}: {status}: {msg}{hint}"));
         }
         Ok(json)
     }

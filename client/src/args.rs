@@ -22,9 +22,22 @@ pub struct AdminArgs {
     pub tls: ClientTls,
 }
 
-/// How a client command trusts an `https` broker.
-#[derive(Debug, Clone, Default, Args)]
+/// How a client command trusts an `https` broker, and the credential it sends.
+#[derive(Clone, Default, Args)]
 pub struct ClientTls {
+    /// Send this bearer token (a static token of the server's auth.tokens, or a JWT)
+    /// as Authorization: Bearer; prefer --token-file or the environment over the
+    /// command line, which other users of the machine can see
+    #[arg(long, env = "CEMESH_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the bearer token from this file
+    #[arg(
+        long,
+        env = "CEMESH_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Trust the CA certificates in this PEM file (besides the system's) for https
     #[arg(long, env = "CEMESH_CACERT", global = true)]
     pub cacert: Option<PathBuf>,
@@ -32,6 +45,17 @@ pub struct ClientTls {
     /// can then read and change what is sent)
     #[arg(long, global = true)]
     pub insecure_skip_verify: bool,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("cacert", &self.cacert)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
 }
 
 #[derive(Debug, Args)]

@@ -25,17 +25,22 @@ fn kind_arg(s: &str) -> anyhow::Result<Kind> {
     let long = match s.to_ascii_lowercase().as_str() {
         "br" => "brokers",
         "tr" => "triggers",
+        "ep" => "eventpolicies",
         _ => s,
     }
     .to_owned();
-    Kind::parse_plural(&long)
-        .with_context(|| format!("{s:?} is not a resource type; use brokers (br) or triggers (tr)"))
+    Kind::parse_plural(&long).with_context(|| {
+        format!(
+            "{s:?} is not a resource type; use brokers (br), triggers (tr) or eventpolicies (ep)"
+        )
+    })
 }
 
 fn plural(kind: Kind) -> &'static str {
     match kind {
         Kind::Broker => "brokers",
         Kind::Trigger => "triggers",
+        Kind::EventPolicy => "eventpolicies",
     }
 }
 
@@ -114,6 +119,11 @@ fn key_of(r: &Resource) -> (Kind, String, String) {
             Kind::Trigger,
             t.metadata.namespace().to_owned(),
             t.metadata.name.clone(),
+        ),
+        Resource::EventPolicy(p) => (
+            Kind::EventPolicy,
+            p.metadata.namespace().to_owned(),
+            p.metadata.name.clone(),
         ),
     }
 }
@@ -302,13 +312,14 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
     match kind {
         Kind::Trigger => header.extend(["NAME", "BROKER", "SUBSCRIBER", "READY", "REASON", "AGE"]),
         Kind::Broker => header.extend(["NAME", "URL", "READY", "REASON", "AGE"]),
+        Kind::EventPolicy => header.extend(["NAME", "FROM", "BROKERS", "READY", "REASON", "AGE"]),
     }
     if wide {
         match kind {
             Kind::Trigger => {
                 header.extend(["FILTER", "DELIVERED", "RETRIES", "DEAD-LETTERED", "LAG"])
             }
-            Kind::Broker => header.extend(["CHANNEL", "SOURCE"]),
+            Kind::Broker | Kind::EventPolicy => header.extend(["CHANNEL", "SOURCE"]),
         }
     }
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -325,6 +336,10 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                 row.push(subscriber(item));
             }
             Kind::Broker => row.push(text(&item["status"]["address"]["url"])),
+            Kind::EventPolicy => {
+                row.push(joined(&item["status"]["from"]));
+                row.push(joined(&item["status"]["brokers"]));
+            }
         }
         row.extend([ready, reason, age(item)]);
         if wide {
@@ -341,11 +356,28 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                     row.push(channel.as_str().unwrap_or("(default)").to_owned());
                     row.push(source(item));
                 }
+                Kind::EventPolicy => {
+                    row.push("-".into());
+                    row.push(source(item));
+                }
             }
         }
         rows.push(row);
     }
     print_columns("", &header, &rows);
+}
+
+/// A JSON array of strings as one cell: `a,b`, `-` for none.
+fn joined(v: &Value) -> String {
+    let items: Vec<&str> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
 }
 
 /// A JSON value as a table cell: strings bare, numbers as they are, `-` for none.
@@ -448,7 +480,19 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     }
     let spec = &item["spec"];
     match kind {
-        Kind::Broker => field("Address", text(&item["status"]["address"]["url"])),
+        Kind::Broker => {
+            field("Address", text(&item["status"]["address"]["url"]));
+            field("Audience", text(&item["status"]["address"]["audience"]));
+            let policies: Vec<Value> = item["status"]["policies"]
+                .as_array()
+                .map(|a| a.iter().map(|p| p["name"].clone()).collect())
+                .unwrap_or_default();
+            field("Policies", joined(&Value::Array(policies)));
+        }
+        Kind::EventPolicy => {
+            field("From", joined(&item["status"]["from"]));
+            field("Brokers", joined(&item["status"]["brokers"]));
+        }
         Kind::Trigger => {
             field("Broker", text(&spec["broker"]));
             field("Subscriber", subscriber(&item));

@@ -116,6 +116,11 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert` (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Sender authentication and authorization (see [`crate::auth`]).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
+    /// Serve an open admin API beyond loopback (`--insecure-admin`).
+    pub insecure_admin: Option<bool>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -203,6 +208,10 @@ pub struct Settings {
     pub tls: Option<cemesh_ingress::tls::TlsFiles>,
     /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
     pub limits: cemesh_ingress::server::Limits,
+    /// Sender authentication and authorization.
+    pub auth: crate::auth::AuthConfig,
+    /// An open admin API may listen beyond loopback.
+    pub insecure_admin: bool,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }

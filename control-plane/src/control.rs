@@ -28,11 +28,12 @@ use crate::manifest::{
 };
 use crate::mesh::{Mesh, MeshStatus};
 
-/// Broker or Trigger.
+/// Broker, Trigger or EventPolicy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Broker,
     Trigger,
+    EventPolicy,
 }
 
 impl Kind {
@@ -40,6 +41,7 @@ impl Kind {
         match self {
             Kind::Broker => "Broker",
             Kind::Trigger => "Trigger",
+            Kind::EventPolicy => "EventPolicy",
         }
     }
 
@@ -48,6 +50,7 @@ impl Kind {
         match s.to_ascii_lowercase().as_str() {
             "broker" | "brokers" => Some(Kind::Broker),
             "trigger" | "triggers" => Some(Kind::Trigger),
+            "eventpolicy" | "eventpolicies" => Some(Kind::EventPolicy),
             _ => None,
         }
     }
@@ -77,6 +80,9 @@ impl ResKey {
             }
             Resource::Trigger(t) => {
                 ResKey::new(Kind::Trigger, t.metadata.namespace(), &t.metadata.name)
+            }
+            Resource::EventPolicy(p) => {
+                ResKey::new(Kind::EventPolicy, p.metadata.namespace(), &p.metadata.name)
             }
         }
     }
@@ -166,6 +172,8 @@ struct Inner {
     /// Problems of the running configuration, and of a rejected reload.
     problems: Vec<ManifestError>,
     rejected: Vec<ManifestError>,
+    /// The running `EventPolicy`s, for status.
+    policies: BTreeMap<String, crate::manifest::PolicyDesired>,
 }
 
 impl Inner {
@@ -232,6 +240,7 @@ impl ControlPlane {
                 unsupported: Vec::new(),
                 problems: Vec::new(),
                 rejected: Vec::new(),
+                policies: BTreeMap::new(),
             }),
             settings,
             ingress_base,
@@ -283,6 +292,7 @@ impl ControlPlane {
         problems.append(&mut desired.problems);
         desired.problems = problems;
         inner.problems = desired.problems.clone();
+        inner.policies = desired.policies.clone();
         inner.mesh.apply(desired).await;
         self.refresh(inner);
     }
@@ -485,6 +495,7 @@ impl ControlPlane {
             let failure = match key.kind {
                 Kind::Broker => status.broker_failures.get(&id),
                 Kind::Trigger => status.trigger_failures.get(&id),
+                Kind::EventPolicy => None,
             };
             let (ready, reason, message) = match (problem, failure) {
                 (Some(p), _) => ("False", "InvalidSpec", p.to_string()),
@@ -524,10 +535,41 @@ impl ControlPlane {
                 "observedGeneration": tracked.generation,
                 "conditions": conditions,
             });
-            if key.kind == Kind::Broker {
-                st["address"] = json!({
-                    "url": format!("{}/{}/{}", self.ingress_base, key.namespace, key.name)
-                });
+            match key.kind {
+                Kind::Broker => {
+                    let broker = cemesh_ingress::BrokerKey::new(&key.namespace, &key.name);
+                    st["address"] = json!({
+                        "url": format!("{}/{}/{}", self.ingress_base, key.namespace, key.name),
+                        "audience": cemesh_ingress::auth::Access::broker_audience(&key.namespace, &key.name),
+                    });
+                    let policies: Vec<Value> = inner
+                        .policies
+                        .iter()
+                        .filter(|(_, p)| p.brokers.contains(&broker))
+                        .map(|(name, _)| {
+                            let name = name.rsplit('/').next().unwrap_or(name);
+                            json!({"apiVersion": crate::manifest::EVENTING_V1ALPHA1, "name": name})
+                        })
+                        .collect();
+                    if !policies.is_empty() {
+                        st["policies"] = Value::Array(policies);
+                    }
+                }
+                Kind::EventPolicy => {
+                    if let Some(p) = inner
+                        .policies
+                        .get(&format!("{}/{}", key.namespace, key.name))
+                    {
+                        st["from"] =
+                            json!(p.policy.from.iter().map(|f| f.as_str()).collect::<Vec<_>>());
+                        st["brokers"] = json!(p
+                            .brokers
+                            .iter()
+                            .map(|b| b.name.as_str())
+                            .collect::<Vec<_>>());
+                    }
+                }
+                Kind::Trigger => {}
             }
             let mut manifest = serde_json::to_value(&located.raw).unwrap_or(Value::Null);
             if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {

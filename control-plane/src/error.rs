@@ -36,6 +36,13 @@ pub enum Error {
     TlsPair,
     #[error(transparent)]
     Tls(#[from] cemesh_ingress::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error("refusing to serve the {what} API to anyone on {addr}: configure auth.admin (roles for tokens or JWT subjects) in the config file, bind it to 127.0.0.1, or pass --insecure-admin to accept the risk")]
+    OpenAdmin {
+        what: &'static str,
+        addr: SocketAddr,
+    },
     #[error("--max-header-line-bytes: {0}")]
     MaxHeaderLineBytes(ParseError),
     #[error("--max-header-bytes-total: {0}")]

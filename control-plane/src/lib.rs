@@ -12,6 +12,7 @@
 //! - [`serve`]: `cemesh serve`, which wires all of it to listeners.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod duration;

@@ -15,6 +15,7 @@ use cemesh_dispatcher::{
     spawn_trigger, Breaker, Deliverer, Filter, Format, TriggerContext, TriggerHandle, TriggerKey,
     TriggerRuntime,
 };
+use cemesh_ingress::auth::{Access, DefaultMode, Policy};
 use cemesh_ingress::{BinaryDelivery, BrokerEndpoint, BrokerKey, Routes};
 use cemesh_proto::Event;
 use tokio_util::sync::CancellationToken;
@@ -275,6 +276,11 @@ pub struct Mesh {
     taps: Taps,
     /// Cancelled at shutdown: ends background work such as redrives.
     background: CancellationToken,
+    /// The `EventPolicy`s selecting each broker; a change reaches the ingress with
+    /// the next route table, without restarting anything.
+    policies: BTreeMap<BrokerKey, Vec<Arc<Policy>>>,
+    /// What a broker no policy selects accepts (`auth.default_authorization`).
+    default_access: DefaultMode,
 }
 
 /// A broker's triggers as the ingress sees them: an event may be delivered in binary
@@ -310,7 +316,15 @@ impl Mesh {
             registry: Arc::default(),
             taps: Arc::default(),
             background: CancellationToken::new(),
+            policies: BTreeMap::new(),
+            default_access: DefaultMode::default(),
         }
+    }
+
+    /// Brokers no `EventPolicy` selects accept what `mode` allows.
+    pub fn with_default_access(mut self, mode: DefaultMode) -> Self {
+        self.default_access = mode;
+        self
     }
 
     /// Deliveries also trust these CA certificates (DER).
@@ -351,6 +365,11 @@ impl Mesh {
             .map(|(k, b)| (k.clone(), &b.desired))
             .collect();
         let plan = plan(&running_triggers, &running_brokers, &desired);
+        self.policies = desired
+            .brokers
+            .keys()
+            .map(|k| (k.clone(), desired.policies_of(k)))
+            .collect();
         let mut outcome = Outcome {
             problems: desired.problems.iter().map(ToString::to_string).collect(),
             ..Outcome::default()
@@ -469,6 +488,12 @@ impl Mesh {
                     channel: b.channel.clone() as Arc<dyn Channel>,
                     max_body_bytes: usize::try_from(b.desired.max_body_bytes).unwrap_or(usize::MAX),
                     binary: Arc::new(self.binary_triggers(k)),
+                    access: Arc::new(Access {
+                        audience: Access::broker_audience(&k.namespace, &k.name),
+                        namespace: k.namespace.clone(),
+                        policies: self.policies.get(k).cloned().unwrap_or_default(),
+                        default: self.default_access,
+                    }),
                 };
                 (k.clone(), Arc::new(endpoint))
             })
@@ -714,6 +739,7 @@ mod tests {
                 .iter()
                 .map(|t| (t.runtime.key.clone(), t.clone()))
                 .collect(),
+            policies: Default::default(),
             problems: Vec::new(),
         }
     }

@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
     #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve an admin API anyone can call (no auth.admin in the config) on an address
+    /// other than loopback; without it such a start is refused
+    #[arg(long, env = "CEMESH_INSECURE_ADMIN")]
+    pub insecure_admin: bool,
     /// Export spans over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318
     /// (builds with the `otel` cargo feature only)
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -205,6 +209,8 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             .service_url_template
             .unwrap_or_else(|| DEFAULT_SERVICE_TEMPLATE.to_owned()),
         services: file.services,
+        auth: file.auth,
+        insecure_admin: args.insecure_admin || file.insecure_admin.unwrap_or(false),
         limits,
         log_format: args
             .log_format
@@ -314,6 +320,10 @@ impl Server {
 /// watches the config dir.
 pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     crate::metrics::install();
+    // Before anything listens: a start refused for an open admin API binds nothing.
+    let authenticator = settings.auth.authenticator(jwks_client()).await?;
+    let guard = crate::auth::AdminGuard::new(authenticator.clone(), settings.auth.admin.as_ref());
+    check_exposure(&settings, &guard)?;
     let ingress = listen("ingress", settings.ingress_addr).await?;
     let admin = listen("admin", settings.admin_addr).await?;
     let grpc = listen("gRPC", settings.grpc_addr).await?;
@@ -336,9 +346,14 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     // On-demand services (a command instead of a URL) get their instance pools; refs
     // to them resolve to the pool.
     let on_demand = crate::ondemand::OnDemand::start(&mut settings.services);
+    let own_issuers = match &settings.tls {
+        Some(files) => cemesh_ingress::tls::issuers(files)?,
+        None => Vec::new(),
+    };
     let routes = Routes::default()
         .with_pending_budget(settings.max_pending_bytes)
-        .with_header_budget(settings.header_budget);
+        .with_header_budget(settings.header_budget)
+        .with_auth(authenticator);
     #[allow(unused_mut)]
     let mut channels = Channels::new(settings.data_dir.clone())
         .with_min_free_disk(settings.min_free_disk)
@@ -347,11 +362,9 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     if let Some(options) = settings.kafka.clone() {
         channels.set_kafka(crate::kafka::connect(options).await?);
     }
-    let own_issuers = match &settings.tls {
-        Some(files) => cemesh_ingress::tls::issuers(files)?,
-        None => Vec::new(),
-    };
-    let mesh = Mesh::new(routes.clone(), channels).trusting(&own_issuers);
+    let mesh = Mesh::new(routes.clone(), channels)
+        .trusting(&own_issuers)
+        .with_default_access(settings.auth.default_mode());
     let registry = mesh.registry();
     let taps = mesh.taps();
     let background = mesh.background();
@@ -379,6 +392,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             control: control.clone(),
             registry: registry.clone(),
             background: background.clone(),
+            guard: guard.clone(),
         };
         tokio::spawn(crate::grpc::serve(
             grpc,
@@ -399,6 +413,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             background,
             control: control.clone(),
             routes: routes.clone(),
+            guard: guard.clone(),
         });
         tokio::spawn(cemesh_ingress::server::serve_tls(
             "admin",
@@ -423,6 +438,45 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
         admin_task,
         _watcher: watcher,
     })
+}
+
+/// Secure by default: an admin API anyone may call is served on loopback only unless
+/// `--insecure-admin` says so; an ingress anyone may send to beyond loopback is
+/// worth one line of warning.
+fn check_exposure(
+    settings: &Settings,
+    guard: &crate::auth::AdminGuard,
+) -> crate::error::Result<()> {
+    let ingress = settings.ingress_addr;
+    if !guard.is_locked() {
+        for (what, addr) in [
+            ("admin", settings.admin_addr),
+            ("gRPC (its Admin service)", settings.grpc_addr),
+        ] {
+            if addr.ip().is_loopback() {
+                continue;
+            }
+            if !settings.insecure_admin {
+                return Err(Error::OpenAdmin { what, addr });
+            }
+            tracing::warn!(%addr, "The {what} API is open to anyone who reaches {addr} (--insecure-admin)");
+        }
+    }
+    if !ingress.ip().is_loopback()
+        && settings.auth.default_mode() == cemesh_ingress::auth::DefaultMode::AllowAll
+    {
+        tracing::warn!(%ingress, "The ingress accepts events from anyone who reaches {ingress} for brokers no EventPolicy selects (auth.default_authorization: allow-all)");
+    }
+    Ok(())
+}
+
+/// The client that fetches OIDC issuers' keys (JWKS URLs).
+fn jwks_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .unwrap_or_default()
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> crate::error::Result<TcpListener> {
@@ -495,5 +549,42 @@ mod tests {
         assert!(!api_writes(&["--channel", "kafka"]));
         assert!(api_writes(&["--channel", "kafka", "--api-writes", "true"]));
         assert!(!api_writes(&["--api-writes", "false"]));
+    }
+
+    #[tokio::test]
+    async fn an_open_admin_api_beyond_loopback_needs_insecure_admin_or_roles() {
+        let check = |args: &[&str], roles: bool| {
+            let cli = Cli::parse_from(std::iter::once("cemesh").chain(args.iter().copied()));
+            let settings = settings(&cli.serve).expect("settings");
+            let mut auth = cemesh_ingress::auth::Authenticator::default();
+            if roles {
+                auth = cemesh_ingress::auth::Authenticator::new(
+                    vec![cemesh_ingress::auth::StaticToken {
+                        name: "ops".into(),
+                        secret: cemesh_ingress::auth::Secret::new(b"0123456789abcdef"),
+                        namespace: None,
+                    }],
+                    None,
+                    false,
+                );
+            }
+            let admin = crate::auth::AdminRoles {
+                admin: vec!["ops".into()],
+                ..Default::default()
+            };
+            let guard = crate::auth::AdminGuard::new(Arc::new(auth), roles.then_some(&admin));
+            check_exposure(&settings, &guard).map_err(|e| e.to_string())
+        };
+        assert!(check(&[], false).is_ok());
+        assert!(check(&["--admin-addr", "[::1]:9090"], false).is_ok());
+        let err = check(&["--admin-addr", "0.0.0.0:9090"], false).unwrap_err();
+        assert!(
+            err.starts_with("refusing to serve the admin API to anyone on 0.0.0.0:9090"),
+            "{err}"
+        );
+        let err = check(&["--grpc-addr", "10.0.0.1:50051"], false).unwrap_err();
+        assert!(err.contains("gRPC (its Admin service)"), "{err}");
+        assert!(check(&["--admin-addr", "0.0.0.0:9090", "--insecure-admin"], false).is_ok());
+        assert!(check(&["--admin-addr", "0.0.0.0:9090"], true).is_ok());
     }
 }

@@ -13,6 +13,7 @@ use cemesh_proto::{knative, metric_names as names, Event, EventError};
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt as _, Limited};
 
+use crate::auth::{Admitted, Refusal};
 use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
 
 /// The broker `key` names, or 404.
@@ -20,6 +21,46 @@ pub fn broker(routes: &Routes, key: &BrokerKey) -> Result<Arc<BrokerEndpoint>, I
     routes
         .get(key)
         .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
+}
+
+/// Checks the request's sender (its `Authorization` value, `None` when it sent none)
+/// against the broker's access rules, before anything of the body is read: 401 for a
+/// bad credential, or a missing one where one is needed; 403 for a sender no policy
+/// allows.
+pub fn admit(
+    routes: &Routes,
+    broker: &BrokerEndpoint,
+    credential: Option<&[u8]>,
+) -> Result<Admitted, IngressError> {
+    let who = routes
+        .auth()
+        .authenticate(credential, &broker.access.audience)
+        .map_err(IngressError::Unauthenticated)?;
+    broker
+        .access
+        .admit(&broker.key.to_string(), who)
+        .map_err(|r| match r {
+            Refusal::Unauthenticated(e) => IngressError::Unauthenticated(e),
+            Refusal::Forbidden(d) => IngressError::Forbidden(d.0),
+        })
+}
+
+/// Checks decoded events against the filters of the policies that admitted their
+/// sender (403 naming the event), then stamps the sender on them when the server
+/// config asks for it.
+pub fn check_policies(
+    routes: &Routes,
+    broker: &BrokerEndpoint,
+    admitted: &Admitted,
+    events: &mut [Event],
+    batch: bool,
+) -> Result<(), IngressError> {
+    broker
+        .access
+        .check_events(&broker.key.to_string(), admitted, events, batch)
+        .map_err(|d| IngressError::Forbidden(d.0))?;
+    routes.auth().stamp(events, admitted.who.as_ref());
+    Ok(())
 }
 
 /// Reads a body up to `limit` bytes: 413 past it, checked on `Content-Length` before

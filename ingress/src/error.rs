@@ -38,6 +38,10 @@ pub enum IngressError {
         "the broker is shutting down; send again shortly (to another replica if there is one)"
     )]
     Draining,
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthError),
+    #[error("{0}")]
+    Forbidden(String),
     #[error(
         "the ingress is busy: the request bytes it works on at once (--max-pending-bytes) stayed taken for {0:?}; send again shortly"
     )]
@@ -69,6 +73,8 @@ impl IngressError {
             }
             IngressError::Channel(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Draining | IngressError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            IngressError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -103,8 +109,10 @@ impl IngressError {
         if let Some(attr) = self.attribute() {
             answer = answer.with("attribute", attr);
         }
-        if let IngressError::MethodNotAllowed(_) = self {
-            answer = answer.with_allow("POST, OPTIONS");
+        match self {
+            IngressError::MethodNotAllowed(_) => answer = answer.with_allow("POST, OPTIONS"),
+            IngressError::Unauthenticated(_) => answer = answer.with_challenge("Bearer"),
+            _ => {}
         }
         answer
     }
@@ -130,6 +138,8 @@ pub struct ErrorAnswer {
     pub retry_after: Option<Duration>,
     /// The methods the resource takes (`405`).
     pub allow: Option<&'static str>,
+    /// The `WWW-Authenticate` challenge (`401`).
+    pub challenge: Option<&'static str>,
 }
 
 impl ErrorAnswer {
@@ -140,6 +150,7 @@ impl ErrorAnswer {
             details: serde_json::Map::new(),
             retry_after: None,
             allow: None,
+            challenge: None,
         }
     }
 
@@ -158,6 +169,11 @@ impl ErrorAnswer {
         self.allow = Some(methods);
         self
     }
+
+    pub fn with_challenge(mut self, scheme: &'static str) -> Self {
+        self.challenge = Some(scheme);
+        self
+    }
 }
 
 /// Whole seconds for `Retry-After`, at least one.
@@ -174,6 +190,10 @@ impl IntoResponse for ErrorAnswer {
         if let Some(methods) = self.allow {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(methods));
+        }
+        if let Some(scheme) = self.challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         if let Some(wait) = self.retry_after {
             resp.headers_mut().insert(

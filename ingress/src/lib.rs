@@ -8,6 +8,7 @@
 //! [`server::serve`], which holds clients to its timeouts and connection limit.
 
 pub mod accept;
+pub mod auth;
 mod error;
 pub mod grpc;
 mod routes;
@@ -99,6 +100,13 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
         _ => return Err(IngressError::MethodNotAllowed(req.method().clone())),
     }
     let broker = accept::broker(routes, &key)?;
+    let admitted = accept::admit(
+        routes,
+        &broker,
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    )?;
     let (parts, body) = req.into_parts();
     // Held until the events are stored: reading, decoding and storing are what
     // the request costs in memory.
@@ -113,16 +121,17 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
     };
     let body =
         accept::read_event_body(&parts.headers, body, attributes, broker.max_body_bytes).await?;
-    let budget = routes.header_budget();
     let events = if body.len() > DECODE_INLINE_MAX {
         // A large batch takes milliseconds of CPU to decode: not on the runtime.
         let headers = parts.headers.clone();
-        let broker = broker.clone();
-        tokio::task::spawn_blocking(move || decode_checked(&broker, budget, &headers, body))
-            .await
-            .map_err(|e| IngressError::BodyRead(format!("decoding the body: {e}")))??
+        let (routes, broker) = (routes.clone(), broker.clone());
+        tokio::task::spawn_blocking(move || {
+            decode_checked(&routes, &broker, &admitted, &headers, body)
+        })
+        .await
+        .map_err(|e| IngressError::BodyRead(format!("decoding the body: {e}")))??
     } else {
-        decode_checked(&broker, budget, &parts.headers, body)?
+        decode_checked(routes, &broker, &admitted, &parts.headers, body)?
     };
     tracing::Span::current().record("events", events.len());
     let count = accept::store(&broker, events).await?;
@@ -136,18 +145,20 @@ const PENDING_WAIT: Duration = Duration::from_secs(10);
 /// on the blocking pool.
 const DECODE_INLINE_MAX: usize = 64 * 1024;
 
-/// Decodes and stamps a request's events, and refuses them if one could not be
-/// delivered.
+/// Decodes and stamps a request's events, and refuses them if the sender's policies
+/// do not allow one or one could not be delivered.
 fn decode_checked(
+    routes: &Routes,
     broker: &BrokerEndpoint,
-    budget: cemesh_proto::http::HeaderBudget,
+    admitted: &auth::Admitted,
     headers: &HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Vec<cemesh_proto::Event>, IngressError> {
     let (mode, mut events) = cemesh_proto::http::decode_with_mode(headers, body)?;
     let batch = mode == cemesh_proto::http::Mode::Batch;
+    accept::check_policies(routes, broker, admitted, &mut events, batch)?;
     accept::stamp(&mut events, &knative::now_rfc3339(), Some(headers), batch)?;
-    accept::check_deliverable(broker, budget, &events, batch)?;
+    accept::check_deliverable(broker, routes.header_budget(), &events, batch)?;
     Ok(events)
 }
 

@@ -12,6 +12,8 @@ use cemesh_proto::http::HeaderBudget;
 use cemesh_proto::Event;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{Access, Authenticator};
+
 /// Request bytes the ingress works on at once by default (`--max-pending-bytes`).
 pub const DEFAULT_MAX_PENDING_BYTES: u64 = 8 << 20;
 
@@ -47,6 +49,8 @@ pub struct BrokerEndpoint {
     /// Whether an event may be delivered in binary mode, where its attributes
     /// travel as HTTP headers within [`Routes::header_budget`].
     pub binary: Arc<dyn BinaryDelivery>,
+    /// Who may send to it (its `EventPolicy`s and the default mode).
+    pub access: Arc<Access>,
 }
 
 /// Whether some subscriber could get an event in binary-mode HTTP. The control plane
@@ -76,6 +80,7 @@ pub struct Routes {
     draining: Arc<AtomicBool>,
     pending: PendingBudget,
     header_budget: HeaderBudget,
+    auth: Arc<Authenticator>,
 }
 
 impl Default for Routes {
@@ -85,6 +90,7 @@ impl Default for Routes {
             draining: Arc::default(),
             pending: PendingBudget::new(DEFAULT_MAX_PENDING_BYTES),
             header_budget: HeaderBudget::default(),
+            auth: Arc::default(),
         }
     }
 }
@@ -123,6 +129,17 @@ impl Routes {
     pub fn with_header_budget(mut self, budget: HeaderBudget) -> Self {
         self.header_budget = budget;
         self
+    }
+
+    /// The same table checking senders with `auth` (the server config's `auth:`).
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// How senders are authenticated.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
     }
 
     /// What an accepted event's binary-mode headers may take.

@@ -106,11 +106,16 @@ pub fn plan(file: &Path, advertise: &str) -> anyhow::Result<Vec<PlannedTrigger>>
         let where_ = format!("{}: document {}", file.display(), located.document);
         let trigger = match &located.value {
             Resource::Trigger(t) => t,
-            Resource::Broker(b) => {
+            other => {
+                let (kind, meta) = match other {
+                    Resource::Broker(b) => ("Broker", &b.metadata),
+                    Resource::EventPolicy(p) => ("EventPolicy", &p.metadata),
+                    Resource::Trigger(t) => ("Trigger", &t.metadata),
+                };
                 problems.push(format!(
-                    "{where_} (Broker {}/{}): only Trigger manifests belong in a sidecar's triggers file",
-                    b.metadata.namespace(),
-                    b.metadata.name
+                    "{where_} ({kind} {}/{}): only Trigger manifests belong in a sidecar's triggers file",
+                    meta.namespace(),
+                    meta.name
                 ));
                 continue;
             }

@@ -64,6 +64,7 @@ pub struct Cemesh {
     logs: Arc<Mutex<String>>,
     dir: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -73,6 +74,7 @@ pub struct CemeshBuilder {
     args: Vec<String>,
     channel: String,
     data_dir: Option<PathBuf>,
+    envs: Vec<(String, String)>,
 }
 
 impl Default for CemeshBuilder {
@@ -82,6 +84,7 @@ impl Default for CemeshBuilder {
             args: Vec::new(),
             channel: "memory".into(),
             data_dir: None,
+            envs: Vec::new(),
         }
     }
 }
@@ -95,6 +98,12 @@ impl CemeshBuilder {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
+        self
+    }
+
+    /// Sets an environment variable of the broker process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -153,6 +162,7 @@ impl CemeshBuilder {
             logs: Arc::default(),
             dir,
             args,
+            envs: self.envs,
             _tmp: Some(tmp),
         };
         c.spawn();
@@ -164,6 +174,7 @@ impl CemeshBuilder {
         let (_tmp, args) = self.prepare();
         let out = Command::new(cemesh_bin())
             .args(&args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .output()
@@ -189,6 +200,7 @@ impl Cemesh {
     fn spawn(&mut self) {
         let mut child = Command::new(cemesh_bin())
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("CEMESH_TEST_LOG").unwrap_or_else(|_| "info".into()),

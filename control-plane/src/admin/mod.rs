@@ -1,5 +1,7 @@
 //! The admin port: health, readiness with detail, and the REST API under `/v1`
-//! (Kubernetes-shaped paths) that the CLI talks to.
+//! (Kubernetes-shaped paths) that the CLI talks to. With `auth.admin` configured,
+//! every route but `/healthz`, `/readyz` (and `/metrics` unless locked too) needs a
+//! caller with a role ([`guard`]): `read` for GET, `admin` for anything else.
 
 pub mod deadletters;
 pub(crate) mod resources;
@@ -28,6 +30,8 @@ pub struct AdminState {
     pub background: CancellationToken,
     pub control: Arc<ControlPlane>,
     pub routes: cemesh_ingress::Routes,
+    /// Who may call what.
+    pub guard: crate::auth::AdminGuard,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -62,7 +66,42 @@ pub fn router(state: AdminState) -> Router {
             &format!("{dl}/{{id}}"),
             get(deadletters::show).delete(deadletters::remove),
         )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// Checks the caller's role before any handler runs: the admin API's one gate.
+async fn guard(
+    State(state): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::auth::{GuardError, Role};
+    let need = match req.uri().path() {
+        "/healthz" | "/readyz" => None,
+        "/metrics" if state.guard.metrics_open() => None,
+        _ if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => Some(Role::Read),
+        _ => Some(Role::Admin),
+    };
+    if let Some(need) = need {
+        let credential = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        if let Err(e) = state.guard.check(credential, need) {
+            let answer = match &e {
+                GuardError::Unauthenticated(_) => {
+                    cemesh_ingress::ErrorAnswer::new(StatusCode::UNAUTHORIZED, e.to_string())
+                        .with_challenge("Bearer")
+                }
+                GuardError::Forbidden(_) => {
+                    cemesh_ingress::ErrorAnswer::new(StatusCode::FORBIDDEN, e.to_string())
+                }
+            };
+            return answer.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

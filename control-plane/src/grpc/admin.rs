@@ -39,6 +39,8 @@ pub struct AdminContext {
     pub control: Arc<ControlPlane>,
     pub registry: Registry,
     pub background: CancellationToken,
+    /// Who may call what ([`super::guard`]).
+    pub guard: crate::auth::AdminGuard,
 }
 
 /// The `cemesh.v1.Admin` implementation.
@@ -92,8 +94,9 @@ fn kind(raw: i32) -> Result<Kind, Status> {
     match pb::ResourceKind::try_from(raw) {
         Ok(pb::ResourceKind::Broker) => Ok(Kind::Broker),
         Ok(pb::ResourceKind::Trigger) => Ok(Kind::Trigger),
+        Ok(pb::ResourceKind::EventPolicy) => Ok(Kind::EventPolicy),
         _ => Err(Status::invalid_argument(
-            "kind: set RESOURCE_KIND_BROKER or RESOURCE_KIND_TRIGGER",
+            "kind: set RESOURCE_KIND_BROKER, RESOURCE_KIND_TRIGGER or RESOURCE_KIND_EVENT_POLICY",
         )),
     }
 }
@@ -102,6 +105,7 @@ fn pb_kind(kind: Kind) -> pb::ResourceKind {
     match kind {
         Kind::Broker => pb::ResourceKind::Broker,
         Kind::Trigger => pb::ResourceKind::Trigger,
+        Kind::EventPolicy => pb::ResourceKind::EventPolicy,
     }
 }
 

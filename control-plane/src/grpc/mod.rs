@@ -12,6 +12,7 @@
 //! the `.proto` files).
 
 mod admin;
+mod guard;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,7 +69,8 @@ pub async fn serve(
         .map_err(crate::Error::Reflection)?;
     let publisher = PublisherServer::new(PublisherService::new(routes))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(AdminService::new(admin));
+    let guard = admin.guard.clone();
+    let admin = guard::Guarded::new(AdminServer::new(AdminService::new(admin)), guard);
 
     let shutdown = async move {
         shutdown.await;

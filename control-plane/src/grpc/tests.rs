@@ -57,6 +57,8 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         header_budget: Default::default(),
         tls: None,
         limits: Default::default(),
+        auth: Default::default(),
+        insecure_admin: false,
         #[cfg(feature = "kafka")]
         kafka: None,
     };
@@ -72,6 +74,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         control,
         registry,
         background,
+        guard: Default::default(),
     }
 }
 
@@ -105,6 +108,7 @@ impl Harness {
                 channel: channel.clone(),
                 max_body_bytes,
                 binary: Arc::new(cemesh_ingress::AnyBinary),
+                access: Arc::default(),
             }),
         )]));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

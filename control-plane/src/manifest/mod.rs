@@ -6,10 +6,12 @@
 //! by [`parser`] (serde-saphyr, with input budgets; its module doc says why that
 //! parser) into a [`Value`] and then into its kind's typed manifest.
 
+mod access;
 mod broker;
 mod delivery;
 mod filters;
 pub mod parser;
+mod policy;
 mod trigger;
 mod validate;
 mod value;
@@ -19,8 +21,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use access::PolicyDesired;
 pub use broker::{BrokerManifest, BrokerSpec, Note};
 pub use delivery::{DeliveryManifest, Destination, KReference};
+pub use policy::{EventPolicyManifest, EventPolicySpec, EVENTING_V1ALPHA1};
 pub use trigger::{TriggerFilter, TriggerManifest, TriggerSpec};
 pub use validate::{
     compile, BrokerDesired, ChannelOptions, Desired, ResolveContext, TriggerDesired,
@@ -36,7 +40,11 @@ pub const OWNER_ANNOTATION: &str = "cemesh.dev/owner";
 /// The kinds cemesh runs, as `(apiVersion, kind)`. Every reader (config dir, `apply`,
 /// `validate`, the admin API) refuses any other kind through [`unsupported_kind`], so
 /// running a new kind starts with one line here.
-pub const SUPPORTED_KINDS: &[(&str, &str)] = &[(EVENTING_V1, "Broker"), (EVENTING_V1, "Trigger")];
+pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
+    (EVENTING_V1, "Broker"),
+    (EVENTING_V1, "Trigger"),
+    (EVENTING_V1ALPHA1, "EventPolicy"),
+];
 
 /// `eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger`.
 pub fn supported_kinds() -> String {
@@ -71,6 +79,9 @@ pub struct Metadata {
     pub namespace: Option<String>,
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// What `EventPolicy` selectors match.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub generation: Option<i64>,
 }
@@ -79,6 +90,32 @@ impl Metadata {
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or("default")
     }
+
+    /// Name and namespace must be DNS labels; the error is `(field path, message)`.
+    pub(crate) fn check(&self) -> Result<(), (String, String)> {
+        if !is_dns_label(&self.name) {
+            return Err((
+                "metadata.name".into(),
+                format!("{:?} must be a DNS label: 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit", self.name),
+            ));
+        }
+        if !is_dns_label(self.namespace()) {
+            return Err((
+                "metadata.namespace".into(),
+                format!("{:?} must be a DNS label", self.namespace()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// A resource read from a file, with where it came from.
@@ -116,6 +153,7 @@ impl<T> Located<T> {
 pub enum Resource {
     Broker(BrokerManifest),
     Trigger(TriggerManifest),
+    EventPolicy(EventPolicyManifest),
 }
 
 /// A problem in a manifest.
@@ -333,6 +371,9 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
         let resource = match (api_version.as_str(), kind.as_str()) {
             (EVENTING_V1, "Broker") => typed::<BrokerManifest>(doc.text).map(Resource::Broker),
             (EVENTING_V1, "Trigger") => typed::<TriggerManifest>(doc.text).map(Resource::Trigger),
+            (EVENTING_V1ALPHA1, "EventPolicy") => {
+                typed::<EventPolicyManifest>(doc.text).map(Resource::EventPolicy)
+            }
             _ => {
                 let kind_line = doc.text.lines().position(|l| l.starts_with("kind:"));
                 let mut e = err(
@@ -387,7 +428,7 @@ mod tests {
         assert!(e.iter().all(|e| e.unsupported_kind));
         let channel = e[0].to_string();
         assert!(
-            channel.starts_with("k.yaml: document 1 (Channel default/c), line 2: kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger"),
+            channel.starts_with("k.yaml: document 1 (Channel default/c), line 2: kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy"),
             "{channel}"
         );
         let trigger = e[1].to_string();

@@ -88,6 +88,8 @@ pub struct TriggerDesired {
 pub struct Desired {
     pub brokers: BTreeMap<BrokerKey, BrokerDesired>,
     pub triggers: BTreeMap<TriggerKey, TriggerDesired>,
+    /// `EventPolicy`s by `namespace/name`, with the brokers each selects.
+    pub policies: BTreeMap<String, super::access::PolicyDesired>,
     pub problems: Vec<ManifestError>,
 }
 
@@ -154,7 +156,33 @@ pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Des
             }
         }
     }
+    let labels = resources
+        .iter()
+        .filter_map(|l| match &l.value {
+            Resource::Broker(b) => Some((
+                BrokerKey::new(b.metadata.namespace(), &b.metadata.name),
+                b.metadata.labels.clone(),
+            )),
+            _ => None,
+        })
+        .filter(|(k, _)| desired.brokers.contains_key(k))
+        .collect();
+    desired.policies = super::access::compile_policies(resources, &labels, &mut desired.problems);
     desired
+}
+
+impl Desired {
+    /// The policies that select `broker`.
+    pub fn policies_of(
+        &self,
+        broker: &BrokerKey,
+    ) -> Vec<std::sync::Arc<cemesh_ingress::auth::Policy>> {
+        self.policies
+            .values()
+            .filter(|p| p.brokers.contains(broker))
+            .map(|p| p.policy.clone())
+            .collect()
+    }
 }
 
 type FieldError = (String, String);
@@ -195,22 +223,6 @@ fn field(path: &str, msg: impl std::fmt::Display) -> FieldError {
     (path.to_owned(), msg.to_string())
 }
 
-fn check_metadata(meta: &Metadata) -> Result<(), FieldError> {
-    if !is_dns_label(&meta.name) {
-        return Err(field(
-            "metadata.name",
-            format!("{:?} must be a DNS label: 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit", meta.name),
-        ));
-    }
-    if !is_dns_label(meta.namespace()) {
-        return Err(field(
-            "metadata.namespace",
-            format!("{:?} must be a DNS label", meta.namespace()),
-        ));
-    }
-    Ok(())
-}
-
 /// Refuses a `cemesh.dev/` annotation that is not in `known` (a typo would otherwise
 /// be silently ignored), naming the closest known one.
 fn check_annotations(meta: &Metadata, known: &[&str], problems: &mut Problems) {
@@ -242,22 +254,13 @@ fn check_annotations(meta: &Metadata, known: &[&str], problems: &mut Problems) {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn compile_broker(
     meta: &Metadata,
     delivery: Option<DeliveryManifest>,
     ctx: &ResolveContext<'_>,
 ) -> Result<BrokerDesired, Vec<FieldError>> {
     let mut problems = Problems::default();
-    problems.note(check_metadata(meta));
+    problems.note(meta.check());
     check_annotations(meta, BROKER_ANNOTATIONS, &mut problems);
     let path = |a: &str| format!("metadata.annotations.{a}");
     let channel = match meta.annotations.get(CHANNEL_ANNOTATION) {
@@ -381,7 +384,7 @@ fn compile_trigger(
     ctx: &ResolveContext<'_>,
 ) -> Result<TriggerDesired, Vec<FieldError>> {
     let mut problems = Problems::default();
-    problems.note(check_metadata(&t.metadata));
+    problems.note(t.metadata.check());
     check_annotations(&t.metadata, TRIGGER_ANNOTATIONS, &mut problems);
     let ns = t.metadata.namespace();
     let broker_key = BrokerKey::new(ns, &t.spec.broker);

@@ -2,15 +2,16 @@
 //!
 //! Every event goes through what the HTTP ingress does, in the same order: find the
 //! broker, check the size against its limit (the encoded `CloudEvent`, as HTTP checks
-//! the body), convert and validate, stamp the arrival time and TTL, append, answer once
-//! the channel says the events are durable.
+//! the body), check the sender (the `authorization` metadata, once per call or per
+//! broker of a stream) and its policies, convert and validate, stamp the arrival
+//! time and TTL, append, answer once the channel says the events are durable.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::accept::{self, check_size, invalid};
+use crate::auth::Admitted;
 use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
-use cemesh_proto::http::HeaderBudget;
 use cemesh_proto::pb::cemesh::v1::publisher_server::Publisher;
 use cemesh_proto::pb::cemesh::v1::{
     PublishAck, PublishBatchRequest, PublishRequest, PublishResponse,
@@ -51,11 +52,20 @@ fn broker(
     accept::broker(routes, &BrokerKey::new(namespace, name))
 }
 
-/// Converts, validates and stamps one event.
+/// The `authorization` metadata of a call.
+fn credential<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_bytes().to_vec())
+}
+
+/// Converts, validates, checks against the sender's policies and stamps one event.
 fn accept(
+    routes: &Routes,
     msg: Option<CloudEvent>,
     broker: &BrokerEndpoint,
-    budget: HeaderBudget,
+    admitted: &Admitted,
     now: &str,
 ) -> Result<Event, IngressError> {
     let msg = msg.ok_or_else(|| invalid(EventError::msg("the request carries no event")))?;
@@ -63,8 +73,9 @@ fn accept(
     let event = cemesh_proto::protobuf::from_proto(msg).map_err(invalid)?;
     cemesh_proto::validate::validate(&event).map_err(invalid)?;
     let mut events = [event];
+    accept::check_policies(routes, broker, admitted, &mut events, false)?;
     accept::stamp(&mut events, now, None, false)?;
-    accept::check_deliverable(broker, budget, &events, false)?;
+    accept::check_deliverable(broker, routes.header_budget(), &events, false)?;
     let [event] = events;
     Ok(event)
 }
@@ -82,10 +93,13 @@ impl Publisher for PublisherService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let credential = credential(&request);
         let req = request.into_inner();
         let broker = broker(&self.routes, &req.namespace, &req.broker).map_err(refuse)?;
-        let budget = self.routes.header_budget();
-        let event = accept(req.event, &broker, budget, &knative::now_rfc3339()).map_err(refuse)?;
+        let admitted =
+            accept::admit(&self.routes, &broker, credential.as_deref()).map_err(refuse)?;
+        let now = knative::now_rfc3339();
+        let event = accept(&self.routes, req.event, &broker, &admitted, &now).map_err(refuse)?;
         accept::store(&broker, vec![event]).await.map_err(refuse)?;
         Ok(Response::new(PublishResponse { accepted: 1 }))
     }
@@ -94,8 +108,11 @@ impl Publisher for PublisherService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let credential = credential(&request);
         let req = request.into_inner();
         let broker = broker(&self.routes, &req.namespace, &req.broker).map_err(refuse)?;
+        let admitted =
+            accept::admit(&self.routes, &broker, credential.as_deref()).map_err(refuse)?;
         let messages = req.batch.map(|b| b.events).unwrap_or_default();
         let size: usize = messages
             .iter()
@@ -104,6 +121,8 @@ impl Publisher for PublisherService {
         check_size(&broker, size).map_err(refuse)?;
         let mut events =
             cemesh_proto::protobuf::from_proto_batch(messages).map_err(|e| refuse(invalid(e)))?;
+        accept::check_policies(&self.routes, &broker, &admitted, &mut events, true)
+            .map_err(refuse)?;
         accept::stamp(&mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
         accept::check_deliverable(&broker, self.routes.header_budget(), &events, true)
             .map_err(refuse)?;
@@ -118,9 +137,10 @@ impl Publisher for PublisherService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let credential = credential(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
-        tokio::spawn(run_stream(self.routes.clone(), inbound, tx));
+        tokio::spawn(run_stream(self.routes.clone(), credential, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -138,11 +158,15 @@ struct Pending {
 /// queue up, so a fast producer gets group commits without giving up per-event acks.
 async fn run_stream(
     routes: Routes,
+    credential: Option<Vec<u8>>,
     mut inbound: Streaming<PublishRequest>,
     tx: mpsc::Sender<Result<PublishAck, Status>>,
 ) {
     let mut sequence = 0u64;
-    let mut current: Option<Arc<BrokerEndpoint>> = None;
+    let mut current = Current {
+        credential,
+        broker: None,
+    };
     loop {
         let first = match inbound.next().await {
             None => return,
@@ -179,25 +203,38 @@ async fn run_stream(
     }
 }
 
+/// A stream's sender and the broker it sends to, admitted once per broker.
+struct Current {
+    credential: Option<Vec<u8>>,
+    broker: Option<(Arc<BrokerEndpoint>, Admitted)>,
+}
+
 fn prepare(
     routes: &Routes,
-    current: &mut Option<Arc<BrokerEndpoint>>,
+    current: &mut Current,
     req: PublishRequest,
     sequence: u64,
     now: &str,
 ) -> Pending {
     let id = req.event.as_ref().map(|e| e.id.clone()).unwrap_or_default();
     let endpoint = if req.namespace.is_empty() && req.broker.is_empty() {
-        current.clone().ok_or_else(|| {
+        current.broker.clone().ok_or_else(|| {
             invalid(EventError::msg(
                 "the first message of a stream must name the broker (namespace and broker)",
             ))
         })
     } else {
-        broker(routes, &req.namespace, &req.broker).inspect(|b| *current = Some(b.clone()))
+        broker(routes, &req.namespace, &req.broker).and_then(|b| match &current.broker {
+            Some((running, admitted)) if Arc::ptr_eq(running, &b) => Ok((b, admitted.clone())),
+            _ => {
+                let admitted = accept::admit(routes, &b, current.credential.as_deref())?;
+                current.broker = Some((b.clone(), admitted.clone()));
+                Ok((b, admitted))
+            }
+        })
     };
-    let outcome = endpoint.and_then(|b| {
-        let event = accept(req.event, &b, routes.header_budget(), now)?;
+    let outcome = endpoint.and_then(|(b, admitted)| {
+        let event = accept(routes, req.event, &b, &admitted, now)?;
         Ok((b, event))
     });
     Pending {

@@ -13,8 +13,9 @@ pub const ATTRIBUTE_METADATA: &str = "cemesh-attribute";
 /// Metadata key: seconds to wait before retrying (RESOURCE_EXHAUSTED, UNAVAILABLE).
 pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
-/// The gRPC code of a refusal: 400 → INVALID_ARGUMENT, 404 → NOT_FOUND, 413 and 429 →
-/// RESOURCE_EXHAUSTED, 503 → UNAVAILABLE, 500 → INTERNAL.
+/// The gRPC code of a refusal: 400 → INVALID_ARGUMENT, 401 → UNAUTHENTICATED, 403 →
+/// PERMISSION_DENIED, 404 → NOT_FOUND, 413 and 429 → RESOURCE_EXHAUSTED, 503 →
+/// UNAVAILABLE, 500 → INTERNAL.
 pub fn code(err: &IngressError) -> Code {
     match err {
         IngressError::UnknownBroker(_) => Code::NotFound,
@@ -34,7 +35,9 @@ pub fn code(err: &IngressError) -> Code {
         IngressError::Channel(_) => Code::Internal,
         IngressError::MethodNotAllowed(_) => Code::Unimplemented,
         IngressError::BodyTimeout(_) => Code::DeadlineExceeded,
-        _ => Code::Internal,
+        IngressError::Draining | IngressError::Busy(_) => Code::Unavailable,
+        IngressError::Unauthenticated(_) => Code::Unauthenticated,
+        IngressError::Forbidden(_) => Code::PermissionDenied,
     }
 }
 
@@ -58,7 +61,9 @@ pub fn attribute(err: &IngressError) -> Option<&str> {
 pub fn retry_after_secs(err: &IngressError) -> Option<u32> {
     let wait = match err {
         IngressError::Channel(ChannelError::Closed) => crate::DEFAULT_RETRY_AFTER,
-        IngressError::Channel(_) => err.retry_after()?,
+        IngressError::Channel(_) | IngressError::Draining | IngressError::Busy(_) => {
+            err.retry_after()?
+        }
         _ => return None,
     };
     Some(u32::try_from(crate::retry_after_secs(wait)).unwrap_or(u32::MAX))

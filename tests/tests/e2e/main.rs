@@ -1,5 +1,6 @@
 //! End-to-end tests: one test binary (faster to link) with a module per area.
 
+mod auth;
 mod bench;
 mod cli;
 mod control_plane;

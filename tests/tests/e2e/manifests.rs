@@ -8,7 +8,7 @@ use serde_json::Value;
 
 const CHANNEL: &str =
     "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: orders\n";
-const CHANNEL_PROBLEM: &str = "kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger";
+const CHANNEL_PROBLEM: &str = "kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy";
 const OLD_TRIGGER: &str = "apiVersion: eventing.knative.dev/v1beta1\nkind: Trigger\nmetadata:\n  name: old\nspec:\n  broker: default\n";
 const OLD_TRIGGER_PROBLEM: &str = "Trigger eventing.knative.dev/v1beta1 is not supported: cemesh runs Trigger as apiVersion eventing.knative.dev/v1";
 
@@ -169,7 +169,7 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert!(
-        body.to_string().contains("kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger"),
+        body.to_string().contains("kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy"),
         "{body}"
     );
     let r = put("/v1/namespaces/default/channels/orders", CHANNEL)
