@@ -3,7 +3,8 @@
 # features), one build with every feature, every test from that build. Installs what
 # the tests need that a fresh machine lacks: Debian's pkg-config and libssl-dev
 # (librdkafka's build) and strace (the test that a 202 follows its fsync), PyYAML
-# (deploy checks) and a Kafka-protocol server (tansu, cached in the cargo bin dir).
+# (deploy checks), the standardwebhooks reference verifier and a Kafka-protocol
+# server (tansu, cached in the cargo bin dir).
 #
 #   CEMESH_TEST_KAFKA=HOST:PORT   use this Kafka instead of starting tansu
 #   CEMESH_TEST_THREADS=N         parallel tests per binary (default 4)
@@ -24,6 +25,13 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# tests/tests/e2e/auth.rs checks webhook signatures with the reference verifier.
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  echo "==> installing the standardwebhooks Python package"
+  python3 -m pip install --quiet --user standardwebhooks 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages standardwebhooks
 fi
 
 # Absolute: the end-to-end tests run with their crate as the working directory.

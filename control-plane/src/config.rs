@@ -121,6 +121,8 @@ pub struct ServerConfig {
     pub auth: crate::auth::AuthConfig,
     /// Serve an open admin API beyond loopback (`--insecure-admin`).
     pub insecure_admin: Option<bool>,
+    /// The issuer URL of delivery tokens (`--oidc-issuer`).
+    pub oidc_issuer: Option<String>,
     /// Kafka connection and naming (builds with the `kafka` feature).
     #[cfg(feature = "kafka")]
     #[serde(default)]
@@ -212,6 +214,8 @@ pub struct Settings {
     pub auth: crate::auth::AuthConfig,
     /// An open admin API may listen beyond loopback.
     pub insecure_admin: bool,
+    /// The issuer URL of delivery tokens; default the admin API's URL.
+    pub oidc_issuer: Option<String>,
     #[cfg(feature = "kafka")]
     pub kafka: Option<cemesh_channels::kafka::KafkaOptions>,
 }

@@ -38,6 +38,8 @@ pub enum Error {
     Tls(#[from] cemesh_ingress::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Signer(#[from] crate::signer::SignerError),
     #[error("refusing to serve the {what} API to anyone on {addr}: configure auth.admin (roles for tokens or JWT subjects) in the config file, bind it to 127.0.0.1, or pass --insecure-admin to accept the risk")]
     OpenAdmin {
         what: &'static str,

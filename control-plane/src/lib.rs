@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod ondemand;
 pub mod reload;
 pub mod serve;
+pub mod signer;
 
 pub use error::Error;

@@ -321,6 +321,12 @@ impl Mesh {
         }
     }
 
+    /// Deliveries to a destination with an audience carry a JWT from `tokens`.
+    pub fn with_tokens(mut self, tokens: Arc<dyn cemesh_dispatcher::TokenSource>) -> Self {
+        self.deliverer = self.deliverer.with_tokens(tokens);
+        self
+    }
+
     /// Brokers no `EventPolicy` selects accept what `mode` allows.
     pub fn with_default_access(mut self, mode: DefaultMode) -> Self {
         self.default_access = mode;
@@ -727,6 +733,7 @@ mod tests {
                 parallelism,
                 endpoints: None,
                 max_lag: Default::default(),
+                auth: Default::default(),
             },
             start: StartAt::Latest,
         }

@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
     #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The issuer URL of delivery tokens (JWTs for destinations with an audience):
+    /// where subscribers find /.well-known/openid-configuration [default: the admin
+    /// API's own URL]
+    #[arg(long, env = "CEMESH_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
     /// Serve an admin API anyone can call (no auth.admin in the config) on an address
     /// other than loopback; without it such a start is refused
     #[arg(long, env = "CEMESH_INSECURE_ADMIN")]
@@ -211,6 +216,7 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
         services: file.services,
         auth: file.auth,
         insecure_admin: args.insecure_admin || file.insecure_admin.unwrap_or(false),
+        oidc_issuer: args.oidc_issuer.clone().or(file.oidc_issuer),
         limits,
         log_format: args
             .log_format
@@ -362,8 +368,35 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     if let Some(options) = settings.kafka.clone() {
         channels.set_kafka(crate::kafka::connect(options).await?);
     }
+    let issuer = settings
+        .oidc_issuer
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{admin_addr}"));
+    let data_dir = settings.data_dir.clone();
+    let signer = Arc::new(
+        tokio::task::spawn_blocking(move || crate::signer::Signer::open(&data_dir, issuer))
+            .await
+            .map_err(|source| Error::Task {
+                what: "OIDC key loading",
+                source,
+            })??,
+    );
+    {
+        // A long-running server rotates its signing key too.
+        let signer = signer.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let s = signer.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.rotate_if_due()).await {
+                    tracing::warn!(error = %e, "Rotating the OIDC signing key failed");
+                }
+            }
+        });
+    }
     let mesh = Mesh::new(routes.clone(), channels)
         .trusting(&own_issuers)
+        .with_tokens(signer.clone())
         .with_default_access(settings.auth.default_mode());
     let registry = mesh.registry();
     let taps = mesh.taps();
@@ -414,6 +447,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             control: control.clone(),
             routes: routes.clone(),
             guard: guard.clone(),
+            signer: signer.clone(),
         });
         tokio::spawn(cemesh_ingress::server::serve_tls(
             "admin",

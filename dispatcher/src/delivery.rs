@@ -182,6 +182,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
+    /// Mints the JWTs of deliveries with an audience.
+    tokens: Option<std::sync::Arc<dyn crate::signing::TokenSource>>,
 }
 
 impl Default for Deliverer {
@@ -214,11 +216,20 @@ impl Deliverer {
         }
         Deliverer {
             client: builder.build().unwrap_or_default(),
+            tokens: None,
         }
     }
 
+    /// Deliveries to a destination with an audience carry a JWT from `tokens`.
+    pub fn with_tokens(mut self, tokens: std::sync::Arc<dyn crate::signing::TokenSource>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
     /// One POST of `event` to `url`, with Knative's headers (`Prefer: reply`,
-    /// `Kn-Namespace`, the event's `traceparent`) and `extra` ones.
+    /// `Kn-Namespace`, the event's `traceparent`) and what `auth` asks for (a JWT
+    /// whose subject is `subject`, a webhook signature).
+    #[allow(clippy::too_many_arguments)]
     pub async fn attempt(
         &self,
         url: &reqwest::Url,
@@ -226,6 +237,8 @@ impl Deliverer {
         namespace: &str,
         format: Format,
         timeout: Duration,
+        auth: &crate::signing::DeliveryAuth,
+        subject: &str,
     ) -> Result<Success, Failure> {
         let mut headers = HeaderMap::with_capacity(12);
         let body = match format {
@@ -260,6 +273,16 @@ impl Deliverer {
                     headers.insert(HeaderName::from_static(name), v);
                 }
             }
+        }
+        if !auth.is_none() {
+            crate::signing::sign(
+                auth,
+                self.tokens.as_deref(),
+                subject,
+                &event.id,
+                &body,
+                &mut headers,
+            );
         }
         let started = Instant::now();
         let request = self

@@ -13,6 +13,7 @@ pub mod pause;
 pub mod pipeline;
 pub mod retry;
 pub mod runtime;
+pub mod signing;
 pub mod trigger;
 
 pub use breaker::{Breaker, BreakerSpec, BreakerView};
@@ -23,4 +24,5 @@ pub use pause::{Pause, PauseView};
 pub use pipeline::{DeadLettered, Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use retry::{GiveUp, RetryAction, RetryState};
 pub use runtime::{MaxLag, TriggerKey, TriggerRuntime};
+pub use signing::{DeliveryAuth, TokenSource, WebhookSecret};
 pub use trigger::{spawn_trigger, TriggerHandle};

@@ -52,6 +52,8 @@ pub struct TriggerRuntime {
     pub endpoints: Option<Arc<dyn Endpoints>>,
     /// How far behind the trigger may fall (`cemesh.dev/max-lag`).
     pub max_lag: MaxLag,
+    /// How deliveries to the subscriber prove they come from cemesh.
+    pub auth: crate::signing::DeliveryAuth,
 }
 
 /// How far behind a trigger may fall before its oldest waiting events move to its
@@ -106,6 +108,7 @@ impl PartialEq for TriggerRuntime {
             && self.delivery == other.delivery
             && self.parallelism == other.parallelism
             && self.max_lag == other.max_lag
+            && self.auth == other.auth
             && same_pool
     }
 }
@@ -127,6 +130,7 @@ mod tests {
             parallelism: 64,
             endpoints: None,
             max_lag: MaxLag::default(),
+            auth: Default::default(),
         }
     }
 

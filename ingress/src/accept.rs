@@ -36,13 +36,10 @@ pub fn admit(
         .auth()
         .authenticate(credential, &broker.access.audience)
         .map_err(IngressError::Unauthenticated)?;
-    broker
-        .access
-        .admit(&broker.key.to_string(), who)
-        .map_err(|r| match r {
-            Refusal::Unauthenticated(e) => IngressError::Unauthenticated(e),
-            Refusal::Forbidden(d) => IngressError::Forbidden(d.0),
-        })
+    broker.access.admit(&broker.key, who).map_err(|r| match r {
+        Refusal::Unauthenticated(e) => IngressError::Unauthenticated(e),
+        Refusal::Forbidden(d) => IngressError::Forbidden(d.0),
+    })
 }
 
 /// Checks decoded events against the filters of the policies that admitted their
@@ -57,7 +54,7 @@ pub fn check_policies(
 ) -> Result<(), IngressError> {
     broker
         .access
-        .check_events(&broker.key.to_string(), admitted, events, batch)
+        .check_events(&broker.key, admitted, events, batch)
         .map_err(|d| IngressError::Forbidden(d.0))?;
     routes.auth().stamp(events, admitted.who.as_ref());
     Ok(())

@@ -32,6 +32,8 @@ pub struct AdminState {
     pub routes: cemesh_ingress::Routes,
     /// Who may call what.
     pub guard: crate::auth::AdminGuard,
+    /// The issuer of delivery tokens, whose keys `/.well-known/` publishes.
+    pub signer: Arc<crate::signer::Signer>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -40,6 +42,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/.well-known/openid-configuration",
+            get(|State(s): State<AdminState>| async move { Json(s.signer.discovery()) }),
+        )
+        .route(
+            "/.well-known/jwks.json",
+            get(|State(s): State<AdminState>| async move { Json(s.signer.jwks()) }),
+        )
         .route("/v1/{plural}", get(resources::list_all))
         .route("/v1/namespaces/{ns}/{plural}", get(resources::list))
         .route(
@@ -79,6 +89,7 @@ async fn guard(
     use crate::auth::{GuardError, Role};
     let need = match req.uri().path() {
         "/healthz" | "/readyz" => None,
+        p if p.starts_with("/.well-known/") => None,
         "/metrics" if state.guard.metrics_open() => None,
         _ if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => Some(Role::Read),
         _ => Some(Role::Admin),

@@ -59,6 +59,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         limits: Default::default(),
         auth: Default::default(),
         insecure_admin: false,
+        oidc_issuer: None,
         #[cfg(feature = "kafka")]
         kafka: None,
     };

@@ -13,7 +13,8 @@ pub struct Destination {
     /// Accepted for compatibility; TLS to subscribers uses the system roots.
     #[serde(rename = "CACerts")]
     pub ca_certs: Option<String>,
-    /// Accepted for compatibility (OIDC audience).
+    /// The OIDC audience: each delivery carries a JWT for it, signed by cemesh
+    /// (keys at the admin port's `/.well-known/jwks.json`).
     pub audience: Option<String>,
 }
 

@@ -75,9 +75,14 @@ pub const BREAKER_PROBE_DELAY_ANNOTATION: &str = "cemesh.dev/breaker-probe-delay
 /// Annotation: the longest wait between probes, e.g. `10s` (default).
 pub const BREAKER_PROBE_MAX_ANNOTATION: &str = "cemesh.dev/breaker-probe-max";
 
+/// Annotation: sign each delivery per Standard Webhooks with the secret in this file
+/// (`whsec_` + base64, or raw bytes; 24 bytes at least).
+pub const WEBHOOK_SECRET_ANNOTATION: &str = "cemesh.dev/webhook-secret-file";
+
 /// Every `cemesh.dev/` annotation a Trigger may carry; any other is refused with a
 /// did-you-mean.
 pub const TRIGGER_ANNOTATIONS: &[&str] = &[
+    WEBHOOK_SECRET_ANNOTATION,
     PARALLELISM_ANNOTATION,
     START_ANNOTATION,
     JITTER_ANNOTATION,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cemesh_channels::{Durability, SledConfig, StartAt};
 use cemesh_dispatcher::{
-    BackoffPolicy, DeliverySpec, Format, MaxLag, Ordering, TriggerKey, TriggerRuntime,
+    BackoffPolicy, DeliveryAuth, DeliverySpec, Format, MaxLag, Ordering, TriggerKey,
+    TriggerRuntime, WebhookSecret,
 };
 use cemesh_ingress::BrokerKey;
 
@@ -21,7 +22,7 @@ use super::trigger::{
     BREAKER_PROBE_MAX_ANNOTATION, BREAKER_WINDOW_ANNOTATION, COLD_START_GRACE_ANNOTATION,
     DELIVERY_FORMAT_ANNOTATION, JITTER_ANNOTATION, MAX_LAG_ACTION_ANNOTATION, MAX_LAG_ANNOTATION,
     MAX_RATE_ANNOTATION, ORDER_ANNOTATION, PARALLELISM_ANNOTATION, START_ANNOTATION,
-    TRIGGER_ANNOTATIONS,
+    TRIGGER_ANNOTATIONS, WEBHOOK_SECRET_ANNOTATION,
 };
 use super::{
     DeliveryManifest, Destination, Located, ManifestError, Metadata, Resource, TriggerManifest,
@@ -468,6 +469,7 @@ fn compile_trigger(
             ),
         }
     }
+    let auth = delivery_auth(t, &mut problems);
     let (Some(subscriber), Some(filter)) = (subscriber, filter) else {
         return Err(problems.0);
     };
@@ -481,9 +483,32 @@ fn compile_trigger(
             parallelism,
             endpoints: on_demand_endpoints(&t.spec.subscriber, ns, ctx),
             max_lag,
+            auth,
         },
         start,
     })
+}
+
+/// How the trigger's deliveries prove they come from cemesh: a JWT for the
+/// subscriber's `audience`, and a Standard Webhooks signature with the secret in the
+/// file `cemesh.dev/webhook-secret-file` names (read here, so a missing file is a
+/// problem of the trigger, reported before it runs).
+fn delivery_auth(t: &TriggerManifest, problems: &mut Problems) -> DeliveryAuth {
+    let audience = t.spec.subscriber.audience.clone().filter(|a| !a.is_empty());
+    let webhook = t
+        .metadata
+        .annotations
+        .get(WEBHOOK_SECRET_ANNOTATION)
+        .and_then(|path| {
+            let at = format!("metadata.annotations.{WEBHOOK_SECRET_ANNOTATION}");
+            let text = std::fs::read_to_string(path.trim())
+                .map_err(|e| problems.add(&at, format!("{path}: {e}")))
+                .ok()?;
+            WebhookSecret::parse(&text)
+                .map_err(|e| problems.add(&at, format!("{path}: {e}")))
+                .ok()
+        });
+    DeliveryAuth { audience, webhook }
 }
 
 /// A trigger without `cemesh.dev/max-lag` may fall 90 % of its broker's backlog cap

@@ -32,6 +32,17 @@ impl TriggerContext {
     ) -> Sent {
         let spec = &self.runtime.delivery;
         let ns = &self.runtime.key.namespace;
+        // The subscriber's Destination says how to prove the sender; a dead-letter
+        // sink's own audience is not read yet.
+        let none = crate::signing::DeliveryAuth::default();
+        let auth = match target {
+            Target::Subscriber => &self.runtime.auth,
+            _ => &none,
+        };
+        let subject = match auth.is_none() {
+            true => String::new(),
+            false => self.runtime.key.to_string(),
+        };
         let pool = match &self.runtime.endpoints {
             Some(p) if target == Target::Subscriber => Some(p),
             _ => None,
@@ -79,7 +90,7 @@ impl TriggerContext {
             let result = match pool {
                 None => {
                     self.deliverer
-                        .attempt(url, event, ns, format, spec.timeout)
+                        .attempt(url, event, ns, format, spec.timeout, auth, &subject)
                         .instrument(span.clone())
                         .await
                 }
@@ -88,7 +99,7 @@ impl TriggerContext {
                         let target = lease.target(url);
                         let r = self
                             .deliverer
-                            .attempt(&target, event, ns, format, spec.timeout)
+                            .attempt(&target, event, ns, format, spec.timeout, auth, &subject)
                             .instrument(span.clone())
                             .await;
                         drop(lease);

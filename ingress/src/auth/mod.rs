@@ -7,6 +7,7 @@
 //! audience is the target broker's (`eventing.knative.dev/broker/<ns>/<name>`, as in
 //! Knative). A credential that is sent but not valid is always refused (401), even
 //! where anonymous senders are allowed: a client with a broken token should hear so.
+//! With no token and no issuer configured, credentials are ignored.
 //!
 //! **Authorization** ([`Access`]) is Knative's `EventPolicy`: a broker that some
 //! policy selects accepts a request only from a subject one of them names (`from.sub`,
@@ -153,7 +154,9 @@ impl Authenticator {
         header: Option<&[u8]>,
         audience: &str,
     ) -> Result<Option<Identity>, AuthError> {
-        let Some(header) = header else {
+        // With nothing configured, a credential cannot be checked: it is ignored, as
+        // before authentication existed (a proxy's or a source's header stays harmless).
+        let Some(header) = header.filter(|_| self.is_configured()) else {
             return Ok(None);
         };
         let token = bearer(header).ok_or(AuthError::NotBearer)?;
@@ -339,7 +342,11 @@ impl Access {
 
     /// Checks the sender: 401 for a missing credential where one is needed, 403 for
     /// a sender no policy (or the default) allows.
-    pub fn admit(&self, broker: &str, who: Option<Identity>) -> Result<Admitted, Refusal> {
+    pub fn admit(
+        &self,
+        broker: &dyn fmt::Display,
+        who: Option<Identity>,
+    ) -> Result<Admitted, Refusal> {
         if self.policies.is_empty() {
             return match (self.default, &who) {
                 (DefaultMode::AllowAll, _) => Ok(Admitted {
@@ -401,7 +408,7 @@ impl Access {
     /// one of them must pass it. The error names the event (and its index in a batch).
     pub fn check_events(
         &self,
-        broker: &str,
+        broker: &dyn fmt::Display,
         admitted: &Admitted,
         events: &[Event],
         batch: bool,
@@ -481,6 +488,8 @@ mod tests {
             Err(AuthError::NotBearer)
         );
         // No JWT issuer configured: a JWT-shaped token is just unknown.
+        let none = Authenticator::default();
+        assert_eq!(none.authenticate(Some(b"Bearer whatever"), "aud"), Ok(None));
         assert_eq!(
             a.authenticate(Some(b"Bearer a.b.c"), "aud"),
             Err(AuthError::UnknownToken)
@@ -530,19 +539,19 @@ mod tests {
             namespace: "shop".into(),
             ..Access::default()
         };
-        assert!(a.admit("shop/b", None).is_ok());
+        assert!(a.admit(&"shop/b", None).is_ok());
         a.default = DefaultMode::DenyAll;
         assert!(matches!(
-            a.admit("shop/b", None),
+            a.admit(&"shop/b", None),
             Err(Refusal::Unauthenticated(AuthError::Missing))
         ));
         assert!(matches!(
-            a.admit("shop/b", who("x", Some("shop"))),
+            a.admit(&"shop/b", who("x", Some("shop"))),
             Err(Refusal::Forbidden(_))
         ));
         a.default = DefaultMode::AllowSameNamespace;
-        assert!(a.admit("shop/b", who("x", Some("shop"))).is_ok());
-        let Err(Refusal::Forbidden(Denied(why))) = a.admit("shop/b", who("x", Some("other")))
+        assert!(a.admit(&"shop/b", who("x", Some("shop"))).is_ok());
+        let Err(Refusal::Forbidden(Denied(why))) = a.admit(&"shop/b", who("x", Some("other")))
         else {
             panic!("another namespace is forbidden");
         };
@@ -564,23 +573,23 @@ mod tests {
             ..Access::default()
         };
         assert!(matches!(
-            a.admit("shop/b", None),
+            a.admit(&"shop/b", None),
             Err(Refusal::Unauthenticated(_))
         ));
-        let Err(Refusal::Forbidden(Denied(why))) = a.admit("shop/b", who("billing", None)) else {
+        let Err(Refusal::Forbidden(Denied(why))) = a.admit(&"shop/b", who("billing", None)) else {
             panic!("billing is not named");
         };
         assert!(
             why.contains("billing") && why.contains("shop/orders-only"),
             "{why}"
         );
-        let ok = a.admit("shop/b", who("orders", None)).unwrap();
+        let ok = a.admit(&"shop/b", who("orders", None)).unwrap();
         let good = Event::new("1", "/s", "order.created");
         let bad = Event::new("2", "/s", "order.deleted");
         assert!(a
-            .check_events("shop/b", &ok, std::slice::from_ref(&good), false)
+            .check_events(&"shop/b", &ok, std::slice::from_ref(&good), false)
             .is_ok());
-        let Err(Denied(why)) = a.check_events("shop/b", &ok, &[good, bad], true) else {
+        let Err(Denied(why)) = a.check_events(&"shop/b", &ok, &[good, bad], true) else {
             panic!("the second event is filtered out");
         };
         assert!(

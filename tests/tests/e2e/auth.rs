@@ -744,3 +744,174 @@ async fn the_admin_api_takes_roles_and_an_open_one_stays_on_loopback() {
         "{err}"
     );
 }
+
+/// Verifies a Standard Webhooks signature with the reference verifier (the
+/// `standardwebhooks` Python package the test script installs).
+fn reference_webhook_verify(secret: &str, r: &Received) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, &r.body).unwrap();
+    let header = |n: &str| r.headers[n].to_str().unwrap().to_owned();
+    let script = "import sys\nfrom standardwebhooks.webhooks import Webhook\nbody = open(sys.argv[2], 'rb').read()\nWebhook(sys.argv[1]).verify(body, {'webhook-id': sys.argv[3], 'webhook-timestamp': sys.argv[4], 'webhook-signature': sys.argv[5]})\n";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            secret,
+            body.to_str().unwrap(),
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &header("webhook-signature"),
+        ])
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAbCdEf01";
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let (oidc_sub, hook_sub, plain_sub) = (
+        Subscriber::start().await,
+        Subscriber::start().await,
+        Subscriber::start().await,
+    );
+    let oidc_trigger = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: verified\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n    audience: https://orders.example/receiver\n",
+        oidc_sub.url()
+    );
+    let hook_trigger = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: hooked\n  annotations:\n    cemesh.dev/webhook-secret-file: {}\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n",
+        secret_file.display(),
+        hook_sub.url()
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    let mesh = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                broker_yaml("default"),
+                oidc_trigger,
+                hook_trigger,
+                trigger_yaml("plain", "default", &plain_sub.url(), &[]),
+            ]),
+        )
+        .data_dir(data_dir.path())
+        .start();
+    let mut e = Event::new("v-1", "/verify", "order.created");
+    // The reference verifier parses the body as JSON once it is verified.
+    e.datacontenttype = Some("application/json".into());
+    e.data = Some(bytes::Bytes::from_static(br#"{"order": 42}"#));
+    let resp = post_binary(&client(), &mesh.broker_url("default", "default"), &e).await;
+    assert_eq!(resp.status(), 202);
+    let got = oidc_sub.wait_for(1, Duration::from_secs(10)).await;
+    let hooked = hook_sub.wait_for(1, Duration::from_secs(10)).await;
+    let plain = plain_sub.wait_for(1, Duration::from_secs(10)).await;
+
+    // OIDC: discovery names the issuer and the JWKS; a stock JWT library verifies the
+    // token against them.
+    let discovery: Value = client()
+        .get(mesh.admin_url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issuer = discovery["issuer"].as_str().unwrap().to_owned();
+    assert_eq!(issuer, mesh.admin_url(""));
+    let jwks: jsonwebtoken::jwk::JwkSet = client()
+        .get(discovery["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = got[0].headers["authorization"].to_str().unwrap();
+    let token = auth.strip_prefix("Bearer ").expect("a bearer token");
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("the token's key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["https://orders.example/receiver"]);
+    validation.set_issuer(&[&issuer]);
+    let claims = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .expect("the delivery token verifies")
+    .claims;
+    assert_eq!(claims["sub"], "default/verified");
+    assert!(claims["exp"].as_u64().unwrap() <= now() + 300);
+    // Another audience does not verify it.
+    validation.set_audience(&["https://someone.else"]);
+    assert!(jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation
+    )
+    .is_err());
+
+    // Standard Webhooks: the reference verifier accepts the signature, and refuses
+    // it for a changed body or another secret.
+    reference_webhook_verify(secret, &hooked[0]).expect("the signature verifies");
+    let mut tampered = Received {
+        headers: hooked[0].headers.clone(),
+        body: bytes::Bytes::from_static(b"{\"forged\":true}"),
+        event: None,
+        at: hooked[0].at,
+        status_sent: 200,
+    };
+    assert!(reference_webhook_verify(secret, &tampered).is_err());
+    tampered.body = hooked[0].body.clone();
+    assert!(reference_webhook_verify("whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY", &tampered).is_err());
+    assert!(hooked[0].headers.get("authorization").is_none());
+
+    // A trigger that asks for neither gets neither.
+    for h in ["authorization", "webhook-signature"] {
+        assert!(plain[0].headers.get(h).is_none(), "{h}");
+    }
+    // The secret and the private key stay out of logs, status and the JWKS.
+    let status = client()
+        .get(mesh.admin_url("/v1/namespaces/default/triggers/hooked"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let published = serde_json::to_string(&jwks).unwrap();
+    assert!(
+        !published.contains("\"d\""),
+        "a private key part in the JWKS"
+    );
+    for text in [mesh.logs(), status] {
+        assert!(!text.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    }
+
+    // A restart keeps the key: the same JWKS.
+    let mut mesh = mesh;
+    mesh.restart();
+    let again: Value = client()
+        .get(mesh.admin_url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&jwks).unwrap()["keys"][0]["kid"],
+        again["keys"][0]["kid"]
+    );
+}
