@@ -182,6 +182,12 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
+    /// The CA certificates every client trusts besides the system's (DER).
+    roots: std::sync::Arc<Vec<Vec<u8>>>,
+    /// A client per destination `CACerts` bundle, built at its first use.
+    with_ca: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<crate::signing::CaCerts, reqwest::Client>>,
+    >,
     /// Mints the JWTs of deliveries with an audience.
     tokens: Option<std::sync::Arc<dyn crate::signing::TokenSource>>,
 }
@@ -201,23 +207,25 @@ impl Deliverer {
     /// the issuers of this process's own TLS certificate, so deliveries to its own
     /// ingress (a subscriber that is a Broker) verify.
     pub fn trusting(roots: &[Vec<u8>]) -> Self {
-        let mut builder = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none());
-        for der in roots {
-            match reqwest::Certificate::from_der(der) {
-                Ok(cert) => builder = builder.add_root_certificate(cert),
-                Err(e) => {
-                    tracing::warn!(error = %e, "A CA certificate was not usable; deliveries do not trust it")
-                }
-            }
-        }
         Deliverer {
-            client: builder.build().unwrap_or_default(),
+            client: client(roots, None),
+            roots: std::sync::Arc::new(roots.to_vec()),
+            with_ca: std::sync::Arc::default(),
             tokens: None,
         }
+    }
+
+    /// The client for a destination: the shared one, or one that also trusts the
+    /// destination's `CACerts`.
+    fn client_for(&self, ca: Option<&crate::signing::CaCerts>) -> reqwest::Client {
+        let Some(ca) = ca else {
+            return self.client.clone();
+        };
+        let mut clients = self.with_ca.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(ca.clone())
+            .or_insert_with(|| client(&self.roots, Some(ca)))
+            .clone()
     }
 
     /// Deliveries to a destination with an audience carry a JWT from `tokens`.
@@ -286,7 +294,7 @@ impl Deliverer {
         }
         let started = Instant::now();
         let request = self
-            .client
+            .client_for(auth.ca_certs.as_ref())
             .post(url.clone())
             .headers(headers)
             .body(body)
@@ -322,6 +330,27 @@ impl Deliverer {
             })
         }
     }
+}
+
+/// A pooled client trusting the system's roots, `roots` (DER) and `ca`.
+fn client(roots: &[Vec<u8>], ca: Option<&crate::signing::CaCerts>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none());
+    for der in roots {
+        match reqwest::Certificate::from_der(der) {
+            Ok(cert) => builder = builder.add_root_certificate(cert),
+            Err(e) => {
+                tracing::warn!(error = %e, "A CA certificate was not usable; deliveries do not trust it")
+            }
+        }
+    }
+    for cert in ca.map(|c| c.certificates()).unwrap_or_default() {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().unwrap_or_default()
 }
 
 fn request_failure(e: &reqwest::Error, timeout: Duration, started: Instant) -> Failure {

@@ -24,5 +24,5 @@ pub use pause::{Pause, PauseView};
 pub use pipeline::{DeadLettered, Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use retry::{GiveUp, RetryAction, RetryState};
 pub use runtime::{MaxLag, TriggerKey, TriggerRuntime};
-pub use signing::{DeliveryAuth, TokenSource, WebhookSecret};
+pub use signing::{CaCerts, DeliveryAuth, TokenSource, WebhookSecret};
 pub use trigger::{spawn_trigger, TriggerHandle};

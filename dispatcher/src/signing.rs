@@ -29,9 +29,39 @@ pub struct DeliveryAuth {
     pub audience: Option<String>,
     /// Sign each delivery per Standard Webhooks.
     pub webhook: Option<WebhookSecret>,
+    /// Knative's `Destination.CACerts`: the subscriber's certificate may also be
+    /// issued by these.
+    pub ca_certs: Option<CaCerts>,
+}
+
+/// PEM CA certificates a destination's server certificate may chain to.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CaCerts(Arc<str>);
+
+impl fmt::Debug for CaCerts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaCerts({} certificates)", self.certificates().len())
+    }
+}
+
+impl CaCerts {
+    /// Checks that `pem` holds at least one certificate.
+    pub fn parse(pem: &str) -> Result<Self, String> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err("no -----BEGIN CERTIFICATE----- block".into());
+        }
+        Ok(CaCerts(pem.into()))
+    }
+
+    pub fn certificates(&self) -> Vec<reqwest::Certificate> {
+        reqwest::Certificate::from_pem_bundle(self.0.as_bytes()).unwrap_or_default()
+    }
 }
 
 impl DeliveryAuth {
+    /// Whether nothing is added to a delivery's headers.
     pub fn is_none(&self) -> bool {
         self.audience.is_none() && self.webhook.is_none()
     }

@@ -10,7 +10,8 @@ pub struct Destination {
     #[serde(rename = "ref")]
     pub reference: Option<KReference>,
     pub uri: Option<String>,
-    /// Accepted for compatibility; TLS to subscribers uses the system roots.
+    /// PEM CA certificates the destination's server certificate may chain to,
+    /// besides the system's roots.
     #[serde(rename = "CACerts")]
     pub ca_certs: Option<String>,
     /// The OIDC audience: each delivery carries a JWT for it, signed by cemesh

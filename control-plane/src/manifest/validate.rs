@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cemesh_channels::{Durability, SledConfig, StartAt};
 use cemesh_dispatcher::{
-    BackoffPolicy, DeliveryAuth, DeliverySpec, Format, MaxLag, Ordering, TriggerKey,
+    BackoffPolicy, CaCerts, DeliveryAuth, DeliverySpec, Format, MaxLag, Ordering, TriggerKey,
     TriggerRuntime, WebhookSecret,
 };
 use cemesh_ingress::BrokerKey;
@@ -508,7 +508,16 @@ fn delivery_auth(t: &TriggerManifest, problems: &mut Problems) -> DeliveryAuth {
                 .map_err(|e| problems.add(&at, format!("{path}: {e}")))
                 .ok()
         });
-    DeliveryAuth { audience, webhook }
+    let ca_certs = t.spec.subscriber.ca_certs.as_deref().and_then(|pem| {
+        CaCerts::parse(pem)
+            .map_err(|e| problems.add("spec.subscriber.CACerts", e))
+            .ok()
+    });
+    DeliveryAuth {
+        audience,
+        webhook,
+        ca_certs,
+    }
 }
 
 /// A trigger without `cemesh.dev/max-lag` may fall 90 % of its broker's backlog cap

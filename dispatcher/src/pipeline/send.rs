@@ -39,7 +39,7 @@ impl TriggerContext {
             Target::Subscriber => &self.runtime.auth,
             _ => &none,
         };
-        let subject = match auth.is_none() {
+        let subject = match auth.audience.is_none() {
             true => String::new(),
             false => self.runtime.key.to_string(),
         };

@@ -252,3 +252,94 @@ fn a_missing_or_mismatched_key_stops_start_up_naming_the_file() {
     let (ok, _, err) = cemesh_cli(&["serve", "--tls-cert", cert_file.to_str().unwrap()]);
     assert!(!ok && err.contains("--tls-key"), "{err}");
 }
+
+/// Knative's `Destination.CACerts`: a trigger delivers to an https subscriber whose
+/// certificate a private CA issued when the trigger names that CA; a trigger that
+/// does not, fails the TLS handshake and dead-letters the event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_s_ca_certs_are_trusted_for_its_deliveries_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca = ca();
+    leaf(&ca, 7, &cert_file, &key_file);
+    let sub = Subscriber::start().await;
+    // The https subscriber: another cemesh's TLS ingress, forwarding to `sub`.
+    let receiver = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                broker_yaml("default"),
+                trigger_yaml("out", "default", &sub.url(), &[]),
+            ]),
+        )
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_file.to_str().unwrap())
+        .start();
+    let target = https(receiver.broker_url("default", "default"));
+    let indent = |pem: String| {
+        pem.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let trusting = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: trusting\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: for.trusting\n  subscriber:\n    uri: {target}\n    CACerts: |\n{}",
+        indent(ca.cert.pem())
+    );
+    let untrusting = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: untrusting\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: for.untrusting\n  subscriber:\n    uri: {target}\n  delivery:\n    retry: 0\n"
+    );
+    let sender = Cemesh::start(&docs(&[broker_yaml("default"), trusting, untrusting]));
+    let url = sender.broker_url("default", "default");
+    let c = client();
+    assert_eq!(
+        post_binary(&c, &url, &Event::new("ca-1", "/ca", "for.trusting"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        post_binary(&c, &url, &Event::new("ca-2", "/ca", "for.untrusting"))
+            .await
+            .status(),
+        202
+    );
+    let got = sub.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].event.as_ref().unwrap().id, "ca-1");
+    // The untrusting trigger's event is a dead letter whose error names the
+    // certificate; it never reached the receiver.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let v: serde_json::Value = c
+            .get(sender.admin_url("/v1/namespaces/default/triggers/untrusting/deadletters"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v.to_string().contains("ca-2") {
+            break v.to_string();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(letters.to_lowercase().contains("certificate"), "{letters}");
+    assert_eq!(sub.settle(Duration::from_millis(500)).await.len(), 1);
+
+    // A CACerts that is not PEM is refused naming the field.
+    let bad = tempfile::tempdir().unwrap();
+    let file = bad.path().join("t.yaml");
+    std::fs::write(
+        &file,
+        format!("{}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: {target}\n    CACerts: not a certificate\n", broker_yaml("default")),
+    )
+    .unwrap();
+    let (ok, out, err) = cemesh_cli(&["validate", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        format!("{out}{err}").contains("spec.subscriber.CACerts"),
+        "{out}{err}"
+    );
+}
