@@ -136,6 +136,25 @@ pub struct SidecarArgs {
     /// with Retry-After
     #[arg(long, env = "CEMESH_MAX_CONNECTIONS", default_value = "10000")]
     pub max_connections: NonZeroUsize,
+
+    /// Serve both listeners over TLS with this certificate chain (PEM; re-read when
+    /// the file changes), with --tls-key; the advertised delivery URL is then https
+    #[arg(long, env = "CEMESH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file (besides the system's) for https to
+    /// the broker, the mesh admin API and the service
+    #[arg(long, env = "CEMESH_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// The bearer token sent to the mesh (publishing to the broker, registering
+    /// triggers), never to the service; prefer --token-file
+    #[arg(long, env = "CEMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the bearer token for the mesh from this file
+    #[arg(long, env = "CEMESH_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -172,7 +191,12 @@ impl SidecarArgs {
                 } else {
                     deliver.ip()
                 };
-                format!("http://{}", SocketAddr::new(ip, deliver.port()))
+                let scheme = if self.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", SocketAddr::new(ip, deliver.port()))
             }
         }
     }

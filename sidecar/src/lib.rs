@@ -159,7 +159,18 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         .app_configured
         .store(args.app_url.is_some(), std::sync::atomic::Ordering::Relaxed);
 
-    let client = http_client(&args);
+    let client = http_client(&args, None)?;
+    let mesh_client = http_client(&args, mesh_token(&args)?)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(cemesh_ingress::tls::acceptor(
+            &cemesh_ingress::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            &[b"http/1.1"],
+        )?),
+        _ => None,
+    };
     let stop_receiving = CancellationToken::new();
     let stop_publishing = CancellationToken::new();
     let stop_forwarding = CancellationToken::new();
@@ -167,7 +178,7 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
     let forward_task = tokio::spawn(forwarder::run(
         outbox.clone(),
         stats.clone(),
-        client.clone(),
+        mesh_client.clone(),
         forwarder::ForwarderConfig {
             broker_url: args.broker_url.clone(),
             max_in_flight: args.max_in_flight.get(),
@@ -195,11 +206,12 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         .with_state(local.clone());
     let local_task = {
         let stop = stop_publishing.clone();
-        tokio::spawn(cemesh_ingress::server::serve(
+        tokio::spawn(cemesh_ingress::server::serve_tls(
             "sidecar publishing",
             local_listener,
             local_router(local),
             limits,
+            tls.clone(),
             async move { stop.cancelled().await },
         ))
     };
@@ -231,11 +243,12 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
             );
             tokio::spawn(relay.clone().monitor_health(stop_receiving.clone()));
             let stop = stop_receiving.clone();
-            Some(tokio::spawn(cemesh_ingress::server::serve(
+            Some(tokio::spawn(cemesh_ingress::server::serve_tls(
                 "sidecar delivery",
                 listener,
                 relay.router().merge(metrics_router),
                 limits,
+                tls,
                 async move { stop.cancelled().await },
             )))
         }
@@ -244,7 +257,7 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
 
     if args.triggers.is_some() {
         tokio::spawn(register::register_all(
-            client.clone(),
+            mesh_client.clone(),
             args.mesh_admin.clone(),
             registration.clone(),
             stop_receiving.clone(),
@@ -256,7 +269,7 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         deliver,
         advertise,
         args,
-        client,
+        client: mesh_client,
         outbox,
         registration,
         stop_receiving,
@@ -294,21 +307,58 @@ impl Sidecar {
     }
 }
 
-/// The one HTTP client of the sidecar (broker, service, mesh admin): pooled
-/// keep-alive, no redirects. The built-in TLS roots are loaded only when one of those
+/// An HTTP client of the sidecar: pooled keep-alive, no redirects, trusting
+/// `--cacert`; the one for the mesh (broker, mesh admin) sends `token`, the one for
+/// the service sends none. The built-in TLS roots are loaded only when one of those
 /// URLs is `https`: parsing them costs start time and resident memory for nothing on
 /// the usual plain-HTTP pod network.
-fn http_client(args: &SidecarArgs) -> reqwest::Client {
+fn http_client(args: &SidecarArgs, token: Option<String>) -> anyhow::Result<reqwest::Client> {
     let https = args.broker_url.scheme() == "https"
         || args.app_url.as_ref().is_some_and(|u| u.scheme() == "https")
         || (args.triggers.is_some() && args.mesh_admin.starts_with("https:"));
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
-        .tls_built_in_root_certs(https)
-        .build()
-        .unwrap_or_default()
+        .tls_built_in_root_certs(https);
+    if let Some(path) = &args.cacert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --cacert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--cacert {}: not PEM certificates", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--cacert {}: no PEM certificate",
+            path.display()
+        );
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            value,
+        )]));
+    }
+    builder.build().context("building the HTTP client")
+}
+
+/// The token for the mesh, from --token or --token-file.
+fn mesh_token(args: &SidecarArgs) -> anyhow::Result<Option<String>> {
+    Ok(match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    })
 }
 
 /// `cemesh sidecar`: start, announce the addresses, run until SIGINT/SIGTERM.

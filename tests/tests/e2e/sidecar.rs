@@ -1126,3 +1126,139 @@ async fn metrics_use_the_brokers_exporter_and_count() {
     );
     assert!(text.contains("cemesh_sidecar_outbox_events 0\n"), "{text}");
 }
+
+/// A test CA and one leaf for 127.0.0.1, written as `tls.crt` (leaf, CA), `tls.key`
+/// and `ca.crt` in `dir`.
+fn test_pki(dir: &std::path::Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), leaf.pem() + &ca.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    ca.pem()
+}
+
+/// The sidecar on a secured mesh (issue 19 §1, §2): both its listeners speak TLS, it
+/// trusts the mesh's CA (--cacert), and its token reaches the mesh (publishing to a
+/// broker an EventPolicy guards, registering triggers on a locked admin API) but
+/// never the service.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_with_a_token_to_a_secured_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_pki(dir.path());
+    let token = "sidecar-token-5f4e3d2c1b0a99887766";
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let config = dir.path().join("cemesh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  tokens:\n    - name: orders-sidecar\n      file: {}\n  admin:\n    admin: [orders-sidecar]\n",
+            dir.path().join("token").display()
+        ),
+    )
+    .unwrap();
+    let policy = "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: sidecars\nspec:\n  from:\n    - sub: orders-sidecar\n";
+    let cert = dir.path().join("tls.crt").display().to_string();
+    let key = dir.path().join("tls.key").display().to_string();
+    let mesh = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[broker_yaml("default"), policy.to_owned()]),
+        )
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .start();
+    let https = |u: String| u.replacen("http://", "https://", 1);
+    let app = TestApp::start().await;
+    let triggers = dir.path().join("triggers.yaml");
+    std::fs::write(
+        &triggers,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: tls-sidecar\nspec:\n  broker: default\n",
+    )
+    .unwrap();
+    let ca_file = dir.path().join("ca.crt").display().to_string();
+    let sc = SidecarProc::start(&[
+        "--broker-url",
+        &https(mesh.broker_url("default", "default")),
+        "--app-url",
+        &app.url("/events"),
+        "--triggers",
+        &triggers.display().to_string(),
+        "--mesh-admin",
+        &https(mesh.admin_url("")),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cacert",
+        &ca_file,
+        "--token-file",
+        &dir.path().join("token").display().to_string(),
+    ]);
+    let c = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    // Registered on the locked admin API, with the advertised URL over https.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let t: Value = c
+            .get(https(
+                mesh.admin_url("/v1/namespaces/default/triggers/tls-sidecar"),
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if t["spec"]["subscriber"]["uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered: {t}\n{}",
+            sc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Plain HTTP to the sidecar is not served; https is.
+    assert!(client()
+        .post(sc.url("/publish/com.example.tls"))
+        .body("{}")
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success()));
+    let resp = c
+        .post(https(sc.url("/publish/com.example.tls")))
+        .header("content-type", "application/json")
+        .body(r#"{"n": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // Forwarded with the token (the policy admits it), delivered back over TLS.
+    let got = app.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}\n{}", sc.logs(), mesh.logs());
+    assert!(
+        got[0].1.get("authorization").is_none(),
+        "the token went to the service"
+    );
+    assert!(!sc.logs().contains(token) && !mesh.logs().contains(token));
+}
