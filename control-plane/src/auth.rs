@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cemesh_ingress::auth::oidc::{JwtIssuerConfig, JwtVerifier, KeySource};
+use cemesh_ingress::auth::jwt::{JwtIssuerConfig, JwtVerifier, KeySource};
 use cemesh_ingress::auth::{
     AuthError, Authenticator, DefaultMode, Secret, StaticToken, SubjectPattern,
 };
@@ -236,7 +236,7 @@ pub enum AuthConfigError {
     #[error("auth.admin needs credentials to check: add auth.tokens or auth.jwt")]
     AdminWithoutCredentials,
     #[error("auth.jwt: {0}")]
-    Keys(#[from] cemesh_ingress::auth::oidc::JwtConfigError),
+    Keys(#[from] cemesh_ingress::auth::jwt::JwtConfigError),
 }
 
 impl AuthConfig {

@@ -82,7 +82,6 @@ pub const WEBHOOK_SECRET_ANNOTATION: &str = "cemesh.dev/webhook-secret-file";
 /// Every `cemesh.dev/` annotation a Trigger may carry; any other is refused with a
 /// did-you-mean.
 pub const TRIGGER_ANNOTATIONS: &[&str] = &[
-    WEBHOOK_SECRET_ANNOTATION,
     PARALLELISM_ANNOTATION,
     START_ANNOTATION,
     JITTER_ANNOTATION,
@@ -97,5 +96,6 @@ pub const TRIGGER_ANNOTATIONS: &[&str] = &[
     BREAKER_WINDOW_ANNOTATION,
     BREAKER_PROBE_DELAY_ANNOTATION,
     BREAKER_PROBE_MAX_ANNOTATION,
+    WEBHOOK_SECRET_ANNOTATION,
     super::OWNER_ANNOTATION,
 ];

@@ -20,7 +20,7 @@
 //! [`crate::accept::check_policies`]), where the target broker is already known, so
 //! the HTTP ingress, the gRPC `Publisher` and the sidecar share them.
 
-pub mod oidc;
+pub mod jwt;
 
 use std::fmt;
 use std::sync::Arc;
@@ -113,7 +113,7 @@ pub enum AuthError {
 #[derive(Default)]
 pub struct Authenticator {
     tokens: Vec<StaticToken>,
-    jwt: Option<Arc<oidc::JwtVerifier>>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
     /// Stamp `authtype`/`authid` (the CloudEvents authcontext extension) on accepted
     /// events.
     authcontext: bool,
@@ -132,7 +132,7 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn new(
         tokens: Vec<StaticToken>,
-        jwt: Option<Arc<oidc::JwtVerifier>>,
+        jwt: Option<Arc<jwt::JwtVerifier>>,
         authcontext: bool,
     ) -> Self {
         Authenticator {

@@ -623,6 +623,14 @@ async fn broker_outage_loses_nothing_and_keeps_per_key_order() {
         all.insert(id);
     }
     wait_ids(&sub, &all, WAIT).await;
+    // The subscriber can have an event before the broker's 202 reached the sidecar
+    // (delivery starts once the append is durable): wait for the outbox to drain, so
+    // the outage below finds nothing of round 0 in flight.
+    let deadline = Instant::now() + WAIT;
+    while sc.stats().await["outbox"]["pending"] != 0 {
+        assert!(Instant::now() < deadline, "{}", sc.stats().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Down: connections refused, then the broker dies too.
     proxy.down();
