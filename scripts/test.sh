@@ -19,6 +19,10 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v make >/dev/null || missing+=(make)
 # tests/tests/e2e/fsync.rs traces the broker's syscalls.
 command -v strace >/dev/null || missing+=(strace)
+# tests/tests/e2e/tls.rs publishes with curl --cacert.
+command -v curl >/dev/null || missing+=(curl)
+# The Python packages below (and the deploy checks') come from PyPI through pip.
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   echo "==> installing Debian packages: ${missing[*]}"
   sudo=""
@@ -27,11 +31,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-# tests/tests/e2e/auth.rs checks webhook signatures with the reference verifier.
-if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
-  echo "==> installing the standardwebhooks Python package"
-  python3 -m pip install --quiet --user standardwebhooks 2>/dev/null \
-    || python3 -m pip install --quiet --user --break-system-packages standardwebhooks
+# tests/tests/e2e/auth.rs checks webhook signatures with the reference verifier;
+# tests/tests/e2e/tls.rs publishes with the official CloudEvents SDK over https.
+py_missing=()
+python3 -c 'import standardwebhooks' 2>/dev/null || py_missing+=(standardwebhooks)
+python3 -c 'import cloudevents, requests' 2>/dev/null || py_missing+=(cloudevents requests)
+if ((${#py_missing[@]})); then
+  echo "==> installing Python packages: ${py_missing[*]}"
+  python3 -m pip install --quiet --user "${py_missing[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages "${py_missing[@]}"
 fi
 
 # Absolute: the end-to-end tests run with their crate as the working directory.

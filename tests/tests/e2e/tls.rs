@@ -343,3 +343,92 @@ async fn a_destination_s_ca_certs_are_trusted_for_its_deliveries_only() {
         "{out}{err}"
     );
 }
+
+/// Publishing over https with what producers use: the official CloudEvents Python
+/// SDK (binary and structured, through `requests` with the CA) and curl `--cacert`;
+/// without the CA both are refused by their own TLS checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_and_curl_publish_over_https_with_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let ca = ca();
+    leaf(&ca, 11, &cert_file, &key_file);
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let sub = Subscriber::start().await;
+    let mesh = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                broker_yaml("default"),
+                trigger_yaml("t", "default", &sub.url(), &[]),
+            ]),
+        )
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_file.to_str().unwrap())
+        .start();
+    let url = https(mesh.broker_url("default", "default"));
+    let script = r#"
+import sys, requests
+try:  # cloudevents 2.x keeps the 1.x API under cloudevents.v1
+    from cloudevents.v1.http import CloudEvent
+    from cloudevents.v1.conversion import to_binary, to_structured
+except ImportError:
+    from cloudevents.http import CloudEvent
+    from cloudevents.conversion import to_binary, to_structured
+url, ca = sys.argv[1], sys.argv[2]
+for ty, conv in (("sdk.binary", to_binary), ("sdk.structured", to_structured)):
+    headers, body = conv(CloudEvent({"type": ty, "source": "/python", "id": "py-" + ty}, {"n": 1}))
+    r = requests.post(url, headers=headers, data=body, verify=ca, timeout=10)
+    assert r.status_code == 202, (ty, r.status_code, r.text)
+try:
+    requests.post(url, headers=headers, data=body, timeout=10)
+    sys.exit("published without trusting the CA")
+except requests.exceptions.SSLError:
+    pass
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &url, ca_file.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let curl = |with_ca: bool| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]);
+        if with_ca {
+            cmd.args(["--cacert", ca_file.to_str().unwrap()]);
+        }
+        cmd.args([
+            "-H",
+            "ce-specversion: 1.0",
+            "-H",
+            "ce-id: curl-1",
+            "-H",
+            "ce-source: /curl",
+            "-H",
+            "ce-type: curl.binary",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            &url,
+        ]);
+        cmd.output().expect("curl")
+    };
+    let ok = curl(true);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "202", "{ok:?}");
+    assert!(!curl(false).status.success(), "curl without --cacert");
+    let got = sub.wait_for(3, Duration::from_secs(30)).await;
+    let mut types: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.event.as_ref().map(|e| e.ty.clone()))
+        .collect();
+    types.sort();
+    assert_eq!(types, ["curl.binary", "sdk.binary", "sdk.structured"]);
+}
