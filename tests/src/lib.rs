@@ -61,6 +61,8 @@ pub struct Cemesh {
     child: Option<Child>,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
+    /// The gRPC listener (Publisher, Admin, KEDA's scaler, health).
+    pub grpc: SocketAddr,
     logs: Arc<Mutex<String>>,
     dir: PathBuf,
     args: Vec<String>,
@@ -159,6 +161,7 @@ impl CemeshBuilder {
             child: None,
             ingress: ([0, 0, 0, 0], 0).into(),
             admin: ([0, 0, 0, 0], 0).into(),
+            grpc: ([0, 0, 0, 0], 0).into(),
             logs: Arc::default(),
             dir,
             args,
@@ -239,12 +242,28 @@ impl Cemesh {
         };
         self.ingress = field(&line, "ingress=").parse().expect("ingress addr");
         self.admin = field(&line, "admin=").parse().expect("admin addr");
+        self.grpc = field(&line, "grpc=")
+            .trim_matches('"')
+            .parse()
+            .expect("grpc addr");
         self.child = Some(child);
     }
 
     /// The ingress URL of a broker.
     pub fn broker_url(&self, namespace: &str, broker: &str) -> String {
         format!("http://{}/{namespace}/{broker}", self.ingress)
+    }
+
+    /// GETs `path` on the admin API and reads the JSON answer.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -678,4 +697,48 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Certificates made in the tests (rcgen): a CA and leaves for 127.0.0.1, written as
+/// `cemesh serve --tls-cert/--tls-key` and cert-manager write them.
+pub mod pki {
+    use std::path::Path;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+    /// A test CA: its certificate and key.
+    pub struct Ca {
+        pub cert: rcgen::Certificate,
+        pub key: KeyPair,
+    }
+
+    /// A new CA (ECDSA P-256, CN "cemesh test CA").
+    pub fn ca() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cemesh test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A leaf for 127.0.0.1 signed by `ca`, written as chain (leaf then CA) and key;
+    /// returns the leaf's DER.
+    pub fn leaf(ca: &Ca, serial: u64, cert_file: &Path, key_file: &Path) -> Vec<u8> {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        // Written beside and renamed over, as cert-manager's atomic writer does.
+        let tmp_cert = std::path::PathBuf::from(format!("{}.new", cert_file.display()));
+        let tmp_key = std::path::PathBuf::from(format!("{}.new", key_file.display()));
+        std::fs::write(&tmp_cert, cert.pem() + &ca.cert.pem()).unwrap();
+        std::fs::write(&tmp_key, key.serialize_pem()).unwrap();
+        std::fs::rename(&tmp_key, key_file).unwrap();
+        std::fs::rename(&tmp_cert, cert_file).unwrap();
+        cert.der().to_vec()
+    }
 }

@@ -226,14 +226,7 @@ async fn static_tokens_and_event_policies_decide_who_may_send_what() {
     }
 
     // Status: the broker's audience and the policies that apply; the policy's subjects.
-    let status: Value = client()
-        .get(mesh.admin_url("/v1/namespaces/shop/brokers/orders"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = mesh.admin_json("/v1/namespaces/shop/brokers/orders").await;
     assert_eq!(
         status["status"]["address"]["audience"],
         "eventing.knative.dev/broker/shop/orders"
@@ -242,14 +235,9 @@ async fn static_tokens_and_event_policies_decide_who_may_send_what() {
         status["status"]["policies"],
         json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "orders-only"}])
     );
-    let policy: Value = client()
-        .get(mesh.admin_url("/v1/namespaces/shop/eventpolicies/orders-only"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let policy: Value = mesh
+        .admin_json("/v1/namespaces/shop/eventpolicies/orders-only")
+        .await;
     assert_eq!(policy["status"]["from"], json!(["orders"]));
     assert_eq!(policy["status"]["brokers"], json!(["labelled", "orders"]));
 
@@ -522,7 +510,7 @@ async fn grpc_publishers_authenticate_with_call_credentials() {
         .arg(&config)
         .env("CEMESH_TEST_BILLING_TOKEN", BILLING_TOKEN)
         .start();
-    let addr = grpc_address(&mesh);
+    let addr = mesh.grpc;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -542,61 +530,33 @@ async fn grpc_publishers_authenticate_with_call_credentials() {
         }
         r
     };
-    let code = |r: Result<tonic::Response<_>, tonic::Status>| match r {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    };
-    assert_eq!(
-        code(client.publish(request(None, "order.created")).await),
-        tonic::Code::Unauthenticated
-    );
-    assert_eq!(
-        code(
-            client
-                .publish(request(Some("wrong-token-xyz"), "order.created"))
-                .await
+    // (token, event type, the answer's code)
+    let cases = [
+        (None, "order.created", tonic::Code::Unauthenticated),
+        (
+            Some("wrong-token-xyz"),
+            "order.created",
+            tonic::Code::Unauthenticated,
         ),
-        tonic::Code::Unauthenticated
-    );
-    assert_eq!(
-        code(
-            client
-                .publish(request(Some(BILLING_TOKEN), "order.created"))
-                .await
+        (
+            Some(BILLING_TOKEN),
+            "order.created",
+            tonic::Code::PermissionDenied,
         ),
-        tonic::Code::PermissionDenied
-    );
-    assert_eq!(
-        code(
-            client
-                .publish(request(Some(ORDERS_TOKEN), "invoice.paid"))
-                .await
+        (
+            Some(ORDERS_TOKEN),
+            "invoice.paid",
+            tonic::Code::PermissionDenied,
         ),
-        tonic::Code::PermissionDenied
-    );
-    assert_eq!(
-        code(
-            client
-                .publish(request(Some(ORDERS_TOKEN), "order.created"))
-                .await
-        ),
-        tonic::Code::Ok
-    );
-}
-
-fn grpc_address(mesh: &Cemesh) -> String {
-    let logs = mesh.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("cemesh listening"))
-        .expect("listening line");
-    let start = line.find("grpc=").expect("grpc=") + "grpc=".len();
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_owned()
+        (Some(ORDERS_TOKEN), "order.created", tonic::Code::Ok),
+    ];
+    for (token, ty, want) in cases {
+        let got = match client.publish(request(token, ty)).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        assert_eq!(got, want, "token {token:?}, type {ty}");
+    }
 }
 
 const OPS_TOKEN: &str = "ops-9a8b7c6d5e4f3a2b1c0d9e8f";
@@ -672,12 +632,11 @@ async fn the_admin_api_takes_roles_and_an_open_one_stays_on_loopback() {
     assert_eq!(call(Method::DELETE, purge, None).await.0, 401);
 
     // gRPC Admin: the same roles.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", grpc_address(&mesh)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut admin = AdminClient::new(channel);
     fn with<T>(token: Option<&str>, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
@@ -817,14 +776,7 @@ async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
 
     // OIDC: discovery names the issuer and the JWKS; a stock JWT library verifies the
     // token against them.
-    let discovery: Value = client()
-        .get(mesh.admin_url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery: Value = mesh.admin_json("/.well-known/openid-configuration").await;
     let issuer = discovery["issuer"].as_str().unwrap().to_owned();
     assert_eq!(issuer, mesh.admin_url(""));
     let jwks: jsonwebtoken::jwk::JwkSet = client()
@@ -902,14 +854,7 @@ async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
     // A restart keeps the key: the same JWKS.
     let mut mesh = mesh;
     mesh.restart();
-    let again: Value = client()
-        .get(mesh.admin_url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = mesh.admin_json("/.well-known/jwks.json").await;
     assert_eq!(
         serde_json::to_value(&jwks).unwrap()["keys"][0]["kid"],
         again["keys"][0]["kid"]

@@ -60,23 +60,6 @@ fn unstamped(e: &Event) -> Event {
     e
 }
 
-/// The address in the `grpc=` field of the `cemesh listening` line.
-fn grpc_addr(mesh: &Cemesh) -> SocketAddr {
-    let logs = mesh.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("cemesh listening"))
-        .expect("listening line");
-    let start = line.find("grpc=").expect("grpc= in the listening line") + "grpc=".len();
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .trim_matches('"')
-        .parse()
-        .expect("grpc address")
-}
-
 async fn mesh_with(manifests: &[String], extra: &[&str]) -> Cemesh {
     let mut b = Cemesh::builder()
         .manifest("mesh.yaml", &docs(manifests))
@@ -187,7 +170,7 @@ async fn grpc_unary_batch_and_stream_reach_an_http_subscriber() {
         &[],
     )
     .await;
-    let grpc = RawGrpc::new(grpc_addr(&mesh));
+    let grpc = RawGrpc::new(mesh.grpc);
 
     let a = grpc.publish("default", "default", &sample("unary")).await;
     assert_eq!(a.code, 0, "{}", a.message);
@@ -257,7 +240,7 @@ async fn grpc_refusals_carry_grpc_codes() {
         &["--max-body-size", "2KiB", "--max-header-line-bytes", "1KiB"],
     )
     .await;
-    let grpc = RawGrpc::new(grpc_addr(&mesh));
+    let grpc = RawGrpc::new(mesh.grpc);
 
     // An attribute no binary-mode header could carry: refused like an invalid one.
     let mut wide = sample("1");
@@ -309,7 +292,7 @@ async fn cemesh_send_grpc_publishes() {
         &[],
     )
     .await;
-    let addr = grpc_addr(&mesh).to_string();
+    let addr = mesh.grpc.to_string();
     let url = mesh.broker_url("default", "default");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(cemesh_bin())
@@ -343,7 +326,7 @@ async fn cemesh_send_grpc_publishes() {
     assert_eq!(e.id, "cli-1");
     assert_eq!(e.data.as_deref(), Some(&br#"{"via": "grpc"}"#[..]));
 
-    let addr = grpc_addr(&mesh).to_string();
+    let addr = mesh.grpc.to_string();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(cemesh_bin())
             .args([
@@ -479,8 +462,8 @@ async fn grpc_admin_manages_triggers_and_dead_letters() {
     // 422 is final: each event is a dead letter after one attempt.
     sub.set_status(422);
     let mesh = mesh_with(&[broker_yaml("default")], &[]).await;
-    let grpc = RawGrpc::new(grpc_addr(&mesh));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", grpc_addr(&mesh)))
+    let grpc = RawGrpc::new(mesh.grpc);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
         .unwrap()
         .connect()
         .await
@@ -769,7 +752,7 @@ async fn grpc_connections_are_limited_and_silent_ones_closed() {
         .arg("--header-read-timeout")
         .arg("700ms")
         .start();
-    let addr = grpc_addr(&mesh);
+    let addr = mesh.grpc;
     // How long until the server closes `s`, reading whatever it sends.
     async fn closed_after(s: &mut TcpStream) -> Duration {
         let started = std::time::Instant::now();

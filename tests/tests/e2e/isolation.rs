@@ -73,17 +73,6 @@ async fn post_all(mesh: &Cemesh, range: std::ops::Range<usize>, workers: usize) 
     all
 }
 
-async fn get_json(mesh: &Cemesh, path: &str) -> serde_json::Value {
-    client()
-        .get(mesh.admin_url(path))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON")
-}
-
 async fn metrics_text(mesh: &Cemesh) -> String {
     client()
         .get(mesh.admin_url("/metrics"))
@@ -96,15 +85,15 @@ async fn metrics_text(mesh: &Cemesh) -> String {
 }
 
 async fn dead_letter_page(mesh: &Cemesh, trigger: &str) -> serde_json::Value {
-    get_json(
-        mesh,
-        &format!("/v1/namespaces/default/triggers/{trigger}/deadletters?limit=1000"),
-    )
+    mesh.admin_json(&format!(
+        "/v1/namespaces/default/triggers/{trigger}/deadletters?limit=1000"
+    ))
     .await
 }
 
 async fn stats(mesh: &Cemesh, trigger: &str) -> serde_json::Value {
-    get_json(mesh, &format!("/v1/namespaces/default/triggers/{trigger}")).await["status"]["stats"]
+    mesh.admin_json(&format!("/v1/namespaces/default/triggers/{trigger}"))
+        .await["status"]["stats"]
         .clone()
 }
 
@@ -273,7 +262,9 @@ async fn a_breaker_holds_a_down_subscribers_events_and_loses_none_to_dead_letter
     // Open, and the autoscaler still sees the lag.
     let deadline = Instant::now() + WAIT;
     loop {
-        let scale = get_json(&mesh, "/v1/namespaces/default/triggers/t/scale").await;
+        let scale = mesh
+            .admin_json("/v1/namespaces/default/triggers/t/scale")
+            .await;
         if scale["breakerOpen"] == true && scale["lag"].as_u64().unwrap_or(0) > 0 {
             assert_eq!(scale["active"], true, "{scale}");
             break;
@@ -577,7 +568,8 @@ async fn a_trigger_set_to_pause_stops_at_its_max_lag_keeps_every_event_and_resum
     let s = stats(&mesh, "a").await;
     assert!(s["lag"].as_u64().unwrap() > 30, "{s}");
     assert_eq!(
-        get_json(&mesh, "/v1/namespaces/default/triggers/a/scale").await["paused"],
+        mesh.admin_json("/v1/namespaces/default/triggers/a/scale")
+            .await["paused"],
         true
     );
     let metrics = metrics_text(&mesh).await;

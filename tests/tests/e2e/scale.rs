@@ -414,20 +414,6 @@ async fn the_scale_endpoint_reports_the_real_lag() {
         .contains("not running"));
 }
 
-fn grpc_addr(mesh: &Cemesh) -> String {
-    let logs = mesh.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("cemesh listening"))
-        .expect("listening line");
-    let start = line.find("grpc=").expect("grpc= in the listening line") + 5;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn scaled_ref(trigger: &str, metric: &str) -> ScaledObjectRef {
     ScaledObjectRef {
         name: "subscriber".into(),
@@ -457,7 +443,7 @@ async fn the_keda_external_scaler_pushes_active_on_the_first_append() {
         .arg("--grpc-addr")
         .arg("127.0.0.1:0")
         .start();
-    let addr = grpc_addr(&mesh);
+    let addr = mesh.grpc;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

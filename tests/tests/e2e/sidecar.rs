@@ -1135,25 +1135,6 @@ async fn metrics_use_the_brokers_exporter_and_count() {
     assert!(text.contains("cemesh_sidecar_outbox_events 0\n"), "{text}");
 }
 
-/// A test CA and one leaf for 127.0.0.1, written as `tls.crt` (leaf, CA), `tls.key`
-/// and `ca.crt` in `dir`.
-fn test_pki(dir: &std::path::Path) -> String {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("tls.crt"), leaf.pem() + &ca.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
-    ca.pem()
-}
-
 /// The sidecar on a secured mesh (issue 19 §1, §2): both its listeners speak TLS, it
 /// trusts the mesh's CA (--cacert), and its token reaches the mesh (publishing to a
 /// broker an EventPolicy guards, registering triggers on a locked admin API) but
@@ -1161,7 +1142,14 @@ fn test_pki(dir: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn over_tls_with_a_token_to_a_secured_mesh() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = test_pki(dir.path());
+    let ca = cemesh_tests::pki::ca();
+    cemesh_tests::pki::leaf(
+        &ca,
+        1,
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+    );
+    std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
     let token = "sidecar-token-5f4e3d2c1b0a99887766";
     std::fs::write(dir.path().join("token"), token).unwrap();
     let config = dir.path().join("cemesh.yaml");
@@ -1216,7 +1204,7 @@ async fn over_tls_with_a_token_to_a_secured_mesh() {
         &dir.path().join("token").display().to_string(),
     ]);
     let c = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
         .build()
         .unwrap();
     // Registered on the locked admin API, with the advertised URL over https.

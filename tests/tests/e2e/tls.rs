@@ -7,42 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cemesh_proto::Event;
+use cemesh_tests::pki::{ca, leaf, Ca};
 use cemesh_tests::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca() -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "cemesh test CA");
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca { cert, key }
-}
-
-/// A leaf for 127.0.0.1 signed by `ca`, written as chain (leaf then CA) and key;
-/// returns the leaf's DER.
-fn leaf(ca: &Ca, serial: u64, cert_file: &Path, key_file: &Path) -> Vec<u8> {
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    params.serial_number = Some(rcgen::SerialNumber::from(serial));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    // Written beside and renamed over, as cert-manager's atomic writer does.
-    let tmp_cert = std::path::PathBuf::from(format!("{}.new", cert_file.display()));
-    let tmp_key = std::path::PathBuf::from(format!("{}.new", key_file.display()));
-    std::fs::write(&tmp_cert, cert.pem() + &ca.cert.pem()).unwrap();
-    std::fs::write(&tmp_key, key.serialize_pem()).unwrap();
-    std::fs::rename(&tmp_key, key_file).unwrap();
-    std::fs::rename(&tmp_cert, cert_file).unwrap();
-    cert.der().to_vec()
-}
 
 fn trusting(ca: &Ca) -> reqwest::Client {
     reqwest::Client::builder()
@@ -53,18 +19,19 @@ fn trusting(ca: &Ca) -> reqwest::Client {
         .unwrap()
 }
 
-fn https(url: String) -> String {
-    url.replacen("http://", "https://", 1)
+/// A broker serving `manifests` with the pair in `cert` and `key`.
+fn tls_mesh(manifests: &str, cert: &Path, key: &Path) -> Cemesh {
+    Cemesh::builder()
+        .manifest("mesh.yaml", manifests)
+        .arg("--tls-cert")
+        .arg(cert.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key.to_str().unwrap())
+        .start()
 }
 
-fn grpc_addr(mesh: &Cemesh) -> String {
-    let logs = mesh.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("cemesh listening"))
-        .unwrap();
-    let start = line.find("grpc=").unwrap() + "grpc=".len();
-    line[start..].split_whitespace().next().unwrap().to_owned()
+fn https(url: String) -> String {
+    url.replacen("http://", "https://", 1)
 }
 
 fn peer_der(resp: &reqwest::Response) -> Vec<u8> {
@@ -86,22 +53,17 @@ async fn every_listener_speaks_tls_and_a_rotated_certificate_is_taken_without_fa
     // A trigger whose subscriber is another broker of this process: delivered to its
     // own ingress, over TLS, trusting its own certificate's issuer.
     let to_broker = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: fwd\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: eventing.knative.dev/v1\n      kind: Broker\n      name: other\n".to_owned();
-    let mesh = Cemesh::builder()
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                broker_yaml("default"),
-                broker_yaml("other"),
-                trigger_yaml("t", "default", &sub.url(), &[]),
-                to_broker,
-                trigger_yaml("t2", "other", &forwarded.url(), &[]),
-            ]),
-        )
-        .arg("--tls-cert")
-        .arg(cert_file.to_str().unwrap())
-        .arg("--tls-key")
-        .arg(key_file.to_str().unwrap())
-        .start();
+    let mesh = tls_mesh(
+        &docs(&[
+            broker_yaml("default"),
+            broker_yaml("other"),
+            trigger_yaml("t", "default", &sub.url(), &[]),
+            to_broker,
+            trigger_yaml("t2", "other", &forwarded.url(), &[]),
+        ]),
+        &cert_file,
+        &key_file,
+    );
     let url = https(mesh.broker_url("default", "default"));
     let client = trusting(&ca);
 
@@ -146,10 +108,7 @@ async fn every_listener_speaks_tls_and_a_rotated_certificate_is_taken_without_fa
         .build()
         .unwrap();
     let health = h2
-        .post(format!(
-            "https://{}/grpc.health.v1.Health/Check",
-            grpc_addr(&mesh)
-        ))
+        .post(format!("https://{}/grpc.health.v1.Health/Check", mesh.grpc))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(vec![0u8, 0, 0, 0, 0])
@@ -237,7 +196,11 @@ fn a_missing_or_mismatched_key_stops_start_up_naming_the_file() {
     let ca = ca();
     leaf(&ca, 1, &cert_file, &key_file);
     // A key of another certificate.
-    std::fs::write(&key_file, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    std::fs::write(
+        &key_file,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
     let err = Cemesh::builder()
         .manifest("mesh.yaml", &broker_yaml("default"))
         .arg("--tls-cert")
@@ -264,19 +227,14 @@ async fn a_destination_s_ca_certs_are_trusted_for_its_deliveries_only() {
     leaf(&ca, 7, &cert_file, &key_file);
     let sub = Subscriber::start().await;
     // The https subscriber: another cemesh's TLS ingress, forwarding to `sub`.
-    let receiver = Cemesh::builder()
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                broker_yaml("default"),
-                trigger_yaml("out", "default", &sub.url(), &[]),
-            ]),
-        )
-        .arg("--tls-cert")
-        .arg(cert_file.to_str().unwrap())
-        .arg("--tls-key")
-        .arg(key_file.to_str().unwrap())
-        .start();
+    let receiver = tls_mesh(
+        &docs(&[
+            broker_yaml("default"),
+            trigger_yaml("out", "default", &sub.url(), &[]),
+        ]),
+        &cert_file,
+        &key_file,
+    );
     let target = https(receiver.broker_url("default", "default"));
     let indent = |pem: String| {
         pem.lines()
@@ -311,14 +269,9 @@ async fn a_destination_s_ca_certs_are_trusted_for_its_deliveries_only() {
     // certificate; it never reached the receiver.
     let deadline = Instant::now() + Duration::from_secs(30);
     let letters = loop {
-        let v: serde_json::Value = c
-            .get(sender.admin_url("/v1/namespaces/default/triggers/untrusting/deadletters"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = sender
+            .admin_json("/v1/namespaces/default/triggers/untrusting/deadletters")
+            .await;
         if v.to_string().contains("ca-2") {
             break v.to_string();
         }
@@ -356,19 +309,14 @@ async fn the_python_sdk_and_curl_publish_over_https_with_the_ca() {
     let ca_file = dir.path().join("ca.crt");
     std::fs::write(&ca_file, ca.cert.pem()).unwrap();
     let sub = Subscriber::start().await;
-    let mesh = Cemesh::builder()
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                broker_yaml("default"),
-                trigger_yaml("t", "default", &sub.url(), &[]),
-            ]),
-        )
-        .arg("--tls-cert")
-        .arg(cert_file.to_str().unwrap())
-        .arg("--tls-key")
-        .arg(key_file.to_str().unwrap())
-        .start();
+    let mesh = tls_mesh(
+        &docs(&[
+            broker_yaml("default"),
+            trigger_yaml("t", "default", &sub.url(), &[]),
+        ]),
+        &cert_file,
+        &key_file,
+    );
     let url = https(mesh.broker_url("default", "default"));
     let script = r#"
 import sys, requests
