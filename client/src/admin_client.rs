@@ -7,10 +7,23 @@ use serde_json::Value;
 
 use crate::args::{AdminArgs, ClientTls};
 
-/// An HTTP client trusting what `tls` says: the system's roots plus `--cacert`, or
-/// nothing checked with `--insecure-skip-verify`.
+/// An HTTP client trusting what `tls` says (the system's roots plus `--cacert`, or
+/// nothing checked with `--insecure-skip-verify`) and sending its bearer token.
 pub fn http_client(tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
+    configure(reqwest::Client::builder(), tls, true)?
+        .build()
+        .context("building the HTTP client")
+}
+
+/// `builder` trusting `--cacert` (or nothing checked with `--insecure-skip-verify`)
+/// and, when `send_token`, sending `--token`/`--token-file` as `Authorization:
+/// Bearer` on every request. The sidecar shares it: its client for the service does
+/// not send the token.
+pub fn configure(
+    mut builder: reqwest::ClientBuilder,
+    tls: &ClientTls,
+    send_token: bool,
+) -> anyhow::Result<reqwest::ClientBuilder> {
     if let Some(path) = &tls.cacert {
         let pem =
             std::fs::read(path).with_context(|| format!("reading --cacert {}", path.display()))?;
@@ -30,6 +43,7 @@ pub fn http_client(tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
         builder = builder.danger_accept_invalid_certs(true);
     }
     let token = match (&tls.token, &tls.token_file) {
+        _ if !send_token => None,
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
@@ -48,7 +62,7 @@ pub fn http_client(tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
             value,
         )]));
     }
-    builder.build().context("building the HTTP client")
+    Ok(builder)
 }
 
 pub struct AdminClient {

@@ -144,17 +144,12 @@ pub struct SidecarArgs {
     /// The private key of --tls-cert (PEM)
     #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Trust the CA certificates in this PEM file (besides the system's) for https to
-    /// the broker, the mesh admin API and the service
-    #[arg(long, env = "CEMESH_CACERT")]
-    pub cacert: Option<PathBuf>,
-    /// The bearer token sent to the mesh (publishing to the broker, registering
-    /// triggers), never to the service; prefer --token-file
-    #[arg(long, env = "CEMESH_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Read the bearer token for the mesh from this file
-    #[arg(long, env = "CEMESH_TOKEN_FILE", conflicts_with = "token")]
-    pub token_file: Option<PathBuf>,
+    /// The client commands' `--cacert`, `--insecure-skip-verify` (trust for https to
+    /// the broker, the mesh admin API and the service) and `--token`/`--token-file`
+    /// (sent to the mesh: publishing to the broker, registering triggers; never to the
+    /// service).
+    #[command(flatten)]
+    pub client: cemesh_client::args::ClientTls,
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {

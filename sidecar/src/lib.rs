@@ -159,8 +159,8 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         .app_configured
         .store(args.app_url.is_some(), std::sync::atomic::Ordering::Relaxed);
 
-    let client = http_client(&args, None)?;
-    let mesh_client = http_client(&args, mesh_token(&args)?)?;
+    let client = http_client(&args, false)?;
+    let mesh_client = http_client(&args, true)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(cemesh_ingress::tls::acceptor(
             &cemesh_ingress::tls::TlsFiles {
@@ -307,58 +307,23 @@ impl Sidecar {
     }
 }
 
-/// An HTTP client of the sidecar: pooled keep-alive, no redirects, trusting
-/// `--cacert`; the one for the mesh (broker, mesh admin) sends `token`, the one for
-/// the service sends none. The built-in TLS roots are loaded only when one of those
-/// URLs is `https`: parsing them costs start time and resident memory for nothing on
-/// the usual plain-HTTP pod network.
-fn http_client(args: &SidecarArgs, token: Option<String>) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client of the sidecar: pooled keep-alive, no redirects, trusting what
+/// the client flags say (`--cacert`); the one for the mesh (broker, mesh admin) sends
+/// the token, the one for the service does not. The built-in TLS roots are loaded
+/// only when one of those URLs is `https`: parsing them costs start time and
+/// resident memory for nothing on the usual plain-HTTP pod network.
+fn http_client(args: &SidecarArgs, to_mesh: bool) -> anyhow::Result<reqwest::Client> {
     let https = args.broker_url.scheme() == "https"
         || args.app_url.as_ref().is_some_and(|u| u.scheme() == "https")
         || (args.triggers.is_some() && args.mesh_admin.starts_with("https:"));
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .tls_built_in_root_certs(https);
-    if let Some(path) = &args.cacert {
-        let pem =
-            std::fs::read(path).with_context(|| format!("reading --cacert {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("--cacert {}: not PEM certificates", path.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "--cacert {}: no PEM certificate",
-            path.display()
-        );
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    if let Some(token) = token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token has characters a header cannot carry")?;
-        value.set_sensitive(true);
-        builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
-            reqwest::header::AUTHORIZATION,
-            value,
-        )]));
-    }
-    builder.build().context("building the HTTP client")
-}
-
-/// The token for the mesh, from --token or --token-file.
-fn mesh_token(args: &SidecarArgs) -> anyhow::Result<Option<String>> {
-    Ok(match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --token-file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    })
+    cemesh_client::admin_client::configure(builder, &args.client, to_mesh)?
+        .build()
+        .context("building the HTTP client")
 }
 
 /// `cemesh sidecar`: start, announce the addresses, run until SIGINT/SIGTERM.
