@@ -496,7 +496,6 @@ impl Mesh {
                     binary: Arc::new(self.binary_triggers(k)),
                     access: Arc::new(Access {
                         audience: Access::broker_audience(&k.namespace, &k.name),
-                        namespace: k.namespace.clone(),
                         policies: self.policies.get(k).cloned().unwrap_or_default(),
                         default: self.default_access,
                     }),

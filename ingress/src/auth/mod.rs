@@ -26,6 +26,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use cemesh_proto::{AttributeValue, Event};
+
+use crate::BrokerKey;
 use subtle::ConstantTimeEq as _;
 
 /// Who sent a request.
@@ -307,8 +309,6 @@ pub struct Policy {
 pub struct Access {
     /// The broker's OIDC audience.
     pub audience: String,
-    /// The broker's namespace.
-    pub namespace: String,
     /// The policies that select the broker; empty: `default` decides.
     pub policies: Vec<Arc<Policy>>,
     pub default: DefaultMode,
@@ -342,11 +342,7 @@ impl Access {
 
     /// Checks the sender: 401 for a missing credential where one is needed, 403 for
     /// a sender no policy (or the default) allows.
-    pub fn admit(
-        &self,
-        broker: &dyn fmt::Display,
-        who: Option<Identity>,
-    ) -> Result<Admitted, Refusal> {
+    pub fn admit(&self, broker: &BrokerKey, who: Option<Identity>) -> Result<Admitted, Refusal> {
         if self.policies.is_empty() {
             return match (self.default, &who) {
                 (DefaultMode::AllowAll, _) => Ok(Admitted {
@@ -358,7 +354,7 @@ impl Access {
                     "broker {broker} accepts no sender: no EventPolicy selects it and the default authorization mode is deny-all"
                 )))),
                 (DefaultMode::AllowSameNamespace, Some(i)) => {
-                    if i.namespace.as_deref() == Some(self.namespace.as_str()) {
+                    if i.namespace.as_deref() == Some(broker.namespace.as_str()) {
                         Ok(Admitted {
                             policies: None,
                             who,
@@ -366,7 +362,7 @@ impl Access {
                     } else {
                         Err(Refusal::Forbidden(Denied(format!(
                             "broker {broker} accepts senders of namespace {} only (no EventPolicy selects it and the default authorization mode is allow-same-namespace); {} is {}",
-                            self.namespace,
+                            broker.namespace,
                             i.subject,
                             i.namespace.as_deref().map_or("of no namespace".to_owned(), |n| format!("of namespace {n}")),
                         ))))
@@ -408,7 +404,7 @@ impl Access {
     /// one of them must pass it. The error names the event (and its index in a batch).
     pub fn check_events(
         &self,
-        broker: &dyn fmt::Display,
+        broker: &BrokerKey,
         admitted: &Admitted,
         events: &[Event],
         batch: bool,
@@ -525,6 +521,10 @@ mod tests {
         })
     }
 
+    fn shop_b() -> BrokerKey {
+        BrokerKey::new("shop", "b")
+    }
+
     #[derive(Debug)]
     struct TypeIs(&'static str);
     impl EventCheck for TypeIs {
@@ -536,22 +536,21 @@ mod tests {
     #[test]
     fn default_modes() {
         let mut a = Access {
-            namespace: "shop".into(),
             ..Access::default()
         };
-        assert!(a.admit(&"shop/b", None).is_ok());
+        assert!(a.admit(&shop_b(), None).is_ok());
         a.default = DefaultMode::DenyAll;
         assert!(matches!(
-            a.admit(&"shop/b", None),
+            a.admit(&shop_b(), None),
             Err(Refusal::Unauthenticated(AuthError::Missing))
         ));
         assert!(matches!(
-            a.admit(&"shop/b", who("x", Some("shop"))),
+            a.admit(&shop_b(), who("x", Some("shop"))),
             Err(Refusal::Forbidden(_))
         ));
         a.default = DefaultMode::AllowSameNamespace;
-        assert!(a.admit(&"shop/b", who("x", Some("shop"))).is_ok());
-        let Err(Refusal::Forbidden(Denied(why))) = a.admit(&"shop/b", who("x", Some("other")))
+        assert!(a.admit(&shop_b(), who("x", Some("shop"))).is_ok());
+        let Err(Refusal::Forbidden(Denied(why))) = a.admit(&shop_b(), who("x", Some("other")))
         else {
             panic!("another namespace is forbidden");
         };
@@ -566,30 +565,29 @@ mod tests {
             filters: Some(Arc::new(TypeIs("order.created"))),
         });
         let a = Access {
-            namespace: "shop".into(),
             policies: vec![orders],
             // A policy applies: the default no longer matters.
             default: DefaultMode::AllowAll,
             ..Access::default()
         };
         assert!(matches!(
-            a.admit(&"shop/b", None),
+            a.admit(&shop_b(), None),
             Err(Refusal::Unauthenticated(_))
         ));
-        let Err(Refusal::Forbidden(Denied(why))) = a.admit(&"shop/b", who("billing", None)) else {
+        let Err(Refusal::Forbidden(Denied(why))) = a.admit(&shop_b(), who("billing", None)) else {
             panic!("billing is not named");
         };
         assert!(
             why.contains("billing") && why.contains("shop/orders-only"),
             "{why}"
         );
-        let ok = a.admit(&"shop/b", who("orders", None)).unwrap();
+        let ok = a.admit(&shop_b(), who("orders", None)).unwrap();
         let good = Event::new("1", "/s", "order.created");
         let bad = Event::new("2", "/s", "order.deleted");
         assert!(a
-            .check_events(&"shop/b", &ok, std::slice::from_ref(&good), false)
+            .check_events(&shop_b(), &ok, std::slice::from_ref(&good), false)
             .is_ok());
-        let Err(Denied(why)) = a.check_events(&"shop/b", &ok, &[good, bad], true) else {
+        let Err(Denied(why)) = a.check_events(&shop_b(), &ok, &[good, bad], true) else {
             panic!("the second event is filtered out");
         };
         assert!(
