@@ -27,6 +27,11 @@ use tokio::net::TcpStream;
 use crate::bitset::Bitset;
 use crate::{event_matches, MATCH_HEADER, TS_HEADER};
 
+/// The first wait before an event refused with 429 is sent again; it doubles up to
+/// [`THROTTLE_MAX_WAIT`].
+const THROTTLE_FIRST_WAIT: Duration = Duration::from_millis(10);
+const THROTTLE_MAX_WAIT: Duration = Duration::from_millis(250);
+
 /// Where and how to send.
 #[derive(Debug, Clone)]
 pub struct GenConfig {
@@ -34,6 +39,10 @@ pub struct GenConfig {
     pub addr: SocketAddr,
     pub authority: String,
     pub path: http::Uri,
+    /// https to the ingress.
+    pub tls: Option<crate::tls::Secure>,
+    /// Sent as `Authorization` with every event.
+    pub authorization: Option<HeaderValue>,
     pub connections: usize,
     pub max_events: u64,
     pub duration: Duration,
@@ -70,6 +79,8 @@ pub struct GenResult {
     pub rejected: BTreeMap<u16, u64>,
     /// Requests that got no answer (connection failures).
     pub errors: u64,
+    /// 429 answers (backpressure) retried, as a producer honouring them does.
+    pub throttled: u64,
     pub first_error: Option<String>,
     /// From the first send to the last answer.
     pub elapsed: Duration,
@@ -83,6 +94,7 @@ struct Shared {
     accepted: Mutex<Bitset>,
     outcome: Mutex<(BTreeMap<u16, u64>, u64, Option<String>)>,
     sent: AtomicU64,
+    throttled: AtomicU64,
 }
 
 /// Opens every connection, then sends until the event count or the duration is
@@ -91,7 +103,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<GenResult> {
     let mut senders = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
         senders.push(
-            connect(cfg.addr)
+            connect(&cfg)
                 .await
                 .with_context(|| format!("cannot connect to the ingress at {}", cfg.addr))?,
         );
@@ -105,6 +117,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<GenResult> {
         accepted: Mutex::default(),
         outcome: Mutex::default(),
         sent: AtomicU64::new(0),
+        throttled: AtomicU64::new(0),
     });
     let workers: Vec<_> = senders
         .into_iter()
@@ -119,6 +132,7 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<GenResult> {
     let accepted = std::mem::take(&mut *shared.accepted.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(GenResult {
         sent: shared.sent.load(Ordering::Relaxed),
+        throttled: shared.throttled.load(Ordering::Relaxed),
         accepted,
         rejected,
         errors,
@@ -128,11 +142,24 @@ pub async fn run(cfg: GenConfig) -> anyhow::Result<GenResult> {
     })
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
+async fn connect(cfg: &GenConfig) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(cfg.addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let sender = match &cfg.tls {
+        None => {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+        Some(tls) => {
+            let stream = tls.connect(stream).await.context("TLS handshake")?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
     Ok(sender)
 }
 
@@ -164,7 +191,7 @@ async fn worker(shared: Arc<Shared>, sender: SendRequest<Full<Bytes>>) {
         };
         let s = match sender.take() {
             Some(s) => s,
-            None => match connect(cfg.addr).await {
+            None => match connect(cfg).await {
                 Ok(s) => s,
                 Err(e) => {
                     shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -177,7 +204,23 @@ async fn worker(shared: Arc<Shared>, sender: SendRequest<Full<Bytes>>) {
         };
         let ts = stamp.saturating_duration_since(cfg.base).as_nanos() as u64;
         shared.sent.fetch_add(1, Ordering::Relaxed);
-        match send(s, cfg, host.as_ref(), seq, ts).await {
+        // 429 is the ingress holding producers to the delivery rate: send the same
+        // event again after a short wait that doubles (a producer honouring it), as
+        // long as the run lasts. The latency clock keeps the first send time.
+        let mut held = THROTTLE_FIRST_WAIT;
+        let mut s = s;
+        let answer = loop {
+            match send(s, cfg, host.as_ref(), seq, ts).await {
+                Ok((again, 429)) if Instant::now() + held < shared.deadline => {
+                    shared.throttled.fetch_add(1, Ordering::Relaxed);
+                    s = again;
+                    tokio::time::sleep(held).await;
+                    held = (held * 2).min(THROTTLE_MAX_WAIT);
+                }
+                other => break other,
+            }
+        };
+        match answer {
             Ok((s, status)) => {
                 sender = Some(s);
                 if (200..300).contains(&status) {
@@ -233,6 +276,9 @@ async fn send(
     let h = req.headers_mut();
     if let Some(host) = host {
         h.insert(HOST, host.clone());
+    }
+    if let Some(auth) = &cfg.authorization {
+        h.insert(http::header::AUTHORIZATION, auth.clone());
     }
     h.insert(
         CONTENT_TYPE,

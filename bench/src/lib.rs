@@ -26,6 +26,7 @@ mod manifests;
 mod report;
 mod sink;
 mod soak;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,6 +145,11 @@ pub struct BenchArgs {
     /// deliver to (paths /t/0 .. /t/K-1)
     #[arg(long)]
     pub sink_addr: Option<SocketAddr>,
+    /// With an https --target-url: --cacert (besides the Mozilla roots) or
+    /// --insecure-skip-verify; with any --target-url: --token/--token-file, sent as
+    /// Authorization: Bearer with every event
+    #[command(flatten)]
+    pub client: cemesh_client::args::ClientTls,
     /// With --target-url: the broker's process id, to report its CPU and memory
     #[arg(long, requires = "target_url")]
     pub target_pid: Option<u32>,
@@ -229,6 +235,9 @@ pub struct Plan {
     pub data_dir: Option<PathBuf>,
     #[serde(skip)]
     pub target_pid: Option<u32>,
+    /// Trust and credential for --target-url.
+    #[serde(skip)]
+    pub client: cemesh_client::args::ClientTls,
     #[serde(skip)]
     pub serve_args: Vec<String>,
     /// Set for a soak (`--soak`).
@@ -346,6 +355,7 @@ impl Plan {
             sink_addr: a.sink_addr,
             data_dir: a.data_dir.clone(),
             target_pid: a.target_pid,
+            client: a.client.clone(),
             serve_args: a.serve_args.clone(),
             soak,
         })
@@ -438,6 +448,10 @@ struct Started {
     addr: SocketAddr,
     authority: String,
     path: http::Uri,
+    /// https (`--target-url` only).
+    tls: Option<tls::Secure>,
+    /// `Authorization` of every event (`--target-url` only).
+    authorization: Option<http::HeaderValue>,
 }
 
 async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Result<Started> {
@@ -460,6 +474,8 @@ async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Res
                 addr,
                 authority: addr.to_string(),
                 path: format!("/{}/{}", manifests::NAMESPACE, manifests::BROKER).parse()?,
+                tls: None,
+                authorization: None,
             })
         }
         TargetKind::Baseline => {
@@ -471,6 +487,8 @@ async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Res
                 addr,
                 authority: addr.to_string(),
                 path: http::Uri::from_static("/"),
+                tls: None,
+                authorization: None,
             })
         }
         TargetKind::External => {
@@ -478,10 +496,11 @@ async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Res
             let uri: http::Uri = url
                 .parse()
                 .with_context(|| format!("--target-url: {url:?} is not a URL"))?;
-            anyhow::ensure!(
-                uri.scheme_str() == Some("http"),
-                "--target-url: only http:// URLs are supported"
-            );
+            let (secure, default_port) = match uri.scheme_str() {
+                Some("http") => (false, 80),
+                Some("https") => (true, 443),
+                _ => anyhow::bail!("--target-url: use an http:// or https:// URL"),
+            };
             let authority = uri
                 .authority()
                 .context("--target-url: no host")?
@@ -489,7 +508,14 @@ async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Res
             let host_port = if uri.port().is_some() {
                 authority.clone()
             } else {
-                format!("{authority}:80")
+                format!("{authority}:{default_port}")
+            };
+            let tls = match secure {
+                true => Some(tls::Secure::new(
+                    &plan.client,
+                    uri.host().unwrap_or_default(),
+                )?),
+                false => None,
             };
             let addr = tokio::net::lookup_host(&host_port)
                 .await
@@ -507,6 +533,8 @@ async fn start_target(plan: &Plan, sink: &Sink, kind: TargetKind) -> anyhow::Res
                 addr,
                 authority,
                 path,
+                tls,
+                authorization: cemesh_client::admin_client::bearer(&plan.client)?,
             })
         }
     }
@@ -567,6 +595,8 @@ async fn measure(
         addr: target.addr,
         authority: target.authority.clone(),
         path: target.path.clone(),
+        tls: target.tls.clone(),
+        authorization: target.authorization.clone(),
         connections: plan.connections,
         max_events: plan.max_events,
         duration: plan.duration,

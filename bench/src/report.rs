@@ -71,6 +71,8 @@ pub struct RunReport {
     pub accepted: u64,
     /// Other answers, by status code.
     pub rejected: BTreeMap<String, u64>,
+    /// 429 answers (ingress backpressure) the generator waited on and retried.
+    pub throttled: u64,
     /// Requests with no answer.
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,6 +176,7 @@ impl RunReport {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
+            throttled: i.gen.throttled,
             errors: i.gen.errors,
             first_error: i.gen.first_error.clone(),
             expected_deliveries: i.matching * i.tally.triggers.len() as u64,
@@ -223,6 +226,9 @@ impl RunReport {
                 .map(|(k, v)| format!("{v}×{k}"))
                 .collect();
             let _ = write!(s, ", rejected {}", r.join(" "));
+        }
+        if self.throttled > 0 {
+            let _ = write!(s, ", held back {} times (429, retried)", self.throttled);
         }
         if self.errors > 0 {
             let _ = write!(s, ", {} errors", self.errors);

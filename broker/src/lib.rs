@@ -64,10 +64,13 @@ fn init_tracing(format: LogFormat, level: Option<&str>, otlp: Option<&str>) -> o
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
+    // Each layer has its own filter: the request and delivery spans are at debug, so
+    // at the default level the log formats nothing per event (tracing-subscriber's fmt
+    // layer formats a span's fields when the span opens, logged or not), while the
+    // OTLP exporter, when configured, still gets every span.
     let (otel_layer, guard) = otel::layer(otlp);
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel_layer)
         .try_init();
     guard

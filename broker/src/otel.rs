@@ -50,7 +50,15 @@ mod imp {
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("cemesh");
-        let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
+        // Every span (the request and delivery spans are at debug), and events at info
+        // and above.
+        let spans_and_info = tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() || *meta.level() <= tracing::Level::INFO
+        });
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(spans_and_info)
+            .boxed();
         cemesh_proto::trace::install(link);
         (Some(layer), Guard(Some(provider)))
     }

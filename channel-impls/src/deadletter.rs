@@ -37,14 +37,17 @@ pub enum AttemptTarget {
     #[default]
     Subscriber,
     DeadLetterSink,
+    /// A `Subscription`'s `spec.reply` (a reply sent over HTTP).
+    Reply,
 }
 
 impl AttemptTarget {
-    /// `subscriber` or `deadLetterSink`, as the admin API shows it.
+    /// `subscriber`, `deadLetterSink` or `reply`, as the admin API shows it.
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptTarget::Subscriber => "subscriber",
             AttemptTarget::DeadLetterSink => "deadLetterSink",
+            AttemptTarget::Reply => "reply",
         }
     }
 }

@@ -19,9 +19,11 @@ use async_trait::async_trait;
 use cemesh_proto::Event;
 
 pub mod deadletter;
+pub mod flow;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
+mod run;
 pub mod sled;
 pub mod tap;
 
@@ -106,6 +108,12 @@ pub enum ChannelError {
 pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// The kind of channel: `memory`, `sled`, `kafka`.
     fn kind(&self) -> &'static str;
+
+    /// Whether an append now would be refused by delivery backpressure
+    /// ([`flow`]): cheap, no I/O, so the ingress asks before it reads a body.
+    fn backpressure(&self) -> Result<(), ChannelError> {
+        Ok(())
+    }
 
     /// Appends events atomically; returns once they are as durable as promised.
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError>;

@@ -40,6 +40,10 @@ impl Channel for Tapped {
         self.inner.kind()
     }
 
+    fn backpressure(&self) -> Result<(), ChannelError> {
+        self.inner.backpressure()
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         if self.tx.receiver_count() == 0 {
             return self.inner.append(events).await;

@@ -18,6 +18,8 @@ use cemesh_proto::Event;
 struct Limits {
     max_records: u64,
     retain_without_subscribers: u64,
+    /// Ingress backpressure (memory and sled).
+    backpressure_window: Option<u64>,
 }
 
 impl Default for Limits {
@@ -25,6 +27,7 @@ impl Default for Limits {
         Limits {
             max_records: 1_000_000,
             retain_without_subscribers: 0,
+            backpressure_window: None,
         }
     }
 }
@@ -52,6 +55,8 @@ impl Factory for Memory {
         MemoryChannel::new(MemoryConfig {
             max_records: limits.max_records as usize,
             retain_without_subscribers: limits.retain_without_subscribers as usize,
+            backpressure_window: limits.backpressure_window,
+            ..MemoryConfig::default()
         })
     }
     async fn settle(&self, _ch: &MemoryChannel) {}
@@ -85,6 +90,7 @@ impl Factory for Sled {
                 SledConfig {
                     max_backlog_records: limits.max_records,
                     retain_without_subscribers: limits.retain_without_subscribers,
+                    backpressure_window: limits.backpressure_window,
                     ..SledConfig::default()
                 },
             )
@@ -550,6 +556,62 @@ async fn event_round_trips<F: Factory>(f: &F) {
     ch.append(vec![e.clone()]).await.unwrap();
     let got = read_n(&*sub, 1).await;
     assert_eq!(*got[0].event, e);
+}
+
+/// Backpressure that follows delivery (memory and sled): past the window of bytes a
+/// delivering subscription has yet to acknowledge, appends are refused `Full`
+/// naming the window; acknowledging lets them in again; a subscription that stopped
+/// reading for longer than `flow::ACTIVE_WITHIN` no longer holds the ingress.
+async fn delivery_backpressure<F: Factory>(f: &F) {
+    // Small events (~50 bytes stored by sled, ~250 as the memory channel counts
+    // them): a 2 KiB window holds between 8 and 41 behind.
+    let ch = f
+        .make(Limits {
+            backpressure_window: Some(2048),
+            ..Limits::default()
+        })
+        .await;
+    let sub = ch.subscribe("slow", StartAt::Latest).await.unwrap();
+    let mut sent = 0;
+    let refused = loop {
+        match ch.append(vec![ev(format!("e{sent}"))]).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100, "never refused");
+    };
+    assert!((4..=64).contains(&sent), "refused after {sent}");
+    assert!(
+        matches!(&refused, ChannelError::Full { reason, .. } if reason.contains("backpressure window")),
+        "{refused}"
+    );
+    // The subscriber catches up: appends go in again.
+    let got = read_n(sub.as_ref(), sent).await;
+    for r in &got {
+        sub.ack(r.position).await.unwrap();
+    }
+    ch.append(vec![ev("after-ack")]).await.unwrap();
+    // Far behind but no longer reading: it does not hold the ingress.
+    let mut behind = 0;
+    while ch.append(vec![ev(format!("b{behind}"))]).await.is_ok() {
+        behind += 1;
+        assert!(behind < 100, "never refused");
+    }
+    tokio::time::sleep(cemesh_channels::flow::ACTIVE_WITHIN + Duration::from_millis(300)).await;
+    ch.append(vec![ev("stuck-does-not-hold")]).await.unwrap();
+}
+
+mod delivery_backpressure {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory() {
+        super::delivery_backpressure(&Memory).await
+    }
+    #[tokio::test]
+    async fn sled() {
+        super::delivery_backpressure(&Sled::new()).await
+    }
 }
 
 macro_rules! contract {

@@ -513,3 +513,110 @@ async fn dead_letters_live_in_a_topic_per_trigger() {
     assert!(dlb.get(&trigger, id2).await.unwrap().is_none());
     assert_eq!(dl.count(&format!("{ns}/other")).await.unwrap(), 0);
 }
+
+/// The Kafka channel's append against a bare rdkafka producer with `acks=all` on the
+/// same server (issue 20): 64 concurrent producers of single 1 KiB events each way.
+/// A measurement, not a check (no timing assertion); run with
+/// `cargo test -p cemesh-channels --release --features kafka --test kafka --
+/// --ignored --nocapture append_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand (see the doc comment)"]
+async fn append_throughput_against_a_bare_producer() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const PRODUCERS: u64 = 64;
+    const EVENTS: u64 = 10_000;
+    let ns = testing::unique("perf");
+    let store = replica().await;
+    let ch = channel(&store, &ns).await;
+    let payload = bytes::Bytes::from(vec![b'x'; 1024]);
+
+    let run = |label: &'static str, send: Arc<dyn Fn(u64) -> futures_send::Boxed + Send + Sync>| async move {
+        let next = Arc::new(AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..PRODUCERS)
+            .map(|_| {
+                let (next, send) = (next.clone(), send.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= EVENTS {
+                            return;
+                        }
+                        send(i).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+        println!("{label}: {EVENTS} events from {PRODUCERS} producers: {rate:.0} events/s");
+        rate
+    };
+
+    let channel_rate = {
+        let ch = ch.clone();
+        let payload = payload.clone();
+        run(
+            "cemesh Kafka channel append",
+            Arc::new(move |i| {
+                let (ch, payload) = (ch.clone(), payload.clone());
+                Box::pin(async move {
+                    let mut e = Event::new(format!("c{i}"), "/perf", "perf");
+                    e.data = Some(payload);
+                    ch.append(vec![e]).await.expect("append");
+                })
+            }),
+        )
+        .await
+    };
+    // The bare producer as librdkafka ships it with acks=all, then with the
+    // idempotence the channel's producer has (no duplicates or reordering from its
+    // own retries).
+    let mut rates = Vec::new();
+    for (label, idempotence) in [
+        ("bare rdkafka producer, acks=all", "false"),
+        (
+            "bare rdkafka producer, acks=all, enable.idempotence",
+            "true",
+        ),
+    ] {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", testing::bootstrap())
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("enable.idempotence", idempotence)
+            .create()
+            .unwrap();
+        let topic = ch.topic().to_owned();
+        let payload = payload.clone();
+        let rate = run(
+            label,
+            Arc::new(move |i| {
+                let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+                Box::pin(async move {
+                    let key = format!("b{i}");
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key(&key).payload(&payload[..]),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .expect("produce");
+                })
+            }),
+        )
+        .await;
+        rates.push(rate);
+    }
+    println!(
+        "ratio of the channel to the bare producer: {:.2}; to the idempotent one: {:.2}",
+        channel_rate / rates[0],
+        channel_rate / rates[1]
+    );
+}
+
+mod futures_send {
+    pub type Boxed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}

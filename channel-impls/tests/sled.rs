@@ -524,3 +524,41 @@ fn throughput_64_producers() {
         drop(store);
     }
 }
+
+/// Fresh records are read from the tail kept in RAM, older ones from disk: a reader
+/// starting far behind gets every record, in order, equal to what was appended,
+/// across the switch from disk to tail (the tail holds 8192 at most).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_disk_and_from_the_tail_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("tail", SledConfig::default()).unwrap();
+    let sub = ch.subscribe("late", StartAt::Earliest).await.unwrap();
+    let n = 10_000;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let events = chunk
+            .iter()
+            .map(|i| {
+                let mut e = ev(format!("t{i}"));
+                e.data = Some(bytes::Bytes::from(format!("payload {i}")));
+                e
+            })
+            .collect();
+        ch.append(events).await.unwrap();
+    }
+    let mut seen = 0;
+    while seen < n {
+        let batch = sub.next(700).await.unwrap();
+        for r in &batch {
+            assert_eq!(r.position.offset, seen as u64);
+            assert_eq!(r.event.id, format!("t{seen}"));
+            assert_eq!(
+                r.event.data.as_deref(),
+                Some(format!("payload {seen}").as_bytes())
+            );
+            sub.ack(r.position).await.unwrap();
+            seen += 1;
+        }
+    }
+    assert_eq!(ch.lag("late").await.unwrap(), 0);
+}

@@ -16,13 +16,13 @@ pub fn http_client(tls: &ClientTls) -> anyhow::Result<reqwest::Client> {
 }
 
 /// `builder` trusting `--cacert` (or nothing checked with `--insecure-skip-verify`)
-/// and, when `send_token`, sending `--token`/`--token-file` as `Authorization:
-/// Bearer` on every request. The sidecar shares it: its client for the service does
-/// not send the token.
+/// and, when `identify` (the client talks to the mesh), sending `--token`/
+/// `--token-file` as `Authorization: Bearer` on every request and presenting
+/// `--client-cert`. The sidecar shares it: its client for the service does neither.
 pub fn configure(
     mut builder: reqwest::ClientBuilder,
     tls: &ClientTls,
-    send_token: bool,
+    identify: bool,
 ) -> anyhow::Result<reqwest::ClientBuilder> {
     if let Some(path) = &tls.cacert {
         let pem =
@@ -42,27 +42,47 @@ pub fn configure(
     if tls.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
     }
-    let token = match (&tls.token, &tls.token_file) {
-        _ if !send_token => None,
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --token-file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
-    if let Some(token) = token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token has characters a header cannot carry")?;
-        value.set_sensitive(true);
+    if let (true, Some(cert), Some(key)) = (identify, &tls.client_cert, &tls.client_key) {
+        let mut pem = std::fs::read(cert)
+            .with_context(|| format!("reading --client-cert {}", cert.display()))?;
+        pem.push(b'\n');
+        pem.extend(
+            std::fs::read(key)
+                .with_context(|| format!("reading --client-key {}", key.display()))?,
+        );
+        let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "--client-cert {} and --client-key {}: not a PEM certificate chain and its key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    if let Some(value) = bearer(tls)?.filter(|_| identify) {
         builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
             reqwest::header::AUTHORIZATION,
             value,
         )]));
     }
     Ok(builder)
+}
+
+/// The `Authorization: Bearer` value of `--token`/`--token-file`, marked sensitive
+/// (left out of hyper's debug output).
+pub fn bearer(tls: &ClientTls) -> anyhow::Result<Option<http::HeaderValue>> {
+    let token = match (&tls.token, &tls.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading --token-file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token has characters a header cannot carry")?;
+    value.set_sensitive(true);
+    Ok(Some(value))
 }
 
 pub struct AdminClient {

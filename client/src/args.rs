@@ -45,6 +45,23 @@ pub struct ClientTls {
     /// can then read and change what is sent)
     #[arg(long, global = true)]
     pub insecure_skip_verify: bool,
+    /// Present this client certificate (PEM chain) over https, for a server started
+    /// with --tls-client-ca (mTLS); with --client-key
+    #[arg(
+        long,
+        env = "CEMESH_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM)
+    #[arg(
+        long,
+        env = "CEMESH_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -54,6 +71,8 @@ impl std::fmt::Debug for ClientTls {
             .field("token_file", &self.token_file)
             .field("cacert", &self.cacert)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }

@@ -22,26 +22,12 @@ use cemesh_control::manifest::{
 /// A resource type as typed on the command line: plural, singular or kubectl's
 /// short name (`br`, `tr`).
 fn kind_arg(s: &str) -> anyhow::Result<Kind> {
-    let long = match s.to_ascii_lowercase().as_str() {
-        "br" => "brokers",
-        "tr" => "triggers",
-        "ep" => "eventpolicies",
-        _ => s,
-    }
-    .to_owned();
-    Kind::parse_plural(&long).with_context(|| {
-        format!(
-            "{s:?} is not a resource type; use brokers (br), triggers (tr) or eventpolicies (ep)"
-        )
-    })
+    Kind::parse_plural(s)
+        .with_context(|| format!("{s:?} is not a resource type; use {}", Kind::plurals()))
 }
 
 fn plural(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Broker => "brokers",
-        Kind::Trigger => "triggers",
-        Kind::EventPolicy => "eventpolicies",
-    }
+    kind.plural()
 }
 
 /// Reads manifests from files, directories and `-` (stdin).
@@ -109,23 +95,8 @@ fn expand_lists(text: String) -> anyhow::Result<String> {
 }
 
 fn key_of(r: &Resource) -> (Kind, String, String) {
-    match r {
-        Resource::Broker(b) => (
-            Kind::Broker,
-            b.metadata.namespace().to_owned(),
-            b.metadata.name.clone(),
-        ),
-        Resource::Trigger(t) => (
-            Kind::Trigger,
-            t.metadata.namespace().to_owned(),
-            t.metadata.name.clone(),
-        ),
-        Resource::EventPolicy(p) => (
-            Kind::EventPolicy,
-            p.metadata.namespace().to_owned(),
-            p.metadata.name.clone(),
-        ),
-    }
+    let meta = r.metadata();
+    (r.kind(), meta.namespace().to_owned(), meta.name.clone())
 }
 
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
@@ -313,6 +284,34 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
         Kind::Trigger => header.extend(["NAME", "BROKER", "SUBSCRIBER", "READY", "REASON", "AGE"]),
         Kind::Broker => header.extend(["NAME", "URL", "READY", "REASON", "AGE"]),
         Kind::EventPolicy => header.extend(["NAME", "FROM", "BROKERS", "READY", "REASON", "AGE"]),
+        Kind::Subscription => header.extend([
+            "NAME",
+            "CHANNEL",
+            "SUBSCRIBER",
+            "REPLY",
+            "READY",
+            "REASON",
+            "AGE",
+        ]),
+        Kind::Channel
+        | Kind::InMemoryChannel
+        | Kind::KafkaChannel
+        | Kind::Sequence
+        | Kind::Parallel => header.extend(["NAME", "URL", "READY", "REASON", "AGE"]),
+        Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding => {
+            header.extend(["NAME", "SINK", "READY", "REASON", "AGE"])
+        }
+        Kind::EventType => header.extend([
+            "NAME",
+            "TYPE",
+            "SOURCE",
+            "REFERENCE",
+            "COUNT",
+            "LAST-SEEN",
+            "READY",
+            "REASON",
+            "AGE",
+        ]),
     }
     if wide {
         match kind {
@@ -320,6 +319,16 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                 header.extend(["FILTER", "DELIVERED", "RETRIES", "DEAD-LETTERED", "LAG"])
             }
             Kind::Broker | Kind::EventPolicy => header.extend(["CHANNEL", "SOURCE"]),
+            Kind::Channel | Kind::InMemoryChannel | Kind::KafkaChannel => {
+                header.extend(["SUBSCRIBERS", "SOURCE"])
+            }
+            Kind::Subscription
+            | Kind::Sequence
+            | Kind::Parallel
+            | Kind::PingSource
+            | Kind::ContainerSource
+            | Kind::SinkBinding
+            | Kind::EventType => header.push("SOURCE"),
         }
     }
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -335,10 +344,32 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                 row.push(item["spec"]["broker"].as_str().unwrap_or("").to_owned());
                 row.push(subscriber(item));
             }
-            Kind::Broker => row.push(text(&item["status"]["address"]["url"])),
+            Kind::Broker
+            | Kind::Channel
+            | Kind::InMemoryChannel
+            | Kind::KafkaChannel
+            | Kind::Sequence
+            | Kind::Parallel => row.push(text(&item["status"]["address"]["url"])),
             Kind::EventPolicy => {
                 row.push(joined(&item["status"]["from"]));
                 row.push(joined(&item["status"]["brokers"]));
+            }
+            Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding => {
+                row.push(text(&item["status"]["sinkUri"]))
+            }
+            Kind::EventType => {
+                let spec = &item["spec"];
+                row.push(text(&spec["type"]));
+                row.push(text(&spec["source"]));
+                row.push(text(&spec["reference"]["name"]));
+                row.push(text(&item["status"]["count"]));
+                row.push(text(&item["status"]["lastSeen"]));
+            }
+            Kind::Subscription => {
+                let physical = &item["status"]["physicalSubscription"];
+                row.push(text(&item["spec"]["channel"]["name"]));
+                row.push(text(&physical["subscriberUri"]));
+                row.push(text(&physical["replyUri"]));
             }
         }
         row.extend([ready, reason, age(item)]);
@@ -360,11 +391,32 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                     row.push("-".into());
                     row.push(source(item));
                 }
+                Kind::Channel | Kind::InMemoryChannel | Kind::KafkaChannel => {
+                    let n = item["status"]["subscribers"].as_array().map_or(0, Vec::len);
+                    row.push(n.to_string());
+                    row.push(source(item));
+                }
+                Kind::Subscription
+                | Kind::Sequence
+                | Kind::Parallel
+                | Kind::PingSource
+                | Kind::ContainerSource
+                | Kind::SinkBinding
+                | Kind::EventType => row.push(source(item)),
             }
         }
         rows.push(row);
     }
     print_columns("", &header, &rows);
+}
+
+/// The `key` of each object of a JSON array, as an array.
+fn each(v: &Value, key: &str) -> Value {
+    Value::Array(
+        v.as_array()
+            .map(|a| a.iter().map(|o| o[key].clone()).collect())
+            .unwrap_or_default(),
+    )
 }
 
 /// A JSON array of strings as one cell: `a,b`, `-` for none.
@@ -483,11 +535,10 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
         Kind::Broker => {
             field("Address", text(&item["status"]["address"]["url"]));
             field("Audience", text(&item["status"]["address"]["audience"]));
-            let policies: Vec<Value> = item["status"]["policies"]
-                .as_array()
-                .map(|a| a.iter().map(|p| p["name"].clone()).collect())
-                .unwrap_or_default();
-            field("Policies", joined(&Value::Array(policies)));
+            field(
+                "Policies",
+                joined(&each(&item["status"]["policies"], "name")),
+            );
         }
         Kind::EventPolicy => {
             field("From", joined(&item["status"]["from"]));
@@ -497,6 +548,32 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
             field("Broker", text(&spec["broker"]));
             field("Subscriber", subscriber(&item));
             field("Filter", filter_summary(spec));
+        }
+        Kind::Channel | Kind::InMemoryChannel | Kind::KafkaChannel => {
+            field("Address", text(&item["status"]["address"]["url"]));
+            field(
+                "Subscribers",
+                joined(&each(&item["status"]["subscribers"], "uid")),
+            );
+        }
+        Kind::Subscription => {
+            let physical = &item["status"]["physicalSubscription"];
+            field("Channel", text(&spec["channel"]["name"]));
+            field("Subscriber", text(&physical["subscriberUri"]));
+            field("Reply", text(&physical["replyUri"]));
+            field("Dead-letter sink", text(&physical["deadLetterSinkUri"]));
+        }
+        Kind::Sequence | Kind::Parallel => {
+            field("Address", text(&item["status"]["address"]["url"]));
+        }
+        Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding => {
+            field("Sink", text(&item["status"]["sinkUri"]));
+        }
+        Kind::EventType => {
+            field("Type", text(&spec["type"]));
+            field("Source", text(&spec["source"]));
+            field("Reference", text(&spec["reference"]["name"]));
+            field("Count", text(&item["status"]["count"]));
         }
     }
     field("Delivery", delivery_summary(&spec["delivery"]));
@@ -724,11 +801,20 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("{} problem(s) found", problems.len());
     }
-    println!(
-        "valid: {} broker(s), {} trigger(s)",
-        desired.brokers.len(),
-        desired.triggers.len()
-    );
+    // Brokers and triggers always; other kinds when there are some.
+    let counts: Vec<String> = cemesh_control::manifest::KINDS
+        .iter()
+        .map(|k| {
+            let n = resources
+                .iter()
+                .filter(|l| l.value.kind() == k.kind)
+                .count();
+            (k, n)
+        })
+        .filter(|(k, n)| *n > 0 || matches!(k.kind, Kind::Broker | Kind::Trigger))
+        .map(|(k, n)| format!("{n} {}(s)", k.name.to_ascii_lowercase()))
+        .collect();
+    println!("valid: {}", counts.join(", "));
     Ok(())
 }
 

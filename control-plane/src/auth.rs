@@ -34,6 +34,7 @@ use cemesh_ingress::auth::jwt::{JwtIssuerConfig, JwtVerifier, KeySource};
 use cemesh_ingress::auth::{
     AuthError, Authenticator, DefaultMode, Secret, StaticToken, SubjectPattern,
 };
+use cemesh_ingress::tls::PeerIdentity;
 use serde::Deserialize;
 
 use crate::duration::HumaneDuration;
@@ -96,17 +97,28 @@ pub enum GuardError {
     /// 401 / UNAUTHENTICATED.
     #[error("{0}")]
     Unauthenticated(AuthError),
+    /// 401 / UNAUTHENTICATED: `--tls-client-ca` is set and the caller sent no
+    /// certificate.
+    #[error("the admin API requires a client certificate issued by the server's --tls-client-ca")]
+    NoClientCertificate,
     /// 403 / PERMISSION_DENIED.
     #[error("{0}")]
     Forbidden(String),
 }
 
-/// Checks admin callers' roles; open when `auth.admin` is not configured.
+/// Checks admin callers' roles; open when neither `auth.admin` nor a client CA
+/// (`--tls-client-ca`) is configured.
+///
+/// A caller is who its bearer token says, or, without one, who its verified client
+/// certificate names. With a client CA every caller must have such a certificate
+/// (a token alone is not enough); with `auth.admin` its subject must hold the role;
+/// with a client CA and no `auth.admin`, the certificate is the whole lock.
 #[derive(Debug, Clone, Default)]
 pub struct AdminGuard {
     auth: Arc<Authenticator>,
     roles: Option<(Vec<SubjectPattern>, Vec<SubjectPattern>)>,
     metrics_open: bool,
+    client_certificates: bool,
 }
 
 impl AdminGuard {
@@ -116,12 +128,19 @@ impl AdminGuard {
             auth,
             roles: roles.map(|r| (patterns(&r.admin), patterns(&r.read))),
             metrics_open: roles.is_none_or(|r| r.metrics != Some(MetricsAccess::Read)),
+            client_certificates: false,
         }
+    }
+
+    /// Every caller must present a client certificate the listener verified.
+    pub fn requiring_client_certificates(mut self, required: bool) -> Self {
+        self.client_certificates = required;
+        self
     }
 
     /// Whether callers must authenticate.
     pub fn is_locked(&self) -> bool {
-        self.roles.is_some()
+        self.roles.is_some() || self.client_certificates
     }
 
     /// Whether `/metrics` needs the read role.
@@ -129,17 +148,51 @@ impl AdminGuard {
         self.metrics_open
     }
 
-    /// Checks a caller (`credential`: its `Authorization` value) for `need`.
-    pub fn check(&self, credential: Option<&[u8]>, need: Role) -> Result<(), GuardError> {
+    /// Refuses roles nobody could prove: `auth.admin` without tokens, issuers or
+    /// client certificates.
+    pub fn check_provable(&self) -> Result<(), AuthConfigError> {
+        if self.roles.is_some() && !self.auth.is_configured() && !self.client_certificates {
+            return Err(AuthConfigError::AdminWithoutCredentials);
+        }
+        Ok(())
+    }
+
+    /// Checks a request: its `Authorization` header and the [`PeerIdentity`] its
+    /// listener put in its extensions.
+    pub fn check_request<B>(&self, req: &http::Request<B>, need: Role) -> Result<(), GuardError> {
+        let credential = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        self.check(credential, req.extensions().get::<PeerIdentity>(), need)
+    }
+
+    /// Checks a caller (`credential`: its `Authorization` value; `peer`: its verified
+    /// client certificate) for `need`.
+    pub fn check(
+        &self,
+        credential: Option<&[u8]>,
+        peer: Option<&PeerIdentity>,
+        need: Role,
+    ) -> Result<(), GuardError> {
+        if self.client_certificates && peer.is_none() {
+            return Err(GuardError::NoClientCertificate);
+        }
         let Some((admin, read)) = &self.roles else {
             return Ok(());
         };
-        let who = self
+        let subject = match self
             .auth
             .authenticate(credential, ADMIN_AUDIENCE)
             .map_err(GuardError::Unauthenticated)?
-            .ok_or(GuardError::Unauthenticated(AuthError::Missing))?;
-        let is = |set: &[SubjectPattern]| set.iter().any(|p| p.matches(&who.subject));
+        {
+            Some(who) => who.subject,
+            None => match peer {
+                Some(PeerIdentity(name)) => name.clone(),
+                None => return Err(GuardError::Unauthenticated(AuthError::Missing)),
+            },
+        };
+        let is = |set: &[SubjectPattern]| set.iter().any(|p| p.matches(&subject));
         let allowed = match need {
             Role::Admin => is(admin),
             Role::Read => is(admin) || is(read),
@@ -148,8 +201,7 @@ impl AdminGuard {
             Ok(())
         } else {
             Err(GuardError::Forbidden(format!(
-                "{} may not {}: it needs the {} role (auth.admin.{})",
-                who.subject,
+                "{subject} may not {}: it needs the {} role (auth.admin.{})",
                 match need {
                     Role::Admin => "change the mesh",
                     Role::Read => "read the admin API",
@@ -233,7 +285,9 @@ pub enum AuthConfigError {
         issuer: String,
         message: String,
     },
-    #[error("auth.admin needs credentials to check: add auth.tokens or auth.jwt")]
+    #[error(
+        "auth.admin needs credentials to check: add auth.tokens or auth.jwt, or --tls-client-ca"
+    )]
     AdminWithoutCredentials,
     #[error("auth.jwt: {0}")]
     Keys(#[from] cemesh_ingress::auth::jwt::JwtConfigError),
@@ -313,11 +367,7 @@ impl AuthConfig {
             v.spawn_refresh();
             Some(v)
         };
-        let auth = Arc::new(Authenticator::new(tokens, jwt, self.authcontext));
-        if self.admin.is_some() && !auth.is_configured() {
-            return Err(AuthConfigError::AdminWithoutCredentials);
-        }
-        Ok(auth)
+        Ok(Arc::new(Authenticator::new(tokens, jwt, self.authcontext)))
     }
 }
 

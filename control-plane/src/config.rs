@@ -116,6 +116,9 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert` (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on the admin API and gRPC
+    /// admin (mTLS; `--tls-client-ca`).
+    pub tls_client_ca: Option<PathBuf>,
     /// Sender authentication and authorization (see [`crate::auth`]).
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
@@ -208,6 +211,8 @@ pub struct Settings {
     pub header_budget: cemesh_proto::http::HeaderBudget,
     /// TLS for the ingress, admin and gRPC listeners.
     pub tls: Option<cemesh_ingress::tls::TlsFiles>,
+    /// Client certificates on the admin API and gRPC admin must chain to this CA.
+    pub tls_client_ca: Option<PathBuf>,
     /// Timeouts and the connection limit of the ingress, admin and gRPC listeners.
     pub limits: cemesh_ingress::server::Limits,
     /// Sender authentication and authorization.

@@ -28,33 +28,7 @@ use crate::manifest::{
 };
 use crate::mesh::{Mesh, MeshStatus};
 
-/// Broker, Trigger or EventPolicy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Broker,
-    Trigger,
-    EventPolicy,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Broker => "Broker",
-            Kind::Trigger => "Trigger",
-            Kind::EventPolicy => "EventPolicy",
-        }
-    }
-
-    /// `brokers` / `triggers` (and singular forms) as used in paths and the CLI.
-    pub fn parse_plural(s: &str) -> Option<Kind> {
-        match s.to_ascii_lowercase().as_str() {
-            "broker" | "brokers" => Some(Kind::Broker),
-            "trigger" | "triggers" => Some(Kind::Trigger),
-            "eventpolicy" | "eventpolicies" => Some(Kind::EventPolicy),
-            _ => None,
-        }
-    }
-}
+pub use crate::manifest::Kind;
 
 /// A resource's identity.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,17 +48,8 @@ impl ResKey {
     }
 
     fn of(r: &Resource) -> ResKey {
-        match r {
-            Resource::Broker(b) => {
-                ResKey::new(Kind::Broker, b.metadata.namespace(), &b.metadata.name)
-            }
-            Resource::Trigger(t) => {
-                ResKey::new(Kind::Trigger, t.metadata.namespace(), &t.metadata.name)
-            }
-            Resource::EventPolicy(p) => {
-                ResKey::new(Kind::EventPolicy, p.metadata.namespace(), &p.metadata.name)
-            }
-        }
+        let meta = r.metadata();
+        ResKey::new(r.kind(), meta.namespace(), &meta.name)
     }
 
     /// `Trigger ns/name`, as manifest errors name resources.
@@ -110,6 +75,8 @@ impl fmt::Display for ResKey {
 pub enum Owner {
     File(PathBuf),
     Api,
+    /// Recorded from traffic (an EventType a broker or channel saw).
+    Discovered,
 }
 
 /// Why a change was refused.
@@ -174,6 +141,8 @@ struct Inner {
     rejected: Vec<ManifestError>,
     /// The running `EventPolicy`s, for status.
     policies: BTreeMap<String, crate::manifest::PolicyDesired>,
+    /// What compiling said for each resource's status beyond Ready.
+    statuses: BTreeMap<(Kind, String, String), Value>,
 }
 
 impl Inner {
@@ -200,6 +169,8 @@ pub struct ControlPlane {
     ingress_base: String,
     mesh_status: Arc<Mutex<MeshStatus>>,
     views: RwLock<BTreeMap<ResKey, ResourceView>>,
+    /// The running addresses, for the event types they recorded.
+    routes: cemesh_ingress::Routes,
 }
 
 impl ControlPlane {
@@ -231,6 +202,7 @@ impl ControlPlane {
             });
         }
         let mesh_status = mesh.status();
+        let routes = mesh.routes();
         let cp = Arc::new(ControlPlane {
             inner: AsyncMutex::new(Inner {
                 mesh,
@@ -241,11 +213,13 @@ impl ControlPlane {
                 problems: Vec::new(),
                 rejected: Vec::new(),
                 policies: BTreeMap::new(),
+                statuses: BTreeMap::new(),
             }),
             settings,
             ingress_base,
             mesh_status,
             views: RwLock::default(),
+            routes,
         });
         {
             let mut inner = cp.inner.lock().await;
@@ -293,6 +267,7 @@ impl ControlPlane {
         desired.problems = problems;
         inner.problems = desired.problems.clone();
         inner.policies = desired.policies.clone();
+        inner.statuses = std::mem::take(&mut desired.status);
         inner.mesh.apply(desired).await;
         self.refresh(inner);
     }
@@ -443,6 +418,60 @@ impl ControlPlane {
             .collect()
     }
 
+    /// The event types the running brokers and channels recorded, as `EventType`
+    /// resources (`cemesh.dev/owner: discovered`).
+    pub fn discovered_event_types(&self, namespace: Option<&str>) -> Vec<ResourceView> {
+        use crate::manifest::channel::CHANNEL_SUFFIX;
+        use crate::manifest::eventtype::{discovered_name, EVENTING_V1BETA2};
+        let mut out = Vec::new();
+        for endpoint in self.routes.all() {
+            let key = &endpoint.key;
+            if namespace.is_some_and(|ns| ns != key.namespace) {
+                continue;
+            }
+            let reference = match key.name.strip_suffix(CHANNEL_SUFFIX) {
+                Some(channel) => {
+                    json!({"apiVersion": "messaging.knative.dev/v1", "kind": "Channel", "name": channel})
+                }
+                None => {
+                    json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": key.name})
+                }
+            };
+            for seen in endpoint.event_types.list() {
+                let name = discovered_name(&key.name, &seen.ty, &seen.source);
+                let json = json!({
+                    "apiVersion": EVENTING_V1BETA2,
+                    "kind": "EventType",
+                    "metadata": {
+                        "name": name,
+                        "namespace": key.namespace,
+                        "creationTimestamp": seen.first_seen,
+                        "annotations": {"cemesh.dev/owner": "discovered"},
+                    },
+                    "spec": {
+                        "type": seen.ty,
+                        "source": seen.source,
+                        "schema": seen.dataschema,
+                        "reference": reference,
+                    },
+                    "status": {
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "Discovered", "message": ""}],
+                        "count": seen.count,
+                        "firstSeen": seen.first_seen,
+                        "lastSeen": seen.last_seen,
+                    },
+                });
+                out.push(ResourceView {
+                    key: ResKey::new(Kind::EventType, &key.namespace, &name),
+                    owner: Owner::Discovered,
+                    json,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
     pub fn get(&self, key: &ResKey) -> Option<ResourceView> {
         self.views
             .read()
@@ -491,12 +520,7 @@ impl ControlPlane {
                 .problems
                 .iter()
                 .find(|p| p.resource.as_deref() == Some(label.as_str()));
-            let id = format!("{}/{}", key.namespace, key.name);
-            let failure = match key.kind {
-                Kind::Broker => status.broker_failures.get(&id),
-                Kind::Trigger => status.trigger_failures.get(&id),
-                Kind::EventPolicy => None,
-            };
+            let failure = failure_of(&key, &status);
             let (ready, reason, message) = match (problem, failure) {
                 (Some(p), _) => ("False", "InvalidSpec", p.to_string()),
                 (None, Some(f)) => ("False", "NotRunning", f.clone()),
@@ -570,6 +594,28 @@ impl ControlPlane {
                     }
                 }
                 Kind::Trigger => {}
+                _ => {}
+            }
+            if let Some(Value::Object(extra)) =
+                inner
+                    .statuses
+                    .get(&(key.kind, key.namespace.clone(), key.name.clone()))
+            {
+                for (k, v) in extra {
+                    st[k] = v.clone();
+                }
+            }
+            if st.get("durable") == Some(&json!(false)) {
+                conditions_push(
+                    &mut st,
+                    json!({
+                        "type": "Durable",
+                        "status": "False",
+                        "severity": "Info",
+                        "reason": "InMemory",
+                        "message": "events are kept in memory only: a restart loses what subscribers have not taken yet",
+                    }),
+                );
             }
             let mut manifest = serde_json::to_value(&located.raw).unwrap_or(Value::Null);
             if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -579,6 +625,7 @@ impl ControlPlane {
                 let owner_text = match &owner {
                     Owner::File(f) => format!("file:{}", f.display()),
                     Owner::Api => "api".to_owned(),
+                    Owner::Discovered => "discovered".to_owned(),
                 };
                 let ann = meta.entry("annotations").or_insert_with(|| json!({}));
                 if let Some(ann) = ann.as_object_mut() {
@@ -595,9 +642,89 @@ impl ControlPlane {
                 },
             );
         }
+        subscribers_into_channels(&mut views);
         let live: Vec<ResKey> = views.keys().cloned().collect();
         inner.tracked.retain(|k, _| live.contains(k));
         *self.views.write().unwrap_or_else(|p| p.into_inner()) = views;
+    }
+}
+
+/// Why the running parts of `key` are not running, if one is not: a channel is a
+/// broker at its address, a subscription a trigger, a flow both.
+fn failure_of<'a>(key: &ResKey, status: &'a MeshStatus) -> Option<&'a String> {
+    use crate::manifest::channel::{channel_address, subscription_key};
+    let ns = &key.namespace;
+    match key.kind {
+        Kind::Broker => status.broker_failures.get(&format!("{ns}/{}", key.name)),
+        Kind::Trigger => status.trigger_failures.get(&format!("{ns}/{}", key.name)),
+        Kind::EventPolicy => None,
+        Kind::Channel | Kind::InMemoryChannel | Kind::KafkaChannel => status
+            .broker_failures
+            .get(&format!("{ns}/{}", channel_address(&key.name))),
+        Kind::Subscription => status
+            .trigger_failures
+            .get(&format!("{ns}/{}", subscription_key(&key.name))),
+        Kind::PingSource => status.trigger_failures.get(&format!(
+            "{ns}/{}",
+            crate::manifest::sources::ping_trigger(&key.name)
+        )),
+        Kind::ContainerSource | Kind::EventType | Kind::SinkBinding => None,
+        Kind::Sequence | Kind::Parallel => {
+            let prefix = match key.kind {
+                Kind::Sequence => format!("{ns}/{}-kn-sequence-", key.name),
+                _ => format!("{ns}/{}-kn-parallel", key.name),
+            };
+            status
+                .broker_failures
+                .iter()
+                .chain(&status.trigger_failures)
+                .find(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, v)| v)
+        }
+    }
+}
+
+fn conditions_push(status: &mut Value, condition: Value) {
+    if let Some(list) = status["conditions"].as_array_mut() {
+        list.push(condition);
+    }
+}
+
+/// Knative's `status.subscribers` of each channel: its subscriptions and whether
+/// each is ready.
+fn subscribers_into_channels(views: &mut BTreeMap<ResKey, ResourceView>) {
+    let mut found: Vec<(ResKey, Value)> = Vec::new();
+    for v in views.values() {
+        if v.key.kind != Kind::Subscription {
+            continue;
+        }
+        let channel = &v.json["spec"]["channel"];
+        let (Some(kind), Some(name)) = (channel["kind"].as_str(), channel["name"].as_str()) else {
+            continue;
+        };
+        let Some(kind) = Kind::parse_plural(kind) else {
+            continue;
+        };
+        let ready = v.json["status"]["conditions"][0].clone();
+        found.push((
+            ResKey::new(kind, &v.key.namespace, name),
+            json!({
+                "uid": format!("{}/{}", v.key.namespace, v.key.name),
+                "observedGeneration": v.json["metadata"]["generation"],
+                "ready": ready["status"],
+                "message": ready["message"],
+            }),
+        ));
+    }
+    for (channel, entry) in found {
+        if let Some(view) = views.get_mut(&channel) {
+            let list = view.json["status"]
+                .as_object_mut()
+                .map(|st| st.entry("subscribers").or_insert_with(|| json!([])));
+            if let Some(Value::Array(list)) = list {
+                list.push(entry);
+            }
+        }
     }
 }
 

@@ -34,13 +34,15 @@ pub enum Error {
     MaxPendingBytes(ParseError),
     #[error("TLS needs both a certificate and its key (--tls-cert and --tls-key)")]
     TlsPair,
+    #[error("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")]
+    ClientCaWithoutTls,
     #[error(transparent)]
     Tls(#[from] cemesh_ingress::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
     #[error(transparent)]
     Signer(#[from] crate::signer::SignerError),
-    #[error("refusing to serve the {what} API to anyone on {addr}: configure auth.admin (roles for tokens or JWT subjects) in the config file, bind it to 127.0.0.1, or pass --insecure-admin to accept the risk")]
+    #[error("refusing to serve the {what} API to anyone on {addr}: configure auth.admin (roles for tokens or JWT subjects) in the config file or --tls-client-ca (client certificates), bind it to 127.0.0.1, or pass --insecure-admin to accept the risk")]
     OpenAdmin {
         what: &'static str,
         addr: SocketAddr,

@@ -23,9 +23,9 @@ pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external
 /// ingress answers 429.
 pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
 /// Partitions of the broker's topic when cemesh creates it.
-pub const PARTITIONS_ANNOTATION: &str = "cemesh.dev/kafka-partitions";
+pub const PARTITIONS_ANNOTATION: &str = crate::manifest::KAFKA_PARTITIONS_ANNOTATION;
 /// Replication factor of the broker's topic when cemesh creates it.
-pub const REPLICATION_ANNOTATION: &str = "cemesh.dev/kafka-replication";
+pub const REPLICATION_ANNOTATION: &str = crate::manifest::KAFKA_REPLICATION_ANNOTATION;
 /// Retention of the broker's topic when cemesh creates it (`retention.ms`), e.g. `7d`.
 pub const RETENTION_ANNOTATION: &str = "cemesh.dev/retention";
 

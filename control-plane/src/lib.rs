@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod duration;
 pub mod error;
+pub mod eventtypes;
 pub mod grpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;

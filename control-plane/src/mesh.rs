@@ -12,8 +12,8 @@ use cemesh_channels::{
     SledStore, SledStoreOptions, Tapped,
 };
 use cemesh_dispatcher::{
-    spawn_trigger, Breaker, Deliverer, Filter, Format, TriggerContext, TriggerHandle, TriggerKey,
-    TriggerRuntime,
+    spawn_trigger, Breaker, Deliverer, Filter, Format, ReplyTo, TriggerContext, TriggerHandle,
+    TriggerKey, TriggerRuntime,
 };
 use cemesh_ingress::auth::{Access, DefaultMode, Policy};
 use cemesh_ingress::{BinaryDelivery, BrokerEndpoint, BrokerKey, Routes};
@@ -21,11 +21,39 @@ use cemesh_proto::Event;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChannelKind;
-use crate::manifest::{BrokerDesired, Desired, TriggerDesired};
+use crate::manifest::sources::{ping_channel, SourceDesired};
+use crate::manifest::{AddressKind, BrokerDesired, Desired, TriggerDesired};
+use cemesh_sources::{spawn_ping, spawn_process, PingHandle, ProcessHandle};
 
 struct RunningBroker {
     desired: BrokerDesired,
     channel: Arc<Tapped>,
+    /// The event types it has accepted (kept across restarts).
+    event_types: Arc<cemesh_ingress::seen::EventTypes>,
+}
+
+/// A source's ticker or process.
+struct RunningSource {
+    desired: SourceDesired,
+    handle: SourceHandle,
+}
+
+enum SourceHandle {
+    /// With the channel it appends to: a reopened channel restarts it.
+    Ping(PingHandle, Arc<Tapped>),
+    Process(ProcessHandle),
+    /// A SinkBinding: stopping it unbinds the service.
+    Binding(Arc<dyn crate::ondemand::Bindable>),
+}
+
+impl SourceHandle {
+    async fn stop(self) {
+        match self {
+            SourceHandle::Ping(h, _) => h.stop().await,
+            SourceHandle::Process(h) => h.stop().await,
+            SourceHandle::Binding(target) => target.bind(Vec::new()),
+        }
+    }
 }
 
 struct RunningTrigger {
@@ -193,8 +221,10 @@ impl Channels {
         match d.channel {
             ChannelKind::Memory => Ok(Arc::new(MemoryChannel::new(MemoryConfig {
                 max_records: usize::try_from(o.max_backlog_records).unwrap_or(usize::MAX),
+                max_bytes: o.max_backlog_bytes,
                 retain_without_subscribers: usize::try_from(o.retain_without_triggers)
                     .unwrap_or(usize::MAX),
+                backpressure_window: o.backpressure_window,
             }))),
             ChannelKind::Sled => {
                 let config = SledConfig {
@@ -203,6 +233,7 @@ impl Channels {
                     retain_without_subscribers: o.retain_without_triggers,
                     max_backlog_records: o.max_backlog_records,
                     max_backlog_bytes: o.max_backlog_bytes,
+                    backpressure_window: o.backpressure_window,
                 };
                 let channel = self
                     .sled()?
@@ -271,6 +302,7 @@ pub struct Mesh {
     channels: Channels,
     brokers: BTreeMap<BrokerKey, RunningBroker>,
     triggers: BTreeMap<TriggerKey, RunningTrigger>,
+    sources: BTreeMap<String, RunningSource>,
     status: Arc<Mutex<MeshStatus>>,
     registry: Registry,
     taps: Taps,
@@ -312,6 +344,7 @@ impl Mesh {
             channels,
             brokers: BTreeMap::new(),
             triggers: BTreeMap::new(),
+            sources: BTreeMap::new(),
             status: Arc::default(),
             registry: Arc::default(),
             taps: Arc::default(),
@@ -337,6 +370,11 @@ impl Mesh {
     pub fn trusting(mut self, roots: &[Vec<u8>]) -> Self {
         self.deliverer = Deliverer::trusting(roots);
         self
+    }
+
+    /// The ingress's route table (the running addresses and what they recorded).
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
     }
 
     pub fn registry(&self) -> Registry {
@@ -394,7 +432,83 @@ impl Mesh {
         }
         // Again, now that the ingress can know the triggers' delivery formats.
         self.publish_routes();
+        self.apply_sources(std::mem::take(&mut desired.sources), &mut outcome)
+            .await;
         self.publish_status(outcome);
+    }
+
+    /// Sources follow their desired state: one gone, changed, or whose channel was
+    /// reopened stops; a new (or changed) one starts.
+    async fn apply_sources(
+        &mut self,
+        wanted: BTreeMap<String, SourceDesired>,
+        outcome: &mut Outcome,
+    ) {
+        let keys: Vec<String> = self.sources.keys().cloned().collect();
+        for key in keys {
+            // A binding of the same service with a new environment rebinds (one
+            // restart of the processes), rather than unbinding and binding.
+            if let (Some(SourceDesired::Binding(new)), Some(running)) =
+                (wanted.get(&key), self.sources.get_mut(&key))
+            {
+                if let SourceDesired::Binding(old) = &running.desired {
+                    if old.service == new.service {
+                        new.target.bind(new.env.clone());
+                        running.desired = SourceDesired::Binding(new.clone());
+                        continue;
+                    }
+                }
+            }
+            let running = &self.sources[&key];
+            let keep = wanted.get(&key) == Some(&running.desired)
+                && match (&running.handle, &running.desired) {
+                    (SourceHandle::Ping(_, channel), SourceDesired::Ping(p)) => self
+                        .brokers
+                        .get(&BrokerKey::new(&p.namespace, ping_channel(&p.name)))
+                        .is_some_and(|b| Arc::ptr_eq(&b.channel, channel)),
+                    _ => true,
+                };
+            if !keep {
+                if let Some(s) = self.sources.remove(&key) {
+                    s.handle.stop().await;
+                    tracing::info!(source = %key, "Source stopped");
+                }
+            }
+        }
+        for (key, d) in wanted {
+            if self.sources.contains_key(&key) {
+                continue;
+            }
+            let handle = match &d {
+                SourceDesired::Ping(p) => {
+                    let address = BrokerKey::new(&p.namespace, ping_channel(&p.name));
+                    let Some(b) = self.brokers.get(&address) else {
+                        let why = format!("its channel {address} is not running");
+                        outcome.problems.push(format!("{key}: {why}"));
+                        continue;
+                    };
+                    let mut spec = p.clone();
+                    spec.state_file = self
+                        .channels
+                        .data_dir
+                        .join("sources")
+                        .join(format!("pingsource.{}.{}.last", p.namespace, p.name));
+                    let channel = b.channel.clone();
+                    SourceHandle::Ping(
+                        spawn_ping(spec, channel.clone() as Arc<dyn Channel>),
+                        channel,
+                    )
+                }
+                SourceDesired::Process(spec) => SourceHandle::Process(spawn_process(spec.clone())),
+                SourceDesired::Binding(b) => {
+                    b.target.bind(b.env.clone());
+                    SourceHandle::Binding(b.target.clone())
+                }
+            };
+            tracing::info!(source = %key, "Source started");
+            self.sources
+                .insert(key, RunningSource { desired: d, handle });
+        }
     }
 
     /// Stops triggers; a removed one also drops its subscription.
@@ -464,11 +578,13 @@ impl Mesh {
                 Ok(channel) => {
                     let channel = Arc::new(Tapped::new(channel));
                     tracing::info!(broker = %key, channel = d.channel.as_str(), "Broker ready");
+                    let event_types = crate::eventtypes::load(&self.channels.data_dir, key);
                     self.brokers.insert(
                         key.clone(),
                         RunningBroker {
                             desired: d.clone(),
                             channel,
+                            event_types,
                         },
                     );
                 }
@@ -488,6 +604,7 @@ impl Mesh {
         let table = self
             .brokers
             .iter()
+            .filter(|(_, b)| b.desired.kind != AddressKind::Internal)
             .map(|(k, b)| {
                 let endpoint = BrokerEndpoint {
                     key: k.clone(),
@@ -499,6 +616,8 @@ impl Mesh {
                         policies: self.policies.get(k).cloned().unwrap_or_default(),
                         default: self.default_access,
                     }),
+                    stamps: b.desired.kind == AddressKind::Broker,
+                    event_types: b.event_types.clone(),
                 };
                 (k.clone(), Arc::new(endpoint))
             })
@@ -553,6 +672,21 @@ impl Mesh {
                 return;
             }
         };
+        let reply_channel = match &t.runtime.reply {
+            ReplyTo::Local { namespace, name } => {
+                let target = BrokerKey::new(namespace, name);
+                match self.brokers.get(&target) {
+                    Some(b) => Some(b.channel.clone() as Arc<dyn Channel>),
+                    None => {
+                        let why = format!("its reply target {target} is not running");
+                        outcome.problems.push(format!("trigger {key}: {why}"));
+                        outcome.trigger_failures.insert(key.to_string(), why);
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
         let dead_letters = match self.channels.dead_letters(broker.desired.channel) {
             Ok(d) => d,
             Err(e) => {
@@ -570,6 +704,7 @@ impl Mesh {
             runtime: Arc::new(t.runtime),
             deliverer: self.deliverer.clone(),
             broker: broker.channel.clone(),
+            reply_channel,
             dead_letters,
             stats: Arc::default(),
             metrics: Arc::default(),
@@ -606,6 +741,9 @@ impl Mesh {
     /// then stays unacked and is delivered again after a restart.
     pub async fn shutdown(&mut self, grace: Duration) {
         self.background.cancel();
+        for (_, s) in std::mem::take(&mut self.sources) {
+            s.handle.stop().await;
+        }
         let stops = std::mem::take(&mut self.triggers)
             .into_values()
             .map(|t| t.handle.stop());
@@ -622,6 +760,7 @@ impl Mesh {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        crate::eventtypes::flush(&self.routes, &self.channels.data_dir);
         self.routes.replace(Default::default());
         self.brokers.clear();
         self.taps.write().unwrap_or_else(|p| p.into_inner()).clear();
@@ -670,7 +809,12 @@ fn plan(
     for (key, running) in triggers {
         let wanted = desired.triggers.get(key).map(|t| &t.runtime);
         let broker_key = BrokerKey::new(&key.namespace, &running.broker);
-        if wanted == Some(*running) && !channel_changes(&broker_key) {
+        // A local reply target's channel is held too.
+        let reply_changes = match &running.reply {
+            ReplyTo::Local { namespace, name } => channel_changes(&BrokerKey::new(namespace, name)),
+            _ => false,
+        };
+        if wanted == Some(*running) && !channel_changes(&broker_key) && !reply_changes {
             kept.push(key);
         } else {
             plan.stop.push((key.clone(), wanted.is_none()));
@@ -713,6 +857,7 @@ mod tests {
     fn broker(name: &str, channel: ChannelKind) -> BrokerDesired {
         BrokerDesired {
             key: BrokerKey::new("default", name),
+            kind: AddressKind::Broker,
             channel,
             channel_options: ChannelOptions::default(),
             annotations: BTreeMap::new(),
@@ -733,6 +878,8 @@ mod tests {
                 endpoints: None,
                 max_lag: Default::default(),
                 auth: Default::default(),
+                dead_letter_auth: Default::default(),
+                reply: Default::default(),
             },
             start: StartAt::Latest,
         }
@@ -747,6 +894,8 @@ mod tests {
                 .collect(),
             policies: Default::default(),
             problems: Vec::new(),
+            status: Default::default(),
+            sources: Default::default(),
         }
     }
 

@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
     #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on the admin API and gRPC
+    /// admin (mTLS): a verified certificate's name (URI SAN, DNS SAN or CN) is the
+    /// subject auth.admin's roles match; without auth.admin it may do anything
+    #[arg(long, env = "CEMESH_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// The issuer URL of delivery tokens (JWTs for destinations with an audience):
     /// where subscribers find /.well-known/openid-configuration [default: the admin
     /// API's own URL]
@@ -210,6 +215,7 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             (None, None) => None,
             _ => return Err(Error::TlsPair),
         },
+        tls_client_ca: args.tls_client_ca.clone().or(file.tls_client_ca),
         service_url_template: file
             .service_url_template
             .unwrap_or_else(|| DEFAULT_SERVICE_TEMPLATE.to_owned()),
@@ -328,17 +334,29 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     crate::metrics::install();
     // Before anything listens: a start refused for an open admin API binds nothing.
     let authenticator = settings.auth.authenticator(jwks_client()).await?;
-    let guard = crate::auth::AdminGuard::new(authenticator.clone(), settings.auth.admin.as_ref());
+    let client_ca = match (&settings.tls_client_ca, &settings.tls) {
+        (Some(path), Some(_)) => Some(cemesh_ingress::tls::ClientCa::load(path)?),
+        (Some(_), None) => return Err(Error::ClientCaWithoutTls),
+        (None, _) => None,
+    };
+    let guard = crate::auth::AdminGuard::new(authenticator.clone(), settings.auth.admin.as_ref())
+        .requiring_client_certificates(client_ca.is_some());
+    guard.check_provable()?;
     check_exposure(&settings, &guard)?;
     let ingress = listen("ingress", settings.ingress_addr).await?;
     let admin = listen("admin", settings.admin_addr).await?;
     let grpc = listen("gRPC", settings.grpc_addr).await?;
-    let (http_tls, grpc_tls) = match &settings.tls {
-        Some(files) => (
-            Some(cemesh_ingress::tls::acceptor(files, &[b"http/1.1"])?),
-            Some(cemesh_ingress::tls::acceptor(files, &[b"h2"])?),
-        ),
-        None => (None, None),
+    let (ingress_tls, admin_tls, grpc_tls) = match &settings.tls {
+        Some(files) => {
+            use cemesh_ingress::tls::acceptor;
+            let ca = client_ca.as_ref();
+            (
+                Some(acceptor(files, &[b"http/1.1"], None)?),
+                Some(acceptor(files, &[b"http/1.1"], ca)?),
+                Some(acceptor(files, &[b"h2"], ca)?),
+            )
+        }
+        None => (None, None, None),
     };
     let scheme = if settings.tls.is_some() {
         "https"
@@ -405,6 +423,11 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     let control =
         ControlPlane::start(mesh, settings.clone(), format!("{scheme}://{ingress_addr}")).await?;
     let watcher = crate::reload::watch(control.clone(), &settings.config_dir);
+    tokio::spawn(crate::eventtypes::keep(
+        routes.clone(),
+        settings.data_dir.clone(),
+        background.clone(),
+    ));
 
     let stop = CancellationToken::new();
     let ingress_task = {
@@ -414,7 +437,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             ingress,
             cemesh_ingress::router(routes.clone()),
             settings.limits,
-            http_tls.clone(),
+            ingress_tls,
             async move { stop.cancelled().await },
         ))
     };
@@ -454,7 +477,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             admin,
             app,
             settings.limits,
-            http_tls,
+            admin_tls,
             async move { stop.cancelled().await },
         ))
     };

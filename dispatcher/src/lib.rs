@@ -23,6 +23,6 @@ pub use filter::{Filter, FilterError};
 pub use pause::{Pause, PauseView};
 pub use pipeline::{DeadLettered, Processed, TriggerContext, TriggerMetrics, TriggerStats};
 pub use retry::{GiveUp, RetryAction, RetryState};
-pub use runtime::{MaxLag, TriggerKey, TriggerRuntime};
+pub use runtime::{MaxLag, ReplyTo, TriggerKey, TriggerRuntime};
 pub use signing::{CaCerts, DeliveryAuth, TokenSource, WebhookSecret};
 pub use trigger::{spawn_trigger, TriggerHandle};

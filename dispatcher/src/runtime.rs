@@ -54,6 +54,30 @@ pub struct TriggerRuntime {
     pub max_lag: MaxLag,
     /// How deliveries to the subscriber prove they come from cemesh.
     pub auth: crate::signing::DeliveryAuth,
+    /// The same for the dead-letter sink, from its own `Destination`.
+    pub dead_letter_auth: crate::signing::DeliveryAuth,
+    /// Where the subscriber's reply events go.
+    pub reply: ReplyTo,
+}
+
+/// Where a subscriber's reply events go. A trigger's go back into its broker; a
+/// Knative `Subscription`'s go to its `spec.reply`, or nowhere without one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReplyTo {
+    /// Appended to the trigger's own broker.
+    #[default]
+    Broker,
+    /// Appended to another channel or broker of this mesh (its address name): the
+    /// hop is as durable as that channel, and no HTTP is involved.
+    Local { namespace: String, name: String },
+    /// Sent over HTTP with the trigger's retries; a reply that cannot be sent is
+    /// dead-lettered.
+    Url {
+        url: reqwest::Url,
+        auth: crate::signing::DeliveryAuth,
+    },
+    /// Dropped and counted (a `Subscription` without `spec.reply`, as in Knative).
+    Drop,
 }
 
 /// How far behind a trigger may fall before its oldest waiting events move to its
@@ -109,6 +133,8 @@ impl PartialEq for TriggerRuntime {
             && self.parallelism == other.parallelism
             && self.max_lag == other.max_lag
             && self.auth == other.auth
+            && self.dead_letter_auth == other.dead_letter_auth
+            && self.reply == other.reply
             && same_pool
     }
 }
@@ -125,12 +151,14 @@ mod tests {
             key: TriggerKey::new("default", "t"),
             broker: "default".into(),
             filter,
+            reply: ReplyTo::Broker,
             subscriber: "http://127.0.0.1:1/".parse().unwrap(),
             delivery: DeliverySpec::default(),
             parallelism: 64,
             endpoints: None,
             max_lag: MaxLag::default(),
             auth: Default::default(),
+            dead_letter_auth: Default::default(),
         }
     }
 

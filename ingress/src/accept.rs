@@ -157,15 +157,20 @@ pub fn invalid(e: EventError) -> IngressError {
     IngressError::Decode(DecodeError::Invalid(e))
 }
 
-/// Stamps what the ingress adds to every accepted event: `knativearrivaltime` (`now`)
-/// and `knativebrokerttl`, and the W3C trace context of the request's headers unless
-/// the event carries its own. An error names the event's index in a batch.
+/// Stamps what a broker's ingress adds to every event: the arrival time, the hop
+/// budget (Knative's loop guard) and the producer's trace context. A channel
+/// ([`BrokerEndpoint::stamps`] false) passes events on unaltered, as Knative's
+/// channels must.
 pub fn stamp(
+    broker: &BrokerEndpoint,
     events: &mut [Event],
     now: &str,
     headers: Option<&HeaderMap>,
     batch: bool,
 ) -> Result<(), IngressError> {
+    if !broker.stamps {
+        return Ok(());
+    }
     for (i, event) in events.iter_mut().enumerate() {
         knative::stamp_ingress(event, now).map_err(|e| match batch {
             true => invalid(e.in_batch(i, Some(&event.id))),
@@ -223,10 +228,14 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
 pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize, IngressError> {
     let count = events.len();
     if count > 0 {
+        let seen = crate::seen::EventTypes::capture(&events);
         let started = std::time::Instant::now();
         broker.channel.append(events).await?;
         metrics::histogram!(names::CHANNEL_APPEND_DURATION, "channel" => broker.channel.kind())
             .record(started.elapsed().as_secs_f64());
+        broker
+            .event_types
+            .record(seen, &cemesh_proto::knative::now_rfc3339());
     }
     Ok(count)
 }

@@ -12,6 +12,7 @@ pub mod auth;
 mod error;
 pub mod grpc;
 mod routes;
+pub mod seen;
 pub mod server;
 pub mod tls;
 
@@ -38,7 +39,9 @@ pub fn router(routes: Routes) -> Router {
 }
 
 async fn handle(State(routes): State<Routes>, req: Request) -> Response {
-    let span = tracing::info_span!(
+    // At debug: at the default log level it costs a disabled-callsite check (the
+    // OTLP exporter, when configured, enables it for itself).
+    let span = tracing::debug_span!(
         "ingress",
         method = %req.method(),
         path = %req.uri().path(),
@@ -108,6 +111,12 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
             .map(HeaderValue::as_bytes),
     )?;
     let (parts, body) = req.into_parts();
+    // Delivery is behind: refused before the body is read and decoded, so holding
+    // producers back costs little.
+    if let Err(e) = broker.channel.backpressure() {
+        discard(body, broker.max_body_bytes).await;
+        return Err(e.into());
+    }
     // Held until the events are stored: reading, decoding and storing are what
     // the request costs in memory.
     let expected = content_length(&parts.headers)
@@ -157,7 +166,13 @@ fn decode_checked(
     let (mode, mut events) = cemesh_proto::http::decode_with_mode(headers, body)?;
     let batch = mode == cemesh_proto::http::Mode::Batch;
     accept::check_policies(routes, broker, admitted, &mut events, batch)?;
-    accept::stamp(&mut events, &knative::now_rfc3339(), Some(headers), batch)?;
+    accept::stamp(
+        broker,
+        &mut events,
+        &knative::now_rfc3339(),
+        Some(headers),
+        batch,
+    )?;
     accept::check_deliverable(broker, routes.header_budget(), &events, batch)?;
     Ok(events)
 }

@@ -51,6 +51,11 @@ pub struct BrokerEndpoint {
     pub binary: Arc<dyn BinaryDelivery>,
     /// Who may send to it (its `EventPolicy`s and the default mode).
     pub access: Arc<Access>,
+    /// A broker stamps arrival time, hop budget and trace context on what it
+    /// accepts; a Knative channel must not alter events.
+    pub stamps: bool,
+    /// The event types it has accepted.
+    pub event_types: Arc<crate::seen::EventTypes>,
 }
 
 /// Whether some subscriber could get an event in binary-mode HTTP. The control plane
@@ -171,6 +176,11 @@ impl Routes {
 
     pub fn keys(&self) -> Vec<BrokerKey> {
         self.table.load().keys().cloned().collect()
+    }
+
+    /// Every endpoint of the current table.
+    pub fn all(&self) -> Vec<Arc<BrokerEndpoint>> {
+        self.table.load().values().cloned().collect()
     }
 
     /// From now on, refuse new events (503) until the process exits.

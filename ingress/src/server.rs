@@ -249,13 +249,14 @@ pub async fn serve_tls(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => conn.run(stream).await,
+                None => conn.run(stream, None).await,
                 Some(acceptor) => {
                     let timeout = limits.header_read_timeout;
                     if let Some(stream) =
                         crate::tls::handshake(&acceptor, stream, timeout, what).await
                     {
-                        conn.run(stream).await;
+                        let peer = crate::tls::peer_identity(stream.get_ref().1);
+                        conn.run(stream, peer).await;
                     }
                 }
             }
@@ -313,7 +314,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<IO>(self, stream: IO)
+    /// Serves `stream`; each request carries `peer` (a verified client certificate's
+    /// identity) in its extensions.
+    async fn run<IO>(self, stream: IO, peer: Option<crate::tls::PeerIdentity>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -326,8 +329,11 @@ impl Connection {
             let activity = activity.clone();
             let app = hyper_util::service::TowerToHyperService::new(self.router);
             let body_timeout = self.limits.body_read_timeout;
-            hyper::service::service_fn(move |req: Request<Incoming>| {
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let guard = activity.begin();
+                if let Some(peer) = &peer {
+                    req.extensions_mut().insert(peer.clone());
+                }
                 let req = req.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
                 let answer = hyper::service::Service::call(&app, req);
                 async move {

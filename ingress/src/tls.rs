@@ -5,6 +5,12 @@
 //! second) and takes the new pair, while open connections keep the one they started
 //! with, so a rotation drops nothing. A pair that fails to load keeps the previous
 //! one (and says so in the log) instead of breaking every new connection.
+//!
+//! With a client CA (`--tls-client-ca`), a listener asks every client for a
+//! certificate and verifies any it gets against that CA; a client that sends none
+//! still connects (health probes, JWKS readers and publishers share the ports), and
+//! what needs one (the admin API) refuses callers without a [`PeerIdentity`] in
+//! their request's extensions.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 pub use tokio_rustls::TlsAcceptor;
 
@@ -33,19 +40,104 @@ pub enum TlsError {
     Cert { path: PathBuf, message: String },
     #[error("TLS key {}: {message}", path.display())]
     Key { path: PathBuf, message: String },
+    #[error("TLS client CA {}: {message}", path.display())]
+    ClientCa { path: PathBuf, message: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
 
-/// An acceptor for `files`, offering `alpn` (e.g. `http/1.1`, or `h2` for gRPC).
+/// The CA that client certificates must chain to (`--tls-client-ca`).
+#[derive(Clone)]
+pub struct ClientCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCa")
+    }
+}
+
+impl ClientCa {
+    /// Loads the CA certificates in `path` (PEM). A client without a certificate is
+    /// let in (see the module doc); one with a certificate the CA did not issue is not.
+    pub fn load(path: &Path) -> Result<Self, TlsError> {
+        let ca_err = |message: String| TlsError::ClientCa {
+            path: path.to_owned(),
+            message,
+        };
+        let certs = read_certs(path).map_err(|e| ca_err(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ca_err(e.to_string()))?;
+        Ok(ClientCa { verifier })
+    }
+}
+
+/// Who a verified client certificate names: its first URI SAN (a SPIFFE ID, say),
+/// else its first DNS SAN, else its subject's common name. The subject the admin
+/// API's roles (`auth.admin`) match when no bearer token is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity(pub String);
+
+/// The identity of the client certificate `conn` verified, if it got one.
+pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<PeerIdentity> {
+    let cert = conn.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let mut uri = None;
+    let mut dns = None;
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::URI(u) if uri.is_none() => {
+                    uri = Some(u.to_string())
+                }
+                x509_parser::extensions::GeneralName::DNSName(d) if dns.is_none() => {
+                    dns = Some(d.to_string())
+                }
+                _ => {}
+            }
+        }
+    }
+    let cn = || {
+        parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned)
+    };
+    // The certificate was verified, so a name-less one still proves something.
+    Some(PeerIdentity(
+        uri.or(dns)
+            .or_else(cn)
+            .unwrap_or_else(|| "unnamed-client-certificate".to_owned()),
+    ))
+}
+
+/// An acceptor for `files`, offering `alpn` (e.g. `http/1.1`, or `h2` for gRPC),
+/// asking clients for certificates from `client_ca` when given.
 /// Loads the pair once now, so a bad file stops start-up with its name.
-pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
+pub fn acceptor(
+    files: &TlsFiles,
+    alpn: &[&[u8]],
+    client_ca: Option<&ClientCa>,
+) -> Result<TlsAcceptor, TlsError> {
     let resolver = Arc::new(Reloading::new(files.clone())?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(ca.verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -80,7 +172,9 @@ pub fn issuers(files: &TlsFiles) -> Result<Vec<Vec<u8>>, TlsError> {
     Ok(certs[from..].iter().map(|c| c.to_vec()).collect())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every PEM certificate in the file at `path` (at least one), or why not, naming it.
+/// The CA bundles clients trust (`bench --cacert`) are read with it too.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let cert_err = |message: String| TlsError::Cert {
         path: path.to_owned(),
         message,

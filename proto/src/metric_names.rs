@@ -41,6 +41,9 @@ pub const TRIGGER_DEAD_LETTERS: &str = "cemesh_trigger_dead_letters_total";
 /// Replies appended to the broker. Labels: `namespace_name`, `broker_name`,
 /// `trigger_name`.
 pub const TRIGGER_REPLIES: &str = "cemesh_trigger_replies_total";
+/// Replies dropped because the subscription has no `spec.reply`. Labels:
+/// `namespace_name`, `broker_name`, `trigger_name`.
+pub const TRIGGER_REPLIES_DROPPED: &str = "cemesh_trigger_replies_dropped_total";
 /// Deliveries in flight now. Labels: `namespace_name`, `broker_name`,
 /// `trigger_name`.
 pub const TRIGGER_IN_FLIGHT: &str = "cemesh_trigger_in_flight";
@@ -99,7 +102,7 @@ pub const DURATION_SUFFIX: &str = "_duration_seconds";
 
 /// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
 /// help text. The `process_*` ones are read and rendered at scrape time.
-pub const BROKER_METRICS: [(&str, Kind, &str); 25] = [
+pub const BROKER_METRICS: [(&str, Kind, &str); 26] = [
     (
         INGRESS_EVENTS,
         Kind::Counter,
@@ -139,6 +142,11 @@ pub const BROKER_METRICS: [(&str, Kind, &str); 25] = [
         TRIGGER_REPLIES,
         Kind::Counter,
         "Reply events a trigger's subscriber returned, appended to the broker.",
+    ),
+    (
+        TRIGGER_REPLIES_DROPPED,
+        Kind::Counter,
+        "Reply events a subscription's subscriber returned and that were dropped (no spec.reply).",
     ),
     (
         TRIGGER_IN_FLIGHT,

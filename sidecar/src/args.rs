@@ -144,6 +144,27 @@ pub struct SidecarArgs {
     /// The private key of --tls-cert (PEM)
     #[arg(long, env = "CEMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on the publishing/admin
+    /// listener (mTLS); /healthz, /readyz and /metrics stay open
+    #[arg(long, env = "CEMESH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require `Authorization: Bearer <the token in this file>` for publishing and the
+    /// admin endpoints on --listen (as Dapr's APP_API_TOKEN); /healthz, /readyz and
+    /// /metrics stay open
+    #[arg(long, env = "CEMESH_SIDECAR_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// A token (in this file) that may only read the admin endpoints on --listen
+    /// (stats, dead letters)
+    #[arg(
+        long,
+        env = "CEMESH_SIDECAR_READ_TOKEN_FILE",
+        requires = "api_token_file"
+    )]
+    pub read_token_file: Option<PathBuf>,
+    /// Serve publishing and the admin endpoints to anyone on a --listen address other
+    /// than loopback (no --api-token-file or --tls-client-ca); refused without it
+    #[arg(long, env = "CEMESH_INSECURE_ADMIN")]
+    pub insecure_admin: bool,
     /// The client commands' `--cacert`, `--insecure-skip-verify` (trust for https to
     /// the broker, the mesh admin API and the service) and `--token`/`--token-file`
     /// (sent to the mesh: publishing to the broker, registering triggers; never to the

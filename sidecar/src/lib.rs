@@ -21,6 +21,7 @@ mod admin;
 mod args;
 mod error;
 mod forwarder;
+mod lock;
 mod outbox;
 mod publish;
 mod register;
@@ -62,7 +63,7 @@ struct LocalSettings {
     max_body_bytes: u64,
 }
 
-fn local_router(local: Local) -> axum::Router {
+fn local_router(local: Local, guard: cemesh_control::auth::AdminGuard) -> axum::Router {
     axum::Router::new()
         .route("/publish/{ty}", any(publish::plain))
         .route("/healthz", get(admin::healthz))
@@ -76,6 +77,10 @@ fn local_router(local: Local) -> axum::Router {
             get(admin::show).delete(admin::remove),
         )
         .fallback(publish::cloudevents)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            lock::middleware,
+        ))
         .with_state(local)
 }
 
@@ -121,6 +126,7 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
             anyhow::bail!("--reply-type must not be empty");
         }
     }
+    let guard = lock::guard(&args)?;
     let local_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
@@ -161,15 +167,26 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
 
     let client = http_client(&args, false)?;
     let mesh_client = http_client(&args, true)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(cemesh_ingress::tls::acceptor(
-            &cemesh_ingress::tls::TlsFiles {
+    let client_ca = match &args.tls_client_ca {
+        Some(path) => Some(cemesh_ingress::tls::ClientCa::load(path)?),
+        None => None,
+    };
+    let (tls, local_tls) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = cemesh_ingress::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-            },
-            &[b"http/1.1"],
-        )?),
-        _ => None,
+            };
+            (
+                Some(cemesh_ingress::tls::acceptor(&files, &[b"http/1.1"], None)?),
+                Some(cemesh_ingress::tls::acceptor(
+                    &files,
+                    &[b"http/1.1"],
+                    client_ca.as_ref(),
+                )?),
+            )
+        }
+        _ => (None, None),
     };
     let stop_receiving = CancellationToken::new();
     let stop_publishing = CancellationToken::new();
@@ -209,9 +226,9 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         tokio::spawn(cemesh_ingress::server::serve_tls(
             "sidecar publishing",
             local_listener,
-            local_router(local),
+            local_router(local, guard),
             limits,
-            tls.clone(),
+            local_tls,
             async move { stop.cancelled().await },
         ))
     };

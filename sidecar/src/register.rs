@@ -107,11 +107,7 @@ pub fn plan(file: &Path, advertise: &str) -> anyhow::Result<Vec<PlannedTrigger>>
         let trigger = match &located.value {
             Resource::Trigger(t) => t,
             other => {
-                let (kind, meta) = match other {
-                    Resource::Broker(b) => ("Broker", &b.metadata),
-                    Resource::EventPolicy(p) => ("EventPolicy", &p.metadata),
-                    Resource::Trigger(t) => ("Trigger", &t.metadata),
-                };
+                let (kind, meta) = (other.kind(), other.metadata());
                 problems.push(format!(
                     "{where_} ({kind} {}/{}): only Trigger manifests belong in a sidecar's triggers file",
                     meta.namespace(),

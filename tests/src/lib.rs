@@ -266,6 +266,18 @@ impl Cemesh {
             .expect("JSON")
     }
 
+    /// The admin port's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
@@ -380,7 +392,12 @@ struct Behaviour {
     body: Bytes,
     reply: Option<Event>,
     echo: bool,
+    /// Replies with what this makes of the received event (none: plain success).
+    transform: Option<Transform>,
 }
+
+/// What a transforming subscriber makes of an event.
+pub type Transform = Arc<dyn Fn(Event) -> Option<Event> + Send + Sync>;
 
 /// A real HTTP subscriber on 127.0.0.1 that records every request.
 #[derive(Clone)]
@@ -449,6 +466,12 @@ impl Subscriber {
     /// Answers every request with the event it received, as a reply.
     pub fn set_echo(&self, echo: bool) {
         self.behaviour().echo = echo;
+    }
+
+    /// Answers every request with what `f` makes of the event it received (2xx with
+    /// no event when `f` gives none).
+    pub fn set_transform(&self, f: impl Fn(Event) -> Option<Event> + Send + Sync + 'static) {
+        self.behaviour().transform = Some(Arc::new(f));
     }
 
     fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
@@ -567,7 +590,9 @@ async fn record(State(state): State<Arc<SubState>>, req: Request) -> impl IntoRe
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
     let mut headers = HeaderMap::new();
-    let reply = if behaviour.echo {
+    let reply = if let Some(f) = &behaviour.transform {
+        event.and_then(|e| f(e))
+    } else if behaviour.echo {
         event
     } else {
         behaviour.reply
@@ -740,5 +765,23 @@ pub mod pki {
         std::fs::rename(&tmp_key, key_file).unwrap();
         std::fs::rename(&tmp_cert, cert_file).unwrap();
         cert.der().to_vec()
+    }
+
+    /// A client certificate signed by `ca` naming `name` (a URI SAN when it has a
+    /// scheme, the subject's CN otherwise), written as chain and key.
+    pub fn client_leaf(ca: &Ca, name: &str, cert_file: &Path, key_file: &Path) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if name.contains("://") {
+            params.subject_alt_names = vec![rcgen::SanType::URI(name.try_into().unwrap())];
+        } else {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        std::fs::write(cert_file, cert.pem() + &ca.cert.pem()).unwrap();
+        std::fs::write(key_file, key.serialize_pem()).unwrap();
     }
 }

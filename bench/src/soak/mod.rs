@@ -353,6 +353,8 @@ async fn soak(
         addr: ingress,
         authority: ingress.to_string(),
         path: format!("/{}/{}", manifests::NAMESPACE, manifests::BROKER).parse()?,
+        tls: None,
+        authorization: None,
         connections: plan.connections,
         max_events: plan.max_events,
         duration: plan.duration,

@@ -1,14 +1,16 @@
 //! The in-memory channel: fast, bounded, and lost on restart (like Knative's
 //! InMemoryChannel, minus the unbounded growth: a backlog cap gives backpressure).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cemesh_proto::Event;
 use tokio::sync::Notify;
 
+use crate::flow::Behind;
+use crate::run::EventRun;
 use crate::{AckTracker, Channel, ChannelError, Position, Record, StartAt, Subscription};
 
 /// Limits of a memory channel.
@@ -17,15 +19,23 @@ pub struct MemoryConfig {
     /// Records held at most (the slowest subscription's backlog); past it `append`
     /// answers [`ChannelError::Full`].
     pub max_records: usize,
+    /// The same cap in bytes (each event's [`Event::approx_size`]), so the backlog's
+    /// RAM is bounded whatever the events' size.
+    pub max_bytes: u64,
     /// Records kept while no subscription exists, for a later `StartAt::Earliest`.
     pub retain_without_subscribers: usize,
+    /// Ingress backpressure: bytes the delivering subscriptions may be behind (see
+    /// [`crate::flow`]); `None`: none.
+    pub backpressure_window: Option<u64>,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             max_records: 1_000_000,
+            max_bytes: 256 << 20,
             retain_without_subscribers: 0,
+            backpressure_window: None,
         }
     }
 }
@@ -35,19 +45,34 @@ struct SubState {
     tracker: AckTracker,
     /// Next offset to hand out.
     read: u64,
+    /// When it last claimed records (backpressure counts delivering ones only).
+    last_claim: Instant,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    log: VecDeque<Arc<Event>>,
-    /// Offset of `log[0]`.
-    base: u64,
+    log: EventRun,
     subs: HashMap<String, SubState>,
 }
 
 impl State {
     fn next(&self) -> u64 {
-        self.base + self.log.len() as u64
+        self.log.end()
+    }
+
+    fn backpressure(&self, config: &MemoryConfig) -> Result<(), ChannelError> {
+        let next = self.next();
+        let behind = self.subs.values().map(|s| Behind {
+            records: next - s.tracker.committed(),
+            last_claim: s.last_claim,
+        });
+        // Every subscription's backlog is in `log`: its mean is the one that counts.
+        let mean = self
+            .log
+            .bytes()
+            .checked_div(self.log.len() as u64)
+            .unwrap_or(0);
+        crate::flow::check(config.backpressure_window, behind, mean, Instant::now())
     }
 
     fn trim(&mut self, retain_without: usize) {
@@ -55,9 +80,7 @@ impl State {
             Some(min) => min,
             None => self.next().saturating_sub(retain_without as u64),
         };
-        while self.base < floor && self.log.pop_front().is_some() {
-            self.base += 1;
-        }
+        while self.log.base() < floor && self.log.pop_front() {}
     }
 }
 
@@ -106,17 +129,36 @@ impl Channel for MemoryChannel {
         "memory"
     }
 
+    fn backpressure(&self) -> Result<(), ChannelError> {
+        self.shared.lock().backpressure(&self.shared.config)
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         {
             let mut st = self.shared.lock();
-            let max = self.shared.config.max_records;
+            let config = &self.shared.config;
+            let max = config.max_records;
             if st.log.len() + events.len() > max {
                 return Err(ChannelError::Full {
                     reason: format!("backlog holds {} of at most {max} events", st.log.len()),
                     retry_after: Duration::from_secs(1),
                 });
             }
-            st.log.extend(events.into_iter().map(Arc::new));
+            let bytes: u64 = events.iter().map(|e| e.approx_size() as u64).sum();
+            if !st.log.is_empty() && st.log.bytes() + bytes > config.max_bytes {
+                return Err(ChannelError::Full {
+                    reason: format!(
+                        "backlog holds {} of at most {} bytes",
+                        st.log.bytes(),
+                        config.max_bytes
+                    ),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            st.backpressure(config)?;
+            for e in events {
+                st.log.push(Arc::new(e));
+            }
             st.trim(self.shared.config.retain_without_subscribers);
         }
         self.shared.notify.notify_waiters();
@@ -129,7 +171,7 @@ impl Channel for MemoryChannel {
         start: StartAt,
     ) -> Result<Arc<dyn Subscription>, ChannelError> {
         let mut st = self.shared.lock();
-        let (base, next) = (st.base, st.next());
+        let (base, next) = (st.log.base(), st.next());
         let sub = st.subs.entry(name.to_owned()).or_insert_with(|| {
             let at = match start {
                 StartAt::Earliest => base,
@@ -139,6 +181,7 @@ impl Channel for MemoryChannel {
             SubState {
                 tracker: AckTracker::new(at),
                 read: at,
+                last_claim: Instant::now(),
             }
         });
         sub.tracker.reset();
@@ -189,20 +232,16 @@ impl Subscription for MemorySubscription {
             {
                 let mut guard = self.shared.lock();
                 let st = &mut *guard;
-                let next = st.next();
-                let base = st.base;
+                let (base, next) = (st.log.base(), st.next());
                 let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;
                 if sub.read < next {
                     let from = sub.read.max(base);
                     let to = next.min(from + max as u64);
-                    sub.read = to;
-                    let records = (from..to)
-                        .map(|offset| Record {
-                            position: Position::new(0, offset),
-                            event: st.log[(offset - base) as usize].clone(),
-                        })
-                        .collect();
-                    return Ok(records);
+                    if let Some(records) = st.log.records(from, to) {
+                        sub.read = to;
+                        sub.last_claim = Instant::now();
+                        return Ok(records);
+                    }
                 }
             }
             notified.await;

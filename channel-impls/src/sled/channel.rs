@@ -11,6 +11,7 @@ use cemesh_proto::{codec, Event};
 
 use super::config::{Durability, SledConfig};
 use super::db::Owner;
+use super::flusher::{Append, GroupWrite};
 use super::layout::{cursor_key, encode_records, mark_key, record_key};
 use super::log::{ChannelShared, SubState};
 use super::subscription::SledSubscription;
@@ -71,20 +72,6 @@ impl SledChannel {
             .map_err(|e| storage("reading a raw key", e))
     }
 
-    async fn durable(&self, durability: Durability) -> Result<(), ChannelError> {
-        match durability {
-            Durability::FlushPerBatch => {
-                let ticket = self.shared.flusher.request();
-                self.shared.flusher.wait(ticket).await
-            }
-            Durability::Interval(d) => {
-                self.shared.flusher.request_within(d);
-                Ok(())
-            }
-            Durability::None => Ok(()),
-        }
-    }
-
     /// Runs blocking work that changes subscriptions.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -103,6 +90,10 @@ impl Channel for SledChannel {
         "sled"
     }
 
+    fn backpressure(&self) -> Result<(), ChannelError> {
+        self.shared.lock().backpressure()
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         let sh = &*self.shared;
         sh.check_open()?;
@@ -110,20 +101,18 @@ impl Channel for SledChannel {
             return Ok(());
         }
         sh.flusher.space.check()?;
-        // Encoding a batch and sled's write (which waits while a flush holds its
-        // lock) are blocking work: off the runtime, so no worker stalls on them.
-        let writer = sh
-            .writers
-            .acquire()
-            .await
-            .map_err(|_| ChannelError::Closed)?;
-        let shared = self.shared.clone();
-        let written = tokio::task::spawn_blocking(move || shared.write(&events)).await;
-        // Not held while waiting for the flush: that wait is what appends share.
-        drop(writer);
-        let durability = written.map_err(|e| storage("appending", e))??;
-        sh.notify.notify_waiters();
-        self.durable(durability).await
+        // Encoded here (spread over the runtime's workers); written, merged with
+        // every other append of the round, by the store's writer thread.
+        let records = events.iter().map(codec::encode).collect();
+        let events = events.into_iter().map(Arc::new).collect();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        sh.flusher.append(Append {
+            target: self.shared.clone(),
+            records,
+            events,
+            reply,
+        });
+        answer.await.map_err(|_| ChannelError::Closed)?
     }
 
     async fn subscribe(
@@ -135,6 +124,7 @@ impl Channel for SledChannel {
         let owned = name.to_owned();
         let created = self
             .blocking(move |sh| {
+                let _cursors = lock(&sh.cursor_lock);
                 let mut st = sh.lock();
                 sh.check_open()?;
                 if let Some(sub) = st.subs.get_mut(&owned) {
@@ -158,6 +148,7 @@ impl Channel for SledChannel {
                         tracker: AckTracker::new(at),
                         read: at,
                         persisted: at,
+                        last_claim: std::time::Instant::now(),
                     },
                 );
                 st.sync_floor();
@@ -184,6 +175,7 @@ impl Channel for SledChannel {
         let owned = name.to_owned();
         let existed = self
             .blocking(move |sh| {
+                let _cursors = lock(&sh.cursor_lock);
                 let mut st = sh.lock();
                 if st.subs.remove(&owned).is_none() {
                     return Ok(false);
@@ -225,51 +217,116 @@ impl Channel for SledChannel {
     }
 }
 
-impl ChannelShared {
-    /// Writes `events` as one value (see [`super::layout`]) and advances the log;
-    /// returns the durability the caller must then wait for.
-    fn write(&self, events: &[Event]) -> Result<Durability, ChannelError> {
-        let encoded: Vec<Bytes> = events.iter().map(codec::encode).collect();
-        let n = encoded.len() as u64;
-        let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
-        let value = encode_records(&encoded);
+/// Above this many bytes, a round's records of one broker are split over several
+/// values (still one atomic batch): a reader loads a whole value to read any record
+/// of it.
+const MAX_VALUE_BYTES: usize = 1 << 20;
+
+impl GroupWrite for ChannelShared {
+    /// Admits each append in order against the backlog caps, then writes every
+    /// admitted record as one batch of values of up to [`MAX_VALUE_BYTES`] (see
+    /// [`super::layout`]) and advances the log.
+    fn write_group(&self, appends: &[&Append]) -> Vec<Result<Durability, ChannelError>> {
         let _append = lock(&self.append_lock);
-        self.check_open()?;
-        let (first, durability, mark) = {
+        if let Err(e) = self.check_open() {
+            return vec![Err(e); appends.len()];
+        }
+        let (first, durability, mark, admitted) = {
             let st = self.lock();
-            st.admit(n, bytes)?;
+            let (mut n, mut bytes) = (0u64, 0u64);
+            let admitted: Vec<Result<(), ChannelError>> = appends
+                .iter()
+                .map(|a| {
+                    let more = a.records.len() as u64;
+                    let more_bytes: u64 = a.records.iter().map(|r| r.len() as u64).sum();
+                    st.admit(n + more, bytes + more_bytes)?;
+                    n += more;
+                    bytes += more_bytes;
+                    Ok(())
+                })
+                .collect();
             let now = now_ms();
             let last_mark = st.marks.back().map_or(0, |(_, ms)| *ms);
             let mark = (now >= last_mark + MARK_EVERY_MS).then_some(now);
-            (st.next, st.config.durability, mark)
+            (st.next, st.config.durability, mark, admitted)
         };
+        let records: Vec<&Bytes> = appends
+            .iter()
+            .zip(&admitted)
+            .filter(|(_, a)| a.is_ok())
+            .flat_map(|(a, _)| a.records.iter())
+            .collect();
+        if records.is_empty() {
+            return admitted
+                .into_iter()
+                .map(|a| a.map(|()| durability))
+                .collect();
+        }
+        let n = records.len() as u64;
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
         let mut batch = sled::Batch::default();
-        batch.insert(&record_key(first)[..], value);
+        let mut at = first;
+        let mut chunk: Vec<Bytes> = Vec::new();
+        let mut chunk_bytes = 0;
+        for r in &records {
+            if !chunk.is_empty() && chunk_bytes + r.len() > MAX_VALUE_BYTES {
+                batch.insert(&record_key(at)[..], encode_records(&chunk));
+                at += chunk.len() as u64;
+                chunk.clear();
+                chunk_bytes = 0;
+            }
+            chunk_bytes += r.len();
+            chunk.push((*r).clone());
+        }
+        batch.insert(&record_key(at)[..], encode_records(&chunk));
         if let Some(ms) = mark {
             batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
         }
-        self.tree.apply_batch(batch).map_err(|e| match e {
-            e if super::space::is_read_only(&e) => super::space::read_only_refusal(),
-            e => storage(
-                format_args!("appending {n} events to broker {}", self.broker),
-                e,
-            ),
-        })?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            let e = match e {
+                e if super::space::is_read_only(&e) => super::space::read_only_refusal(),
+                e => storage(
+                    format_args!("appending {n} events to broker {}", self.broker),
+                    e,
+                ),
+            };
+            return admitted
+                .into_iter()
+                .map(|a| a.and(Err(e.clone())))
+                .collect();
+        }
         let mut st = self.lock();
+        st.tail.extend(
+            first,
+            appends
+                .iter()
+                .zip(&admitted)
+                .filter(|(_, a)| a.is_ok())
+                .flat_map(|(a, _)| a.events.iter().cloned()),
+        );
         st.next += n;
+        st.mean.add(n, bytes);
         st.last_append_ms = mark.unwrap_or_else(now_ms);
         if let Some(ms) = mark {
             st.marks.push_back((first, ms));
         }
         if let Some(sizes) = &mut st.sizes {
             sizes.extend(
-                encoded
+                records
                     .iter()
                     .map(|b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
             );
             st.backlog_bytes += bytes;
         }
         st.sync_floor();
-        Ok(durability)
+        drop(st);
+        admitted
+            .into_iter()
+            .map(|a| a.map(|()| durability))
+            .collect()
+    }
+
+    fn written(&self) {
+        self.notify.notify_waiters();
     }
 }

@@ -28,6 +28,9 @@ pub struct SledConfig {
     pub max_backlog_records: u64,
     /// The same cap in stored bytes; `u64::MAX` disables it (and its bookkeeping).
     pub max_backlog_bytes: u64,
+    /// Ingress backpressure: bytes the delivering subscriptions may be behind (see
+    /// [`crate::flow`]); `None`: none.
+    pub backpressure_window: Option<u64>,
 }
 
 impl Default for SledConfig {
@@ -38,6 +41,7 @@ impl Default for SledConfig {
             retain_without_subscribers: 0,
             max_backlog_records: 1_000_000,
             max_backlog_bytes: 1 << 30,
+            backpressure_window: None,
         }
     }
 }

@@ -1,16 +1,51 @@
-//! The flusher: group commit for a store. Appends (and dead letters) insert their
-//! writes, then ask for a ticket and wait; one thread runs `flush` in a loop, and
-//! each flush covers every writer that arrived while the previous one ran, so
-//! concurrent producers share fsyncs instead of paying one each.
+//! The store's writer and flusher: group commit. Appends hand their encoded
+//! records to one thread and await the answer; each round that thread takes every
+//! append that arrived, writes each broker's share as one sled batch (one value per
+//! broker and round, see `layout`), then runs one `flush` for all of them and
+//! answers. Producers never block a runtime worker, no insert waits behind a flush
+//! on another thread (sled's `flush` holds its write lock throughout), and one fsync
+//! covers every append of the round. Other durable writes (dead letters, cursors of
+//! new subscriptions) insert their writes themselves, then ask for a ticket that
+//! the next flush covers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
 
+use super::config::Durability;
 use super::util::lock;
 use crate::ChannelError;
+
+/// A channel's side of a round: writes the records of several appends, in order,
+/// as one atomic batch (implemented by each broker's log).
+pub(super) trait GroupWrite: Send + Sync {
+    /// Writes `appends` (each one append's encoded records, and its events as
+    /// appended); one answer per append: the durability it must then wait for, or
+    /// why it was refused.
+    fn write_group(&self, appends: &[&Append]) -> Vec<Result<Durability, ChannelError>>;
+    /// Wakes the channel's readers after a write.
+    fn written(&self);
+}
+
+/// One append waiting for the writer.
+pub(super) struct Append {
+    pub(super) target: Arc<dyn GroupWrite>,
+    pub(super) records: Vec<Bytes>,
+    /// The events `records` encode, kept for readers of the log's tail.
+    pub(super) events: Vec<Arc<cemesh_proto::Event>>,
+    pub(super) reply: oneshot::Sender<Result<(), ChannelError>>,
+}
+
+impl std::fmt::Debug for Append {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Append")
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 struct FlushStatus {
@@ -34,6 +69,8 @@ struct FlushState {
     writers: u64,
     /// Flush no later than this (Durability::Interval).
     deadline: Option<Instant>,
+    /// Appends for the next round.
+    appends: Vec<Append>,
     shutdown: bool,
 }
 
@@ -59,6 +96,7 @@ impl Flusher {
                 waiting: false,
                 writers: 0,
                 deadline: None,
+                appends: Vec::new(),
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -81,6 +119,20 @@ impl Flusher {
         ticket
     }
 
+    /// Queues an append for the writer; its answer comes on `append.reply` once the
+    /// records are written and as durable as the channel's `Durability` says.
+    pub(super) fn append(&self, append: Append) {
+        {
+            let mut st = lock(&self.state);
+            if st.shutdown {
+                let _ = append.reply.send(Err(ChannelError::Closed));
+                return;
+            }
+            st.appends.push(append);
+        }
+        self.cv.notify_one();
+    }
+
     /// Asks for a flush within `within`, without waiting for it.
     pub(super) fn request_within(&self, within: Duration) {
         let at = Instant::now() + within;
@@ -96,31 +148,29 @@ impl Flusher {
         let status = rx
             .wait_for(|s| s.done >= ticket)
             .await
-            .map_err(|_| ChannelError::Closed)?
-            .clone();
+            .map_err(|_| ChannelError::Closed)?;
         if status.last_ok >= ticket {
             Ok(())
-        } else if status.read_only {
-            Err(super::space::read_only_refusal())
         } else {
-            Err(ChannelError::Storage(format!(
-                "flushing to disk failed: {}",
-                status.error.as_deref().unwrap_or("unknown error")
-            )))
+            flush_answer(&status)
         }
     }
 
-    /// The flusher thread's loop: one `flush` per round covers every writer that
-    /// arrived while the previous one ran.
+    /// The thread's loop: each round writes every queued append, then, if any of
+    /// them or another writer waits for durability (or an interval is due), runs one
+    /// `flush`.
     /// sled's `flush` ends with `sync_file_range`, which writes no metadata (a file
     /// that grew loses its tail in a power cut) and flushes no disk cache: an
     /// `fdatasync` of sled's file follows it, and only then are the writers told.
     pub(super) fn run(&self, db: sled::Db, file: std::fs::File) {
         loop {
-            let ticket = {
+            let appends = {
                 let mut st = lock(&self.state);
                 loop {
-                    if st.waiting || st.deadline.is_some_and(|d| d <= Instant::now()) {
+                    if st.waiting
+                        || !st.appends.is_empty()
+                        || st.deadline.is_some_and(|d| d <= Instant::now())
+                    {
                         break;
                     }
                     if st.shutdown {
@@ -137,9 +187,22 @@ impl Flusher {
                         None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                     };
                 }
+                std::mem::take(&mut st.appends)
+            };
+            let (to_answer, interval) = write_round(appends);
+            let ticket = {
+                let mut st = lock(&self.state);
+                if let Some(d) = interval {
+                    let at = Instant::now() + d;
+                    st.deadline = Some(st.deadline.map_or(at, |x| x.min(at)));
+                }
+                let due = st.deadline.is_some_and(|d| d <= Instant::now());
+                if !st.waiting && !due && to_answer.is_empty() {
+                    continue;
+                }
                 st.waiting = false;
                 st.deadline = None;
-                let group = std::mem::take(&mut st.writers);
+                let group = std::mem::take(&mut st.writers) + to_answer.len() as u64;
                 if group > 0 {
                     self.largest_group.fetch_max(group, Ordering::Relaxed);
                     metrics::histogram!(cemesh_proto::metric_names::CHANNEL_GROUP_COMMIT_BATCH)
@@ -152,9 +215,10 @@ impl Flusher {
                 .flush()
                 .and_then(|_| file.sync_data().map_err(sled::Error::Io));
             self.flushes.fetch_add(1, Ordering::Relaxed);
+            let mut answer = Ok(());
             self.status.send_modify(|s| {
                 s.done = ticket;
-                match result {
+                match &result {
                     Ok(_) => {
                         s.last_ok = ticket;
                         s.error = None;
@@ -162,16 +226,78 @@ impl Flusher {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "sled flush failed; appends waiting for it fail");
-                        s.read_only = super::space::is_read_only(&e);
+                        s.read_only = super::space::is_read_only(e);
                         s.error = Some(e.to_string());
                     }
                 }
+                answer = flush_answer(s);
             });
+            for reply in to_answer {
+                let _ = reply.send(answer.clone());
+            }
         }
     }
 
+    /// Stops the thread once the queued appends are written and flushed.
     pub(super) fn shutdown(&self) {
         lock(&self.state).shutdown = true;
         self.cv.notify_all();
     }
+}
+
+/// What the writers of a flush are told, from the status it left.
+fn flush_answer(status: &FlushStatus) -> Result<(), ChannelError> {
+    if status.error.is_none() {
+        Ok(())
+    } else if status.read_only {
+        Err(super::space::read_only_refusal())
+    } else {
+        Err(ChannelError::Storage(format!(
+            "flushing to disk failed: {}",
+            status.error.as_deref().unwrap_or("unknown error")
+        )))
+    }
+}
+
+/// Writes one round of appends, each broker's share as one call in arrival order;
+/// answers the appends that need no flush (and the refused ones) at once. Returns
+/// the replies that wait for the flush, and the shortest flush interval asked.
+fn write_round(
+    appends: Vec<Append>,
+) -> (
+    Vec<oneshot::Sender<Result<(), ChannelError>>>,
+    Option<Duration>,
+) {
+    let mut by_target: Vec<(Arc<dyn GroupWrite>, Vec<Append>)> = Vec::new();
+    for a in appends {
+        let same =
+            |t: &Arc<dyn GroupWrite>| std::ptr::addr_eq(Arc::as_ptr(t), Arc::as_ptr(&a.target));
+        match by_target.iter_mut().find(|(t, _)| same(t)) {
+            Some((_, group)) => group.push(a),
+            None => by_target.push((a.target.clone(), vec![a])),
+        }
+    }
+    let mut after_flush = Vec::new();
+    let mut interval: Option<Duration> = None;
+    for (target, group) in by_target {
+        let appends: Vec<&Append> = group.iter().collect();
+        let results = target.write_group(&appends);
+        target.written();
+        for (a, result) in group.into_iter().zip(results) {
+            match result {
+                Ok(Durability::FlushPerBatch) => after_flush.push(a.reply),
+                Ok(Durability::Interval(d)) => {
+                    interval = Some(interval.map_or(d, |i| i.min(d)));
+                    let _ = a.reply.send(Ok(()));
+                }
+                Ok(Durability::None) => {
+                    let _ = a.reply.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = a.reply.send(Err(e));
+                }
+            }
+        }
+    }
+    (after_flush, interval)
 }

@@ -15,9 +15,6 @@ use super::layout::{self, offset_of, record_key, u64_value};
 use super::util::{lock, now_ms, storage};
 use crate::{AckTracker, ChannelError};
 
-/// Appends encoding or writing on the blocking pool at once, per channel.
-const WRITERS: usize = 2;
-
 #[derive(Debug)]
 pub(super) struct SubState {
     pub(super) tracker: AckTracker,
@@ -25,6 +22,8 @@ pub(super) struct SubState {
     pub(super) read: u64,
     /// Cursor value last written to the tree.
     pub(super) persisted: u64,
+    /// When it last claimed records (backpressure counts delivering ones only).
+    pub(super) last_claim: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -48,6 +47,44 @@ pub(super) struct State {
     /// Offsets found corrupt (logged once each), and their count since open.
     pub(super) corrupt: BTreeSet<u64>,
     pub(super) corrupt_total: u64,
+    /// The mean size of appended records (for the backpressure window).
+    pub(super) mean: crate::flow::MeanSize,
+    /// The newest records as appended, for readers that keep up.
+    pub(super) tail: Tail,
+}
+
+/// The newest records as they were appended, shared by every subscription that
+/// reads them while they are fresh: no sled read, no decoding, and one copy in RAM
+/// however many triggers read it. Bounded in records and bytes; older reads go to
+/// disk.
+#[derive(Debug, Default)]
+pub(super) struct Tail(crate::run::EventRun);
+
+impl Tail {
+    const MAX_RECORDS: usize = 8192;
+    const MAX_BYTES: u64 = 16 << 20;
+
+    /// Adds the records appended from offset `first` on.
+    pub(super) fn extend(
+        &mut self,
+        first: u64,
+        events: impl Iterator<Item = Arc<cemesh_proto::Event>>,
+    ) {
+        if first != self.0.end() {
+            self.0.reset(first);
+        }
+        for e in events {
+            self.0.push(e);
+        }
+        while self.0.len() > Self::MAX_RECORDS || self.0.bytes() > Self::MAX_BYTES {
+            self.0.pop_front();
+        }
+    }
+
+    /// Records `from..to`, if all of them are here.
+    pub(super) fn get(&self, from: u64, to: u64) -> Option<Vec<crate::Record>> {
+        self.0.records(from, to)
+    }
 }
 
 impl State {
@@ -135,8 +172,25 @@ impl State {
         self.next - self.floor
     }
 
-    /// Refuses a batch that would take the backlog past a cap.
+    /// Refuses appends while the delivering subscriptions are past the backpressure
+    /// window (see [`crate::flow`]).
+    pub(super) fn backpressure(&self) -> Result<(), ChannelError> {
+        let next = self.next;
+        crate::flow::check(
+            self.config.backpressure_window,
+            self.subs.values().map(|s| crate::flow::Behind {
+                records: next - s.tracker.committed(),
+                last_claim: s.last_claim,
+            }),
+            self.mean.mean(),
+            std::time::Instant::now(),
+        )
+    }
+
+    /// Refuses a batch that would take the backlog past a cap, or that comes while
+    /// the delivering subscriptions are past the backpressure window.
     pub(super) fn admit(&self, records: u64, bytes: u64) -> Result<(), ChannelError> {
+        self.backpressure()?;
         let backlog = self.backlog();
         let max = self.config.max_backlog_records;
         if backlog.saturating_add(records) > max {
@@ -168,9 +222,9 @@ pub(super) struct ChannelShared {
     /// Serialises appends (offsets are assigned in order); readers and ackers only
     /// take `state`, briefly.
     pub(super) append_lock: Mutex<()>,
-    /// Appends on the blocking pool at once: they serialise on `append_lock` anyway,
-    /// so more would only park one pool thread per waiting producer.
-    pub(super) writers: tokio::sync::Semaphore,
+    /// Serialises writes of cursor keys (taken before `state`), so the periodic
+    /// persist writes outside the state lock without reviving a removed cursor.
+    pub(super) cursor_lock: Mutex<()>,
     pub(super) notify: Notify,
     pub(super) flusher: Arc<Flusher>,
     pub(super) closed: AtomicBool,
@@ -244,6 +298,7 @@ impl ChannelShared {
                     tracker: AckTracker::new(c),
                     read: c,
                     persisted: c,
+                    last_claim: std::time::Instant::now(),
                 };
                 (name, sub)
             })
@@ -261,6 +316,8 @@ impl ChannelShared {
             last_append_ms: now_ms(),
             corrupt: BTreeSet::new(),
             corrupt_total: 0,
+            mean: crate::flow::MeanSize::default(),
+            tail: Tail::default(),
         };
         state.sync_floor();
         state.backfill_sizes(&tree, broker)?;
@@ -276,7 +333,7 @@ impl ChannelShared {
             tree,
             state: Mutex::new(state),
             append_lock: Mutex::new(()),
-            writers: tokio::sync::Semaphore::new(WRITERS),
+            cursor_lock: Mutex::new(()),
             notify: Notify::new(),
             flusher,
             closed: AtomicBool::new(false),

@@ -96,18 +96,23 @@ impl State {
 impl ChannelShared {
     /// Writes the cursors that moved since they were last written (no fsync).
     pub(super) fn persist_cursors(&self) -> Result<(), ChannelError> {
-        // Under the state lock so that an unsubscribe or a removal cannot interleave
-        // and leave a deleted subscription's cursor behind.
-        let mut st = self.lock();
-        if self.closed.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let dirty: Vec<(String, u64)> = st
-            .subs
-            .iter()
-            .filter(|(_, s)| s.persisted != s.tracker.committed())
-            .map(|(n, s)| (n.clone(), s.tracker.committed()))
-            .collect();
+        // Cursor writes are serialised by `cursor_lock`, so an unsubscribe cannot
+        // interleave and leave a deleted subscription's cursor behind; the state lock
+        // is held only to read and update the marks, never across sled's write
+        // (which waits for any flush in progress: appends, acks and reads would
+        // stall behind it).
+        let _cursors = lock(&self.cursor_lock);
+        let dirty: Vec<(String, u64)> = {
+            let st = self.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            st.subs
+                .iter()
+                .filter(|(_, s)| s.persisted != s.tracker.committed())
+                .map(|(n, s)| (n.clone(), s.tracker.committed()))
+                .collect()
+        };
         if dirty.is_empty() {
             return Ok(());
         }
@@ -118,6 +123,7 @@ impl ChannelShared {
         self.tree
             .apply_batch(batch)
             .map_err(|e| storage(format_args!("writing broker {}'s cursors", self.broker), e))?;
+        let mut st = self.lock();
         for (name, c) in dirty {
             if let Some(s) = st.subs.get_mut(&name) {
                 s.persisted = c;

@@ -10,11 +10,12 @@
 //!   below which everything was trimmed (so offsets never go back after a restart, even
 //!   with an empty log). Records are stored with [`cemesh_proto::codec::encode`] and
 //!   nothing else, so the format can change in one place (module `layout`).
-//! - **Group commit.** `append` inserts its batch with one atomic `apply_batch`, then
-//!   waits for a flush. One background thread flushes: whatever arrived while the
-//!   previous flush ran is made durable by the next single `flush`, and every waiter
-//!   is woken. Concurrent producers therefore share fsyncs instead of paying one each.
-//!   [`Durability`] lets a broker trade that for latency.
+//! - **Group commit.** `append` encodes its events and hands them to the store's one
+//!   writer thread (`flusher`), then awaits the answer. Each round the thread takes
+//!   every append that arrived, writes each broker's share as one atomic batch, runs
+//!   one `flush` for all of them and answers: concurrent producers share fsyncs and
+//!   tree operations instead of paying one each, and no producer blocks a runtime
+//!   worker. [`Durability`] lets a broker trade that for latency.
 //! - **Cursors are persisted lazily** (every [`MAINTENANCE_INTERVAL`], when a
 //!   subscription handle is dropped, on `unsubscribe`, [`SledStore::flush`] and when the
 //!   store is closed). Delivery is at-least-once, so a cursor lost in a crash only means
@@ -38,7 +39,7 @@
 //!
 //! Modules, lowest first (each uses only modules above it):
 //! - `util`, `layout`, `config`: helpers, the on-disk key layout, settings;
-//! - `flusher`: the group-commit thread;
+//! - `flusher`: the writer and group-commit thread;
 //! - `log`: one broker's in-memory state, loaded from its tree;
 //! - `maintenance`: the thread persisting cursors and enforcing retention;
 //! - `db`: the open database shared by every handle, closed by the last one;

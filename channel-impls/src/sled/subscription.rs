@@ -12,7 +12,7 @@ use cemesh_proto::{codec, Event};
 use super::db::Owner;
 use super::layout::{self, cursor_key, offset_of, record_key};
 use super::log::ChannelShared;
-use super::util::storage;
+use super::util::{lock, storage};
 use crate::{ChannelError, Position, Record, Subscription};
 
 /// Upper bound on records read by one `next`, whatever `max` asks.
@@ -29,12 +29,22 @@ impl ChannelShared {
             notified.as_mut().enable();
             let range = {
                 self.check_open()?;
-                let st = self.lock();
-                let sub = st.subs.get(name).ok_or(ChannelError::Closed)?;
-                (sub.read < st.next).then(|| {
+                let mut guard = self.lock();
+                let st = &mut *guard;
+                let sub = st.subs.get_mut(name).ok_or(ChannelError::Closed)?;
+                let range = (sub.read < st.next).then(|| {
                     let from = sub.read.max(st.base);
                     (sub.read, from, st.next.min(from + max))
-                })
+                });
+                // Fresh records come from the tail: claimed at once, no disk read.
+                if let Some((_, from, to)) = range {
+                    if let Some(records) = st.tail.get(from, to) {
+                        sub.read = to;
+                        sub.last_claim = std::time::Instant::now();
+                        return Ok(records);
+                    }
+                }
+                range
             };
             let Some((read, from, to)) = range else {
                 notified.await;
@@ -51,6 +61,7 @@ impl ChannelShared {
                 continue; // another reader claimed it, or the subscription reopened
             }
             sub.read = to;
+            sub.last_claim = std::time::Instant::now();
             let mut records = Vec::with_capacity(items.len());
             let mut corrupt = Vec::new();
             for (offset, item) in items {
@@ -165,6 +176,7 @@ impl Subscription for SledSubscription {
 impl Drop for SledSubscription {
     fn drop(&mut self) {
         // Persist this subscription's watermark now rather than at the next tick.
+        let _cursors = lock(&self.shared.cursor_lock);
         let mut st = self.shared.lock();
         if self.shared.closed.load(Ordering::SeqCst) {
             return;

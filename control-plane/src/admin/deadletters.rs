@@ -61,8 +61,9 @@ impl From<DeadLetterError> for ApiError {
     }
 }
 
-/// The running trigger `ns/name`: "not found" when no such trigger is defined, "not
-/// running" (with why) when it is defined but does not run.
+/// The running trigger `ns/name` (a Subscription's is `subscription.{name}`): "not
+/// found" when no such trigger is defined, "not running" (with why) when it is
+/// defined but does not run.
 pub(crate) fn trigger_context(
     resources: &Resources,
     ns: &str,
@@ -78,7 +79,16 @@ pub(crate) fn trigger_context(
     if let Some(ctx) = running {
         return Ok(ctx);
     }
-    match resources.control.get(&ResKey::new(Kind::Trigger, ns, name)) {
+    // A Subscription runs as trigger `subscription.{name}`, a PingSource's
+    // delivery as `pingsource.{name}`.
+    let resource = if let Some(sub) = name.strip_prefix("subscription.") {
+        ResKey::new(Kind::Subscription, ns, sub)
+    } else if let Some(ping) = name.strip_prefix("pingsource.") {
+        ResKey::new(Kind::PingSource, ns, ping)
+    } else {
+        ResKey::new(Kind::Trigger, ns, name)
+    };
+    match resources.control.get(&resource) {
         None => Err(DeadLetterError::NotFound(format!(
             "trigger {key} not found"
         ))),

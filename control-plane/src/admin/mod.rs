@@ -80,13 +80,29 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// A refused admin call's answer: 401 with a `Bearer` challenge, or 403; the body
+/// names what was missing. The sidecar's admin endpoints answer the same.
+pub fn refusal(e: &crate::auth::GuardError) -> Response {
+    use crate::auth::GuardError;
+    match e {
+        GuardError::Unauthenticated(_) | GuardError::NoClientCertificate => {
+            cemesh_ingress::ErrorAnswer::new(StatusCode::UNAUTHORIZED, e.to_string())
+                .with_challenge("Bearer")
+        }
+        GuardError::Forbidden(_) => {
+            cemesh_ingress::ErrorAnswer::new(StatusCode::FORBIDDEN, e.to_string())
+        }
+    }
+    .into_response()
+}
+
 /// Checks the caller's role before any handler runs: the admin API's one gate.
 async fn guard(
     State(state): State<AdminState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    use crate::auth::{GuardError, Role};
+    use crate::auth::Role;
     let need = match req.uri().path() {
         "/healthz" | "/readyz" => None,
         p if p.starts_with("/.well-known/") => None,
@@ -95,21 +111,8 @@ async fn guard(
         _ => Some(Role::Admin),
     };
     if let Some(need) = need {
-        let credential = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(http::HeaderValue::as_bytes);
-        if let Err(e) = state.guard.check(credential, need) {
-            let answer = match &e {
-                GuardError::Unauthenticated(_) => {
-                    cemesh_ingress::ErrorAnswer::new(StatusCode::UNAUTHORIZED, e.to_string())
-                        .with_challenge("Bearer")
-                }
-                GuardError::Forbidden(_) => {
-                    cemesh_ingress::ErrorAnswer::new(StatusCode::FORBIDDEN, e.to_string())
-                }
-            };
-            return answer.into_response();
+        if let Err(e) = state.guard.check_request(&req, need) {
+            return refusal(&e);
         }
     }
     next.run(req).await

@@ -19,7 +19,8 @@ use crate::mesh::Registry;
 fn kind(plural: &str) -> Result<Kind, ApiError> {
     Kind::parse_plural(plural).ok_or_else(|| {
         ApiError::not_found(format!(
-            "unknown resource type {plural:?}: use brokers or triggers (cemesh runs {})",
+            "unknown resource type {plural:?}: use one of {} (cemesh runs {})",
+            Kind::plurals(),
             crate::manifest::supported_kinds()
         ))
     })
@@ -48,6 +49,9 @@ impl Resources {
         for v in self.control.list(kind, ns) {
             items.push(self.with_stats(v).await);
         }
+        if kind == Kind::EventType {
+            items.extend(self.control.discovered_event_types(ns));
+        }
         items
     }
 
@@ -56,6 +60,14 @@ impl Resources {
         let view = self
             .control
             .get(key)
+            .or_else(|| {
+                (key.kind == Kind::EventType).then(|| {
+                    self.control
+                        .discovered_event_types(Some(&key.namespace))
+                        .into_iter()
+                        .find(|v| v.key == *key)
+                })?
+            })
             .ok_or_else(|| ApplyError::NotFound(key.to_string()))?;
         Ok(self.with_stats(view).await)
     }
@@ -78,16 +90,20 @@ impl Resources {
 
     /// The view with live counters for triggers (lag, deliveries, dead letters).
     async fn with_stats(&self, mut view: ResourceView) -> ResourceView {
-        if view.key.kind != Kind::Trigger {
-            return view;
-        }
+        // A Subscription and a PingSource's delivery run as triggers.
+        let trigger = match view.key.kind {
+            Kind::Trigger => view.key.name.clone(),
+            Kind::Subscription => crate::manifest::channel::subscription_key(&view.key.name),
+            Kind::PingSource => crate::manifest::sources::ping_trigger(&view.key.name),
+            _ => return view,
+        };
         let ctx = self
             .registry
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&cemesh_dispatcher::TriggerKey::new(
                 &view.key.namespace,
-                &view.key.name,
+                &trigger,
             ))
             .cloned();
         if let Some(ctx) = ctx {

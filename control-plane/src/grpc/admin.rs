@@ -91,22 +91,21 @@ fn dead_letter_status(e: DeadLetterError) -> Status {
 }
 
 fn kind(raw: i32) -> Result<Kind, Status> {
-    match pb::ResourceKind::try_from(raw) {
-        Ok(pb::ResourceKind::Broker) => Ok(Kind::Broker),
-        Ok(pb::ResourceKind::Trigger) => Ok(Kind::Trigger),
-        Ok(pb::ResourceKind::EventPolicy) => Ok(Kind::EventPolicy),
-        _ => Err(Status::invalid_argument(
-            "kind: set RESOURCE_KIND_BROKER, RESOURCE_KIND_TRIGGER or RESOURCE_KIND_EVENT_POLICY",
-        )),
-    }
+    Kind::from_grpc(raw).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "kind: set one of {}",
+            crate::manifest::KINDS
+                .iter()
+                .filter_map(|k| pb::ResourceKind::try_from(k.grpc).ok())
+                .map(|k| k.as_str_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 fn pb_kind(kind: Kind) -> pb::ResourceKind {
-    match kind {
-        Kind::Broker => pb::ResourceKind::Broker,
-        Kind::Trigger => pb::ResourceKind::Trigger,
-        Kind::EventPolicy => pb::ResourceKind::EventPolicy,
-    }
+    pb::ResourceKind::try_from(kind.info().grpc).unwrap_or(pb::ResourceKind::Unspecified)
 }
 
 /// An empty namespace is `default`, as in manifests.
@@ -142,6 +141,7 @@ fn resource(view: ResourceView) -> pb::Resource {
         owner_file: match view.owner {
             Owner::File(f) => f.display().to_string(),
             Owner::Api => String::new(),
+            Owner::Discovered => "discovered".into(),
         },
         json: view.json.to_string(),
     }

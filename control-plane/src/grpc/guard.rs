@@ -1,7 +1,8 @@
 //! The gRPC `Admin` service behind the admin API's one gate ([`AdminGuard`]): each
 //! call's `authorization` metadata is checked for the role its method needs (`read`
-//! for Get, List and ListDeadLetters, `admin` for the rest) before the service sees
-//! it. Publisher, health, reflection and KEDA's scaler are not wrapped.
+//! for Get, List and ListDeadLetters, `admin` for the rest), and with
+//! `--tls-client-ca` the connection's verified client certificate, before the service
+//! sees it. Publisher, health, reflection and KEDA's scaler are not wrapped.
 
 use std::task::{Context, Poll};
 
@@ -54,9 +55,17 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let credential = req.headers().get("authorization").map(|v| v.as_bytes());
-        if let Err(e) = self.guard.check(credential, role_of(req.uri().path())) {
+        let peer = req
+            .extensions()
+            .get::<super::Peer>()
+            .and_then(|p| p.identity.as_ref());
+        if let Err(e) = self
+            .guard
+            .check(credential, peer, role_of(req.uri().path()))
+        {
             let status = match e {
                 GuardError::Unauthenticated(e) => tonic::Status::unauthenticated(e.to_string()),
+                GuardError::NoClientCertificate => tonic::Status::unauthenticated(e.to_string()),
                 GuardError::Forbidden(m) => tonic::Status::permission_denied(m),
             };
             return Box::pin(async move { Ok(status.into_http()) });

@@ -28,7 +28,6 @@ use futures::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::either::Either;
-use tonic::transport::server::{Connected as _, TcpConnectInfo};
 
 pub use admin::{AdminContext, AdminService, OWNER_FILE_METADATA};
 pub use cemesh_ingress::grpc::{
@@ -145,16 +144,19 @@ fn incoming(
             let Some(permit) = gate.admit() else { continue };
             // Small acks and unary answers should not wait for Nagle.
             let _ = stream.set_nodelay(true);
-            let info = stream.connect_info();
-            let admitted = move |stream| Admitted {
+            let admitted = move |stream, identity| Admitted {
                 stream,
-                info,
+                info: Peer { identity },
                 _permit: permit,
                 first_byte: Some(Box::pin(tokio::time::sleep(first_bytes))),
             };
             match &tls {
                 None => {
-                    if tx.send(Ok(admitted(Either::Left(stream)))).await.is_err() {
+                    if tx
+                        .send(Ok(admitted(Either::Left(stream), None)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -164,7 +166,9 @@ fn incoming(
                         let handshake =
                             cemesh_ingress::tls::handshake(&acceptor, stream, first_bytes, "gRPC");
                         if let Some(tls) = handshake.await {
-                            let _ = tx.send(Ok(admitted(Either::Right(Box::new(tls))))).await;
+                            let identity = cemesh_ingress::tls::peer_identity(tls.get_ref().1);
+                            let admitted = admitted(Either::Right(Box::new(tls)), identity);
+                            let _ = tx.send(Ok(admitted)).await;
                         }
                     });
                 }
@@ -191,13 +195,20 @@ type GrpcIo =
 /// the header read timeout.
 struct Admitted {
     stream: GrpcIo,
-    info: TcpConnectInfo,
+    info: Peer,
     _permit: tokio::sync::OwnedSemaphorePermit,
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Who is on the other end of a gRPC connection: in each request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The verified client certificate's name (with `--tls-client-ca`).
+    pub identity: Option<cemesh_ingress::tls::PeerIdentity>,
+}
+
 impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info.clone()

@@ -58,6 +58,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         tls: None,
         limits: Default::default(),
         auth: Default::default(),
+        tls_client_ca: None,
         insecure_admin: false,
         oidc_issuer: None,
         #[cfg(feature = "kafka")]
@@ -110,6 +111,8 @@ impl Harness {
                 max_body_bytes,
                 binary: Arc::new(cemesh_ingress::AnyBinary),
                 access: Arc::default(),
+                stamps: true,
+                event_types: Arc::default(),
             }),
         )]));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

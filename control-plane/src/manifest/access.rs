@@ -24,6 +24,18 @@ impl EventCheck for Filters {
     }
 }
 
+/// What a policy's `spec.to` can select an address by: the resource that owns it
+/// (a Broker, a channel, or the flow whose channel it is) and that resource's
+/// labels. Every channel of a flow is its owner's: a policy on a Sequence guards its
+/// inner hops too.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A compiled policy and the brokers it selects.
 #[derive(Debug, Clone)]
 pub struct PolicyDesired {
@@ -37,7 +49,7 @@ pub struct PolicyDesired {
 /// invalid policy is refused before reaching.)
 pub fn compile_policies(
     resources: &[Located<Resource>],
-    brokers: &BTreeMap<BrokerKey, BTreeMap<String, String>>,
+    brokers: &BTreeMap<BrokerKey, Owner>,
     problems: &mut Vec<ManifestError>,
 ) -> BTreeMap<String, PolicyDesired> {
     let mut out = BTreeMap::new();
@@ -69,7 +81,7 @@ type FieldError = (String, String);
 
 fn compile_one(
     p: &EventPolicyManifest,
-    brokers: &BTreeMap<BrokerKey, BTreeMap<String, String>>,
+    brokers: &BTreeMap<BrokerKey, Owner>,
 ) -> Result<PolicyDesired, Vec<FieldError>> {
     let mut problems = Vec::new();
     let ns = p.metadata.namespace();
@@ -104,7 +116,7 @@ fn compile_one(
     }
     let selected = brokers
         .iter()
-        .filter(|(key, labels)| key.namespace == ns && selects(&p.spec.to, &key.name, labels))
+        .filter(|(key, owner)| key.namespace == ns && selects(&p.spec.to, owner))
         .map(|(key, _)| key.clone())
         .collect();
     Ok(PolicyDesired {
@@ -117,16 +129,18 @@ fn compile_one(
     })
 }
 
-/// Whether `to` selects the broker `name` with `labels`; an empty `to` selects every
-/// broker of the namespace.
-fn selects(to: &[PolicyTo], name: &str, labels: &BTreeMap<String, String>) -> bool {
+/// Whether `to` selects an address of `owner`; an empty `to` selects every address
+/// of the namespace.
+fn selects(to: &[PolicyTo], owner: &Owner) -> bool {
     to.is_empty()
         || to.iter().any(|t| match (&t.r#ref, &t.selector) {
-            (Some(r), _) => r.kind == "Broker" && r.name == name,
+            (Some(r), _) => r.kind == owner.kind && r.name == owner.name,
             (None, Some(s)) => {
-                s.kind.as_deref().is_none_or(|k| k == "Broker")
-                    && s.api_version.as_deref().is_none_or(|a| a == EVENTING_V1)
-                    && s.matches(labels)
+                s.kind.as_deref().unwrap_or("Broker") == owner.kind
+                    && s.api_version
+                        .as_deref()
+                        .is_none_or(|a| a == owner.api_version)
+                    && s.matches(&owner.labels)
             }
             (None, None) => false,
         })
@@ -159,6 +173,16 @@ fn check_from(f: &PolicyFrom, path: &str) -> Result<String, FieldError> {
     }
 }
 
+/// What a policy may name in `spec.to`, as `(apiVersion, kind)`.
+pub const ADDRESSABLES: &[(&str, &str)] = &[
+    (EVENTING_V1, "Broker"),
+    (super::channel::MESSAGING_V1, "Channel"),
+    (super::channel::MESSAGING_V1, "InMemoryChannel"),
+    (super::channel::MESSAGING_V1BETA1, "KafkaChannel"),
+    (super::flows::FLOWS_V1, "Sequence"),
+    (super::flows::FLOWS_V1, "Parallel"),
+];
+
 const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
 
 fn check_to(t: &PolicyTo, path: &str) -> Result<(), FieldError> {
@@ -178,12 +202,21 @@ fn check_to(t: &PolicyTo, path: &str) -> Result<(), FieldError> {
                     return Err((format!("{path}.ref.{field}"), "required".into()));
                 }
             }
-            if r.kind != "Broker" || r.api_version != EVENTING_V1 {
+            if !ADDRESSABLES
+                .iter()
+                .any(|(api, kind)| *kind == r.kind && *api == r.api_version)
+            {
                 return Err((
                     format!("{path}.ref"),
                     format!(
-                        "{} {} cannot be the target of a policy: cemesh's addressables are Brokers ({EVENTING_V1})",
-                        r.api_version, r.kind
+                        "{} {} cannot be the target of a policy: cemesh's addressables are {}",
+                        r.api_version,
+                        r.kind,
+                        ADDRESSABLES
+                            .iter()
+                            .map(|(api, kind)| format!("{kind} ({api})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

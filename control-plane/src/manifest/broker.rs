@@ -24,6 +24,11 @@ pub struct BrokerSpec {
     pub delivery: Option<DeliveryManifest>,
 }
 
+/// Annotation: partitions of the broker's topic when cemesh creates it (kafka).
+pub const KAFKA_PARTITIONS_ANNOTATION: &str = "cemesh.dev/kafka-partitions";
+/// Annotation: replication factor of the broker's topic when cemesh creates it.
+pub const KAFKA_REPLICATION_ANNOTATION: &str = "cemesh.dev/kafka-replication";
+
 /// Annotation choosing the broker's channel: `memory`, `sled` or `kafka`.
 pub const CHANNEL_ANNOTATION: &str = "cemesh.dev/channel";
 /// Annotation setting the broker's ingress body limit, e.g. `256KiB`.
@@ -35,8 +40,12 @@ pub const DURABILITY_ANNOTATION: &str = "cemesh.dev/durability";
 pub const RETENTION_ANNOTATION: &str = "cemesh.dev/retention";
 /// Annotation: backlog cap in records; past it the ingress answers 429.
 pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
-/// Annotation: backlog cap in bytes (sled), e.g. `512MiB`.
+/// Annotation: backlog cap in bytes (memory and sled), e.g. `512MiB`.
 pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
+/// Annotation: ingress backpressure, the bytes the broker's delivering triggers may
+/// be behind before the ingress answers 429 (memory and sled), e.g. `32MiB`, or
+/// `none`. Default 8MiB.
+pub const BACKPRESSURE_WINDOW_ANNOTATION: &str = "cemesh.dev/backpressure-window";
 /// Annotation: newest records kept while the broker has no trigger, for a trigger
 /// created later with `cemesh.dev/start: earliest`.
 pub const RETAIN_WITHOUT_TRIGGERS_ANNOTATION: &str = "cemesh.dev/retain-without-triggers";
@@ -57,8 +66,9 @@ pub const BROKER_ANNOTATIONS: &[&str] = &[
     MAX_BACKLOG_ANNOTATION,
     MAX_BACKLOG_SIZE_ANNOTATION,
     RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
-    "cemesh.dev/kafka-partitions",
-    "cemesh.dev/kafka-replication",
+    BACKPRESSURE_WINDOW_ANNOTATION,
+    KAFKA_PARTITIONS_ANNOTATION,
+    KAFKA_REPLICATION_ANNOTATION,
     super::OWNER_ANNOTATION,
 ];
 

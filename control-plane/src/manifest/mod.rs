@@ -8,10 +8,18 @@
 
 mod access;
 mod broker;
+pub mod channel;
+mod compile;
 mod delivery;
+pub mod eventtype;
 mod filters;
+pub mod flows;
+mod kinds;
+mod messaging;
 pub mod parser;
 mod policy;
+pub mod sources;
+mod sourcing;
 mod trigger;
 mod validate;
 mod value;
@@ -22,12 +30,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use access::PolicyDesired;
-pub use broker::{BrokerManifest, BrokerSpec, Note};
+pub use broker::{
+    BrokerManifest, BrokerSpec, Note, KAFKA_PARTITIONS_ANNOTATION, KAFKA_REPLICATION_ANNOTATION,
+};
+pub use compile::compile;
 pub use delivery::{DeliveryManifest, Destination, KReference};
+pub use kinds::{Kind, KindInfo, KINDS};
 pub use policy::{EventPolicyManifest, EventPolicySpec, EVENTING_V1ALPHA1};
 pub use trigger::{TriggerFilter, TriggerManifest, TriggerSpec};
 pub use validate::{
-    compile, BrokerDesired, ChannelOptions, Desired, ResolveContext, TriggerDesired,
+    AddressKind, BrokerDesired, ChannelOptions, Desired, ResolveContext, TriggerDesired,
 };
 pub use value::{Mapping, Value};
 
@@ -37,29 +49,31 @@ pub const EVENTING_V1: &str = "eventing.knative.dev/v1";
 /// `get -o yaml` output applies again; never read.
 pub const OWNER_ANNOTATION: &str = "cemesh.dev/owner";
 
-/// The kinds cemesh runs, as `(apiVersion, kind)`. Every reader (config dir, `apply`,
-/// `validate`, the admin API) refuses any other kind through [`unsupported_kind`], so
-/// running a new kind starts with one line here.
-pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
-    (EVENTING_V1, "Broker"),
-    (EVENTING_V1, "Trigger"),
-    (EVENTING_V1ALPHA1, "EventPolicy"),
-];
-
-/// `eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger`.
+/// `eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, ...`: every row of
+/// [`KINDS`]. Every reader (config dir, `apply`, `validate`, the admin API) refuses any
+/// other kind through [`unsupported_kind`].
 pub fn supported_kinds() -> String {
-    SUPPORTED_KINDS
+    KINDS
         .iter()
-        .map(|(api, kind)| format!("{api} {kind}"))
+        .map(|k| format!("{} {}", k.api_version, k.name))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// Kinds cemesh will not run, and why.
+const NOT_RUN: &[(&str, &str)] = &[(
+    "ApiServerSource",
+    "it watches a Kubernetes API server, which cemesh does not need or have; a ContainerSource program that POSTs to $K_SINK can send such events",
+)];
+
 /// Why a document of `api_version`/`kind` is not run: a kind cemesh knows under
 /// another version gets that version named.
 pub fn unsupported_kind(api_version: &str, kind: &str) -> String {
-    match SUPPORTED_KINDS.iter().find(|(_, k)| *k == kind) {
-        Some((api, _)) => {
+    if let Some(why) = NOT_RUN.iter().find(|(k, _)| *k == kind).map(|(_, why)| why) {
+        return format!("kind {kind} ({api_version}) is not run by cemesh: {why}");
+    }
+    match KINDS.iter().find(|k| k.name == kind).map(|k| k.api_version) {
+        Some(api) => {
             format!("{kind} {api_version} is not supported: cemesh runs {kind} as apiVersion {api}")
         }
         None => format!(
@@ -154,6 +168,15 @@ pub enum Resource {
     Broker(BrokerManifest),
     Trigger(TriggerManifest),
     EventPolicy(EventPolicyManifest),
+    /// `Channel`, `InMemoryChannel` or `KafkaChannel`.
+    Channel(channel::ChannelManifest),
+    Subscription(Box<channel::SubscriptionManifest>),
+    Sequence(flows::SequenceManifest),
+    Parallel(flows::ParallelManifest),
+    PingSource(sources::PingSourceManifest),
+    ContainerSource(sources::ContainerSourceManifest),
+    SinkBinding(sources::SinkBindingManifest),
+    EventType(eventtype::EventTypeManifest),
 }
 
 /// A problem in a manifest.
@@ -368,13 +391,12 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
             .and_then(|v| v.as_str())
             .unwrap_or("default");
         let label = format!("{kind} {ns}/{name}");
-        let resource = match (api_version.as_str(), kind.as_str()) {
-            (EVENTING_V1, "Broker") => typed::<BrokerManifest>(doc.text).map(Resource::Broker),
-            (EVENTING_V1, "Trigger") => typed::<TriggerManifest>(doc.text).map(Resource::Trigger),
-            (EVENTING_V1ALPHA1, "EventPolicy") => {
-                typed::<EventPolicyManifest>(doc.text).map(Resource::EventPolicy)
-            }
-            _ => {
+        let row = KINDS
+            .iter()
+            .find(|k| k.api_version == api_version && k.name == kind);
+        let resource = match row {
+            Some(row) => (row.parse)(doc.text),
+            None => {
                 let kind_line = doc.text.lines().position(|l| l.starts_with("kind:"));
                 let mut e = err(
                     Some(label),
@@ -421,14 +443,14 @@ mod tests {
 
     #[test]
     fn kinds_cemesh_does_not_run_are_problems_of_their_own() {
-        let text = "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: c\n---\napiVersion: eventing.knative.dev/v1beta1\nkind: Trigger\nmetadata:\n  name: t\n";
+        let text = "apiVersion: sources.knative.dev/v1\nkind: ApiServerSource\nmetadata:\n  name: c\n---\napiVersion: eventing.knative.dev/v1beta1\nkind: Trigger\nmetadata:\n  name: t\n";
         let (r, e) = parse_str(Path::new("k.yaml"), text);
         assert!(r.is_empty());
         assert_eq!(e.len(), 2);
         assert!(e.iter().all(|e| e.unsupported_kind));
         let channel = e[0].to_string();
         assert!(
-            channel.starts_with("k.yaml: document 1 (Channel default/c), line 2: kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy"),
+            channel.starts_with("k.yaml: document 1 (ApiServerSource default/c), line 2: kind: kind ApiServerSource (sources.knative.dev/v1) is not run by cemesh: it watches a Kubernetes API server"),
             "{channel}"
         );
         let trigger = e[1].to_string();

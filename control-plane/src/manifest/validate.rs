@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use cemesh_channels::{Durability, SledConfig, StartAt};
 use cemesh_dispatcher::{
-    BackoffPolicy, CaCerts, DeliveryAuth, DeliverySpec, Format, MaxLag, Ordering, TriggerKey,
-    TriggerRuntime, WebhookSecret,
+    BackoffPolicy, CaCerts, DeliveryAuth, DeliverySpec, Format, MaxLag, Ordering, ReplyTo,
+    TriggerKey, TriggerRuntime, WebhookSecret,
 };
 use cemesh_ingress::BrokerKey;
 
 use super::broker::{
-    BROKER_ANNOTATIONS, CHANNEL_ANNOTATION, DURABILITY_ANNOTATION, MAX_BACKLOG_ANNOTATION,
-    MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
-    RETENTION_ANNOTATION,
+    BACKPRESSURE_WINDOW_ANNOTATION, BROKER_ANNOTATIONS, CHANNEL_ANNOTATION, DURABILITY_ANNOTATION,
+    MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION,
+    RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION,
 };
 use super::trigger::{
     BACKOFF_MAX_ANNOTATION, BREAKER_FAILURES_ANNOTATION, BREAKER_PROBE_DELAY_ANNOTATION,
@@ -42,10 +42,24 @@ pub struct ResolveContext<'a> {
     pub default_max_body: u64,
 }
 
-/// A broker as it should run.
+/// Whether an address is a broker or a Knative channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressKind {
+    /// Stamps arrival time, hop budget and trace context on what it accepts.
+    #[default]
+    Broker,
+    /// Passes events on unaltered (a `Channel`, `InMemoryChannel`, `KafkaChannel`,
+    /// or one of a flow's).
+    Channel,
+    /// Not reachable from the ingress: only cemesh appends to it (a PingSource's).
+    Internal,
+}
+
+/// A broker (or channel) as it should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerDesired {
     pub key: BrokerKey,
+    pub kind: AddressKind,
     pub channel: ChannelKind,
     pub channel_options: ChannelOptions,
     /// The broker's annotations, for channel-specific settings (Kafka topics).
@@ -62,6 +76,8 @@ pub struct ChannelOptions {
     pub max_backlog_records: u64,
     pub max_backlog_bytes: u64,
     pub retain_without_triggers: u64,
+    /// Ingress backpressure window in bytes; `None`: off.
+    pub backpressure_window: Option<u64>,
 }
 
 impl Default for ChannelOptions {
@@ -73,6 +89,7 @@ impl Default for ChannelOptions {
             max_backlog_records: sled.max_backlog_records,
             max_backlog_bytes: sled.max_backlog_bytes,
             retain_without_triggers: sled.retain_without_subscribers,
+            backpressure_window: Some(cemesh_channels::flow::DEFAULT_WINDOW_BYTES),
         }
     }
 }
@@ -92,10 +109,19 @@ pub struct Desired {
     /// `EventPolicy`s by `namespace/name`, with the brokers each selects.
     pub policies: BTreeMap<String, super::access::PolicyDesired>,
     pub problems: Vec<ManifestError>,
+    /// What a resource's status says beyond Ready (addresses, a subscription's
+    /// resolved URIs, a flow's parts), by `(kind, namespace, name)`.
+    pub status: BTreeMap<(super::Kind, String, String), serde_json::Value>,
+    /// Tickers and processes sources run, by `Kind ns/name`.
+    pub sources: BTreeMap<String, super::sources::SourceDesired>,
 }
 
-/// Compiles every resource; brokers first, so triggers can check their broker.
-pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Desired {
+/// Compiles every Broker and Trigger; brokers first, so triggers can check their
+/// broker. The rest of `compile` (`super::compile`) builds on this.
+pub(super) fn compile_brokers_and_triggers(
+    resources: &[Located<Resource>],
+    ctx: &ResolveContext<'_>,
+) -> Desired {
     let mut desired = Desired::default();
     // Brokers defined but invalid, with their first problem, for their triggers.
     let mut invalid = BTreeMap::new();
@@ -157,18 +183,6 @@ pub fn compile(resources: &[Located<Resource>], ctx: &ResolveContext<'_>) -> Des
             }
         }
     }
-    let labels = resources
-        .iter()
-        .filter_map(|l| match &l.value {
-            Resource::Broker(b) => Some((
-                BrokerKey::new(b.metadata.namespace(), &b.metadata.name),
-                b.metadata.labels.clone(),
-            )),
-            _ => None,
-        })
-        .filter(|(k, _)| desired.brokers.contains_key(k))
-        .collect();
-    desired.policies = super::access::compile_policies(resources, &labels, &mut desired.problems);
     desired
 }
 
@@ -186,15 +200,24 @@ impl Desired {
     }
 }
 
-type FieldError = (String, String);
+pub(super) type FieldError = (String, String);
 
 /// Every problem found in one resource, each with its field path: checks note what is
 /// wrong and go on, so a user fixes all of it in one go (Knative's `FieldError.Also`).
 #[derive(Debug, Default)]
-struct Problems(Vec<FieldError>);
+pub(super) struct Problems(pub(super) Vec<FieldError>);
 
 impl Problems {
-    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+    /// The problems of a resource's metadata and `cemesh.dev/` annotations (`known`
+    /// are the ones its kind takes), to which its checks add the rest.
+    pub(super) fn for_resource(meta: &Metadata, known: &[&str]) -> Problems {
+        let mut problems = Problems::default();
+        problems.note(meta.check());
+        check_annotations(meta, known, &mut problems);
+        problems
+    }
+
+    pub(super) fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.push(field(path, msg));
     }
 
@@ -206,12 +229,12 @@ impl Problems {
     }
 
     /// The value, or `None` after noting why there is none.
-    fn note<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+    pub(super) fn note<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
         result.map_err(|e| self.push(e)).ok()
     }
 
     /// `value` if nothing was wrong, else every problem.
-    fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+    pub(super) fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
         if self.0.is_empty() {
             Ok(value)
         } else {
@@ -220,13 +243,13 @@ impl Problems {
     }
 }
 
-fn field(path: &str, msg: impl std::fmt::Display) -> FieldError {
+pub(super) fn field(path: &str, msg: impl std::fmt::Display) -> FieldError {
     (path.to_owned(), msg.to_string())
 }
 
 /// Refuses a `cemesh.dev/` annotation that is not in `known` (a typo would otherwise
 /// be silently ignored), naming the closest known one.
-fn check_annotations(meta: &Metadata, known: &[&str], problems: &mut Problems) {
+pub(super) fn check_annotations(meta: &Metadata, known: &[&str], problems: &mut Problems) {
     for key in meta.annotations.keys() {
         if !key.starts_with("cemesh.dev/") || known.contains(&key.as_str()) {
             continue;
@@ -262,21 +285,54 @@ fn compile_broker(
 ) -> Result<BrokerDesired, Vec<FieldError>> {
     let mut problems = Problems::default();
     problems.note(meta.check());
+    if meta.name.ends_with(super::channel::CHANNEL_SUFFIX) {
+        problems.add(
+            "metadata.name",
+            format!(
+                "names ending in {} are channel addresses (channel x is at x{0}); choose another name",
+                super::channel::CHANNEL_SUFFIX
+            ),
+        );
+    }
     check_annotations(meta, BROKER_ANNOTATIONS, &mut problems);
-    let path = |a: &str| format!("metadata.annotations.{a}");
     let channel = match meta.annotations.get(CHANNEL_ANNOTATION) {
         None => ctx.default_channel,
         Some(v) => match ChannelKind::parse(v) {
             Some(c) => c,
             None => {
                 problems.add(
-                    &path(CHANNEL_ANNOTATION),
+                    &format!("metadata.annotations.{CHANNEL_ANNOTATION}"),
                     format!("{v:?} is not a channel; expected memory, sled or kafka"),
                 );
                 ctx.default_channel
             }
         },
     };
+    let key = BrokerKey::new(meta.namespace(), &meta.name);
+    let d = broker_desired(
+        key,
+        AddressKind::Broker,
+        channel,
+        meta,
+        delivery,
+        ctx,
+        &mut problems,
+    );
+    problems.into_result(d)
+}
+
+/// What runs a broker or a channel (at address `key`) on storage `channel`, with the
+/// settings `meta`'s annotations ask for.
+pub(super) fn broker_desired(
+    key: BrokerKey,
+    kind: AddressKind,
+    channel: ChannelKind,
+    meta: &Metadata,
+    delivery: Option<DeliveryManifest>,
+    ctx: &ResolveContext<'_>,
+    problems: &mut Problems,
+) -> BrokerDesired {
+    let path = |a: &str| format!("metadata.annotations.{a}");
     let max_body_bytes = match meta.annotations.get(MAX_BODY_ANNOTATION) {
         None => ctx.default_max_body,
         Some(v) => problems
@@ -284,24 +340,25 @@ fn compile_broker(
             .unwrap_or(ctx.default_max_body),
     };
     if let Some(d) = &delivery {
-        check_delivery(d, "spec.delivery", &mut problems);
+        check_delivery(d, "spec.delivery", problems);
     }
-    let channel_options = channel_options(meta, &mut problems);
+    let channel_options = channel_options(meta, problems);
     #[cfg(feature = "kafka")]
     if channel == ChannelKind::Kafka {
         problems.note(crate::kafka::channel_config(&meta.annotations));
     }
-    problems.into_result(BrokerDesired {
-        key: BrokerKey::new(meta.namespace(), &meta.name),
+    BrokerDesired {
+        key,
+        kind,
         channel,
         channel_options,
         annotations: meta.annotations.clone(),
         max_body_bytes,
         delivery,
-    })
+    }
 }
 
-fn channel_options(meta: &Metadata, problems: &mut Problems) -> ChannelOptions {
+pub(super) fn channel_options(meta: &Metadata, problems: &mut Problems) -> ChannelOptions {
     let path = |a: &str| format!("metadata.annotations.{a}");
     let get = |a: &str| meta.annotations.get(a).map(String::as_str);
     let mut o = ChannelOptions::default();
@@ -333,6 +390,21 @@ fn channel_options(meta: &Metadata, problems: &mut Problems) -> ChannelOptions {
         let r = parse_bytes(v).map_err(|e| field(&path(MAX_BACKLOG_SIZE_ANNOTATION), e));
         if let Some(n) = problems.note(r) {
             o.max_backlog_bytes = n;
+        }
+    }
+    if let Some(v) = get(BACKPRESSURE_WINDOW_ANNOTATION) {
+        if v.trim() == "none" {
+            o.backpressure_window = None;
+        } else {
+            let r = parse_bytes(v).map_err(|e| {
+                field(
+                    &path(BACKPRESSURE_WINDOW_ANNOTATION),
+                    format!("{e} (or none)"),
+                )
+            });
+            if let Some(n) = problems.note(r) {
+                o.backpressure_window = Some(n);
+            }
         }
     }
     if let Some(v) = get(RETAIN_WITHOUT_TRIGGERS_ANNOTATION) {
@@ -384,9 +456,7 @@ fn compile_trigger(
     invalid: &BTreeMap<BrokerKey, String>,
     ctx: &ResolveContext<'_>,
 ) -> Result<TriggerDesired, Vec<FieldError>> {
-    let mut problems = Problems::default();
-    problems.note(t.metadata.check());
-    check_annotations(&t.metadata, TRIGGER_ANNOTATIONS, &mut problems);
+    let mut problems = Problems::for_resource(&t.metadata, TRIGGER_ANNOTATIONS);
     let ns = t.metadata.namespace();
     let broker_key = BrokerKey::new(ns, &t.spec.broker);
     let broker = if t.spec.broker.is_empty() {
@@ -409,7 +479,6 @@ fn compile_trigger(
         }
         broker
     };
-    let subscriber = problems.note(resolve(&t.spec.subscriber, ns, "spec.subscriber", ctx));
     let filter = problems.note(super::filters::compile_filter(&t.spec));
     if let Some(d) = &t.spec.delivery {
         check_delivery(d, "spec.delivery", &mut problems);
@@ -418,9 +487,61 @@ fn compile_trigger(
         broker.and_then(|b| b.delivery.as_ref()),
         t.spec.delivery.as_ref(),
     );
-    let delivery = delivery_spec(&merged, &t.metadata, ctx, &mut problems);
+    let runtime = subscriber_runtime(
+        Subscribing {
+            meta: &t.metadata,
+            key: TriggerKey::new(ns, &t.metadata.name),
+            broker: t.spec.broker.clone(),
+            broker_desired: broker,
+            subscriber: &t.spec.subscriber,
+            subscriber_path: "spec.subscriber",
+            delivery: &merged,
+            delivery_path: "spec.delivery",
+            reply: ReplyTo::Broker,
+        },
+        ctx,
+        &mut problems,
+    );
+    let (Some(runtime), Some(filter)) = (runtime, filter) else {
+        return Err(problems.0);
+    };
+    let (runtime, start) = runtime;
+    problems.into_result(TriggerDesired {
+        runtime: TriggerRuntime { filter, ..runtime },
+        start,
+    })
+}
+
+/// What makes a trigger-like delivery loop: a Trigger, a Subscription, or one a
+/// flow is made of.
+pub(super) struct Subscribing<'a> {
+    /// Its annotations (parallelism, ordering, max-lag, ...) and name.
+    pub meta: &'a Metadata,
+    pub key: TriggerKey,
+    /// The address name of the broker or channel it reads.
+    pub broker: String,
+    pub broker_desired: Option<&'a BrokerDesired>,
+    pub subscriber: &'a Destination,
+    pub subscriber_path: &'a str,
+    /// The delivery that applies, already merged with its defaults.
+    pub delivery: &'a DeliveryManifest,
+    pub delivery_path: &'a str,
+    pub reply: ReplyTo,
+}
+
+/// The runtime (matching every event; the caller sets the filter) and start position
+/// of `s`, or `None` with its problems noted.
+pub(super) fn subscriber_runtime(
+    s: Subscribing<'_>,
+    ctx: &ResolveContext<'_>,
+    problems: &mut Problems,
+) -> Option<(TriggerRuntime, StartAt)> {
+    let ns = s.key.namespace.clone();
+    let meta = s.meta;
+    let subscriber = problems.note(resolve(s.subscriber, &ns, s.subscriber_path, ctx));
+    let delivery = delivery_spec(s.delivery, s.delivery_path, meta, ctx, problems);
     let ann = |a: &str| format!("metadata.annotations.{a}");
-    let parallelism = match t.metadata.annotations.get(PARALLELISM_ANNOTATION) {
+    let parallelism = match meta.annotations.get(PARALLELISM_ANNOTATION) {
         None => 64,
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=10_000).contains(&n) => n,
@@ -433,12 +554,7 @@ fn compile_trigger(
             }
         },
     };
-    let start = match t
-        .metadata
-        .annotations
-        .get(START_ANNOTATION)
-        .map(String::as_str)
-    {
+    let start = match meta.annotations.get(START_ANNOTATION).map(String::as_str) {
         None | Some("latest") => StartAt::Latest,
         Some("earliest") => StartAt::Earliest,
         Some(v) => {
@@ -449,13 +565,13 @@ fn compile_trigger(
             StartAt::Latest
         }
     };
-    let mut max_lag = match t.metadata.annotations.get(MAX_LAG_ANNOTATION) {
-        None => broker.map(default_max_lag).unwrap_or_default(),
+    let mut max_lag = match meta.annotations.get(MAX_LAG_ANNOTATION) {
+        None => s.broker_desired.map(default_max_lag).unwrap_or_default(),
         Some(v) => problems
             .note(parse_max_lag(v).map_err(|e| field(&ann(MAX_LAG_ANNOTATION), e)))
             .unwrap_or_default(),
     };
-    if let Some(v) = t.metadata.annotations.get(MAX_LAG_ACTION_ANNOTATION) {
+    if let Some(v) = meta.annotations.get(MAX_LAG_ACTION_ANNOTATION) {
         match v.trim() {
             "dead-letter" => {}
             "pause" if max_lag.is_set() => max_lag.pause = true,
@@ -469,34 +585,50 @@ fn compile_trigger(
             ),
         }
     }
-    let auth = delivery_auth(t, &mut problems);
-    let (Some(subscriber), Some(filter)) = (subscriber, filter) else {
-        return Err(problems.0);
+    let auth = delivery_auth(meta, s.subscriber, s.subscriber_path, problems);
+    // The sink's own Destination: its audience and CACerts (Knative's
+    // `deadLetterSinkAudience`/`deadLetterSinkCACerts` are these fields of it).
+    let dead_letter_auth = match &s.delivery.dead_letter_sink {
+        Some(sink) => delivery_auth(
+            meta,
+            sink,
+            &format!("{}.deadLetterSink", s.delivery_path),
+            problems,
+        ),
+        None => DeliveryAuth::default(),
     };
-    problems.into_result(TriggerDesired {
-        runtime: TriggerRuntime {
-            key: TriggerKey::new(ns, &t.metadata.name),
-            broker: t.spec.broker.clone(),
-            filter,
+    let subscriber = subscriber?;
+    Some((
+        TriggerRuntime {
+            key: s.key,
+            broker: s.broker,
+            filter: cemesh_dispatcher::Filter::All,
             subscriber,
             delivery,
             parallelism,
-            endpoints: on_demand_endpoints(&t.spec.subscriber, ns, ctx),
+            endpoints: on_demand_endpoints(s.subscriber, &ns, ctx),
             max_lag,
             auth,
+            dead_letter_auth,
+            reply: s.reply,
         },
         start,
-    })
+    ))
 }
 
-/// How the trigger's deliveries prove they come from cemesh: a JWT for the
-/// subscriber's `audience`, and a Standard Webhooks signature with the secret in the
-/// file `cemesh.dev/webhook-secret-file` names (read here, so a missing file is a
-/// problem of the trigger, reported before it runs).
-fn delivery_auth(t: &TriggerManifest, problems: &mut Problems) -> DeliveryAuth {
-    let audience = t.spec.subscriber.audience.clone().filter(|a| !a.is_empty());
-    let webhook = t
-        .metadata
+/// How the trigger's deliveries to `dest` (its subscriber or its dead-letter sink,
+/// at `at`) prove they come from cemesh: a JWT for the destination's `audience`, and
+/// a Standard Webhooks signature with the secret in the file
+/// `cemesh.dev/webhook-secret-file` names (read here, so a missing file is a problem
+/// of the trigger, reported before it runs); and the CAs it trusts for it.
+pub(super) fn delivery_auth(
+    meta: &Metadata,
+    dest: &Destination,
+    at: &str,
+    problems: &mut Problems,
+) -> DeliveryAuth {
+    let audience = dest.audience.clone().filter(|a| !a.is_empty());
+    let webhook = meta
         .annotations
         .get(WEBHOOK_SECRET_ANNOTATION)
         .and_then(|path| {
@@ -508,9 +640,9 @@ fn delivery_auth(t: &TriggerManifest, problems: &mut Problems) -> DeliveryAuth {
                 .map_err(|e| problems.add(&at, format!("{path}: {e}")))
                 .ok()
         });
-    let ca_certs = t.spec.subscriber.ca_certs.as_deref().and_then(|pem| {
+    let ca_certs = dest.ca_certs.as_deref().and_then(|pem| {
         CaCerts::parse(pem)
-            .map_err(|e| problems.add("spec.subscriber.CACerts", e))
+            .map_err(|e| problems.add(&format!("{at}.CACerts"), e))
             .ok()
     });
     DeliveryAuth {
@@ -562,12 +694,13 @@ fn parse_max_lag(v: &str) -> Result<MaxLag, String> {
 /// when only some fields are set).
 fn delivery_spec(
     d: &DeliveryManifest,
+    at: &str,
     meta: &Metadata,
     ctx: &ResolveContext<'_>,
     problems: &mut Problems,
 ) -> DeliverySpec {
     let mut spec = DeliverySpec::default();
-    let p = |f: &str| format!("spec.delivery.{f}");
+    let p = |f: &str| format!("{at}.{f}");
     if let Some(r) = d.retry {
         let r = u32::try_from(r).map_err(|_| field(&p("retry"), "must not be negative"));
         if let Some(r) = problems.note(r) {
@@ -713,7 +846,7 @@ pub fn merge_delivery(
     }
 }
 
-fn check_delivery(d: &DeliveryManifest, path: &str, problems: &mut Problems) {
+pub(super) fn check_delivery(d: &DeliveryManifest, path: &str, problems: &mut Problems) {
     if let Some(r) = d.retry.filter(|r| *r < 0) {
         problems.add(
             &format!("{path}.retry"),
@@ -780,21 +913,21 @@ pub fn resolve(
                 .services
                 .get(&format!("{ns}/{}", r.name))
                 .or_else(|| ctx.services.get(&r.name));
-            let url = if r.kind == "Broker" {
-                format!("{}/{ns}/{}", ctx.ingress_base.trim_end_matches('/'), r.name)
+            let url = if let Some(address) = local_address(&r.kind, &r.name) {
+                format!("{}/{ns}/{address}", ctx.ingress_base.trim_end_matches('/'))
             } else if let Some(s) = by_name {
                 match &s.target {
                     ServiceTarget::Url(url) => url.clone(),
                     // Each attempt replaces the host with a leased instance's
                     // (`TriggerRuntime.endpoints`); only a subscriber has that.
-                    ServiceTarget::Command(_) if path == "spec.subscriber" => {
+                    ServiceTarget::Command(_) if is_subscriber_path(path) => {
                         format!("http://{}.on-demand.invalid/", r.name)
                     }
                     ServiceTarget::Command(_) => {
                         return Err(field(
                             &format!("{rpath}.name"),
                             format!(
-                                "service {:?} is started on demand (a command) and can only be a trigger's subscriber",
+                                "service {:?} is started on demand (a command) and can only be a subscriber",
                                 r.name
                             ),
                         ))
@@ -822,13 +955,39 @@ pub fn resolve(
     }
 }
 
+/// The address name (at `{ingress}/{namespace}/`) of an addressable this mesh runs:
+/// a Broker, a channel, or a flow (its first channel, as in Knative).
+pub(super) fn local_address(kind: &str, name: &str) -> Option<String> {
+    use super::channel::channel_address;
+    use super::flows::{parallel_ingress, sequence_channel};
+    match kind {
+        "Broker" => Some(name.to_owned()),
+        "Channel" | "InMemoryChannel" | "KafkaChannel" => Some(channel_address(name)),
+        "Sequence" => Some(channel_address(&sequence_channel(name, 0))),
+        "Parallel" => Some(channel_address(&parallel_ingress(name))),
+        _ => None,
+    }
+}
+
+/// Where a Destination may be an on-demand service: a trigger's or subscription's
+/// subscriber, a sequence step, a parallel branch's subscriber or filter.
+fn is_subscriber_path(path: &str) -> bool {
+    path == "spec.subscriber"
+        || path.starts_with("spec.steps[")
+        || (path.starts_with("spec.branches[")
+            && (path.ends_with(".subscriber") || path.ends_with(".filter")))
+}
+
 /// The instance pool of the on-demand service a subscriber `ref` names, if any.
 fn on_demand_endpoints(
     dest: &Destination,
     namespace: &str,
     ctx: &ResolveContext<'_>,
 ) -> Option<std::sync::Arc<dyn cemesh_dispatcher::Endpoints>> {
-    let r = dest.reference.as_ref().filter(|r| r.kind != "Broker")?;
+    let r = dest
+        .reference
+        .as_ref()
+        .filter(|r| local_address(&r.kind, &r.name).is_none())?;
     let ns = r.namespace.as_deref().unwrap_or(namespace);
     ctx.services
         .get(&format!("{ns}/{}", r.name))
@@ -866,7 +1025,7 @@ fn parse_http_url(s: &str) -> Result<reqwest::Url, UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{parse_str, KReference};
+    use crate::manifest::{compile, parse_str, KReference};
     use std::path::Path;
 
     fn ctx<'a>(services: &'a BTreeMap<String, ServiceEntry>) -> ResolveContext<'a> {
@@ -948,11 +1107,7 @@ mod tests {
         assert_eq!(url.as_str(), "http://thumbs.on-demand.invalid/");
         let err = resolve(&dest, "ns", "spec.delivery.deadLetterSink", &c).unwrap_err();
         assert_eq!(err.0, "spec.delivery.deadLetterSink.ref.name");
-        assert!(
-            err.1.contains("only be a trigger's subscriber"),
-            "{}",
-            err.1
-        );
+        assert!(err.1.contains("can only be a subscriber"), "{}", err.1);
         // Without a running pool (validation only) nothing is leased.
         assert!(on_demand_endpoints(&dest, "ns", &c).is_none());
     }

@@ -3,12 +3,12 @@
 //! readiness, then wait for it to exit or to be asked to stop (SIGTERM to its process
 //! group, SIGKILL after the grace). Whatever happens, the pool hears how it ended.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cemesh_sources::process::stop_group;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Mutex;
@@ -55,6 +55,8 @@ pub(crate) trait Supervisor: Send + Sync + 'static {
     fn probe(&self) -> &reqwest::Client;
     fn became_ready(&self, inst: &Instance, took: Duration);
     fn exited(&self, inst: &Instance, exit: Exit, uptime: Duration);
+    /// What a `SinkBinding` adds to the environment (`K_SINK`, ...).
+    fn binding(&self) -> Vec<(String, String)>;
 }
 
 /// How often readiness is probed while an instance starts.
@@ -108,21 +110,21 @@ pub(crate) async fn run<P: Supervisor>(pool: Arc<P>, inst: Arc<Instance>) {
             tokio::select! {
                 status = child.wait() => {
                     // Leftover children of the process go with it.
-                    kill_group(pid, Signal::Kill);
+                    cemesh_sources::process::kill_group(pid);
                     Exit::Crashed(describe(status))
                 }
                 _ = inst.stop.cancelled() => {
-                    stop(&mut child, pid, pool.spec().stop_grace).await;
+                    stop_group(&mut child, pid, pool.spec().stop_grace).await;
                     Exit::Stopped
                 }
             }
         }
         Start::Exited(status) => {
-            kill_group(pid, Signal::Kill);
+            cemesh_sources::process::kill_group(pid);
             Exit::FailedStart(format!("exited before it was ready: {status}"))
         }
         Start::TimedOut => {
-            stop(&mut child, pid, pool.spec().stop_grace).await;
+            stop_group(&mut child, pid, pool.spec().stop_grace).await;
             Exit::FailedStart(match &pool.spec().readiness {
                 Some(path) => format!(
                     "GET {path} did not answer 2xx within {:?}",
@@ -136,7 +138,7 @@ pub(crate) async fn run<P: Supervisor>(pool: Arc<P>, inst: Arc<Instance>) {
             })
         }
         Start::Stop => {
-            stop(&mut child, pid, pool.spec().stop_grace).await;
+            stop_group(&mut child, pid, pool.spec().stop_grace).await;
             Exit::Stopped
         }
     };
@@ -145,24 +147,12 @@ pub(crate) async fn run<P: Supervisor>(pool: Arc<P>, inst: Arc<Instance>) {
 
 fn spawn(pool: &impl Supervisor, inst: &Instance) -> std::io::Result<Child> {
     let spec = pool.spec();
-    let mut cmd = Command::new(&spec.command[0]);
-    cmd.args(&spec.command[1..])
-        .envs(&spec.env)
+    let mut cmd =
+        cemesh_sources::process::command(&spec.command, &spec.env, spec.working_dir.as_deref())?;
+    cmd.envs(pool.binding())
         .env(&spec.port_env, inst.port.to_string())
         .env("CEMESH_SERVICE", pool.service())
-        .env("CEMESH_INSTANCE", inst.number.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Dropped without a stop (cemesh's own task aborted): never leave it behind.
-        .kill_on_drop(true);
-    if let Some(dir) = &spec.working_dir {
-        cmd.current_dir(dir);
-    }
-    // Its own process group: a stop reaches whatever it started (a shell's children),
-    // and a Ctrl-C meant for cemesh does not kill instances behind its back.
-    #[cfg(unix)]
-    cmd.process_group(0);
+        .env("CEMESH_INSTANCE", inst.number.to_string());
     cmd.spawn()
 }
 
@@ -193,44 +183,6 @@ async fn wait_ready(pool: &impl Supervisor, inst: &Instance) -> bool {
         tokio::time::sleep(PROBE_EVERY).await;
     }
 }
-
-/// SIGTERM to the group, SIGKILL after `grace`.
-async fn stop(child: &mut Child, pid: Option<u32>, grace: Duration) {
-    kill_group(pid, Signal::Term);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(_) => kill_group(pid, Signal::Kill),
-        Err(_) => {
-            kill_group(pid, Signal::Kill);
-            let _ = child.kill().await;
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Signal {
-    Term,
-    Kill,
-}
-
-#[cfg(unix)]
-fn kill_group(pid: Option<u32>, signal: Signal) {
-    use rustix::process::{kill_process_group, Pid, Signal as S};
-    let Some(pid) = pid
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(Pid::from_raw)
-    else {
-        return;
-    };
-    let sig = match signal {
-        Signal::Term => S::TERM,
-        Signal::Kill => S::KILL,
-    };
-    // ESRCH (already gone) is the common, harmless case.
-    let _ = kill_process_group(pid, sig);
-}
-
-#[cfg(not(unix))]
-fn kill_group(_pid: Option<u32>, _signal: Signal) {}
 
 fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     match status {

@@ -27,6 +27,13 @@ pub use spec::{CommandSpec, ServiceEntry, ServiceEntryRaw, ServiceTarget};
 
 use pool::{Pool, PoolEndpoints};
 
+/// A service whose processes a `SinkBinding` can give environment variables.
+pub trait Bindable: std::fmt::Debug + Send + Sync {
+    /// From now on every instance runs with `env` besides the service's own; the
+    /// running ones are restarted so they do (the empty list unbinds).
+    fn bind(&self, env: Vec<(String, String)>);
+}
+
 /// The pools of every `command` service of the server config.
 #[derive(Debug, Default)]
 pub struct OnDemand {
@@ -46,6 +53,7 @@ impl OnDemand {
             // `namespace/name` keys: instances are named by the service's own name.
             let pool = Pool::new(name.clone(), spec.clone());
             entry.endpoints = Some(Arc::new(PoolEndpoints(pool.clone())) as Arc<dyn Endpoints>);
+            entry.binding = Some(Arc::new(PoolEndpoints(pool.clone())) as Arc<dyn Bindable>);
             pools.insert(name.clone(), pool);
         }
         if !pools.is_empty() {

@@ -59,6 +59,8 @@ pub(crate) struct Pool {
     closing: CancellationToken,
     /// For readiness probes (no proxy: instances are on 127.0.0.1).
     pub probe: reqwest::Client,
+    /// A `SinkBinding`'s environment.
+    binding: Mutex<Vec<(String, String)>>,
 }
 
 /// What an instance's task tells its pool, and reads from it.
@@ -77,6 +79,9 @@ impl Supervisor for Pool {
     }
     fn exited(&self, inst: &Instance, exit: Exit, uptime: Duration) {
         Pool::exited(self, inst, exit, uptime);
+    }
+    fn binding(&self) -> Vec<(String, String)> {
+        lock(&self.binding).clone()
     }
 }
 
@@ -112,6 +117,7 @@ impl Pool {
             changed: Arc::new(Notify::new()),
             closing: CancellationToken::new(),
             probe,
+            binding: Mutex::default(),
         });
         pool.record_instances(0);
         let maintain = tokio::spawn(pool.clone().maintain());
@@ -340,6 +346,32 @@ impl Drop for Release {
 /// A pool as the dispatcher's [`Endpoints`].
 #[derive(Debug, Clone)]
 pub(crate) struct PoolEndpoints(pub Arc<Pool>);
+
+impl super::Bindable for PoolEndpoints {
+    fn bind(&self, env: Vec<(String, String)>) {
+        let pool = &self.0;
+        {
+            let mut binding = lock(&pool.binding);
+            if *binding == env {
+                return;
+            }
+            *binding = env;
+        }
+        // Running instances restart with it: stopped now, started again by the
+        // next delivery (or at once, up to `min`).
+        let mut st = lock(&pool.state);
+        let running = std::mem::take(&mut st.instances);
+        st.stopping += running.len();
+        for inst in running {
+            tracing::info!(service = %pool.name, instance = inst.number, "Restarting the instance for its SinkBinding");
+            inst.stop.cancel();
+        }
+        let min = pool.spec.min as usize;
+        pool.scale_to(&mut st, min);
+        drop(st);
+        pool.changed.notify_waiters();
+    }
+}
 
 #[async_trait]
 impl Endpoints for PoolEndpoints {

@@ -94,6 +94,8 @@ pub struct ServiceEntry {
     /// The running instance pool of a `command` service, set by `serve` (see
     /// [`super::OnDemand::start`]); `None` when only validating.
     pub endpoints: Option<Arc<dyn Endpoints>>,
+    /// Where a `SinkBinding` puts its environment (a `command` service's pool).
+    pub binding: Option<Arc<dyn super::Bindable>>,
 }
 
 impl ServiceEntry {
@@ -102,6 +104,7 @@ impl ServiceEntry {
         ServiceEntry {
             target: ServiceTarget::Url(url.into()),
             endpoints: None,
+            binding: None,
         }
     }
 }
@@ -220,6 +223,7 @@ impl TryFrom<ServiceEntryRaw> for ServiceEntry {
         Ok(ServiceEntry {
             target,
             endpoints: None,
+            binding: None,
         })
     }
 }

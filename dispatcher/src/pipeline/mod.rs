@@ -58,8 +58,10 @@ pub enum DeadLettered {
 pub struct TriggerContext {
     pub runtime: Arc<TriggerRuntime>,
     pub deliverer: Deliverer,
-    /// The trigger's broker, where replies go.
+    /// The trigger's broker (or channel): what it reads, where its replies go.
     pub broker: Arc<dyn Channel>,
+    /// The channel a [`crate::ReplyTo::Local`] reply is appended to, when it runs.
+    pub reply_channel: Option<Arc<dyn Channel>>,
     pub dead_letters: Arc<dyn DeadLetterStore>,
     pub stats: Arc<TriggerStats>,
     pub metrics: Arc<TriggerMetrics>,

@@ -1,5 +1,7 @@
-//! A 2xx answer that carries a CloudEvent is a reply: appended to the trigger's
-//! broker with the TTL loop guard, retrying the append, never the subscriber.
+//! A 2xx answer that carries a CloudEvent is a reply, with the TTL loop guard. A
+//! trigger's reply is appended to its broker; a subscription's goes to its
+//! `spec.reply` ([`ReplyTo`]): appended to a channel of this mesh, or sent over HTTP,
+//! or dropped and counted. Appends and sends are retried, never the subscriber.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -9,8 +11,9 @@ use cemesh_proto::{knative, metric_names as names, Event};
 use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 
-use super::TriggerContext;
+use super::{Sent, Target, TriggerContext};
 use crate::delivery::Success;
+use crate::ReplyTo;
 
 impl TriggerContext {
     /// Feeds a reply carried by a 2xx answer back into the broker.
@@ -24,6 +27,18 @@ impl TriggerContext {
     ) {
         let mut replies = match decode_reply(&success.headers, success.body) {
             Reply::None => return,
+            Reply::Events(events) if self.runtime.reply == ReplyTo::Drop => {
+                self.stats
+                    .replies_dropped
+                    .fetch_add(events.len() as u64, Relaxed);
+                self.per_trigger_counter(
+                    &self.metrics.replies_dropped,
+                    names::TRIGGER_REPLIES_DROPPED,
+                )
+                .increment(events.len() as u64);
+                return;
+            }
+            Reply::Invalid(_) if self.runtime.reply == ReplyTo::Drop => return,
             Reply::Events(events) => events,
             Reply::Invalid(error) => {
                 let reason = format!("the subscriber's reply is not a valid CloudEvent: {error}");
@@ -61,26 +76,39 @@ impl TriggerContext {
             }
             return;
         }
+        let channel = match &self.runtime.reply {
+            ReplyTo::Drop => return,
+            ReplyTo::Url { url, .. } => {
+                for reply in replies {
+                    self.send_reply(url, reply, cancel).await;
+                }
+                return;
+            }
+            ReplyTo::Broker => Some(&self.broker),
+            ReplyTo::Local { .. } => self.reply_channel.as_ref(),
+        };
         // Retry the append, never the subscriber.
         let spec = &self.runtime.delivery;
         let mut k = 0u32;
         loop {
-            let error = match self.broker.append(replies.clone()).await {
+            let result = match channel {
+                Some(c) => c.append(replies.clone()).await,
+                None => Err(ChannelError::Closed),
+            };
+            let error = match result {
                 Ok(()) => {
-                    self.stats.replies.fetch_add(replies.len() as u64, Relaxed);
-                    self.per_trigger_counter(&self.metrics.replies, names::TRIGGER_REPLIES)
-                        .increment(replies.len() as u64);
+                    self.count_replies(replies.len());
                     return;
                 }
-                Err(ChannelError::Closed) => "the broker's channel is closed".to_owned(),
+                Err(ChannelError::Closed) => "the channel is closed or not running".to_owned(),
                 Err(e) => e.to_string(),
             };
             k += 1;
             if k > spec.retry || cancel.is_cancelled() {
                 for reply in replies {
                     let reason = format!(
-                        "appending the reply to broker {} failed: {error}",
-                        self.runtime.broker
+                        "appending the reply to {} failed: {error}",
+                        self.reply_target()
                     );
                     let _ = self.store(reply, reason, Vec::new(), None, cancel).await;
                 }
@@ -91,6 +119,41 @@ impl TriggerContext {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl TriggerContext {
+    fn count_replies(&self, n: usize) {
+        self.stats.replies.fetch_add(n as u64, Relaxed);
+        self.per_trigger_counter(&self.metrics.replies, names::TRIGGER_REPLIES)
+            .increment(n as u64);
+    }
+
+    /// `broker default/orders`, as failure reasons name where a reply was going.
+    fn reply_target(&self) -> String {
+        let ns = &self.runtime.key.namespace;
+        match &self.runtime.reply {
+            ReplyTo::Local { namespace, name } => format!("{namespace}/{name}"),
+            ReplyTo::Url { url, .. } => url.to_string(),
+            ReplyTo::Broker | ReplyTo::Drop => format!("broker {ns}/{}", self.runtime.broker),
+        }
+    }
+
+    /// Sends one reply to the subscription's `spec.reply` with the trigger's retries;
+    /// one that cannot be sent is dead-lettered with every attempt.
+    async fn send_reply(&self, url: &reqwest::Url, reply: Event, cancel: &CancellationToken) {
+        let format = self.runtime.delivery.format;
+        match self.send(url, Target::Reply, &reply, format, cancel).await {
+            Sent::Ok(_) => self.count_replies(1),
+            // Shutting down: the original event is redelivered after a restart.
+            Sent::Interrupted => {}
+            Sent::Failed(attempts, failure, latency) => {
+                let reason = format!("sending the reply to {url} failed: {}", failure.error);
+                let _ = self
+                    .store(reply, reason, attempts, Some(latency), cancel)
+                    .await;
             }
         }
     }

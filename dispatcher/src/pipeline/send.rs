@@ -32,12 +32,14 @@ impl TriggerContext {
     ) -> Sent {
         let spec = &self.runtime.delivery;
         let ns = &self.runtime.key.namespace;
-        // The subscriber's Destination says how to prove the sender; a dead-letter
-        // sink's own audience is not read yet.
-        let none = crate::signing::DeliveryAuth::default();
+        // Each destination says how to prove the sender and whom to trust.
         let auth = match target {
             Target::Subscriber => &self.runtime.auth,
-            _ => &none,
+            Target::DeadLetterSink => &self.runtime.dead_letter_auth,
+            Target::Reply => match &self.runtime.reply {
+                crate::ReplyTo::Url { auth, .. } => auth,
+                _ => &self.runtime.auth,
+            },
         };
         let subject = match auth.audience.is_none() {
             true => String::new(),
@@ -70,7 +72,8 @@ impl TriggerContext {
                 },
                 _ => None,
             };
-            let span = tracing::info_span!(
+            // At debug, as the ingress's span (see there).
+            let span = tracing::debug_span!(
                 "deliver",
                 broker = %self.runtime.broker,
                 trigger = %self.runtime.key,

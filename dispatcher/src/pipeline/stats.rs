@@ -22,6 +22,7 @@ pub struct TriggerMetrics {
     pub(super) delivered: OnceLock<Counter>,
     pub(super) retries: OnceLock<Counter>,
     pub(super) replies: OnceLock<Counter>,
+    pub(super) replies_dropped: OnceLock<Counter>,
     pub(super) breaker_open: OnceLock<Gauge>,
     pub(super) breaker_opened: OnceLock<Counter>,
     pub(super) paused: OnceLock<Gauge>,
@@ -112,8 +113,10 @@ pub struct TriggerStats {
     /// Events sent to the dead-letter sink or the built-in store (including replies
     /// that could not be appended).
     pub dead_lettered: AtomicU64,
-    /// Replies appended to the broker.
+    /// Replies appended to the broker (or sent to the subscription's reply).
     pub replies: AtomicU64,
+    /// Replies dropped: the subscription has no `spec.reply`.
+    pub replies_dropped: AtomicU64,
     /// Events moved to the dead letters by `cemesh.dev/max-lag`.
     pub overflowed: AtomicU64,
     /// Events being processed now.
@@ -132,6 +135,7 @@ impl Default for TriggerStats {
             retries: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             replies: AtomicU64::new(0),
+            replies_dropped: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             arrivals: Mutex::default(),
@@ -147,6 +151,7 @@ impl TriggerStats {
             "retries": self.retries.load(Relaxed),
             "deadLettered": self.dead_lettered.load(Relaxed),
             "replies": self.replies.load(Relaxed),
+            "repliesDropped": self.replies_dropped.load(Relaxed),
             "backlogOverflow": self.overflowed.load(Relaxed),
             "inFlight": self.in_flight.load(Relaxed).max(0),
         })

@@ -116,6 +116,8 @@ impl fmt::Display for KeySource {
 pub struct JwtClaims {
     pub issuer: String,
     pub subject: String,
+    /// When the token stops being accepted: `exp` plus the leeway (Unix seconds).
+    pub valid_until: u64,
 }
 
 /// Why a token was refused. Shown to the client: never holds the token or a key.
@@ -348,6 +350,9 @@ struct PeekClaims {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<serde_json::Value>,
+    /// Required and checked by jsonwebtoken; kept to know when a stream's sender
+    /// must prove itself again.
+    exp: Option<serde_json::Value>,
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, JwtError> {
@@ -524,6 +529,12 @@ impl Issuer {
                     return Ok(JwtClaims {
                         issuer: self.config.issuer.clone(),
                         subject,
+                        valid_until: data
+                            .claims
+                            .exp
+                            .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64)))
+                            .unwrap_or(0)
+                            .saturating_add(validation.leeway),
                     });
                 }
                 Err(e) => match self.classify(e.into_kind(), audience) {
@@ -1053,12 +1064,15 @@ mod tests {
             (&edk, "ed"),
             (&rsk, "rsa"),
         ] {
-            let got = v.verify(&signer.sign(Some(kid), &claims(json!({}))), AUD);
+            let exp = now() + 300;
+            let got = v.verify(&signer.sign(Some(kid), &claims(json!({"exp": exp}))), AUD);
             assert_eq!(
                 got,
                 Ok(JwtClaims {
                     issuer: ISS.into(),
-                    subject: "system:serviceaccount:ns:app".into()
+                    subject: "system:serviceaccount:ns:app".into(),
+                    // exp plus the 5 s leeway of the test issuer.
+                    valid_until: exp + 5,
                 }),
                 "{kid}"
             );

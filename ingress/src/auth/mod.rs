@@ -39,6 +39,21 @@ pub struct Identity {
     /// one, or `NS` of a `system:serviceaccount:NS:NAME` subject.
     pub namespace: Option<String>,
     pub kind: IdentityKind,
+    /// When the credential stops being valid (a JWT's `exp` plus the leeway, Unix
+    /// seconds); a long-lived gRPC stream is admitted again past it.
+    pub valid_until: Option<u64>,
+}
+
+impl Identity {
+    /// Whether the credential has expired since it was checked.
+    pub fn expired(&self) -> bool {
+        self.valid_until.is_some_and(|until| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            now > until
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +190,7 @@ impl Authenticator {
                 subject: t.name.clone(),
                 namespace: t.namespace.clone(),
                 kind: IdentityKind::Token,
+                valid_until: None,
             }));
         }
         match &self.jwt {
@@ -184,6 +200,7 @@ impl Authenticator {
                     .map_err(|e| AuthError::Jwt(e.to_string()))?;
                 Ok(Some(Identity {
                     namespace: Identity::namespace_of(&claims.subject),
+                    valid_until: Some(claims.valid_until),
                     subject: claims.subject,
                     kind: IdentityKind::Jwt {
                         issuer: claims.issuer,
@@ -518,6 +535,7 @@ mod tests {
             subject: subject.into(),
             namespace: ns.map(str::to_owned),
             kind: IdentityKind::Token,
+            valid_until: None,
         })
     }
 

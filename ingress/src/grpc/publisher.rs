@@ -74,7 +74,7 @@ fn accept(
     cemesh_proto::validate::validate(&event).map_err(invalid)?;
     let mut events = [event];
     accept::check_policies(routes, broker, admitted, &mut events, false)?;
-    accept::stamp(&mut events, now, None, false)?;
+    accept::stamp(broker, &mut events, now, None, false)?;
     accept::check_deliverable(broker, routes.header_budget(), &events, false)?;
     let [event] = events;
     Ok(event)
@@ -123,7 +123,7 @@ impl Publisher for PublisherService {
             cemesh_proto::protobuf::from_proto_batch(messages).map_err(|e| refuse(invalid(e)))?;
         accept::check_policies(&self.routes, &broker, &admitted, &mut events, true)
             .map_err(refuse)?;
-        accept::stamp(&mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
+        accept::stamp(&broker, &mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
         accept::check_deliverable(&broker, self.routes.header_budget(), &events, true)
             .map_err(refuse)?;
         let accepted = accept::store(&broker, events).await.map_err(refuse)?;
@@ -203,7 +203,8 @@ async fn run_stream(
     }
 }
 
-/// A stream's sender and the broker it sends to, admitted once per broker.
+/// A stream's sender and the broker it sends to, admitted once per broker, and
+/// again once its JWT has expired (refused then, as a new call would be).
 struct Current {
     credential: Option<Vec<u8>>,
     broker: Option<(Arc<BrokerEndpoint>, Admitted)>,
@@ -225,7 +226,12 @@ fn prepare(
         })
     } else {
         broker(routes, &req.namespace, &req.broker).and_then(|b| match &current.broker {
-            Some((running, admitted)) if Arc::ptr_eq(running, &b) => Ok((b, admitted.clone())),
+            Some((running, admitted))
+                if Arc::ptr_eq(running, &b)
+                    && !admitted.who.as_ref().is_some_and(|w| w.expired()) =>
+            {
+                Ok((b, admitted.clone()))
+            }
             _ => {
                 let admitted = accept::admit(routes, &b, current.credential.as_deref())?;
                 current.broker = Some((b.clone(), admitted.clone()));

@@ -492,6 +492,50 @@ async fn jwts_from_a_configured_issuer_authenticate_senders() {
         403
     );
     assert!(!mesh.logs().contains(&good));
+
+    // A gRPC stream outlives its JWT: messages after the token expired (exp plus the
+    // 5 s leeway) are refused UNAUTHENTICATED, as a new call with it would be.
+    {
+        use cemesh_proto::pb::cemesh::v1::publisher_client::PublisherClient;
+        use cemesh_proto::pb::cemesh::v1::PublishRequest;
+        let short = issuer.token("k1", claims(app, aud, JWT_ISSUER, now() as i64 - 2));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<PublishRequest>();
+        let mut request = tonic::Request::new(rx);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {short}").parse().unwrap());
+        let message = |id: &str| PublishRequest {
+            namespace: "shop".into(),
+            broker: "orders".into(),
+            event: Some(cemesh_proto::protobuf::to_proto(&Event::new(
+                id,
+                "/shop",
+                "order.created",
+            ))),
+        };
+        tx.unbounded_send(message("s-1")).unwrap();
+        let mut acks = PublisherClient::new(channel)
+            .publish_stream(request)
+            .await
+            .expect("the stream opens with a valid token")
+            .into_inner();
+        let first = acks.message().await.unwrap().unwrap();
+        assert_eq!(first.code, 0, "{first:?}");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        tx.unbounded_send(message("s-2")).unwrap();
+        let second = acks.message().await.unwrap().unwrap();
+        assert_eq!(
+            second.code,
+            tonic::Code::Unauthenticated as i32,
+            "{second:?}"
+        );
+        assert!(second.message.contains("expired"), "{second:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -751,6 +795,12 @@ async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
         secret_file.display(),
         hook_sub.url()
     );
+    // A dead-letter sink's own Destination names its own audience.
+    let sink_sub = Subscriber::start().await;
+    let sunk_trigger = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: sunk\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:1/\n    audience: https://never.example/\n  delivery:\n    retry: 0\n    deadLetterSink:\n      uri: {}\n      audience: https://orders.example/dead-letters\n",
+        sink_sub.url()
+    );
     let data_dir = tempfile::tempdir().unwrap();
     let mesh = Cemesh::builder()
         .manifest(
@@ -759,6 +809,7 @@ async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
                 broker_yaml("default"),
                 oidc_trigger,
                 hook_trigger,
+                sunk_trigger,
                 trigger_yaml("plain", "default", &plain_sub.url(), &[]),
             ]),
         )
@@ -805,6 +856,30 @@ async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
     .claims;
     assert_eq!(claims["sub"], "default/verified");
     assert!(claims["exp"].as_u64().unwrap() <= now() + 300);
+    // The dead-letter sink's token is for its own audience.
+    let sunk = sink_sub.wait_for(1, Duration::from_secs(10)).await;
+    let auth = sunk[0].headers["authorization"].to_str().unwrap();
+    let sink_token = auth.strip_prefix("Bearer ").expect("a bearer token");
+    let mut sink_validation = validation.clone();
+    sink_validation.set_audience(&["https://orders.example/dead-letters"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        sink_token,
+        &jsonwebtoken::DecodingKey::from_jwk(
+            jwks.find(
+                jsonwebtoken::decode_header(sink_token)
+                    .unwrap()
+                    .kid
+                    .as_deref()
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap(),
+        &sink_validation,
+    )
+    .expect("the dead-letter sink's token verifies for its audience")
+    .claims;
+    assert_eq!(claims["sub"], "default/sunk");
     // Another audience does not verify it.
     validation.set_audience(&["https://someone.else"]);
     assert!(jsonwebtoken::decode::<Value>(
@@ -859,4 +934,58 @@ async fn subscribers_verify_deliveries_by_oidc_token_and_webhook_signature() {
         serde_json::to_value(&jwks).unwrap()["keys"][0]["kid"],
         again["keys"][0]["kid"]
     );
+}
+
+/// Channels and flows go through the same security layer as brokers: a policy on a
+/// Sequence guards its address and its inner hops; one on a Channel its address;
+/// hops inside the mesh (a step's reply into the next channel) need no credential.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_policies_guard_channels_and_every_hop_of_a_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (step, last, sub) = (
+        Subscriber::start().await,
+        Subscriber::start().await,
+        Subscriber::start().await,
+    );
+    step.set_echo(true);
+    let manifests = docs(&[
+        format!("apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: pipeline\n  namespace: shop\nspec:\n  steps:\n    - uri: {}\n    - uri: {}\n", step.url(), last.url()),
+        "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: audit\n  namespace: shop\n  labels:\n    team: orders\n".to_owned(),
+        format!("apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: audit\n  namespace: shop\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: audit\n  subscriber:\n    uri: {}\n", sub.url()),
+        "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: billing-runs-the-pipeline\n  namespace: shop\nspec:\n  to:\n    - ref:\n        apiVersion: flows.knative.dev/v1\n        kind: Sequence\n        name: pipeline\n    - selector:\n        apiVersion: messaging.knative.dev/v1\n        kind: InMemoryChannel\n        matchLabels:\n          team: orders\n  from:\n    - sub: billing\n".to_owned(),
+    ]);
+    let mesh = Cemesh::builder()
+        .manifest("mesh.yaml", &manifests)
+        .arg("--config")
+        .arg(&config)
+        .env("CEMESH_TEST_BILLING_TOKEN", BILLING_TOKEN)
+        .start();
+    let first = mesh.broker_url("shop", "pipeline-kn-sequence-0-kn-channel");
+    let inner = mesh.broker_url("shop", "pipeline-kn-sequence-1-kn-channel");
+    let audit = mesh.broker_url("shop", "audit-kn-channel");
+    let e = Event::new("p1", "/auth", "com.example.p");
+    for url in [&first, &inner, &audit] {
+        let (status, body, _) = post(url, None, &e).await;
+        assert_eq!(status, 401, "{url}: {body}");
+        let (status, body, _) = post(url, Some(ORDERS_TOKEN), &e).await;
+        assert_eq!(status, 403, "{url}: {body}");
+        let address = url.rsplit('/').next().unwrap();
+        assert_eq!(
+            error_of(&body),
+            format!("orders may not send to broker shop/{address}: no EventPolicy that selects it (shop/billing-runs-the-pipeline) names this subject in spec.from"),
+        );
+    }
+    let (status, body, _) = post(&first, Some(BILLING_TOKEN), &e).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body, _) = post(&audit, Some(BILLING_TOKEN), &e).await;
+    assert_eq!(status, 202, "{body}");
+    // The step's reply reached the next hop inside the mesh.
+    assert_eq!(last.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    assert_eq!(sub.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    let seq = mesh
+        .admin_json("/v1/namespaces/shop/eventpolicies/billing-runs-the-pipeline")
+        .await;
+    let selected = seq["status"]["brokers"].as_array().unwrap();
+    assert_eq!(selected.len(), 3, "{seq}");
 }

@@ -141,3 +141,88 @@ fn unavailable_channel_fails_with_a_clear_message() {
     assert!(!out.status.success(), "kafka is not in this build yet");
     assert!(stderr.contains("kafka"), "{stderr}");
 }
+
+/// `bench --target-url` against a running broker over https (issue 19 §1): trusting
+/// the broker's CA with --cacert, sending --token-file's token to a broker an
+/// EventPolicy guards; every event arrives once. Refused without the CA.
+#[test]
+fn target_url_over_https_with_a_token() {
+    use cemesh_tests::{docs, Cemesh};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let ca = cemesh_tests::pki::ca();
+    cemesh_tests::pki::leaf(
+        &ca,
+        1,
+        dir.path().join("tls.crt").as_path(),
+        dir.path().join("tls.key").as_path(),
+    );
+    std::fs::write(path("ca.pem"), ca.cert.pem()).unwrap();
+    let token = "bench-token-00112233445566778899";
+    std::fs::write(path("token"), token).unwrap();
+    std::fs::write(
+        path("cemesh.yaml"),
+        format!(
+            "auth:\n  tokens:\n    - name: loadgen\n      file: {}\n",
+            path("token")
+        ),
+    )
+    .unwrap();
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap().to_string();
+    drop(sink);
+    let out = Command::new(cemesh_bin())
+        .args([
+            "bench",
+            "--print-manifests",
+            "--triggers",
+            "2",
+            "--sink-addr",
+            &sink_addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let manifests = String::from_utf8(out.stdout).unwrap();
+    let policy = "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: loadgen\n  namespace: default\nspec:\n  to:\n    - ref:\n        apiVersion: eventing.knative.dev/v1\n        kind: Broker\n        name: bench\n  from:\n    - sub: loadgen\n";
+    let mesh = Cemesh::builder()
+        .manifest("mesh.yaml", &docs(&[manifests, policy.to_owned()]))
+        .arg("--tls-cert")
+        .arg(&path("tls.crt"))
+        .arg("--tls-key")
+        .arg(&path("tls.key"))
+        .arg("--config")
+        .arg(&path("cemesh.yaml"))
+        .start();
+    let target = mesh
+        .broker_url("default", "bench")
+        .replacen("http://", "https://", 1);
+    let common = [
+        "--target-url",
+        &target,
+        "--sink-addr",
+        &sink_addr,
+        "--triggers",
+        "2",
+        "--events",
+        "600",
+        "--connections",
+        "4",
+    ];
+    let (ca_file, token_file) = (path("ca.pem"), path("token"));
+    let mut args = common.to_vec();
+    args.extend(["--cacert", &ca_file, "--token-file", &token_file]);
+    let report = bench(&args);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_exact(&runs[0], 600, 2);
+    // Without the CA the handshake fails and the bench says so.
+    let out = Command::new(cemesh_bin())
+        .arg("bench")
+        .args(common)
+        .args(["--token-file", &token_file])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
+}

@@ -366,14 +366,7 @@ async fn metrics_count_what_happened() {
     failing.wait_for(15, WAIT).await;
     let deadline = Instant::now() + WAIT;
     let text = loop {
-        let text = c
-            .get(mesh.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = mesh.metrics_text().await;
         if metric(
             &text,
             "cemesh_trigger_dead_letters_total",
@@ -446,14 +439,7 @@ async fn metrics_count_what_happened() {
     // Refused requests are counted with their code.
     let resp = c.post(&url).body("not an event").send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    let text = c
-        .get(mesh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = mesh.metrics_text().await;
     assert_eq!(
         metric(
             &text,

@@ -786,3 +786,72 @@ async fn cold_start_grace_keeps_the_retry_budget_while_a_subscriber_wakes() {
     wait_dead_letters(&mesh, "plain", 1).await;
     assert_eq!(plain.count(), 2);
 }
+
+/// Ingress backpressure that follows delivery (issue 20): a producer sending faster
+/// than the trigger delivers gets 429 with `Retry-After` and a body naming the
+/// broker's window once the delivering trigger is that far behind; every accepted
+/// event is delivered, and once the subscriber catches up the ingress takes events
+/// again. The window is per broker (`cemesh.dev/backpressure-window`, on memory and
+/// sled alike).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_faster_than_delivery_is_held_back_with_429_and_loses_nothing() {
+    for channel in ["memory", "sled"] {
+        let sub = Subscriber::start().await;
+        sub.set_delay(Duration::from_millis(20), Duration::ZERO);
+        let broker = format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  annotations:\n    cemesh.dev/channel: {channel}\n    cemesh.dev/backpressure-window: 32KiB\n"
+        );
+        let trigger = trigger_yaml("slow", "default", &sub.url(), &[]).replace(
+            "metadata:\n  name: slow\n",
+            "metadata:\n  name: slow\n  annotations:\n    cemesh.dev/parallelism: \"2\"\n",
+        );
+        let mesh = Cemesh::builder()
+            .manifest("mesh.yaml", &docs(&[broker, trigger]))
+            .start();
+        let c = client();
+        let url = mesh.broker_url("default", "default");
+        let mut accepted = Vec::new();
+        let mut refusal = None;
+        for i in 0..500 {
+            let mut e = Event::new(format!("{channel}-{i}"), "/flow", "t");
+            e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+            let r = post_binary(&c, &url, &e).await;
+            match r.status().as_u16() {
+                202 => accepted.push(e.id.clone()),
+                429 => {
+                    refusal = Some(r);
+                    break;
+                }
+                other => panic!("{channel}: {other} {}", r.text().await.unwrap()),
+            }
+        }
+        let refusal = refusal.unwrap_or_else(|| panic!("{channel}: 500 events never held back"));
+        assert!(
+            accepted.len() >= 16 && accepted.len() < 200,
+            "{channel}: held back after {} events",
+            accepted.len()
+        );
+        assert!(refusal.headers().get("retry-after").is_some());
+        let body = refusal.text().await.unwrap();
+        assert!(body.contains("backpressure window"), "{channel}: {body}");
+        // Everything accepted arrives; then the ingress takes events again.
+        let got = sub.wait_for(accepted.len(), Duration::from_secs(60)).await;
+        let ids: std::collections::HashSet<String> = got
+            .iter()
+            .filter_map(|r| r.event.as_ref().map(|e| e.id.clone()))
+            .collect();
+        for id in &accepted {
+            assert!(
+                ids.contains(id),
+                "{channel}: {id} accepted, never delivered"
+            );
+        }
+        let again = post_binary(
+            &c,
+            &url,
+            &Event::new(format!("{channel}-again"), "/flow", "t"),
+        )
+        .await;
+        assert_eq!(again.status(), 202, "{channel}");
+    }
+}

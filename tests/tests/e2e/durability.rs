@@ -386,7 +386,15 @@ async fn a_full_disk_is_refused_with_507_and_recovers_by_itself() {
         .data_dir(disk.path())
         .arg("--min-free-disk")
         .arg("4MiB")
-        .manifest("mesh.yaml", &docs(&[sled_broker("default", &[]), trigger]))
+        // The subscriber answers 503 throughout: without a window, its backlog grows
+        // until the disk, not delivery backpressure, refuses (what this test is about).
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                sled_broker("default", &[("cemesh.dev/backpressure-window", "none")]),
+                trigger,
+            ]),
+        )
         .start();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

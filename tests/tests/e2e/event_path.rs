@@ -496,8 +496,7 @@ async fn malformed_manifests_fail_start_up_with_a_useful_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_trigger_is_reported_while_the_others_run() {
     let good = Subscriber::start().await;
-    let unknown_kind =
-        "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata:\n  name: p\n".to_owned();
+    let unknown_kind = "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: p\n".to_owned();
     let mesh = Cemesh::start(&docs(&[
         broker_yaml("default"),
         unknown_kind,
@@ -508,7 +507,9 @@ async fn an_invalid_trigger_is_reported_while_the_others_run() {
     assert!(logs.contains("(Trigger default/bad): spec.filter.attributes.Type: attribute name \\\"Type\\\" must match ^[a-z][a-z0-9]*$")
         || logs.contains("(Trigger default/bad): spec.filter.attributes.Type: attribute name \"Type\" must match ^[a-z][a-z0-9]*$"), "{logs}");
     assert!(
-        logs.contains("(PingSource default/p), line 7: kind: kind PingSource (sources.knative.dev/v1) is not run by cemesh"),
+        logs.contains(
+            "(CronJob default/p), line 7: kind: kind CronJob (batch/v1) is not run by cemesh"
+        ),
         "{logs}"
     );
     assert_eq!(
@@ -542,7 +543,7 @@ async fn an_invalid_trigger_is_reported_while_the_others_run() {
         "{ready}"
     );
     assert!(
-        problems.iter().any(|p| p.contains("PingSource default/p")),
+        problems.iter().any(|p| p.contains("CronJob default/p")),
         "{ready}"
     );
 }

@@ -73,17 +73,6 @@ async fn post_all(mesh: &Cemesh, range: std::ops::Range<usize>, workers: usize) 
     all
 }
 
-async fn metrics_text(mesh: &Cemesh) -> String {
-    client()
-        .get(mesh.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 async fn dead_letter_page(mesh: &Cemesh, trigger: &str) -> serde_json::Value {
     mesh.admin_json(&format!(
         "/v1/namespaces/default/triggers/{trigger}/deadletters?limit=1000"
@@ -195,7 +184,7 @@ async fn a_stuck_trigger_overflows_to_its_dead_letters_and_never_blocks_the_brok
     );
     assert!(lag <= 300);
 
-    let metrics = metrics_text(&mesh).await;
+    let metrics = mesh.metrics_text().await;
     let line = metrics
         .lines()
         .find(|l| {
@@ -327,7 +316,7 @@ async fn a_breaker_holds_a_down_subscribers_events_and_loses_none_to_dead_letter
     assert_eq!(s["breaker"]["state"], "closed", "{s}");
     assert_eq!(s["deadLettered"], 0, "{s}");
     assert!(s["breaker"]["openedTotal"].as_u64().unwrap() >= 1, "{s}");
-    let metrics = metrics_text(&mesh).await;
+    let metrics = mesh.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -572,7 +561,7 @@ async fn a_trigger_set_to_pause_stops_at_its_max_lag_keeps_every_event_and_resum
             .await["paused"],
         true
     );
-    let metrics = metrics_text(&mesh).await;
+    let metrics = mesh.metrics_text().await;
     assert!(
         metrics
             .lines()

@@ -144,6 +144,20 @@ async fn post_all(urls: &[String], events: Vec<Event>, concurrency: usize) {
     }
 }
 
+/// A replica's log lines about partitions, commits and problems.
+fn partition_log(mesh: &Cemesh) -> String {
+    mesh.logs()
+        .lines()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("partitions revoked")
+                || l.contains("partitions assigned")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn revocations(mesh: &Cemesh) -> usize {
     mesh.logs().matches("Kafka partitions revoked").count()
 }
@@ -190,8 +204,25 @@ async fn two_replicas_deliver_10000_events_once_each_per_trigger() {
     let events = (0..N).map(|i| event(format!("e{i}"), None)).collect();
     let revoked_before = revocations(&a) + revocations(&b);
     post_all(&urls, events, 32).await;
-    wait_distinct(&s1, N, Duration::from_secs(120)).await;
-    wait_distinct(&s2, N, Duration::from_secs(120)).await;
+    for (name, s) in [("one", &s1), ("two", &s2)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while distinct_and_dups(s).0 < N && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A loss names the events and what the replicas logged about partitions.
+        let got: HashSet<String> = s.ids().into_iter().collect();
+        let missing: Vec<String> = (0..N)
+            .map(|i| format!("e{i}"))
+            .filter(|id| !got.contains(id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "trigger {name}: {} of {N} events delivered; missing {missing:?}\nreplica a:\n{}\nreplica b:\n{}",
+            N - missing.len(),
+            partition_log(&a),
+            partition_log(&b)
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A rebalance during the run (a member missing its session timeout on a loaded
     // machine) hands partitions over at the last commit: their new owner re-delivers
@@ -354,17 +385,9 @@ async fn lag_is_reported() {
         .map(|i| event(format!("l{i}"), Some("one-key")))
         .collect();
     post_all(&[url], events, 4).await;
-    let c = client();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let text = c
-            .get(a.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = a.metrics_text().await;
         let lag = text
             .lines()
             .find(|l| l.starts_with("cemesh_trigger_lag") && l.contains("trigger_name=\"slow\""))
@@ -378,5 +401,75 @@ async fn lag_is_reported() {
             "lag not reported (last {lag:?}):\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A `KafkaChannel` fans out to every subscription, each its own consumer group.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_channel_fans_out_to_every_subscription() {
+    let ns = unique("kc");
+    let (a, b) = (Subscriber::start().await, Subscriber::start().await);
+    let sub = |name: &str, uri: &str| {
+        format!("apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    cemesh.dev/start: earliest\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1beta1\n    kind: KafkaChannel\n    name: orders\n  subscriber:\n    uri: {uri}\n")
+    };
+    let manifests = docs(&[
+        format!("apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata:\n  name: orders\n  namespace: {ns}\nspec:\n  numPartitions: 2\n  replicationFactor: 1\n"),
+        sub("a", &a.url()),
+        sub("b", &b.url()),
+    ]);
+    let mesh = replica(&manifests);
+    let kc = mesh
+        .admin_json(&format!("/v1/namespaces/{ns}/kafkachannels/orders"))
+        .await;
+    assert_eq!(kc["status"]["conditions"][0]["status"], "True", "{kc}");
+    let url = kc["status"]["address"]["url"].as_str().unwrap().to_owned();
+    assert_eq!(url, mesh.broker_url(&ns, "orders-kn-channel"));
+    let events = (0..40).map(|i| event(format!("k{i}"), None)).collect();
+    post_all(&[url], events, 4).await;
+    wait_distinct(&a, 40, Duration::from_secs(60)).await;
+    wait_distinct(&b, 40, Duration::from_secs(60)).await;
+}
+
+/// A Sequence on `KafkaChannel`s: each hop is a topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sequence_runs_on_kafka_channels() {
+    let ns = unique("ks");
+    let (s1, s2, last) = (
+        Subscriber::start().await,
+        Subscriber::start().await,
+        Subscriber::start().await,
+    );
+    for (s, m) in [(&s1, "1"), (&s2, "2")] {
+        let m = m.to_owned();
+        s.set_transform(move |mut e| {
+            let steps = match e.extension("steps") {
+                Some(AttributeValue::String(s)) => format!("{s},{m}"),
+                _ => m.clone(),
+            };
+            e.set_extension("steps", AttributeValue::String(steps));
+            Some(e)
+        });
+    }
+    let manifests = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: pipeline\n  namespace: {ns}\nspec:\n  channelTemplate:\n    apiVersion: messaging.knative.dev/v1beta1\n    kind: KafkaChannel\n    spec:\n      numPartitions: 1\n  steps:\n    - uri: {}\n    - uri: {}\n  reply:\n    uri: {}\n",
+        s1.url(),
+        s2.url(),
+        last.url()
+    );
+    let mesh = replica(&manifests);
+    let seq = mesh
+        .admin_json(&format!("/v1/namespaces/{ns}/sequences/pipeline"))
+        .await;
+    assert_eq!(seq["status"]["conditions"][0]["status"], "True", "{seq}");
+    let url = seq["status"]["address"]["url"].as_str().unwrap().to_owned();
+    let events = (0..10).map(|i| event(format!("q{i}"), None)).collect();
+    post_all(&[url], events, 2).await;
+    wait_distinct(&last, 10, Duration::from_secs(60)).await;
+    for r in last.received() {
+        let e = r.event.expect("a CloudEvent");
+        match e.extension("steps") {
+            Some(AttributeValue::String(s)) => assert_eq!(s, "1,2", "{e:?}"),
+            other => panic!("no steps: {other:?}"),
+        }
     }
 }

@@ -6,9 +6,9 @@
 use cemesh_tests::*;
 use serde_json::Value;
 
-const CHANNEL: &str =
-    "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: orders\n";
-const CHANNEL_PROBLEM: &str = "kind: kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy";
+/// A kind cemesh does not run.
+const NOT_RUN: &str = "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: orders\n";
+const NOT_RUN_PROBLEM: &str = "kind: kind CronJob (batch/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy, messaging.knative.dev/v1 Channel, messaging.knative.dev/v1 InMemoryChannel, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1 Subscription, flows.knative.dev/v1 Sequence, flows.knative.dev/v1 Parallel, sources.knative.dev/v1 PingSource, sources.knative.dev/v1 ContainerSource, sources.knative.dev/v1 SinkBinding, eventing.knative.dev/v1beta2 EventType";
 const OLD_TRIGGER: &str = "apiVersion: eventing.knative.dev/v1beta1\nkind: Trigger\nmetadata:\n  name: old\nspec:\n  broker: default\n";
 const OLD_TRIGGER_PROBLEM: &str = "Trigger eventing.knative.dev/v1beta1 is not supported: cemesh runs Trigger as apiVersion eventing.knative.dev/v1";
 
@@ -42,7 +42,7 @@ async fn the_config_dir_reports_what_it_does_not_run_and_runs_the_rest() {
     let sub = Subscriber::start().await;
     let mesh = Cemesh::start(&docs(&[
         kafka_class_broker(),
-        CHANNEL.to_owned(),
+        NOT_RUN.to_owned(),
         OLD_TRIGGER.to_owned(),
         typo_trigger(&sub.url()),
         trigger_yaml("good", "default", &sub.url(), &[]),
@@ -53,7 +53,7 @@ async fn the_config_dir_reports_what_it_does_not_run_and_runs_the_rest() {
     assert_eq!(ready["triggers"], serde_json::json!(["default/good"]));
     let problems = problems(&ready);
     assert!(
-        problems.iter().any(|p| p.ends_with(CHANNEL_PROBLEM)),
+        problems.iter().any(|p| p.ends_with(NOT_RUN_PROBLEM)),
         "{problems:#?}"
     );
     assert!(
@@ -64,7 +64,7 @@ async fn the_config_dir_reports_what_it_does_not_run_and_runs_the_rest() {
         problems.iter().any(|p| p.ends_with("(Trigger default/typo): metadata.annotations.cemesh.dev/paralelism: unknown cemesh annotation; did you mean cemesh.dev/parallelism?")),
         "{problems:#?}"
     );
-    assert!(mesh.logs().contains(CHANNEL_PROBLEM), "{}", mesh.logs());
+    assert!(mesh.logs().contains(NOT_RUN_PROBLEM), "{}", mesh.logs());
 
     // The dead letters of a trigger that is defined but invalid: not running, and why.
     let r = client()
@@ -123,7 +123,7 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
         &file,
         docs(&[
             broker_yaml("default"),
-            CHANNEL.to_owned(),
+            NOT_RUN.to_owned(),
             OLD_TRIGGER.to_owned(),
         ]),
     )
@@ -135,7 +135,7 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
     // File, document, resource and the line of its kind.
     assert!(
         out.contains(&format!(
-            "mesh.yaml: document 2 (Channel default/orders), line 7: {CHANNEL_PROBLEM}"
+            "mesh.yaml: document 2 (CronJob default/orders), line 7: {NOT_RUN_PROBLEM}"
         )),
         "{out}"
     );
@@ -146,7 +146,7 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
     let admin = mesh.admin.to_string();
     let (ok, out, err) = cemesh_cli(&["apply", "-f", &file, "--admin", &admin]);
     assert!(!ok, "apply must fail:\n{out}\n{err}");
-    assert!(err.contains(CHANNEL_PROBLEM), "{err}");
+    assert!(err.contains(NOT_RUN_PROBLEM), "{err}");
     assert!(err.contains("nothing applied"), "{err}");
     let (_, brokers) = json(mesh.admin_url("/v1/namespaces/default/brokers")).await;
     assert_eq!(
@@ -163,16 +163,16 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
             .body(body.to_owned())
             .send()
     };
-    let r = put("/v1/namespaces/default/triggers/orders", CHANNEL)
+    let r = put("/v1/namespaces/default/triggers/orders", NOT_RUN)
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert!(
-        body.to_string().contains("kind Channel (messaging.knative.dev/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy"),
+        body.to_string().contains("kind CronJob (batch/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy"),
         "{body}"
     );
-    let r = put("/v1/namespaces/default/channels/orders", CHANNEL)
+    let r = put("/v1/namespaces/default/cronjobs/orders", NOT_RUN)
         .await
         .unwrap();
     assert_eq!(r.status(), 404);

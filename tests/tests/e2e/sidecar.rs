@@ -164,6 +164,15 @@ impl SidecarProc {
             .await
             .expect("stats JSON")
     }
+
+    /// Waits until the outbox holds nothing, failing with the stats after `WAIT`.
+    async fn wait_drained(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.stats().await["outbox"]["pending"] != 0 {
+            assert!(Instant::now() < deadline, "{}", self.stats().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for SidecarProc {
@@ -626,11 +635,7 @@ async fn broker_outage_loses_nothing_and_keeps_per_key_order() {
     // The subscriber can have an event before the broker's 202 reached the sidecar
     // (delivery starts once the append is durable): wait for the outbox to drain, so
     // the outage below finds nothing of round 0 in flight.
-    let deadline = Instant::now() + WAIT;
-    while sc.stats().await["outbox"]["pending"] != 0 {
-        assert!(Instant::now() < deadline, "{}", sc.stats().await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sc.wait_drained().await;
 
     // Down: connections refused, then the broker dies too.
     proxy.down();
@@ -894,7 +899,9 @@ async fn refused_events_are_dead_lettered_in_the_sidecar() {
         letter["reason"].as_str().unwrap().contains("404"),
         "{letter}"
     );
-    assert_eq!(sc.stats().await["outbox"]["pending"], 0);
+    // The letter is stored before the entry leaves the outbox (nothing is lost
+    // between the two), so the outbox empties just after.
+    sc.wait_drained().await;
     let one = c
         .get(sc.url(&format!("/v1/deadletters/{}", letter["id"])))
         .send()
@@ -1257,4 +1264,159 @@ async fn over_tls_with_a_token_to_a_secured_mesh() {
         "the token went to the service"
     );
     assert!(!sc.logs().contains(token) && !mesh.logs().contains(token));
+}
+
+/// The sidecar's own listener locked (issue 19 §3): with --api-token-file the
+/// service's publishes and the outbox admin endpoints need the token, a
+/// --read-token-file token may only read, probes and scrapers stay open, the CLI
+/// sends its token; with --tls-client-ca a client certificate that CA issued is
+/// required; an unlocked listener beyond loopback is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn its_publishing_and_admin_endpoints_take_tokens_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (api, read) = (
+        "app-token-0a1b2c3d4e5f60718293",
+        "read-token-99aa88bb77cc66dd55",
+    );
+    std::fs::write(path("api"), format!("{api}\n")).unwrap();
+    std::fs::write(path("read"), read).unwrap();
+    let sub = Subscriber::start().await;
+    let mesh = Cemesh::start(&docs(&[
+        broker_yaml("default"),
+        trigger_yaml("t", "default", &sub.url(), &[]),
+    ]));
+    let broker = mesh.broker_url("default", "default");
+    let sc = SidecarProc::start(&[
+        "--broker-url",
+        &broker,
+        "--api-token-file",
+        &path("api"),
+        "--read-token-file",
+        &path("read"),
+    ]);
+    let c = client();
+    let call = |method: reqwest::Method, p: &str, token: Option<&str>| {
+        let mut req = c.request(method, sc.url(p));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req
+                .header("content-type", "application/json")
+                .body("{\"n\":1}")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    use reqwest::Method;
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(call(Method::GET, open, None).await.0, 200, "{open}");
+    }
+    let (status, body) = call(Method::POST, "/publish/order.created", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Bearer"), "{body}");
+    assert_eq!(
+        call(Method::POST, "/publish/order.created", Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = call(Method::POST, "/publish/order.created", Some(read)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("sidecar-read"), "{body}");
+    let (status, body) = call(Method::POST, "/publish/order.created", Some(api)).await;
+    assert_eq!(status, 202, "{body}");
+    let got = sub.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "only the authorized publish reached the mesh");
+    assert_eq!(call(Method::GET, "/v1/stats", None).await.0, 401);
+    assert_eq!(call(Method::GET, "/v1/stats", Some(read)).await.0, 200);
+    assert_eq!(
+        call(Method::GET, "/v1/deadletters", Some(read)).await.0,
+        200
+    );
+    assert_eq!(
+        call(Method::DELETE, "/v1/deadletters", Some(read)).await.0,
+        403
+    );
+    let (status, body) = call(Method::DELETE, "/v1/deadletters", Some(api)).await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    // The CLI sends --token-file to the sidecar.
+    let (ok, _, err) = cemesh_cli(&["deadletters", "--sidecar", &sc.url(""), "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = cemesh_cli(&[
+        "deadletters",
+        "--sidecar",
+        &sc.url(""),
+        "list",
+        "--token-file",
+        &path("read"),
+    ]);
+    assert!(ok, "{out}{err}");
+    // The tokens never reach the logs.
+    assert!(!sc.logs().contains(api) && !sc.logs().contains(read));
+
+    // mTLS on the same listener.
+    let ca = cemesh_tests::pki::ca();
+    cemesh_tests::pki::leaf(
+        &ca,
+        1,
+        dir.path().join("tls.crt").as_path(),
+        dir.path().join("tls.key").as_path(),
+    );
+    let clients = cemesh_tests::pki::ca();
+    std::fs::write(path("clients.pem"), clients.cert.pem()).unwrap();
+    cemesh_tests::pki::client_leaf(
+        &clients,
+        "orders-app",
+        dir.path().join("app.crt").as_path(),
+        dir.path().join("app.key").as_path(),
+    );
+    let tls = SidecarProc::start(&[
+        "--broker-url",
+        &broker,
+        "--tls-cert",
+        &path("tls.crt"),
+        "--tls-key",
+        &path("tls.key"),
+        "--tls-client-ca",
+        &path("clients.pem"),
+    ]);
+    let https = tls
+        .url("/publish/order.created")
+        .replacen("http://", "https://", 1);
+    let trusting = || {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+    };
+    let anonymous = trusting().build().unwrap();
+    let r = anonymous.post(&https).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("client certificate"));
+    let mut pem = std::fs::read(path("app.crt")).unwrap();
+    pem.extend(std::fs::read(path("app.key")).unwrap());
+    let with_cert = trusting()
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let r = with_cert.post(&https).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(sub.wait_for(2, WAIT).await.len(), 2);
+
+    // Unlocked beyond loopback: refused, and allowed with --insecure-admin.
+    let (ok, _, err) = cemesh_cli(&[
+        "sidecar",
+        "--listen",
+        "0.0.0.0:0",
+        "--broker-url",
+        &broker,
+        "--data-dir",
+        &path("open-outbox"),
+    ]);
+    assert!(
+        !ok && err.contains("--api-token-file") && err.contains("--insecure-admin"),
+        "{err}"
+    );
 }

@@ -380,3 +380,201 @@ except requests.exceptions.SSLError:
     types.sort();
     assert_eq!(types, ["curl.binary", "sdk.binary", "sdk.structured"]);
 }
+
+/// A client of `ca`'s servers presenting the certificate in `cert`/`key` (if any).
+fn presenting(ca: &Ca, cert_and_key: Option<(&Path, &Path)>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(10));
+    if let Some((cert, key)) = cert_and_key {
+        let mut pem = std::fs::read(cert).unwrap();
+        pem.extend(std::fs::read(key).unwrap());
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// A gRPC Admin client over TLS presenting `identity` (if any).
+async fn grpc_admin(
+    ca: &Ca,
+    addr: std::net::SocketAddr,
+    identity: Option<(&Path, &Path)>,
+) -> cemesh_proto::pb::cemesh::v1::admin_client::AdminClient<tonic::transport::Channel> {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert.pem()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC over TLS");
+    cemesh_proto::pb::cemesh::v1::admin_client::AdminClient::new(channel)
+}
+
+/// `--tls-client-ca` (mTLS): the admin API and gRPC admin take only callers with a
+/// certificate that CA issued, whose name (URI SAN or CN) holds the role; health,
+/// the OIDC keys, the ingress and the gRPC Publisher stay open to clients without one;
+/// a certificate from another CA fails the handshake; the CLI presents its
+/// certificate with --client-cert/--client-key.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_client_ca_the_admin_api_takes_verified_client_certificates_by_role() {
+    use cemesh_proto::pb::cemesh::v1::{ListResourcesRequest, ResourceKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let ca = ca();
+    leaf(&ca, 1, &path("tls.crt"), &path("tls.key"));
+    let clients = cemesh_tests::pki::ca();
+    std::fs::write(path("clients.pem"), clients.cert.pem()).unwrap();
+    let ops = "spiffe://cemesh.test/ops";
+    cemesh_tests::pki::client_leaf(&clients, ops, &path("ops.crt"), &path("ops.key"));
+    cemesh_tests::pki::client_leaf(&clients, "viewer", &path("viewer.crt"), &path("viewer.key"));
+    let stranger = cemesh_tests::pki::ca();
+    cemesh_tests::pki::client_leaf(&stranger, ops, &path("forged.crt"), &path("forged.key"));
+    std::fs::write(
+        path("cemesh.yaml"),
+        format!("auth:\n  admin:\n    admin: [\"{ops}\"]\n    read: [viewer]\n"),
+    )
+    .unwrap();
+    let mesh = Cemesh::builder()
+        .manifest("mesh.yaml", &broker_yaml("default"))
+        .arg("--tls-cert")
+        .arg(path("tls.crt").to_str().unwrap())
+        .arg("--tls-key")
+        .arg(path("tls.key").to_str().unwrap())
+        .arg("--tls-client-ca")
+        .arg(path("clients.pem").to_str().unwrap())
+        .arg("--config")
+        .arg(path("cemesh.yaml").to_str().unwrap())
+        .start();
+    let brokers = https(mesh.admin_url("/v1/namespaces/default/brokers"));
+    let apply = https(mesh.admin_url("/v1/namespaces/default/triggers/t"));
+    let trigger = trigger_yaml("t", "default", "http://127.0.0.1:1/", &[]);
+    let (ops_id, viewer_id) = (
+        (path("ops.crt"), path("ops.key")),
+        (path("viewer.crt"), path("viewer.key")),
+    );
+    let as_ops = presenting(&ca, Some((&ops_id.0, &ops_id.1)));
+    let as_viewer = presenting(&ca, Some((&viewer_id.0, &viewer_id.1)));
+    let anonymous = presenting(&ca, None);
+
+    // No certificate: 401 naming what is missing; health and the OIDC keys stay open.
+    let r = anonymous.get(&brokers).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("client certificate"), "{body}");
+    for open in ["/healthz", "/readyz", "/.well-known/jwks.json"] {
+        let r = anonymous
+            .get(https(mesh.admin_url(open)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{open}");
+    }
+    // A certificate another CA issued (with the same name) fails the handshake.
+    let forged = presenting(&ca, Some((&path("forged.crt"), &path("forged.key"))));
+    assert!(forged.get(&brokers).send().await.is_err());
+    // Roles by the certificate's name: the viewer (CN) reads, the SPIFFE ID changes.
+    let r = as_viewer.get(&brokers).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let post = |c: &reqwest::Client| {
+        c.put(&apply)
+            .header("content-type", "application/yaml")
+            .body(trigger.clone())
+            .send()
+    };
+    let r = post(&as_viewer).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("viewer") && body.contains("admin"), "{body}");
+    let r = post(&as_ops).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // The ingress does not ask for one.
+    let url = https(mesh.broker_url("default", "default"));
+    let r = post_binary(&anonymous, &url, &Event::new("m-1", "/mtls", "t")).await;
+    assert_eq!(r.status(), 202);
+
+    // gRPC: the Admin service needs the certificate; the Publisher and health do not.
+    let list = || {
+        tonic::Request::new(ListResourcesRequest {
+            kind: ResourceKind::Broker as i32,
+            ..Default::default()
+        })
+    };
+    let denied = grpc_admin(&ca, mesh.grpc, None)
+        .await
+        .list_resources(list())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated, "{denied:?}");
+    assert!(
+        denied.message().contains("client certificate"),
+        "{denied:?}"
+    );
+    let listed = grpc_admin(&ca, mesh.grpc, Some((&ops_id.0, &ops_id.1)))
+        .await
+        .list_resources(list())
+        .await
+        .expect("a verified admin lists");
+    assert!(format!("{:?}", listed.into_inner()).contains("default"));
+    {
+        use cemesh_proto::pb::cemesh::v1::publisher_client::PublisherClient;
+        use cemesh_proto::pb::cemesh::v1::PublishRequest;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert.pem()))
+            .domain_name("localhost");
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", mesh.grpc))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let event = cemesh_proto::protobuf::to_proto(&Event::new("g-1", "/mtls", "t"));
+        PublisherClient::new(channel)
+            .publish(PublishRequest {
+                namespace: "default".into(),
+                broker: "default".into(),
+                event: Some(event),
+            })
+            .await
+            .expect("publishing needs no client certificate");
+    }
+
+    // The CLI presents its certificate with --client-cert/--client-key.
+    std::fs::write(path("ca.pem"), ca.cert.pem()).unwrap();
+    let admin = https(mesh.admin_url(""));
+    let ca_file = path("ca.pem");
+    let common = ["--admin", &admin, "--cacert", ca_file.to_str().unwrap()];
+    let mut args = vec!["get", "triggers"];
+    args.extend(common);
+    let (ok, _, err) = cemesh_cli(&args);
+    assert!(!ok && err.contains("client certificate"), "{err}");
+    args.extend([
+        "--client-cert",
+        ops_id.0.to_str().unwrap(),
+        "--client-key",
+        ops_id.1.to_str().unwrap(),
+    ]);
+    let (ok, out, err) = cemesh_cli(&args);
+    assert!(ok && out.contains('t'), "{out}{err}");
+    let (ok, _, err) = cemesh_cli(&["get", "triggers", "--client-cert", "x.pem"]);
+    assert!(!ok && err.contains("--client-key"), "{err}");
+
+    // Without TLS there is nothing to ask certificates with: refused at start.
+    let err = Cemesh::builder()
+        .manifest("mesh.yaml", &broker_yaml("default"))
+        .arg("--tls-client-ca")
+        .arg(path("clients.pem").to_str().unwrap())
+        .start_expect_failure();
+    assert!(err.contains("--tls-client-ca needs TLS"), "{err}");
+}

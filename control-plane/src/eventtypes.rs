@@ -1,0 +1,67 @@
+//! Keeps each address's recorded event types (`cemesh_ingress::seen`) across
+//! restarts: one JSON file per address under `<data-dir>/eventtypes/`, read when the
+//! address opens and written every few seconds while it records, and at shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cemesh_ingress::seen::{EventTypes, SeenType};
+use cemesh_ingress::{BrokerKey, Routes};
+use tokio_util::sync::CancellationToken;
+
+/// How often recorded types are written.
+const EVERY: Duration = Duration::from_secs(5);
+
+fn file(data_dir: &Path, key: &BrokerKey) -> PathBuf {
+    data_dir
+        .join("eventtypes")
+        .join(format!("{}.{}.json", key.namespace, key.name))
+}
+
+/// The registry of `key`, with what an earlier run recorded.
+pub fn load(data_dir: &Path, key: &BrokerKey) -> Arc<EventTypes> {
+    let types = EventTypes::default();
+    if let Ok(text) = std::fs::read_to_string(file(data_dir, key)) {
+        match serde_json::from_str::<Vec<SeenType>>(&text) {
+            Ok(seen) => types.restore(seen),
+            Err(e) => {
+                tracing::warn!(broker = %key, error = %e, "The recorded event types cannot be read; starting empty")
+            }
+        }
+    }
+    Arc::new(types)
+}
+
+/// Writes the registries that recorded something since the last write.
+pub fn flush(routes: &Routes, data_dir: &Path) {
+    for endpoint in routes.all() {
+        if !endpoint.event_types.take_dirty() {
+            continue;
+        }
+        let path = file(data_dir, &endpoint.key);
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().unwrap_or(data_dir))?;
+            let tmp = path.with_extension("json.tmp");
+            let text = serde_json::to_vec(&endpoint.event_types.list())?;
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(broker = %endpoint.key, error = %e, "Could not write the recorded event types");
+        }
+    }
+}
+
+/// Flushes every [`EVERY`] until `stop`, then once more.
+pub async fn keep(routes: Routes, data_dir: PathBuf, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        let (r, d) = (routes.clone(), data_dir.clone());
+        let _ = tokio::task::spawn_blocking(move || flush(&r, &d)).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || flush(&routes, &data_dir)).await;
+}

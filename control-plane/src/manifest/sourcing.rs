@@ -1,0 +1,387 @@
+//! Compiles PingSources and ContainerSources (`super::sources`) into the desired
+//! state: the channels, delivery loops and [`SourceDesired`]s the mesh runs.
+
+use base64::Engine as _;
+use cemesh_channels::StartAt;
+use cemesh_dispatcher::{ReplyTo, TriggerKey};
+use cemesh_ingress::BrokerKey;
+use cemesh_sources::{PingSpec, ProcessSpec, Schedule};
+use serde_json::json;
+
+use super::kinds::Kind;
+use super::sources::{
+    ping_channel, ping_trigger, Binding, CeOverrides, ContainerSourceManifest, PingSourceManifest,
+    SinkBindingManifest, SourceDesired,
+};
+use super::validate::{
+    broker_desired, resolve, subscriber_runtime, AddressKind, FieldError, Problems, Subscribing,
+};
+use super::{
+    DeliveryManifest, Desired, Destination, Located, ResolveContext, Resource, TriggerDesired,
+};
+
+/// Compiles every PingSource and ContainerSource into `desired`.
+pub(super) fn compile_sources(
+    resources: &[Located<Resource>],
+    ctx: &ResolveContext<'_>,
+    desired: &mut Desired,
+) {
+    for located in resources {
+        let (label, result) = match &located.value {
+            Resource::PingSource(p) => (
+                format!("PingSource {}/{}", p.metadata.namespace(), p.metadata.name),
+                compile_ping(p, ctx, desired),
+            ),
+            Resource::ContainerSource(c) => (
+                format!(
+                    "ContainerSource {}/{}",
+                    c.metadata.namespace(),
+                    c.metadata.name
+                ),
+                compile_container(c, ctx, desired),
+            ),
+            Resource::SinkBinding(b) => (
+                format!("SinkBinding {}/{}", b.metadata.namespace(), b.metadata.name),
+                compile_binding(b, ctx, desired),
+            ),
+            _ => continue,
+        };
+        if let Err(problems) = result {
+            for (path, msg) in problems {
+                desired
+                    .problems
+                    .push(located.error(label.clone(), path, msg));
+            }
+        }
+    }
+}
+
+fn overrides(o: Option<&CeOverrides>) -> Vec<(String, String)> {
+    o.map(|o| o.extensions.clone().into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn compile_ping(
+    p: &PingSourceManifest,
+    ctx: &ResolveContext<'_>,
+    desired: &mut Desired,
+) -> Result<(), Vec<FieldError>> {
+    let meta = &p.metadata;
+    let ns = meta.namespace();
+    let mut problems =
+        Problems::for_resource(meta, &super::messaging::channel_and_trigger_annotations());
+    let schedule = match Schedule::parse(&p.spec.schedule, p.spec.timezone.as_deref()) {
+        Ok(s) => Some(s),
+        Err(e @ cemesh_sources::ScheduleError::TimeZone(_)) => {
+            problems.add("spec.timezone", e);
+            None
+        }
+        Err(e) => {
+            problems.add("spec.schedule", e);
+            None
+        }
+    };
+    let data = match (&p.spec.data, &p.spec.data_base64) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                "spec.dataBase64",
+                "data and dataBase64 are mutually exclusive",
+            );
+            None
+        }
+        (Some(d), None) => Some(bytes::Bytes::from(d.clone())),
+        (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b.trim()) {
+            Ok(d) => Some(bytes::Bytes::from(d)),
+            Err(e) => {
+                problems.add("spec.dataBase64", format!("not base64: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let Some(sink) = &p.spec.sink else {
+        problems.add("spec.sink", "required: where the pings go");
+        return Err(problems.0);
+    };
+    let channel = broker_desired(
+        BrokerKey::new(ns, ping_channel(&meta.name)),
+        AddressKind::Internal,
+        ctx.default_channel,
+        meta,
+        None,
+        ctx,
+        &mut problems,
+    );
+    let runtime = subscriber_runtime(
+        Subscribing {
+            meta,
+            key: TriggerKey::new(ns, ping_trigger(&meta.name)),
+            broker: channel.key.name.clone(),
+            broker_desired: Some(&channel),
+            subscriber: sink,
+            subscriber_path: "spec.sink",
+            delivery: &DeliveryManifest::default(),
+            delivery_path: "spec.delivery",
+            reply: ReplyTo::Drop,
+        },
+        ctx,
+        &mut problems,
+    );
+    let (Some(schedule), Some((runtime, _))) = (schedule, runtime) else {
+        return Err(problems.0);
+    };
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+    let spec = PingSpec {
+        namespace: ns.to_owned(),
+        name: meta.name.clone(),
+        schedule,
+        content_type: p.spec.content_type.clone(),
+        data,
+        extensions: overrides(p.spec.ce_overrides.as_ref()),
+        state_file: Default::default(),
+    };
+    desired.status.insert(
+        (Kind::PingSource, ns.to_owned(), meta.name.clone()),
+        json!({
+            "sinkUri": runtime.subscriber.as_str(),
+            "ceAttributes": [{"type": cemesh_sources::ping::PING_TYPE, "source": spec.source()}],
+        }),
+    );
+    if desired.brokers.contains_key(&channel.key) || desired.triggers.contains_key(&runtime.key) {
+        return Err(vec![(
+            "metadata.name".into(),
+            "defined more than once".into(),
+        )]);
+    }
+    desired.brokers.insert(channel.key.clone(), channel);
+    desired.triggers.insert(
+        runtime.key.clone(),
+        TriggerDesired {
+            runtime,
+            start: StartAt::Earliest,
+        },
+    );
+    desired.sources.insert(
+        format!("PingSource {ns}/{}", meta.name),
+        SourceDesired::Ping(spec),
+    );
+    Ok(())
+}
+
+fn compile_container(
+    c: &ContainerSourceManifest,
+    ctx: &ResolveContext<'_>,
+    desired: &mut Desired,
+) -> Result<(), Vec<FieldError>> {
+    let meta = &c.metadata;
+    let ns = meta.namespace();
+    let mut problems = Problems::for_resource(meta, &[super::OWNER_ANNOTATION]);
+    let template = serde_json::to_value(&c.spec.template).unwrap_or_default();
+    let at = "spec.template.spec.containers[0]";
+    let container = &template["spec"]["containers"][0];
+    if !container.is_object() {
+        problems.add(at, "required: the container whose command cemesh runs");
+    }
+    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+        v.as_array()?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut command = match strings(&container["command"]) {
+        Some(c) if !c.is_empty() => c,
+        _ => {
+            if container.is_object() {
+                problems.add(
+                    &format!("{at}.command"),
+                    format!(
+                        "required: cemesh runs a local program, not the image {}; give the container a command",
+                        container["image"].as_str().unwrap_or("(none)")
+                    ),
+                );
+            }
+            Vec::new()
+        }
+    };
+    command.extend(strings(&container["args"]).unwrap_or_default());
+    let mut env = std::collections::BTreeMap::new();
+    for (i, e) in container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match (e["name"].as_str(), e["value"].as_str()) {
+            (Some(n), v) => {
+                env.insert(n.to_owned(), v.unwrap_or("").to_owned());
+            }
+            _ => problems.add(&format!("{at}.env[{i}].name"), "required"),
+        }
+    }
+    let sink = resolved_sink(
+        c.spec.sink.as_ref(),
+        "where the program sends its events",
+        ns,
+        ctx,
+        &mut problems,
+    );
+    let Some(sink) = sink else {
+        return Err(problems.0);
+    };
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+    env.extend(sink_env(
+        sink.as_str(),
+        c.spec.ce_overrides.as_ref(),
+        c.spec.sink.as_ref(),
+    ));
+    desired.status.insert(
+        (Kind::ContainerSource, ns.to_owned(), meta.name.clone()),
+        json!({"sinkUri": sink.as_str()}),
+    );
+    desired.sources.insert(
+        format!("ContainerSource {ns}/{}", meta.name),
+        SourceDesired::Process(ProcessSpec {
+            owner: format!("{ns}/{}", meta.name),
+            command,
+            env,
+            working_dir: container["workingDir"].as_str().map(str::to_owned),
+        }),
+    );
+    Ok(())
+}
+
+fn compile_binding(
+    b: &SinkBindingManifest,
+    ctx: &ResolveContext<'_>,
+    desired: &mut Desired,
+) -> Result<(), Vec<FieldError>> {
+    let meta = &b.metadata;
+    let ns = meta.namespace();
+    let mut problems = Problems::for_resource(meta, &[super::OWNER_ANNOTATION]);
+    let subject = serde_json::to_value(&b.spec.subject).unwrap_or_default();
+    let name = subject["name"].as_str().unwrap_or("");
+    let entry = if name.is_empty() {
+        problems.add(
+            "spec.subject.name",
+            "required: the services: entry whose processes get K_SINK (cemesh binds by name, not by selector)",
+        );
+        None
+    } else {
+        let key = format!("{ns}/{name}");
+        let found = ctx
+            .services
+            .get(&key)
+            .map(|e| (key, e))
+            .or_else(|| ctx.services.get(name).map(|e| (name.to_owned(), e)));
+        match found {
+            Some((key, e)) if matches!(e.target, crate::ondemand::ServiceTarget::Command(_)) => {
+                Some((key, e))
+            }
+            Some(_) => {
+                problems.add(
+                    "spec.subject.name",
+                    format!("service {name:?} is a URL, not a command cemesh runs: only processes cemesh starts can be bound"),
+                );
+                None
+            }
+            None => {
+                problems.add(
+                    "spec.subject.name",
+                    format!("no services: entry named {name:?} in the server config (a SinkBinding binds processes cemesh runs)"),
+                );
+                None
+            }
+        }
+    };
+    let sink = resolved_sink(
+        b.spec.sink.as_ref(),
+        "where the bound program sends its events",
+        ns,
+        ctx,
+        &mut problems,
+    );
+    let (Some((service, entry)), Some(sink)) = (entry, sink) else {
+        return Err(problems.0);
+    };
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+    desired.status.insert(
+        (Kind::SinkBinding, ns.to_owned(), meta.name.clone()),
+        json!({"sinkUri": sink.as_str()}),
+    );
+    // Validating without a running server: the check above is all there is.
+    let Some(target) = entry.binding.clone() else {
+        return Ok(());
+    };
+    let env = sink_env(
+        sink.as_str(),
+        b.spec.ce_overrides.as_ref(),
+        b.spec.sink.as_ref(),
+    );
+    let key = format!("SinkBinding {ns}/{}", meta.name);
+    if desired
+        .sources
+        .values()
+        .any(|s| matches!(s, SourceDesired::Binding(other) if other.service == service))
+    {
+        return Err(vec![(
+            "spec.subject.name".into(),
+            format!("service {service:?} is bound by another SinkBinding already"),
+        )]);
+    }
+    desired.sources.insert(
+        key,
+        SourceDesired::Binding(Binding {
+            service,
+            env,
+            target,
+        }),
+    );
+    Ok(())
+}
+
+/// A source's `spec.sink` as a URL, or `None` with why noted (`what` says what the
+/// sink is for when it is missing).
+fn resolved_sink(
+    sink: Option<&Destination>,
+    what: &str,
+    ns: &str,
+    ctx: &ResolveContext<'_>,
+    problems: &mut Problems,
+) -> Option<reqwest::Url> {
+    match sink {
+        None => {
+            problems.add("spec.sink", format!("required: {what}"));
+            None
+        }
+        Some(s) => problems.note(resolve(s, ns, "spec.sink", ctx)),
+    }
+}
+
+/// Knative's source contract: `K_SINK`, `K_CE_OVERRIDES` (JSON), and the sink's
+/// `K_CA_CERTS` and `K_AUDIENCE` when it has them.
+pub(super) fn sink_env(
+    sink: &str,
+    overrides: Option<&CeOverrides>,
+    dest: Option<&Destination>,
+) -> Vec<(String, String)> {
+    let mut env = vec![("K_SINK".to_owned(), sink.to_owned())];
+    if let Some(o) = overrides {
+        env.push((
+            "K_CE_OVERRIDES".to_owned(),
+            json!({"extensions": o.extensions}).to_string(),
+        ));
+    }
+    if let Some(ca) = dest.and_then(|d| d.ca_certs.clone()) {
+        env.push(("K_CA_CERTS".to_owned(), ca));
+    }
+    if let Some(aud) = dest.and_then(|d| d.audience.clone()) {
+        env.push(("K_AUDIENCE".to_owned(), aud));
+    }
+    env
+}
