@@ -61,6 +61,7 @@ impl KafkaChannel {
         topic: String,
         partitions: i32,
         max_backlog: Option<u64>,
+        foreign: Option<super::options::ForeignTopic>,
     ) -> Self {
         KafkaChannel {
             inner: Arc::new(ChannelInner {
@@ -70,6 +71,7 @@ impl KafkaChannel {
                     broker: broker.to_owned(),
                     topic,
                     partitions,
+                    foreign,
                 },
                 subs: Mutex::default(),
                 max_backlog,
@@ -242,6 +244,10 @@ impl Channel for KafkaChannel {
         let sub = self.subs().remove(name);
         if let Some(sub) = sub {
             sub.close().await;
+        }
+        if self.inner.target.foreign.is_some() {
+            // The group is its owners' (a KafkaSource's `consumerGroup`).
+            return Ok(());
         }
         subscription::delete_group(&self.inner.target, &self.group_name(name)).await
     }

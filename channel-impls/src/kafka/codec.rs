@@ -10,11 +10,17 @@
 //! in one extra header, `cemesh_types` (`name=integer,other=boolean`), which other
 //! readers ignore. Structured-mode records (`content-type:
 //! application/cloudevents+json`) written by other producers are read as well.
+//!
+//! A KafkaSource's topic holds other producers' records: [`from_source`] makes each
+//! an event as Knative's KafkaSource does (its `InvalidCloudEventInterceptor` and
+//! `CloudEventOverridesMutator`).
 
 use base64::Engine as _;
 use bytes::Bytes;
 use cemesh_proto::{AttributeValue, Event, EventError, SpecVersion};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+use super::options::{ForeignTopic, KeyType};
 
 /// The header naming extension types that binary mode would lose.
 pub const TYPES_HEADER: &str = "cemesh_types";
@@ -203,6 +209,114 @@ pub fn decode<H: Headers>(
     Ok(Some(event))
 }
 
+/// Knative's type of records that are not CloudEvents.
+pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
+
+/// Where a KafkaSource read a record.
+pub struct RecordAt<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, when the record has a timestamp.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+}
+
+/// A KafkaSource's record as an event: a CloudEvent record (binary or structured
+/// mode) as it is, any other record (or one whose CloudEvent is invalid) wrapped;
+/// then `knativekafkapartition`, `knativekafkaoffset` and the overrides.
+pub fn from_source<H: Headers>(
+    source: &ForeignTopic,
+    at: &RecordAt<'_>,
+    headers: Option<&H>,
+    value: Option<&[u8]>,
+) -> Event {
+    let mut event = match decode(headers, value) {
+        Ok(Some(event)) => event,
+        Ok(None) | Err(_) => wrap(source, at, headers, value),
+    };
+    event.set_extension(
+        "knativekafkapartition",
+        AttributeValue::Integer(at.partition),
+    );
+    event.set_extension(
+        "knativekafkaoffset",
+        i32::try_from(at.offset)
+            .map(AttributeValue::Integer)
+            .unwrap_or_else(|_| AttributeValue::String(at.offset.to_string())),
+    );
+    for (k, v) in &source.overrides {
+        event.set_extension(k, AttributeValue::String(v.clone()));
+    }
+    event
+}
+
+/// Knative's event for a record that is not a CloudEvent: id
+/// `partition:{p}/offset:{o}`, subject `partition:{p}#{o}`, source
+/// `{source}#{topic}`, the record's time, key (`key` and `partitionkey`), headers
+/// (`kafkaheader{name}`, the name lower-cased to `[a-z0-9]`), content type and value.
+fn wrap<H: Headers>(
+    source: &ForeignTopic,
+    at: &RecordAt<'_>,
+    headers: Option<&H>,
+    value: Option<&[u8]>,
+) -> Event {
+    let (p, o) = (at.partition, at.offset);
+    let mut e = Event::new(
+        format!("partition:{p}/offset:{o}"),
+        format!("{}#{}", source.source, at.topic),
+        KAFKA_EVENT_TYPE,
+    );
+    e.subject = Some(format!("partition:{p}#{o}"));
+    e.time = at
+        .timestamp_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    if let Some(key) = at.key.filter(|k| !k.is_empty()) {
+        let key = key_value(key, source.key_type);
+        e.set_extension("partitionkey", key.clone());
+        e.set_extension("key", key);
+    }
+    for h in headers.into_iter().flat_map(|h| h.iter()) {
+        let text = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+        if h.key.eq_ignore_ascii_case(CONTENT_TYPE) {
+            e.datacontenttype = Some(text.to_lowercase());
+            continue;
+        }
+        let name: String = h
+            .key
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            .collect();
+        e.set_extension(&format!("kafkaheader{name}"), AttributeValue::String(text));
+    }
+    e.data = value.map(Bytes::copy_from_slice);
+    e
+}
+
+/// A record key as Knative's `KeyDeserializer` reads it for `key_type`.
+fn key_value(key: &[u8], key_type: KeyType) -> AttributeValue {
+    let text = || AttributeValue::String(String::from_utf8_lossy(key).into_owned());
+    match key_type {
+        KeyType::String => text(),
+        KeyType::Int => match <[u8; 4]>::try_from(key) {
+            Ok(b) => AttributeValue::Integer(i32::from_be_bytes(b)),
+            Err(_) => text(),
+        },
+        KeyType::Float => match key.len() {
+            4 => AttributeValue::String(
+                f32::from_be_bytes(key.try_into().unwrap_or_default()).to_string(),
+            ),
+            8 => AttributeValue::String(
+                f64::from_be_bytes(key.try_into().unwrap_or_default()).to_string(),
+            ),
+            _ => text(),
+        },
+        KeyType::ByteArray => AttributeValue::Binary(Bytes::copy_from_slice(key)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +377,98 @@ mod tests {
             value: Some("1.0"),
         });
         assert!(decode(Some(&h), None).is_err(), "no id, source, type");
+    }
+
+    fn source(key_type: KeyType) -> ForeignTopic {
+        ForeignTopic {
+            group: "g".into(),
+            source: "/apis/v1/namespaces/default/kafkasources/ks".into(),
+            key_type,
+            overrides: vec![("team".into(), "blue".into())],
+        }
+    }
+
+    #[test]
+    fn a_plain_record_becomes_knative_s_kafka_event() {
+        let h = OwnedHeaders::new()
+            .insert(Header {
+                key: "Content-Type",
+                value: Some("Application/JSON"),
+            })
+            .insert(Header {
+                key: "X-Trace_Id",
+                value: Some("abc"),
+            });
+        let at = RecordAt {
+            topic: "orders",
+            partition: 2,
+            offset: 564,
+            timestamp_ms: Some(1_700_000_000_123),
+            key: Some(b"0"),
+        };
+        let e = from_source(&source(KeyType::String), &at, Some(&h), Some(b"{\"a\":1}"));
+        assert_eq!(e.id, "partition:2/offset:564");
+        assert_eq!(e.ty, KAFKA_EVENT_TYPE);
+        assert_eq!(
+            e.source,
+            "/apis/v1/namespaces/default/kafkasources/ks#orders"
+        );
+        assert_eq!(e.subject.as_deref(), Some("partition:2#564"));
+        assert_eq!(e.time.as_deref(), Some("2023-11-14T22:13:20.123Z"));
+        assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        assert_eq!(e.data.as_deref(), Some(&b"{\"a\":1}"[..]));
+        let ext = |n: &str| e.extension(n).map(AttributeValue::to_canonical);
+        assert_eq!(ext("key").as_deref(), Some("0"));
+        assert_eq!(ext("partitionkey").as_deref(), Some("0"));
+        assert_eq!(ext("kafkaheaderxtraceid").as_deref(), Some("abc"));
+        assert_eq!(ext("knativekafkapartition").as_deref(), Some("2"));
+        assert_eq!(ext("knativekafkaoffset").as_deref(), Some("564"));
+        assert_eq!(ext("team").as_deref(), Some("blue"));
+    }
+
+    #[test]
+    fn a_cloudevent_record_keeps_its_attributes_and_gets_its_position() {
+        let mut original = Event::new("e1", "/orders", "order.created");
+        original.data = Some(Bytes::from_static(b"hi"));
+        let enc = encode(&original);
+        let at = RecordAt {
+            topic: "orders",
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: None,
+        };
+        let e = from_source(
+            &source(KeyType::String),
+            &at,
+            Some(&enc.headers),
+            enc.value.as_deref(),
+        );
+        assert_eq!((e.id.as_str(), e.source.as_str()), ("e1", "/orders"));
+        assert_eq!(e.ty, "order.created");
+        assert_eq!(
+            e.extension("knativekafkaoffset"),
+            Some(&AttributeValue::Integer(7))
+        );
+    }
+
+    #[test]
+    fn keys_are_read_as_the_key_type_label_says() {
+        assert_eq!(
+            key_value(&7i32.to_be_bytes(), KeyType::Int),
+            AttributeValue::Integer(7)
+        );
+        assert_eq!(
+            key_value(b"abc", KeyType::Int),
+            AttributeValue::String("abc".into())
+        );
+        assert_eq!(
+            key_value(&1.5f64.to_be_bytes(), KeyType::Float),
+            AttributeValue::String("1.5".into())
+        );
+        assert_eq!(
+            key_value(b"\0\x01", KeyType::ByteArray),
+            AttributeValue::Binary(Bytes::from_static(b"\0\x01"))
+        );
     }
 }

@@ -57,8 +57,8 @@ mod topic;
 pub use channel::KafkaChannel;
 pub use deadletters::KafkaDeadLetters;
 pub use options::{
-    KafkaChannelConfig, KafkaOptions, DEFAULT_DEAD_LETTER_TEMPLATE, DEFAULT_GROUP_TEMPLATE,
-    DEFAULT_TOPIC_TEMPLATE, KNATIVE_GROUP_TEMPLATE, KNATIVE_TOPIC_TEMPLATE,
+    ForeignTopic, KafkaChannelConfig, KafkaOptions, KeyType, DEFAULT_DEAD_LETTER_TEMPLATE,
+    DEFAULT_GROUP_TEMPLATE, DEFAULT_TOPIC_TEMPLATE, KNATIVE_GROUP_TEMPLATE, KNATIVE_TOPIC_TEMPLATE,
 };
 /// The Kafka client, for tools and tests that talk to the topics directly.
 pub use rdkafka;

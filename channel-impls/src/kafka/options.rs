@@ -82,6 +82,52 @@ pub struct KafkaChannelConfig {
     /// is measured in the background at most once a second, so the cap is
     /// approximate (Kafka's retention stays the hard limit). `None`: no cap.
     pub max_backlog: Option<u64>,
+    /// A topic cemesh reads but does not own (a KafkaSource's).
+    pub foreign: Option<ForeignTopic>,
+}
+
+/// A topic written by others that cemesh only reads: it must exist (it is never
+/// created), every subscription joins the one consumer group given (kept when the
+/// subscription goes), records that are not CloudEvents become events as Knative's
+/// KafkaSource makes them, and gaps in offsets are believed at once (compaction and
+/// transaction markers make them there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignTopic {
+    /// The consumer group (Knative's `spec.consumerGroup`).
+    pub group: String,
+    /// The `source` of wrapped records, before `#{topic}`:
+    /// `/apis/v1/namespaces/{ns}/kafkasources/{name}`.
+    pub source: String,
+    /// How record keys become the `key` extension of wrapped records.
+    pub key_type: KeyType,
+    /// Extensions set on every event (Knative's `ceOverrides`).
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Knative's `kafkasources.sources.knative.dev/key-type` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyType {
+    #[default]
+    String,
+    /// 4 bytes, big-endian; other lengths as a string.
+    Int,
+    /// 4 or 8 bytes, big-endian IEEE 754; other lengths as a string.
+    Float,
+    /// The bytes as they are (a binary attribute).
+    ByteArray,
+}
+
+impl KeyType {
+    /// `string`, `int`, `float` or `byte-array`, as the label writes them.
+    pub fn parse(s: &str) -> Option<KeyType> {
+        Some(match s {
+            "string" => KeyType::String,
+            "int" => KeyType::Int,
+            "float" => KeyType::Float,
+            "byte-array" => KeyType::ByteArray,
+            _ => return None,
+        })
+    }
 }
 
 /// Fills `{name}` placeholders.

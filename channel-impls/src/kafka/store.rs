@@ -62,15 +62,26 @@ impl KafkaStore {
         config: KafkaChannelConfig,
     ) -> Result<KafkaChannel, ChannelError> {
         let topic = self.topic_name(namespace, broker, &config);
-        let partitions = self
-            .inner
-            .ensure_topic(
-                &topic,
-                config.partitions.unwrap_or(self.inner.options.partitions),
-                config.replication.unwrap_or(self.inner.options.replication),
-                &config.topic_configs,
-            )
-            .await?;
+        let partitions = if config.foreign.is_some() {
+            match self.inner.partition_count(&topic).await? {
+                0 => {
+                    return Err(ChannelError::Storage(format!(
+                        "topic {topic} does not exist in Kafka at {}",
+                        self.inner.options.bootstrap
+                    )))
+                }
+                n => n,
+            }
+        } else {
+            self.inner
+                .ensure_topic(
+                    &topic,
+                    config.partitions.unwrap_or(self.inner.options.partitions),
+                    config.replication.unwrap_or(self.inner.options.replication),
+                    &config.topic_configs,
+                )
+                .await?
+        };
         Ok(KafkaChannel::new(
             self.inner.clone(),
             namespace,
@@ -78,6 +89,7 @@ impl KafkaStore {
             topic,
             partitions,
             config.max_backlog,
+            config.foreign,
         ))
     }
 

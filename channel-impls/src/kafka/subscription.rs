@@ -3,11 +3,23 @@
 //! served even while the dispatcher is busy retrying: records go into a bounded
 //! buffer, and the partitions are paused (not abandoned) while it is full.
 //!
-//! Offsets: each owned partition has an [`AckTracker`] created at the first record
-//! read from it. Acks move its watermark; the pump commits moved watermarks every
-//! `commit_interval`, and synchronously when a partition is revoked and when the
-//! subscription closes. An ack for a partition this replica no longer owns is
-//! dropped: its new owner re-delivers from the committed offset (at-least-once).
+//! Offsets: each owned partition has an [`AckTracker`] starting at the group's
+//! committed offset, read when the partition is assigned (or, when that read fails,
+//! at the first record read from it). Acks move its watermark; the pump commits
+//! moved watermarks every `commit_interval`, and synchronously when a partition is
+//! revoked and when the subscription closes. An ack for a partition this replica no
+//! longer owns is dropped: its new owner re-delivers from the committed offset
+//! (at-least-once).
+//!
+//! Gaps: a record past the next expected offset means Kafka holds nothing in
+//! between (compaction, transaction markers), and the offsets between are done.
+//! cemesh's own topics have no gaps (no compaction, no transactions), so there a gap
+//! is a fault of the server or the client that would lose records silently. Such a
+//! gap is refetched first, from the expected offset (a record published but not yet
+//! readable) and then from further back (a server that answers a fetch from the
+//! middle of a batch with the next batch, as tansu 0.6 does), dropping what was
+//! already taken; only a gap that survives the refetches is believed. Topics cemesh
+//! does not own (a KafkaSource's) may have real gaps, which are believed at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::client::{blocking, kafka_err, StoreInner};
 use super::codec;
+use super::options::ForeignTopic;
 use super::orphans::{self, Verdict};
 use super::topic::BrokerTopic;
 use crate::{AckTracker, ChannelError, Position, Record, StartAt, Subscription};
@@ -41,14 +54,48 @@ type KConsumer = StreamConsumer<SubContext>;
 
 struct Part {
     tracker: AckTracker,
-    /// The next offset expected from the fetch stream; a record past it means Kafka
-    /// has no records in between (compaction, transaction markers): they are done.
+    /// The next offset expected from the fetch stream.
     expect: u64,
     /// The offset last committed (or known committed) to Kafka.
     committed_remote: u64,
+    /// Refetches made for the gap at `expect` (see the module doc).
+    refetches: u8,
 }
 
-#[derive(Default)]
+impl Part {
+    fn at(offset: u64) -> Part {
+        Part {
+            tracker: AckTracker::new(offset),
+            expect: offset,
+            committed_remote: offset,
+            refetches: 0,
+        }
+    }
+}
+
+/// Where each refetch of a gap starts, before the expected offset: the gap itself,
+/// then back over the batch that may hold it. After the last, the gap is believed.
+const REFETCH_BACK: [u64; 3] = [0, 256, 65_536];
+
+/// What to do about a gap between a partition's expected offset and a record.
+#[derive(Debug, PartialEq, Eq)]
+enum Gap {
+    /// Fetch again from this offset.
+    Refetch(u64),
+    /// Kafka has no records there: they are done.
+    Believe,
+}
+
+fn on_gap(part: &mut Part, verify: bool) -> Gap {
+    match REFETCH_BACK.get(usize::from(part.refetches)) {
+        Some(back) if verify => {
+            part.refetches += 1;
+            Gap::Refetch(part.expect.saturating_sub(*back))
+        }
+        _ => Gap::Believe,
+    }
+}
+
 struct PartsState {
     parts: HashMap<i32, Part>,
     buffer: VecDeque<Record>,
@@ -58,14 +105,28 @@ struct PartsState {
 }
 
 /// State shared by the pump, the handles and the rebalance callbacks.
-#[derive(Default)]
 struct Parts {
     state: Mutex<PartsState>,
     /// Records arrived or the subscription closed.
     notify: Notify,
+    /// Set when the topic is a KafkaSource's: how its records become events.
+    foreign: Option<ForeignTopic>,
 }
 
 impl Parts {
+    fn new(foreign: Option<ForeignTopic>) -> Self {
+        Parts {
+            state: Mutex::new(PartsState {
+                parts: HashMap::new(),
+                buffer: VecDeque::new(),
+                paused: false,
+                recommit: false,
+            }),
+            notify: Notify::new(),
+            foreign,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, PartsState> {
         // Every mutation is a few field updates: a panic cannot leave it torn.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -96,6 +157,7 @@ pub(crate) struct SubContext {
     parts: Arc<Parts>,
     topic: String,
     group: String,
+    request_timeout: Duration,
 }
 
 impl ClientContext for SubContext {
@@ -142,9 +204,27 @@ impl ConsumerContext for SubContext {
             }
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl, &self.topic);
+                // Where reading starts: the group's committed offsets, so that a
+                // first fetch past them shows as a gap (see the module doc).
+                let committed = base
+                    .committed_offsets((*tpl).clone(), self.request_timeout)
+                    .map_err(|e| {
+                        tracing::debug!(group = %self.group, error = %e, "Reading the committed offsets of assigned partitions failed; tracking from the first records");
+                    })
+                    .ok();
                 let mut st = self.parts.lock();
                 for p in &assigned {
                     st.parts.remove(p);
+                    let at = committed
+                        .as_ref()
+                        .and_then(|c| c.find_partition(&self.topic, *p))
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => u64::try_from(o).ok(),
+                            _ => None,
+                        });
+                    if let Some(at) = at {
+                        st.parts.insert(*p, Part::at(at));
+                    }
                 }
                 st.paused = false;
                 tracing::info!(group = %self.group, partitions = ?assigned, "Kafka partitions assigned");
@@ -195,11 +275,12 @@ impl SubInner {
         let topic = chan.topic.clone();
         let opts = &store.options;
         let session = opts.session_timeout.as_millis().max(1000);
-        let parts = Arc::new(Parts::default());
+        let parts = Arc::new(Parts::new(chan.foreign.clone()));
         let context = SubContext {
             parts: parts.clone(),
             topic: topic.clone(),
             group: group.clone(),
+            request_timeout: opts.request_timeout,
         };
         let consumer: KConsumer = store
             .client_config(&[
@@ -488,7 +569,7 @@ async fn pump(
                 Command::Rejoin(why) => rejoin(&consumer, &topic, &group, &why),
             },
             m = consumer.recv() => match m {
-                Ok(m) => take(&consumer, &parts, &group, &m),
+                Ok(m) => take(&consumer, &parts, &topic, &group, &m),
                 Err(e) => {
                     tracing::warn!(group = %group, error = %e, "Reading from Kafka failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -510,6 +591,7 @@ async fn pump(
 fn take(
     consumer: &KConsumer,
     parts: &Parts,
+    topic: &str,
     group: &str,
     m: &rdkafka::message::BorrowedMessage<'_>,
 ) {
@@ -517,21 +599,63 @@ fn take(
     else {
         return;
     };
-    let decoded = codec::decode(m.headers(), m.payload());
+    let decoded = match &parts.foreign {
+        None => codec::decode(m.headers(), m.payload()),
+        Some(foreign) => {
+            let at = codec::RecordAt {
+                topic,
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key(),
+            };
+            Ok(Some(codec::from_source(
+                foreign,
+                &at,
+                m.headers(),
+                m.payload(),
+            )))
+        }
+    };
+    let verify = parts.foreign.is_none();
     let mut st = parts.lock();
-    let part = st.parts.entry(m.partition()).or_insert_with(|| Part {
-        tracker: AckTracker::new(offset),
-        expect: offset,
-        committed_remote: offset,
-    });
-    if offset < part.tracker.committed() {
-        // Already finished (a fetch from before a rewind).
+    let part = st
+        .parts
+        .entry(m.partition())
+        .or_insert_with(|| Part::at(offset));
+    if offset < part.expect {
+        // Already taken: a refetch, or a server repeating records.
         return;
     }
-    for gap in part.expect..offset {
-        part.tracker.ack(gap);
+    if offset > part.expect {
+        let from = part.expect;
+        match on_gap(part, verify) {
+            Gap::Refetch(at) => {
+                drop(st);
+                tracing::debug!(group = %group, partition, from, to = offset, refetch = at, "Kafka skipped offsets; fetching again");
+                // Asynchronous (no timeout): what was fetched before it is dropped.
+                let at = Offset::Offset(i64::try_from(at).unwrap_or(i64::MAX));
+                if let Err(e) = consumer.seek(topic, m.partition(), at, Duration::ZERO) {
+                    tracing::warn!(group = %group, partition, error = %e, "Fetching skipped offsets again failed");
+                }
+                return;
+            }
+            Gap::Believe => {
+                if part.refetches > 0 {
+                    tracing::warn!(group = %group, partition, from, to = offset, "Kafka returned no records at these offsets, also when fetched again; taking them as absent");
+                } else {
+                    tracing::debug!(group = %group, partition, from, to = offset, "Kafka has no records at these offsets (compaction or transaction markers)");
+                }
+                for gap in from..offset {
+                    part.tracker.ack(gap);
+                }
+            }
+        }
+    } else if part.refetches > 0 {
+        tracing::warn!(group = %group, partition, offset, "Kafka skipped records and returned them when fetched again");
     }
-    part.expect = part.expect.max(offset + 1);
+    part.refetches = 0;
+    part.expect = offset + 1;
     match decoded {
         Ok(Some(event)) => {
             st.buffer.push_back(Record {
@@ -588,6 +712,7 @@ fn rewind(
             .map(|(p, part)| {
                 part.tracker.reset();
                 part.expect = part.tracker.committed();
+                part.refetches = 0;
                 (*p, part.expect)
             })
             .collect()
@@ -786,3 +911,26 @@ macro_rules! probe {
 }
 probe!(Arc<KConsumer>);
 probe!(Box<BaseConsumer>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_in_a_topic_of_cemesh_is_refetched_from_further_back_each_time() {
+        let mut part = Part::at(100_000);
+        assert_eq!(on_gap(&mut part, true), Gap::Refetch(100_000));
+        assert_eq!(on_gap(&mut part, true), Gap::Refetch(100_000 - 256));
+        assert_eq!(on_gap(&mut part, true), Gap::Refetch(100_000 - 65_536));
+        assert_eq!(on_gap(&mut part, true), Gap::Believe);
+        let mut near_start = Part::at(10);
+        on_gap(&mut near_start, true);
+        assert_eq!(on_gap(&mut near_start, true), Gap::Refetch(0));
+    }
+
+    #[test]
+    fn a_gap_in_a_topic_cemesh_does_not_own_is_believed_at_once() {
+        let mut part = Part::at(10);
+        assert_eq!(on_gap(&mut part, false), Gap::Believe);
+    }
+}
