@@ -298,7 +298,7 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
         | Kind::KafkaChannel
         | Kind::Sequence
         | Kind::Parallel => header.extend(["NAME", "URL", "READY", "REASON", "AGE"]),
-        Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding => {
+        Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding | Kind::KafkaSource => {
             header.extend(["NAME", "SINK", "READY", "REASON", "AGE"])
         }
         Kind::EventType => header.extend([
@@ -328,6 +328,7 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
             | Kind::PingSource
             | Kind::ContainerSource
             | Kind::SinkBinding
+            | Kind::KafkaSource
             | Kind::EventType => header.push("SOURCE"),
         }
     }
@@ -354,7 +355,7 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                 row.push(joined(&item["status"]["from"]));
                 row.push(joined(&item["status"]["brokers"]));
             }
-            Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding => {
+            Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding | Kind::KafkaSource => {
                 row.push(text(&item["status"]["sinkUri"]))
             }
             Kind::EventType => {
@@ -402,6 +403,7 @@ fn print_table(kind: Kind, items: &[Value], wide: bool, with_ns: bool) {
                 | Kind::PingSource
                 | Kind::ContainerSource
                 | Kind::SinkBinding
+                | Kind::KafkaSource
                 | Kind::EventType => row.push(source(item)),
             }
         }
@@ -566,7 +568,7 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
         Kind::Sequence | Kind::Parallel => {
             field("Address", text(&item["status"]["address"]["url"]));
         }
-        Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding => {
+        Kind::PingSource | Kind::ContainerSource | Kind::SinkBinding | Kind::KafkaSource => {
             field("Sink", text(&item["status"]["sinkUri"]));
         }
         Kind::EventType => {

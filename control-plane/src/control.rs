@@ -669,16 +669,20 @@ fn failure_of<'a>(key: &ResKey, status: &'a MeshStatus) -> Option<&'a String> {
             crate::manifest::sources::ping_trigger(&key.name)
         )),
         Kind::ContainerSource | Kind::EventType | Kind::SinkBinding => None,
-        Kind::Sequence | Kind::Parallel => {
-            let prefix = match key.kind {
-                Kind::Sequence => format!("{ns}/{}-kn-sequence-", key.name),
-                _ => format!("{ns}/{}-kn-parallel", key.name),
+        Kind::Sequence | Kind::Parallel | Kind::KafkaSource => {
+            let prefixes = match key.kind {
+                Kind::Sequence => [format!("{ns}/{}-kn-sequence-", key.name), String::new()],
+                Kind::Parallel => [format!("{ns}/{}-kn-parallel", key.name), String::new()],
+                _ => [
+                    format!("{ns}/{}-kn-kafkasource-", key.name),
+                    format!("{ns}/kafkasource.{}.", key.name),
+                ],
             };
             status
                 .broker_failures
                 .iter()
                 .chain(&status.trigger_failures)
-                .find(|(k, _)| k.starts_with(&prefix))
+                .find(|(k, _)| prefixes.iter().any(|p| !p.is_empty() && k.starts_with(p)))
                 .map(|(_, v)| v)
         }
     }

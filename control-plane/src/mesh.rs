@@ -122,6 +122,9 @@ pub enum OpenError {
 pub struct Channels {
     #[cfg(feature = "kafka")]
     kafka: Option<cemesh_channels::kafka::KafkaStore>,
+    /// Connections to the clusters KafkaSources read, by `bootstrap.servers`.
+    #[cfg(feature = "kafka")]
+    source_clusters: BTreeMap<String, cemesh_channels::kafka::KafkaStore>,
     data_dir: PathBuf,
     sled: Option<SledStore>,
     sled_dead_letters: Option<Arc<dyn DeadLetterStore>>,
@@ -135,6 +138,8 @@ impl Channels {
         Channels {
             #[cfg(feature = "kafka")]
             kafka: None,
+            #[cfg(feature = "kafka")]
+            source_clusters: BTreeMap::new(),
             data_dir,
             sled: None,
             sled_dead_letters: None,
@@ -178,21 +183,76 @@ impl Channels {
         self.kafka = Some(store);
     }
 
+    /// The connection to the cluster a KafkaSource reads: the server's own when it
+    /// is the same cluster, else one made with the server's Kafka settings (the
+    /// same security properties) and the source's servers, kept for later.
+    #[cfg(feature = "kafka")]
+    async fn source_cluster(
+        &mut self,
+        key: &BrokerKey,
+        bootstrap: &str,
+    ) -> Result<cemesh_channels::kafka::KafkaStore, OpenError> {
+        let servers = |b: &str| {
+            let mut s: Vec<String> = b.split(',').map(|s| s.trim().to_owned()).collect();
+            s.sort();
+            s
+        };
+        if let Some(store) = &self.kafka {
+            if servers(&store.options().bootstrap) == servers(bootstrap) {
+                return Ok(store.clone());
+            }
+        }
+        if let Some(store) = self.source_clusters.get(bootstrap) {
+            return Ok(store.clone());
+        }
+        let options = cemesh_channels::kafka::KafkaOptions {
+            bootstrap: bootstrap.to_owned(),
+            ..self
+                .kafka
+                .as_ref()
+                .map(|k| k.options().clone())
+                .unwrap_or_default()
+        };
+        let store = cemesh_channels::kafka::KafkaStore::connect(options)
+            .await
+            .map_err(|source| OpenError::Channel {
+                broker: key.clone(),
+                source,
+            })?;
+        self.source_clusters
+            .insert(bootstrap.to_owned(), store.clone());
+        Ok(store)
+    }
+
     #[cfg(feature = "kafka")]
     async fn open_kafka(
-        &self,
+        &mut self,
         key: &BrokerKey,
         d: &BrokerDesired,
     ) -> Result<Arc<dyn Channel>, OpenError> {
-        let Some(store) = &self.kafka else {
-            return Err(OpenError::NoKafka(key.clone()));
-        };
-        let config = crate::kafka::channel_config(&d.annotations).map_err(|(path, msg)| {
+        let mut config = crate::kafka::channel_config(&d.annotations).map_err(|(path, msg)| {
             OpenError::KafkaConfig {
                 broker: key.clone(),
                 message: format!("{path}: {msg}"),
             }
         })?;
+        let store = match &d.source_topic {
+            Some(t) => {
+                config.topic = Some(t.topic.clone());
+                config.foreign = Some(cemesh_channels::kafka::ForeignTopic {
+                    group: t.group.clone(),
+                    source: t.source.clone(),
+                    key_type: cemesh_channels::kafka::KeyType::parse(&t.key_type)
+                        .unwrap_or_default(),
+                    overrides: t.overrides.clone(),
+                });
+                &self.source_cluster(key, &t.bootstrap).await?
+            }
+            None => match &self.kafka {
+                Some(store) => store,
+                None => return Err(OpenError::NoKafka(key.clone())),
+            },
+        };
         let channel = store
             .channel(&key.namespace, &key.name, config)
             .await
@@ -205,7 +265,7 @@ impl Channels {
 
     #[cfg(not(feature = "kafka"))]
     async fn open_kafka(
-        &self,
+        &mut self,
         key: &BrokerKey,
         _d: &BrokerDesired,
     ) -> Result<Arc<dyn Channel>, OpenError> {
@@ -248,8 +308,10 @@ impl Channels {
         }
     }
 
-    /// Where a trigger on a broker of this kind keeps its dead letters: durable in
-    /// the sled database for sled brokers, in memory otherwise (like their events).
+    /// Where a trigger on a broker of this kind keeps its dead letters: in Kafka for
+    /// Kafka brokers, durable in the sled database for sled brokers (and for
+    /// KafkaSources when the server has no Kafka of its own), in memory for memory
+    /// brokers (like their events).
     fn dead_letters(&mut self, kind: ChannelKind) -> Result<Arc<dyn DeadLetterStore>, OpenError> {
         #[cfg(feature = "kafka")]
         if kind == ChannelKind::Kafka {
@@ -257,7 +319,7 @@ impl Channels {
                 return Ok(store.dead_letters());
             }
         }
-        if kind != ChannelKind::Sled {
+        if kind == ChannelKind::Memory {
             return Ok(self.memory_dead_letters.clone());
         }
         if let Some(d) = &self.sled_dead_letters {
@@ -863,6 +925,7 @@ mod tests {
             annotations: BTreeMap::new(),
             max_body_bytes: 1 << 20,
             delivery: None,
+            source_topic: None,
         }
     }
 

@@ -80,11 +80,16 @@ pub(crate) fn trigger_context(
         return Ok(ctx);
     }
     // A Subscription runs as trigger `subscription.{name}`, a PingSource's
-    // delivery as `pingsource.{name}`.
+    // delivery as `pingsource.{name}`, a KafkaSource's as `kafkasource.{name}.{i}`.
     let resource = if let Some(sub) = name.strip_prefix("subscription.") {
         ResKey::new(Kind::Subscription, ns, sub)
     } else if let Some(ping) = name.strip_prefix("pingsource.") {
         ResKey::new(Kind::PingSource, ns, ping)
+    } else if let Some((kafka, _)) = name
+        .strip_prefix("kafkasource.")
+        .and_then(|n| n.rsplit_once('.'))
+    {
+        ResKey::new(Kind::KafkaSource, ns, kafka)
     } else {
         ResKey::new(Kind::Trigger, ns, name)
     };

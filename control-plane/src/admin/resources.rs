@@ -90,11 +90,13 @@ impl Resources {
 
     /// The view with live counters for triggers (lag, deliveries, dead letters).
     async fn with_stats(&self, mut view: ResourceView) -> ResourceView {
-        // A Subscription and a PingSource's delivery run as triggers.
+        // A Subscription and a PingSource's delivery run as triggers; a
+        // KafkaSource's first topic's delivery stands for it.
         let trigger = match view.key.kind {
             Kind::Trigger => view.key.name.clone(),
             Kind::Subscription => crate::manifest::channel::subscription_key(&view.key.name),
             Kind::PingSource => crate::manifest::sources::ping_trigger(&view.key.name),
+            Kind::KafkaSource => crate::manifest::sources::kafka_trigger(&view.key.name, 0),
             _ => return view,
         };
         let ctx = self

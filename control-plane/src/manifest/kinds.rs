@@ -7,7 +7,7 @@ use std::fmt;
 
 use super::channel::{MESSAGING_V1, MESSAGING_V1BETA1};
 use super::flows::FLOWS_V1;
-use super::sources::SOURCES_V1;
+use super::sources::{SOURCES_V1, SOURCES_V1BETA1};
 use super::{Metadata, Resource};
 
 /// A kind cemesh runs.
@@ -25,6 +25,7 @@ pub enum Kind {
     PingSource,
     ContainerSource,
     SinkBinding,
+    KafkaSource,
     EventType,
 }
 
@@ -32,6 +33,8 @@ pub enum Kind {
 pub struct KindInfo {
     pub kind: Kind,
     pub api_version: &'static str,
+    /// Other versions read the same way (Knative serves KafkaSource as v1 too).
+    pub also: &'static [&'static str],
     /// `Broker`, as manifests write it.
     pub name: &'static str,
     /// `brokers`, as paths and the CLI write it.
@@ -49,6 +52,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::Broker,
         api_version: super::EVENTING_V1,
+        also: &[],
         name: "Broker",
         plural: "brokers",
         short: Some("br"),
@@ -58,6 +62,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::Trigger,
         api_version: super::EVENTING_V1,
+        also: &[],
         name: "Trigger",
         plural: "triggers",
         short: Some("tr"),
@@ -67,6 +72,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::EventPolicy,
         api_version: super::EVENTING_V1ALPHA1,
+        also: &[],
         name: "EventPolicy",
         plural: "eventpolicies",
         short: Some("ep"),
@@ -76,6 +82,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::Channel,
         api_version: MESSAGING_V1,
+        also: &[],
         name: "Channel",
         plural: "channels",
         short: Some("ch"),
@@ -85,6 +92,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::InMemoryChannel,
         api_version: MESSAGING_V1,
+        also: &[],
         name: "InMemoryChannel",
         plural: "inmemorychannels",
         short: Some("imc"),
@@ -94,6 +102,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::KafkaChannel,
         api_version: MESSAGING_V1BETA1,
+        also: &[],
         name: "KafkaChannel",
         plural: "kafkachannels",
         short: Some("kc"),
@@ -103,6 +112,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::Subscription,
         api_version: MESSAGING_V1,
+        also: &[],
         name: "Subscription",
         plural: "subscriptions",
         short: Some("sub"),
@@ -112,6 +122,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::Sequence,
         api_version: FLOWS_V1,
+        also: &[],
         name: "Sequence",
         plural: "sequences",
         short: None,
@@ -121,6 +132,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::Parallel,
         api_version: FLOWS_V1,
+        also: &[],
         name: "Parallel",
         plural: "parallels",
         short: None,
@@ -130,6 +142,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::PingSource,
         api_version: SOURCES_V1,
+        also: &[],
         name: "PingSource",
         plural: "pingsources",
         short: None,
@@ -139,6 +152,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::ContainerSource,
         api_version: SOURCES_V1,
+        also: &[],
         name: "ContainerSource",
         plural: "containersources",
         short: None,
@@ -148,6 +162,7 @@ pub const KINDS: &[KindInfo] = &[
     KindInfo {
         kind: Kind::SinkBinding,
         api_version: SOURCES_V1,
+        also: &[],
         name: "SinkBinding",
         plural: "sinkbindings",
         short: None,
@@ -155,8 +170,19 @@ pub const KINDS: &[KindInfo] = &[
         parse: |t| super::typed(t).map(Resource::SinkBinding),
     },
     KindInfo {
+        kind: Kind::KafkaSource,
+        api_version: SOURCES_V1BETA1,
+        also: &[SOURCES_V1],
+        name: "KafkaSource",
+        plural: "kafkasources",
+        short: None,
+        grpc: 14,
+        parse: |t| super::typed(t).map(Resource::KafkaSource),
+    },
+    KindInfo {
         kind: Kind::EventType,
         api_version: super::eventtype::EVENTING_V1BETA2,
+        also: &[],
         name: "EventType",
         plural: "eventtypes",
         short: Some("et"),
@@ -239,6 +265,7 @@ impl Resource {
             Resource::PingSource(_) => Kind::PingSource,
             Resource::ContainerSource(_) => Kind::ContainerSource,
             Resource::SinkBinding(_) => Kind::SinkBinding,
+            Resource::KafkaSource(_) => Kind::KafkaSource,
             Resource::EventType(_) => Kind::EventType,
         }
     }
@@ -255,6 +282,7 @@ impl Resource {
             Resource::PingSource(r) => &r.metadata,
             Resource::ContainerSource(r) => &r.metadata,
             Resource::SinkBinding(r) => &r.metadata,
+            Resource::KafkaSource(r) => &r.metadata,
             Resource::EventType(r) => &r.metadata,
         }
     }

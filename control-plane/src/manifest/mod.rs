@@ -176,6 +176,7 @@ pub enum Resource {
     PingSource(sources::PingSourceManifest),
     ContainerSource(sources::ContainerSourceManifest),
     SinkBinding(sources::SinkBindingManifest),
+    KafkaSource(sources::KafkaSourceManifest),
     EventType(eventtype::EventTypeManifest),
 }
 
@@ -391,9 +392,10 @@ pub fn parse_str(file: &Path, text: &str) -> (Vec<Located<Resource>>, Vec<Manife
             .and_then(|v| v.as_str())
             .unwrap_or("default");
         let label = format!("{kind} {ns}/{name}");
-        let row = KINDS
-            .iter()
-            .find(|k| k.api_version == api_version && k.name == kind);
+        let row = KINDS.iter().find(|k| {
+            (k.api_version == api_version || k.also.contains(&api_version.as_str()))
+                && k.name == kind
+        });
         let resource = match row {
             Some(row) => (row.parse)(doc.text),
             None => {

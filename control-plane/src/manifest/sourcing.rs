@@ -1,5 +1,6 @@
-//! Compiles PingSources and ContainerSources (`super::sources`) into the desired
-//! state: the channels, delivery loops and [`SourceDesired`]s the mesh runs.
+//! Compiles PingSources, ContainerSources, SinkBindings and KafkaSources
+//! (`super::sources`) into the desired state: the channels, delivery loops and
+//! [`SourceDesired`]s the mesh runs.
 
 use base64::Engine as _;
 use cemesh_channels::StartAt;
@@ -10,8 +11,9 @@ use serde_json::json;
 
 use super::kinds::Kind;
 use super::sources::{
-    ping_channel, ping_trigger, Binding, CeOverrides, ContainerSourceManifest, PingSourceManifest,
-    SinkBindingManifest, SourceDesired,
+    kafka_channel, kafka_trigger, ping_channel, ping_trigger, Binding, CeOverrides,
+    ContainerSourceManifest, KafkaSourceManifest, PingSourceManifest, SinkBindingManifest,
+    SourceDesired, SourceTopic,
 };
 use super::validate::{
     broker_desired, resolve, subscriber_runtime, AddressKind, FieldError, Problems, Subscribing,
@@ -43,6 +45,10 @@ pub(super) fn compile_sources(
             Resource::SinkBinding(b) => (
                 format!("SinkBinding {}/{}", b.metadata.namespace(), b.metadata.name),
                 compile_binding(b, ctx, desired),
+            ),
+            Resource::KafkaSource(k) => (
+                format!("KafkaSource {}/{}", k.metadata.namespace(), k.metadata.name),
+                compile_kafka(k, ctx, desired),
             ),
             _ => continue,
         };
@@ -340,6 +346,177 @@ fn compile_binding(
             service,
             env,
             target,
+        }),
+    );
+    Ok(())
+}
+
+/// Knative's label choosing how record keys are read.
+pub const KEY_TYPE_LABEL: &str = "kafkasources.sources.knative.dev/key-type";
+/// The values [`KEY_TYPE_LABEL`] takes.
+const KEY_TYPES: [&str; 4] = ["string", "int", "float", "byte-array"];
+
+/// A KafkaSource: per topic, an internal channel reading the topic with the
+/// source's consumer group and a delivery loop to the sink.
+fn compile_kafka(
+    k: &KafkaSourceManifest,
+    ctx: &ResolveContext<'_>,
+    desired: &mut Desired,
+) -> Result<(), Vec<FieldError>> {
+    let meta = &k.metadata;
+    let ns = meta.namespace();
+    let spec = &k.spec;
+    let mut problems =
+        Problems::for_resource(meta, &super::messaging::channel_and_trigger_annotations());
+    let servers: Vec<&str> = spec
+        .bootstrap_servers
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        problems.add(
+            "spec.bootstrapServers",
+            "required: HOST:PORT of the Kafka cluster",
+        );
+    }
+    if spec.topics.is_empty() {
+        problems.add("spec.topics", "required: the topics to read");
+    }
+    for (i, t) in spec.topics.iter().enumerate() {
+        if t.trim().is_empty() {
+            problems.add(&format!("spec.topics[{i}]"), "a topic name is empty");
+        }
+    }
+    let start = match spec.initial_offset.as_deref() {
+        None | Some("latest") => StartAt::Latest,
+        Some("earliest") => StartAt::Earliest,
+        Some(other) => {
+            problems.add(
+                "spec.initialOffset",
+                format!("{other:?} is not earliest or latest"),
+            );
+            StartAt::Latest
+        }
+    };
+    if spec.consumers.is_some_and(|c| c < 1) {
+        problems.add("spec.consumers", "must be at least 1");
+    }
+    let mut meta = meta.clone();
+    match spec.ordering.as_deref() {
+        // Knative delivers a partition's records one at a time; here records of one
+        // key (the record key, Knative's `partitionkey`) keep their order.
+        None | Some("ordered") => {
+            meta.annotations
+                .entry(super::trigger::ORDER_ANNOTATION.to_owned())
+                .or_insert_with(|| "ordered".to_owned());
+        }
+        Some("unordered") => {}
+        Some(other) => problems.add(
+            "spec.ordering",
+            format!("{other:?} is not ordered or unordered"),
+        ),
+    }
+    for part in ["sasl", "tls"] {
+        if spec.net.as_ref().is_some_and(|n| {
+            serde_json::to_value(n).unwrap_or_default()[part]["enable"] == json!(true)
+        }) {
+            problems.add(
+                &format!("spec.net.{part}"),
+                "cemesh reads no Kubernetes secrets: give SASL and TLS settings as Kafka properties in the server config (kafka.properties, --kafka-property) and leave spec.net out",
+            );
+        }
+    }
+    let key_type = meta
+        .labels
+        .get(KEY_TYPE_LABEL)
+        .cloned()
+        .unwrap_or_else(|| "string".to_owned());
+    if !KEY_TYPES.contains(&key_type.as_str()) {
+        problems.add(
+            &format!("metadata.labels.{KEY_TYPE_LABEL}"),
+            format!("{key_type:?} is not one of {}", KEY_TYPES.join(", ")),
+        );
+    }
+    let Some(sink) = &spec.sink else {
+        problems.add("spec.sink", "required: where the records go");
+        return Err(problems.0);
+    };
+    let group = spec
+        .consumer_group
+        .clone()
+        .filter(|g| !g.trim().is_empty())
+        .unwrap_or_else(|| format!("cemesh.{ns}.kafkasource.{}", meta.name));
+    let source = format!("/apis/v1/namespaces/{ns}/kafkasources/{}", meta.name);
+    let delivery = spec.delivery.clone().unwrap_or_default();
+    let mut parts = Vec::new();
+    let mut attributes = Vec::new();
+    for (i, topic) in spec.topics.iter().enumerate() {
+        let mut channel = broker_desired(
+            BrokerKey::new(ns, kafka_channel(&meta.name, i)),
+            AddressKind::Internal,
+            crate::config::ChannelKind::Kafka,
+            &meta,
+            None,
+            ctx,
+            &mut problems,
+        );
+        channel.source_topic = Some(SourceTopic {
+            bootstrap: servers.join(","),
+            topic: topic.trim().to_owned(),
+            group: group.clone(),
+            source: source.clone(),
+            key_type: key_type.clone(),
+            overrides: overrides(spec.ce_overrides.as_ref()),
+        });
+        let runtime = subscriber_runtime(
+            Subscribing {
+                meta: &meta,
+                key: TriggerKey::new(ns, kafka_trigger(&meta.name, i)),
+                broker: channel.key.name.clone(),
+                broker_desired: Some(&channel),
+                subscriber: sink,
+                subscriber_path: "spec.sink",
+                delivery: &delivery,
+                delivery_path: "spec.delivery",
+                reply: ReplyTo::Drop,
+            },
+            ctx,
+            &mut problems,
+        );
+        attributes.push(json!({
+            "type": super::sources::KAFKA_EVENT_TYPE,
+            "source": format!("{source}#{}", topic.trim()),
+        }));
+        if let Some((runtime, _)) = runtime {
+            parts.push((channel, runtime));
+        }
+    }
+    if !problems.0.is_empty() || parts.len() != spec.topics.len() {
+        return Err(problems.0);
+    }
+    let sink_uri = parts[0].1.subscriber.as_str().to_owned();
+    for (channel, runtime) in &parts {
+        if desired.brokers.contains_key(&channel.key) || desired.triggers.contains_key(&runtime.key)
+        {
+            return Err(vec![(
+                "metadata.name".into(),
+                "defined more than once".into(),
+            )]);
+        }
+    }
+    for (channel, runtime) in parts {
+        desired.brokers.insert(channel.key.clone(), channel);
+        desired
+            .triggers
+            .insert(runtime.key.clone(), TriggerDesired { runtime, start });
+    }
+    desired.status.insert(
+        (Kind::KafkaSource, ns.to_owned(), meta.name.clone()),
+        json!({
+            "sinkUri": sink_uri,
+            "consumers": spec.consumers.unwrap_or(1),
+            "ceAttributes": attributes,
         }),
     );
     Ok(())

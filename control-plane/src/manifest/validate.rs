@@ -66,6 +66,8 @@ pub struct BrokerDesired {
     pub annotations: BTreeMap<String, String>,
     pub max_body_bytes: u64,
     pub delivery: Option<DeliveryManifest>,
+    /// A KafkaSource's channel: the existing topic it reads.
+    pub source_topic: Option<super::sources::SourceTopic>,
 }
 
 /// A broker's channel settings, from its annotations.
@@ -355,6 +357,7 @@ pub(super) fn broker_desired(
         annotations: meta.annotations.clone(),
         max_body_bytes,
         delivery,
+        source_topic: None,
     }
 }
 

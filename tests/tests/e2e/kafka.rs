@@ -1,7 +1,8 @@
 //! The Kafka channel through the binary, with several `cemesh serve` replicas on one
 //! Kafka: each event delivered once per trigger across replicas, no acknowledged
 //! event lost when a replica is killed with SIGKILL, per-key order across a
-//! rebalance, and lag in the metrics.
+//! rebalance, and lag in the metrics; and a KafkaSource reading a topic another
+//! Kafka client writes.
 //!
 //! Kafka: `CEMESH_TEST_KAFKA=HOST:PORT`, or `scripts/kafka.sh start` (tansu on a
 //! free 127.0.0.1 port) for this test process. Without either the tests fail.
@@ -476,5 +477,270 @@ async fn a_sequence_runs_on_kafka_channels() {
             Some(AttributeValue::String(s)) => assert_eq!(s, "1,2", "{e:?}"),
             other => panic!("no steps: {other:?}"),
         }
+    }
+}
+
+/// Creates `topic` as another team would, with their own client.
+async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Writes one record with rdkafka, as a producer that is not cemesh does.
+async fn produce(
+    p: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &[u8],
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
+        .payload(value)
+        .headers(h)
+        .partition(0);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    p.send(record, Duration::from_secs(10))
+        .await
+        .expect("record written");
+}
+
+/// The offset `group` committed on partition 0 of `topic` (-1: none).
+fn committed(topic: &str, group: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    match got.find_partition(topic, 0).map(|e| e.offset()) {
+        Some(rdkafka::Offset::Offset(o)) => o,
+        _ => -1,
+    }
+}
+
+async fn wait_committed(topic: &str, group: &str, at: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (t, g) = (topic.to_owned(), group.to_owned());
+        let now = tokio::task::spawn_blocking(move || committed(&t, &g))
+            .await
+            .unwrap();
+        if now == at {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group {group} committed {now}, not {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafkasource_delivers_another_client_s_records_as_knative_does_and_commits_after_delivery(
+) {
+    let topic = unique("orders");
+    let group = unique("ks-group");
+    create_topic(&topic, 1).await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("producer");
+    // A plain JSON record, and a CloudEvent in the Kafka binding's binary mode.
+    produce(
+        &producer,
+        &topic,
+        Some("0"),
+        &[("content-type", "application/json"), ("X-Trace_Id", "abc")],
+        br#"{"n":1}"#,
+    )
+    .await;
+    produce(
+        &producer,
+        &topic,
+        None,
+        &[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "ce-1"),
+            ("ce_source", "/orders"),
+            ("ce_type", "order.created"),
+        ],
+        b"hi",
+    )
+    .await;
+    let sink = Subscriber::start().await;
+    // No --kafka-bootstrap: the source names its cluster, as in Knative.
+    let manifest = format!(
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: ks\nspec:\n  consumerGroup: {group}\n  initialOffset: earliest\n  bootstrapServers:\n  - {kafka}\n  topics:\n  - {topic}\n  ceOverrides:\n    extensions:\n      team: blue\n  delivery:\n    retry: 1000\n    backoffPolicy: linear\n    backoffDelay: PT0.1S\n  sink:\n    uri: {sink}\n",
+        kafka = kafka(),
+        sink = sink.url(),
+    );
+    let mesh = Cemesh::builder()
+        .channel("sled")
+        .manifest("ks.yaml", &manifest)
+        .start();
+    let got = sink.wait_for(2, Duration::from_secs(30)).await;
+    let events: Vec<Event> = got.into_iter().filter_map(|r| r.event).collect();
+    assert_eq!(events.len(), 2, "logs:\n{}", mesh.logs());
+    let ext = |e: &Event, n: &str| e.extension(n).map(AttributeValue::to_canonical);
+    // Records of different keys (the plain one's "0", none) may arrive in any order.
+    let by_id = |id: &str| events.iter().find(|e| e.id == id).expect(id);
+    let plain = by_id("partition:0/offset:0");
+    assert_eq!(plain.ty, "dev.knative.kafka.event");
+    assert_eq!(
+        plain.source,
+        format!("/apis/v1/namespaces/default/kafkasources/ks#{topic}")
+    );
+    assert_eq!(plain.subject.as_deref(), Some("partition:0#0"));
+    assert_eq!(plain.datacontenttype.as_deref(), Some("application/json"));
+    assert_eq!(plain.data.as_deref(), Some(&br#"{"n":1}"#[..]));
+    assert!(plain.time.is_some(), "the record's timestamp");
+    assert_eq!(ext(plain, "key").as_deref(), Some("0"));
+    assert_eq!(ext(plain, "kafkaheaderxtraceid").as_deref(), Some("abc"));
+    assert_eq!(ext(plain, "knativekafkaoffset").as_deref(), Some("0"));
+    assert_eq!(ext(plain, "team").as_deref(), Some("blue"));
+    let ce = by_id("ce-1");
+    assert_eq!(
+        (ce.id.as_str(), ce.source.as_str(), ce.ty.as_str()),
+        ("ce-1", "/orders", "order.created")
+    );
+    assert_eq!(ext(ce, "knativekafkaoffset").as_deref(), Some("1"));
+    assert_eq!(ext(ce, "team").as_deref(), Some("blue"));
+    wait_committed(&topic, &group, 2).await;
+
+    // A failing sink: the record is retried and its offset is not committed.
+    sink.set_status(503);
+    produce(&producer, &topic, None, &[], b"third").await;
+    let tries = sink.wait_for(5, Duration::from_secs(30)).await.len();
+    assert!(tries >= 5, "the third record is retried");
+    assert_eq!(committed(&topic, &group), 2, "not committed while failing");
+    sink.set_status(202);
+    wait_committed(&topic, &group, 3).await;
+    assert!(sink.taken_ids().contains("partition:0/offset:2"));
+
+    let status = mesh
+        .admin_json("/v1/namespaces/default/kafkasources/ks")
+        .await;
+    assert_eq!(status["status"]["sinkUri"], sink.url(), "{status}");
+    assert_eq!(
+        status["status"]["ceAttributes"][0]["source"],
+        format!("/apis/v1/namespaces/default/kafkasources/ks#{topic}")
+    );
+}
+
+/// Knative's KafkaSource example (`examples/sources`) validates unchanged, and runs
+/// with only its cluster's address pointed at the test Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn knative_s_kafkasource_example_runs_with_its_cluster_address_replaced() {
+    let display = Subscriber::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = tmp.path().join("server.yaml");
+    std::fs::write(
+        &server,
+        format!(
+            "services:\n  event-display: {{url: \"{}\"}}\n",
+            display.url()
+        ),
+    )
+    .unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/sources/kafkasource.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let (ok, out, err) = cemesh_cli(&[
+        "validate",
+        example.to_str().unwrap(),
+        "--config",
+        server.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    // Each test run reads its own topic with its own group.
+    let topic = unique("knative-demo-topic");
+    create_topic(&topic, 1).await;
+    let text = text
+        .replace("my-cluster-kafka-bootstrap.kafka:9092", &kafka())
+        .replace("knative-demo-topic", &topic)
+        .replace("knative-group", &unique("knative-group"));
+    let mesh = Cemesh::builder()
+        .arg("--config")
+        .arg(server.to_str().unwrap())
+        .manifest("kafka.yaml", &text)
+        .start();
+    let path = "/v1/namespaces/default/kafkasources/kafka-source";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = mesh.admin_json(path).await;
+        if status["status"]["conditions"][0]["status"] == "True" {
+            assert_eq!(status["status"]["sinkUri"], display.url().as_str());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The default initialOffset is latest: a record written now arrives.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("producer");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while display.count() == 0 {
+        produce(&producer, &topic, None, &[], b"hello").await;
+        assert!(tokio::time::Instant::now() < deadline, "{}", mesh.logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let e = display.received()[0].event.clone().expect("an event");
+    assert_eq!(
+        e.source,
+        format!("/apis/v1/namespaces/default/kafkasources/kafka-source#{topic}")
+    );
+}
+
+/// A KafkaSource cemesh cannot run as written is refused naming the field.
+#[test]
+fn a_kafkasource_with_bad_fields_is_refused_naming_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ks.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: ks\n  labels:\n    kafkasources.sources.knative.dev/key-type: uuid\nspec:\n  initialOffset: oldest\n  ordering: random\n  net:\n    sasl:\n      enable: true\n  sink:\n    uri: http://127.0.0.1:1/\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cemesh_cli(&["validate", file.to_str().unwrap()]);
+    let all = format!("{out}{err}");
+    assert!(!ok, "{all}");
+    for needle in [
+        "spec.bootstrapServers: required",
+        "spec.topics: required",
+        "spec.initialOffset: \"oldest\" is not earliest or latest",
+        "spec.ordering: \"random\" is not ordered or unordered",
+        "spec.net.sasl: cemesh reads no Kubernetes secrets",
+        "metadata.labels.kafkasources.sources.knative.dev/key-type: \"uuid\" is not one of",
+    ] {
+        assert!(all.contains(needle), "{needle:?} in:\n{all}");
     }
 }

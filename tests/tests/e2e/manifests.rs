@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// A kind cemesh does not run.
 const NOT_RUN: &str = "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: orders\n";
-const NOT_RUN_PROBLEM: &str = "kind: kind CronJob (batch/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy, messaging.knative.dev/v1 Channel, messaging.knative.dev/v1 InMemoryChannel, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1 Subscription, flows.knative.dev/v1 Sequence, flows.knative.dev/v1 Parallel, sources.knative.dev/v1 PingSource, sources.knative.dev/v1 ContainerSource, sources.knative.dev/v1 SinkBinding, eventing.knative.dev/v1beta2 EventType";
+const NOT_RUN_PROBLEM: &str = "kind: kind CronJob (batch/v1) is not run by cemesh; supported kinds: eventing.knative.dev/v1 Broker, eventing.knative.dev/v1 Trigger, eventing.knative.dev/v1alpha1 EventPolicy, messaging.knative.dev/v1 Channel, messaging.knative.dev/v1 InMemoryChannel, messaging.knative.dev/v1beta1 KafkaChannel, messaging.knative.dev/v1 Subscription, flows.knative.dev/v1 Sequence, flows.knative.dev/v1 Parallel, sources.knative.dev/v1 PingSource, sources.knative.dev/v1 ContainerSource, sources.knative.dev/v1 SinkBinding, sources.knative.dev/v1beta1 KafkaSource, eventing.knative.dev/v1beta2 EventType";
 const OLD_TRIGGER: &str = "apiVersion: eventing.knative.dev/v1beta1\nkind: Trigger\nmetadata:\n  name: old\nspec:\n  broker: default\n";
 const OLD_TRIGGER_PROBLEM: &str = "Trigger eventing.knative.dev/v1beta1 is not supported: cemesh runs Trigger as apiVersion eventing.knative.dev/v1";
 
