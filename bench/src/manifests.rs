@@ -186,6 +186,7 @@ mod tests {
                 ingress_base: "http://127.0.0.1:8080".into(),
                 service_url_template: "",
                 services: &services,
+                images: &std::collections::BTreeMap::new(),
                 default_channel: cemesh_control::config::ChannelKind::Sled,
                 default_max_body: 1 << 20,
             },

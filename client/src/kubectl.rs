@@ -776,6 +776,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         ingress_base: "http://127.0.0.1:8080".into(),
         service_url_template: &template,
         services: &config.services,
+        images: &config.images,
         default_channel: config
             .channel
             .unwrap_or(cemesh_control::config::ChannelKind::Sled),

@@ -75,6 +75,11 @@ pub struct ServerConfig {
     /// Services by name (or `namespace/name`): where a subscriber `ref` points.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceEntry>,
+    /// Local programs standing for container images: a ContainerSource whose
+    /// container names an image and no command runs this argv, then the
+    /// container's `args`. Keys are images with or without their tag.
+    #[serde(default)]
+    pub images: BTreeMap<String, Vec<String>>,
     /// `text` or `json`.
     pub log_format: Option<LogFormat>,
     /// `tracing` filter, e.g. `info` or `cemesh_dispatcher=debug`.
@@ -193,6 +198,7 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub service_url_template: String,
     pub services: BTreeMap<String, ServiceEntry>,
+    pub images: BTreeMap<String, Vec<String>>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
     pub shutdown_grace: std::time::Duration,

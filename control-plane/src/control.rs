@@ -245,6 +245,7 @@ impl ControlPlane {
         let ingress_base = self.ingress_base.clone();
         let template = self.settings.service_url_template.clone();
         let services = self.settings.services.clone();
+        let images = self.settings.images.clone();
         let default_channel = self.settings.channel;
         let default_max_body = self.settings.max_body_bytes;
         blocking(move || {
@@ -252,6 +253,7 @@ impl ControlPlane {
                 ingress_base,
                 service_url_template: &template,
                 services: &services,
+                images: &images,
                 default_channel,
                 default_max_body,
             };

@@ -220,6 +220,7 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
             .service_url_template
             .unwrap_or_else(|| DEFAULT_SERVICE_TEMPLATE.to_owned()),
         services: file.services,
+        images: file.images,
         auth: file.auth,
         insecure_admin: args.insecure_admin || file.insecure_admin.unwrap_or(false),
         oidc_issuer: args.oidc_issuer.clone().or(file.oidc_issuer),

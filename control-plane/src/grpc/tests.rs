@@ -47,6 +47,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         max_body_bytes: crate::config::DEFAULT_MAX_BODY,
         service_url_template: crate::config::DEFAULT_SERVICE_TEMPLATE.to_owned(),
         services: Default::default(),
+        images: Default::default(),
         log_format: LogFormat::Text,
         log_level: None,
         shutdown_grace: Duration::from_secs(1),

@@ -196,20 +196,24 @@ fn compile_container(
             .map(|s| s.as_str().map(str::to_owned))
             .collect()
     };
+    let image = container["image"].as_str().unwrap_or("");
     let mut command = match strings(&container["command"]) {
         Some(c) if !c.is_empty() => c,
-        _ => {
-            if container.is_object() {
-                problems.add(
-                    &format!("{at}.command"),
-                    format!(
-                        "required: cemesh runs a local program, not the image {}; give the container a command",
-                        container["image"].as_str().unwrap_or("(none)")
-                    ),
-                );
+        _ => match image_command(image, ctx) {
+            Some(c) => c.clone(),
+            None => {
+                if container.is_object() {
+                    problems.add(
+                        &format!("{at}.command"),
+                        format!(
+                            "required: cemesh runs a local program, not the image {}; give the container a command, or map the image to one in the server config's images:",
+                            if image.is_empty() { "(none)" } else { image }
+                        ),
+                    );
+                }
+                Vec::new()
             }
-            Vec::new()
-        }
+        },
     };
     command.extend(strings(&container["args"]).unwrap_or_default());
     let mut env = std::collections::BTreeMap::new();
@@ -260,6 +264,23 @@ fn compile_container(
     Ok(())
 }
 
+/// The program the server config's `images:` gives for `image`, with or without
+/// its tag or digest.
+fn image_command<'a>(image: &str, ctx: &ResolveContext<'a>) -> Option<&'a Vec<String>> {
+    if image.is_empty() {
+        return None;
+    }
+    let bare = image.split('@').next().unwrap_or(image);
+    let untagged = match bare.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => name,
+        _ => bare,
+    };
+    [image, bare, untagged]
+        .into_iter()
+        .find_map(|i| ctx.images.get(i))
+        .filter(|c| c.first().is_some_and(|p| !p.trim().is_empty()))
+}
+
 fn compile_binding(
     b: &SinkBindingManifest,
     ctx: &ResolveContext<'_>,
@@ -269,40 +290,7 @@ fn compile_binding(
     let ns = meta.namespace();
     let mut problems = Problems::for_resource(meta, &[super::OWNER_ANNOTATION]);
     let subject = serde_json::to_value(&b.spec.subject).unwrap_or_default();
-    let name = subject["name"].as_str().unwrap_or("");
-    let entry = if name.is_empty() {
-        problems.add(
-            "spec.subject.name",
-            "required: the services: entry whose processes get K_SINK (cemesh binds by name, not by selector)",
-        );
-        None
-    } else {
-        let key = format!("{ns}/{name}");
-        let found = ctx
-            .services
-            .get(&key)
-            .map(|e| (key, e))
-            .or_else(|| ctx.services.get(name).map(|e| (name.to_owned(), e)));
-        match found {
-            Some((key, e)) if matches!(e.target, crate::ondemand::ServiceTarget::Command(_)) => {
-                Some((key, e))
-            }
-            Some(_) => {
-                problems.add(
-                    "spec.subject.name",
-                    format!("service {name:?} is a URL, not a command cemesh runs: only processes cemesh starts can be bound"),
-                );
-                None
-            }
-            None => {
-                problems.add(
-                    "spec.subject.name",
-                    format!("no services: entry named {name:?} in the server config (a SinkBinding binds processes cemesh runs)"),
-                );
-                None
-            }
-        }
-    };
+    let entries = bound_services(&subject, ns, ctx, &mut problems);
     let sink = resolved_sink(
         b.spec.sink.as_ref(),
         "where the bound program sends its events",
@@ -310,45 +298,123 @@ fn compile_binding(
         ctx,
         &mut problems,
     );
-    let (Some((service, entry)), Some(sink)) = (entry, sink) else {
+    let Some(sink) = sink else {
         return Err(problems.0);
     };
-    if !problems.0.is_empty() {
+    if !problems.0.is_empty() || entries.is_empty() {
         return Err(problems.0);
     }
     desired.status.insert(
         (Kind::SinkBinding, ns.to_owned(), meta.name.clone()),
         json!({"sinkUri": sink.as_str()}),
     );
-    // Validating without a running server: the check above is all there is.
-    let Some(target) = entry.binding.clone() else {
-        return Ok(());
-    };
     let env = sink_env(
         sink.as_str(),
         b.spec.ce_overrides.as_ref(),
         b.spec.sink.as_ref(),
     );
-    let key = format!("SinkBinding {ns}/{}", meta.name);
-    if desired
-        .sources
-        .values()
-        .any(|s| matches!(s, SourceDesired::Binding(other) if other.service == service))
-    {
-        return Err(vec![(
-            "spec.subject.name".into(),
-            format!("service {service:?} is bound by another SinkBinding already"),
-        )]);
+    for (service, entry) in entries {
+        // Validating without a running server: the checks above are all there is.
+        let Some(target) = entry.binding.clone() else {
+            continue;
+        };
+        if desired
+            .sources
+            .values()
+            .any(|s| matches!(s, SourceDesired::Binding(other) if other.service == service))
+        {
+            return Err(vec![(
+                "spec.subject".into(),
+                format!("service {service:?} is bound by another SinkBinding already"),
+            )]);
+        }
+        desired.sources.insert(
+            format!("SinkBinding {ns}/{} {service}", meta.name),
+            SourceDesired::Binding(Binding {
+                service,
+                env: env.clone(),
+                target,
+            }),
+        );
     }
-    desired.sources.insert(
-        key,
-        SourceDesired::Binding(Binding {
-            service,
-            env,
-            target,
-        }),
-    );
     Ok(())
+}
+
+/// The `services:` command entries a SinkBinding's subject names (`name`) or
+/// selects (`selector.matchLabels` against their `labels`), by key.
+fn bound_services<'a>(
+    subject: &serde_json::Value,
+    ns: &str,
+    ctx: &ResolveContext<'a>,
+    problems: &mut Problems,
+) -> Vec<(String, &'a crate::config::ServiceEntry)> {
+    let is_command = |e: &crate::config::ServiceEntry| {
+        matches!(e.target, crate::ondemand::ServiceTarget::Command(_))
+    };
+    let name = subject["name"].as_str().unwrap_or("");
+    let selector = &subject["selector"];
+    if !name.is_empty() {
+        let key = format!("{ns}/{name}");
+        let found = ctx
+            .services
+            .get_key_value(&key)
+            .or_else(|| ctx.services.get_key_value(name));
+        return match found {
+            Some((key, e)) if is_command(e) => vec![(key.clone(), e)],
+            Some(_) => {
+                problems.add(
+                    "spec.subject.name",
+                    format!("service {name:?} is a URL, not a command cemesh runs: only processes cemesh starts can be bound"),
+                );
+                Vec::new()
+            }
+            None => {
+                problems.add(
+                    "spec.subject.name",
+                    format!("no services: entry named {name:?} in the server config (a SinkBinding binds processes cemesh runs)"),
+                );
+                Vec::new()
+            }
+        };
+    }
+    if selector.get("matchExpressions").is_some() {
+        problems.add(
+            "spec.subject.selector.matchExpressions",
+            "not supported: select services: entries with matchLabels",
+        );
+        return Vec::new();
+    }
+    let Some(labels) = selector["matchLabels"]
+        .as_object()
+        .filter(|l| !l.is_empty())
+    else {
+        problems.add(
+            "spec.subject",
+            "required: name or selector.matchLabels, naming or selecting services: command entries of the server config",
+        );
+        return Vec::new();
+    };
+    let matched: Vec<_> = ctx
+        .services
+        .iter()
+        .filter(|(_, e)| is_command(e))
+        .filter(|(_, e)| {
+            labels
+                .iter()
+                .all(|(k, v)| e.labels.get(k).map(String::as_str) == v.as_str())
+        })
+        .map(|(k, e)| (k.clone(), e))
+        .collect();
+    if matched.is_empty() {
+        problems.add(
+            "spec.subject.selector.matchLabels",
+            format!(
+                "no services: command entry of the server config has the labels {}",
+                serde_json::Value::Object(labels.clone())
+            ),
+        );
+    }
+    matched
 }
 
 /// Knative's label choosing how record keys are read.

@@ -38,6 +38,8 @@ pub struct ResolveContext<'a> {
     pub ingress_base: String,
     pub service_url_template: &'a str,
     pub services: &'a BTreeMap<String, ServiceEntry>,
+    /// Programs standing for container images (the server config's `images:`).
+    pub images: &'a BTreeMap<String, Vec<String>>,
     pub default_channel: ChannelKind,
     pub default_max_body: u64,
 }
@@ -1031,11 +1033,14 @@ mod tests {
     use crate::manifest::{compile, parse_str, KReference};
     use std::path::Path;
 
+    static NO_IMAGES: BTreeMap<String, Vec<String>> = BTreeMap::new();
+
     fn ctx<'a>(services: &'a BTreeMap<String, ServiceEntry>) -> ResolveContext<'a> {
         ResolveContext {
             ingress_base: "http://127.0.0.1:8080".into(),
             service_url_template: crate::config::DEFAULT_SERVICE_TEMPLATE,
             services,
+            images: &NO_IMAGES,
             default_channel: ChannelKind::Memory,
             default_max_body: 1 << 20,
         }

@@ -48,6 +48,9 @@ pub struct ServiceEntryRaw {
     env: BTreeMap<String, String>,
     /// Working directory of the process (default: cemesh's).
     working_dir: Option<PathBuf>,
+    /// Labels a SinkBinding's `subject.selector.matchLabels` selects the service by.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// Where a subscriber `ref` naming this service goes.
@@ -96,6 +99,8 @@ pub struct ServiceEntry {
     pub endpoints: Option<Arc<dyn Endpoints>>,
     /// Where a `SinkBinding` puts its environment (a `command` service's pool).
     pub binding: Option<Arc<dyn super::Bindable>>,
+    /// What a SinkBinding's selector matches.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ServiceEntry {
@@ -105,6 +110,7 @@ impl ServiceEntry {
             target: ServiceTarget::Url(url.into()),
             endpoints: None,
             binding: None,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -224,6 +230,7 @@ impl TryFrom<ServiceEntryRaw> for ServiceEntry {
             target,
             endpoints: None,
             binding: None,
+            labels: raw.labels,
         })
     }
 }

@@ -443,7 +443,7 @@ async fn knative_s_pingsource_example_runs_unchanged() {
     )
     .unwrap();
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/sources/pingsource.yaml");
+        .join("../examples/sources/config/pingsource.yaml");
     let (ok, out, err) = cemesh_cli(&[
         "validate",
         example.to_str().unwrap(),
@@ -471,5 +471,114 @@ async fn knative_s_pingsource_example_runs_unchanged() {
     assert_eq!(
         status["status"]["ceAttributes"][0]["source"],
         "/apis/v1/namespaces/default/pingsources/test-ping-source"
+    );
+}
+
+/// Knative's ContainerSource and SinkBinding examples (`examples/sources/config`) run
+/// unchanged with the examples' server config (`examples/sources/server.yaml`: its
+/// `images:` runs the heartbeats stand-in for the container's image, its `services:`
+/// entry carries the label the binding selects), paths made absolute.
+#[tokio::test(flavor = "multi_thread")]
+async fn knative_s_containersource_and_sinkbinding_examples_run_unchanged() {
+    let display = Subscriber::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sources");
+    let heartbeats = root.join("heartbeats.py").canonicalize().unwrap();
+    let server_text = std::fs::read_to_string(root.join("server.yaml"))
+        .unwrap()
+        .replace(
+            "examples/sources/heartbeats.py",
+            heartbeats.to_str().unwrap(),
+        )
+        .replace("http://127.0.0.1:8081/display", &display.url())
+        .replace("--period=10", "--period=0.5")
+        .replace("config_dir: examples/sources/config\n", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = tmp.path().join("server.yaml");
+    std::fs::write(&server, server_text).unwrap();
+    let example = |f: &str| std::fs::read_to_string(root.join("config").join(f)).unwrap();
+    let (ok, out, err) = cemesh_cli(&[
+        "validate",
+        root.join("config").to_str().unwrap(),
+        "--config",
+        server.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let mesh = Cemesh::builder()
+        .arg("--config")
+        .arg(server.to_str().unwrap())
+        .manifest("containersource.yaml", &example("containersource.yaml"))
+        .manifest("sinkbinding.yaml", &example("sinkbinding.yaml"))
+        .start();
+    let sources = || -> HashSet<String> {
+        display
+            .received()
+            .into_iter()
+            .filter_map(|r| r.event)
+            .filter(|e| e.ty == "dev.knative.eventing.samples.heartbeat")
+            .map(|e| e.source)
+            .collect()
+    };
+    let want: HashSet<String> = [
+        // The ContainerSource's process (no POD_NAME in the example).
+        "https://knative.dev/eventing/cmd/heartbeats/#/".to_owned(),
+        // The bound services: entry's.
+        "https://knative.dev/eventing/cmd/heartbeats/#default/heartbeat-cron".to_owned(),
+    ]
+    .into();
+    let deadline = Instant::now() + WAIT;
+    while !sources().is_superset(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "heartbeats from {:?}; logs:\n{}",
+            sources(),
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for path in [
+        "/v1/namespaces/default/containersources/heartbeat-source",
+        "/v1/namespaces/default/sinkbindings/bind-heartbeat",
+    ] {
+        let status = mesh.admin_json(path).await;
+        assert_eq!(
+            status["status"]["conditions"][0]["status"], "True",
+            "{status}"
+        );
+        assert_eq!(status["status"]["sinkUri"], display.url().as_str());
+    }
+}
+
+/// A SinkBinding selecting by labels that no services: entry carries, or by
+/// expressions, is refused naming the field.
+#[test]
+fn a_sinkbinding_selector_that_selects_nothing_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = tmp.path().join("server.yaml");
+    std::fs::write(
+        &server,
+        "services:\n  cron:\n    command: [\"true\"]\n    labels: {app: other}\n",
+    )
+    .unwrap();
+    let file = tmp.path().join("b.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata:\n  name: b\nspec:\n  subject:\n    apiVersion: batch/v1\n    kind: Job\n    selector:\n      matchLabels:\n        app: heartbeat-cron\n  sink:\n    uri: http://127.0.0.1:1/\n---\napiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata:\n  name: e\nspec:\n  subject:\n    apiVersion: batch/v1\n    kind: Job\n    selector:\n      matchExpressions:\n      - {key: app, operator: Exists}\n  sink:\n    uri: http://127.0.0.1:1/\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cemesh_cli(&[
+        "validate",
+        file.to_str().unwrap(),
+        "--config",
+        server.to_str().unwrap(),
+    ]);
+    let all = format!("{out}{err}");
+    assert!(!ok, "{all}");
+    assert!(
+        all.contains("spec.subject.selector.matchLabels: no services: command entry of the server config has the labels {\"app\":\"heartbeat-cron\"}"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.subject.selector.matchExpressions: not supported"),
+        "{all}"
     );
 }
