@@ -35,7 +35,8 @@ python3 - "$work" <<'PY'
 import pathlib, sys, yaml
 
 work = pathlib.Path(sys.argv[1])
-KNATIVE = ("eventing.knative.dev/", "messaging.knative.dev/")
+KNATIVE = ("eventing.knative.dev/", "messaging.knative.dev/", "flows.knative.dev/",
+           "sources.knative.dev/")
 SERVER_KEYS = {"channel", "services", "service_url_template", "config_dir", "data_dir",
                "ingress_addr", "admin_addr", "max_body_size", "log_format", "log_level",
                "shutdown_grace"}
