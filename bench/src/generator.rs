@@ -48,13 +48,40 @@ pub struct GenConfig {
     pub duration: Duration,
     /// Events per second over all connections; `None`: as fast as possible.
     pub rate: Option<f64>,
-    pub payload: Bytes,
+    /// The events' data: opaque bytes, or JSON (`payload` says which).
+    pub payload: Payload,
     pub match_ratio: f64,
     pub run_id: String,
     /// The clock the sink measures latency against.
     pub base: Instant,
     /// Live counts for whoever watches a long run (the soak's sampler).
     pub progress: Option<Arc<Progress>>,
+}
+
+/// What every event carries as data.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub bytes: Bytes,
+    pub content_type: HeaderValue,
+}
+
+/// `size` bytes of data: `x`s, or a JSON order (what `--filter data` tests) padded
+/// to `size` when `json`.
+pub fn payload(size: usize, json: bool) -> Payload {
+    if !json {
+        return Payload {
+            bytes: Bytes::from(vec![b'x'; size]),
+            content_type: HeaderValue::from_static("application/octet-stream"),
+        };
+    }
+    let head = r#"{"order":{"kind":"bench","total":42,"items":[{"sku":"A-1","qty":1},{"sku":"B-2","qty":3}]},"pad":""#;
+    let mut text = head.to_owned();
+    text.push_str(&"x".repeat(size.saturating_sub(head.len() + 2)));
+    text.push_str("\"}");
+    Payload {
+        bytes: Bytes::from(text),
+        content_type: HeaderValue::from_static("application/json"),
+    }
 }
 
 /// The generator's counts so far, readable while it runs.
@@ -270,7 +297,7 @@ async fn send(
     id.push_str(&cfg.run_id);
     id.push('-');
     id.push_str(itoa::Buffer::new().format(seq));
-    let mut req = Request::new(Full::new(cfg.payload.clone()));
+    let mut req = Request::new(Full::new(cfg.payload.bytes.clone()));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = cfg.path.clone();
     let h = req.headers_mut();
@@ -280,10 +307,7 @@ async fn send(
     if let Some(auth) = &cfg.authorization {
         h.insert(http::header::AUTHORIZATION, auth.clone());
     }
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(CONTENT_TYPE, cfg.payload.content_type.clone());
     h.insert("ce-specversion", HeaderValue::from_static("1.0"));
     h.insert("ce-type", HeaderValue::from_static("dev.cemesh.bench"));
     h.insert("ce-source", HeaderValue::from_static("/cemesh/bench"));

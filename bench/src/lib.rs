@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 
 use cemesh_control::config::ChannelKind;
 use cemesh_control::duration::{parse_bytes, parse_humane};
@@ -73,6 +72,9 @@ pub enum FilterKind {
     Prefix,
     /// `spec.filters` `cesql`.
     Cesql,
+    /// `spec.filters` `exact` on the type, then cemesh's `data` on three fields of
+    /// a JSON payload (events carry JSON data of `--size` bytes).
+    Data,
 }
 
 impl FilterKind {
@@ -83,6 +85,7 @@ impl FilterKind {
             FilterKind::Exact => "exact",
             FilterKind::Prefix => "prefix",
             FilterKind::Cesql => "cesql",
+            FilterKind::Data => "data",
         }
     }
 }
@@ -601,7 +604,7 @@ async fn measure(
         max_events: plan.max_events,
         duration: plan.duration,
         rate: plan.rate,
-        payload: Bytes::from(vec![b'x'; size]),
+        payload: generator::payload(size, plan.filter == FilterKind::Data),
         match_ratio: plan.match_ratio,
         run_id,
         base,

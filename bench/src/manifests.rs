@@ -115,6 +115,14 @@ fn filter_yaml(kind: FilterKind, on_tag: bool) -> String {
             }
             format!("  filters:\n    - cesql: \"{expr}\"\n")
         }
+        FilterKind::Data => {
+            let mut s = "  filters:\n    - exact:\n        type: dev.cemesh.bench\n".to_owned();
+            if on_tag {
+                let _ = writeln!(s, "        {tag}: \"yes\"");
+            }
+            s.push_str("    - data:\n        order.kind: bench\n        order.total: {gt: 10}\n        order.items[*].sku: {prefix: B}\n");
+            s
+        }
     }
 }
 
@@ -131,6 +139,7 @@ mod tests {
             FilterKind::Exact,
             FilterKind::Prefix,
             FilterKind::Cesql,
+            FilterKind::Data,
         ] {
             let text = render(&ManifestOptions {
                 channel: "sled",

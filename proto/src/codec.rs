@@ -180,6 +180,7 @@ mod legacy {
             time,
             extensions,
             data,
+            json: Default::default(),
         })
     }
 

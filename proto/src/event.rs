@@ -127,6 +127,38 @@ pub struct Event {
     pub extensions: Vec<(String, AttributeValue)>,
     /// The data exactly as it travels in an HTTP binary-mode body.
     pub data: Option<Bytes>,
+    /// The data parsed as JSON, when a `data` filter first asks ([`Event::json_data`]).
+    pub json: JsonData,
+}
+
+/// An event's data parsed as JSON, once, and shared by everyone holding the same
+/// event (every trigger reading one `Arc<Event>`). Not part of the event's value:
+/// equal whatever it holds, and a clone starts empty (its data may be changed).
+#[derive(Default)]
+pub struct JsonData(std::sync::OnceLock<Option<serde_json::Value>>);
+
+impl Clone for JsonData {
+    fn clone(&self) -> Self {
+        JsonData::default()
+    }
+}
+
+impl PartialEq for JsonData {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for JsonData {}
+
+impl fmt::Debug for JsonData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0.get() {
+            None => "not parsed",
+            Some(None) => "not JSON",
+            Some(Some(_)) => "parsed",
+        })
+    }
 }
 
 impl fmt::Debug for Event {
@@ -160,7 +192,27 @@ impl Event {
             time: None,
             extensions: Vec::new(),
             data: None,
+            json: JsonData::default(),
         }
+    }
+
+    /// The data as JSON: parsed at the first call, `None` when the content type is
+    /// not JSON (`application/json`, `text/json`, `*+json`; absent counts as JSON)
+    /// or the data does not parse.
+    pub fn json_data(&self) -> Option<&serde_json::Value> {
+        self.json
+            .0
+            .get_or_init(|| {
+                let is_json = self.datacontenttype.as_deref().is_none_or(|ct| {
+                    let media = ct.split(';').next().unwrap_or("").trim();
+                    media.eq_ignore_ascii_case("application/json")
+                        || media.eq_ignore_ascii_case("text/json")
+                        || media.to_ascii_lowercase().ends_with("+json")
+                });
+                let data = self.data.as_deref().filter(|_| is_json)?;
+                serde_json::from_slice(data).ok()
+            })
+            .as_ref()
     }
 
     /// Looks up any attribute, core or extension, by its lower-case name.

@@ -173,6 +173,7 @@ fn from_raw_map(mut map: RawMap) -> Result<Event, EventError> {
         time,
         extensions,
         data,
+        json: Default::default(),
     };
     validate(&event)?;
     Ok(event)

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::child::{self, ChildProc, ProcSample};
@@ -359,7 +358,7 @@ async fn soak(
         max_events: plan.max_events,
         duration: plan.duration,
         rate: plan.rate,
-        payload: Bytes::from(vec![b'x'; size]),
+        payload: generator::payload(size, false),
         match_ratio: 1.0,
         run_id,
         base,

@@ -100,6 +100,15 @@ impl EventAttributes for Event {
     }
 }
 
+/// `path.name`, or `path["odd name"]` when the name would not read as one segment.
+pub fn attr_path(path: &str, name: &str) -> String {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        format!("{path}.{name}")
+    } else {
+        format!("{path}[{name:?}]")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! * [`DialectFilter`] (`dialect/`): Knative's `spec.filters`, the Subscriptions API
 //!   dialects plus `cesql`; its module docs list the semantics we chose.
 //! * [`cesql`]: the CloudEvents SQL v1 engine, independent of our event type.
+//! * `data.rs`: cemesh's `data` dialect, tests on fields of JSON data.
 //! * `attr.rs`: how all of them read an [`Event`] without allocating.
 //!
 //! Evaluation is on the per-event hot path of every trigger, so compiled forms
@@ -14,11 +15,13 @@
 
 mod attr;
 pub mod cesql;
+mod data;
 mod dialect;
 mod exact;
 
 use cemesh_proto::Event;
 
+pub use data::{DataTest, DataValue};
 pub use dialect::{attr_path, DialectFilter, FilterSpec};
 pub use exact::AttributesFilter;
 

@@ -1,5 +1,5 @@
 //! Trigger filters end to end: one broker, a trigger per dialect (Knative's
-//! `spec.filters`: exact, prefix, suffix, all, any, not, cesql; the legacy
+//! `spec.filters`: exact, prefix, suffix, all, any, not, cesql, and cemesh's data; the legacy
 //! `spec.filter.attributes`; and `filters` overriding `filter`), each with its own
 //! subscriber. Every event must reach exactly the triggers whose filter it passes.
 //! A trigger with a bad CESQL expression is reported (log and `/readyz`, naming the
@@ -218,4 +218,129 @@ async fn each_dialect_routes_only_matching_events() {
         mesh.logs()
     );
     assert_eq!(bad_sub.count(), 0);
+}
+
+/// cemesh's `data` dialect through the binary: nested paths, array elements, types,
+/// ranges, existence, inside `any` and `not`, and data that is not JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_filters_route_on_json_fields() {
+    const DATA_TRIGGERS: &[(&str, &str, &[&str])] = &[
+        (
+            "big-orders",
+            "  filters:\n    - data:\n        order.total: {gt: 100, lte: 1000}\n        order.currency: EUR\n",
+            &["d1"],
+        ),
+        (
+            "sku",
+            "  filters:\n    - data:\n        order.items[*].sku: {prefix: ABC}\n",
+            &["d1", "d3"],
+        ),
+        (
+            "vip-or-express",
+            "  filters:\n    - any:\n        - data: {customer.vip: true}\n        - data: {\"$.shipping.express\": {exists: true}}\n",
+            &["d2", "d3"],
+        ),
+        (
+            "not-typed",
+            "  filters:\n    - not:\n        data: {order.total: {in: [\"50\", 999999]}}\n    - exact: {type: order.placed}\n",
+            &["d1", "d2", "d3", "d4"],
+        ),
+        (
+            "no-email",
+            "  filters:\n    - data: {customer.email: {exists: false}}\n",
+            &["d2", "d4"],
+        ),
+    ];
+    let json = |id: &str, data: &str| {
+        let mut e = Event::new(id, "/shop", "order.placed");
+        e.datacontenttype = Some("application/json".into());
+        e.data = Some(bytes::Bytes::from(data.to_owned()));
+        e
+    };
+    let mut text = Event::new("d4", "/shop", "order.placed");
+    text.datacontenttype = Some("text/plain".into());
+    text.data = Some(bytes::Bytes::from_static(b"order.total=500"));
+    let events = vec![
+        json(
+            "d1",
+            r#"{"order":{"total":500,"currency":"EUR","items":[{"sku":"XYZ-1"},{"sku":"ABC-2"}]},"customer":{"vip":false,"email":"a@b.c"}}"#,
+        ),
+        json(
+            "d2",
+            r#"{"order":{"total":50,"currency":"EUR","items":[]},"customer":{"vip":true}}"#,
+        ),
+        json(
+            "d3",
+            r#"{"order":{"total":"500","items":[{"sku":"ABC-9"}]},"customer":{"email":"x@y.z"},"shipping":{"express":null}}"#,
+        ),
+        text,
+    ];
+    let mut subs = Vec::new();
+    let mut manifests = vec![broker_yaml("default")];
+    for (name, spec, _) in DATA_TRIGGERS {
+        let sub = Subscriber::start().await;
+        manifests.push(trigger(name, &sub.url(), spec));
+        subs.push(sub);
+    }
+    let mesh = Cemesh::start(&docs(&manifests));
+    let url = mesh.broker_url("default", "default");
+    let c = client();
+    for e in &events {
+        assert_eq!(post_binary(&c, &url, e).await.status(), 202, "{}", e.id);
+    }
+    for ((_, _, want), sub) in DATA_TRIGGERS.iter().zip(&subs) {
+        wait_count(sub, want.len()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut wrong = Vec::new();
+    for ((name, _, want), sub) in DATA_TRIGGERS.iter().zip(&subs) {
+        let got: BTreeSet<String> = sub.ids().into_iter().collect();
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        if got != want {
+            wrong.push(format!("{name}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\nlogs:\n{}", mesh.logs());
+}
+
+/// A `data` filter cemesh cannot use is refused naming the node.
+#[test]
+fn bad_data_filters_are_refused_naming_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (spec, problem) in [
+        (
+            "  filters:\n    - data: {order.total: {above: 5}}\n",
+            "spec.filters[0].data[\"order.total\"]: unknown test \"above\"",
+        ),
+        (
+            "  filters:\n    - data: {\"order..total\": 5}\n",
+            "is not a data path: an empty key",
+        ),
+        (
+            "  filters:\n    - data: {order.total: {gt: \"5\"}}\n",
+            "spec.filters[0].data[\"order.total\"].gt: expected a number, got a string",
+        ),
+        (
+            "  filters:\n    - data: {order.tags: [a, b]}\n",
+            "for one of several values write in: [...]",
+        ),
+        (
+            "  filters:\n    - data: {}\n",
+            "expected at least one data path",
+        ),
+    ] {
+        let file = tmp.path().join("t.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "{}---\n{}",
+                broker_yaml("default"),
+                trigger("t", "http://127.0.0.1:1/", spec)
+            ),
+        )
+        .unwrap();
+        let (ok, out, err) = cemesh_cli(&["validate", file.to_str().unwrap()]);
+        let all = format!("{out}{err}");
+        assert!(!ok && all.contains(problem), "{problem:?} in:\n{all}");
+    }
 }

@@ -4,8 +4,10 @@
 
 use super::spec::FilterSpec;
 use super::{Clause, Node};
+pub use crate::filter::attr::attr_path;
 use crate::filter::attr::AttrKey;
 use crate::filter::cesql::Expression;
+use crate::filter::data::DataClause;
 use crate::filter::FilterError;
 
 /// The top-level list: an implicit `all`.
@@ -43,6 +45,19 @@ fn compile_node(node: &FilterSpec, path: &str) -> Result<Node, FilterError> {
         FilterSpec::Cesql(src) => Expression::parse(src)
             .map(|e| Node::Cesql(Box::new(e)))
             .map_err(|e| FilterError::new(path, e.to_string())),
+        FilterSpec::Data(entries) => {
+            if entries.is_empty() {
+                return Err(FilterError::new(
+                    path,
+                    "expected at least one data path: an empty map would match every event",
+                ));
+            }
+            entries
+                .iter()
+                .map(|(p, tests)| DataClause::compile(p, tests, path))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|c| Node::Data(c.into_boxed_slice()))
+        }
     }
 }
 
@@ -111,13 +126,4 @@ fn check_attribute_name(name: &str) -> Result<(), AttributeNameError> {
     }
     cemesh_proto::validate::check_name(name)
         .map_err(|_| AttributeNameError::NotCloudEvents(name.to_owned()))
-}
-
-/// `path.name`, or `path["odd name"]` when the name would not read as one segment.
-pub fn attr_path(path: &str, name: &str) -> String {
-    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        format!("{path}.{name}")
-    } else {
-        format!("{path}[{name:?}]")
-    }
 }

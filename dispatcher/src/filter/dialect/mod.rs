@@ -1,5 +1,6 @@
 //! Knative's `spec.filters`: the filter dialects of the CloudEvents Subscriptions API
-//! (`exact`, `prefix`, `suffix`, `all`, `any`, `not`) plus Knative's `cesql`.
+//! (`exact`, `prefix`, `suffix`, `all`, `any`, `not`) plus Knative's `cesql` and
+//! cemesh's `data` (tests on the JSON data, see `filter/data.rs`).
 //!
 //! [`DialectFilter::compile`] takes the typed [`FilterSpec`]s the control plane read
 //! from a manifest (the dispatcher never sees YAML) and either returns a compiled
@@ -49,6 +50,7 @@ use cemesh_proto::Event;
 
 use super::attr::{with_canonical, AttrKey};
 use super::cesql::Expression;
+use super::data::DataClause;
 use super::FilterError;
 
 /// A compiled `spec.filters` list. Always valid; see the module docs for semantics.
@@ -81,6 +83,7 @@ enum Node {
     Any(Box<[Node]>),
     Not(Box<Node>),
     Cesql(Box<Expression>),
+    Data(Box<[DataClause]>),
 }
 
 /// One `name: value` entry of `exact`, `prefix` or `suffix`.
@@ -111,6 +114,7 @@ impl Node {
             Node::Any(children) => children.iter().any(|n| n.matches(event)),
             Node::Not(child) => !child.matches(event),
             Node::Cesql(expr) => expr.matches(event),
+            Node::Data(clauses) => clauses.iter().all(|c| c.matches(event)),
         }
     }
 }

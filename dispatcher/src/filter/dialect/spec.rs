@@ -3,8 +3,11 @@
 //! plane's; the checks of meaning (non-empty lists and values, attribute names,
 //! CESQL syntax) are [`DialectFilter::compile`](super::DialectFilter::compile)'s.
 
-/// One filter object of the Subscriptions API dialect, plus Knative's `cesql`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::filter::data::DataTest;
+
+/// One filter object of the Subscriptions API dialect, plus Knative's `cesql` and
+/// cemesh's `data`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum FilterSpec {
     /// Attribute name to value, in manifest order.
     Exact(Vec<(String, String)>),
@@ -14,6 +17,8 @@ pub enum FilterSpec {
     Any(Vec<FilterSpec>),
     Not(Box<FilterSpec>),
     Cesql(String),
+    /// cemesh's `data`: JSON paths of the event's data to the tests each must pass.
+    Data(Vec<(String, Vec<DataTest>)>),
 }
 
 impl FilterSpec {
@@ -27,6 +32,7 @@ impl FilterSpec {
             FilterSpec::Any(_) => "any",
             FilterSpec::Not(_) => "not",
             FilterSpec::Cesql(_) => "cesql",
+            FilterSpec::Data(_) => "data",
         }
     }
 }
