@@ -11,9 +11,9 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use cemesh_dispatcher::filter::cesql::Expression;
-use cemesh_dispatcher::filter::{AttributesFilter, DialectFilter, FilterSpec};
+use cemesh_dispatcher::filter::{AttributesFilter, DataTest, DataValue, DialectFilter, FilterSpec};
 use cemesh_proto::{AttributeValue, Event};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 /// A typical order event: all core attributes, a few extensions, a JSON body.
 fn typical_event() -> Event {
@@ -93,7 +93,47 @@ fn evaluation(c: &mut Criterion) {
     g.bench_function("cesql_3_clauses_first_fails", |b| {
         b.iter(|| cesql_filter.matches(black_box(&miss)))
     });
+    let data = DialectFilter::compile(&data3(), "spec.filters").expect("data");
+    let mut order = event.clone();
+    order.data = Some(Bytes::from(order_json(1024)));
+    assert!(data.matches(&order), "parsed once, kept");
+    g.bench_function("data_3_fields_parsed", |b| {
+        b.iter(|| data.matches(black_box(&order)))
+    });
+    g.bench_function("data_3_fields_with_1kib_parse", |b| {
+        // A clone starts with its data unparsed; cloning is outside the timing.
+        b.iter_batched(
+            || order.clone(),
+            |e| data.matches(black_box(&e)),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
+}
+
+/// What `cemesh bench --filter data` filters on: three fields, a string, a number
+/// range and any element of an array.
+fn data3() -> Vec<FilterSpec> {
+    vec![FilterSpec::Data(vec![
+        (
+            "order.kind".into(),
+            vec![DataTest::Equals(DataValue::String("bench".into()))],
+        ),
+        ("order.total".into(), vec![DataTest::Gt(10.0)]),
+        (
+            "order.items[*].sku".into(),
+            vec![DataTest::Prefix("B".into())],
+        ),
+    ])]
+}
+
+/// An order as JSON, padded to `size` bytes.
+fn order_json(size: usize) -> String {
+    let head = r#"{"order":{"kind":"bench","total":42,"items":[{"sku":"A-1","qty":1},{"sku":"B-2","qty":3}]},"pad":""#;
+    format!(
+        "{head}{}\"}}",
+        "x".repeat(size.saturating_sub(head.len() + 2))
+    )
 }
 
 fn compilation(c: &mut Criterion) {

@@ -98,6 +98,10 @@ impl EventAttributes for Event {
         // Skips the base64 encoding a Binary value would need.
         Event::attribute(self, name).is_some()
     }
+
+    fn json_data(&self) -> Option<&serde_json::Value> {
+        Event::json_data(self)
+    }
 }
 
 /// `path.name`, or `path["odd name"]` when the name would not read as one segment.

@@ -1,12 +1,9 @@
 //! cemesh's `data` filter dialect: tests on fields of the event's JSON data, which
 //! Knative's dialects cannot reach (knative/eventing#8274), in the spirit of
-//! EventBridge's content filters. No crate fits: JSONPath engines evaluate a general
-//! query language per call, while a filter needs a fixed path resolved against
-//! `serde_json::Value` without allocating, so the small path language is here.
+//! EventBridge's content filters.
 //!
-//! Paths: dot-separated object keys, each optionally followed by `[N]` (an array
-//! element) or `[*]` (any element); a leading `$.` is allowed, and `["a.b"]` names a
-//! key holding dots. `order.items[*].sku` passes when any item's `sku` passes.
+//! Paths are `super::jsonpath`'s: `order.items[*].sku` passes when any item's `sku`
+//! passes.
 //!
 //! The data is parsed once per event, when a filter first asks, and shared by every
 //! trigger that holds the same event ([`Event::json_data`]); a trigger without a
@@ -18,6 +15,7 @@ use cemesh_proto::Event;
 use serde_json::Value;
 
 use super::attr::attr_path;
+use super::jsonpath::{parse_path, reaches, Step};
 use super::FilterError;
 
 /// A scalar as a `data` filter writes it; compared with JSON by type (`100` is not
@@ -44,14 +42,6 @@ pub enum DataTest {
     Gte(f64),
     Lt(f64),
     Lte(f64),
-}
-
-/// One step of a path.
-#[derive(Debug, Clone, PartialEq)]
-enum Step {
-    Key(Box<str>),
-    Index(usize),
-    AnyElement,
 }
 
 /// A compiled `path: tests` entry.
@@ -111,19 +101,6 @@ impl DataClause {
     }
 }
 
-/// Whether some value the path leads to satisfies `f`.
-fn reaches(v: &Value, steps: &[Step], f: &mut dyn FnMut(&Value) -> bool) -> bool {
-    let Some((step, rest)) = steps.split_first() else {
-        return f(v);
-    };
-    match (step, v) {
-        (Step::Key(k), Value::Object(m)) => m.get(&**k).is_some_and(|v| reaches(v, rest, f)),
-        (Step::Index(i), Value::Array(a)) => a.get(*i).is_some_and(|v| reaches(v, rest, f)),
-        (Step::AnyElement, Value::Array(a)) => a.iter().any(|v| reaches(v, rest, f)),
-        _ => false,
-    }
-}
-
 fn passes(test: &DataTest, v: &Value) -> bool {
     let num = || v.as_f64();
     match test {
@@ -147,63 +124,6 @@ fn equals(want: &DataValue, v: &Value) -> bool {
         (DataValue::String(a), Value::String(b)) => a == b,
         _ => false,
     }
-}
-
-/// `a.b[0].c[*]`, `$.a`, `["a.b"].c`.
-fn parse_path(text: &str) -> Result<Vec<Step>, String> {
-    let bad = |why: &str| format!("{text:?} is not a data path: {why}");
-    let rest = text.strip_prefix("$.").unwrap_or(text);
-    let b = rest.as_bytes();
-    let mut steps = Vec::new();
-    let mut i = 0;
-    let mut expect_key = true;
-    while i < b.len() {
-        match b[i] {
-            b'[' => {
-                let end = rest[i..]
-                    .find(']')
-                    .map(|e| i + e)
-                    .ok_or_else(|| bad("a [ is not closed"))?;
-                let inner = rest[i + 1..end].trim();
-                let quoted = inner.len() >= 2
-                    && ((inner.starts_with('"') && inner.ends_with('"'))
-                        || (inner.starts_with('\'') && inner.ends_with('\'')));
-                steps.push(if inner == "*" {
-                    Step::AnyElement
-                } else if quoted {
-                    Step::Key(inner[1..inner.len() - 1].into())
-                } else {
-                    Step::Index(
-                        inner
-                            .parse()
-                            .map_err(|_| bad("inside [ ] goes an index, * or a quoted key"))?,
-                    )
-                });
-                i = end + 1;
-                expect_key = false;
-            }
-            b'.' => {
-                if expect_key {
-                    return Err(bad("an empty key"));
-                }
-                i += 1;
-                expect_key = true;
-                if i == b.len() {
-                    return Err(bad("it ends with a dot"));
-                }
-            }
-            _ => {
-                let end = rest[i..].find(['.', '[']).map_or(rest.len(), |e| i + e);
-                steps.push(Step::Key(rest[i..end].into()));
-                i = end;
-                expect_key = false;
-            }
-        }
-    }
-    if steps.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    Ok(steps)
 }
 
 #[cfg(test)]
@@ -316,5 +236,28 @@ mod tests {
         assert_eq!(e.path, "f.data.a");
         let e = DataClause::compile("a.b", &[], "f.data").unwrap_err();
         assert_eq!(e.path, "f.data[\"a.b\"]");
+    }
+
+    #[test]
+    fn cesql_reads_data_with_data_and_data_exists() {
+        use crate::filter::cesql::{ErrorKind, Expression};
+        let e = event(ORDER, Some("application/json"));
+        let yes = |src: &str| assert!(Expression::parse(src).unwrap().matches(&e), "{src}");
+        let no = |src: &str| assert!(!Expression::parse(src).unwrap().matches(&e), "{src}");
+        yes("DATA('order.id') LIKE 'A-%' AND DATA('order.items[1].qty') = 1");
+        yes("DATA_EXISTS('order.items[*].sku') AND NOT DATA_EXISTS('order.nope')");
+        yes("DATA('order.vip')");
+        yes("DATA('order.total') = '120.5'");
+        no("DATA('order.nope') = ''");
+        let missing = Expression::parse("DATA('order.nope')").unwrap();
+        let r = missing.evaluate(&e);
+        assert_eq!(r.errors()[0].kind(), ErrorKind::MissingAttribute);
+        let bad = Expression::parse("DATA('a..b')").unwrap();
+        let r = bad.evaluate(&e);
+        assert_eq!(r.errors()[0].kind(), ErrorKind::FunctionEvaluation);
+        let text = event("x", Some("text/plain"));
+        assert!(!Expression::parse("DATA_EXISTS('x')")
+            .unwrap()
+            .matches(&text));
     }
 }

@@ -6,7 +6,8 @@
 //! * [`DialectFilter`] (`dialect/`): Knative's `spec.filters`, the Subscriptions API
 //!   dialects plus `cesql`; its module docs list the semantics we chose.
 //! * [`cesql`]: the CloudEvents SQL v1 engine, independent of our event type.
-//! * `data.rs`: cemesh's `data` dialect, tests on fields of JSON data.
+//! * `data.rs`: cemesh's `data` dialect, tests on fields of JSON data, with paths
+//!   in `jsonpath.rs`'s language.
 //! * `attr.rs`: how all of them read an [`Event`] without allocating.
 //!
 //! Evaluation is on the per-event hot path of every trigger, so compiled forms
@@ -18,6 +19,7 @@ pub mod cesql;
 mod data;
 mod dialect;
 mod exact;
+mod jsonpath;
 
 use cemesh_proto::Event;
 

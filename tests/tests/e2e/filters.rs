@@ -250,6 +250,12 @@ async fn data_filters_route_on_json_fields() {
             "  filters:\n    - data: {customer.email: {exists: false}}\n",
             &["d2", "d4"],
         ),
+        // CESQL casts d3's string "500" to an Integer for `>`, as it does attributes.
+        (
+            "cesql-data",
+            "  filters:\n    - cesql: \"DATA('order.total') > 100 AND DATA_EXISTS('order.items[*].sku')\"\n",
+            &["d1", "d3"],
+        ),
     ];
     let json = |id: &str, data: &str| {
         let mut e = Event::new(id, "/shop", "order.placed");

@@ -1,5 +1,7 @@
 //! Built-in functions (CESQL 3.5) plus the casting helpers `INT`, `BOOL`,
-//! `STRING`, `IS_BOOL` and `IS_INT` that the TCK and earlier drafts use.
+//! `STRING`, `IS_BOOL` and `IS_INT` that the TCK and earlier drafts use, and
+//! cemesh's `DATA(path)` and `DATA_EXISTS(path)` on the event's JSON data (names
+//! outside the spec's, which leaves room for user functions).
 //!
 //! Functions are resolved by (case-insensitive) name and arity at parse
 //! time; a call that matches nothing evaluates to `false` with a
@@ -28,10 +30,12 @@ pub(crate) enum Builtin {
     String,
     IsBool,
     IsInt,
+    Data,
+    DataExists,
 }
 
 /// (name, builtin, minimum arity, variadic)
-const TABLE: [(&str, Builtin, usize, bool); 16] = [
+const TABLE: [(&str, Builtin, usize, bool); 18] = [
     ("LENGTH", Builtin::Length, 1, false),
     ("CONCAT", Builtin::Concat, 0, true),
     ("CONCAT_WS", Builtin::ConcatWs, 1, true),
@@ -48,6 +52,8 @@ const TABLE: [(&str, Builtin, usize, bool); 16] = [
     ("STRING", Builtin::String, 1, false),
     ("IS_BOOL", Builtin::IsBool, 1, false),
     ("IS_INT", Builtin::IsInt, 1, false),
+    ("DATA", Builtin::Data, 1, false),
+    ("DATA_EXISTS", Builtin::DataExists, 1, false),
 ];
 
 /// The target of a call.
@@ -91,7 +97,9 @@ impl Builtin {
     pub(crate) fn zero(self) -> Value<'static> {
         match self {
             Builtin::Length | Builtin::Abs | Builtin::Int => Value::Integer(0),
-            Builtin::Bool | Builtin::IsBool | Builtin::IsInt => Value::Boolean(false),
+            Builtin::Bool | Builtin::IsBool | Builtin::IsInt | Builtin::DataExists => {
+                Value::Boolean(false)
+            }
             _ => Value::String(Cow::Borrowed("")),
         }
     }

@@ -143,6 +143,12 @@ pub trait EventAttributes {
     fn has_attribute(&self, name: &str) -> bool {
         self.attribute(name).is_some()
     }
+
+    /// The event's data as JSON, for `DATA(path)`; `None` when it has none or the
+    /// data is not JSON.
+    fn json_data(&self) -> Option<&serde_json::Value> {
+        None
+    }
 }
 
 impl<T: EventAttributes + ?Sized> EventAttributes for &T {
@@ -152,6 +158,10 @@ impl<T: EventAttributes + ?Sized> EventAttributes for &T {
 
     fn has_attribute(&self, name: &str) -> bool {
         (**self).has_attribute(name)
+    }
+
+    fn json_data(&self) -> Option<&serde_json::Value> {
+        (**self).json_data()
     }
 }
 

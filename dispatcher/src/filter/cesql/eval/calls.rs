@@ -126,7 +126,53 @@ pub(crate) fn call<'a, E: EventAttributes + ?Sized>(
             Value::String(s) => parse_int(s).is_some(),
             Value::Boolean(_) => false,
         }),
+        Builtin::Data | Builtin::DataExists => data(ctx, f, a),
         Builtin::Concat | Builtin::ConcatWs => f.zero(),
+    }
+}
+
+/// `DATA(path)`: the value at `path` in the event's JSON data (strings, booleans
+/// and integers as themselves, other numbers, `null`, objects and arrays as JSON
+/// text), a `missingAttribute` error when there is none; `DATA_EXISTS(path)`:
+/// whether there is one.
+fn data<'a, E: EventAttributes + ?Sized>(
+    ctx: &mut Ctx<'a, '_, E>,
+    f: Builtin,
+    path: Value<'a>,
+) -> Value<'a> {
+    let path = cast_string(path);
+    let steps = match crate::filter::jsonpath::parse_path(&path) {
+        Ok(s) => s,
+        Err(m) => {
+            ctx.error(ErrorKind::FunctionEvaluation, || {
+                format!("{}: {m}", f.name())
+            });
+            return f.zero();
+        }
+    };
+    let event: &'a E = ctx.event;
+    let found = event
+        .json_data()
+        .and_then(|d| crate::filter::jsonpath::first(d, &steps));
+    if f == Builtin::DataExists {
+        return Value::Boolean(found.is_some());
+    }
+    match found {
+        None => {
+            ctx.error(ErrorKind::MissingAttribute, || {
+                format!("DATA: the event's data has nothing at {path}")
+            });
+            f.zero()
+        }
+        Some(serde_json::Value::String(s)) => Value::String(Cow::Borrowed(s)),
+        Some(serde_json::Value::Bool(b)) => Value::Boolean(*b),
+        Some(serde_json::Value::Number(n)) => {
+            match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+                Some(i) => Value::Integer(i),
+                None => Value::String(Cow::Owned(n.to_string())),
+            }
+        }
+        Some(other) => Value::String(Cow::Owned(other.to_string())),
     }
 }
 
