@@ -15,6 +15,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod dedup;
 pub mod duration;
 pub mod error;
 pub mod eventtypes;

@@ -30,6 +30,8 @@ struct RunningBroker {
     channel: Arc<Tapped>,
     /// The event types it has accepted (kept across restarts).
     event_types: Arc<cemesh_ingress::seen::EventTypes>,
+    /// Its dedup window (kept across restarts), when it has one.
+    dedup: Option<Arc<cemesh_ingress::dedup::Dedup>>,
 }
 
 /// A source's ticker or process.
@@ -641,12 +643,16 @@ impl Mesh {
                     let channel = Arc::new(Tapped::new(channel));
                     tracing::info!(broker = %key, channel = d.channel.as_str(), "Broker ready");
                     let event_types = crate::eventtypes::load(&self.channels.data_dir, key);
+                    let dedup = d.dedup.map(|s| {
+                        crate::dedup::load(&self.channels.data_dir, key, s.window, s.max_keys)
+                    });
                     self.brokers.insert(
                         key.clone(),
                         RunningBroker {
                             desired: d.clone(),
                             channel,
                             event_types,
+                            dedup,
                         },
                     );
                 }
@@ -680,6 +686,7 @@ impl Mesh {
                     }),
                     stamps: b.desired.kind == AddressKind::Broker,
                     event_types: b.event_types.clone(),
+                    dedup: b.dedup.clone(),
                 };
                 (k.clone(), Arc::new(endpoint))
             })
@@ -823,6 +830,7 @@ impl Mesh {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         crate::eventtypes::flush(&self.routes, &self.channels.data_dir);
+        crate::dedup::flush(&self.routes, &self.channels.data_dir);
         self.routes.replace(Default::default());
         self.brokers.clear();
         self.taps.write().unwrap_or_else(|p| p.into_inner()).clear();
@@ -926,6 +934,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             delivery: None,
             source_topic: None,
+            dedup: None,
         }
     }
 

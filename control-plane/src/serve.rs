@@ -429,6 +429,11 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
         settings.data_dir.clone(),
         background.clone(),
     ));
+    tokio::spawn(crate::dedup::keep(
+        routes.clone(),
+        settings.data_dir.clone(),
+        background.clone(),
+    ));
 
     let stop = CancellationToken::new();
     let ingress_task = {

@@ -225,12 +225,32 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
 
 /// Appends to the broker's channel; returns once the channel says the events are as
 /// durable as it promises (the moment a receiver may answer "accepted").
+/// With a dedup window, events accepted within it are counted as accepted and not
+/// appended again; the pairs of a failed append are released for the retry.
 pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize, IngressError> {
     let count = events.len();
-    if count > 0 {
+    let (events, reserved) = match &broker.dedup {
+        None => (events, None),
+        Some(d) => {
+            let (fresh, reserved, dups) = d.admit(events, chrono::Utc::now().timestamp_millis());
+            if dups > 0 {
+                metrics::counter!(names::INGRESS_DUPLICATES,
+                    "namespace_name" => broker.key.namespace.clone(),
+                    "broker_name" => broker.key.name.clone())
+                .increment(dups as u64);
+            }
+            (fresh, Some((d, reserved)))
+        }
+    };
+    if !events.is_empty() {
         let seen = crate::seen::EventTypes::capture(&events);
         let started = std::time::Instant::now();
-        broker.channel.append(events).await?;
+        if let Err(e) = broker.channel.append(events).await {
+            if let Some((d, reserved)) = reserved {
+                d.release(reserved);
+            }
+            return Err(e.into());
+        }
         metrics::histogram!(names::CHANNEL_APPEND_DURATION, "channel" => broker.channel.kind())
             .record(started.elapsed().as_secs_f64());
         broker

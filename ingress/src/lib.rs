@@ -9,6 +9,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod dedup;
 mod error;
 pub mod grpc;
 mod routes;

@@ -56,6 +56,8 @@ pub struct BrokerEndpoint {
     pub stamps: bool,
     /// The event types it has accepted.
     pub event_types: Arc<crate::seen::EventTypes>,
+    /// Its `cemesh.dev/dedup-window`, when it has one.
+    pub dedup: Option<Arc<crate::dedup::Dedup>>,
 }
 
 /// Whether some subscriber could get an event in binary-mode HTTP. The control plane

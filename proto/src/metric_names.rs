@@ -21,6 +21,13 @@ pub const INGRESS_EVENTS: &str = "cemesh_broker_ingress_events_total";
 /// Ingress request duration (seconds), for requests that carried events. Labels:
 /// `namespace_name`, `broker_name`. (Knative: `event_dispatch_latencies`, in ms.)
 pub const INGRESS_REQUEST_DURATION: &str = "cemesh_broker_ingress_request_duration_seconds";
+/// Events a broker with `cemesh.dev/dedup-window` answered as accepted without
+/// appending them again (their `source` and `id` were accepted within the window).
+/// Labels: `namespace_name`, `broker_name`.
+pub const INGRESS_DUPLICATES: &str = "cemesh_broker_ingress_duplicates_total";
+/// Pairs a dedup window forgot before their time, to stay within
+/// `cemesh.dev/dedup-max-keys`.
+pub const INGRESS_DEDUP_EVICTED: &str = "cemesh_broker_ingress_dedup_evicted_total";
 /// Delivery attempts to a trigger's subscriber (not to its dead-letter sink).
 /// Labels: `namespace_name`, `broker_name`, `trigger_name`, `response_code_class`
 /// (`2xx`.. or `none` without a response). (Knative: `event_count`.)

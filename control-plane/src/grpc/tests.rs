@@ -114,6 +114,7 @@ impl Harness {
                 access: Arc::default(),
                 stamps: true,
                 event_types: Arc::default(),
+                dedup: None,
             }),
         )]));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -46,6 +46,12 @@ pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
 /// be behind before the ingress answers 429 (memory and sled), e.g. `32MiB`, or
 /// `none`. Default 8MiB.
 pub const BACKPRESSURE_WINDOW_ANNOTATION: &str = "cemesh.dev/backpressure-window";
+/// Annotation: an event whose `source` and `id` the broker accepted within this
+/// window (e.g. `10m`) is answered as accepted and not appended again.
+pub const DEDUP_WINDOW_ANNOTATION: &str = "cemesh.dev/dedup-window";
+/// Annotation: pairs a dedup window keeps at most (default 100000); past it the
+/// oldest go first.
+pub const DEDUP_MAX_KEYS_ANNOTATION: &str = "cemesh.dev/dedup-max-keys";
 /// Annotation: newest records kept while the broker has no trigger, for a trigger
 /// created later with `cemesh.dev/start: earliest`.
 pub const RETAIN_WITHOUT_TRIGGERS_ANNOTATION: &str = "cemesh.dev/retain-without-triggers";
@@ -67,6 +73,8 @@ pub const BROKER_ANNOTATIONS: &[&str] = &[
     MAX_BACKLOG_SIZE_ANNOTATION,
     RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
     BACKPRESSURE_WINDOW_ANNOTATION,
+    DEDUP_WINDOW_ANNOTATION,
+    DEDUP_MAX_KEYS_ANNOTATION,
     KAFKA_PARTITIONS_ANNOTATION,
     KAFKA_REPLICATION_ANNOTATION,
     super::OWNER_ANNOTATION,

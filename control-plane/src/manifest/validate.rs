@@ -70,6 +70,15 @@ pub struct BrokerDesired {
     pub delivery: Option<DeliveryManifest>,
     /// A KafkaSource's channel: the existing topic it reads.
     pub source_topic: Option<super::sources::SourceTopic>,
+    /// `cemesh.dev/dedup-window` and `cemesh.dev/dedup-max-keys`.
+    pub dedup: Option<DedupSettings>,
+}
+
+/// A broker's dedup window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupSettings {
+    pub window: Duration,
+    pub max_keys: usize,
 }
 
 /// A broker's channel settings, from its annotations.
@@ -347,6 +356,7 @@ pub(super) fn broker_desired(
         check_delivery(d, "spec.delivery", problems);
     }
     let channel_options = channel_options(meta, problems);
+    let dedup = dedup_settings(meta, problems);
     #[cfg(feature = "kafka")]
     if channel == ChannelKind::Kafka {
         problems.note(crate::kafka::channel_config(&meta.annotations));
@@ -360,6 +370,47 @@ pub(super) fn broker_desired(
         max_body_bytes,
         delivery,
         source_topic: None,
+        dedup,
+    }
+}
+
+/// `cemesh.dev/dedup-window` (a duration, or `none`) and `cemesh.dev/dedup-max-keys`.
+fn dedup_settings(meta: &Metadata, problems: &mut Problems) -> Option<DedupSettings> {
+    use super::broker::{DEDUP_MAX_KEYS_ANNOTATION, DEDUP_WINDOW_ANNOTATION};
+    let path = |a: &str| format!("metadata.annotations.{a}");
+    let max_keys = match meta.annotations.get(DEDUP_MAX_KEYS_ANNOTATION) {
+        None => cemesh_ingress::dedup::DEFAULT_MAX_KEYS,
+        Some(v) => match v.trim().parse::<usize>().ok().filter(|n| *n > 0) {
+            Some(n) => n,
+            None => {
+                problems.add(
+                    &path(DEDUP_MAX_KEYS_ANNOTATION),
+                    format!("{v:?} is not a positive whole number"),
+                );
+                return None;
+            }
+        },
+    };
+    let window = meta.annotations.get(DEDUP_WINDOW_ANNOTATION)?;
+    if window.trim() == "none" {
+        return None;
+    }
+    match parse_humane(window) {
+        Ok(w) if !w.is_zero() => Some(DedupSettings {
+            window: w,
+            max_keys,
+        }),
+        Ok(_) => {
+            problems.add(
+                &path(DEDUP_WINDOW_ANNOTATION),
+                "must be longer than zero (or none)",
+            );
+            None
+        }
+        Err(e) => {
+            problems.add(&path(DEDUP_WINDOW_ANNOTATION), e);
+            None
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod bench;
 mod cli;
 mod control_plane;
+mod dedup;
 mod delivery;
 mod durability;
 mod event_path;
