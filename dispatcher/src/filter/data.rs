@@ -252,9 +252,16 @@ mod tests {
         let missing = Expression::parse("DATA('order.nope')").unwrap();
         let r = missing.evaluate(&e);
         assert_eq!(r.errors()[0].kind(), ErrorKind::MissingAttribute);
-        let bad = Expression::parse("DATA('a..b')").unwrap();
-        let r = bad.evaluate(&e);
+        // A literal path is compiled with the expression: a bad one is refused then.
+        let refused = Expression::parse("DATA('a..b')").unwrap_err().to_string();
+        assert!(refused.contains("an empty key"), "{refused}");
+        // A computed one is checked when it is evaluated.
+        let computed = Expression::parse("DATA(CONCAT('a..', 'b'))").unwrap();
+        let r = computed.evaluate(&e);
         assert_eq!(r.errors()[0].kind(), ErrorKind::FunctionEvaluation);
+        assert!(Expression::parse("DATA(CONCAT('order.', 'id')) = 'A-1'")
+            .unwrap()
+            .matches(&e));
         let text = event("x", Some("text/plain"));
         assert!(!Expression::parse("DATA_EXISTS('x')")
             .unwrap()

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 /// One step of a path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
     Key(Box<str>),
     Index(usize),

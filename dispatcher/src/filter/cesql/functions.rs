@@ -60,6 +60,12 @@ const TABLE: [(&str, Builtin, usize, bool); 18] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Function {
     Builtin(Builtin),
+    /// `DATA` or `DATA_EXISTS` of a literal path, compiled when the expression is
+    /// parsed (a call with any other argument stays a `Builtin`).
+    DataAt {
+        builtin: Builtin,
+        steps: Box<[crate::filter::jsonpath::Step]>,
+    },
     /// No function with this (upper-cased) name and the call's arity.
     Unknown(String),
 }
@@ -79,7 +85,7 @@ impl Function {
 
     pub(crate) fn name(&self) -> &str {
         match self {
-            Function::Builtin(b) => b.name(),
+            Function::Builtin(b) | Function::DataAt { builtin: b, .. } => b.name(),
             Function::Unknown(n) => n,
         }
     }

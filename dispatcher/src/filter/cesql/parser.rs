@@ -20,7 +20,7 @@ use super::ast::{
     BinaryOp, Expr, Literal, PREC_ADD, PREC_COMPARE, PREC_IN, PREC_LIKE, PREC_LOGIC, PREC_MUL,
     PREC_UNARY,
 };
-use super::functions::Function;
+use super::functions::{Builtin, Function};
 use super::lexer::{column, tokenize, Tok, Token};
 use super::like::LikePattern;
 use super::ParseError;
@@ -353,7 +353,20 @@ impl Parser<'_> {
             return Err(self.expected(&format!("'(' after function name {name}"), self.peek()));
         }
         let (args, h) = self.list(true)?;
-        let function = Function::resolve(&name, args.len());
+        let mut function = Function::resolve(&name, args.len());
+        // A literal data path is compiled here, once, and checked at load time.
+        if let (
+            Function::Builtin(b @ (Builtin::Data | Builtin::DataExists)),
+            [Expr::Literal(Literal::Str(path))],
+        ) = (&function, args.as_slice())
+        {
+            let steps = crate::filter::jsonpath::parse_path(path)
+                .map_err(|m| self.error_at(t.offset, format!("{}: {m}", b.name())))?;
+            function = Function::DataAt {
+                builtin: *b,
+                steps: steps.into_boxed_slice(),
+            };
+        }
         self.node(Expr::Call { function, args }, h + 1, t.offset)
     }
 

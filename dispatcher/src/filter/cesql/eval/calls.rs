@@ -150,17 +150,26 @@ fn data<'a, E: EventAttributes + ?Sized>(
             return f.zero();
         }
     };
+    data_at(ctx, f, &steps)
+}
+
+/// `DATA`/`DATA_EXISTS` of a compiled path (see [`data`]).
+pub(crate) fn data_at<'a, E: EventAttributes + ?Sized>(
+    ctx: &mut Ctx<'a, '_, E>,
+    f: Builtin,
+    steps: &[crate::filter::jsonpath::Step],
+) -> Value<'a> {
     let event: &'a E = ctx.event;
     let found = event
         .json_data()
-        .and_then(|d| crate::filter::jsonpath::first(d, &steps));
+        .and_then(|d| crate::filter::jsonpath::first(d, steps));
     if f == Builtin::DataExists {
         return Value::Boolean(found.is_some());
     }
     match found {
         None => {
             ctx.error(ErrorKind::MissingAttribute, || {
-                format!("DATA: the event's data has nothing at {path}")
+                "DATA: the event's data has nothing at that path".to_owned()
             });
             f.zero()
         }

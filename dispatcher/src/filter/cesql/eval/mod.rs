@@ -259,6 +259,7 @@ impl<'a, E: EventAttributes + ?Sized> Ctx<'a, '_, E> {
             Expr::In { expr, set, negated } => self.in_set(expr, set, *negated),
             Expr::Call { function, args } => match function {
                 Function::Builtin(b) => calls::call(self, *b, args),
+                Function::DataAt { builtin, steps } => calls::data_at(self, *builtin, steps),
                 Function::Unknown(name) => {
                     self.error(ErrorKind::MissingFunction, || {
                         format!("no function {name} taking {} argument(s)", args.len())
