@@ -133,6 +133,35 @@ impl StoreInner {
         }
     }
 
+    /// How many partitions an existing `topic` has (0 when it does not exist),
+    /// asked through a consumer: a producer's metadata request may create the topic
+    /// on a cluster with `auto.create.topics.enable`, and a typo in a KafkaSource
+    /// must not make an empty topic it then waits on.
+    pub(crate) async fn existing_partition_count(&self, topic: &str) -> Result<i32, ChannelError> {
+        let config = self.client_config(&[
+            ("group.id", "cemesh-metadata"),
+            ("allow.auto.create.topics", "false"),
+        ]);
+        let timeout = self.options.request_timeout;
+        let topic = topic.to_owned();
+        blocking(move || {
+            use rdkafka::consumer::Consumer as _;
+            let consumer: rdkafka::consumer::BaseConsumer = config
+                .create()
+                .map_err(|e| kafka_err("creating a client to read metadata", e))?;
+            let md = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| kafka_err(format!("reading metadata of topic {topic}"), e))?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as i32))
+        })
+        .await
+    }
+
     /// How many partitions `topic` has (0 when it does not exist).
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, ChannelError> {
         let producer = self.producer.clone();

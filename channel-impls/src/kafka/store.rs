@@ -63,7 +63,7 @@ impl KafkaStore {
     ) -> Result<KafkaChannel, ChannelError> {
         let topic = self.topic_name(namespace, broker, &config);
         let partitions = if config.foreign.is_some() {
-            match self.inner.partition_count(&topic).await? {
+            match self.inner.existing_partition_count(&topic).await? {
                 0 => {
                     return Err(ChannelError::Storage(format!(
                         "topic {topic} does not exist in Kafka at {}",

@@ -744,3 +744,46 @@ fn a_kafkasource_with_bad_fields_is_refused_naming_each() {
         assert!(all.contains(needle), "{needle:?} in:\n{all}");
     }
 }
+
+/// A KafkaSource naming a topic that does not exist is not ready, says so, and does
+/// not create the topic (a typo must not make an empty topic the source waits on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafkasource_on_a_missing_topic_says_so_and_creates_nothing() {
+    let topic = unique("no-such-topic");
+    let manifest = format!(
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: typo\nspec:\n  bootstrapServers: [\"{}\"]\n  topics: [{topic}]\n  sink:\n    uri: http://127.0.0.1:1/\n",
+        kafka()
+    );
+    let mesh = Cemesh::builder()
+        .channel("sled")
+        .manifest("ks.yaml", &manifest)
+        .start();
+    let status = mesh
+        .admin_json("/v1/namespaces/default/kafkasources/typo")
+        .await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(ready["status"], "False", "{status}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("topic {topic} does not exist"))),
+        "{status}"
+    );
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    let md = tokio::task::spawn_blocking(move || {
+        c.fetch_metadata(None, Duration::from_secs(10))
+            .expect("metadata")
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(!md.contains(&topic), "the topic was created");
+}
