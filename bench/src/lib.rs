@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// none or interval(10ms)
     #[arg(long)]
     pub durability: Option<String>,
+    /// Give the broker a dedup window (annotation cemesh.dev/dedup-window), e.g. 10m:
+    /// every event's source and id are checked and kept
+    #[arg(long)]
+    pub dedup_window: Option<String>,
     /// Number of triggers on the broker, each delivering to the sink
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub triggers: u32,
@@ -225,6 +229,7 @@ pub struct Plan {
     pub rate: Option<f64>,
     pub channel: &'static str,
     pub durability: Option<String>,
+    pub dedup_window: Option<String>,
     pub triggers: usize,
     pub match_ratio: f64,
     pub filter: FilterKind,
@@ -347,6 +352,7 @@ impl Plan {
             rate: a.rate,
             channel: channel.as_str(),
             durability: a.durability.clone(),
+            dedup_window: a.dedup_window.clone(),
             triggers,
             match_ratio: a.match_ratio,
             filter: a.filter,
@@ -374,6 +380,7 @@ impl Plan {
         manifests::render(&manifests::ManifestOptions {
             channel: self.channel,
             durability: self.durability.as_deref(),
+            dedup_window: self.dedup_window.as_deref(),
             triggers: self.triggers,
             filter: self.filter,
             filter_on_tag: self.filter_on_tag(),

@@ -15,6 +15,8 @@ pub struct ManifestOptions<'a> {
     pub channel: &'a str,
     /// sled's `cemesh.dev/durability`.
     pub durability: Option<&'a str>,
+    /// `cemesh.dev/dedup-window`.
+    pub dedup_window: Option<&'a str>,
     pub triggers: usize,
     pub filter: FilterKind,
     /// True when only tagged events match (`--match-ratio` below 1).
@@ -47,6 +49,9 @@ pub fn render(o: &ManifestOptions<'_>) -> String {
     );
     if let Some(d) = o.durability {
         let _ = writeln!(y, "    cemesh.dev/durability: {d:?}");
+    }
+    if let Some(w) = o.dedup_window {
+        let _ = writeln!(y, "    cemesh.dev/dedup-window: {w:?}");
     }
     for i in 0..o.triggers {
         let _ = writeln!(
@@ -144,6 +149,7 @@ mod tests {
             let text = render(&ManifestOptions {
                 channel: "sled",
                 durability: Some("interval(10ms)"),
+                dedup_window: Some("10m"),
                 triggers: 3,
                 filter: kind,
                 filter_on_tag: true,
@@ -172,6 +178,7 @@ mod tests {
         let text = render(&ManifestOptions {
             channel: "sled",
             durability: None,
+            dedup_window: None,
             triggers: 3,
             filter: FilterKind::Attributes,
             filter_on_tag: false,
