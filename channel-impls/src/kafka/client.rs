@@ -145,19 +145,14 @@ impl StoreInner {
         let timeout = self.options.request_timeout;
         let topic = topic.to_owned();
         blocking(move || {
-            use rdkafka::consumer::Consumer as _;
             let consumer: rdkafka::consumer::BaseConsumer = config
                 .create()
                 .map_err(|e| kafka_err("creating a client to read metadata", e))?;
-            let md = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| kafka_err(format!("reading metadata of topic {topic}"), e))?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len() as i32))
+            topic_partitions(
+                rdkafka::consumer::Consumer::client(&consumer),
+                &topic,
+                timeout,
+            )
         })
         .await
     }
@@ -167,20 +162,26 @@ impl StoreInner {
         let producer = self.producer.clone();
         let timeout = self.options.request_timeout;
         let topic = topic.to_owned();
-        blocking(move || {
-            let md = producer
-                .client()
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| kafka_err(format!("reading metadata of topic {topic}"), e))?;
-            Ok(md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len() as i32))
-        })
-        .await
+        blocking(move || topic_partitions(producer.client(), &topic, timeout)).await
     }
+}
+
+/// `topic`'s partition count from a metadata request through `client` (0 when the
+/// topic does not exist).
+fn topic_partitions<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, ChannelError> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| kafka_err(format!("reading metadata of topic {topic}"), e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32))
 }
 
 pub(crate) fn base_config(options: &KafkaOptions, defaults: &[(&str, &str)]) -> ClientConfig {
