@@ -60,19 +60,13 @@ pub fn flush(routes: &Routes, data_dir: &Path) {
         if !dedup.take_dirty() {
             continue;
         }
-        let path = file(data_dir, &endpoint.key);
-        let result = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(path.parent().unwrap_or(data_dir))?;
-            let entries = dedup.entries(now_ms());
-            let mut bytes = Vec::with_capacity(entries.len() * 24);
-            for (k, at) in entries {
-                bytes.extend_from_slice(&k);
-                bytes.extend_from_slice(&at.to_be_bytes());
-            }
-            let tmp = path.with_extension("bin.tmp");
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)
-        })();
+        let entries = dedup.entries(now_ms());
+        let mut bytes = Vec::with_capacity(entries.len() * 24);
+        for (k, at) in entries {
+            bytes.extend_from_slice(&k);
+            bytes.extend_from_slice(&at.to_be_bytes());
+        }
+        let result = crate::persist::replace(&file(data_dir, &endpoint.key), &bytes);
         if let Err(e) = result {
             tracing::warn!(broker = %endpoint.key, error = %e, "Could not write the dedup window");
         }
@@ -81,13 +75,5 @@ pub fn flush(routes: &Routes, data_dir: &Path) {
 
 /// Flushes every [`EVERY`] until `stop`, then once more.
 pub async fn keep(routes: Routes, data_dir: PathBuf, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(EVERY) => {}
-        }
-        let (r, d) = (routes.clone(), data_dir.clone());
-        let _ = tokio::task::spawn_blocking(move || flush(&r, &d)).await;
-    }
-    let _ = tokio::task::spawn_blocking(move || flush(&routes, &data_dir)).await;
+    crate::persist::keep(routes, data_dir, stop, EVERY, flush).await
 }

@@ -39,14 +39,9 @@ pub fn flush(routes: &Routes, data_dir: &Path) {
         if !endpoint.event_types.take_dirty() {
             continue;
         }
-        let path = file(data_dir, &endpoint.key);
-        let result = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(path.parent().unwrap_or(data_dir))?;
-            let tmp = path.with_extension("json.tmp");
-            let text = serde_json::to_vec(&endpoint.event_types.list())?;
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, &path)
-        })();
+        let result = serde_json::to_vec(&endpoint.event_types.list())
+            .map_err(std::io::Error::from)
+            .and_then(|text| crate::persist::replace(&file(data_dir, &endpoint.key), &text));
         if let Err(e) = result {
             tracing::warn!(broker = %endpoint.key, error = %e, "Could not write the recorded event types");
         }
@@ -55,13 +50,5 @@ pub fn flush(routes: &Routes, data_dir: &Path) {
 
 /// Flushes every [`EVERY`] until `stop`, then once more.
 pub async fn keep(routes: Routes, data_dir: PathBuf, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(EVERY) => {}
-        }
-        let (r, d) = (routes.clone(), data_dir.clone());
-        let _ = tokio::task::spawn_blocking(move || flush(&r, &d)).await;
-    }
-    let _ = tokio::task::spawn_blocking(move || flush(&routes, &data_dir)).await;
+    crate::persist::keep(routes, data_dir, stop, EVERY, flush).await
 }

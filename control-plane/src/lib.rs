@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod mesh;
 pub mod metrics;
 pub mod ondemand;
+mod persist;
 pub mod reload;
 pub mod serve;
 pub mod signer;
