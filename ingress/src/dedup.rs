@@ -76,6 +76,7 @@ impl Dedup {
     /// in `events`), reserving their pairs; returns them, the reservation and how
     /// many were duplicates.
     pub fn admit(&self, events: Vec<Event>, now_ms: i64) -> (Vec<Event>, Reserved, usize) {
+        let offered = events.len();
         let keys: Vec<Key> = events.iter().map(Dedup::key).collect();
         let mut st = self.lock();
         self.expire(&mut st, now_ms);
@@ -92,7 +93,7 @@ impl Dedup {
         }
         self.bound(&mut st);
         drop(st);
-        let dups = reserved.capacity() - reserved.len();
+        let dups = offered - reserved.len();
         if !reserved.is_empty() {
             self.dirty.store(true, Ordering::Relaxed);
         }
