@@ -266,6 +266,17 @@ impl Cemesh {
             .expect("JSON")
     }
 
+    /// GETs the resource at `path` on the admin API, checks that its first condition
+    /// (Ready) is `True`, and returns its JSON.
+    pub async fn ready_resource(&self, path: &str) -> serde_json::Value {
+        let status = self.admin_json(path).await;
+        assert_eq!(
+            status["status"]["conditions"][0]["status"], "True",
+            "{status}"
+        );
+        status
+    }
+
     /// The admin port's `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         client()
@@ -648,6 +659,36 @@ impl Drop for InFlight<'_> {
             }
         }
     }
+}
+
+/// A path in the repository's `examples/`.
+pub fn example_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(rel)
+}
+
+/// Writes `server.yaml` into `dir`, sending the Service `event-display` that
+/// Knative's source examples name to `url`; returns its path.
+pub fn event_display_config(dir: &Path, url: &str) -> PathBuf {
+    let server = dir.join("server.yaml");
+    std::fs::write(
+        &server,
+        format!("services:\n  event-display: {{url: \"{url}\"}}\n"),
+    )
+    .expect("write the server config");
+    server
+}
+
+/// Fails unless `cemesh validate PATH --config CONFIG` passes.
+pub fn assert_validates(path: &Path, config: &Path) {
+    let (ok, out, err) = cemesh_cli(&[
+        "validate",
+        path.to_str().expect("UTF-8 path"),
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+    ]);
+    assert!(ok, "{out}{err}");
 }
 
 /// Runs a `cemesh` client command (no stdin, no `CEMESH_ADMIN`); answers whether it

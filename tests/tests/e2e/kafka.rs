@@ -425,9 +425,8 @@ async fn a_kafka_channel_fans_out_to_every_subscription() {
     ]);
     let mesh = replica(&manifests);
     let kc = mesh
-        .admin_json(&format!("/v1/namespaces/{ns}/kafkachannels/orders"))
+        .ready_resource(&format!("/v1/namespaces/{ns}/kafkachannels/orders"))
         .await;
-    assert_eq!(kc["status"]["conditions"][0]["status"], "True", "{kc}");
     let url = kc["status"]["address"]["url"].as_str().unwrap().to_owned();
     assert_eq!(url, mesh.broker_url(&ns, "orders-kn-channel"));
     let events = (0..40).map(|i| event(format!("k{i}"), None)).collect();
@@ -464,9 +463,8 @@ async fn a_sequence_runs_on_kafka_channels() {
     );
     let mesh = replica(&manifests);
     let seq = mesh
-        .admin_json(&format!("/v1/namespaces/{ns}/sequences/pipeline"))
+        .ready_resource(&format!("/v1/namespaces/{ns}/sequences/pipeline"))
         .await;
-    assert_eq!(seq["status"]["conditions"][0]["status"], "True", "{seq}");
     let url = seq["status"]["address"]["url"].as_str().unwrap().to_owned();
     let events = (0..10).map(|i| event(format!("q{i}"), None)).collect();
     post_all(&[url], events, 2).await;
@@ -660,25 +658,10 @@ async fn a_kafkasource_delivers_another_client_s_records_as_knative_does_and_com
 async fn knative_s_kafkasource_example_runs_with_its_cluster_address_replaced() {
     let display = Subscriber::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let server = tmp.path().join("server.yaml");
-    std::fs::write(
-        &server,
-        format!(
-            "services:\n  event-display: {{url: \"{}\"}}\n",
-            display.url()
-        ),
-    )
-    .unwrap();
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/sources/kafkasource.yaml");
+    let server = event_display_config(tmp.path(), &display.url());
+    let example = example_path("sources/kafkasource.yaml");
     let text = std::fs::read_to_string(&example).unwrap();
-    let (ok, out, err) = cemesh_cli(&[
-        "validate",
-        example.to_str().unwrap(),
-        "--config",
-        server.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    assert_validates(&example, &server);
     // Each test run reads its own topic with its own group.
     let topic = unique("knative-demo-topic");
     create_topic(&topic, 1).await;

@@ -16,7 +16,7 @@ use cemesh_tests::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn subscriber_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ondemand/subscriber.py")
+    example_path("ondemand/subscriber.py")
 }
 
 /// A server config with one on-demand service `thumbs` running the example
