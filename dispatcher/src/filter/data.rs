@@ -49,6 +49,8 @@ pub enum DataTest {
 pub(crate) struct DataClause {
     steps: Box<[Step]>,
     tests: Box<[DataTest]>,
+    /// Every test is `exists: false`: the clause holds where the path leads nowhere.
+    absent: bool,
 }
 
 impl DataClause {
@@ -82,6 +84,7 @@ impl DataClause {
         }
         Ok(DataClause {
             steps: steps.into_boxed_slice(),
+            absent: tests.iter().all(|t| *t == DataTest::Exists(false)),
             tests: tests.into(),
         })
     }
@@ -89,7 +92,7 @@ impl DataClause {
     /// Whether the event's data passes every test at this path.
     pub(crate) fn matches(&self, event: &Event) -> bool {
         let data = event.json_data();
-        if self.tests.iter().all(|t| *t == DataTest::Exists(false)) {
+        if self.absent {
             return !data.is_some_and(|d| reaches(d, &self.steps, &mut |_| true));
         }
         let Some(data) = data else {
