@@ -49,6 +49,12 @@ pub enum Command {
     /// Let a trigger paused at its max-lag (`cemesh.dev/max-lag-action: pause`)
     /// deliver again.
     Resume(ResumeArgs),
+    /// Deliver a trigger's archived events of a range again (without moving its
+    /// cursor), or show (`status`) and `cancel` replays.
+    Replay(cemesh_client::args::ReplayArgs),
+    /// Move a trigger's cursor to a time or offset (refused when it would skip
+    /// undelivered events, unless --force).
+    ResetCursor(cemesh_client::args::ResetCursorArgs),
     /// List, show, redrive or purge a trigger's dead letters.
     #[command(name = "deadletters", visible_aliases = ["dlq", "dl"])]
     DeadLetters(DeadLettersArgs),

@@ -10,6 +10,11 @@
 //!   prefix (the low watermark). Reopening a subscription, or restarting, re-delivers
 //!   everything after the watermark: at-least-once.
 //! - Records are removed once every subscription has passed them (retention).
+//! - A subscription named with [`REPLAY_PREFIX`] is *passive* ([`is_passive`]): it
+//!   reads the archive a replay covers without holding it. It does not keep records
+//!   from retention, and counts toward neither the backlog caps nor backpressure; a
+//!   record trimmed before it is read is skipped. A replay of old events must never
+//!   make the ingress refuse new ones.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,7 +39,9 @@ pub use tap::Tapped;
 
 /// Where a record sits in a channel: a partition (0 for single-log channels) and an
 /// offset within it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Position {
     pub partition: u32,
     pub offset: u64,
@@ -69,6 +76,18 @@ pub enum StartAt {
     Latest,
     /// A given offset (clamped to what is retained).
     Offset(u64),
+    /// The first record that arrived at or after this time (Unix ms), or up to a
+    /// channel's time resolution before it (sled: one second); clamped to what is
+    /// retained.
+    Time(u64),
+}
+
+/// Names of passive subscriptions start with this (see the module doc).
+pub const REPLAY_PREFIX: &str = "replay:";
+
+/// Whether a subscription is passive: named by a replay.
+pub fn is_passive(name: &str) -> bool {
+    name.starts_with(REPLAY_PREFIX)
 }
 
 /// Errors a channel reports. The ingress maps them to HTTP answers in one place.
@@ -135,6 +154,18 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// end): with a subscription's own positions, how far behind it is, record by
     /// record (a trigger's `cemesh.dev/max-lag`).
     async fn ends(&self) -> Result<Vec<Position>, ChannelError>;
+
+    /// Per partition, where a subscription created now with `at` would start.
+    async fn offsets_at(&self, at: StartAt) -> Result<Vec<Position>, ChannelError>;
+
+    /// Moves a subscription's committed cursor to `to` (per partition; partitions not
+    /// named keep theirs). The subscription must exist and not be open in this
+    /// process (its trigger is stopped); records after the new cursor are delivered
+    /// again, records before it are skipped.
+    async fn seek(&self, name: &str, to: &[Position]) -> Result<(), ChannelError>;
+
+    /// Per partition, a subscription's committed cursor.
+    async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError>;
 }
 
 /// A subscription's read side. `next` and `ack` may be called concurrently.

@@ -64,6 +64,15 @@ impl EventRun {
         true
     }
 
+    /// The first offset held whose event arrived at or after `ms` (events without
+    /// an arrival time count as arrived at once), else `end()`.
+    pub(crate) fn first_since(&self, ms: u64) -> u64 {
+        let at = self.events.partition_point(|e| {
+            cemesh_proto::knative::arrival_ms(e).is_some_and(|t| t < ms as i64)
+        });
+        self.base + at as u64
+    }
+
     /// Records `from..to`, if every one of them is held.
     pub(crate) fn records(&self, from: u64, to: u64) -> Option<Vec<Record>> {
         if from < self.base || to > self.end() || from >= to {

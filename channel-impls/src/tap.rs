@@ -75,4 +75,16 @@ impl Channel for Tapped {
     async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
         self.inner.ends().await
     }
+
+    async fn offsets_at(&self, at: StartAt) -> Result<Vec<Position>, ChannelError> {
+        self.inner.offsets_at(at).await
+    }
+
+    async fn seek(&self, name: &str, to: &[Position]) -> Result<(), ChannelError> {
+        self.inner.seek(name, to).await
+    }
+
+    async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError> {
+        self.inner.committed(name).await
+    }
 }

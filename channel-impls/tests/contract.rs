@@ -614,6 +614,37 @@ mod delivery_backpressure {
     }
 }
 
+/// `committed` follows acks; `seek` moves a closed subscription's cursor back (or
+/// on), and a reopening reads from there; `offsets_at` answers where starts fall.
+async fn seek_and_committed<F: Factory>(f: &F) {
+    let ch = f.make(Limits::default()).await;
+    let a = ch.subscribe("ns/a", StartAt::Latest).await.unwrap();
+    // Holds the records where retention follows acks.
+    let _hold = ch.subscribe("ns/hold", StartAt::Latest).await.unwrap();
+    append_ids(&ch, &["e0", "e1", "e2", "e3", "e4"]).await;
+    for r in read_n(&*a, 5).await {
+        a.ack(r.position).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ch.committed("ns/a").await.unwrap()[0].offset < 5 {
+        assert!(std::time::Instant::now() < deadline, "acks not committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ends = ch.ends().await.unwrap();
+    assert_eq!(ch.offsets_at(StartAt::Latest).await.unwrap(), ends);
+    drop(a);
+    let mut back = ends.clone();
+    back[0].offset -= 3;
+    ch.seek("ns/a", &back).await.unwrap();
+    assert_eq!(ch.committed("ns/a").await.unwrap(), back);
+    let a = ch.subscribe("ns/a", StartAt::Latest).await.unwrap();
+    assert_eq!(ids(&read_n(&*a, 3).await), ["e2", "e3", "e4"]);
+    assert!(matches!(
+        ch.committed("ns/none").await,
+        Err(ChannelError::UnknownSubscription(_))
+    ));
+}
+
 macro_rules! contract {
     ($module:ident, $factory:expr) => {
         mod $module {
@@ -662,6 +693,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn backpressure() {
                 super::backpressure(&$factory).await
+            }
+            #[tokio::test]
+            async fn seek_and_committed() {
+                super::seek_and_committed(&$factory).await
             }
             #[tokio::test]
             async fn event_round_trips() {

@@ -562,3 +562,101 @@ async fn reads_from_disk_and_from_the_tail_agree() {
     }
     assert_eq!(ch.lag("late").await.unwrap(), 0);
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn retention_size_caps_what_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let one = cemesh_proto::codec::encode(&ev("e00")).len() as u64;
+    let config = SledConfig {
+        retention: Duration::from_secs(3600),
+        retention_bytes: 10 * one,
+        ..SledConfig::default()
+    };
+    let ch = store.channel("b1", config).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    for i in 0..40 {
+        ch.append(vec![ev(format!("e{i:02}"))]).await.unwrap();
+    }
+    for r in read_n(&*a, 40).await {
+        a.ack(r.position).await.unwrap();
+    }
+    assert_eq!(ch.enforce_retention().await.unwrap(), 30);
+    let all = ch.subscribe("all", StartAt::Earliest).await.unwrap();
+    assert_eq!(read_n(&*all, 10).await[0].event.id, "e30");
+}
+
+#[tokio::test]
+async fn a_passive_subscription_holds_neither_retention_nor_the_backlog_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let config = SledConfig {
+        max_backlog_records: 5,
+        ..SledConfig::default()
+    };
+    let ch = store.channel("b1", config).unwrap();
+    let a = ch.subscribe("a", StartAt::Latest).await.unwrap();
+    let replay = ch.subscribe("replay:x", StartAt::Earliest).await.unwrap();
+    for i in 0..20 {
+        ch.append(vec![ev(format!("e{i}"))]).await.unwrap();
+        let r = read_n(&*a, 1).await;
+        a.ack(r[0].position).await.unwrap();
+    }
+    ch.enforce_retention().await.unwrap();
+    // What every active subscription passed is gone: the replay reads on from there.
+    ch.append(vec![ev("last")]).await.unwrap();
+    assert_eq!(ids(&read_n(&*replay, 1).await), ["last"]);
+    assert_eq!(ch.committed("replay:x").await.unwrap()[0].offset, 0);
+}
+
+#[tokio::test]
+async fn a_start_by_time_seek_and_committed_work_by_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let keep = ch.subscribe("keep", StartAt::Earliest).await.unwrap();
+    ch.append((0..5).map(|i| ev(format!("a{i}"))).collect())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ch.append((0..5).map(|i| ev(format!("b{i}"))).collect())
+        .await
+        .unwrap();
+    // After a pause the mark is exact: the subscription starts at the second batch.
+    assert_eq!(ch.offsets_at(StartAt::Time(t)).await.unwrap()[0].offset, 5);
+    let by_time = ch.subscribe("by-time", StartAt::Time(t)).await.unwrap();
+    assert_eq!(read_n(&*by_time, 5).await[0].event.id, "b0");
+    assert_eq!(ch.offsets_at(StartAt::Latest).await.unwrap()[0].offset, 10);
+    assert_eq!(
+        ch.offsets_at(StartAt::Offset(99)).await.unwrap()[0].offset,
+        10
+    );
+    // Seek: the cursor moves, and reopening reads from there.
+    for r in read_n(&*keep, 10).await {
+        keep.ack(r.position).await.unwrap();
+    }
+    assert_eq!(ch.committed("keep").await.unwrap()[0].offset, 10);
+    drop(keep);
+    ch.seek("keep", &[cemesh_channels::Position::new(0, 3)])
+        .await
+        .unwrap();
+    let keep = ch.subscribe("keep", StartAt::Latest).await.unwrap();
+    assert_eq!(read_n(&*keep, 7).await[0].event.id, "a3");
+    assert!(matches!(
+        ch.seek("nope", &[]).await,
+        Ok(()) | Err(ChannelError::UnknownSubscription(_))
+    ));
+    assert!(matches!(
+        ch.committed("nope").await,
+        Err(ChannelError::UnknownSubscription(_))
+    ));
+}

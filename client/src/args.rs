@@ -297,3 +297,65 @@ pub struct TailArgs {
     #[arg(long)]
     pub count: Option<u64>,
 }
+
+/// `cemesh replay TRIGGER --from ...`, or `cemesh replay status|cancel`.
+#[derive(Debug, Args)]
+#[command(subcommand_negates_reqs = true)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(subcommand)]
+    pub action: Option<ReplayAction>,
+    /// The trigger whose archived events are delivered again
+    #[arg(required = true)]
+    pub trigger: Option<String>,
+    #[arg(short = 'n', long, default_value = "default", global = true)]
+    pub namespace: String,
+    /// Where the range starts: an RFC 3339 time, a duration ago (10m), an offset,
+    /// or earliest
+    #[arg(long, required = true)]
+    pub from: Option<String>,
+    /// Where it ends (exclusive): a time, a duration ago, an offset; default now
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only events that also match this CESQL expression
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Wait until the replay ends, printing its progress
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayAction {
+    /// Show replays (of the namespace) and their progress, or one replay
+    Status {
+        /// The replay's id
+        id: Option<String>,
+        /// Every namespace
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Cancel a running replay (deliveries in flight finish)
+    Cancel {
+        /// The replay's id
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ResetCursorArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The trigger whose cursor moves
+    pub trigger: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Where to: an RFC 3339 time, a duration ago (10m), an offset, earliest or
+    /// latest
+    #[arg(long)]
+    pub to: String,
+    /// Also when the move skips events the trigger has not delivered
+    #[arg(long)]
+    pub force: bool,
+}

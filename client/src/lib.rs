@@ -8,5 +8,6 @@ pub mod args;
 pub mod deadletters;
 pub mod display;
 pub mod kubectl;
+pub mod replay;
 pub mod send;
 pub mod send_grpc;

@@ -483,6 +483,17 @@ impl ControlPlane {
     }
 
     /// Stops every trigger (waiting up to `grace`) and closes the channels.
+    /// Moves a running trigger's cursor (see [`Mesh::reset_cursor`]).
+    pub async fn reset_cursor(
+        &self,
+        key: &cemesh_dispatcher::TriggerKey,
+        at: cemesh_channels::StartAt,
+        force: bool,
+    ) -> Result<crate::mesh::CursorReset, crate::point::LogError> {
+        let mut inner = self.inner.lock().await;
+        inner.mesh.reset_cursor(key, at, force).await
+    }
+
     pub async fn shutdown(&self, grace: std::time::Duration) {
         let mut inner = self.inner.lock().await;
         inner.mesh.shutdown(grace).await;

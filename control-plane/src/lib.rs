@@ -28,7 +28,9 @@ pub mod mesh;
 pub mod metrics;
 pub mod ondemand;
 mod persist;
+pub mod point;
 pub mod reload;
+pub mod replay;
 pub mod serve;
 pub mod signer;
 

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ChannelKind;
 use crate::manifest::sources::{ping_channel, SourceDesired};
 use crate::manifest::{AddressKind, BrokerDesired, Desired, TriggerDesired};
+use crate::point::LogError;
 use cemesh_sources::{spawn_ping, spawn_process, PingHandle, ProcessHandle};
 
 struct RunningBroker {
@@ -292,6 +293,7 @@ impl Channels {
                 let config = SledConfig {
                     durability: o.durability,
                     retention: o.retention,
+                    retention_bytes: o.retention_bytes,
                     retain_without_subscribers: o.retain_without_triggers,
                     max_backlog_records: o.max_backlog_records,
                     max_backlog_bytes: o.max_backlog_bytes,
@@ -786,6 +788,63 @@ impl Mesh {
         self.triggers.insert(key, RunningTrigger { handle });
     }
 
+    /// Moves a running trigger's cursor to `at`: stops its loop (deliveries in
+    /// flight finish and are acked), moves the cursor, starts the loop again. A move
+    /// forward skips events and is refused unless `force`.
+    pub async fn reset_cursor(
+        &mut self,
+        key: &TriggerKey,
+        at: cemesh_channels::StartAt,
+        force: bool,
+    ) -> Result<CursorReset, crate::point::LogError> {
+        let running = self
+            .triggers
+            .get(key)
+            .ok_or_else(|| LogError::NotFound(format!("trigger {key} is not running")))?;
+        let broker_key = BrokerKey::new(&key.namespace, broker_of(running));
+        let channel: Arc<dyn Channel> = match self.brokers.get(&broker_key) {
+            Some(b) => b.channel.clone(),
+            None => {
+                return Err(LogError::NotFound(format!(
+                    "broker {broker_key} is not running"
+                )))
+            }
+        };
+        let name = key.subscription_name();
+        let target = channel.offsets_at(at).await?;
+        let runtime = running.handle.trigger().clone();
+        let running = self.triggers.remove(key).expect("looked up above");
+        running.handle.stop().await;
+        let result = async {
+            let before = channel.committed(&name).await?;
+            let (skipped, again) = compare(&before, &target);
+            if skipped > 0 && !force {
+                return Err(LogError::Conflict(format!(
+                    "moving trigger {key}'s cursor to {} would skip {skipped} events it has not delivered; add force to skip them",
+                    show_positions(&target)
+                )));
+            }
+            channel.seek(&name, &target).await?;
+            tracing::warn!(trigger = %key, from = %show_positions(&before), to = %show_positions(&target), skipped, again, "Trigger cursor moved");
+            Ok(CursorReset { trigger: key.to_string(), from: before, to: target, skipped, again })
+        }
+        .await;
+        let mut outcome = Outcome::default();
+        self.start_trigger(
+            key.clone(),
+            TriggerDesired {
+                runtime,
+                start: cemesh_channels::StartAt::Latest,
+            },
+            &mut outcome,
+        )
+        .await;
+        for p in outcome.problems {
+            tracing::error!(trigger = %key, problem = %p, "Trigger not restarted after moving its cursor");
+        }
+        result
+    }
+
     fn publish_status(&mut self, mut outcome: Outcome) {
         // A process serving no broker at all must not pass a readiness probe.
         if self.brokers.is_empty() {
@@ -910,6 +969,44 @@ fn plan(
         .cloned()
         .collect();
     plan
+}
+
+/// What moving a cursor did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CursorReset {
+    pub trigger: String,
+    pub from: Vec<cemesh_channels::Position>,
+    pub to: Vec<cemesh_channels::Position>,
+    /// Events skipped (the cursor moved forward over them).
+    pub skipped: u64,
+    /// Events to be delivered again (the cursor moved back over them).
+    pub again: u64,
+}
+
+/// How many offsets a move from `before` to `after` skips and repeats.
+fn compare(
+    before: &[cemesh_channels::Position],
+    after: &[cemesh_channels::Position],
+) -> (u64, u64) {
+    let (mut skipped, mut again) = (0, 0);
+    for a in after {
+        if let Some(b) = before.iter().find(|b| b.partition == a.partition) {
+            skipped += a.offset.saturating_sub(b.offset);
+            again += b.offset.saturating_sub(a.offset);
+        }
+    }
+    (skipped, again)
+}
+
+fn show_positions(p: &[cemesh_channels::Position]) -> String {
+    match p {
+        [one] if one.partition == 0 => one.offset.to_string(),
+        _ => p
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 fn broker_of(t: &RunningTrigger) -> &str {

@@ -423,6 +423,9 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
     let status = mesh.status();
     let control =
         ControlPlane::start(mesh, settings.clone(), format!("{scheme}://{ingress_addr}")).await?;
+    let replays =
+        crate::replay::Replays::new(&settings.data_dir, registry.clone(), background.clone());
+    replays.resume().await;
     let watcher = crate::reload::watch(control.clone(), &settings.config_dir);
     tokio::spawn(crate::eventtypes::keep(
         routes.clone(),
@@ -455,6 +458,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             registry: registry.clone(),
             background: background.clone(),
             guard: guard.clone(),
+            replays: replays.clone(),
         };
         tokio::spawn(crate::grpc::serve(
             grpc,
@@ -477,6 +481,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             routes: routes.clone(),
             guard: guard.clone(),
             signer: signer.clone(),
+            replays: replays.clone(),
         });
         tokio::spawn(cemesh_ingress::server::serve_tls(
             "admin",

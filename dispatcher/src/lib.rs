@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod filter;
 pub mod pause;
 pub mod pipeline;
+pub mod replay;
 pub mod retry;
 pub mod runtime;
 pub mod signing;

@@ -61,7 +61,11 @@ pub fn spawn_trigger(
 /// Most matched events waiting for their partition key's turn (ordered mode).
 const MAX_WAITING: usize = 10_000;
 
-async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: CancellationToken) {
+pub(crate) async fn run(
+    ctx: Arc<TriggerContext>,
+    sub: Arc<dyn Subscription>,
+    cancel: CancellationToken,
+) {
     let trigger = ctx.runtime.clone();
     let parallelism = trigger.parallelism.max(1);
     let permits = Arc::new(Semaphore::new(parallelism));
@@ -90,6 +94,8 @@ async fn run(ctx: Arc<TriggerContext>, sub: Arc<dyn Subscription>, cancel: Cance
             _ = cancel.cancelled() => break,
             r = sub.next(batch) => match r {
                 Ok(records) => records,
+                // A replay's range is read (or the channel closed).
+                Err(cemesh_channels::ChannelError::Closed) => break,
                 Err(e) => {
                     tracing::warn!(trigger = %trigger.key, error = %e, "Subscription ended");
                     break;

@@ -59,6 +59,18 @@ pub fn stamp_ingress(event: &mut Event, now: &str) -> Result<(), crate::EventErr
     }
 }
 
+/// When the ingress accepted the event (Unix ms), from its [`ARRIVAL_TIME`].
+pub fn arrival_ms(event: &Event) -> Option<i64> {
+    match event.extension(ARRIVAL_TIME) {
+        Some(AttributeValue::String(s) | AttributeValue::Timestamp(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_millis())
+        }
+        _ => None,
+    }
+}
+
 /// The current time as [`ARRIVAL_TIME`] wants it.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

@@ -74,6 +74,14 @@ pub const TRIGGER_BREAKER_OPENED: &str = "cemesh_trigger_breaker_opened_total";
 /// nothing delivered until `cemesh resume`), else 0. Labels: `namespace_name`,
 /// `broker_name`, `trigger_name`.
 pub const TRIGGER_PAUSED: &str = "cemesh_trigger_paused";
+/// Share of a replay's range read and finished, 0 to 1. Labels: `namespace_name`,
+/// `trigger_name`, `replay`.
+pub const REPLAY_PROGRESS: &str = "cemesh_replay_progress_ratio";
+/// Replayed events the subscriber took. Labels: `namespace_name`, `trigger_name`,
+/// `replay`.
+pub const REPLAY_DELIVERED: &str = "cemesh_replay_delivered";
+/// Replays running now.
+pub const REPLAYS_RUNNING: &str = "cemesh_replays_running";
 /// Events moved to the dead letters because the trigger fell more than its
 /// `cemesh.dev/max-lag` behind (reason `backlog-overflow`). Labels: `namespace_name`,
 /// `broker_name`, `trigger_name`.
@@ -109,7 +117,7 @@ pub const DURATION_SUFFIX: &str = "_duration_seconds";
 
 /// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
 /// help text. The `process_*` ones are read and rendered at scrape time.
-pub const BROKER_METRICS: [(&str, Kind, &str); 26] = [
+pub const BROKER_METRICS: [(&str, Kind, &str); 29] = [
     (
         INGRESS_EVENTS,
         Kind::Counter,
@@ -190,6 +198,17 @@ pub const BROKER_METRICS: [(&str, Kind, &str); 26] = [
         Kind::Gauge,
         "1 while the trigger is paused at its max-lag (nothing delivered until resumed), else 0.",
     ),
+    (
+        REPLAY_PROGRESS,
+        Kind::Gauge,
+        "Share of the replay's range read and finished (delivered, dead-lettered or skipped), 0 to 1.",
+    ),
+    (
+        REPLAY_DELIVERED,
+        Kind::Gauge,
+        "Replayed events the trigger's subscriber took.",
+    ),
+    (REPLAYS_RUNNING, Kind::Gauge, "Replays running now."),
     (
         TRIGGER_BACKLOG_OVERFLOW,
         Kind::Counter,

@@ -13,9 +13,10 @@ use rdkafka::producer::FutureRecord;
 
 use super::client::{kafka_err, StoreInner};
 use super::codec;
+use super::offsets;
 use super::subscription::{self, SubInner};
 use super::topic::BrokerTopic;
-use crate::{Channel, ChannelError, Position, StartAt, Subscription};
+use crate::{is_passive, Channel, ChannelError, Position, StartAt, Subscription};
 
 /// One broker's topic.
 #[derive(Clone)]
@@ -134,14 +135,15 @@ impl KafkaChannel {
 }
 
 impl ChannelInner {
-    /// The largest lag over this process's subscriptions; `None` when none could
-    /// be measured.
+    /// The largest lag over this process's subscriptions, passive ones aside;
+    /// `None` when none could be measured.
     async fn slowest_lag(self: &Arc<Self>) -> Option<u64> {
         let subs: Vec<(String, Arc<SubInner>)> = self
             .subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .filter(|(n, _)| !is_passive(n))
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
         let mut slowest = None;
@@ -260,6 +262,45 @@ impl Channel for KafkaChannel {
     async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
         let local = self.subs().values().next().cloned();
         subscription::ends(&self.inner.target, local).await
+    }
+
+    async fn offsets_at(&self, at: StartAt) -> Result<Vec<Position>, ChannelError> {
+        offsets::offsets_at(&self.inner.target, at).await
+    }
+
+    async fn seek(&self, name: &str, to: &[Position]) -> Result<(), ChannelError> {
+        let topic = &self.inner.target.topic;
+        if self.inner.target.foreign.is_some() {
+            return Err(ChannelError::Storage(format!(
+                "subscription {name} reads topic {topic}, which cemesh does not own: its \
+                 consumer group {} is not cemesh's to move",
+                self.group_name(name)
+            )));
+        }
+        // Open with no handle: its trigger stopped. Closing commits what it
+        // finished and leaves the group.
+        let idle = {
+            let mut subs = self.subs();
+            match subs.get(name) {
+                Some(sub) if sub.in_use() => {
+                    return Err(ChannelError::Storage(format!(
+                        "subscription {name} of topic {topic} is being read in this process; \
+                         stop its trigger first"
+                    )))
+                }
+                Some(_) => subs.remove(name),
+                None => None,
+            }
+        };
+        if let Some(sub) = idle {
+            sub.close().await;
+        }
+        subscription::seek(&self.inner.target, name, to).await
+    }
+
+    async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError> {
+        let local = self.subs().get(name).cloned();
+        subscription::committed(&self.inner.target, name, local).await
     }
 }
 

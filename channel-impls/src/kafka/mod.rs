@@ -14,22 +14,28 @@
 //!   the call fails and the caller's retry may duplicate the others
 //!   (at-least-once, like every other failure path).
 //! - `subscribe` joins the trigger's consumer group. A group with no committed
-//!   offsets is new: its offsets are written before it joins (latest, earliest or
-//!   the given offset, per partition), as Knative's controller does before a
-//!   trigger turns ready, so nothing appended after `subscribe` returns is missed.
+//!   offsets is new: its offsets are written before it joins (latest, earliest,
+//!   the given offset, or the first record of a time, per partition; module
+//!   `offsets`), as Knative's controller does before a trigger turns ready, so
+//!   nothing appended after `subscribe` returns is missed.
 //! - Acks arrive out of order; per partition an [`AckTracker`](crate::AckTracker) keeps the contiguous
 //!   prefix of finished records and only that prefix is committed (every
 //!   `commit_interval`, and synchronously when a partition is revoked or the
 //!   subscription closes). Unlike Knative's Kafka broker, a record whose dead-letter
 //!   send failed is simply not acked, so the offset never passes it.
 //! - `lag` is the sum over partitions of high watermark minus committed offset,
-//!   using this replica's exact in-memory watermark for the partitions it owns.
+//!   using this replica's exact in-memory watermark for the partitions it owns;
+//!   `committed` answers those cursors.
+//! - `seek` commits new offsets from a client outside the group, which Kafka
+//!   accepts only while the group has no members: the trigger must be stopped on
+//!   every replica. A subscription still open in this process is refused; one no
+//!   longer read (its trigger stopped) is closed first.
 //! - A crashed replica's partitions go to the survivors after the session timeout;
 //!   a subscription that finds partitions assigned to no live member (a coordinator
 //!   keeping a dead member's assignment, as tansu 0.6 does) leaves and rejoins its
 //!   group (module `orphans`).
 //! - `KafkaChannelConfig::max_backlog` refuses appends (`Full`) while the slowest
-//!   subscription of the process lags past it.
+//!   subscription of the process lags past it; passive ones (replays) not counted.
 //! - Retention is Kafka's (`retention.ms` / `retention.bytes` of the topic), not
 //!   "removed once every subscription passed": a new subscription starting at
 //!   `Earliest` sees everything Kafka still keeps.
@@ -40,12 +46,14 @@
 //! Modules, lowest first (each uses only modules above it): `options` (settings,
 //! naming templates), [`codec`], `orphans` (the group watchdog's verdicts),
 //! `client` (the shared producer and admin client), `topic` (a broker's topic),
-//! `subscription`, `channel`, `deadletters`, and `store` ([`KafkaStore`]).
+//! `offsets` (where a start falls, by offset or time), `subscription`, `channel`,
+//! `deadletters`, and `store` ([`KafkaStore`]).
 
 mod channel;
 mod client;
 pub mod codec;
 mod deadletters;
+mod offsets;
 mod options;
 mod orphans;
 mod store;

@@ -22,7 +22,7 @@
 //! does not own (a KafkaSource's) may have real gaps, which are believed at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::client::{blocking, kafka_err, StoreInner};
 use super::codec;
+use super::offsets;
 use super::options::ForeignTopic;
 use super::orphans::{self, Verdict};
 use super::topic::BrokerTopic;
@@ -259,6 +260,8 @@ pub(crate) struct SubInner {
     /// async threads.
     consumer: Mutex<Option<Arc<KConsumer>>>,
     closed: AtomicBool,
+    /// Live [`Handle`]s: while there are none, nothing reads the subscription.
+    handles: AtomicUsize,
     commands: mpsc::Sender<Command>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -309,6 +312,7 @@ impl SubInner {
             parts: parts.clone(),
             consumer: Mutex::new(Some(consumer.clone())),
             closed: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
             commands,
             stop: Mutex::new(Some(stop)),
             pump: Mutex::new(None),
@@ -373,6 +377,11 @@ impl SubInner {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(ChannelError::Closed)
+    }
+
+    /// Whether a handle on the subscription is held (its trigger runs).
+    pub(crate) fn in_use(&self) -> bool {
+        self.handles.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn close_in_background(self: Arc<Self>) {
@@ -455,6 +464,7 @@ async fn init_group(
 ) -> Result<(), ChannelError> {
     let consumer = consumer.clone();
     let timeout = store.options.request_timeout;
+    let reader = offsets::reader_config(store);
     let (topic, group) = (topic.to_owned(), group.to_owned());
     blocking(move || {
         let mut tpl = TopicPartitionList::new();
@@ -471,16 +481,9 @@ async fn init_group(
         {
             return Ok(());
         }
+        let starts = offsets::starts(&*consumer, &reader, &topic, partitions, start, timeout)?;
         let mut init = TopicPartitionList::new();
-        for p in 0..partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, timeout)
-                .map_err(|e| kafka_err(format!("reading the offsets of topic {topic}"), e))?;
-            let at = match start {
-                StartAt::Earliest => low,
-                StartAt::Latest => high,
-                StartAt::Offset(o) => i64::try_from(o).unwrap_or(i64::MAX).clamp(low, high),
-            };
+        for (p, at) in (0..).zip(starts) {
             init.add_partition_offset(&topic, p, Offset::Offset(at))
                 .map_err(|e| kafka_err("building an offset list", e))?;
         }
@@ -737,7 +740,14 @@ pub(crate) struct Handle {
 
 impl Handle {
     pub(crate) fn new(inner: Arc<SubInner>) -> Self {
+        inner.handles.fetch_add(1, Ordering::SeqCst);
         Handle { inner }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.handles.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -781,6 +791,42 @@ pub(crate) async fn lag(
     name: &str,
     local: Option<Arc<SubInner>>,
 ) -> Result<u64, ChannelError> {
+    Ok(cursors(chan, name, local)
+        .await?
+        .iter()
+        .map(|c| u64::try_from(c.high.saturating_sub(c.at)).unwrap_or(0))
+        .sum())
+}
+
+/// A subscription's cursor per partition, as `lag` counts from it.
+pub(crate) async fn committed(
+    chan: &BrokerTopic,
+    name: &str,
+    local: Option<Arc<SubInner>>,
+) -> Result<Vec<Position>, ChannelError> {
+    Ok(cursors(chan, name, local)
+        .await?
+        .iter()
+        .map(|c| Position::new(c.partition, u64::try_from(c.at).unwrap_or(0)))
+        .collect())
+}
+
+/// Where a subscription is in one partition.
+struct Cursor {
+    partition: u32,
+    high: i64,
+    /// This replica's watermark, else the group's committed offset, else the low
+    /// watermark; never below the low watermark (what retention removed is skipped).
+    at: i64,
+}
+
+/// The cursors of a subscription; `UnknownSubscription` when its group committed
+/// nothing and it is not open here.
+async fn cursors(
+    chan: &BrokerTopic,
+    name: &str,
+    local: Option<Arc<SubInner>>,
+) -> Result<Vec<Cursor>, ChannelError> {
     let group = chan.group_name(name);
     let topic = chan.topic.clone();
     let partitions = chan.partitions;
@@ -817,7 +863,7 @@ pub(crate) async fn lag(
             .committed_offsets(tpl, timeout)
             .map_err(|e| kafka_err(format!("reading the offsets of group {group}"), e))?;
         let mut any = false;
-        let mut lag = 0u64;
+        let mut cursors = Vec::with_capacity(usize::try_from(partitions).unwrap_or(0));
         for p in 0..partitions {
             let (low, high) = c
                 .fetch_watermarks(&topic, p, timeout)
@@ -833,14 +879,113 @@ pub(crate) async fn lag(
                 Some(&w) => i64::try_from(w).unwrap_or(i64::MAX),
                 None => from_kafka.unwrap_or(low),
             };
-            lag += u64::try_from(high.saturating_sub(at.max(low))).unwrap_or(0);
+            cursors.push(Cursor {
+                partition: u32::try_from(p).unwrap_or(0),
+                high,
+                at: at.max(low),
+            });
         }
         if !any && !known_locally {
             return Err(ChannelError::UnknownSubscription(name));
         }
-        Ok(lag)
+        Ok(cursors)
     })
     .await
+}
+
+/// Commits `to` (clamped to what is retained) for a subscription's group from a
+/// client outside the group, as `init_group` does. Kafka takes such a commit only
+/// while the group has no members, so members are refused here first.
+pub(crate) async fn seek(
+    chan: &BrokerTopic,
+    name: &str,
+    to: &[Position],
+) -> Result<(), ChannelError> {
+    let group = chan.group_name(name);
+    let config = chan.store.client_config(&[
+        ("group.id", group.as_str()),
+        ("enable.auto.commit", "false"),
+    ]);
+    let (topic, partitions) = (chan.topic.clone(), chan.partitions);
+    let timeout = chan.store.options.request_timeout;
+    let (name, to) = (name.to_owned(), to.to_vec());
+    blocking(move || {
+        if let Some(p) = to
+            .iter()
+            .find(|p| i32::try_from(p.partition).map_or(true, |p| p >= partitions))
+        {
+            return Err(ChannelError::Storage(format!(
+                "topic {topic} has no partition {} ({partitions} partitions)",
+                p.partition
+            )));
+        }
+        let c: BaseConsumer = config
+            .create()
+            .map_err(|e| kafka_err(format!("creating a client for group {group}"), e))?;
+        let mut all = TopicPartitionList::new();
+        for p in 0..partitions {
+            all.add_partition(&topic, p);
+        }
+        let committed = c
+            .committed_offsets(all, timeout)
+            .map_err(|e| kafka_err(format!("reading the offsets of group {group}"), e))?;
+        if !committed
+            .elements()
+            .iter()
+            .any(|e| matches!(e.offset(), Offset::Offset(_)))
+        {
+            return Err(ChannelError::UnknownSubscription(name));
+        }
+        let members = c
+            .fetch_group_list(Some(&group), timeout)
+            .map_err(|e| kafka_err(format!("describing consumer group {group}"), e))?
+            .groups()
+            .iter()
+            .find(|g| g.name() == group)
+            .map_or(0, |g| g.members().len());
+        if members > 0 {
+            return Err(group_busy(
+                &group,
+                &name,
+                &format!("it has {members} member(s)"),
+            ));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for pos in &to {
+            let p = i32::try_from(pos.partition).unwrap_or(0);
+            let marks = c
+                .fetch_watermarks(&topic, p, timeout)
+                .map_err(|e| kafka_err(format!("reading the offsets of topic {topic}"), e))?;
+            let at = offsets::clamp(i64::try_from(pos.offset).unwrap_or(i64::MAX), marks);
+            tpl.add_partition_offset(&topic, p, Offset::Offset(at))
+                .map_err(|e| kafka_err("building an offset list", e))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        c.commit(&tpl, CommitMode::Sync)
+            .map_err(|e| match e.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::FencedInstanceId
+                    | RDKafkaErrorCode::StaleMemberEpoch,
+                ) => group_busy(&group, &name, &format!("Kafka refused the commit: {e}")),
+                _ => kafka_err(format!("moving the offsets of group {group}"), e),
+            })?;
+        tracing::debug!(group = %group, offsets = ?to, "Kafka consumer group's offsets moved");
+        Ok(())
+    })
+    .await
+}
+
+fn group_busy(group: &str, name: &str, why: &str) -> ChannelError {
+    ChannelError::Storage(format!(
+        "cannot move the cursor of subscription {name}: its consumer group {group} is in use \
+         ({why}), so its trigger still runs on other replicas; stop the trigger on the other \
+         replicas first"
+    ))
 }
 
 /// Each partition's high watermark: where the next record goes.

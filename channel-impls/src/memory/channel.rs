@@ -62,7 +62,7 @@ impl State {
 
     fn backpressure(&self, config: &MemoryConfig) -> Result<(), ChannelError> {
         let next = self.next();
-        let behind = self.subs.values().map(|s| Behind {
+        let behind = self.active().map(|s| Behind {
             records: next - s.tracker.committed(),
             last_claim: s.last_claim,
         });
@@ -75,8 +75,26 @@ impl State {
         crate::flow::check(config.backpressure_window, behind, mean, Instant::now())
     }
 
+    /// The subscriptions that hold the log (not passive ones).
+    fn active(&self) -> impl Iterator<Item = &SubState> {
+        self.subs
+            .iter()
+            .filter(|(n, _)| !crate::is_passive(n))
+            .map(|(_, s)| s)
+    }
+
+    fn start(&self, at: StartAt) -> u64 {
+        let (base, next) = (self.log.base(), self.next());
+        match at {
+            StartAt::Earliest => base,
+            StartAt::Latest => next,
+            StartAt::Offset(o) => o.clamp(base, next),
+            StartAt::Time(ms) => self.log.first_since(ms),
+        }
+    }
+
     fn trim(&mut self, retain_without: usize) {
-        let floor = match self.subs.values().map(|s| s.tracker.committed()).min() {
+        let floor = match self.active().map(|s| s.tracker.committed()).min() {
             Some(min) => min,
             None => self.next().saturating_sub(retain_without as u64),
         };
@@ -171,18 +189,11 @@ impl Channel for MemoryChannel {
         start: StartAt,
     ) -> Result<Arc<dyn Subscription>, ChannelError> {
         let mut st = self.shared.lock();
-        let (base, next) = (st.log.base(), st.next());
-        let sub = st.subs.entry(name.to_owned()).or_insert_with(|| {
-            let at = match start {
-                StartAt::Earliest => base,
-                StartAt::Latest => next,
-                StartAt::Offset(o) => o.clamp(base, next),
-            };
-            SubState {
-                tracker: AckTracker::new(at),
-                read: at,
-                last_claim: Instant::now(),
-            }
+        let at = st.start(start);
+        let sub = st.subs.entry(name.to_owned()).or_insert_with(|| SubState {
+            tracker: AckTracker::new(at),
+            read: at,
+            last_claim: Instant::now(),
         });
         sub.tracker.reset();
         sub.read = sub.tracker.committed();
@@ -213,6 +224,38 @@ impl Channel for MemoryChannel {
 
     async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
         Ok(vec![Position::new(0, self.shared.lock().next())])
+    }
+
+    async fn offsets_at(&self, at: StartAt) -> Result<Vec<Position>, ChannelError> {
+        Ok(vec![Position::new(0, self.shared.lock().start(at))])
+    }
+
+    async fn seek(&self, name: &str, to: &[Position]) -> Result<(), ChannelError> {
+        {
+            let mut st = self.shared.lock();
+            let (base, next) = (st.log.base(), st.next());
+            let sub = st
+                .subs
+                .get_mut(name)
+                .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
+            if let Some(p) = to.iter().find(|p| p.partition == 0) {
+                let at = p.offset.clamp(base, next);
+                sub.tracker = AckTracker::new(at);
+                sub.read = at;
+            }
+            st.trim(self.shared.config.retain_without_subscribers);
+        }
+        self.shared.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError> {
+        let st = self.shared.lock();
+        let sub = st
+            .subs
+            .get(name)
+            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
+        Ok(vec![Position::new(0, sub.tracker.committed())])
     }
 }
 

@@ -13,7 +13,7 @@ use super::config::{Durability, SledConfig};
 use super::db::Owner;
 use super::flusher::{Append, GroupWrite};
 use super::layout::{cursor_key, encode_records, mark_key, record_key};
-use super::log::{ChannelShared, SubState};
+use super::log::{ChannelShared, Mark, SubState};
 use super::subscription::SledSubscription;
 use super::util::{lock, now_ms, storage};
 use crate::{AckTracker, Channel, ChannelError, Position, StartAt, Subscription};
@@ -132,11 +132,7 @@ impl Channel for SledChannel {
                     sub.read = sub.tracker.committed();
                     return Ok(false);
                 }
-                let at = match start {
-                    StartAt::Earliest => st.base,
-                    StartAt::Latest => st.next,
-                    StartAt::Offset(o) => o.clamp(st.base, st.next),
-                };
+                let at = st.start(start);
                 sh.tree
                     .insert(cursor_key(&owned), &at.to_be_bytes()[..])
                     .map_err(|e| {
@@ -215,6 +211,55 @@ impl Channel for SledChannel {
         self.shared.check_open()?;
         Ok(vec![Position::new(0, self.shared.lock().next)])
     }
+
+    async fn offsets_at(&self, at: StartAt) -> Result<Vec<Position>, ChannelError> {
+        self.shared.check_open()?;
+        Ok(vec![Position::new(0, self.shared.lock().start(at))])
+    }
+
+    async fn seek(&self, name: &str, to: &[Position]) -> Result<(), ChannelError> {
+        self.shared.check_open()?;
+        let Some(to) = to.iter().find(|p| p.partition == 0).map(|p| p.offset) else {
+            return Ok(());
+        };
+        let owned = name.to_owned();
+        self.blocking(move |sh| {
+            let _cursors = lock(&sh.cursor_lock);
+            let mut st = sh.lock();
+            let (base, next) = (st.base, st.next);
+            let sub = st
+                .subs
+                .get_mut(&owned)
+                .ok_or_else(|| ChannelError::UnknownSubscription(owned.clone()))?;
+            let at = to.clamp(base, next);
+            sh.tree
+                .insert(cursor_key(&owned), &at.to_be_bytes()[..])
+                .map_err(|e| {
+                    storage(format_args!("moving subscription {owned:?} of broker {}", sh.broker), e)
+                })?;
+            sub.tracker = AckTracker::new(at);
+            sub.read = at;
+            sub.persisted = at;
+            st.sync_floor();
+            st.backfill_sizes(&sh.tree, &sh.broker)?;
+            tracing::info!(broker = %sh.broker, subscription = %owned, offset = at, "subscription moved");
+            Ok(())
+        })
+        .await?;
+        self.shared.notify.notify_waiters();
+        let ticket = self.shared.flusher.request();
+        self.shared.flusher.wait(ticket).await
+    }
+
+    async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError> {
+        self.shared.check_open()?;
+        let st = self.shared.lock();
+        let sub = st
+            .subs
+            .get(name)
+            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
+        Ok(vec![Position::new(0, sub.tracker.committed())])
+    }
 }
 
 /// Above this many bytes, a round's records of one broker are split over several
@@ -246,8 +291,12 @@ impl GroupWrite for ChannelShared {
                 })
                 .collect();
             let now = now_ms();
-            let last_mark = st.marks.back().map_or(0, |(_, ms)| *ms);
-            let mark = (now >= last_mark + MARK_EVERY_MS).then_some(now);
+            let last_mark = st.marks.back().map_or(0, |m| m.at);
+            let mark = (now >= last_mark + MARK_EVERY_MS).then_some(Mark {
+                offset: st.next,
+                before: st.last_append_ms,
+                at: now,
+            });
             (st.next, st.config.durability, mark, admitted)
         };
         let records: Vec<&Bytes> = appends
@@ -279,8 +328,8 @@ impl GroupWrite for ChannelShared {
             chunk.push((*r).clone());
         }
         batch.insert(&record_key(at)[..], encode_records(&chunk));
-        if let Some(ms) = mark {
-            batch.insert(&mark_key(first)[..], &ms.to_be_bytes()[..]);
+        if let Some(m) = mark {
+            batch.insert(&mark_key(first)[..], &m.encode()[..]);
         }
         if let Err(e) = self.tree.apply_batch(batch) {
             let e = match e {
@@ -306,9 +355,9 @@ impl GroupWrite for ChannelShared {
         );
         st.next += n;
         st.mean.add(n, bytes);
-        st.last_append_ms = mark.unwrap_or_else(now_ms);
-        if let Some(ms) = mark {
-            st.marks.push_back((first, ms));
+        st.last_append_ms = mark.map_or_else(now_ms, |m| m.at);
+        if let Some(m) = mark {
+            st.marks.push_back(m);
         }
         if let Some(sizes) = &mut st.sizes {
             sizes.extend(

@@ -21,6 +21,9 @@ pub struct SledConfig {
     /// How long records every subscription has passed are kept (for replay with
     /// `StartAt::Earliest`/`Offset`). Zero: deleted as soon as all have passed.
     pub retention: Duration,
+    /// Cap on those kept records in bytes (estimated from the mean record size);
+    /// `u64::MAX`: none.
+    pub retention_bytes: u64,
     /// Newest records kept while the broker has no subscription.
     pub retain_without_subscribers: u64,
     /// Cap on the slowest subscription's backlog, in records (with no subscription:
@@ -38,6 +41,7 @@ impl Default for SledConfig {
         SledConfig {
             durability: Durability::FlushPerBatch,
             retention: Duration::ZERO,
+            retention_bytes: u64::MAX,
             retain_without_subscribers: 0,
             max_backlog_records: 1_000_000,
             max_backlog_bytes: 1 << 30,

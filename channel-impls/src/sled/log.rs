@@ -26,6 +26,33 @@ pub(super) struct SubState {
     pub(super) last_claim: std::time::Instant,
 }
 
+/// A time mark, written with the first append of a second (and so with the first
+/// append after any pause): records below `offset` were appended at or before
+/// `before` (the previous append), records from `offset` on at or after `at`.
+/// Stored as `at` then `before`, big-endian (a mark of 8 bytes has only `at`, which
+/// then stands for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mark {
+    pub(super) offset: u64,
+    pub(super) before: u64,
+    pub(super) at: u64,
+}
+
+impl Mark {
+    pub(super) fn encode(&self) -> [u8; 16] {
+        let mut v = [0; 16];
+        v[..8].copy_from_slice(&self.at.to_be_bytes());
+        v[8..].copy_from_slice(&self.before.to_be_bytes());
+        v
+    }
+
+    fn decode(offset: u64, v: &[u8]) -> Option<Mark> {
+        let at = u64_value(v.get(..8)?)?;
+        let before = v.get(8..16).and_then(u64_value).unwrap_or(at);
+        Some(Mark { offset, before, at })
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) config: SledConfig,
@@ -41,8 +68,8 @@ pub(super) struct State {
     pub(super) sizes: Option<VecDeque<u32>>,
     pub(super) sizes_base: u64,
     pub(super) backlog_bytes: u64,
-    /// (offset, unix ms): every record below offset was appended at or before ms.
-    pub(super) marks: VecDeque<(u64, u64)>,
+    /// Time marks, oldest first (see [`Mark`]).
+    pub(super) marks: VecDeque<Mark>,
     pub(super) last_append_ms: u64,
     /// Offsets found corrupt (logged once each), and their count since open.
     pub(super) corrupt: BTreeSet<u64>,
@@ -88,9 +115,36 @@ impl Tail {
 }
 
 impl State {
+    /// The subscriptions that hold the log (not passive ones).
+    fn active(&self) -> impl Iterator<Item = &SubState> {
+        self.subs
+            .iter()
+            .filter(|(n, _)| !crate::is_passive(n))
+            .map(|(_, s)| s)
+    }
+
+    /// Where a subscription created now with `at` starts. By time, from the marks:
+    /// at the newest mark whose earlier records were all appended before `ms`, so
+    /// at most a second early (exact after a pause in appends).
+    pub(super) fn start(&self, at: crate::StartAt) -> u64 {
+        use crate::StartAt;
+        match at {
+            StartAt::Earliest => self.base,
+            StartAt::Latest => self.next,
+            StartAt::Offset(o) => o,
+            StartAt::Time(ms) => self
+                .marks
+                .iter()
+                .take_while(|m| m.before < ms)
+                .last()
+                .map_or(self.base, |m| m.offset),
+        }
+        .clamp(self.base, self.next)
+    }
+
     /// Where the backlog starts, from the subscriptions.
     pub(super) fn target_floor(&self) -> u64 {
-        match self.subs.values().map(|s| s.tracker.committed()).min() {
+        match self.active().map(|s| s.tracker.committed()).min() {
             Some(min) => min,
             None => self
                 .next
@@ -178,7 +232,7 @@ impl State {
         let next = self.next;
         crate::flow::check(
             self.config.backpressure_window,
-            self.subs.values().map(|s| crate::flow::Behind {
+            self.active().map(|s| crate::flow::Behind {
                 records: next - s.tracker.committed(),
                 last_claim: s.last_claim,
             }),
@@ -280,8 +334,8 @@ impl ChannelShared {
         let mut marks = VecDeque::new();
         for kv in tree.scan_prefix([layout::MARK_PREFIX]) {
             let (k, v) = kv.map_err(|e| storage(ctx(), e))?;
-            if let (Some(o), Some(ms)) = (offset_of(layout::MARK_PREFIX, &k), u64_value(&v)) {
-                marks.push_back((o, ms));
+            if let Some(m) = offset_of(layout::MARK_PREFIX, &k).and_then(|o| Mark::decode(o, &v)) {
+                marks.push_back(m);
             }
         }
         let next = last

@@ -85,11 +85,21 @@ impl State {
         let by_time = self
             .marks
             .iter()
-            .take_while(|(_, ms)| *ms <= cutoff)
-            .map(|(o, _)| *o)
+            .take_while(|m| m.at <= cutoff)
+            .map(|m| m.offset)
             .last()
             .unwrap_or(self.base);
-        by_time.min(floor)
+        by_time.min(floor).max(self.by_size(floor))
+    }
+
+    /// Offset below which the kept records (below `floor`) exceed the size cap.
+    fn by_size(&self, floor: u64) -> u64 {
+        let cap = self.config.retention_bytes;
+        if cap == u64::MAX {
+            return self.base;
+        }
+        let keep = cap / self.mean.mean().max(1);
+        floor.saturating_sub(keep).max(self.base)
     }
 }
 
@@ -147,7 +157,7 @@ impl ChannelShared {
             // Readers see the new base at once; the deletion below is then private.
             let from = st.base;
             st.base = limit;
-            while st.marks.front().is_some_and(|(o, _)| *o <= limit) {
+            while st.marks.front().is_some_and(|m| m.offset <= limit) {
                 st.marks.pop_front();
             }
             st.corrupt = st.corrupt.split_off(&limit);

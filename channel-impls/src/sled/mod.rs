@@ -6,7 +6,7 @@
 //!   database, so one `flush` makes every broker's writes durable at once. A broker's
 //!   tree holds its records under `l` + big-endian offset (so key order is log order and
 //!   the next offset is recovered from the last key), its cursors under `c` + name,
-//!   coarse time marks under `t` + offset (for time-based retention) and the offset
+//!   coarse time marks under `t` + offset (for time-based retention and starts by time) and the offset
 //!   below which everything was trimmed (so offsets never go back after a restart, even
 //!   with an empty log). Records are stored with [`cemesh_proto::codec::encode`] and
 //!   nothing else, so the format can change in one place (module `layout`).

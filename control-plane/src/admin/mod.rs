@@ -4,6 +4,7 @@
 //! caller with a role ([`guard`]): `read` for GET, `admin` for anything else.
 
 pub mod deadletters;
+mod replays;
 pub(crate) mod resources;
 mod scale;
 mod tail;
@@ -34,6 +35,8 @@ pub struct AdminState {
     pub guard: crate::auth::AdminGuard,
     /// The issuer of delivery tokens, whose keys `/.well-known/` publishes.
     pub signer: Arc<crate::signer::Signer>,
+    /// Replays of the triggers' archives.
+    pub replays: Arc<crate::replay::Replays>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -49,6 +52,20 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/.well-known/jwks.json",
             get(|State(s): State<AdminState>| async move { Json(s.signer.jwks()) }),
+        )
+        .route("/v1/replays", get(replays::list_all))
+        .route("/v1/namespaces/{ns}/replays", get(replays::list))
+        .route(
+            "/v1/namespaces/{ns}/replays/{id}",
+            get(replays::get).delete(replays::cancel),
+        )
+        .route(
+            "/v1/namespaces/{ns}/triggers/{name}/replays",
+            post(replays::start),
+        )
+        .route(
+            "/v1/namespaces/{ns}/triggers/{name}/cursor",
+            post(replays::reset_cursor),
         )
         .route("/v1/{plural}", get(resources::list_all))
         .route("/v1/namespaces/{ns}/{plural}", get(resources::list))
@@ -119,6 +136,7 @@ async fn guard(
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    state.replays.export_metrics();
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&state.registry).await,

@@ -41,12 +41,14 @@ pub struct AdminContext {
     pub background: CancellationToken,
     /// Who may call what ([`super::guard`]).
     pub guard: crate::auth::AdminGuard,
+    pub replays: Arc<crate::replay::Replays>,
 }
 
 /// The `cemesh.v1.Admin` implementation.
 pub struct AdminService {
     resources: Resources,
     background: CancellationToken,
+    replays: Arc<crate::replay::Replays>,
 }
 
 impl AdminService {
@@ -57,6 +59,7 @@ impl AdminService {
                 registry: ctx.registry,
             },
             background: ctx.background,
+            replays: ctx.replays,
         }
     }
 }
@@ -87,6 +90,35 @@ fn dead_letter_status(e: DeadLetterError) -> Status {
         DeadLetterError::NotFound(m) => Status::not_found(m),
         DeadLetterError::NotRunning(m) => Status::failed_precondition(m),
         DeadLetterError::Storage(m) => Status::internal(m),
+    }
+}
+
+fn log_status(e: crate::point::LogError) -> Status {
+    use crate::point::LogError;
+    match e {
+        LogError::NotFound(m) => Status::not_found(m),
+        LogError::Invalid(m) => Status::invalid_argument(m),
+        LogError::Conflict(m) => Status::failed_precondition(m),
+        LogError::Channel(e) => Status::internal(e.to_string()),
+    }
+}
+
+fn replay(v: crate::replay::ReplayView) -> pb::Replay {
+    let json = serde_json::to_string(&v).unwrap_or_default();
+    let state = serde_json::to_value(v.state)
+        .ok()
+        .and_then(|s| s.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    pb::Replay {
+        id: v.id,
+        namespace: v.namespace,
+        trigger: v.trigger,
+        state,
+        total: v.total,
+        done: v.counters.done,
+        delivered: v.counters.delivered,
+        dead_lettered: v.counters.dead_lettered,
+        json,
     }
 }
 
@@ -283,5 +315,88 @@ impl Admin for AdminService {
         .map_err(dead_letter_status)?;
         let deleted = purge_all(&ctx).await.map_err(dead_letter_status)?;
         Ok(Response::new(pb::PurgeDeadLettersResponse { deleted }))
+    }
+
+    async fn start_replay(
+        &self,
+        request: Request<pb::StartReplayRequest>,
+    ) -> Result<Response<pb::Replay>, Status> {
+        let req = request.into_inner();
+        let key = cemesh_dispatcher::TriggerKey::new(
+            namespace(&req.namespace),
+            required("trigger", &req.trigger)?,
+        );
+        let asked = crate::replay::ReplayRequest {
+            from: required("from", &req.from)?.to_owned(),
+            to: req.to,
+            filter: req.filter,
+        };
+        let view = self.replays.start(&key, asked).await.map_err(log_status)?;
+        Ok(Response::new(replay(view)))
+    }
+
+    async fn get_replay(
+        &self,
+        request: Request<pb::GetReplayRequest>,
+    ) -> Result<Response<pb::Replay>, Status> {
+        let req = request.into_inner();
+        let ns = namespace(&req.namespace);
+        let id = required("id", &req.id)?;
+        self.replays
+            .get(ns, id)
+            .map(|v| Response::new(replay(v)))
+            .ok_or_else(|| Status::not_found(format!("no replay {id} in namespace {ns}")))
+    }
+
+    async fn list_replays(
+        &self,
+        request: Request<pb::ListReplaysRequest>,
+    ) -> Result<Response<pb::ListReplaysResponse>, Status> {
+        let req = request.into_inner();
+        let items = self
+            .replays
+            .list(req.namespace.as_deref())
+            .into_iter()
+            .map(replay)
+            .collect();
+        Ok(Response::new(pb::ListReplaysResponse { items }))
+    }
+
+    async fn cancel_replay(
+        &self,
+        request: Request<pb::CancelReplayRequest>,
+    ) -> Result<Response<pb::Replay>, Status> {
+        let req = request.into_inner();
+        let view = self
+            .replays
+            .cancel(namespace(&req.namespace), required("id", &req.id)?)
+            .await
+            .map_err(log_status)?;
+        Ok(Response::new(replay(view)))
+    }
+
+    async fn reset_cursor(
+        &self,
+        request: Request<pb::ResetCursorRequest>,
+    ) -> Result<Response<pb::ResetCursorResponse>, Status> {
+        let req = request.into_inner();
+        let key = cemesh_dispatcher::TriggerKey::new(
+            namespace(&req.namespace),
+            required("trigger", &req.trigger)?,
+        );
+        let now = chrono::Utc::now().timestamp_millis();
+        let to = crate::point::Point::parse(required("to", &req.to)?, Some(now))
+            .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
+        let moved = self
+            .resources
+            .control
+            .reset_cursor(&key, to.start_at(), req.force)
+            .await
+            .map_err(log_status)?;
+        Ok(Response::new(pb::ResetCursorResponse {
+            skipped: moved.skipped,
+            again: moved.again,
+            json: serde_json::to_string(&moved).unwrap_or_default(),
+        }))
     }
 }

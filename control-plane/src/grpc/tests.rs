@@ -70,6 +70,8 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         crate::mesh::Channels::new(settings.data_dir.clone()),
     );
     let (registry, background) = (mesh.registry(), mesh.background());
+    let replays =
+        crate::replay::Replays::new(&settings.data_dir, registry.clone(), background.clone());
     let control = crate::control::ControlPlane::start(mesh, settings, "http://127.0.0.1:1".into())
         .await
         .expect("control plane");
@@ -78,6 +80,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         registry,
         background,
         guard: Default::default(),
+        replays,
     }
 }
 

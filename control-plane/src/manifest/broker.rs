@@ -38,6 +38,9 @@ pub const MAX_BODY_ANNOTATION: &str = "cemesh.dev/max-body-size";
 pub const DURABILITY_ANNOTATION: &str = "cemesh.dev/durability";
 /// Annotation: how long passed records are kept for replay, e.g. `1h` (default 0).
 pub const RETENTION_ANNOTATION: &str = "cemesh.dev/retention";
+/// Annotation: a size cap on what retention keeps (sled), e.g. `2GiB`; the oldest
+/// records go first past it.
+pub const RETENTION_SIZE_ANNOTATION: &str = "cemesh.dev/retention-size";
 /// Annotation: backlog cap in records; past it the ingress answers 429.
 pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
 /// Annotation: backlog cap in bytes (memory and sled), e.g. `512MiB`.
@@ -69,6 +72,7 @@ pub const BROKER_ANNOTATIONS: &[&str] = &[
     MAX_BODY_ANNOTATION,
     DURABILITY_ANNOTATION,
     RETENTION_ANNOTATION,
+    RETENTION_SIZE_ANNOTATION,
     MAX_BACKLOG_ANNOTATION,
     MAX_BACKLOG_SIZE_ANNOTATION,
     RETAIN_WITHOUT_TRIGGERS_ANNOTATION,

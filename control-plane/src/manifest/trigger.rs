@@ -37,7 +37,8 @@ pub struct TriggerFilter {
 
 /// Annotation bounding a trigger's deliveries in flight.
 pub const PARALLELISM_ANNOTATION: &str = "cemesh.dev/parallelism";
-/// Annotation choosing where a new trigger starts: `latest` (default) or `earliest`.
+/// Annotation choosing where a new trigger starts: `latest` (default), `earliest`,
+/// an offset or an RFC 3339 time.
 pub const START_ANNOTATION: &str = "cemesh.dev/start";
 /// Annotation turning full jitter off (`"false"`), e.g. for tests measuring waits.
 pub const JITTER_ANNOTATION: &str = "cemesh.dev/backoff-jitter";

@@ -15,7 +15,7 @@ use cemesh_ingress::BrokerKey;
 use super::broker::{
     BACKPRESSURE_WINDOW_ANNOTATION, BROKER_ANNOTATIONS, CHANNEL_ANNOTATION, DURABILITY_ANNOTATION,
     MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION,
-    RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION,
+    RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION, RETENTION_SIZE_ANNOTATION,
 };
 use super::trigger::{
     BACKOFF_MAX_ANNOTATION, BREAKER_FAILURES_ANNOTATION, BREAKER_PROBE_DELAY_ANNOTATION,
@@ -86,6 +86,8 @@ pub struct DedupSettings {
 pub struct ChannelOptions {
     pub durability: Durability,
     pub retention: Duration,
+    /// Cap on the records kept by retention, in bytes (`u64::MAX`: none).
+    pub retention_bytes: u64,
     pub max_backlog_records: u64,
     pub max_backlog_bytes: u64,
     pub retain_without_triggers: u64,
@@ -99,6 +101,7 @@ impl Default for ChannelOptions {
         ChannelOptions {
             durability: sled.durability,
             retention: sled.retention,
+            retention_bytes: sled.retention_bytes,
             max_backlog_records: sled.max_backlog_records,
             max_backlog_bytes: sled.max_backlog_bytes,
             retain_without_triggers: sled.retain_without_subscribers,
@@ -430,6 +433,12 @@ pub(super) fn channel_options(meta: &Metadata, problems: &mut Problems) -> Chann
             o.retention = d;
         }
     }
+    if let Some(v) = get(RETENTION_SIZE_ANNOTATION) {
+        let r = parse_bytes(v).map_err(|e| field(&path(RETENTION_SIZE_ANNOTATION), e));
+        if let Some(n) = problems.note(r) {
+            o.retention_bytes = n;
+        }
+    }
     let count = |a: &str, v: &str| {
         v.trim()
             .parse::<u64>()
@@ -610,16 +619,15 @@ pub(super) fn subscriber_runtime(
             }
         },
     };
-    let start = match meta.annotations.get(START_ANNOTATION).map(String::as_str) {
-        None | Some("latest") => StartAt::Latest,
-        Some("earliest") => StartAt::Earliest,
-        Some(v) => {
-            problems.add(
-                &ann(START_ANNOTATION),
-                format!("{v:?} is not latest or earliest"),
-            );
-            StartAt::Latest
-        }
+    let start = match meta.annotations.get(START_ANNOTATION) {
+        None => StartAt::Latest,
+        Some(v) => match crate::point::Point::parse(v, None) {
+            Ok(p) => p.start_at(),
+            Err(e) => {
+                problems.add(&ann(START_ANNOTATION), e);
+                StartAt::Latest
+            }
+        },
     };
     let mut max_lag = match meta.annotations.get(MAX_LAG_ANNOTATION) {
         None => s.broker_desired.map(default_max_lag).unwrap_or_default(),

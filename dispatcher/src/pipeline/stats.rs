@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cemesh_proto::{knative, metric_names as names, AttributeValue, Event};
+use cemesh_proto::{knative, metric_names as names, Event};
 use metrics::{Counter, Gauge, Histogram};
 
 use super::TriggerContext;
@@ -194,14 +194,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `knativearrivaltime` in Unix ms; now when absent or unreadable.
 pub(crate) fn arrival_ms(event: &Event) -> i64 {
-    match event.extension(knative::ARRIVAL_TIME) {
-        Some(AttributeValue::String(s) | AttributeValue::Timestamp(s)) => {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.timestamp_millis())
-                .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis())
-        }
-        _ => chrono::Utc::now().timestamp_millis(),
-    }
+    knative::arrival_ms(event).unwrap_or_else(|| chrono::Utc::now().timestamp_millis())
 }
 
 /// Decrements the in-flight count (and forgets the event's arrival) however

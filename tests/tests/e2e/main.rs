@@ -17,6 +17,7 @@ mod isolation;
 mod kafka;
 mod manifests;
 mod metrics;
+mod replay;
 mod scale;
 mod sidecar;
 mod sources;
