@@ -3,8 +3,9 @@
 # features), one build with every feature, every test from that build. Installs what
 # the tests need that a fresh machine lacks: Debian's pkg-config and libssl-dev
 # (librdkafka's build) and strace (the test that a 202 follows its fsync), PyYAML
-# (deploy checks), the standardwebhooks reference verifier and a Kafka-protocol
-# server (tansu, cached in the cargo bin dir).
+# (deploy checks), the standardwebhooks reference verifier, the official CloudEvents
+# SDK, Debian's chromium and chromium-driver with Selenium (the dashboard's
+# real-browser test) and a Kafka-protocol server (tansu, cached in the cargo bin dir).
 #
 #   CEMESH_TEST_KAFKA=HOST:PORT   use this Kafka instead of starting tansu
 #   CEMESH_TEST_THREADS=N         parallel tests per binary (default 4)
@@ -24,6 +25,9 @@ command -v make >/dev/null || missing+=(make)
 command -v strace >/dev/null || missing+=(strace)
 # tests/tests/e2e/tls.rs publishes with curl --cacert.
 command -v curl >/dev/null || missing+=(curl)
+# tests/tests/e2e/dashboard.rs drives the dashboard in headless Chromium.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The Python packages below (and the deploy checks') come from PyPI through pip.
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
@@ -39,6 +43,7 @@ fi
 py_missing=()
 python3 -c 'import standardwebhooks' 2>/dev/null || py_missing+=(standardwebhooks)
 python3 -c 'import cloudevents, requests' 2>/dev/null || py_missing+=(cloudevents requests)
+python3 -c 'import selenium' 2>/dev/null || py_missing+=(selenium)
 if ((${#py_missing[@]})); then
   echo "==> installing Python packages: ${py_missing[*]}"
   python3 -m pip install --quiet --user "${py_missing[@]}" 2>/dev/null \

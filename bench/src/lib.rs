@@ -120,6 +120,10 @@ pub struct BenchArgs {
     /// every event's source and id are checked and kept
     #[arg(long)]
     pub dedup_window: Option<String>,
+    /// The event journal of the broker (annotation cemesh.dev/journal): on (the
+    /// default, as a broker runs) or off, to measure what it costs
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub journal: String,
     /// Number of triggers on the broker, each delivering to the sink
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub triggers: u32,
@@ -230,6 +234,7 @@ pub struct Plan {
     pub channel: &'static str,
     pub durability: Option<String>,
     pub dedup_window: Option<String>,
+    pub journal: String,
     pub triggers: usize,
     pub match_ratio: f64,
     pub filter: FilterKind,
@@ -353,6 +358,7 @@ impl Plan {
             channel: channel.as_str(),
             durability: a.durability.clone(),
             dedup_window: a.dedup_window.clone(),
+            journal: a.journal.clone(),
             triggers,
             match_ratio: a.match_ratio,
             filter: a.filter,
@@ -381,6 +387,7 @@ impl Plan {
             channel: self.channel,
             durability: self.durability.as_deref(),
             dedup_window: self.dedup_window.as_deref(),
+            journal: self.journal == "on",
             triggers: self.triggers,
             filter: self.filter,
             filter_on_tag: self.filter_on_tag(),

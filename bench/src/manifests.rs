@@ -17,6 +17,8 @@ pub struct ManifestOptions<'a> {
     pub durability: Option<&'a str>,
     /// `cemesh.dev/dedup-window`.
     pub dedup_window: Option<&'a str>,
+    /// `cemesh.dev/journal` (false: `off`).
+    pub journal: bool,
     pub triggers: usize,
     pub filter: FilterKind,
     /// True when only tagged events match (`--match-ratio` below 1).
@@ -52,6 +54,9 @@ pub fn render(o: &ManifestOptions<'_>) -> String {
     }
     if let Some(w) = o.dedup_window {
         let _ = writeln!(y, "    cemesh.dev/dedup-window: {w:?}");
+    }
+    if !o.journal {
+        let _ = writeln!(y, "    cemesh.dev/journal: \"off\"");
     }
     for i in 0..o.triggers {
         let _ = writeln!(
@@ -150,6 +155,7 @@ mod tests {
                 channel: "sled",
                 durability: Some("interval(10ms)"),
                 dedup_window: Some("10m"),
+                journal: false,
                 triggers: 3,
                 filter: kind,
                 filter_on_tag: true,
@@ -179,6 +185,7 @@ mod tests {
             channel: "sled",
             durability: None,
             dedup_window: None,
+            journal: true,
             triggers: 3,
             filter: FilterKind::Attributes,
             filter_on_tag: false,

@@ -49,6 +49,9 @@ pub enum Command {
     /// Let a trigger paused at its max-lag (`cemesh.dev/max-lag-action: pause`)
     /// deliver again.
     Resume(ResumeArgs),
+    /// Show where an event went: accepted, matched or filtered out by each trigger,
+    /// every delivery attempt, replies, and how it ended.
+    Trace(cemesh_client::args::TraceArgs),
     /// Deliver a trigger's archived events of a range again (without moving its
     /// cursor), or show (`status`) and `cancel` replays.
     Replay(cemesh_client::args::ReplayArgs),

@@ -38,6 +38,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             Command::Validate(args) => kubectl::validate(args),
             Command::Tail(args) => kubectl::tail(args).await,
             Command::Resume(args) => kubectl::resume(args).await,
+            Command::Trace(args) => cemesh_client::trace::trace(args).await,
             Command::Replay(args) => cemesh_client::replay::replay(args).await,
             Command::ResetCursor(args) => cemesh_client::replay::reset_cursor(args).await,
         }

@@ -25,6 +25,7 @@ use cemesh_proto::Event;
 
 pub mod deadletter;
 pub mod flow;
+pub mod journal;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;

@@ -359,3 +359,22 @@ pub struct ResetCursorArgs {
     #[arg(long)]
     pub force: bool,
 }
+
+/// `cemesh trace BROKER ID`: where an event went.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The broker the event was sent to
+    pub broker: String,
+    /// The event's id
+    pub id: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The event's source, when events from several sources share the id
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Print the journey as JSON
+    #[arg(short = 'o', long)]
+    pub json: bool,
+}

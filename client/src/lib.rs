@@ -11,3 +11,4 @@ pub mod kubectl;
 pub mod replay;
 pub mod send;
 pub mod send_grpc;
+pub mod trace;

@@ -94,6 +94,11 @@ pub struct ServerConfig {
     pub min_free_disk: Option<ByteSize>,
     /// sled's page cache, e.g. `64MiB`. Default 64 MiB.
     pub sled_cache_size: Option<ByteSize>,
+    /// How long the event journal keeps entries, e.g. `1h` (default).
+    pub journal_retention: Option<crate::duration::HumaneDuration>,
+    /// RAM (and about as much disk) the event journal may take, e.g. `64MiB`
+    /// (default).
+    pub journal_max_size: Option<ByteSize>,
     /// Request bytes the ingress works on at once, over all connections; requests
     /// past it wait their turn. Default 8 MiB.
     pub max_pending_bytes: Option<ByteSize>,
@@ -211,6 +216,8 @@ pub struct Settings {
     pub min_free_disk: u64,
     /// sled's page cache in bytes.
     pub sled_cache_bytes: u64,
+    /// The event journal's bounds.
+    pub journal: cemesh_channels::journal::JournalConfig,
     /// Request bytes the ingress works on at once.
     pub max_pending_bytes: u64,
     /// What an accepted event's binary-mode headers may take.

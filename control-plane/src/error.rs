@@ -85,6 +85,8 @@ pub enum Error {
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
+    #[error("opening the event journal under the data dir: {0}")]
+    Journal(String),
     #[error("{what} task failed: {source}")]
     Task {
         what: &'static str,

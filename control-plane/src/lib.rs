@@ -20,6 +20,7 @@ pub mod duration;
 pub mod error;
 pub mod eventtypes;
 pub mod grpc;
+pub mod journey;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod keda;
@@ -33,5 +34,6 @@ pub mod reload;
 pub mod replay;
 pub mod serve;
 pub mod signer;
+pub mod stats;
 
 pub use error::Error;

@@ -24,6 +24,7 @@ use crate::config::ChannelKind;
 use crate::manifest::sources::{ping_channel, SourceDesired};
 use crate::manifest::{AddressKind, BrokerDesired, Desired, TriggerDesired};
 use crate::point::LogError;
+use cemesh_channels::journal::{Journal, JournalStore};
 use cemesh_sources::{spawn_ping, spawn_process, PingHandle, ProcessHandle};
 
 struct RunningBroker {
@@ -379,6 +380,7 @@ pub struct Mesh {
     policies: BTreeMap<BrokerKey, Vec<Arc<Policy>>>,
     /// What a broker no policy selects accepts (`auth.default_authorization`).
     default_access: DefaultMode,
+    journal: Option<Arc<JournalStore>>,
 }
 
 /// A broker's triggers as the ingress sees them: an event may be delivered in binary
@@ -417,6 +419,25 @@ impl Mesh {
             background: CancellationToken::new(),
             policies: BTreeMap::new(),
             default_access: DefaultMode::default(),
+            journal: None,
+        }
+    }
+
+    /// Journals what the brokers accept and deliver (unless one says
+    /// `cemesh.dev/journal: off`).
+    pub fn with_journal(mut self, journal: Arc<JournalStore>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    pub fn journal(&self) -> Option<Arc<JournalStore>> {
+        self.journal.clone()
+    }
+
+    fn journal_of(&self, broker: &BrokerDesired) -> Option<Arc<dyn Journal>> {
+        match &self.journal {
+            Some(j) if broker.journal => Some(j.clone() as Arc<dyn Journal>),
+            _ => None,
         }
     }
 
@@ -689,6 +710,7 @@ impl Mesh {
                     stamps: b.desired.kind == AddressKind::Broker,
                     event_types: b.event_types.clone(),
                     dedup: b.dedup.clone(),
+                    journal: self.journal_of(&b.desired),
                 };
                 (k.clone(), Arc::new(endpoint))
             })
@@ -779,6 +801,7 @@ impl Mesh {
             dead_letters,
             stats: Arc::default(),
             metrics: Arc::default(),
+            journal: self.journal_of(&broker.desired),
         });
         self.registry
             .write()
@@ -1032,6 +1055,7 @@ mod tests {
             delivery: None,
             source_topic: None,
             dedup: None,
+            journal: true,
         }
     }
 

@@ -183,6 +183,16 @@ pub fn settings(args: &ServeArgs) -> crate::error::Result<Settings> {
                 .sled_cache_size
                 .map_or(crate::mesh::DEFAULT_SLED_CACHE_BYTES, |b| b.0),
         },
+        journal: {
+            let mut j = cemesh_channels::journal::JournalConfig::default();
+            if let Some(d) = &file.journal_retention {
+                j.retention = d.0;
+            }
+            if let Some(b) = file.journal_max_size {
+                j.max_bytes = b.0;
+            }
+            j
+        },
         max_pending_bytes: match &args.max_pending_bytes {
             Some(s) => parse_bytes(s).map_err(Error::MaxPendingBytes)?,
             None => file
@@ -413,7 +423,19 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             }
         });
     }
+    let journal_dir = settings.data_dir.join("journal");
+    let journal_config = settings.journal;
+    let journal = tokio::task::spawn_blocking(move || {
+        cemesh_channels::journal::JournalStore::open(&journal_dir, journal_config)
+    })
+    .await
+    .map_err(|source| Error::Task {
+        what: "opening the event journal",
+        source,
+    })?
+    .map_err(|e| Error::Journal(e.to_string()))?;
     let mesh = Mesh::new(routes.clone(), channels)
+        .with_journal(journal.clone())
         .trusting(&own_issuers)
         .with_tokens(signer.clone())
         .with_default_access(settings.auth.default_mode());
@@ -470,6 +492,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             async move { stop.cancelled().await },
         ))
     };
+    let stats = crate::stats::Stats::spawn(registry.clone(), taps.clone(), background.clone());
     let admin_task = {
         let stop = stop.clone();
         let app = crate::admin::router(crate::admin::AdminState {
@@ -482,6 +505,9 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
             guard: guard.clone(),
             signer: signer.clone(),
             replays: replays.clone(),
+            stats,
+            journal: Some(journal.clone()),
+            journal_retention: settings.journal.retention,
         });
         tokio::spawn(cemesh_ingress::server::serve_tls(
             "admin",

@@ -227,7 +227,12 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
 /// durable as it promises (the moment a receiver may answer "accepted").
 /// With a dedup window, events accepted within it are counted as accepted and not
 /// appended again; the pairs of a failed append are released for the retry.
-pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize, IngressError> {
+/// `via` says how the events came in, for the journal (`http-binary`, `grpc`, ...).
+pub async fn store(
+    broker: &BrokerEndpoint,
+    events: Vec<Event>,
+    via: &'static str,
+) -> Result<usize, IngressError> {
     let count = events.len();
     let (events, reserved) = match &broker.dedup {
         None => (events, None),
@@ -244,6 +249,15 @@ pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize,
     };
     if !events.is_empty() {
         let seen = crate::seen::EventTypes::capture(&events);
+        let journaled = broker.journal.as_ref().map(|j| {
+            (
+                j,
+                events
+                    .iter()
+                    .map(Event::attributes_only)
+                    .collect::<Vec<_>>(),
+            )
+        });
         let started = std::time::Instant::now();
         if let Err(e) = broker.channel.append(events).await {
             if let Some((d, reserved)) = reserved {
@@ -256,6 +270,29 @@ pub async fn store(broker: &BrokerEndpoint, events: Vec<Event>) -> Result<usize,
         broker
             .event_types
             .record(seen, &cemesh_proto::knative::now_rfc3339());
+        if let Some((journal, events)) = journaled {
+            journal_accepted(&**journal, &broker.key, events, via);
+        }
     }
     Ok(count)
+}
+
+/// Records each stored event in the journal.
+fn journal_accepted(
+    journal: &dyn cemesh_channels::journal::Journal,
+    key: &crate::BrokerKey,
+    events: Vec<Event>,
+    via: &'static str,
+) {
+    use cemesh_channels::journal::{Accepted, Entry};
+    let broker = format!("{}/{}", key.namespace, key.name);
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    for event in events {
+        journal.record(Entry::Accepted(Box::new(Accepted {
+            broker: broker.clone(),
+            via: via.to_owned(),
+            at_ms,
+            event,
+        })));
+    }
 }

@@ -144,7 +144,17 @@ async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), In
         decode_checked(routes, &broker, &admitted, &parts.headers, body)?
     };
     tracing::Span::current().record("events", events.len());
-    let count = accept::store(&broker, events).await?;
+    let via = match cemesh_proto::http::detect_mode(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        cemesh_proto::http::Mode::Binary => "http-binary",
+        cemesh_proto::http::Mode::Structured => "http-structured",
+        cemesh_proto::http::Mode::Batch => "http-batch",
+    };
+    let count = accept::store(&broker, events, via).await?;
     Ok((StatusCode::ACCEPTED.into_response(), count))
 }
 

@@ -58,6 +58,8 @@ pub struct BrokerEndpoint {
     pub event_types: Arc<crate::seen::EventTypes>,
     /// Its `cemesh.dev/dedup-window`, when it has one.
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
+    /// Where accepted events are journaled, unless `cemesh.dev/journal: off`.
+    pub journal: Option<Arc<dyn cemesh_channels::journal::Journal>>,
 }
 
 /// Whether some subscriber could get an event in binary-mode HTTP. The control plane

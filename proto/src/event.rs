@@ -179,6 +179,24 @@ impl fmt::Debug for Event {
 }
 
 impl Event {
+    /// A copy without the data (for records that keep attributes only, such as the
+    /// event journal).
+    pub fn attributes_only(&self) -> Event {
+        Event {
+            specversion: self.specversion,
+            id: self.id.clone(),
+            source: self.source.clone(),
+            ty: self.ty.clone(),
+            datacontenttype: self.datacontenttype.clone(),
+            dataschema: self.dataschema.clone(),
+            subject: self.subject.clone(),
+            time: self.time.clone(),
+            extensions: self.extensions.clone(),
+            data: None,
+            json: JsonData::default(),
+        }
+    }
+
     /// A minimal valid 1.0 event, handy for tests and tools.
     pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>) -> Self {
         Event {

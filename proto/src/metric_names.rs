@@ -82,6 +82,9 @@ pub const REPLAY_PROGRESS: &str = "cemesh_replay_progress_ratio";
 pub const REPLAY_DELIVERED: &str = "cemesh_replay_delivered";
 /// Replays running now.
 pub const REPLAYS_RUNNING: &str = "cemesh_replays_running";
+/// Journal entries dropped because its writer was behind (the events themselves are
+/// never affected).
+pub const JOURNAL_DROPPED: &str = "cemesh_journal_dropped_entries";
 /// Events moved to the dead letters because the trigger fell more than its
 /// `cemesh.dev/max-lag` behind (reason `backlog-overflow`). Labels: `namespace_name`,
 /// `broker_name`, `trigger_name`.
@@ -117,7 +120,7 @@ pub const DURATION_SUFFIX: &str = "_duration_seconds";
 
 /// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
 /// help text. The `process_*` ones are read and rendered at scrape time.
-pub const BROKER_METRICS: [(&str, Kind, &str); 29] = [
+pub const BROKER_METRICS: [(&str, Kind, &str); 30] = [
     (
         INGRESS_EVENTS,
         Kind::Counter,
@@ -209,6 +212,11 @@ pub const BROKER_METRICS: [(&str, Kind, &str); 29] = [
         "Replayed events the trigger's subscriber took.",
     ),
     (REPLAYS_RUNNING, Kind::Gauge, "Replays running now."),
+    (
+        JOURNAL_DROPPED,
+        Kind::Gauge,
+        "Event journal entries dropped since start because its writer was behind (events are never affected).",
+    ),
     (
         TRIGGER_BACKLOG_OVERFLOW,
         Kind::Counter,

@@ -3,6 +3,7 @@
 //! every route but `/healthz`, `/readyz` (and `/metrics` unless locked too) needs a
 //! caller with a role ([`guard`]): `read` for GET, `admin` for anything else.
 
+mod dashboard;
 pub mod deadletters;
 mod replays;
 pub(crate) mod resources;
@@ -37,6 +38,11 @@ pub struct AdminState {
     pub signer: Arc<crate::signer::Signer>,
     /// Replays of the triggers' archives.
     pub replays: Arc<crate::replay::Replays>,
+    /// The dashboard's live series.
+    pub stats: crate::stats::Stats,
+    /// The event journal, and how long it keeps entries.
+    pub journal: Option<Arc<cemesh_channels::journal::JournalStore>>,
+    pub journal_retention: std::time::Duration,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -52,6 +58,14 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/.well-known/jwks.json",
             get(|State(s): State<AdminState>| async move { Json(s.signer.jwks()) }),
+        )
+        .route("/ui", get(dashboard::redirect))
+        .route("/ui/", get(dashboard::index))
+        .route("/ui/{file}", get(dashboard::asset))
+        .route("/v1/stats", get(dashboard::stats))
+        .route(
+            "/v1/namespaces/{ns}/brokers/{name}/journey/{id}",
+            get(dashboard::journey),
         )
         .route("/v1/replays", get(replays::list_all))
         .route("/v1/namespaces/{ns}/replays", get(replays::list))
@@ -122,6 +136,8 @@ async fn guard(
     use crate::auth::Role;
     let need = match req.uri().path() {
         "/healthz" | "/readyz" => None,
+        // The dashboard's files: no data in them (every call they make is checked).
+        p if p == "/ui" || p.starts_with("/ui/") => None,
         p if p.starts_with("/.well-known/") => None,
         "/metrics" if state.guard.metrics_open() => None,
         _ if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => Some(Role::Read),
@@ -137,6 +153,9 @@ async fn guard(
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     state.replays.export_metrics();
+    if let Some(j) = &state.journal {
+        metrics::gauge!(cemesh_proto::metric_names::JOURNAL_DROPPED).set(j.dropped() as f64);
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&state.registry).await,

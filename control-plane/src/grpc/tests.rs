@@ -54,6 +54,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         api_writes: true,
         min_free_disk: 0,
         sled_cache_bytes: crate::mesh::DEFAULT_SLED_CACHE_BYTES,
+        journal: Default::default(),
         max_pending_bytes: cemesh_ingress::DEFAULT_MAX_PENDING_BYTES,
         header_budget: Default::default(),
         tls: None,
@@ -118,6 +119,7 @@ impl Harness {
                 stamps: true,
                 event_types: Arc::default(),
                 dedup: None,
+                journal: None,
             }),
         )]));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

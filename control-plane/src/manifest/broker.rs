@@ -55,6 +55,9 @@ pub const DEDUP_WINDOW_ANNOTATION: &str = "cemesh.dev/dedup-window";
 /// Annotation: pairs a dedup window keeps at most (default 100000); past it the
 /// oldest go first.
 pub const DEDUP_MAX_KEYS_ANNOTATION: &str = "cemesh.dev/dedup-max-keys";
+/// Annotation: `off` keeps the broker's events out of the event journal (`cemesh
+/// trace`, the dashboard's journey); default `on`.
+pub const JOURNAL_ANNOTATION: &str = "cemesh.dev/journal";
 /// Annotation: newest records kept while the broker has no trigger, for a trigger
 /// created later with `cemesh.dev/start: earliest`.
 pub const RETAIN_WITHOUT_TRIGGERS_ANNOTATION: &str = "cemesh.dev/retain-without-triggers";
@@ -79,6 +82,7 @@ pub const BROKER_ANNOTATIONS: &[&str] = &[
     BACKPRESSURE_WINDOW_ANNOTATION,
     DEDUP_WINDOW_ANNOTATION,
     DEDUP_MAX_KEYS_ANNOTATION,
+    JOURNAL_ANNOTATION,
     KAFKA_PARTITIONS_ANNOTATION,
     KAFKA_REPLICATION_ANNOTATION,
     super::OWNER_ANNOTATION,

@@ -14,7 +14,7 @@ use cemesh_ingress::BrokerKey;
 
 use super::broker::{
     BACKPRESSURE_WINDOW_ANNOTATION, BROKER_ANNOTATIONS, CHANNEL_ANNOTATION, DURABILITY_ANNOTATION,
-    MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION,
+    JOURNAL_ANNOTATION, MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION,
     RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION, RETENTION_SIZE_ANNOTATION,
 };
 use super::trigger::{
@@ -72,6 +72,8 @@ pub struct BrokerDesired {
     pub source_topic: Option<super::sources::SourceTopic>,
     /// `cemesh.dev/dedup-window` and `cemesh.dev/dedup-max-keys`.
     pub dedup: Option<DedupSettings>,
+    /// Whether its events are journaled (`cemesh.dev/journal`, default on).
+    pub journal: bool,
 }
 
 /// A broker's dedup window.
@@ -360,6 +362,17 @@ pub(super) fn broker_desired(
     }
     let channel_options = channel_options(meta, problems);
     let dedup = dedup_settings(meta, problems);
+    let journal = match meta.annotations.get(JOURNAL_ANNOTATION).map(|v| v.trim()) {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(v) => {
+            problems.add(
+                &format!("metadata.annotations.{JOURNAL_ANNOTATION}"),
+                format!("{v:?} is not on or off"),
+            );
+            true
+        }
+    };
     #[cfg(feature = "kafka")]
     if channel == ChannelKind::Kafka {
         problems.note(crate::kafka::channel_config(&meta.annotations));
@@ -374,6 +387,7 @@ pub(super) fn broker_desired(
         delivery,
         source_topic: None,
         dedup,
+        journal,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::pause::Pause;
 use crate::runtime::TriggerRuntime;
 
 mod deadletter;
+mod journal;
 mod reply;
 mod send;
 mod stats;
@@ -30,7 +31,7 @@ use deadletter::knative_error;
 pub use deadletter::BACKLOG_OVERFLOW;
 pub(crate) use stats::arrival_ms;
 use stats::InFlight;
-pub use stats::{TriggerMetrics, TriggerStats};
+pub use stats::{LatencyHistogram, TriggerMetrics, TriggerStats, LATENCY_BUCKETS};
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct TriggerContext {
     pub breaker: Arc<Breaker>,
     /// Set while the trigger is paused at its max-lag.
     pub pause: Arc<Pause>,
+    /// Where attempts and outcomes are journaled (unless the broker turned it off).
+    pub journal: Option<Arc<dyn cemesh_channels::journal::Journal>>,
 }
 
 impl TriggerContext {
@@ -96,7 +99,12 @@ impl TriggerContext {
     /// (the attempt in flight finishes).
     pub async fn process(&self, event: &Event, cancel: &CancellationToken) -> Processed {
         let _in_flight = InFlight::enter(self, event);
-        let processed = self.process_inner(event, cancel).await;
+        let processed = journal::with_success_slot(async {
+            let processed = self.process_inner(event, cancel).await;
+            self.journal_outcome(event, &processed);
+            processed
+        })
+        .await;
         if processed == Processed::Delivered {
             self.stats.delivered.fetch_add(1, Relaxed);
             self.per_trigger_counter(&self.metrics.delivered, names::TRIGGER_DELIVERED)

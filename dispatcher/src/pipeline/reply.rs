@@ -98,6 +98,11 @@ impl TriggerContext {
             let error = match result {
                 Ok(()) => {
                     self.count_replies(replies.len());
+                    let to = match &self.runtime.reply {
+                        ReplyTo::Local { namespace, name } => format!("{namespace}/{name}"),
+                        _ => self.broker_key(),
+                    };
+                    self.journal_replies(original, &replies, Some(to));
                     return;
                 }
                 Err(ChannelError::Closed) => "the channel is closed or not running".to_owned(),

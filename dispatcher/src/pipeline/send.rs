@@ -123,6 +123,16 @@ impl TriggerContext {
             if target == Target::Subscriber {
                 self.record_attempt(attempts.len() as u32, &result, latency);
             }
+            match &result {
+                // A subscriber's success is journaled with the outcome, in one entry.
+                Ok(s) if target == Target::Subscriber => {
+                    self.journal_success(url.as_str(), s.status, latency);
+                }
+                Ok(s) => self.journal_attempt(event, url.as_str(), Some(s.status), latency, None),
+                Err(f) => {
+                    self.journal_attempt(event, url.as_str(), f.status, latency, Some(&f.error))
+                }
+            }
             match result {
                 Ok(success) => {
                     span.record("status", success.status);
@@ -229,6 +239,10 @@ impl TriggerContext {
         });
         count.increment(1);
         latencies.record(latency.as_secs_f64());
+        self.stats.latency.record(latency);
+        if result.is_err() {
+            self.stats.failed_attempts.fetch_add(1, Relaxed);
+        }
         if k > 0 {
             self.stats.retries.fetch_add(1, Relaxed);
             self.per_trigger_counter(&self.metrics.retries, names::TRIGGER_RETRIES)

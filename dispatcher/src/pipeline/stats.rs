@@ -121,6 +121,10 @@ pub struct TriggerStats {
     pub overflowed: AtomicU64,
     /// Events being processed now.
     pub in_flight: AtomicI64,
+    /// Attempts to the subscriber that failed (no answer or not 2xx).
+    pub failed_attempts: AtomicU64,
+    /// Attempt latencies to the subscriber, for percentiles over an interval.
+    pub latency: LatencyHistogram,
     /// Arrival times (Unix ms) of the events being processed, with their count: the
     /// oldest is the oldest event not finished (the trigger reads in log order).
     arrivals: Mutex<BTreeMap<i64, u32>>,
@@ -138,6 +142,8 @@ impl Default for TriggerStats {
             replies_dropped: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            latency: LatencyHistogram::default(),
             arrivals: Mutex::default(),
             rate_samples: Mutex::new(VecDeque::from([(Instant::now(), 0)])),
         }
@@ -185,6 +191,70 @@ impl TriggerStats {
             return 0.0;
         }
         count.saturating_sub(c0) as f64 / dt
+    }
+}
+
+/// Buckets of [`LatencyHistogram`]: bucket `i` counts latencies up to
+/// `100 µs × 2^(i/2)` (about 41% wide), the last one everything longer.
+pub const LATENCY_BUCKETS: usize = 40;
+
+/// Attempt latencies in fixed log-spaced buckets: one relaxed atomic add per
+/// attempt, percentiles of any interval from two snapshots' difference.
+#[derive(Debug)]
+pub struct LatencyHistogram([AtomicU64; LATENCY_BUCKETS]);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl LatencyHistogram {
+    /// The upper bound of bucket `i`, in milliseconds.
+    fn bound_ms(i: usize) -> f64 {
+        0.1 * 2f64.powf(i as f64 / 2.0)
+    }
+
+    pub fn record(&self, latency: Duration) {
+        let ms = latency.as_secs_f64() * 1e3;
+        let i = if ms <= 0.1 {
+            0
+        } else {
+            ((2.0 * (ms / 0.1).log2()).ceil() as usize).min(LATENCY_BUCKETS - 1)
+        };
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> [u64; LATENCY_BUCKETS] {
+        std::array::from_fn(|i| self.0[i].load(Relaxed))
+    }
+
+    /// The `q` quantile (0 to 1) in ms of the attempts between two snapshots (the
+    /// bucket's upper bound); `None` without attempts.
+    pub fn quantile(
+        before: &[u64; LATENCY_BUCKETS],
+        after: &[u64; LATENCY_BUCKETS],
+        q: f64,
+    ) -> Option<f64> {
+        let counts: Vec<u64> = after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::bound_ms(i));
+            }
+        }
+        Some(Self::bound_ms(LATENCY_BUCKETS - 1))
     }
 }
 
@@ -241,5 +311,26 @@ mod tests {
             format!("{}", rounded_ms(Duration::from_nanos(300_001))),
             "0.3"
         );
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_interval_between_snapshots() {
+        let h = LatencyHistogram::default();
+        for _ in 0..90 {
+            h.record(Duration::from_millis(1));
+        }
+        let before = h.snapshot();
+        for _ in 0..99 {
+            h.record(Duration::from_millis(2));
+        }
+        h.record(Duration::from_millis(100));
+        let after = h.snapshot();
+        let p50 = LatencyHistogram::quantile(&before, &after, 0.5).unwrap();
+        let p99 = LatencyHistogram::quantile(&before, &after, 0.99).unwrap();
+        let p100 = LatencyHistogram::quantile(&before, &after, 1.0).unwrap();
+        assert!((2.0..2.9).contains(&p50), "{p50}");
+        assert!((2.0..2.9).contains(&p99), "{p99}");
+        assert!((100.0..142.0).contains(&p100), "{p100}");
+        assert_eq!(LatencyHistogram::quantile(&after, &after, 0.5), None);
     }
 }

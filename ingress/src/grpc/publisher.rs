@@ -100,7 +100,9 @@ impl Publisher for PublisherService {
             accept::admit(&self.routes, &broker, credential.as_deref()).map_err(refuse)?;
         let now = knative::now_rfc3339();
         let event = accept(&self.routes, req.event, &broker, &admitted, &now).map_err(refuse)?;
-        accept::store(&broker, vec![event]).await.map_err(refuse)?;
+        accept::store(&broker, vec![event], "grpc")
+            .await
+            .map_err(refuse)?;
         Ok(Response::new(PublishResponse { accepted: 1 }))
     }
 
@@ -126,7 +128,9 @@ impl Publisher for PublisherService {
         accept::stamp(&broker, &mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
         accept::check_deliverable(&broker, self.routes.header_budget(), &events, true)
             .map_err(refuse)?;
-        let accepted = accept::store(&broker, events).await.map_err(refuse)?;
+        let accepted = accept::store(&broker, events, "grpc-batch")
+            .await
+            .map_err(refuse)?;
         let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
         Ok(Response::new(PublishResponse { accepted }))
     }
@@ -290,7 +294,7 @@ async fn append_run(
     acks: &mut Vec<PublishAck>,
 ) {
     let Some(b) = broker.take() else { return };
-    let result = accept::store(&b, std::mem::take(events)).await;
+    let result = accept::store(&b, std::mem::take(events), "grpc-stream").await;
     for (sequence, id) in run.drain(..) {
         acks.push(match &result {
             Ok(_) => PublishAck {
