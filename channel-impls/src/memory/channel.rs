@@ -75,6 +75,14 @@ impl State {
         crate::flow::check(config.backpressure_window, behind, mean, Instant::now())
     }
 
+    /// A subscription's committed cursor.
+    fn committed(&self, name: &str) -> Result<u64, ChannelError> {
+        self.subs
+            .get(name)
+            .map(|s| s.tracker.committed())
+            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))
+    }
+
     /// The subscriptions that hold the log (not passive ones).
     fn active(&self) -> impl Iterator<Item = &SubState> {
         self.subs
@@ -215,11 +223,7 @@ impl Channel for MemoryChannel {
 
     async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
         let st = self.shared.lock();
-        let sub = st
-            .subs
-            .get(name)
-            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
-        Ok(st.next() - sub.tracker.committed())
+        Ok(st.next() - st.committed(name)?)
     }
 
     async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
@@ -250,12 +254,7 @@ impl Channel for MemoryChannel {
     }
 
     async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError> {
-        let st = self.shared.lock();
-        let sub = st
-            .subs
-            .get(name)
-            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
-        Ok(vec![Position::new(0, sub.tracker.committed())])
+        Ok(vec![Position::new(0, self.shared.lock().committed(name)?)])
     }
 }
 

@@ -200,11 +200,7 @@ impl Channel for SledChannel {
     async fn lag(&self, name: &str) -> Result<u64, ChannelError> {
         self.shared.check_open()?;
         let st = self.shared.lock();
-        let sub = st
-            .subs
-            .get(name)
-            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
-        Ok(st.next - sub.tracker.committed())
+        Ok(st.next - st.committed(name)?)
     }
 
     async fn ends(&self) -> Result<Vec<Position>, ChannelError> {
@@ -254,11 +250,7 @@ impl Channel for SledChannel {
     async fn committed(&self, name: &str) -> Result<Vec<Position>, ChannelError> {
         self.shared.check_open()?;
         let st = self.shared.lock();
-        let sub = st
-            .subs
-            .get(name)
-            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))?;
-        Ok(vec![Position::new(0, sub.tracker.committed())])
+        Ok(vec![Position::new(0, st.committed(name)?)])
     }
 }
 

@@ -142,6 +142,14 @@ impl State {
         .clamp(self.base, self.next)
     }
 
+    /// A subscription's committed cursor.
+    pub(super) fn committed(&self, name: &str) -> Result<u64, ChannelError> {
+        self.subs
+            .get(name)
+            .map(|s| s.tracker.committed())
+            .ok_or_else(|| ChannelError::UnknownSubscription(name.to_owned()))
+    }
+
     /// Where the backlog starts, from the subscriptions.
     pub(super) fn target_floor(&self) -> u64 {
         match self.active().map(|s| s.tracker.committed()).min() {

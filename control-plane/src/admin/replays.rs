@@ -28,9 +28,13 @@ impl From<LogError> for ApiError {
     }
 }
 
-/// A JSON body, or 400 naming what is wrong with it.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+/// A request's JSON body, or 400 naming what is wrong with it.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, ApiError> {
+    let body = super::read_body(headers, body).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 
 pub async fn start(
@@ -39,8 +43,7 @@ pub async fn start(
     headers: http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = super::read_body(&headers, body).await?;
-    let req: ReplayRequest = parse(&body)?;
+    let req: ReplayRequest = read_json(&headers, body).await?;
     let view = state
         .replays
         .start(&TriggerKey::new(&ns, &name), req)
@@ -88,8 +91,7 @@ pub async fn reset_cursor(
     headers: http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = super::read_body(&headers, body).await?;
-    let req: CursorRequest = parse(&body)?;
+    let req: CursorRequest = read_json(&headers, body).await?;
     let now = chrono::Utc::now().timestamp_millis();
     let to =
         Point::parse(&req.to, Some(now)).map_err(|e| ApiError::bad_request(format!("to: {e}")))?;

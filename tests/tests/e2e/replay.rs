@@ -28,6 +28,16 @@ async fn send_all(url: &str, events: &[Event]) {
     }
 }
 
+/// A sled broker (with retention) and `triggers`.
+fn sled_mesh(triggers: &[String]) -> Cemesh {
+    let mut parts = vec![BROKER.to_owned()];
+    parts.extend_from_slice(triggers);
+    Cemesh::builder()
+        .channel("sled")
+        .manifest("mesh.yaml", &docs(&parts))
+        .start()
+}
+
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -84,17 +94,10 @@ async fn wait_replay(mesh: &Cemesh, id: &str, timeout: Duration) -> serde_json::
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_of_a_time_range_delivers_exactly_its_matches_while_live_traffic_goes_on() {
     let (a, b) = (Subscriber::start().await, Subscriber::start().await);
-    let mesh = Cemesh::builder()
-        .channel("sled")
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                BROKER.to_owned(),
-                trigger_yaml("a", "default", &a.url(), &[("type", "test.a")]),
-                trigger_yaml("b", "default", &b.url(), &[]),
-            ]),
-        )
-        .start();
+    let mesh = sled_mesh(&[
+        trigger_yaml("a", "default", &a.url(), &[("type", "test.a")]),
+        trigger_yaml("b", "default", &b.url(), &[]),
+    ]);
     let url = mesh.broker_url("default", "default");
     // Three stretches a little over a second apart: the range is the middle one.
     send_all(&url, &batch("before", 100)).await;
@@ -191,10 +194,7 @@ async fn a_replay_killed_with_9_resumes_where_it_stopped_and_can_be_cancelled() 
         "{slow}spec:\n  broker: default\n  subscriber:\n    uri: {}\n",
         sub.url()
     );
-    let mut mesh = Cemesh::builder()
-        .channel("sled")
-        .manifest("mesh.yaml", &docs(&[BROKER.to_owned(), trigger]))
-        .start();
+    let mut mesh = sled_mesh(&[trigger]);
     let url = mesh.broker_url("default", "default");
     send_all(&url, &batch("e", 300)).await;
     sub.wait_for(300, Duration::from_secs(20)).await;
@@ -245,19 +245,10 @@ async fn a_replay_killed_with_9_resumes_where_it_stopped_and_can_be_cancelled() 
 async fn reset_cursor_moves_back_and_refuses_to_skip_unless_forced_and_start_takes_a_time() {
     let sub = Subscriber::start().await;
     let late = Subscriber::start().await;
-    let mesh = Cemesh::builder()
-        .channel("sled")
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                BROKER.to_owned(),
-                format!(
-                    "{}  delivery:\n    retry: 20\n    backoffPolicy: linear\n    backoffDelay: PT0.5S\n",
-                    trigger_yaml("t", "default", &sub.url(), &[])
-                ),
-            ]),
-        )
-        .start();
+    let mesh = sled_mesh(&[format!(
+        "{}  delivery:\n    retry: 20\n    backoffPolicy: linear\n    backoffDelay: PT0.5S\n",
+        trigger_yaml("t", "default", &sub.url(), &[])
+    )]);
     let url = mesh.broker_url("default", "default");
     send_all(&url, &batch("first", 50)).await;
     sub.wait_for(50, Duration::from_secs(20)).await;
@@ -337,16 +328,7 @@ async fn reset_cursor_moves_back_and_refuses_to_skip_unless_forced_and_start_tak
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_replay_requests_are_refused_naming_the_problem() {
     let sub = Subscriber::start().await;
-    let mesh = Cemesh::builder()
-        .channel("sled")
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                BROKER.to_owned(),
-                trigger_yaml("t", "default", &sub.url(), &[]),
-            ]),
-        )
-        .start();
+    let mesh = sled_mesh(&[trigger_yaml("t", "default", &sub.url(), &[])]);
     let c = client();
     let post = |path: &str, body: &str| {
         c.post(mesh.admin_url(path))
@@ -410,16 +392,7 @@ async fn replays_and_cursor_moves_over_grpc() {
         GetReplayRequest, ListReplaysRequest, ResetCursorRequest, StartReplayRequest,
     };
     let sub = Subscriber::start().await;
-    let mesh = Cemesh::builder()
-        .channel("sled")
-        .manifest(
-            "mesh.yaml",
-            &docs(&[
-                BROKER.to_owned(),
-                trigger_yaml("t", "default", &sub.url(), &[]),
-            ]),
-        )
-        .start();
+    let mesh = sled_mesh(&[trigger_yaml("t", "default", &sub.url(), &[])]);
     send_all(&mesh.broker_url("default", "default"), &batch("g", 20)).await;
     sub.wait_for(20, Duration::from_secs(20)).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
