@@ -14,7 +14,7 @@
 //! index cost a fraction of a tree's per-key work, and the journal is written for
 //! every event.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,8 +34,8 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub enum Entry {
     Accepted(Box<Accepted>),
-    Attempt(AttemptEntry),
-    Outcome(OutcomeEntry),
+    Attempt(Box<AttemptEntry>),
+    Outcome(Box<OutcomeEntry>),
 }
 
 impl Entry {
@@ -144,8 +144,7 @@ pub struct ReplyRef {
 pub struct JournalConfig {
     /// Entries older than this are forgotten.
     pub retention: Duration,
-    /// Disk the entries may take (RAM holds only an index: about 40 bytes an
-    /// entry).
+    /// Disk the entries may take (RAM holds only an index: 32 bytes an entry).
     pub max_bytes: u64,
 }
 
@@ -153,13 +152,13 @@ impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             retention: Duration::from_secs(3600),
-            max_bytes: 64 << 20,
+            max_bytes: 32 << 20,
         }
     }
 }
 
 /// Entries waiting for the writer at most; past it new ones are dropped.
-const QUEUE: usize = 65_536;
+const QUEUE: usize = 16_384;
 /// Entries written at once at most.
 const MAX_BATCH: usize = 8192;
 /// A segment file is closed past an eighth of the journal's size, within these.
@@ -185,12 +184,13 @@ struct Slot {
     offset: u64,
 }
 
+/// The index is the slots alone, scanned on a lookup (a few milliseconds for the
+/// hundreds of thousands of entries the default size holds): a hash map of them
+/// cost three times the RAM, and RAM is what a flood of small events is short of.
 #[derive(Debug, Default)]
 struct State {
     /// Every entry kept, oldest first.
     slots: VecDeque<Slot>,
-    /// Key to the places of its entries.
-    index: HashMap<u64, Vec<(i64, u64)>>,
     /// Segment start time to its file and size.
     segments: std::collections::BTreeMap<i64, (PathBuf, u64)>,
     disk_bytes: u64,
@@ -206,10 +206,6 @@ impl State {
     }
 
     fn push(&mut self, slot: Slot) {
-        self.index
-            .entry(slot.key)
-            .or_default()
-            .push((slot.segment, slot.offset));
         self.slots.push_back(slot);
     }
 
@@ -224,12 +220,6 @@ impl State {
                 break;
             }
             self.slots.pop_front();
-            if let Some(places) = self.index.get_mut(&front.key) {
-                places.retain(|p| *p != (front.segment, front.offset));
-                if places.is_empty() {
-                    self.index.remove(&front.key);
-                }
-            }
             let segment_done = self
                 .slots
                 .front()
@@ -296,14 +286,17 @@ impl JournalStore {
     /// Every entry of event `id` on `broker` (`namespace/name`), oldest first, with
     /// when it was written.
     pub fn lookup(&self, broker: &str, id: &str) -> Vec<(i64, Entry)> {
+        let k = key(broker, id);
         let places: Vec<(PathBuf, u64)> = {
             let st = self.lock();
-            let Some(places) = st.index.get(&key(broker, id)) else {
-                return Vec::new();
-            };
-            places
+            st.slots
                 .iter()
-                .filter_map(|(seg, off)| st.segments.get(seg).map(|(p, _)| (p.clone(), *off)))
+                .filter(|s| s.key == k)
+                .filter_map(|s| {
+                    st.segments
+                        .get(&s.segment)
+                        .map(|(p, _)| (p.clone(), s.offset))
+                })
                 .collect()
         };
         places
@@ -532,8 +525,8 @@ fn decode(record: &[u8]) -> Option<(i64, Entry)> {
                 event,
             }))
         }
-        Stored::Attempt(a) => Entry::Attempt(a),
-        Stored::Outcome(o) => Entry::Outcome(o),
+        Stored::Attempt(a) => Entry::Attempt(Box::new(a)),
+        Stored::Outcome(o) => Entry::Outcome(Box::new(o)),
     };
     Some((at, entry))
 }
@@ -595,7 +588,7 @@ mod tests {
     }
 
     fn attempt(broker: &str, id: &str, status: u16) -> Entry {
-        Entry::Attempt(AttemptEntry {
+        Entry::Attempt(Box::new(AttemptEntry {
             broker: broker.into(),
             trigger: "ns/t".into(),
             id: id.into(),
@@ -605,7 +598,7 @@ mod tests {
             status: Some(status),
             latency_us: 1200,
             error: None,
-        })
+        }))
     }
 
     fn wait_for(j: &JournalStore, broker: &str, id: &str, n: usize) -> Vec<(i64, Entry)> {

@@ -96,8 +96,8 @@ pub struct ServerConfig {
     pub sled_cache_size: Option<ByteSize>,
     /// How long the event journal keeps entries, e.g. `1h` (default).
     pub journal_retention: Option<crate::duration::HumaneDuration>,
-    /// RAM (and about as much disk) the event journal may take, e.g. `64MiB`
-    /// (default).
+    /// Disk the event journal's files may take, e.g. `32MiB` (default); RAM holds
+    /// an index of about 32 bytes an entry.
     pub journal_max_size: Option<ByteSize>,
     /// Request bytes the ingress works on at once, over all connections; requests
     /// past it wait their turn. Default 8 MiB.

@@ -249,19 +249,20 @@ pub async fn store(
     };
     if !events.is_empty() {
         let seen = crate::seen::EventTypes::capture(&events);
-        let journaled = broker.journal.as_ref().map(|j| {
-            (
-                j,
-                events
-                    .iter()
-                    .map(Event::attributes_only)
-                    .collect::<Vec<_>>(),
-            )
-        });
+        // Journaled before the append (the queue bounds what waits; a copy of a
+        // whole flood held across the append would not be), and marked refused if
+        // the append fails.
+        let journaled = broker
+            .journal
+            .as_ref()
+            .map(|j| journal_accepted(&**j, &broker.key, &events, via));
         let started = std::time::Instant::now();
         if let Err(e) = broker.channel.append(events).await {
             if let Some((d, reserved)) = reserved {
                 d.release(reserved);
+            }
+            if let (Some(j), Some(keys)) = (&broker.journal, journaled) {
+                journal_refused(&**j, &broker.key, &keys, &e.to_string());
             }
             return Err(e.into());
         }
@@ -270,29 +271,73 @@ pub async fn store(
         broker
             .event_types
             .record(seen, &cemesh_proto::knative::now_rfc3339());
-        if let Some((journal, events)) = journaled {
-            journal_accepted(&**journal, &broker.key, events, via);
-        }
     }
     Ok(count)
 }
 
-/// Records each stored event in the journal.
+/// Each event's id and source, packed: what marking them refused needs.
+struct Keys {
+    text: String,
+    /// Per event: where its id ends and its source ends in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+/// Records each event offered for storing in the journal.
 fn journal_accepted(
     journal: &dyn cemesh_channels::journal::Journal,
     key: &crate::BrokerKey,
-    events: Vec<Event>,
+    events: &[Event],
     via: &'static str,
-) {
+) -> Keys {
     use cemesh_channels::journal::{Accepted, Entry};
     let broker = format!("{}/{}", key.namespace, key.name);
     let at_ms = chrono::Utc::now().timestamp_millis();
+    let mut keys = Keys {
+        text: String::new(),
+        ends: Vec::with_capacity(events.len()),
+    };
     for event in events {
+        keys.text.push_str(&event.id);
+        let id_end = keys.text.len() as u32;
+        keys.text.push_str(&event.source);
+        keys.ends.push((id_end, keys.text.len() as u32));
         journal.record(Entry::Accepted(Box::new(Accepted {
             broker: broker.clone(),
             via: via.to_owned(),
             at_ms,
-            event,
+            event: event.attributes_only(),
         })));
+    }
+    keys
+}
+
+/// Marks events whose append failed as refused, with the reason.
+fn journal_refused(
+    journal: &dyn cemesh_channels::journal::Journal,
+    key: &crate::BrokerKey,
+    keys: &Keys,
+    reason: &str,
+) {
+    use cemesh_channels::journal::{Entry, OutcomeEntry};
+    let broker = format!("{}/{}", key.namespace, key.name);
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    let mut start = 0usize;
+    for (id_end, source_end) in &keys.ends {
+        let (id_end, source_end) = (*id_end as usize, *source_end as usize);
+        journal.record(Entry::Outcome(Box::new(OutcomeEntry {
+            broker: broker.clone(),
+            trigger: "(ingress)".into(),
+            id: keys.text[start..id_end].to_owned(),
+            source: keys.text[id_end..source_end].to_owned(),
+            at_ms,
+            outcome: "refused".into(),
+            reason: Some(format!(
+                "not stored, the producer was answered an error: {reason}"
+            )),
+            dead_letter: None,
+            replies: Vec::new(),
+            last_attempt: None,
+        })));
+        start = source_end;
     }
 }

@@ -936,13 +936,21 @@ pub(crate) async fn seek(
         {
             return Err(ChannelError::UnknownSubscription(name));
         }
-        let members = c
-            .fetch_group_list(Some(&group), timeout)
-            .map_err(|e| kafka_err(format!("describing consumer group {group}"), e))?
-            .groups()
-            .iter()
-            .find(|g| g.name() == group)
-            .map_or(0, |g| g.members().len());
+        // A member this process just closed may take a moment to leave.
+        let deadline = std::time::Instant::now() + LEAVE_WAIT;
+        let members = loop {
+            let members = c
+                .fetch_group_list(Some(&group), timeout)
+                .map_err(|e| kafka_err(format!("describing consumer group {group}"), e))?
+                .groups()
+                .iter()
+                .find(|g| g.name() == group)
+                .map_or(0, |g| g.members().len());
+            if members == 0 || std::time::Instant::now() >= deadline {
+                break members;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
         if members > 0 {
             return Err(group_busy(
                 &group,
@@ -979,6 +987,9 @@ pub(crate) async fn seek(
     })
     .await
 }
+
+/// How long `seek` waits for a group's members to leave before it refuses.
+const LEAVE_WAIT: Duration = Duration::from_secs(15);
 
 fn group_busy(group: &str, name: &str, why: &str) -> ChannelError {
     ChannelError::Storage(format!(

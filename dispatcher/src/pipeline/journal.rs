@@ -40,7 +40,7 @@ impl TriggerContext {
         error: Option<&str>,
     ) {
         let Some(journal) = &self.journal else { return };
-        journal.record(Entry::Attempt(AttemptEntry {
+        journal.record(Entry::Attempt(Box::new(AttemptEntry {
             broker: self.broker_key(),
             trigger: self.runtime.key.to_string(),
             id: event.id.clone(),
@@ -50,7 +50,7 @@ impl TriggerContext {
             status,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             error: error.map(str::to_owned),
-        }));
+        })));
     }
 
     /// Keeps the subscriber's successful attempt for the outcome's entry.
@@ -83,7 +83,7 @@ impl TriggerContext {
             ),
             Processed::Interrupted => return,
         };
-        journal.record(Entry::Outcome(OutcomeEntry {
+        journal.record(Entry::Outcome(Box::new(OutcomeEntry {
             broker: self.broker_key(),
             trigger: self.runtime.key.to_string(),
             id: event.id.clone(),
@@ -94,7 +94,7 @@ impl TriggerContext {
             dead_letter,
             replies: Vec::new(),
             last_attempt: SUCCESS.try_with(|s| s.borrow_mut().take()).ok().flatten(),
-        }));
+        })));
     }
 
     /// The replies a delivery of `original` produced, appended to `to`
@@ -110,7 +110,7 @@ impl TriggerContext {
                 broker: to.clone(),
             })
             .collect();
-        journal.record(Entry::Outcome(OutcomeEntry {
+        journal.record(Entry::Outcome(Box::new(OutcomeEntry {
             broker: self.broker_key(),
             trigger: self.runtime.key.to_string(),
             id: original.id.clone(),
@@ -121,7 +121,7 @@ impl TriggerContext {
             dead_letter: None,
             replies: refs,
             last_attempt: None,
-        }));
+        })));
         if let Some(to) = to {
             let at_ms = now_ms();
             for r in replies {

@@ -210,8 +210,9 @@ async fn million_event_backlog_keeps_rss_bounded() {
 /// only trigger's subscriber down: the broker's RSS stays bounded (each batch is one
 /// sled key, `--max-pending-bytes` bounds the bodies worked on at once and
 /// `--sled-cache-size` the cache). Before batches were one key each, RSS grew with
-/// every stored event (past 1 GiB at a million); here it must stay under 320 MiB
-/// (a debug build: about 250 measured),
+/// every stored event (past 1 GiB at a million); here it must stay under 352 MiB
+/// (a debug build: about 250 measured before the event journal, whose bounded queue
+/// and index add up to about 30 MiB),
 /// every batch is answered (202, or 429/503 with Retry-After, never a 5xx), and the
 /// memory goes back down once the load stops.
 #[tokio::test(flavor = "multi_thread")]
@@ -308,8 +309,8 @@ async fn a_batch_flood_keeps_rss_bounded() {
         "{codes:?}"
     );
     assert!(
-        peak < 320 * 1024,
-        "peak RSS {} MiB over 320 MiB",
+        peak < 352 * 1024,
+        "peak RSS {} MiB over 352 MiB",
         peak / 1024
     );
 }
