@@ -39,7 +39,8 @@ pub enum Entry {
 }
 
 impl Entry {
-    fn broker(&self) -> &str {
+    /// `namespace/name` of the broker or channel the event is in.
+    pub fn broker(&self) -> &str {
         match self {
             Entry::Accepted(a) => &a.broker,
             Entry::Attempt(a) => &a.broker,
@@ -47,11 +48,19 @@ impl Entry {
         }
     }
 
-    fn id(&self) -> &str {
+    pub fn id(&self) -> &str {
         match self {
             Entry::Accepted(a) => &a.event.id,
             Entry::Attempt(a) => &a.id,
             Entry::Outcome(o) => &o.id,
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        match self {
+            Entry::Accepted(a) => &a.event.source,
+            Entry::Attempt(a) => &a.source,
+            Entry::Outcome(o) => &o.source,
         }
     }
 }

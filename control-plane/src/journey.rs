@@ -49,9 +49,9 @@ pub fn journey(
         .lookup(broker, id)
         .into_iter()
         .map(|(_, e)| e)
-        .filter(|e| source.is_none_or(|s| source_of(e) == s))
+        .filter(|e| source.is_none_or(|s| e.source() == s))
         .collect();
-    let mut sources: Vec<&str> = entries.iter().map(source_of).collect();
+    let mut sources: Vec<&str> = entries.iter().map(Entry::source).collect();
     sources.sort_unstable();
     sources.dedup();
     match sources.as_slice() {
@@ -111,14 +111,6 @@ pub fn journey(
         "triggers": per_trigger,
         "event": accepted.and_then(|a| serde_json::from_slice::<Value>(&cemesh_proto::json::encode_event(&a.event)).ok()),
     }))
-}
-
-fn source_of(e: &Entry) -> &str {
-    match e {
-        Entry::Accepted(a) => &a.event.source,
-        Entry::Attempt(a) => &a.source,
-        Entry::Outcome(o) => &o.source,
-    }
 }
 
 /// One trigger's part: matched or not, its attempts, replies and outcome.

@@ -430,10 +430,6 @@ impl Mesh {
         self
     }
 
-    pub fn journal(&self) -> Option<Arc<JournalStore>> {
-        self.journal.clone()
-    }
-
     fn journal_of(&self, broker: &BrokerDesired) -> Option<Arc<dyn Journal>> {
         match &self.journal {
             Some(j) if broker.journal => Some(j.clone() as Arc<dyn Journal>),

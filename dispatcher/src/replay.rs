@@ -73,18 +73,19 @@ pub struct Range {
 }
 
 impl Range {
+    /// Where the range ends in `from`'s partition (empty when `to` lacks it).
+    fn end_of(&self, from: &Position) -> u64 {
+        self.to
+            .iter()
+            .find(|e| e.partition == from.partition)
+            .map_or(from.offset, |e| e.offset)
+    }
+
     /// How many offsets the range covers.
     pub fn len(&self) -> u64 {
         self.from
             .iter()
-            .map(|p| {
-                let end = self
-                    .to
-                    .iter()
-                    .find(|e| e.partition == p.partition)
-                    .map_or(p.offset, |e| e.offset);
-                end.saturating_sub(p.offset)
-            })
+            .map(|p| self.end_of(p).saturating_sub(p.offset))
             .sum()
     }
 
@@ -126,15 +127,10 @@ impl Bounded {
             .from
             .iter()
             .map(|p| {
-                let end = range
-                    .to
-                    .iter()
-                    .find(|e| e.partition == p.partition)
-                    .map_or(p.offset, |e| e.offset);
                 let part = Part {
                     tracker: AckTracker::new(p.offset),
                     read: p.offset,
-                    end,
+                    end: range.end_of(p),
                 };
                 (p.partition, part)
             })

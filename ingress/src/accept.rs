@@ -290,7 +290,7 @@ fn journal_accepted(
     via: &'static str,
 ) -> Keys {
     use cemesh_channels::journal::{Accepted, Entry};
-    let broker = format!("{}/{}", key.namespace, key.name);
+    let broker = key.to_string();
     let at_ms = chrono::Utc::now().timestamp_millis();
     let mut keys = Keys {
         text: String::new(),
@@ -319,7 +319,7 @@ fn journal_refused(
     reason: &str,
 ) {
     use cemesh_channels::journal::{Entry, OutcomeEntry};
-    let broker = format!("{}/{}", key.namespace, key.name);
+    let broker = key.to_string();
     let at_ms = chrono::Utc::now().timestamp_millis();
     let mut start = 0usize;
     for (id_end, source_end) in &keys.ends {
