@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use bytes::Bytes;
+use cemesh_channels::journal::{EntryRef, Journal, Name, OutcomeRef};
 use cemesh_proto::http::{DecodeError, HeaderBudget};
 use cemesh_proto::{knative, metric_names as names, Event, EventError};
 use http::{header, HeaderMap};
@@ -284,14 +285,17 @@ struct Keys {
 
 /// Records each event offered for storing in the journal.
 fn journal_accepted(
-    journal: &dyn cemesh_channels::journal::Journal,
+    journal: &dyn Journal,
     key: &crate::BrokerKey,
     events: &[Event],
     via: &'static str,
 ) -> Keys {
-    use cemesh_channels::journal::{Accepted, Entry};
-    let broker = key.to_string();
-    let at_ms = chrono::Utc::now().timestamp_millis();
+    journal.record(EntryRef::Accepted {
+        broker: Name::new(&key.namespace, &key.name),
+        via,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        events,
+    });
     let mut keys = Keys {
         text: String::new(),
         ends: Vec::with_capacity(events.len()),
@@ -301,43 +305,31 @@ fn journal_accepted(
         let id_end = keys.text.len() as u32;
         keys.text.push_str(&event.source);
         keys.ends.push((id_end, keys.text.len() as u32));
-        journal.record(Entry::Accepted(Box::new(Accepted {
-            broker: broker.clone(),
-            via: via.to_owned(),
-            at_ms,
-            event: event.attributes_only(),
-        })));
     }
     keys
 }
 
 /// Marks events whose append failed as refused, with the reason.
-fn journal_refused(
-    journal: &dyn cemesh_channels::journal::Journal,
-    key: &crate::BrokerKey,
-    keys: &Keys,
-    reason: &str,
-) {
-    use cemesh_channels::journal::{Entry, OutcomeEntry};
-    let broker = key.to_string();
+fn journal_refused(journal: &dyn Journal, key: &crate::BrokerKey, keys: &Keys, reason: &str) {
+    let broker = Name::new(&key.namespace, &key.name);
     let at_ms = chrono::Utc::now().timestamp_millis();
+    let reason = format!("not stored, the producer was answered an error: {reason}");
     let mut start = 0usize;
     for (id_end, source_end) in &keys.ends {
         let (id_end, source_end) = (*id_end as usize, *source_end as usize);
-        journal.record(Entry::Outcome(Box::new(OutcomeEntry {
-            broker: broker.clone(),
-            trigger: "(ingress)".into(),
-            id: keys.text[start..id_end].to_owned(),
-            source: keys.text[id_end..source_end].to_owned(),
+        journal.record(EntryRef::Outcome(&OutcomeRef {
+            broker,
+            trigger: Name::new("", "(ingress)"),
+            id: &keys.text[start..id_end],
+            source: &keys.text[id_end..source_end],
             at_ms,
-            outcome: "refused".into(),
-            reason: Some(format!(
-                "not stored, the producer was answered an error: {reason}"
-            )),
+            outcome: "refused",
+            reason: Some(&reason),
             dead_letter: None,
-            replies: Vec::new(),
             last_attempt: None,
-        })));
+            replies: &[],
+            replies_to: None,
+        }));
         start = source_end;
     }
 }

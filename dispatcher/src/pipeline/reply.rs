@@ -102,7 +102,7 @@ impl TriggerContext {
                         ReplyTo::Local { namespace, name } => format!("{namespace}/{name}"),
                         _ => self.broker_key(),
                     };
-                    self.journal_replies(original, &replies, Some(to));
+                    self.journal_replies(original, &replies, &to);
                     return;
                 }
                 Err(ChannelError::Closed) => "the channel is closed or not running".to_owned(),

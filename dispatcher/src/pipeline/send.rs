@@ -126,7 +126,7 @@ impl TriggerContext {
             match &result {
                 // A subscriber's success is journaled with the outcome, in one entry.
                 Ok(s) if target == Target::Subscriber => {
-                    self.journal_success(url.as_str(), s.status, latency);
+                    self.journal_success(s.status, latency);
                 }
                 Ok(s) => self.journal_attempt(event, url.as_str(), Some(s.status), latency, None),
                 Err(f) => {

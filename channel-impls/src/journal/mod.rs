@@ -1,36 +1,42 @@
 //! The event journal: where each accepted event went, for "where is my event?"
 //! (`cemesh trace`, the dashboard's journey view).
 //!
-//! The ingress records each event it accepts, the dispatcher each delivery attempt
-//! and each outcome (with the replies it produced). Recording never waits: entries go
-//! through a bounded queue to one writer thread, and an entry that finds the queue
-//! full is dropped and counted rather than slow an event down. The writer keeps the
-//! entries in RAM, indexed by broker and event id, within a time and a size bound
-//! (the oldest go first), and appends them to segment files under the data dir, so a
-//! restart finds them again (what the last second wrote may be lost in a power cut:
-//! the files are not fsynced, the journal being a diagnosis aid, not the data).
+//! The ingress records each event it accepts, the dispatcher each failed delivery
+//! attempt and each outcome (with the successful attempt and the replies it produced).
+//! Recording never waits and never allocates: an entry is encoded straight from the
+//! borrowed event into one shared buffer ([`format`]), under a mutex held for that
+//! copy only; past [`PENDING_MAX`] bytes an entry is dropped and counted rather than
+//! slow an event down. One writer thread takes the buffer every [`IDLE`] (swapping in
+//! its spare, so neither side allocates in the steady state), appends it to segment
+//! files under the data dir and keeps an index in RAM (broker and id hashed, with
+//! where each entry is). Entries are forgotten past a time and a size bound, the
+//! oldest first. A restart reads the files again; what the last moments wrote may be
+//! lost in a power cut: the files are not fsynced, the journal being a diagnosis
+//! aid, not the data.
 //!
-//! Written by hand rather than with sled: an append-only file per few MiB and a hash
-//! index cost a fraction of a tree's per-key work, and the journal is written for
-//! every event.
+//! Written by hand rather than with sled: an append-only file per few MiB and a
+//! scanned index cost a fraction of a tree's per-key work, and the journal is
+//! written for every event.
+
+mod format;
 
 use std::collections::VecDeque;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use cemesh_proto::{codec, Event};
-use serde::{Deserialize, Serialize};
+use cemesh_proto::Event;
+
+pub use format::{AttemptRef, EntryRef, Name, OutcomeRef};
 
 /// Where the journal's entries go. The ingress and the dispatcher hold one.
 pub trait Journal: Send + Sync + std::fmt::Debug {
-    fn record(&self, entry: Entry);
+    fn record(&self, entry: EntryRef<'_>);
 }
 
-/// One thing that happened to an event.
+/// One thing that happened to an event, as read back.
 #[derive(Debug, Clone)]
 pub enum Entry {
     Accepted(Box<Accepted>),
@@ -75,7 +81,7 @@ fn key(broker: &str, id: &str) -> u64 {
     h.finish()
 }
 
-/// An event the ingress (or a reply) stored.
+/// An event the ingress (or a reply) stored: its attributes, not its data.
 #[derive(Debug, Clone)]
 pub struct Accepted {
     /// `namespace/name` of the broker or channel.
@@ -87,8 +93,7 @@ pub struct Accepted {
 }
 
 /// One delivery attempt of a trigger.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct AttemptEntry {
     pub broker: String,
     pub trigger: String,
@@ -98,37 +103,30 @@ pub struct AttemptEntry {
     pub destination: String,
     pub status: Option<u16>,
     pub latency_us: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 /// How a trigger finished with an event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct OutcomeEntry {
     pub broker: String,
     pub trigger: String,
     pub id: String,
     pub source: String,
     pub at_ms: i64,
-    /// `delivered` or `dead-lettered`.
+    /// `delivered`, `dead-lettered`, `replied` or `refused`.
     pub outcome: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The built-in dead-letter store's id, when it went there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replies: Vec<ReplyRef>,
     /// The attempt that delivered it, when it was delivered (one entry instead of
     /// two for the common case).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt: Option<LastAttempt>,
 }
 
 /// The successful attempt of a delivered event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct LastAttempt {
     pub destination: String,
     pub status: u16,
@@ -136,15 +134,12 @@ pub struct LastAttempt {
 }
 
 /// A reply event a delivery produced, and where it went.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct ReplyRef {
     pub id: String,
     pub source: String,
-    #[serde(rename = "type")]
     pub ty: String,
     /// `namespace/name` of the broker or channel it was appended to, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
 }
 
@@ -166,21 +161,26 @@ impl Default for JournalConfig {
     }
 }
 
-/// Entries waiting for the writer at most; past it new ones are dropped.
-const QUEUE: usize = 16_384;
-/// Entries written at once at most.
-const MAX_BATCH: usize = 8192;
+/// Bytes of entries waiting for the writer at most; past it new ones are dropped.
+pub const PENDING_MAX: usize = 4 << 20;
 /// A segment file is closed past an eighth of the journal's size, within these.
 const SEGMENT_BYTES: (u64, u64) = (4 << 10, 4 << 20);
-/// How long the writer sleeps when the queue is empty. It never blocks on the queue,
-/// so recording an entry never has to wake a thread.
-const IDLE: Duration = Duration::from_millis(20);
+/// How long the writer sleeps between rounds. It is never woken, so recording an
+/// entry never has to wake a thread.
+pub const IDLE: Duration = Duration::from_millis(20);
 
 /// The journal of a process: segment files, and an index of them in RAM.
 #[derive(Debug)]
 pub struct JournalStore {
-    tx: SyncSender<Entry>,
+    shared: Arc<Shared>,
     state: Arc<Mutex<State>>,
+}
+
+/// What the recorders and the writer share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Encoded records not written yet.
+    pending: Mutex<Vec<u8>>,
     dropped: AtomicU64,
 }
 
@@ -198,7 +198,7 @@ struct Slot {
 /// cost three times the RAM, and RAM is what a flood of small events is short of.
 #[derive(Debug, Default)]
 struct State {
-    /// Every entry kept, oldest first.
+    /// Every entry kept, in the order written.
     slots: VecDeque<Slot>,
     /// Segment start time to its file and size.
     segments: std::collections::BTreeMap<i64, (PathBuf, u64)>,
@@ -212,10 +212,6 @@ impl State {
             self.disk_bytes = self.disk_bytes + len - (*l).min(len);
             *l = len;
         }
-    }
-
-    fn push(&mut self, slot: Slot) {
-        self.slots.push_back(slot);
     }
 
     /// Forgets the oldest entries while past the bounds, and deletes each segment
@@ -245,55 +241,66 @@ impl State {
 
 impl JournalStore {
     /// Opens the journal in `dir` (created if needed), indexing what its files hold
-    /// within the bounds, and starts the writer thread.
+    /// within the bounds, and starts the writer thread. Files of another format
+    /// (an older cemesh's) are deleted.
     pub fn open(dir: &Path, config: JournalConfig) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let mut state = State::default();
         for (started, path) in segments(dir)? {
-            let mut len = 0;
-            for (offset, at, entry) in read_segment(&path) {
-                state.push(Slot {
+            let Some(records) = read_segment(&path) else {
+                tracing::info!(path = %path.display(), "Deleting an event journal file of an older format");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            for (offset, at, key) in records {
+                state.slots.push_back(Slot {
                     at_ms: at,
-                    key: key(entry.broker(), entry.id()),
+                    key,
                     segment: started,
                     offset,
                 });
-                len = offset;
             }
-            let len = std::fs::metadata(&path).map_or(len, |m| m.len());
+            let len = std::fs::metadata(&path)?.len();
             state.segments.insert(started, (path, len));
             state.disk_bytes += len;
         }
         state.trim(&config, now_ms(), None);
+        // A segment none of whose entries is kept (an empty one) goes too.
+        let kept: std::collections::BTreeSet<i64> = state.slots.iter().map(|s| s.segment).collect();
+        state.segments.retain(|start, (path, len)| {
+            let keep = kept.contains(start);
+            if !keep {
+                let _ = std::fs::remove_file(&*path);
+                state.disk_bytes = state.disk_bytes.saturating_sub(*len);
+            }
+            keep
+        });
         let state = Arc::new(Mutex::new(state));
-        let (tx, rx) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared::default());
         let writer = Writer {
             dir: dir.to_owned(),
             config,
             state: state.clone(),
             file: None,
         };
+        let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("cemesh-journal".into())
-            .spawn(move || writer.run(rx))?;
-        Ok(Arc::new(JournalStore {
-            tx,
-            state,
-            dropped: AtomicU64::new(0),
-        }))
+            .spawn(move || writer.run(weak))?;
+        Ok(Arc::new(JournalStore { shared, state }))
     }
 
     /// Entries dropped because the writer was behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+        self.shared.dropped.load(Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every entry of event `id` on `broker` (`namespace/name`), oldest first, with
-    /// when it was written.
+    /// Every entry of event `id` on `broker` (`namespace/name`), in the order they
+    /// were recorded, with when each happened.
     pub fn lookup(&self, broker: &str, id: &str) -> Vec<(i64, Entry)> {
         let k = key(broker, id);
         let places: Vec<(PathBuf, u64)> = {
@@ -317,14 +324,18 @@ impl JournalStore {
 }
 
 impl Journal for JournalStore {
-    fn record(&self, entry: Entry) {
-        match self.tx.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+    fn record(&self, entry: EntryRef<'_>) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= PENDING_MAX {
+            drop(pending);
+            self.shared.dropped.fetch_add(entry.count() as u64, Relaxed);
+            return;
         }
+        format::encode(&mut pending, &entry);
     }
 }
 
@@ -333,100 +344,92 @@ struct Writer {
     config: JournalConfig,
     state: Arc<Mutex<State>>,
     /// The segment being written: its start, the file, its length.
-    file: Option<(i64, BufWriter<std::fs::File>, u64)>,
+    file: Option<(i64, std::fs::File, u64)>,
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Entry>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut buf = Vec::with_capacity(1 << 20);
-        let mut slots = Vec::with_capacity(MAX_BATCH);
+    /// Takes what was recorded every [`IDLE`], until the store is dropped.
+    fn run(mut self, shared: Weak<Shared>) {
+        let mut spare = Vec::with_capacity(64 << 10);
+        let mut slots = Vec::new();
         loop {
-            loop {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-                }
-                if batch.len() >= MAX_BATCH {
-                    break;
-                }
-            }
-            if batch.is_empty() {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            std::mem::swap(
+                &mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()),
+                &mut spare,
+            );
+            drop(shared);
+            if spare.is_empty() {
                 std::thread::sleep(IDLE);
                 continue;
             }
             let now = now_ms();
-            if let Err(err) = self.write(now, &batch, &mut buf, &mut slots) {
+            if let Err(err) = self.write(now, &spare, &mut slots) {
                 tracing::warn!(error = %err, "Writing the event journal failed");
                 self.file = None;
                 slots.clear();
             }
-            batch.clear();
+            spare.clear();
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            for slot in slots.drain(..) {
-                st.push(slot);
-            }
+            st.slots.extend(slots.drain(..));
             if let Some((start, _, len)) = &self.file {
                 st.set_len(*start, *len);
             }
             let current = self.file.as_ref().map(|(s, ..)| *s);
             st.trim(&self.config, now, current);
+            drop(st);
+            std::thread::sleep(IDLE);
         }
     }
 
-    /// Appends a batch to the segment, one write per segment it fills (a new one
-    /// starts when this one is full), and says where each entry went.
-    fn write(
-        &mut self,
-        now: i64,
-        batch: &[Entry],
-        buf: &mut Vec<u8>,
-        slots: &mut Vec<Slot>,
-    ) -> std::io::Result<()> {
+    /// Appends encoded records to the segment, one write per segment they fill (a
+    /// new one starts when this one is full), and says where each went.
+    fn write(&mut self, now: i64, records: &[u8], slots: &mut Vec<Slot>) -> std::io::Result<()> {
         let segment_max = (self.config.max_bytes / 8).clamp(SEGMENT_BYTES.0, SEGMENT_BYTES.1);
-        buf.clear();
-        for e in batch {
+        let mut written = 0;
+        let mut at = 0;
+        while let Some(len) = records.get(at..at + 4) {
+            let len = 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
             let full = self
                 .file
                 .as_ref()
-                .is_none_or(|(_, _, n)| *n + buf.len() as u64 >= segment_max);
+                .is_none_or(|(_, _, n)| *n + (at - written) as u64 >= segment_max);
             if full {
-                self.flush(buf)?;
+                self.append(&records[written..at])?;
+                written = at;
                 self.rotate(now)?;
             }
             let Some((segment, _, n)) = &self.file else {
                 return Err(std::io::Error::other("no segment open"));
             };
-            let offset = *n + buf.len() as u64;
-            encode_into(buf, now, e);
-            slots.push(Slot {
-                at_ms: now,
-                key: key(e.broker(), e.id()),
-                segment: *segment,
-                offset,
-            });
+            if let Some((at_ms, broker, id)) = records.get(at + 4..at + len).and_then(format::peek)
+            {
+                slots.push(Slot {
+                    at_ms,
+                    key: key(broker, id),
+                    segment: *segment,
+                    offset: *n + (at - written) as u64,
+                });
+            }
+            at += len;
         }
-        self.flush(buf)
+        self.append(&records[written..])
     }
 
-    /// Writes what `buf` holds to the open segment.
-    fn flush(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    /// Writes records to the open segment.
+    fn append(&mut self, records: &[u8]) -> std::io::Result<()> {
         if let Some((_, f, n)) = &mut self.file {
-            f.write_all(buf)?;
-            f.flush()?;
-            *n += buf.len() as u64;
+            f.write_all(records)?;
+            *n += records.len() as u64;
         }
-        buf.clear();
         Ok(())
     }
 
     /// Starts a new segment, named by when it starts.
     fn rotate(&mut self, now: i64) -> std::io::Result<()> {
-        let previous = self.file.take().map(|(s, mut f, len)| {
-            let _ = f.flush();
-            (s, len)
-        });
+        let previous = self.file.take().map(|(s, _, len)| (s, len));
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, len)) = previous {
             st.set_len(s, len);
@@ -435,12 +438,16 @@ impl Writer {
         let previous = previous.map(|(s, _)| s);
         let start = previous.map_or(now, |p| now.max(p + 1));
         let path = self.dir.join(format!("{start:016}.journal"));
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)?;
-        let len = file.metadata()?.len();
-        self.file = Some((start, BufWriter::with_capacity(64 << 10, file), len));
+        let mut len = file.metadata()?.len();
+        if len == 0 {
+            file.write_all(format::MAGIC)?;
+            len = format::MAGIC.len() as u64;
+        }
+        self.file = Some((start, file, len));
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.segments.entry(start).or_insert((path, len));
         Ok(())
@@ -466,103 +473,30 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(i64, PathBuf)>> {
     Ok(v)
 }
 
-/// The header of a stored entry: what is not the event.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum Stored {
-    Accepted {
-        broker: String,
-        via: String,
-        at_ms: i64,
-    },
-    Attempt(AttemptEntry),
-    Outcome(OutcomeEntry),
-}
-
-/// What [`Stored`] holds, borrowed from an entry: written without copying it.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-enum StoredRef<'a> {
-    Accepted {
-        broker: &'a str,
-        via: &'a str,
-        at_ms: i64,
-    },
-    Attempt(&'a AttemptEntry),
-    Outcome(&'a OutcomeEntry),
-}
-
-/// Appends one record to `out`: `[u32 length]` then `[u64 written at][u32 header
-/// length][header JSON][event protobuf]`.
-fn encode_into(out: &mut Vec<u8>, now: i64, e: &Entry) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&now.to_be_bytes());
-    let header_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let header = match e {
-        Entry::Accepted(a) => StoredRef::Accepted {
-            broker: &a.broker,
-            via: &a.via,
-            at_ms: a.at_ms,
-        },
-        Entry::Attempt(a) => StoredRef::Attempt(a),
-        Entry::Outcome(o) => StoredRef::Outcome(o),
-    };
-    let _ = serde_json::to_writer(&mut *out, &header);
-    let header_len = (out.len() - header_at - 4) as u32;
-    out[header_at..header_at + 4].copy_from_slice(&header_len.to_be_bytes());
-    if let Entry::Accepted(a) = e {
-        out.extend_from_slice(&codec::encode(&a.event));
-    }
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-fn decode(record: &[u8]) -> Option<(i64, Entry)> {
-    let at = i64::from_be_bytes(record.get(..8)?.try_into().ok()?);
-    let len = u32::from_be_bytes(record.get(8..12)?.try_into().ok()?) as usize;
-    let header: Stored = serde_json::from_slice(record.get(12..12 + len)?).ok()?;
-    let entry = match header {
-        Stored::Accepted { broker, via, at_ms } => {
-            let event =
-                codec::decode(&bytes::Bytes::copy_from_slice(record.get(12 + len..)?)).ok()?;
-            Entry::Accepted(Box::new(Accepted {
-                broker,
-                via,
-                at_ms,
-                event,
-            }))
-        }
-        Stored::Attempt(a) => Entry::Attempt(Box::new(a)),
-        Stored::Outcome(o) => Entry::Outcome(Box::new(o)),
-    };
-    Some((at, entry))
-}
-
-/// A segment's entries with their offsets; a torn or damaged tail ends the read.
-fn read_segment(path: &Path) -> Vec<(u64, i64, Entry)> {
+/// A segment's records: offset, time and index key; a torn or damaged tail ends
+/// the read. `None` for a file of another format.
+fn read_segment(path: &Path) -> Option<Vec<(u64, i64, u64)>> {
     let mut bytes = Vec::new();
-    if std::fs::File::open(path)
+    std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .is_err()
-    {
-        return Vec::new();
+        .ok()?;
+    if !bytes.starts_with(format::MAGIC) {
+        return None;
     }
     let mut out = Vec::new();
-    let mut at = 0;
+    let mut at = format::MAGIC.len();
     while let Some(len) = bytes.get(at..at + 4) {
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let Some(record) = bytes.get(at + 4..at + 4 + len) else {
+        let Some(body) = bytes.get(at + 4..at + 4 + len) else {
             break;
         };
-        match decode(record) {
-            Some((t, e)) => out.push((at as u64, t, e)),
+        match format::peek(body) {
+            Some((t, broker, id)) => out.push((at as u64, t, key(broker, id))),
             None => break,
         }
         at += 4 + len;
     }
-    out
+    Some(out)
 }
 
 /// The entry at `offset` of a segment.
@@ -572,9 +506,9 @@ fn read_at(path: &Path, offset: u64) -> Option<(i64, Entry)> {
     f.seek(SeekFrom::Start(offset)).ok()?;
     let mut len = [0u8; 4];
     f.read_exact(&mut len).ok()?;
-    let mut record = vec![0u8; u32::from_be_bytes(len) as usize];
-    f.read_exact(&mut record).ok()?;
-    decode(&record)
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    f.read_exact(&mut body).ok()?;
+    format::decode(&body)
 }
 
 fn now_ms() -> i64 {
@@ -587,27 +521,27 @@ fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
-    fn accepted(broker: &str, id: &str) -> Entry {
-        Entry::Accepted(Box::new(Accepted {
-            broker: broker.into(),
-            via: "http-binary".into(),
+    fn accepted(j: &JournalStore, broker: &str, id: &str) {
+        j.record(EntryRef::Accepted {
+            broker: Name::parse(broker),
+            via: "http-binary",
             at_ms: now_ms(),
-            event: Event::new(id, "/s", "t"),
-        }))
+            events: &[Event::new(id, "/s", "t")],
+        });
     }
 
-    fn attempt(broker: &str, id: &str, status: u16) -> Entry {
-        Entry::Attempt(Box::new(AttemptEntry {
-            broker: broker.into(),
-            trigger: "ns/t".into(),
-            id: id.into(),
-            source: "/s".into(),
+    fn attempt(j: &JournalStore, broker: &str, id: &str, status: u16) {
+        j.record(EntryRef::Attempt(&AttemptRef {
+            broker: Name::parse(broker),
+            trigger: Name::new("ns", "t"),
+            id,
+            source: "/s",
             at_ms: now_ms(),
-            destination: "http://x".into(),
+            destination: "http://x",
             status: Some(status),
             latency_us: 1200,
             error: None,
-        }))
+        }));
     }
 
     fn wait_for(j: &JournalStore, broker: &str, id: &str, n: usize) -> Vec<(i64, Entry)> {
@@ -625,16 +559,16 @@ mod tests {
     fn entries_are_found_by_broker_and_id_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let j = JournalStore::open(dir.path(), JournalConfig::default()).unwrap();
-        j.record(accepted("ns/b", "e1"));
-        j.record(attempt("ns/b", "e1", 503));
-        j.record(attempt("ns/b", "e1", 200));
-        j.record(accepted("ns/other", "e1"));
+        accepted(&j, "ns/b", "e1");
+        attempt(&j, "ns/b", "e1", 503);
+        attempt(&j, "ns/b", "e1", 200);
+        accepted(&j, "ns/other", "e1");
         let got = wait_for(&j, "ns/b", "e1", 3);
         assert_eq!(got.len(), 3);
         assert!(matches!(&got[2].1, Entry::Attempt(a) if a.status == Some(200)));
         // Flushed within a second; a new process reads the files.
         std::thread::sleep(Duration::from_millis(1300));
-        j.record(accepted("ns/b", "flush"));
+        accepted(&j, "ns/b", "flush");
         std::thread::sleep(Duration::from_millis(1300));
         let again = JournalStore::open(dir.path(), JournalConfig::default()).unwrap();
         let got = again.lookup("ns/b", "e1");
@@ -651,7 +585,7 @@ mod tests {
         };
         let j = JournalStore::open(dir.path(), config).unwrap();
         for i in 0..2000 {
-            j.record(accepted("ns/b", &format!("e{i}")));
+            accepted(&j, "ns/b", &format!("e{i}"));
         }
         wait_for(&j, "ns/b", "e1999", 1);
         assert!(j.lookup("ns/b", "e0").is_empty(), "the oldest went first");
@@ -661,6 +595,53 @@ mod tests {
             st.disk_bytes <= config.max_bytes + config.max_bytes / 8 + 1024,
             "{}",
             st.disk_bytes
+        );
+    }
+
+    #[test]
+    fn files_of_an_older_format_and_a_torn_tail_are_handled_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("0000001700000000.journal");
+        std::fs::write(&old, b"\0\0\0\x10{\"json\": \"header\"}").unwrap();
+        let j = JournalStore::open(dir.path(), JournalConfig::default()).unwrap();
+        assert!(!old.exists(), "an older format's file is deleted");
+        accepted(&j, "ns/b", "e1");
+        accepted(&j, "ns/b", "e2");
+        wait_for(&j, "ns/b", "e2", 1);
+        drop(j);
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 3).unwrap();
+        let again = JournalStore::open(dir.path(), JournalConfig::default()).unwrap();
+        assert_eq!(again.lookup("ns/b", "e1").len(), 1);
+        assert!(
+            again.lookup("ns/b", "e2").is_empty(),
+            "the torn record is not read"
+        );
+    }
+
+    #[test]
+    fn recording_past_the_pending_bound_drops_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalStore::open(dir.path(), JournalConfig::default()).unwrap();
+        let mut e = Event::new("big", "/s", "t");
+        e.subject = Some("x".repeat(16 << 10));
+        let events = vec![e; 64];
+        let mut recorded = 0;
+        while j.dropped() == 0 && recorded < 100_000 {
+            j.record(EntryRef::Accepted {
+                broker: Name::new("ns", "b"),
+                via: "http-batch",
+                at_ms: now_ms(),
+                events: &events,
+            });
+            recorded += 64;
+        }
+        assert!(j.dropped() > 0, "1 GiB recorded without one drop");
+        assert!(
+            j.shared.pending.lock().unwrap().len() < PENDING_MAX + 64 * (17 << 10),
+            "the pending buffer stays bounded"
         );
     }
 }
