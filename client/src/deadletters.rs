@@ -75,7 +75,7 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
                 .call(
                     http::Method::POST,
                     &format!("{}:redrive?wait=true", base(&trigger)?),
-                    Some(json!({ "ids": ids })),
+                    Some(redrive_body(&ids)),
                 )
                 .await?;
             print_outcomes(&answer);
@@ -85,7 +85,7 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
                 .call(
                     http::Method::POST,
                     &format!("{}:redrive", base(&trigger)?),
-                    Some(json!({ "ids": ids })),
+                    Some(redrive_body(&ids)),
                 )
                 .await?;
             if sidecar {
@@ -177,4 +177,13 @@ fn print_table(page: &Value) {
         &rows,
     );
     println!("{} of {} shown", items.len(), page["total"]);
+}
+
+/// `{"ids": [..]}`, or `{"all": true}` when no id was named (an empty list is refused).
+fn redrive_body(ids: &[u64]) -> serde_json::Value {
+    if ids.is_empty() {
+        json!({ "all": true })
+    } else {
+        json!({ "ids": ids })
+    }
 }

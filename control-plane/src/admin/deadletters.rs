@@ -281,7 +281,9 @@ pub async fn purge(
 #[serde(deny_unknown_fields)]
 struct RedriveRequest {
     #[serde(default)]
-    ids: Vec<u64>,
+    ids: Option<Vec<u64>>,
+    #[serde(default)]
+    all: bool,
 }
 
 /// `?wait=true`: answer once every letter was redriven, with each one's outcome.
@@ -291,19 +293,33 @@ pub struct RedriveQuery {
     wait: bool,
 }
 
-/// The ids a redrive body names: `{"ids": [..]}`, or all (empty) when the body is
-/// empty. Shared with the sidecar's admin endpoint; the error is the message to send.
+/// The ids a redrive body names: `{"ids": [..]}`, or all (empty) for `{"all": true}`
+/// or no body. An empty list is refused rather than read as "all": a script whose
+/// selection came out empty must not redrive everything. Shared with the sidecar's
+/// admin endpoint; the error is the message to send.
 pub fn redrive_ids(body: &[u8]) -> Result<Vec<u64>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    serde_json::from_slice::<RedriveRequest>(body)
-        .map(|r| r.ids)
-        .map_err(|e| format!("body must be JSON like {{\"ids\": [1, 2]}} (or empty for all): {e}"))
+    let request = serde_json::from_slice::<RedriveRequest>(body).map_err(|e| {
+        format!("body must be JSON like {{\"ids\": [1, 2]}} or {{\"all\": true}}: {e}")
+    })?;
+    match (request.ids, request.all) {
+        (Some(_), true) => Err("name either ids or all, not both".to_owned()),
+        (None, true) => Ok(Vec::new()),
+        (Some(ids), false) if !ids.is_empty() => Ok(ids),
+        (Some(_), false) => Err(
+            "ids is empty: name at least one dead letter, or send {\"all\": true} to redrive every one"
+                .to_owned(),
+        ),
+        (None, false) => Err(
+            "name the dead letters to redrive ({\"ids\": [1, 2]}) or send {\"all\": true}".to_owned(),
+        ),
+    }
 }
 
-/// `POST ...deadletters:redrive` with an optional body `{"ids": [..]}` (all when
-/// absent or empty). Answers 202 with how many letters are being redriven, or with
+/// `POST ...deadletters:redrive` with a body `{"ids": [..]}` or `{"all": true}` (all
+/// when there is no body). Answers 202 with how many letters are being redriven, or with
 /// `?wait=true` 200 once all were, with each letter's outcome.
 pub async fn redrive(
     State(state): State<AdminState>,
@@ -417,4 +433,30 @@ pub(crate) async fn redrive_letters(
         running.push((redriven, task));
     }
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redrive_ids;
+
+    #[test]
+    fn a_redrive_names_its_letters_or_says_all_and_an_empty_list_is_refused() {
+        assert_eq!(redrive_ids(b"").unwrap(), Vec::<u64>::new());
+        assert_eq!(redrive_ids(b"{\"all\": true}").unwrap(), Vec::<u64>::new());
+        assert_eq!(redrive_ids(b"{\"ids\": [3, 1]}").unwrap(), vec![3, 1]);
+        let empty = redrive_ids(b"{\"ids\": []}").unwrap_err();
+        assert!(
+            empty.contains("ids is empty") && empty.contains("\"all\": true"),
+            "{empty}"
+        );
+        assert!(redrive_ids(b"{}")
+            .unwrap_err()
+            .contains("name the dead letters"));
+        assert!(redrive_ids(b"{\"ids\": [1], \"all\": true}")
+            .unwrap_err()
+            .contains("not both"));
+        assert!(redrive_ids(b"{\"id\": [1]}")
+            .unwrap_err()
+            .contains("unknown field"));
+    }
 }

@@ -293,6 +293,17 @@ impl Admin for AdminService {
             required("trigger", &req.trigger)?,
         )
         .map_err(dead_letter_status)?;
+        match (req.ids.is_empty(), req.all) {
+            (false, true) => {
+                return Err(Status::invalid_argument("name either ids or all, not both"))
+            }
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "ids is empty: name at least one dead letter, or set all to redrive every one",
+                ))
+            }
+            _ => {}
+        }
         let count = redrive_letters(ctx, &req.ids, self.background.clone())
             .await
             .map_err(dead_letter_status)?

@@ -640,6 +640,7 @@ async fn grpc_admin_manages_triggers_and_dead_letters() {
     let redrive = |ids: Vec<u64>| RedriveDeadLettersRequest {
         namespace: "default".into(),
         trigger: "api".into(),
+        all: ids.is_empty(),
         ids,
     };
     let e = admin
@@ -682,6 +683,18 @@ async fn grpc_admin_manages_triggers_and_dead_letters() {
         }
     };
     let page = wait_total(2).await;
+    // An empty list is not "all": it is refused, and nothing moves.
+    let e = admin
+        .redrive_dead_letters(RedriveDeadLettersRequest {
+            namespace: "default".into(),
+            trigger: "api".into(),
+            ids: Vec::new(),
+            all: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("ids is empty"), "{e:?}");
     let mut left: Vec<u64> = ids[1..].to_vec();
     left.sort_unstable();
     assert_eq!(page.items.iter().map(|l| l.id).collect::<Vec<_>>(), left);

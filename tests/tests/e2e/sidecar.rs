@@ -923,6 +923,16 @@ async fn refused_events_are_dead_lettered_in_the_sidecar() {
         text.contains(&id) && text.contains("1 of 1 shown"),
         "{text}"
     );
+    // An empty list is not "all": refused, naming the problem.
+    let resp = c
+        .post(sc.url("/v1/deadletters:redrive"))
+        .json(&serde_json::json!({"ids": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("ids is empty"), "{text}");
     // Redrive puts it back into the outbox (and, still refused, back here).
     let resp = c
         .post(sc.url("/v1/deadletters:redrive"))

@@ -115,7 +115,7 @@ export async function render(root, route, ctx) {
     if (!(await confirmDialog(text, 'Redrive'))) return;
     busy(true);
     say(all ? 'Redriving…' : `Redriving dead letter ${letters[0].id}…`, 'pending');
-    const a = await api(`${base}:redrive${all ? '' : '?wait=true'}`, { method: 'POST', body: { ids: all ? [] : letters.map((l) => l.id) } });
+    const a = await api(`${base}:redrive${all ? '' : '?wait=true'}`, { method: 'POST', body: all ? { all: true } : { ids: letters.map((l) => l.id) } });
     busy(false);
     if (!ctx.alive) return;
     if (!a.ok) say(`Redrive failed: ${a.error}`, 'bad', { outcome: 'error' });
