@@ -707,6 +707,7 @@ impl Mesh {
                     event_types: b.event_types.clone(),
                     dedup: b.dedup.clone(),
                     journal: self.journal_of(&b.desired),
+                    metrics: Default::default(),
                 };
                 (k.clone(), Arc::new(endpoint))
             })

@@ -271,7 +271,7 @@ pub async fn store(
             .record(started.elapsed().as_secs_f64());
         broker
             .event_types
-            .record(seen, &cemesh_proto::knative::now_rfc3339());
+            .record(seen, chrono::Utc::now().timestamp_millis());
     }
     Ok(count)
 }

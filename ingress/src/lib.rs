@@ -28,7 +28,8 @@ use tracing::Instrument;
 
 pub use error::{retry_after_secs, ErrorAnswer, IngressError};
 pub use routes::{
-    AnyBinary, BinaryDelivery, BrokerEndpoint, BrokerKey, Routes, DEFAULT_MAX_PENDING_BYTES,
+    AnyBinary, BinaryDelivery, BrokerEndpoint, BrokerKey, EndpointMetrics, Routes,
+    DEFAULT_MAX_PENDING_BYTES,
 };
 
 /// The extension the ingress stamps on every event it accepts.
@@ -57,9 +58,9 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
     );
     let started = std::time::Instant::now();
     // Label metrics with known brokers only: paths are the client's to choose.
-    let broker = parse_path(req.uri().path())
+    let endpoint = parse_path(req.uri().path())
         .ok()
-        .filter(|k| routes.get(k).is_some());
+        .and_then(|k| routes.get(&k));
     async move {
         let result = dispatch(&routes, req).await;
         let (resp, events) = match result {
@@ -72,19 +73,19 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
         let status = resp.status().as_u16();
         tracing::Span::current().record("status", status);
         // A request that carried no event (the webhook handshake, an empty batch)
-        // counts nothing; `result` follows the code, so no series pairs `refused`
-        // with a 2xx code.
-        if let Some(key) = broker.filter(|_| events > 0) {
-            let accepted = resp.status().is_success();
-            let labels = [
-                ("namespace_name", key.namespace.clone()),
-                ("broker_name", key.name.clone()),
-                ("result", if accepted { "accepted" } else { "refused" }.to_owned()),
-                ("response_code", status.to_string()),
-                ("response_code_class", names::status_class(Some(status)).to_owned()),
-            ];
-            metrics::counter!(names::INGRESS_EVENTS, &labels).increment(events as u64);
-            metrics::histogram!(names::INGRESS_REQUEST_DURATION, "namespace_name" => key.namespace, "broker_name" => key.name)
+        // counts nothing.
+        if let Some(ep) = endpoint.filter(|_| events > 0) {
+            if status == 202 {
+                ep.metrics.accepted(&ep.key).increment(events as u64);
+            } else {
+                metrics::counter!(
+                    names::INGRESS_EVENTS,
+                    &routes::ingress_labels(&ep.key, status)
+                )
+                .increment(events as u64);
+            }
+            ep.metrics
+                .duration(&ep.key)
                 .record(started.elapsed().as_secs_f64());
         }
         resp

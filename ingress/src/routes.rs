@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use cemesh_channels::Channel;
 use cemesh_proto::http::HeaderBudget;
-use cemesh_proto::Event;
+use cemesh_proto::{metric_names as names, Event};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Access, Authenticator};
@@ -60,6 +60,50 @@ pub struct BrokerEndpoint {
     pub dedup: Option<Arc<crate::dedup::Dedup>>,
     /// Where accepted events are journaled, unless `cemesh.dev/journal: off`.
     pub journal: Option<Arc<dyn cemesh_channels::journal::Journal>>,
+    /// Its metric handles for the common answers.
+    pub metrics: EndpointMetrics,
+}
+
+/// A broker's ingress metrics for the common case (accepted, `202`), registered on
+/// first use: their labels are built and looked up once, not on every request.
+#[derive(Debug, Default)]
+pub struct EndpointMetrics {
+    accepted: std::sync::OnceLock<metrics::Counter>,
+    duration: std::sync::OnceLock<metrics::Histogram>,
+}
+
+impl EndpointMetrics {
+    /// `cemesh_ingress_events_total` of answers `202`.
+    pub(crate) fn accepted(&self, key: &BrokerKey) -> &metrics::Counter {
+        self.accepted
+            .get_or_init(|| metrics::counter!(names::INGRESS_EVENTS, &ingress_labels(key, 202)))
+    }
+
+    pub(crate) fn duration(&self, key: &BrokerKey) -> &metrics::Histogram {
+        self.duration.get_or_init(|| {
+            metrics::histogram!(names::INGRESS_REQUEST_DURATION,
+                "namespace_name" => key.namespace.clone(), "broker_name" => key.name.clone())
+        })
+    }
+}
+
+/// The labels of `cemesh_ingress_events_total` for an answer with `status`: `result`
+/// follows the code, so no series pairs `refused` with a 2xx code.
+pub(crate) fn ingress_labels(key: &BrokerKey, status: u16) -> [(&'static str, String); 5] {
+    let accepted = (200..300).contains(&status);
+    [
+        ("namespace_name", key.namespace.clone()),
+        ("broker_name", key.name.clone()),
+        (
+            "result",
+            if accepted { "accepted" } else { "refused" }.to_owned(),
+        ),
+        ("response_code", status.to_string()),
+        (
+            "response_code_class",
+            names::status_class(Some(status)).to_owned(),
+        ),
+    ]
 }
 
 /// Whether some subscriber could get an event in binary-mode HTTP. The control plane

@@ -32,9 +32,17 @@ pub struct SeenType {
 #[derive(Debug)]
 struct Entry {
     dataschema: Option<String>,
+    /// RFC 3339, written once.
     first: String,
-    last: String,
+    /// Milliseconds since the epoch: set on every request, so not formatted there.
+    last_ms: i64,
     count: u64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// type → source → entry: lookups by `&str`, allocation only for a new pair.
@@ -89,13 +97,13 @@ impl EventTypes {
         Captured(out)
     }
 
-    /// Records what was captured, at `now` (RFC 3339).
-    pub fn record(&self, captured: Captured, now: &str) {
+    /// Records what was captured, at `now_ms` (milliseconds since the epoch).
+    pub fn record(&self, captured: Captured, now_ms: i64) {
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
         for (ty, source, dataschema, n) in captured.0 {
             if let Some(e) = pairs.by_type.get_mut(&ty).and_then(|m| m.get_mut(&source)) {
                 e.count += n;
-                now.clone_into(&mut e.last);
+                e.last_ms = now_ms;
                 if dataschema.is_some() {
                     e.dataschema = dataschema;
                 }
@@ -110,8 +118,8 @@ impl EventTypes {
                 source,
                 Entry {
                     dataschema,
-                    first: now.to_owned(),
-                    last: now.to_owned(),
+                    first: rfc3339(now_ms),
+                    last_ms: now_ms,
                     count: n,
                 },
             );
@@ -131,7 +139,7 @@ impl EventTypes {
                     source: source.clone(),
                     dataschema: e.dataschema.clone(),
                     first_seen: e.first.clone(),
-                    last_seen: e.last.clone(),
+                    last_seen: rfc3339(e.last_ms),
                     count: e.count,
                 })
             })
@@ -161,9 +169,10 @@ impl EventTypes {
             sources.insert(
                 s.source,
                 Entry {
+                    last_ms: chrono::DateTime::parse_from_rfc3339(&s.last_seen)
+                        .map_or(0, |t| t.timestamp_millis()),
                     dataschema: s.dataschema,
                     first: s.first_seen,
-                    last: s.last_seen,
                     count: s.count,
                 },
             );
@@ -184,18 +193,19 @@ mod tests {
     fn pairs_are_counted_and_bounded() {
         let t = EventTypes::new(2);
         let ev = |ty: &str, src: &str| Event::new("1", src, ty);
+        let (t1, t2) = (1_796_000_000_000, 1_796_000_001_500);
         t.record(
             EventTypes::capture(&[ev("a", "/x"), ev("a", "/x"), ev("b", "/x")]),
-            "t1",
+            t1,
         );
-        t.record(EventTypes::capture(&[ev("a", "/x")]), "t2");
-        t.record(EventTypes::capture(&[ev("c", "/y"), ev("c", "/z")]), "t3");
+        t.record(EventTypes::capture(&[ev("a", "/x")]), t2);
+        t.record(EventTypes::capture(&[ev("c", "/y"), ev("c", "/z")]), t2);
         let list = t.list();
         assert_eq!(list.len(), 2);
         assert_eq!((list[0].ty.as_str(), list[0].count), ("a", 3));
         assert_eq!(
             (list[0].first_seen.as_str(), list[0].last_seen.as_str()),
-            ("t1", "t2")
+            ("2026-11-30T00:53:20.000Z", "2026-11-30T00:53:21.500Z")
         );
         assert_eq!(t.overflow(), 2);
         let again = EventTypes::new(2);

@@ -120,6 +120,7 @@ impl Harness {
                 event_types: Arc::default(),
                 dedup: None,
                 journal: None,
+                metrics: Default::default(),
             }),
         )]));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

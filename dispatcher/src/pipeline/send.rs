@@ -88,7 +88,8 @@ impl TriggerContext {
                 _ => None,
             };
             cemesh_proto::trace::continue_from(&span, traceparent);
-            let at = knative::now_rfc3339();
+            // Formatted only for a failed attempt.
+            let at = chrono::Utc::now();
             let started = Instant::now();
             let result = match pool {
                 None => {
@@ -177,7 +178,7 @@ impl TriggerContext {
                     });
                     attempts.push((
                         Attempt {
-                            at,
+                            at: knative::rfc3339(at),
                             status: failure.status,
                             error: failure.error.clone(),
                             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
