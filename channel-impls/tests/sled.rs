@@ -447,8 +447,10 @@ async fn concurrent_appends_share_flushes() {
     let largest = store.largest_flush_group();
     println!("{flushes} flushes for 640 appends; the largest covered {largest}");
     // Without group commit every append has its own flush (640). How many share
-    // depends on the machine's load (279 to 492 measured on a busy 2-core one), so
-    // the count only has to show sharing; the largest group below is the real check.
+    // depends on the machine's load (279 to 492 measured on a busy 2-core one before
+    // rounds gathered the last round's producers; 20 on a quiet one then, 11 to 12
+    // since), so the count only has to show sharing; the largest group below is the
+    // real check.
     assert!(flushes < 640 * 7 / 8, "{flushes} flushes for 640 appends");
     // While one flush runs, the producers that append meanwhile all wait for the next
     // one: with 64 of them, some flush covers many (without group commit, each covers

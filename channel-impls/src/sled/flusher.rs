@@ -19,6 +19,10 @@ use super::config::Durability;
 use super::util::lock;
 use crate::ChannelError;
 
+/// How long a round may wait for the producers of the last one (see
+/// [`Flusher::gather`]); a fraction of one fsync here.
+const GATHER: Duration = Duration::from_micros(500);
+
 /// A channel's side of a round: writes the records of several appends, in order,
 /// as one atomic batch (implemented by each broker's log).
 pub(super) trait GroupWrite: Send + Sync {
@@ -71,6 +75,11 @@ struct FlushState {
     deadline: Option<Instant>,
     /// Appends for the next round.
     appends: Vec<Append>,
+    /// While the writer gathers a round: how many appends it waits for (an append
+    /// that brings the round to it wakes the writer; the ones before do not).
+    gathering: Option<usize>,
+    /// Appends the last round answered after its flush.
+    last_group: usize,
     shutdown: bool,
 }
 
@@ -97,6 +106,8 @@ impl Flusher {
                 writers: 0,
                 deadline: None,
                 appends: Vec::new(),
+                gathering: None,
+                last_group: 0,
                 shutdown: false,
             }),
             cv: Condvar::new(),
@@ -129,6 +140,9 @@ impl Flusher {
                 return;
             }
             st.appends.push(append);
+            if st.gathering.is_some_and(|want| st.appends.len() < want) {
+                return;
+            }
         }
         self.cv.notify_one();
     }
@@ -187,6 +201,7 @@ impl Flusher {
                         None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                     };
                 }
+                st = self.gather(st);
                 std::mem::take(&mut st.appends)
             };
             let (to_answer, interval) = write_round(appends);
@@ -232,10 +247,41 @@ impl Flusher {
                 }
                 answer = flush_answer(s);
             });
+            lock(&self.state).last_group = to_answer.len();
             for reply in to_answer {
                 let _ = reply.send(answer.clone());
             }
         }
+    }
+
+    /// Lets a round that started with fewer appends than the last one answered wait
+    /// up to [`GATHER`] for that many: the producers the last flush answered are
+    /// sending their next appends, and one flush for all of them costs a fraction
+    /// of one each (commit delay, as PostgreSQL's `commit_delay`). A lone producer
+    /// (a last group of one) never waits.
+    fn gather<'a>(
+        &self,
+        mut st: std::sync::MutexGuard<'a, FlushState>,
+    ) -> std::sync::MutexGuard<'a, FlushState> {
+        let want = st.last_group;
+        if st.appends.is_empty() || st.appends.len() >= want || st.shutdown {
+            return st;
+        }
+        let until = Instant::now() + GATHER;
+        st.gathering = Some(want);
+        while st.appends.len() < want && !st.shutdown {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        st.gathering = None;
+        st
     }
 
     /// Stops the thread once the queued appends are written and flushed.
