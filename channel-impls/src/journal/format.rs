@@ -244,33 +244,23 @@ fn put_name(out: &mut Vec<u8>, n: Name<'_>) {
 }
 
 fn put_value(out: &mut Vec<u8>, v: &AttributeValue) {
-    match v {
-        AttributeValue::Boolean(b) => out.extend_from_slice(&[0, u8::from(*b)]),
+    let (tag, text) = match v {
+        AttributeValue::Boolean(b) => return out.extend_from_slice(&[0, u8::from(*b)]),
         AttributeValue::Integer(i) => {
             out.push(1);
-            out.extend_from_slice(&i.to_be_bytes());
-        }
-        AttributeValue::String(s) => {
-            out.push(2);
-            put_str(out, s);
+            return out.extend_from_slice(&i.to_be_bytes());
         }
         AttributeValue::Binary(b) => {
             out.push(3);
-            put_bytes(out, b);
+            return put_bytes(out, b);
         }
-        AttributeValue::Uri(s) => {
-            out.push(4);
-            put_str(out, s);
-        }
-        AttributeValue::UriRef(s) => {
-            out.push(5);
-            put_str(out, s);
-        }
-        AttributeValue::Timestamp(s) => {
-            out.push(6);
-            put_str(out, s);
-        }
-    }
+        AttributeValue::String(s) => (2, s),
+        AttributeValue::Uri(s) => (4, s),
+        AttributeValue::UriRef(s) => (5, s),
+        AttributeValue::Timestamp(s) => (6, s),
+    };
+    out.push(tag);
+    put_str(out, text);
 }
 
 /// What the index needs of a record's body: when, and its broker and id.
@@ -379,24 +369,28 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
     fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
+        self.array().map(u8::from_be_bytes)
     }
 
     fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+        self.array().map(u16::from_be_bytes)
     }
 
     fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+        self.array().map(u32::from_be_bytes)
     }
 
     fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+        self.array().map(u64::from_be_bytes)
     }
 
     fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+        self.array().map(i64::from_be_bytes)
     }
 
     fn bytes(&mut self) -> Option<&'a [u8]> {
@@ -424,7 +418,7 @@ impl<'a> Reader<'a> {
     fn value(&mut self) -> Option<AttributeValue> {
         Some(match self.u8()? {
             0 => AttributeValue::Boolean(self.u8()? != 0),
-            1 => AttributeValue::Integer(i32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+            1 => AttributeValue::Integer(self.array().map(i32::from_be_bytes)?),
             2 => AttributeValue::String(self.string()?),
             3 => AttributeValue::Binary(bytes::Bytes::copy_from_slice(self.bytes()?)),
             4 => AttributeValue::Uri(self.string()?),
