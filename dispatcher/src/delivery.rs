@@ -338,7 +338,11 @@ fn client(roots: &[Vec<u8>], ca: Option<&crate::signing::CaCerts>) -> reqwest::C
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none());
+        .redirect(reqwest::redirect::Policy::none())
+        // Every attempt is the pipeline's to count and retry. reqwest's own retry of
+        // protocol NACKs would hide attempts, and preparing for it clones every
+        // request's headers.
+        .retry(reqwest::retry::never().max_retries_per_request(0));
     for der in roots {
         match reqwest::Certificate::from_der(der) {
             Ok(cert) => builder = builder.add_root_certificate(cert),

@@ -337,6 +337,8 @@ fn http_client(args: &SidecarArgs, to_mesh: bool) -> anyhow::Result<reqwest::Cli
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
+        // The forwarder and the relay count and retry their own attempts.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .tls_built_in_root_certs(https);
     cemesh_client::admin_client::configure(builder, &args.client, to_mesh)?
         .build()
