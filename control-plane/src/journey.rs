@@ -5,6 +5,7 @@
 //! trigger finished with it (delivered, dead-lettered, or still waiting).
 
 use cemesh_channels::journal::{Entry, JournalStore};
+use cemesh_proto::knative::rfc3339_millis as rfc3339;
 use serde_json::{json, Value};
 
 use crate::mesh::Registry;
@@ -27,12 +28,6 @@ pub enum JourneyError {
         id: String,
         sources: String,
     },
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The journey of event `id` (from `source`, when given) in `broker`

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use cemesh_proto::knative::rfc3339_millis as rfc3339;
 use cemesh_proto::Event;
 use serde::{Deserialize, Serialize};
 
@@ -37,12 +38,6 @@ struct Entry {
     /// Milliseconds since the epoch: set on every request, so not formatted there.
     last_ms: i64,
     count: u64,
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// type → source → entry: lookups by `&str`, allocation only for a new pair.

@@ -76,6 +76,14 @@ pub fn now_rfc3339() -> String {
     rfc3339(chrono::Utc::now())
 }
 
+/// `ms` (milliseconds since the epoch) in RFC 3339 with milliseconds, UTC
+/// (`2026-12-04T16:34:44.123Z`): how cemesh shows the times it keeps as numbers.
+pub fn rfc3339_millis(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// `t` in RFC 3339 with microseconds, UTC (`2026-12-04T16:34:44.123456Z`): written
 /// digit by digit, as it is stamped on every accepted event (chrono's formatter
 /// goes through `fmt` and costs several times more).

@@ -117,6 +117,12 @@ class Dashboard:
         return self.js("const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;"
                        " ", selector)
 
+    def pick(self, test, value, what):
+        """Selects `value` in the <select data-test=`test`> once the page offers it."""
+        self.wait(f"{value} in {what}",
+                  lambda: self.js(f"return [...document.querySelectorAll('[data-test={test}] option')].some(o => o.value === arguments[0])", value))
+        Select(self.driver.find_element(By.CSS_SELECTOR, q(test))).select_by_value(value)
+
     def click(self, selector, what=None):
         def go():
             els = self.driver.find_elements(By.CSS_SELECTOR, selector)
@@ -309,9 +315,7 @@ class Dashboard:
         name = a.deadletter_trigger
         self.route("deadletters", q("dl-trigger"), "the dead letters view")
         value = f"{a.namespace}/{name}"
-        self.wait(f"trigger {value} in the dead letters picker",
-                  lambda: self.js("return [...document.querySelectorAll('[data-test=dl-trigger] option')].some(o => o.value === arguments[0])", value))
-        Select(self.driver.find_element(By.CSS_SELECTOR, q("dl-trigger"))).select_by_value(value)
+        self.pick("dl-trigger", value, "the dead letters picker")
         row_sel = (f'{q("dl-row")}[data-event-id="{a.deadletter_event_id}"]' if a.deadletter_event_id else q("dl-row"))
 
         last_refresh = [time.time()]
@@ -359,10 +363,7 @@ class Dashboard:
     def tail(self):
         a = self.args
         self.route("tail", q("tail-broker"), "the live tail view")
-        value = f"{a.namespace}/{a.broker}"
-        self.wait(f"broker {value} in the tail picker",
-                  lambda: self.js("return [...document.querySelectorAll('[data-test=tail-broker] option')].some(o => o.value === arguments[0])", value))
-        Select(self.driver.find_element(By.CSS_SELECTOR, q("tail-broker"))).select_by_value(value)
+        self.pick("tail-broker", f"{a.namespace}/{a.broker}", "the tail picker")
         self.click(q("tail-start"), "the tail's start button")
         self.wait("the tail to be live", lambda: self.attr(q("tail-status"), "data-state") == "live")
         ev_id = self.post_event(ev_type=f"{a.event_type}.tail")

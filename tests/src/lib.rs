@@ -293,6 +293,15 @@ impl Cemesh {
         format!("http://{}{path}", self.admin)
     }
 
+    /// A connection to the gRPC listener (Publisher, Admin, ...).
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .expect("the gRPC address is a URI")
+            .connect()
+            .await
+            .expect("connect to the gRPC listener")
+    }
+
     /// Everything the broker logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()

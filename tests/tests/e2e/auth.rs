@@ -499,11 +499,7 @@ async fn jwts_from_a_configured_issuer_authenticate_senders() {
         use cemesh_proto::pb::cemesh::v1::publisher_client::PublisherClient;
         use cemesh_proto::pb::cemesh::v1::PublishRequest;
         let short = issuer.token("k1", claims(app, aud, JWT_ISSUER, now() as i64 - 2));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = mesh.grpc_channel().await;
         let (tx, rx) = futures::channel::mpsc::unbounded::<PublishRequest>();
         let mut request = tonic::Request::new(rx);
         request
@@ -676,11 +672,7 @@ async fn the_admin_api_takes_roles_and_an_open_one_stays_on_loopback() {
     assert_eq!(call(Method::DELETE, purge, None).await.0, 401);
 
     // gRPC Admin: the same roles.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = mesh.grpc_channel().await;
     let mut admin = AdminClient::new(channel);
     fn with<T>(token: Option<&str>, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);

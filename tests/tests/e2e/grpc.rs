@@ -463,11 +463,7 @@ async fn grpc_admin_manages_triggers_and_dead_letters() {
     sub.set_status(422);
     let mesh = mesh_with(&[broker_yaml("default")], &[]).await;
     let grpc = RawGrpc::new(mesh.grpc);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the gRPC listener");
+    let channel = mesh.grpc_channel().await;
     let mut admin = AdminClient::new(channel);
     let apply = |kind: ResourceKind, name: &str, manifest: String| ApplyResourceRequest {
         kind: kind as i32,

@@ -395,11 +395,7 @@ async fn replays_and_cursor_moves_over_grpc() {
     let mesh = sled_mesh(&[trigger_yaml("t", "default", &sub.url(), &[])]);
     send_all(&mesh.broker_url("default", "default"), &batch("g", 20)).await;
     sub.wait_for(20, Duration::from_secs(20)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = mesh.grpc_channel().await;
     let mut admin = AdminClient::new(channel);
     let start = |from: &str| StartReplayRequest {
         namespace: String::new(),
