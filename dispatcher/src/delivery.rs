@@ -181,12 +181,14 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// Sends events over a shared pool of keep-alive connections.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    client: crate::client::HttpClient,
     /// The CA certificates every client trusts besides the system's (DER).
     roots: std::sync::Arc<Vec<Vec<u8>>>,
     /// A client per destination `CACerts` bundle, built at its first use.
     with_ca: std::sync::Arc<
-        std::sync::Mutex<std::collections::HashMap<crate::signing::CaCerts, reqwest::Client>>,
+        std::sync::Mutex<
+            std::collections::HashMap<crate::signing::CaCerts, crate::client::HttpClient>,
+        >,
     >,
     /// Mints the JWTs of deliveries with an audience.
     tokens: Option<std::sync::Arc<dyn crate::signing::TokenSource>>,
@@ -208,7 +210,7 @@ impl Deliverer {
     /// ingress (a subscriber that is a Broker) verify.
     pub fn trusting(roots: &[Vec<u8>]) -> Self {
         Deliverer {
-            client: client(roots, None),
+            client: crate::client::HttpClient::new(roots, None),
             roots: std::sync::Arc::new(roots.to_vec()),
             with_ca: std::sync::Arc::default(),
             tokens: None,
@@ -217,14 +219,14 @@ impl Deliverer {
 
     /// The client for a destination: the shared one, or one that also trusts the
     /// destination's `CACerts`.
-    fn client_for(&self, ca: Option<&crate::signing::CaCerts>) -> reqwest::Client {
+    fn client_for(&self, ca: Option<&crate::signing::CaCerts>) -> crate::client::HttpClient {
         let Some(ca) = ca else {
             return self.client.clone();
         };
         let mut clients = self.with_ca.lock().unwrap_or_else(|p| p.into_inner());
         clients
             .entry(ca.clone())
-            .or_insert_with(|| client(&self.roots, Some(ca)))
+            .or_insert_with(|| crate::client::HttpClient::new(&self.roots, Some(ca)))
             .clone()
     }
 
@@ -293,22 +295,25 @@ impl Deliverer {
             );
         }
         let started = Instant::now();
-        let request = self
+        let answer = self
             .client_for(auth.ca_certs.as_ref())
-            .post(url.clone())
-            .headers(headers)
-            .body(body)
-            .timeout(timeout);
-        let resp = match request.send().await {
-            Ok(resp) => resp,
-            Err(e) => return Err(request_failure(&e, timeout, started)),
-        };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        // Read the whole body, so the connection goes back to the pool.
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Err(request_failure(&e, timeout, started)),
+            .post(url, headers, body, timeout)
+            .await;
+        let crate::client::Answer {
+            status,
+            headers,
+            body,
+        } = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                return Err(Failure {
+                    status: None,
+                    error: e.describe(timeout, started),
+                    body: Bytes::new(),
+                    retry_after: None,
+                    connect_failed: matches!(e, crate::client::SendError::Connect(_)),
+                })
+            }
         };
         if (200..300).contains(&status) {
             Ok(Success {
@@ -332,61 +337,7 @@ impl Deliverer {
     }
 }
 
-/// A pooled client trusting the system's roots, `roots` (DER) and `ca`.
-fn client(roots: &[Vec<u8>], ca: Option<&crate::signing::CaCerts>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        // Every attempt is the pipeline's to count and retry. reqwest's own retry of
-        // protocol NACKs would hide attempts, and preparing for it clones every
-        // request's headers.
-        .retry(reqwest::retry::never().max_retries_per_request(0));
-    for der in roots {
-        match reqwest::Certificate::from_der(der) {
-            Ok(cert) => builder = builder.add_root_certificate(cert),
-            Err(e) => {
-                tracing::warn!(error = %e, "A CA certificate was not usable; deliveries do not trust it")
-            }
-        }
-    }
-    for cert in ca.map(|c| c.certificates()).unwrap_or_default() {
-        builder = builder.add_root_certificate(cert);
-    }
-    builder.build().unwrap_or_default()
-}
-
-fn request_failure(e: &reqwest::Error, timeout: Duration, started: Instant) -> Failure {
-    let error = if e.is_timeout() {
-        format!("no answer within the {timeout:?} timeout")
-    } else if e.is_connect() {
-        format!("cannot connect: {}", root_cause(e))
-    } else {
-        format!(
-            "request failed after {:?}: {}",
-            started.elapsed(),
-            root_cause(e)
-        )
-    };
-    Failure {
-        status: None,
-        error,
-        body: Bytes::new(),
-        retry_after: None,
-        connect_failed: e.is_connect(),
-    }
-}
-
-/// The innermost error of a chain (reqwest's own message is often "error sending
-/// request"; the cause, e.g. "Connection refused", is what a user needs).
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
+pub use crate::client::root_cause;
 
 #[cfg(test)]
 mod tests {

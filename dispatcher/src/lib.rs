@@ -6,6 +6,7 @@
 //! arrives with its subscriber URL and a compiled filter, never a manifest.
 
 pub mod breaker;
+mod client;
 pub mod delivery;
 pub mod endpoint;
 pub mod filter;

@@ -58,6 +58,14 @@ impl CaCerts {
     pub fn certificates(&self) -> Vec<reqwest::Certificate> {
         reqwest::Certificate::from_pem_bundle(self.0.as_bytes()).unwrap_or_default()
     }
+
+    /// The certificates as DER (the unreadable ones left out; `parse` checked them).
+    pub fn certificate_ders(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::pem_slice_iter(self.0.as_bytes())
+            .filter_map(Result::ok)
+            .collect()
+    }
 }
 
 impl DeliveryAuth {

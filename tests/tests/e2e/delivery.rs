@@ -855,3 +855,79 @@ async fn a_producer_faster_than_delivery_is_held_back_with_429_and_loses_nothing
         assert_eq!(again.status(), 202, "{channel}");
     }
 }
+
+/// A forward proxy that answers every request itself: it keeps each request line
+/// (a proxied request names the whole target URL) and answers 200.
+async fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    kept.lock().unwrap().push(request_line.trim().to_owned());
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if stream.get_mut().write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, lines)
+}
+
+/// With `HTTP_PROXY` in the environment, deliveries go through that proxy (as
+/// Knative's dispatcher's do); the subscriber itself is never called.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_use_the_proxy_the_environment_names() {
+    let sub = Subscriber::start().await;
+    let (proxy, lines) = recording_proxy().await;
+    let mesh = Cemesh::builder()
+        .manifest(
+            "m.yaml",
+            &docs(&[
+                broker_yaml("default"),
+                trigger("t", &sub.url(), &[], &[], ""),
+            ]),
+        )
+        .env("HTTP_PROXY", &proxy)
+        .start();
+    send(&mesh, &event("via-proxy", "t")).await;
+    let deadline = Instant::now() + WAIT;
+    while lines.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the proxy saw nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = lines.lock().unwrap().clone();
+    assert_eq!(seen, [format!("POST {} HTTP/1.1", sub.url())]);
+    assert_eq!(sub.settle(Duration::from_millis(300)).await.len(), 0);
+}
