@@ -34,13 +34,14 @@ fn on_demand_config(dir: &Path, env: &[(&str, String)], extra: &str) -> PathBuf 
     path
 }
 
-/// A trigger whose subscriber is the `thumbs` service.
+/// A trigger whose subscriber is the `thumbs` service. An attempt left unanswered by
+/// a dying instance times out well within the tests' wait and is retried.
 fn on_demand_trigger(annotations: &[(&str, &str)]) -> String {
     let mut s = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: thumbs\n  annotations:\n    cemesh.dev/backoff-jitter: \"false\"\n".to_owned();
     for (k, v) in annotations {
         s.push_str(&format!("    {k}: \"{v}\"\n"));
     }
-    s.push_str("spec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: v1\n      kind: Service\n      name: thumbs\n  delivery:\n    retry: 8\n    backoffDelay: PT0.1S\n");
+    s.push_str("spec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: v1\n      kind: Service\n      name: thumbs\n  delivery:\n    retry: 8\n    backoffDelay: PT0.1S\n    timeout: PT5S\n");
     s
 }
 
