@@ -26,12 +26,17 @@ const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A destination's answer, body read whole (so the connection goes back to the pool).
+/// A destination's answer, body read whole (so the connection goes back to the pool)
+/// unless it is longer than the caller takes.
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub(crate) status: u16,
     pub(crate) headers: HeaderMap,
+    /// Empty when `over_limit`.
     pub(crate) body: Bytes,
+    /// The body was longer than `max_body`: not kept (and the connection, whose
+    /// body was not read to its end, not reused).
+    pub(crate) over_limit: bool,
 }
 
 /// Why no answer came.
@@ -108,13 +113,15 @@ impl HttpClient {
         HttpClient::Direct(Arc::new(client))
     }
 
-    /// POSTs `body` to `url` and reads the whole answer, all within `timeout`.
+    /// POSTs `body` to `url` and reads the answer, all within `timeout`; an answer
+    /// body longer than `max_body` is not kept.
     pub(crate) async fn post(
         &self,
         url: &reqwest::Url,
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
+        max_body: usize,
     ) -> Result<Answer, SendError> {
         match self {
             HttpClient::Direct(client) => {
@@ -135,16 +142,22 @@ impl HttpClient {
                         }
                     })?;
                     let (parts, body) = resp.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map_err(|e| SendError::Other(root_cause(&e)))?
-                        .to_bytes();
-                    Ok(Answer {
-                        status: parts.status.as_u16(),
-                        headers: parts.headers,
-                        body,
-                    })
+                    let status = parts.status.as_u16();
+                    if declared_len(&parts.headers).is_some_and(|n| n > max_body as u64) {
+                        return Ok(too_long(status, parts.headers));
+                    }
+                    match http_body_util::Limited::new(body, max_body).collect().await {
+                        Ok(body) => Ok(Answer {
+                            status,
+                            headers: parts.headers,
+                            body: body.to_bytes(),
+                            over_limit: false,
+                        }),
+                        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                            Ok(too_long(status, parts.headers))
+                        }
+                        Err(e) => Err(SendError::Other(root_cause(&*e))),
+                    }
                 };
                 tokio::time::timeout(timeout, exchange)
                     .await
@@ -170,14 +183,45 @@ impl HttpClient {
                     .map_err(classify)?;
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
-                let body = resp.bytes().await.map_err(classify)?;
+                if resp.content_length().is_some_and(|n| n > max_body as u64) {
+                    return Ok(too_long(status, headers));
+                }
+                let mut resp = resp;
+                let mut body = bytes::BytesMut::new();
+                while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+                    if body.len() + chunk.len() > max_body {
+                        return Ok(too_long(status, headers));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
                 Ok(Answer {
                     status,
                     headers,
-                    body,
+                    body: body.freeze(),
+                    over_limit: false,
                 })
             }
         }
+    }
+}
+
+/// The `Content-Length` an answer declares.
+fn declared_len(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// An answer whose body was longer than the caller takes.
+fn too_long(status: u16, headers: HeaderMap) -> Answer {
+    Answer {
+        status,
+        headers,
+        body: Bytes::new(),
+        over_limit: true,
     }
 }
 
@@ -223,4 +267,63 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server that answers every connection's first request with `answer`.
+    async fn answering(answer: &'static [u8]) -> reqwest::Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    async fn post(url: &reqwest::Url, max_body: usize) -> Answer {
+        HttpClient::new(&[], None)
+            .post(
+                url,
+                HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_secs(5),
+                max_body,
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_body_past_the_limit_is_not_kept_declared_or_chunked() {
+        let declared = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789").await;
+        let chunked = answering(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n",
+        )
+        .await;
+        for url in [&declared, &chunked] {
+            let whole = post(url, 10).await;
+            assert_eq!((whole.status, whole.over_limit), (200, false));
+            assert_eq!(&whole.body[..], b"0123456789");
+            let cut = post(url, 9).await;
+            assert_eq!((cut.status, cut.over_limit), (200, true));
+            assert!(cut.body.is_empty());
+        }
+    }
 }

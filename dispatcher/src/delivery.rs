@@ -71,6 +71,9 @@ pub struct DeliverySpec {
     pub cold_start_grace: Option<Duration>,
     /// The subscriber's circuit breaker (`cemesh.dev/breaker-*`).
     pub breaker: crate::breaker::BreakerSpec,
+    /// The largest answer body read: the broker's (or channel's) own body limit,
+    /// `cemesh.dev/max-body-size`, so a reply is held to what its ingress takes.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for DeliverySpec {
@@ -91,9 +94,14 @@ impl Default for DeliverySpec {
             max_rate: None,
             cold_start_grace: None,
             breaker: crate::breaker::BreakerSpec::default(),
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
+
+/// [`DeliverySpec::max_answer_bytes`] when nothing sets it: the ingress's default
+/// body limit.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 1 << 20;
 
 impl DeliverySpec {
     /// The backoff before retry `k` (1-based), before jitter and `Retry-After`.
@@ -144,6 +152,9 @@ pub struct Success {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body was longer than the attempt's `max_answer` and was not kept
+    /// (`body` is empty).
+    pub body_over_limit: bool,
 }
 
 /// A failed attempt; `status` is absent when there was no response.
@@ -249,6 +260,7 @@ impl Deliverer {
         timeout: Duration,
         auth: &crate::signing::DeliveryAuth,
         subject: &str,
+        max_answer: usize,
     ) -> Result<Success, Failure> {
         let mut headers = HeaderMap::with_capacity(12);
         let body = match format {
@@ -297,12 +309,13 @@ impl Deliverer {
         let started = Instant::now();
         let answer = self
             .client_for(auth.ca_certs.as_ref())
-            .post(url, headers, body, timeout)
+            .post(url, headers, body, timeout, max_answer)
             .await;
         let crate::client::Answer {
             status,
             headers,
             body,
+            over_limit,
         } = match answer {
             Ok(answer) => answer,
             Err(e) => {
@@ -320,6 +333,7 @@ impl Deliverer {
                 status,
                 headers,
                 body,
+                body_over_limit: over_limit,
             })
         } else {
             let retry_after = headers

@@ -618,7 +618,10 @@ pub(super) fn subscriber_runtime(
     let ns = s.key.namespace.clone();
     let meta = s.meta;
     let subscriber = problems.note(resolve(s.subscriber, &ns, s.subscriber_path, ctx));
-    let delivery = delivery_spec(s.delivery, s.delivery_path, meta, ctx, problems);
+    let mut delivery = delivery_spec(s.delivery, s.delivery_path, meta, ctx, problems);
+    if let Some(b) = s.broker_desired {
+        delivery.max_answer_bytes = usize::try_from(b.max_body_bytes).unwrap_or(usize::MAX);
+    }
     let ann = |a: &str| format!("metadata.annotations.{a}");
     let parallelism = match meta.annotations.get(PARALLELISM_ANNOTATION) {
         None => 64,

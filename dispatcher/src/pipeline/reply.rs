@@ -25,6 +25,17 @@ impl TriggerContext {
         success: Success,
         cancel: &CancellationToken,
     ) {
+        if success.body_over_limit && self.runtime.reply != ReplyTo::Drop {
+            let reason = format!(
+                "the subscriber's reply is longer than the {}-byte body limit of {} (cemesh.dev/max-body-size); it was not read",
+                self.runtime.delivery.max_answer_bytes,
+                self.broker_key()
+            );
+            let _ = self
+                .store(delivered.clone(), reason, Vec::new(), None, cancel)
+                .await;
+            return;
+        }
         let mut replies = match decode_reply(&success.headers, success.body) {
             Reply::None => return,
             Reply::Events(events) if self.runtime.reply == ReplyTo::Drop => {

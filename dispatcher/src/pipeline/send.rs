@@ -94,7 +94,16 @@ impl TriggerContext {
             let result = match pool {
                 None => {
                     self.deliverer
-                        .attempt(url, event, ns, format, spec.timeout, auth, &subject)
+                        .attempt(
+                            url,
+                            event,
+                            ns,
+                            format,
+                            spec.timeout,
+                            auth,
+                            &subject,
+                            spec.max_answer_bytes,
+                        )
                         .instrument(span.clone())
                         .await
                 }
@@ -103,7 +112,16 @@ impl TriggerContext {
                         let target = lease.target(url);
                         let r = self
                             .deliverer
-                            .attempt(&target, event, ns, format, spec.timeout, auth, &subject)
+                            .attempt(
+                                &target,
+                                event,
+                                ns,
+                                format,
+                                spec.timeout,
+                                auth,
+                                &subject,
+                                spec.max_answer_bytes,
+                            )
                             .instrument(span.clone())
                             .await;
                         drop(lease);

@@ -931,3 +931,52 @@ async fn deliveries_use_the_proxy_the_environment_names() {
     assert_eq!(seen, [format!("POST {} HTTP/1.1", sub.url())]);
     assert_eq!(sub.settle(Duration::from_millis(300)).await.len(), 0);
 }
+
+/// A reply longer than the broker's own body limit is not read: the event it
+/// answered becomes a dead letter whose reason names the limit, and the reply never
+/// enters the broker. A reply within the limit still does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_longer_than_the_broker_s_body_limit_is_refused_not_buffered() {
+    let first = Subscriber::start().await;
+    let mut long = Event::new("reply-long", "/replier", "com.example.reply");
+    long.data = Some(bytes::Bytes::from(vec![b'r'; 64 * 1024]));
+    long.datacontenttype = Some("text/plain".into());
+    first.set_reply(Some(long));
+    let second = Subscriber::start().await;
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  annotations:\n    cemesh.dev/max-body-size: 16KiB\n".to_owned();
+    let mesh = Cemesh::start(&docs(&[
+        broker,
+        trigger(
+            "first",
+            &first.url(),
+            &[("type", "com.example.request")],
+            &[],
+            "",
+        ),
+        trigger(
+            "second",
+            &second.url(),
+            &[("type", "com.example.reply")],
+            &[],
+            "",
+        ),
+    ]));
+    send(&mesh, &event("asks-long", "com.example.request")).await;
+    let page = wait_dead_letters(&mesh, "first", 1).await;
+    let text = page.to_string();
+    assert!(text.contains("asks-long"), "{page}");
+    assert!(
+        text.contains("longer than the 16384-byte body limit of default/default"),
+        "{page}"
+    );
+    assert_eq!(second.settle(Duration::from_millis(500)).await.len(), 0);
+
+    let mut short = Event::new("reply-short", "/replier", "com.example.reply");
+    short.data = Some(bytes::Bytes::from(vec![b's'; 8 * 1024]));
+    short.datacontenttype = Some("text/plain".into());
+    first.set_reply(Some(short));
+    send(&mesh, &event("asks-short", "com.example.request")).await;
+    let got = second.wait_for(1, WAIT).await;
+    assert_eq!(got[0].event.as_ref().unwrap().id, "reply-short");
+    assert_eq!(dead_letters(&mesh, "first").await["total"], 1);
+}
