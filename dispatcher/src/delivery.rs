@@ -189,6 +189,35 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// How one attempt is sent: everything but the destination and the event.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSpec<'a> {
+    /// Sent as `Kn-Namespace`.
+    pub namespace: &'a str,
+    pub format: Format,
+    /// Time allowed for the whole exchange.
+    pub timeout: Duration,
+    pub auth: &'a crate::signing::DeliveryAuth,
+    /// The JWT's subject, when `auth` has an audience.
+    pub subject: &'a str,
+    /// The longest answer body kept ([`DeliverySpec::max_answer_bytes`]).
+    pub max_answer: usize,
+    /// Leave out `knativebrokerttl`: a broker's hop count is not the subscriber's
+    /// to see (Knative strips it too), only a reply's.
+    pub hide_broker_ttl: bool,
+}
+
+/// `knativebrokerttl` as a binary-mode header.
+const BROKER_TTL_HEADER: HeaderName = HeaderName::from_static("ce-knativebrokerttl");
+
+/// `event` without `knativebrokerttl`: what a subscriber or a dead-letter sink is
+/// given.
+pub fn without_broker_ttl(event: &Event) -> Event {
+    let mut e = event.clone();
+    e.remove_extension(cemesh_proto::knative::BROKER_TTL);
+    e
+}
+
 /// Sends events over a shared pool of keep-alive connections.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
@@ -248,24 +277,41 @@ impl Deliverer {
     }
 
     /// One POST of `event` to `url`, with Knative's headers (`Prefer: reply`,
-    /// `Kn-Namespace`, the event's `traceparent`) and what `auth` asks for (a JWT
-    /// whose subject is `subject`, a webhook signature).
-    #[allow(clippy::too_many_arguments)]
+    /// `Kn-Namespace`, the event's `traceparent`) and what `how.auth` asks for (a JWT
+    /// whose subject is `how.subject`, a webhook signature).
     pub async fn attempt(
         &self,
         url: &reqwest::Url,
         event: &Event,
-        namespace: &str,
-        format: Format,
-        timeout: Duration,
-        auth: &crate::signing::DeliveryAuth,
-        subject: &str,
-        max_answer: usize,
+        how: &AttemptSpec<'_>,
     ) -> Result<Success, Failure> {
+        let AttemptSpec {
+            namespace,
+            format,
+            timeout,
+            auth,
+            subject,
+            max_answer,
+            hide_broker_ttl,
+        } = *how;
         let mut headers = HeaderMap::with_capacity(12);
+        let stripped;
+        let event = match (hide_broker_ttl, format) {
+            // The header is dropped after encoding instead: no copy of the event.
+            (_, Format::Binary) | (false, _) => event,
+            (true, _) => {
+                stripped = without_broker_ttl(event);
+                &stripped
+            }
+        };
         let body = match format {
             Format::Binary => {
-                cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default()
+                let body =
+                    cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
+                if hide_broker_ttl {
+                    headers.remove(BROKER_TTL_HEADER);
+                }
+                body
             }
             Format::Structured => {
                 headers.insert(

@@ -115,24 +115,23 @@ impl TriggerContext {
 
     async fn process_inner(&self, event: &Event, cancel: &CancellationToken) -> Processed {
         let ttl = knative::ttl(event).unwrap_or(knative::DEFAULT_TTL);
-        let mut outgoing = event.clone();
-        outgoing.remove_extension(knative::BROKER_TTL);
         let spec = &self.runtime.delivery;
         let url = &self.runtime.subscriber;
 
+        // The subscriber's attempts leave the broker's TTL out themselves.
         let (mut attempts, failure, latency) = match self
-            .send(url, Target::Subscriber, &outgoing, spec.format, cancel)
+            .send(url, Target::Subscriber, event, spec.format, cancel)
             .await
         {
             Sent::Ok(success) => {
-                self.reply(event, &outgoing, ttl, success, cancel).await;
+                self.reply(event, ttl, success, cancel).await;
                 return Processed::Delivered;
             }
             Sent::Interrupted => return Processed::Interrupted,
             Sent::Failed(attempts, failure, latency) => (attempts, failure, latency),
         };
 
-        let mut letter = outgoing;
+        let mut letter = crate::delivery::without_broker_ttl(event);
         knative_error(&mut letter, url.as_str(), &failure);
         if let Some(sink) = &spec.dead_letter_sink {
             match self

@@ -16,11 +16,12 @@ use crate::delivery::Success;
 use crate::ReplyTo;
 
 impl TriggerContext {
-    /// Feeds a reply carried by a 2xx answer back into the broker.
+    /// Feeds a reply carried by a 2xx answer back into the broker. A reply that
+    /// cannot be taken makes the event it answered (as it was delivered) a dead
+    /// letter.
     pub(super) async fn reply(
         &self,
         original: &Event,
-        delivered: &Event,
         ttl: i32,
         success: Success,
         cancel: &CancellationToken,
@@ -32,7 +33,13 @@ impl TriggerContext {
                 self.broker_key()
             );
             let _ = self
-                .store(delivered.clone(), reason, Vec::new(), None, cancel)
+                .store(
+                    crate::delivery::without_broker_ttl(original),
+                    reason,
+                    Vec::new(),
+                    None,
+                    cancel,
+                )
                 .await;
             return;
         }
@@ -54,7 +61,13 @@ impl TriggerContext {
             Reply::Invalid(error) => {
                 let reason = format!("the subscriber's reply is not a valid CloudEvent: {error}");
                 let _ = self
-                    .store(delivered.clone(), reason, Vec::new(), None, cancel)
+                    .store(
+                        crate::delivery::without_broker_ttl(original),
+                        reason,
+                        Vec::new(),
+                        None,
+                        cancel,
+                    )
                     .await;
                 return;
             }

@@ -45,6 +45,15 @@ impl TriggerContext {
             true => String::new(),
             false => self.runtime.key.to_string(),
         };
+        let how = crate::delivery::AttemptSpec {
+            namespace: ns,
+            format,
+            timeout: spec.timeout,
+            auth,
+            subject: &subject,
+            max_answer: spec.max_answer_bytes,
+            hide_broker_ttl: target == Target::Subscriber,
+        };
         let pool = match &self.runtime.endpoints {
             Some(p) if target == Target::Subscriber => Some(p),
             _ => None,
@@ -94,16 +103,7 @@ impl TriggerContext {
             let result = match pool {
                 None => {
                     self.deliverer
-                        .attempt(
-                            url,
-                            event,
-                            ns,
-                            format,
-                            spec.timeout,
-                            auth,
-                            &subject,
-                            spec.max_answer_bytes,
-                        )
+                        .attempt(url, event, &how)
                         .instrument(span.clone())
                         .await
                 }
@@ -112,16 +112,7 @@ impl TriggerContext {
                         let target = lease.target(url);
                         let r = self
                             .deliverer
-                            .attempt(
-                                &target,
-                                event,
-                                ns,
-                                format,
-                                spec.timeout,
-                                auth,
-                                &subject,
-                                spec.max_answer_bytes,
-                            )
+                            .attempt(&target, event, &how)
                             .instrument(span.clone())
                             .await;
                         drop(lease);
