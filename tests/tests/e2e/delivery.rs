@@ -498,17 +498,11 @@ async fn trigger_delivery_merges_with_the_broker_field_by_field() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reply_reaches_a_second_trigger_with_the_trace() {
-    let first = Subscriber::start().await;
-    first.set_status(200);
-    let mut reply = Event::new("reply-1", "/replier", "com.example.reply");
-    reply.data = Some(bytes::Bytes::from(vec![b'r'; 36_000]));
-    reply.datacontenttype = Some("text/plain".into());
-    first.set_reply(Some(reply));
-    let second = Subscriber::start().await;
-    let mesh = Cemesh::start(&docs(&[
-        broker_yaml("default"),
+/// `broker` with trigger `first` (requests, to `first`, which replies) and trigger
+/// `second` (the replies, to `second`).
+fn replying_mesh(broker: String, first: &Subscriber, second: &Subscriber) -> Cemesh {
+    Cemesh::start(&docs(&[
+        broker,
         trigger(
             "first",
             &first.url(),
@@ -523,7 +517,19 @@ async fn a_reply_reaches_a_second_trigger_with_the_trace() {
             &[],
             "",
         ),
-    ]));
+    ]))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_reaches_a_second_trigger_with_the_trace() {
+    let first = Subscriber::start().await;
+    first.set_status(200);
+    let mut reply = Event::new("reply-1", "/replier", "com.example.reply");
+    reply.data = Some(bytes::Bytes::from(vec![b'r'; 36_000]));
+    reply.datacontenttype = Some("text/plain".into());
+    first.set_reply(Some(reply));
+    let second = Subscriber::start().await;
+    let mesh = replying_mesh(broker_yaml("default"), &first, &second);
     let mut req = event("req-1", "com.example.request");
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     req.set_extension("traceparent", AttributeValue::String(tp.into()));
@@ -944,23 +950,7 @@ async fn a_reply_longer_than_the_broker_s_body_limit_is_refused_not_buffered() {
     first.set_reply(Some(long));
     let second = Subscriber::start().await;
     let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  annotations:\n    cemesh.dev/max-body-size: 16KiB\n".to_owned();
-    let mesh = Cemesh::start(&docs(&[
-        broker,
-        trigger(
-            "first",
-            &first.url(),
-            &[("type", "com.example.request")],
-            &[],
-            "",
-        ),
-        trigger(
-            "second",
-            &second.url(),
-            &[("type", "com.example.reply")],
-            &[],
-            "",
-        ),
-    ]));
+    let mesh = replying_mesh(broker, &first, &second);
     send(&mesh, &event("asks-long", "com.example.request")).await;
     let page = wait_dead_letters(&mesh, "first", 1).await;
     let text = page.to_string();
