@@ -26,26 +26,14 @@ impl TriggerContext {
         success: Success,
         cancel: &CancellationToken,
     ) {
-        if success.body_over_limit && self.runtime.reply != ReplyTo::Drop {
-            let reason = format!(
-                "the subscriber's reply is longer than the {}-byte body limit of {} (cemesh.dev/max-body-size); it was not read",
-                self.runtime.delivery.max_answer_bytes,
-                self.broker_key()
-            );
-            let _ = self
-                .store(
-                    crate::delivery::without_broker_ttl(original),
-                    reason,
-                    Vec::new(),
-                    None,
-                    cancel,
-                )
-                .await;
-            return;
-        }
-        let mut replies = match decode_reply(&success.headers, success.body) {
+        let drop = self.runtime.reply == ReplyTo::Drop;
+        let mut replies = match decode_reply(
+            &success.headers,
+            success.body,
+            success.body_over_limit,
+        ) {
             Reply::None => return,
-            Reply::Events(events) if self.runtime.reply == ReplyTo::Drop => {
+            Reply::Events(events) if drop => {
                 self.stats
                     .replies_dropped
                     .fetch_add(events.len() as u64, Relaxed);
@@ -56,20 +44,19 @@ impl TriggerContext {
                 .increment(events.len() as u64);
                 return;
             }
-            Reply::Invalid(_) if self.runtime.reply == ReplyTo::Drop => return,
+            Reply::Invalid(_) | Reply::TooLong if drop => return,
             Reply::Events(events) => events,
             Reply::Invalid(error) => {
                 let reason = format!("the subscriber's reply is not a valid CloudEvent: {error}");
-                let _ = self
-                    .store(
-                        crate::delivery::without_broker_ttl(original),
-                        reason,
-                        Vec::new(),
-                        None,
-                        cancel,
-                    )
-                    .await;
-                return;
+                return self.refuse_reply(original, reason, cancel).await;
+            }
+            Reply::TooLong => {
+                let reason = format!(
+                    "the subscriber's reply is longer than the {}-byte body limit of {} (cemesh.dev/max-body-size); it was not read",
+                    self.runtime.delivery.max_answer_bytes,
+                    self.broker_key()
+                );
+                return self.refuse_reply(original, reason, cancel).await;
             }
         };
         let next_ttl = ttl - 1;
@@ -170,6 +157,15 @@ impl TriggerContext {
         }
     }
 
+    /// A reply that cannot be taken: the event it answered, as it was delivered,
+    /// becomes a dead letter saying why.
+    async fn refuse_reply(&self, original: &Event, reason: String, cancel: &CancellationToken) {
+        let delivered = crate::delivery::without_broker_ttl(original);
+        let _ = self
+            .store(delivered, reason, Vec::new(), None, cancel)
+            .await;
+    }
+
     /// Sends one reply to the subscription's `spec.reply` with the trigger's retries;
     /// one that cannot be sent is dead-lettered with every attempt.
     async fn send_reply(&self, url: &reqwest::Url, reply: Event, cancel: &CancellationToken) {
@@ -192,11 +188,14 @@ enum Reply {
     None,
     Events(Vec<Event>),
     Invalid(String),
+    /// A CloudEvent whose body was longer than the trigger takes (not read).
+    TooLong,
 }
 
 /// A 2xx answer carries a reply when it is a CloudEvent in binary or structured
-/// mode; any other answer (empty, plain JSON, text) is plain success.
-fn decode_reply(headers: &HeaderMap, body: Bytes) -> Reply {
+/// mode; any other answer (empty, plain JSON, text, however long) is plain success.
+/// `over_limit`: the body was too long to be kept.
+fn decode_reply(headers: &HeaderMap, body: Bytes, over_limit: bool) -> Reply {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -206,6 +205,9 @@ fn decode_reply(headers: &HeaderMap, body: Bytes) -> Reply {
     let structured = ct.starts_with("application/cloudevents");
     if !binary && !structured {
         return Reply::None;
+    }
+    if over_limit {
+        return Reply::TooLong;
     }
     match cemesh_proto::http::decode(headers, body) {
         Ok(events) if events.is_empty() => Reply::None,
@@ -221,13 +223,13 @@ mod tests {
     #[test]
     fn only_cloudevents_are_replies() {
         let mut h = HeaderMap::new();
-        assert!(matches!(decode_reply(&h, Bytes::new()), Reply::None));
+        assert!(matches!(decode_reply(&h, Bytes::new(), false), Reply::None));
         h.insert(
             http::header::CONTENT_TYPE,
             "application/json".parse().unwrap(),
         );
         assert!(matches!(
-            decode_reply(&h, Bytes::from_static(b"{}")),
+            decode_reply(&h, Bytes::from_static(b"{}"), false),
             Reply::None
         ));
         h.insert("ce-specversion", "1.0".parse().unwrap());
@@ -235,9 +237,19 @@ mod tests {
         h.insert("ce-source", "/reply".parse().unwrap());
         h.insert("ce-type", "reply.t".parse().unwrap());
         assert!(
-            matches!(decode_reply(&h, Bytes::from_static(b"{}")), Reply::Events(v) if v.len() == 1)
+            matches!(decode_reply(&h, Bytes::from_static(b"{}"), false), Reply::Events(v) if v.len() == 1)
         );
+        assert!(matches!(
+            decode_reply(&h, Bytes::new(), true),
+            Reply::TooLong
+        ));
         h.remove("ce-id");
-        assert!(matches!(decode_reply(&h, Bytes::new()), Reply::Invalid(_)));
+        assert!(matches!(
+            decode_reply(&h, Bytes::new(), false),
+            Reply::Invalid(_)
+        ));
+        // An answer that is no CloudEvent is plain success, however long.
+        h.remove("ce-specversion");
+        assert!(matches!(decode_reply(&h, Bytes::new(), true), Reply::None));
     }
 }

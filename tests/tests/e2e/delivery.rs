@@ -969,4 +969,16 @@ async fn a_reply_longer_than_the_broker_s_body_limit_is_refused_not_buffered() {
     let got = second.wait_for(1, WAIT).await;
     assert_eq!(got[0].event.as_ref().unwrap().id, "reply-short");
     assert_eq!(dead_letters(&mesh, "first").await["total"], 1);
+
+    // A long answer that is no CloudEvent is no reply: plain success.
+    first.set_reply(None);
+    first.set_response(&[("content-type", "text/plain")], &vec![b'x'; 64 * 1024]);
+    send(&mesh, &event("asks-nothing", "com.example.request")).await;
+    let deadline = Instant::now() + WAIT;
+    while !first.ids().iter().any(|id| id == "asks-nothing") {
+        assert!(Instant::now() < deadline, "asks-nothing never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.settle(Duration::from_millis(500)).await.len(), 1);
+    assert_eq!(dead_letters(&mesh, "first").await["total"], 1);
 }
