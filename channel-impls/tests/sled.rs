@@ -161,8 +161,12 @@ async fn corrupt_and_missing_records_are_skipped_and_counted() {
         }
     }
     {
-        // Damage the log behind the store's back.
-        let db = sled::open(dir.path()).unwrap();
+        // Damage the log behind the store's back (at the segment size it was made with).
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(8 << 20)
+            .open()
+            .unwrap();
         let tree = db.open_tree(layout::tree_name("b1")).unwrap();
         tree.insert(layout::record_key(1), &b"\x01garbage"[..])
             .unwrap();
@@ -661,4 +665,64 @@ async fn a_start_by_time_seek_and_committed_work_by_offset() {
         ch.committed("nope").await,
         Err(ChannelError::UnknownSubscription(_))
     ));
+}
+
+/// The `segment_size` sled recorded in the store's `conf` file.
+fn recorded_segment_size(dir: &Path) -> String {
+    let conf = std::fs::read(dir.join("conf")).expect("sled's conf file");
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size: ").map(str::to_owned))
+        .expect("a segment_size line")
+}
+
+#[tokio::test]
+async fn a_store_made_at_sled_s_default_segment_size_still_opens_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A store as cemesh created it before choosing its own segment size.
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.insert(b"k", b"v".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    assert_eq!(recorded_segment_size(dir.path()), "524288");
+    let sent: Vec<Event> = (0..300).map(|i| ev(format!("e{i}"))).collect();
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let _keep = ch.subscribe("keep", StartAt::Earliest).await.unwrap();
+        ch.append(sent.clone()).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let keep = ch.subscribe("keep", StartAt::Latest).await.unwrap();
+    assert_eq!(ids(&read_n(&*keep, 300).await), ids_of(&sent));
+    assert_eq!(recorded_segment_size(dir.path()), "524288");
+}
+
+#[tokio::test]
+async fn a_new_store_keeps_a_round_of_appends_out_of_sled_s_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(recorded_segment_size(dir.path()), (8 << 20).to_string());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let _keep = ch.subscribe("keep", StartAt::Earliest).await.unwrap();
+    // One append of ~300 KiB: one value, past sled's default blob threshold (128 KiB).
+    let big: Vec<Event> = (0..300)
+        .map(|i| {
+            let mut e = ev(format!("e{i}"));
+            e.data = Some(bytes::Bytes::from(vec![b'x'; 1000]));
+            e
+        })
+        .collect();
+    ch.append(big).await.unwrap();
+    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(blobs, 0, "sled wrote the round to blob files");
+}
+
+fn ids_of(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
 }

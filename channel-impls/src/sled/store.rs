@@ -22,6 +22,15 @@ use crate::ChannelError;
 /// How long `open` retries while a previous instance in this process still closes.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
 
+/// sled's segment size for a new store. sled writes any log message over a quarter
+/// of a segment (a round's batch of records, or a leaf holding several) to a blob
+/// file of its own, created and synced each time; at sled's default of 512 KiB that
+/// was half the writer thread's work. 8 MiB keeps such messages in the log.
+const NEW_STORE_SEGMENT_BYTES: usize = 8 << 20;
+
+/// sled's default segment size, which stores created before cemesh chose its own use.
+const SLED_DEFAULT_SEGMENT_BYTES: usize = 512 << 10;
+
 /// The process-wide sled database holding every broker's channel.
 #[derive(Clone)]
 pub struct SledStore {
@@ -51,6 +60,7 @@ impl SledStore {
         let config = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
+            .segment_size(segment_size(&path))
             .cache_capacity(options.cache_capacity_bytes);
         let started = Instant::now();
         let db = loop {
@@ -227,4 +237,20 @@ impl SledStore {
             .largest_group
             .load(Ordering::Relaxed)
     }
+}
+
+/// The segment size to open the store at `path` with: the one it was created with
+/// (sled refuses any other), or [`NEW_STORE_SEGMENT_BYTES`] for a new store.
+fn segment_size(path: &Path) -> usize {
+    match std::fs::read(path.join("conf")) {
+        Ok(conf) => persisted_segment_size(&conf).unwrap_or(SLED_DEFAULT_SEGMENT_BYTES),
+        Err(_) => NEW_STORE_SEGMENT_BYTES,
+    }
+}
+
+/// The `segment_size: N` line of sled's `conf` file (text lines, then a checksum).
+fn persisted_segment_size(conf: &[u8]) -> Option<usize> {
+    conf.split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(b"segment_size: "))
+        .and_then(|n| std::str::from_utf8(n).ok()?.trim().parse().ok())
 }
