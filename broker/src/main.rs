@@ -4,6 +4,7 @@ use clap::Parser as _;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    no_transparent_huge_pages();
     quiet_broken_pipe();
     let cli = cemesh_broker::cli::Cli::parse();
     match cemesh_broker::main_with(cli) {
@@ -12,6 +13,21 @@ fn main() -> std::process::ExitCode {
             eprintln!("cemesh: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, as `MIMALLOC_ALLOW_THP=0`
+/// would (unless that variable is set: then mimalloc does what it says). mimalloc
+/// asks for huge pages on its arenas; memory it returned while the broker idled is
+/// then faulted back 2 MiB at a time, each zeroed in the thread that touched it: the
+/// first ~300 ms of load after a quiet second spent two thirds of the broker's CPU
+/// in `clear_page_erms`, and the end-to-end p99 of that second went from ~3 ms to
+/// 90-140 ms (`bench/README.md`, "Huge pages after a quiet spell").
+fn no_transparent_huge_pages() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // Best effort: a kernel without the prctl keeps its default.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
 }
 
