@@ -788,7 +788,10 @@ async fn a_replay_by_time_and_a_cursor_reset_work_on_kafka() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let from = now();
     post_all(std::slice::from_ref(&url), batch("inside"), 4).await;
-    let to = now();
+    // The next millisecond: `--to` is exclusive at millisecond precision, and the
+    // last event may have arrived within the millisecond `now()` would name.
+    let to = (chrono::Utc::now() + chrono::Duration::milliseconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     post_all(std::slice::from_ref(&url), batch("after"), 4).await;
     wait_distinct(&sub, 180, Duration::from_secs(60)).await;

@@ -42,6 +42,14 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The end of a window that holds everything accepted so far: the next millisecond
+/// (`--to` is exclusive at millisecond precision, and the last event may have
+/// arrived within the millisecond `now_rfc3339` would name).
+fn window_end() -> String {
+    (chrono::Utc::now() + chrono::Duration::milliseconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The replay id a delivery carries, if it is a replayed one.
 fn replay_of(r: &Received) -> Option<String> {
     match r.event.as_ref()?.extension("cemeshreplay")? {
@@ -104,7 +112,7 @@ async fn a_replay_of_a_time_range_delivers_exactly_its_matches_while_live_traffi
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let from = now_rfc3339();
     send_all(&url, &batch("inside", 100)).await;
-    let to = now_rfc3339();
+    let to = window_end();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     send_all(&url, &batch("after", 100)).await;
     a.wait_for(150, Duration::from_secs(20)).await;
