@@ -603,28 +603,15 @@ async fn append_throughput_against_a_bare_producer() {
             .create()
             .unwrap();
         let topic = ch.topic().to_owned();
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&topic).payload(&payload[..]),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("warm-up produce");
+        produce_unkeyed(&producer, &topic, &payload).await;
         let payload = payload.clone();
         let rate = run(
             label,
             Arc::new(move |i| {
                 let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
                 Box::pin(async move {
-                    // No key, as the channel's events here (no `partitionkey`).
                     let _ = i;
-                    producer
-                        .send(
-                            FutureRecord::<(), _>::to(&topic).payload(&payload[..]),
-                            Duration::from_secs(30),
-                        )
-                        .await
-                        .expect("produce");
+                    produce_unkeyed(&producer, &topic, &payload).await;
                 })
             }),
         )
@@ -636,6 +623,17 @@ async fn append_throughput_against_a_bare_producer() {
         channel_rate / rates[0],
         channel_rate / rates[1]
     );
+}
+
+/// One record with no key, as the channel's events here (no `partitionkey`).
+async fn produce_unkeyed(producer: &FutureProducer, topic: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::<(), _>::to(topic).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("produce");
 }
 
 mod futures_send {
