@@ -123,85 +123,71 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<Answer, SendError> {
-        match self {
-            HttpClient::Direct(client) => {
-                let uri: Uri = url
-                    .as_str()
-                    .parse()
-                    .map_err(|e: http::uri::InvalidUri| SendError::Other(e.to_string()))?;
-                let mut request = Request::new(Full::new(body));
-                *request.method_mut() = Method::POST;
-                *request.uri_mut() = uri;
-                *request.headers_mut() = headers;
-                let exchange = async {
-                    let resp = client.request(request).await.map_err(|e| {
-                        if e.is_connect() {
-                            SendError::Connect(root_cause(&e))
-                        } else {
-                            SendError::Other(root_cause(&e))
-                        }
-                    })?;
-                    let (parts, body) = resp.into_parts();
-                    let status = parts.status.as_u16();
-                    if declared_len(&parts.headers).is_some_and(|n| n > max_body as u64) {
-                        return Ok(too_long(status, parts.headers));
-                    }
-                    match http_body_util::Limited::new(body, max_body).collect().await {
-                        Ok(body) => Ok(Answer {
-                            status,
-                            headers: parts.headers,
-                            body: body.to_bytes(),
-                            over_limit: false,
-                        }),
-                        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                            Ok(too_long(status, parts.headers))
-                        }
-                        Err(e) => Err(SendError::Other(root_cause(&*e))),
-                    }
-                };
-                tokio::time::timeout(timeout, exchange)
-                    .await
-                    .unwrap_or(Err(SendError::Timeout))
-            }
-            HttpClient::Proxied(client) => {
-                let classify = |e: reqwest::Error| {
-                    if e.is_timeout() {
-                        SendError::Timeout
-                    } else if e.is_connect() {
-                        SendError::Connect(root_cause(&e))
-                    } else {
-                        SendError::Other(root_cause(&e))
-                    }
-                };
-                let resp = client
-                    .post(url.clone())
-                    .headers(headers)
-                    .body(body)
-                    .timeout(timeout)
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
-                if resp.content_length().is_some_and(|n| n > max_body as u64) {
-                    return Ok(too_long(status, headers));
+        let exchange = async {
+            match self {
+                HttpClient::Direct(client) => {
+                    let uri: Uri = url
+                        .as_str()
+                        .parse()
+                        .map_err(|e: http::uri::InvalidUri| SendError::Other(e.to_string()))?;
+                    let mut request = Request::new(Full::new(body));
+                    *request.method_mut() = Method::POST;
+                    *request.uri_mut() = uri;
+                    *request.headers_mut() = headers;
+                    let resp = client
+                        .request(request)
+                        .await
+                        .map_err(|e| failed(&e, e.is_connect()))?;
+                    read_answer(resp, max_body).await
                 }
-                let mut resp = resp;
-                let mut body = bytes::BytesMut::new();
-                while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-                    if body.len() + chunk.len() > max_body {
-                        return Ok(too_long(status, headers));
-                    }
-                    body.extend_from_slice(&chunk);
+                HttpClient::Proxied(client) => {
+                    let resp = client
+                        .post(url.clone())
+                        .headers(headers)
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| failed(&e, e.is_connect()))?;
+                    read_answer(http::Response::from(resp), max_body).await
                 }
-                Ok(Answer {
-                    status,
-                    headers,
-                    body: body.freeze(),
-                    over_limit: false,
-                })
             }
-        }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+    }
+}
+
+/// An exchange that failed before an answer came, by its innermost cause.
+fn failed(e: &(dyn std::error::Error + 'static), connect: bool) -> SendError {
+    if connect {
+        SendError::Connect(root_cause(e))
+    } else {
+        SendError::Other(root_cause(e))
+    }
+}
+
+/// Reads an answer's body whole, unless it is (or declares itself) longer than
+/// `max_body`: then it is not kept.
+async fn read_answer<B>(resp: http::Response<B>, max_body: usize) -> Result<Answer, SendError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    if declared_len(&parts.headers).is_some_and(|n| n > max_body as u64) {
+        return Ok(too_long(status, parts.headers));
+    }
+    match http_body_util::Limited::new(body, max_body).collect().await {
+        Ok(body) => Ok(Answer {
+            status,
+            headers: parts.headers,
+            body: body.to_bytes(),
+            over_limit: false,
+        }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(too_long(status, parts.headers)),
+        Err(e) => Err(SendError::Other(root_cause(&*e))),
     }
 }
 
