@@ -782,16 +782,12 @@ async fn a_replay_by_time_and_a_cursor_reset_work_on_kafka() {
     let a = replica(&docs(&[broker(&ns), trigger(&ns, "t", &sub.url(), &[])]));
     wait_assigned(&a);
     let url = a.broker_url(&ns, "default");
-    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let batch = |p: &str| (0..60).map(|i| event(format!("{p}-{i}"), None)).collect();
     post_all(std::slice::from_ref(&url), batch("before"), 4).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let from = now();
+    let from = crate::replay::now_rfc3339();
     post_all(std::slice::from_ref(&url), batch("inside"), 4).await;
-    // The next millisecond: `--to` is exclusive at millisecond precision, and the
-    // last event may have arrived within the millisecond `now()` would name.
-    let to = (chrono::Utc::now() + chrono::Duration::milliseconds(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let to = crate::replay::window_end();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     post_all(std::slice::from_ref(&url), batch("after"), 4).await;
     wait_distinct(&sub, 180, Duration::from_secs(60)).await;

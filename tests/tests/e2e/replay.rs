@@ -38,14 +38,14 @@ fn sled_mesh(triggers: &[String]) -> Cemesh {
         .start()
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The end of a window that holds everything accepted so far: the next millisecond
 /// (`--to` is exclusive at millisecond precision, and the last event may have
 /// arrived within the millisecond `now_rfc3339` would name).
-fn window_end() -> String {
+pub(crate) fn window_end() -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
