@@ -151,6 +151,7 @@ pub(crate) async fn run(
                                 Processed::Interrupted
                             }
                         };
+                        tokio::pin!(work);
                         let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
                         ack_finished(&ctx, &*sub, &record, processed).await;
                         drop(permit);
@@ -181,6 +182,7 @@ pub(crate) async fn run(
                                 Processed::Interrupted
                             }
                         };
+                        tokio::pin!(work);
                         let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
                         ack_finished(&ctx, &*sub, &record, processed).await;
                     });
@@ -202,19 +204,23 @@ pub(crate) async fn run(
 
 /// Runs a record's delivery unless the trigger's max-lag moves it to the dead
 /// letters first (then the delivery, wherever it was, is abandoned).
+///
+/// `work` is pinned where it was made: taken by value, it would sit twice in the
+/// delivery's task (`bench/README.md`, "A delivery's task").
 async fn until_overflow(
     ctx: &TriggerContext,
     record: &Record,
     cancel: &CancellationToken,
     held: Option<(CancellationToken, HeldGuard)>,
-    work: impl std::future::Future<Output = Processed>,
+    work: std::pin::Pin<&mut impl std::future::Future<Output = Processed>>,
 ) -> Processed {
     let Some((token, _held)) = held else {
         return work.await;
     };
     tokio::select! {
         biased;
-        _ = token.cancelled() => ctx.overflow(&record.event, cancel).await,
+        // Boxed: a rare path, kept out of every delivery's task.
+        _ = token.cancelled() => Box::pin(ctx.overflow(&record.event, cancel)).await,
         processed = work => processed,
     }
 }

@@ -25,8 +25,13 @@ tokio::task_local! {
 }
 
 /// Runs `f` (an event's processing) with a place for its successful attempt.
-pub(super) async fn with_success_slot<T>(f: impl std::future::Future<Output = T>) -> T {
-    SUCCESS.scope(Cell::new(None), f).await
+///
+/// Not an `async fn`: one would keep `f` twice in its state (the argument and the
+/// scope that polls it), and every delivery's task moves that state.
+pub(super) fn with_success_slot<F: std::future::Future>(
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    SUCCESS.scope(Cell::new(None), f)
 }
 
 fn now_ms() -> i64 {
@@ -142,5 +147,26 @@ impl TriggerContext {
             at_ms,
             events: replies,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_success_slot_holds_its_future_once() {
+        let work = async {
+            let state = [7u8; 4096];
+            tokio::task::yield_now().await;
+            state.iter().map(|b| u64::from(*b)).sum::<u64>()
+        };
+        let alone = std::mem::size_of_val(&work);
+        let slotted = with_success_slot(work);
+        assert!(
+            std::mem::size_of_val(&slotted) < alone + 256,
+            "{} bytes around a {alone}-byte future",
+            std::mem::size_of_val(&slotted)
+        );
     }
 }

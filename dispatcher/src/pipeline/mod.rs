@@ -113,24 +113,44 @@ impl TriggerContext {
         processed
     }
 
+    /// The subscriber's attempts, then what their outcome asks for. The rare paths (a
+    /// reply, a dead letter) are boxed: every delivery's task would otherwise carry
+    /// room for their state and move it at each step (`bench/README.md`, "A
+    /// delivery's task").
     async fn process_inner(&self, event: &Event, cancel: &CancellationToken) -> Processed {
-        let ttl = knative::ttl(event).unwrap_or(knative::DEFAULT_TTL);
         let spec = &self.runtime.delivery;
         let url = &self.runtime.subscriber;
-
         // The subscriber's attempts leave the broker's TTL out themselves.
-        let (mut attempts, failure, latency) = match self
+        match self
             .send(url, Target::Subscriber, event, spec.format, cancel)
             .await
         {
             Sent::Ok(success) => {
-                self.reply(event, ttl, success, cancel).await;
-                return Processed::Delivered;
+                if reply::may_carry_reply(&success.headers) {
+                    let ttl = knative::ttl(event).unwrap_or(knative::DEFAULT_TTL);
+                    Box::pin(self.reply(event, ttl, success, cancel)).await;
+                }
+                Processed::Delivered
             }
-            Sent::Interrupted => return Processed::Interrupted,
-            Sent::Failed(attempts, failure, latency) => (attempts, failure, latency),
-        };
+            Sent::Interrupted => Processed::Interrupted,
+            Sent::Failed(attempts, failure, latency) => {
+                Box::pin(self.dead_letter(event, attempts, failure, latency, cancel)).await
+            }
+        }
+    }
 
+    /// The subscriber failed for good: the dead-letter sink, else (or when it fails
+    /// too) the built-in store.
+    async fn dead_letter(
+        &self,
+        event: &Event,
+        mut attempts: Vec<Attempt>,
+        failure: Failure,
+        latency: std::time::Duration,
+        cancel: &CancellationToken,
+    ) -> Processed {
+        let spec = &self.runtime.delivery;
+        let url = &self.runtime.subscriber;
         let mut letter = crate::delivery::without_broker_ttl(event);
         knative_error(&mut letter, url.as_str(), &failure);
         if let Some(sink) = &spec.dead_letter_sink {

@@ -195,15 +195,21 @@ enum Reply {
 /// A 2xx answer carries a reply when it is a CloudEvent in binary or structured
 /// mode; any other answer (empty, plain JSON, text, however long) is plain success.
 /// `over_limit`: the body was too long to be kept.
-fn decode_reply(headers: &HeaderMap, body: Bytes, over_limit: bool) -> Reply {
-    let ct = headers
+/// Whether an answer is a CloudEvent (binary or structured) at all: most are not,
+/// and their delivery skips the reply's work.
+pub(super) fn may_carry_reply(headers: &HeaderMap) -> bool {
+    let structured = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let binary = headers.contains_key("ce-specversion");
-    let structured = ct.starts_with("application/cloudevents");
-    if !binary && !structured {
+        .and_then(|ct| ct.get(..CLOUDEVENTS_MEDIA_PREFIX.len()))
+        .is_some_and(|ct| ct.eq_ignore_ascii_case(CLOUDEVENTS_MEDIA_PREFIX));
+    structured || headers.contains_key("ce-specversion")
+}
+
+const CLOUDEVENTS_MEDIA_PREFIX: &str = "application/cloudevents";
+
+fn decode_reply(headers: &HeaderMap, body: Bytes, over_limit: bool) -> Reply {
+    if !may_carry_reply(headers) {
         return Reply::None;
     }
     if over_limit {
@@ -251,5 +257,25 @@ mod tests {
         // An answer that is no CloudEvent is plain success, however long.
         h.remove("ce-specversion");
         assert!(matches!(decode_reply(&h, Bytes::new(), true), Reply::None));
+    }
+
+    #[test]
+    fn a_structured_reply_is_known_by_its_media_type_in_any_case() {
+        let mut h = HeaderMap::new();
+        for (ct, carries) in [
+            ("application/cloudevents+json", true),
+            ("Application/CloudEvents-Batch+JSON", true),
+            ("application/cloudevents", true),
+            ("application/cloudevent", false),
+            ("application/json", false),
+            ("text/plain", false),
+        ] {
+            h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(may_carry_reply(&h), carries, "{ct}");
+        }
+        h.remove(http::header::CONTENT_TYPE);
+        assert!(!may_carry_reply(&h));
+        h.insert("ce-specversion", "1.0".parse().unwrap());
+        assert!(may_carry_reply(&h), "binary mode");
     }
 }
