@@ -179,7 +179,7 @@ impl ConnectionGate {
 ///
 /// hyper's own header limits are raised far above [`crate::accept::MAX_HEADERS`] and
 /// [`crate::accept::MAX_HEADER_BYTES`], so a request past ours is refused by the
-/// ingress with a JSON body naming the limit; only one past hyper's (1024 headers,
+/// ingress with a JSON body naming the limit; only one past hyper's (256 headers,
 /// 1 MiB) gets hyper's bare 431.
 pub async fn serve(
     what: &'static str,
@@ -269,8 +269,11 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// hyper's limits, above the ingress's own (see [`serve`]).
-const HARD_MAX_HEADERS: usize = 1024;
+/// hyper's limits, above the ingress's own (see [`serve`]). Not higher: hyper
+/// allocates and fills room for this many headers twice for every request it
+/// parses (at 1024, 2.4 % of the broker's CPU at 40 000 requests/s;
+/// `bench/README.md`, "hyper's header room").
+const HARD_MAX_HEADERS: usize = 256;
 const HARD_MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// Answers a connection past the limit: reads what the client sent of its request
