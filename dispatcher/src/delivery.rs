@@ -207,9 +207,6 @@ pub struct AttemptSpec<'a> {
     pub hide_broker_ttl: bool,
 }
 
-/// `knativebrokerttl` as a binary-mode header.
-const BROKER_TTL_HEADER: HeaderName = HeaderName::from_static("ce-knativebrokerttl");
-
 /// `event` without `knativebrokerttl`: what a subscriber or a dead-letter sink is
 /// given.
 pub fn without_broker_ttl(event: &Event) -> Event {
@@ -297,7 +294,7 @@ impl Deliverer {
         let mut headers = HeaderMap::with_capacity(12);
         let stripped;
         let event = match (hide_broker_ttl, format) {
-            // The header is dropped after encoding instead: no copy of the event.
+            // The attribute is left out of the encoding instead: no copy of the event.
             (_, Format::Binary) | (false, _) => event,
             (true, _) => {
                 stripped = without_broker_ttl(event);
@@ -306,12 +303,9 @@ impl Deliverer {
         };
         let body = match format {
             Format::Binary => {
-                let body =
-                    cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
-                if hide_broker_ttl {
-                    headers.remove(BROKER_TTL_HEADER);
-                }
-                body
+                let skip = hide_broker_ttl.then_some(cemesh_proto::knative::BROKER_TTL);
+                cemesh_proto::http::encode_binary_except(event, &mut headers, skip)
+                    .unwrap_or_default()
             }
             Format::Structured => {
                 headers.insert(

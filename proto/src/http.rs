@@ -368,8 +368,18 @@ fn content_type_value(ct: &str) -> HeaderValue {
 
 /// Encodes an event in binary mode: the headers to add and the body.
 pub fn encode_binary(event: &Event, headers: &mut HeaderMap) -> Option<Bytes> {
+    encode_binary_except(event, headers, None)
+}
+
+/// [`encode_binary`] leaving out the attribute `skip` (a delivery's
+/// `knativebrokerttl`, which a subscriber is not shown).
+pub fn encode_binary_except(
+    event: &Event,
+    headers: &mut HeaderMap,
+    skip: Option<&str>,
+) -> Option<Bytes> {
     for (name, value) in event.attributes() {
-        if name == "datacontenttype" {
+        if name == "datacontenttype" || skip == Some(name) {
             continue;
         }
         let header = match name {
@@ -500,6 +510,24 @@ mod tests {
                 .as_deref(),
             Some("id")
         );
+    }
+
+    #[test]
+    fn binary_encoding_leaves_out_the_skipped_attribute() {
+        let mut e = Event::new("1", "/s", "t");
+        e.set_extension("knativebrokerttl", crate::AttributeValue::Integer(255));
+        e.set_extension("myext", crate::AttributeValue::String("v".into()));
+        e.set_extension("Bad Name", crate::AttributeValue::String("x".into()));
+        let (mut all, mut some) = (HeaderMap::new(), HeaderMap::new());
+        encode_binary(&e, &mut all);
+        encode_binary_except(&e, &mut some, Some("knativebrokerttl"));
+        assert_eq!(all["ce-knativebrokerttl"], "255");
+        assert!(!some.contains_key("ce-knativebrokerttl"));
+        all.remove("ce-knativebrokerttl");
+        assert_eq!(all, some);
+        assert_eq!(some["ce-myext"], "v");
+        // A name no header can carry is left out.
+        assert_eq!(some.len(), 5, "{some:?}");
     }
 
     #[test]
