@@ -465,6 +465,53 @@ async fn concurrent_appends_share_flushes() {
     );
 }
 
+/// The writer is notified only while it sleeps: appends that come while it sleeps,
+/// while it gathers, and while it writes, in every durability mode, are all answered
+/// (a wake-up lost would leave one waiting for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_append_is_answered_whenever_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for (name, durability) in [
+        ("per-batch", Durability::FlushPerBatch),
+        ("interval", Durability::Interval(Duration::from_millis(2))),
+        ("none", Durability::None),
+    ] {
+        let ch = store
+            .channel(
+                name,
+                SledConfig {
+                    durability,
+                    ..SledConfig::default()
+                },
+            )
+            .unwrap();
+        let tasks: Vec<_> = (0..8u64)
+            .map(|p| {
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    for i in 0..40u64 {
+                        // Pauses of 0 to 1.4 ms: some appends find the writer asleep,
+                        // some gathering, some writing.
+                        let pause = Duration::from_micros((p * 7 + i * 13) % 8 * 200);
+                        tokio::time::sleep(pause).await;
+                        tokio::time::timeout(
+                            Duration::from_secs(10),
+                            ch.append(vec![ev(format!("{p}-{i}"))]),
+                        )
+                        .await
+                        .expect("an append was never answered")
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 /// Append throughput with 64 concurrent producers (single-event appends), per
 /// durability mode. Run with
 /// `cargo test -p cemesh-channels --release -- --ignored --nocapture`.
