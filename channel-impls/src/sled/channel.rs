@@ -100,10 +100,12 @@ impl Channel for SledChannel {
         if events.is_empty() {
             return Ok(());
         }
-        sh.flusher.space.check()?;
         // Encoded here (spread over the runtime's workers); written, merged with
         // every other append of the round, by the store's writer thread.
-        let records = events.iter().map(codec::encode).collect();
+        let records: Vec<bytes::Bytes> = events.iter().map(codec::encode).collect();
+        sh.flusher
+            .space
+            .check(records.iter().map(|r| r.len() as u64).sum())?;
         let events = events.into_iter().map(Arc::new).collect();
         let (reply, answer) = tokio::sync::oneshot::channel();
         sh.flusher.append(Append {

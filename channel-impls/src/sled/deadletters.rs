@@ -101,7 +101,9 @@ impl SledDeadLetters {
 #[async_trait]
 impl DeadLetterStore for SledDeadLetters {
     async fn put(&self, letter: DeadLetter) -> Result<u64, ChannelError> {
-        self.flusher.space.check()?;
+        self.flusher
+            .space
+            .check(letter.event.approx_size() as u64)?;
         // Ids start at 1, so `after: 0` and "no cursor" mean the same.
         let id = self
             .db

@@ -9,7 +9,11 @@
 //! as the same 503 by the writer and the flusher.)
 //!
 //! Free space is read with `statvfs` at most every [`CHECK_EVERY`] while there is
-//! room (a cheap syscall), and on every write while there is not.
+//! room (a cheap syscall), and on every write while there is not. Between two reads
+//! the bytes asked for are counted, and past an eighth of the reserve (sled writes
+//! each value two to three times over as its pages are rewritten) the next write
+//! reads again: a fast producer cannot run through a small reserve in one
+//! `CHECK_EVERY`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +33,8 @@ pub(super) struct DiskSpace {
     started: Instant,
     /// Milliseconds since `started` of the last check that found room.
     checked_ms: AtomicU64,
+    /// Bytes asked for since that check.
+    since_check: AtomicU64,
     low: AtomicBool,
 }
 
@@ -39,21 +45,25 @@ impl DiskSpace {
             reserve,
             started: Instant::now(),
             checked_ms: AtomicU64::new(0),
+            since_check: AtomicU64::new(0),
             low: AtomicBool::new(true),
         }
     }
 
-    /// `Ok` while the filesystem has more than the reserve free.
-    pub(super) fn check(&self) -> Result<(), ChannelError> {
+    /// `Ok` while the filesystem has more than the reserve free, for a write of
+    /// about `bytes`.
+    pub(super) fn check(&self, bytes: u64) -> Result<(), ChannelError> {
         if self.reserve == 0 {
             return Ok(());
         }
         let now_ms = self.started.elapsed().as_millis() as u64;
         let fresh = now_ms.saturating_sub(self.checked_ms.load(Ordering::Relaxed))
             < CHECK_EVERY.as_millis() as u64;
-        if fresh && !self.low.load(Ordering::Relaxed) {
+        let asked = self.since_check.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if fresh && asked < self.reserve / 8 && !self.low.load(Ordering::Relaxed) {
             return Ok(());
         }
+        self.since_check.store(0, Ordering::Relaxed);
         let Some((free, read_only)) = free_bytes(&self.path) else {
             // Unknown (an unusual filesystem): do not refuse writes over it.
             return Ok(());
@@ -114,11 +124,11 @@ mod tests {
     fn a_reserve_larger_than_the_disk_refuses_and_zero_never_does() {
         let dir = std::env::temp_dir();
         let full = DiskSpace::new(dir.clone(), u64::MAX);
-        assert!(matches!(full.check(), Err(ChannelError::DiskFull { .. })));
+        assert!(matches!(full.check(0), Err(ChannelError::DiskFull { .. })));
         // Still refused on the next call: no stale "room" answer.
-        assert!(full.check().is_err());
-        assert!(DiskSpace::new(dir.clone(), 0).check().is_ok());
-        assert!(DiskSpace::new(dir, 1).check().is_ok());
+        assert!(full.check(0).is_err());
+        assert!(DiskSpace::new(dir.clone(), 0).check(0).is_ok());
+        assert!(DiskSpace::new(dir, 1).check(0).is_ok());
     }
 
     /// Mounts a tmpfs (needs root; skipped without it), flips it read-only and back.
@@ -137,12 +147,12 @@ mod tests {
             return;
         }
         let space = DiskSpace::new(dir.path().to_path_buf(), 1);
-        assert!(space.check().is_ok());
+        assert!(space.check(0).is_ok());
         assert!(mount("remount,ro"));
         std::thread::sleep(CHECK_EVERY * 2); // past the cached "there is room"
-        let refused = space.check();
+        let refused = space.check(0);
         assert!(mount("remount,rw"));
-        let writable = space.check();
+        let writable = space.check(0);
         let _ = std::process::Command::new("umount")
             .arg(dir.path())
             .status();
@@ -151,5 +161,41 @@ mod tests {
             other => panic!("expected ReadOnlyDisk, got {other:?}"),
         }
         assert!(writable.is_ok(), "{writable:?}");
+    }
+
+    /// Mounts a tmpfs (needs root; skipped without it) and fills it between two
+    /// checks: within one `CHECK_EVERY`, small writes keep the cached answer, but
+    /// asking for an eighth of the reserve reads the disk again.
+    #[test]
+    fn writes_past_an_eighth_of_the_reserve_read_the_disk_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let reserve = 2 << 20;
+        let space = DiskSpace::new(dir.path().to_path_buf(), reserve);
+        let first = space.check(1024);
+        // Another writer takes 7 MiB of the 8: under the reserve now.
+        std::fs::write(dir.path().join("fill"), vec![0u8; 7 << 20]).unwrap();
+        let small = space.check(1024);
+        let large = space.check(reserve / 8);
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert!(first.is_ok(), "{first:?}");
+        // A run slow enough to get past CHECK_EVERY reads the disk anyway.
+        if space.started.elapsed() < CHECK_EVERY {
+            assert!(small.is_ok(), "{small:?}");
+        }
+        assert!(
+            matches!(large, Err(ChannelError::DiskFull { .. })),
+            "{large:?}"
+        );
     }
 }
