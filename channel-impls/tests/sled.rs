@@ -42,6 +42,18 @@ fn open(dir: &Path) -> SledStore {
     SledStore::open(dir).expect("open store")
 }
 
+fn channel_with(
+    store: &SledStore,
+    name: &str,
+    durability: Durability,
+) -> cemesh_channels::SledChannel {
+    let config = SledConfig {
+        durability,
+        ..SledConfig::default()
+    };
+    store.channel(name, config).unwrap()
+}
+
 #[tokio::test]
 async fn restart_resumes_at_the_persisted_watermark() {
     let dir = tempfile::tempdir().unwrap();
@@ -401,15 +413,7 @@ async fn relaxed_durability_modes_append_and_persist() {
         ("none", Durability::None),
     ] {
         let store = open(dir.path());
-        let ch = store
-            .channel(
-                name,
-                SledConfig {
-                    durability,
-                    ..SledConfig::default()
-                },
-            )
-            .unwrap();
+        let ch = channel_with(&store, name, durability);
         let _a = ch.subscribe("a", StartAt::Latest).await.unwrap();
         ch.append(vec![ev("e0"), ev("e1")]).await.unwrap();
         // The flusher catches up on its own in interval mode.
@@ -477,15 +481,7 @@ async fn every_append_is_answered_whenever_it_comes() {
         ("interval", Durability::Interval(Duration::from_millis(2))),
         ("none", Durability::None),
     ] {
-        let ch = store
-            .channel(
-                name,
-                SledConfig {
-                    durability,
-                    ..SledConfig::default()
-                },
-            )
-            .unwrap();
+        let ch = channel_with(&store, name, durability);
         let tasks: Vec<_> = (0..8u64)
             .map(|p| {
                 let ch = ch.clone();

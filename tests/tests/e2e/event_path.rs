@@ -307,15 +307,8 @@ async fn each_error_code_names_the_problem() {
             .contains("at most 65536 are allowed"),
         "{body}"
     );
-    let mut many = ce(&[]);
-    let names: Vec<String> = (0..150).map(|i| format!("x-h{i}")).collect();
-    many.extend(names.iter().map(|n| (n.as_str(), "1")));
-    let resp = c
-        .post(mesh.broker_url("default", "default"))
-        .headers(header_map(&many))
-        .send()
-        .await
-        .unwrap();
+    let url = mesh.broker_url("default", "default");
+    let resp = post_with_extra_headers(&c, &url, 150).await;
     assert_eq!(resp.status(), 431);
     let body: serde_json::Value = resp.json().await.expect("431 with a JSON body");
     assert!(
@@ -326,15 +319,7 @@ async fn each_error_code_names_the_problem() {
         "{body}"
     );
     // Past the HTTP server's own limit (256 headers): 431 still, its bare one.
-    let mut more = ce(&[]);
-    let names: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
-    more.extend(names.iter().map(|n| (n.as_str(), "1")));
-    let resp = c
-        .post(mesh.broker_url("default", "default"))
-        .headers(header_map(&more))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_with_extra_headers(&c, &url, 300).await;
     assert_eq!(resp.status(), 431);
     assert!(sub.settle(Duration::from_millis(200)).await.is_empty());
 
@@ -351,6 +336,22 @@ async fn each_error_code_names_the_problem() {
         "eventemitter.example.com"
     );
     assert!(resp.headers().get("webhook-allowed-rate").is_some());
+}
+
+/// A valid binary-mode event with `extra` more headers (`x-h0: 1`, ...).
+async fn post_with_extra_headers(
+    c: &reqwest::Client,
+    url: &str,
+    extra: usize,
+) -> reqwest::Response {
+    let mut pairs = ce(&[]);
+    let names: Vec<String> = (0..extra).map(|i| format!("x-h{i}")).collect();
+    pairs.extend(names.iter().map(|n| (n.as_str(), "1")));
+    c.post(url)
+        .headers(header_map(&pairs))
+        .send()
+        .await
+        .unwrap()
 }
 
 fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
