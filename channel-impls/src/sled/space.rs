@@ -35,7 +35,12 @@ pub(super) struct DiskSpace {
     checked_ms: AtomicU64,
     /// Bytes asked for since that check.
     since_check: AtomicU64,
+    /// Under the reserve at the last check; true until the first one, so that it
+    /// reads the disk.
     low: AtomicBool,
+    /// The disk has been read once: a first read that finds room is not space
+    /// coming back.
+    known: AtomicBool,
 }
 
 impl DiskSpace {
@@ -47,6 +52,7 @@ impl DiskSpace {
             checked_ms: AtomicU64::new(0),
             since_check: AtomicU64::new(0),
             low: AtomicBool::new(true),
+            known: AtomicBool::new(false),
         }
     }
 
@@ -68,14 +74,16 @@ impl DiskSpace {
             // Unknown (an unusual filesystem): do not refuse writes over it.
             return Ok(());
         };
+        // Before the first read the state is unknown: neither low nor room.
+        let first = !self.known.swap(true, Ordering::Relaxed);
+        let low = read_only || free < self.reserve;
+        let was_low = self.low.swap(low, Ordering::Relaxed) && !first;
         if read_only {
-            if !self.low.swap(true, Ordering::Relaxed) {
+            if !was_low {
                 tracing::error!(path = %self.path.display(), "The data dir's disk is read-only: refusing writes until it is writable");
             }
             return Err(read_only_refusal());
         }
-        let low = free < self.reserve;
-        let was_low = self.low.swap(low, Ordering::Relaxed);
         if low {
             if !was_low {
                 tracing::error!(path = %self.path.display(), free, reserve = self.reserve, "Disk almost full: refusing writes until space returns");
@@ -86,7 +94,7 @@ impl DiskSpace {
                 retry_after: RETRY_AFTER,
             });
         }
-        if was_low && now_ms > 0 {
+        if was_low {
             tracing::info!(path = %self.path.display(), free, "Disk space is back: taking writes again");
         }
         self.checked_ms.store(now_ms, Ordering::Relaxed);

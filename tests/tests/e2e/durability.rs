@@ -458,6 +458,11 @@ async fn a_full_disk_is_refused_with_507_and_recovers_by_itself() {
     let r = post(i, mesh.broker_url("default", "default")).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     accepted.push(format!("d{i}"));
+    // One line each way: the disk filled once and came back once (a fresh start
+    // with room is not "space coming back").
+    let logs = mesh.logs();
+    assert_eq!(logs.matches("Disk almost full").count(), 1, "{logs}");
+    assert_eq!(logs.matches("Disk space is back").count(), 1, "{logs}");
 
     // Every accepted event survives a restart and is delivered (taken after it: the
     // subscriber refused everything before).
