@@ -19,9 +19,15 @@ use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
 
 /// The broker `key` names, or 404.
 pub fn broker(routes: &Routes, key: &BrokerKey) -> Result<Arc<BrokerEndpoint>, IngressError> {
-    routes
-        .get(key)
-        .ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
+    found(routes.get(key), key)
+}
+
+/// [`broker`] for a lookup already made (the HTTP path looks up once per request).
+pub fn found(
+    endpoint: Option<Arc<BrokerEndpoint>>,
+    key: &BrokerKey,
+) -> Result<Arc<BrokerEndpoint>, IngressError> {
+    endpoint.ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
 }
 
 /// Checks the request's sender (its `Authorization` value, `None` when it sent none)
@@ -267,7 +273,9 @@ pub async fn store(
             }
             return Err(e.into());
         }
-        metrics::histogram!(names::CHANNEL_APPEND_DURATION, "channel" => broker.channel.kind())
+        broker
+            .metrics
+            .append(broker.channel.kind())
             .record(started.elapsed().as_secs_f64());
         broker
             .event_types

@@ -57,12 +57,13 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
             .and_then(|v| v.to_str().ok()),
     );
     let started = std::time::Instant::now();
-    // Label metrics with known brokers only: paths are the client's to choose.
-    let endpoint = parse_path(req.uri().path())
-        .ok()
-        .and_then(|k| routes.get(&k));
+    // Parsed and looked up once: the request is answered from this table entry,
+    // and metrics are labelled with known brokers only (paths are the client's to
+    // choose).
+    let key = parse_path(req.uri().path());
+    let endpoint = key.as_ref().ok().and_then(|k| routes.get(k));
     async move {
-        let result = dispatch(&routes, req).await;
+        let result = dispatch(&routes, key, endpoint.clone(), req).await;
         let (resp, events) = match result {
             Ok((resp, n)) => (resp, n),
             Err(e) => {
@@ -94,17 +95,23 @@ async fn handle(State(routes): State<Routes>, req: Request) -> Response {
     .await
 }
 
-/// Handles one request; answers with how many events it carried.
-async fn dispatch(routes: &Routes, req: Request) -> Result<(Response, usize), IngressError> {
+/// Handles one request to `key`'s `endpoint` (`None`: no such broker); answers with
+/// how many events it carried.
+async fn dispatch(
+    routes: &Routes,
+    key: Result<BrokerKey, IngressError>,
+    endpoint: Option<std::sync::Arc<BrokerEndpoint>>,
+    req: Request,
+) -> Result<(Response, usize), IngressError> {
     let attributes = accept::check_headers(req.headers())?;
-    let key = parse_path(req.uri().path())?;
+    let key = key?;
     match *req.method() {
         Method::POST if routes.is_draining() => return Err(IngressError::Draining),
         Method::POST => {}
         Method::OPTIONS => return Ok((webhook_handshake(req.headers()), 0)),
         _ => return Err(IngressError::MethodNotAllowed(req.method().clone())),
     }
-    let broker = accept::broker(routes, &key)?;
+    let broker = accept::found(endpoint, &key)?;
     let admitted = accept::admit(
         routes,
         &broker,

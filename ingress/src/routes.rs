@@ -70,6 +70,7 @@ pub struct BrokerEndpoint {
 pub struct EndpointMetrics {
     accepted: std::sync::OnceLock<metrics::Counter>,
     duration: std::sync::OnceLock<metrics::Histogram>,
+    append: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl EndpointMetrics {
@@ -84,6 +85,12 @@ impl EndpointMetrics {
             metrics::histogram!(names::INGRESS_REQUEST_DURATION,
                 "namespace_name" => key.namespace.clone(), "broker_name" => key.name.clone())
         })
+    }
+
+    /// `cemesh_channel_append_duration_seconds` of the broker's channel (`kind`).
+    pub(crate) fn append(&self, kind: &'static str) -> &metrics::Histogram {
+        self.append
+            .get_or_init(|| metrics::histogram!(names::CHANNEL_APPEND_DURATION, "channel" => kind))
     }
 }
 
