@@ -37,14 +37,22 @@ pub fn detect_mode(content_type: Option<&str>) -> Mode {
     let Some(ct) = content_type else {
         return Mode::Binary;
     };
-    let lower = ct.trim_start().to_ascii_lowercase();
-    if lower.starts_with("application/cloudevents-batch") {
+    let ct = ct.trim_start();
+    if starts_with_ignore_case(ct, "application/cloudevents-batch") {
         Mode::Batch
-    } else if lower.starts_with("application/cloudevents") {
+    } else if starts_with_ignore_case(ct, "application/cloudevents") {
         Mode::Structured
     } else {
         Mode::Binary
     }
+}
+
+/// `s` starts with the ASCII `prefix`, in any case (no lowercase copy: this runs
+/// on every request and every delivery's answer).
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn format_of(ct: &str) -> String {
@@ -433,6 +441,11 @@ mod tests {
             detect_mode(Some("application/cloudevents-batch+json")),
             Mode::Batch
         );
+        assert_eq!(
+            detect_mode(Some(" Application/CloudEvents-Batch+JSON")),
+            Mode::Batch
+        );
+        assert_eq!(detect_mode(Some("application/cloudevent")), Mode::Binary);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use cemesh_channels::ChannelError;
+use cemesh_proto::http::{detect_mode, Mode};
 use cemesh_proto::{knative, metric_names as names, Event};
 use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
@@ -192,22 +193,18 @@ enum Reply {
     TooLong,
 }
 
-/// A 2xx answer carries a reply when it is a CloudEvent in binary or structured
-/// mode; any other answer (empty, plain JSON, text, however long) is plain success.
-/// `over_limit`: the body was too long to be kept.
 /// Whether an answer is a CloudEvent (binary or structured) at all: most are not,
 /// and their delivery skips the reply's work.
 pub(super) fn may_carry_reply(headers: &HeaderMap) -> bool {
-    let structured = headers
+    let ct = headers
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|ct| ct.get(..CLOUDEVENTS_MEDIA_PREFIX.len()))
-        .is_some_and(|ct| ct.eq_ignore_ascii_case(CLOUDEVENTS_MEDIA_PREFIX));
-    structured || headers.contains_key("ce-specversion")
+        .and_then(|v| v.to_str().ok());
+    detect_mode(ct) != Mode::Binary || headers.contains_key("ce-specversion")
 }
 
-const CLOUDEVENTS_MEDIA_PREFIX: &str = "application/cloudevents";
-
+/// A 2xx answer carries a reply when it is a CloudEvent in binary or structured
+/// mode; any other answer (empty, plain JSON, text, however long) is plain success.
+/// `over_limit`: the body was too long to be kept.
 fn decode_reply(headers: &HeaderMap, body: Bytes, over_limit: bool) -> Reply {
     if !may_carry_reply(headers) {
         return Reply::None;
