@@ -35,11 +35,9 @@ pub(super) struct DiskSpace {
     checked_ms: AtomicU64,
     /// Bytes asked for since that check.
     since_check: AtomicU64,
-    /// Under the reserve at the last check; true until the first one, so that it
-    /// reads the disk.
+    /// Under the reserve (or read-only) at the last read.
     low: AtomicBool,
-    /// The disk has been read once: a first read that finds room is not space
-    /// coming back.
+    /// The disk has been read once (until then it is neither low nor roomy).
     known: AtomicBool,
 }
 
@@ -51,7 +49,7 @@ impl DiskSpace {
             started: Instant::now(),
             checked_ms: AtomicU64::new(0),
             since_check: AtomicU64::new(0),
-            low: AtomicBool::new(true),
+            low: AtomicBool::new(false),
             known: AtomicBool::new(false),
         }
     }
@@ -66,7 +64,11 @@ impl DiskSpace {
         let fresh = now_ms.saturating_sub(self.checked_ms.load(Ordering::Relaxed))
             < CHECK_EVERY.as_millis() as u64;
         let asked = self.since_check.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if fresh && asked < self.reserve / 8 && !self.low.load(Ordering::Relaxed) {
+        if fresh
+            && asked < self.reserve / 8
+            && self.known.load(Ordering::Relaxed)
+            && !self.low.load(Ordering::Relaxed)
+        {
             return Ok(());
         }
         self.since_check.store(0, Ordering::Relaxed);
@@ -74,10 +76,9 @@ impl DiskSpace {
             // Unknown (an unusual filesystem): do not refuse writes over it.
             return Ok(());
         };
-        // Before the first read the state is unknown: neither low nor room.
-        let first = !self.known.swap(true, Ordering::Relaxed);
+        self.known.store(true, Ordering::Relaxed);
         let low = read_only || free < self.reserve;
-        let was_low = self.low.swap(low, Ordering::Relaxed) && !first;
+        let was_low = self.low.swap(low, Ordering::Relaxed);
         if read_only {
             if !was_low {
                 tracing::error!(path = %self.path.display(), "The data dir's disk is read-only: refusing writes until it is writable");
