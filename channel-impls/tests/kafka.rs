@@ -607,10 +607,9 @@ async fn append_throughput_against_a_bare_producer() {
         let payload = payload.clone();
         let rate = run(
             label,
-            Arc::new(move |i| {
+            Arc::new(move |_| {
                 let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
                 Box::pin(async move {
-                    let _ = i;
                     produce_unkeyed(&producer, &topic, &payload).await;
                 })
             }),

@@ -39,15 +39,19 @@ fn sled_mesh(triggers: &[String]) -> Cemesh {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339_ms(chrono::Utc::now())
 }
 
 /// The end of a window that holds everything accepted so far: the next millisecond
 /// (`--to` is exclusive at millisecond precision, and the last event may have
 /// arrived within the millisecond `now_rfc3339` would name).
 pub(crate) fn window_end() -> String {
-    (chrono::Utc::now() + chrono::Duration::milliseconds(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339_ms(chrono::Utc::now() + chrono::Duration::milliseconds(1))
+}
+
+/// `t` as the replay command's `--from`/`--to` take it.
+fn rfc3339_ms(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The replay id a delivery carries, if it is a replayed one.
