@@ -139,6 +139,13 @@ impl Breaker {
                 probe: false,
             });
         }
+        // Closed: no waiter registered (every delivery passes here).
+        if self.lock().open.is_none() {
+            return Some(Pass {
+                breaker: self,
+                probe: false,
+            });
+        }
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);

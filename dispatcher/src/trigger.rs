@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cemesh_channels::{Position, Record, Subscription};
 use cemesh_proto::Event;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -119,23 +119,38 @@ pub(crate) async fn run(
             // Past the max-lag already, or while waiting for room: straight to the
             // dead letters, without taking a delivery slot.
             let room = match key {
-                None => permits.clone(),
-                Some(_) => waiting.clone(),
+                None => &permits,
+                Some(_) => &waiting,
             };
-            let taken = match &overflow {
-                Some(o) if !o.pause => tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => break 'outer,
-                    () = o.until_past(&record) => {
-                        o.dead_letter(ctx, sub, record, cancel2).await;
-                        continue;
+            // At once when a slot is free and the record is not past the limit: no
+            // waiter is registered on the shutdown token, the limit or the slots.
+            if cancel.is_cancelled() {
+                break 'outer;
+            }
+            if let Some(o) = overflow.as_ref().filter(|o| !o.pause) {
+                if o.is_record_past(&record) {
+                    o.dead_letter(ctx, sub, record, cancel2).await;
+                    continue;
+                }
+            }
+            let taken = match room.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(TryAcquireError::Closed) => None,
+                Err(TryAcquireError::NoPermits) => match &overflow {
+                    Some(o) if !o.pause => tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break 'outer,
+                        () = o.until_past(&record) => {
+                            o.dead_letter(ctx, sub, record, cancel2).await;
+                            continue;
+                        },
+                        p = room.clone().acquire_owned() => p.ok(),
                     },
-                    p = room.acquire_owned() => p.ok(),
-                },
-                // Paused at the limit (or no limit): the record waits for room.
-                _ => tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    p = room.acquire_owned() => p.ok(),
+                    // Paused at the limit (or no limit): the record waits for room.
+                    _ => tokio::select! {
+                        _ = cancel.cancelled() => break 'outer,
+                        p = room.clone().acquire_owned() => p.ok(),
+                    },
                 },
             };
             let Some(taken) = taken else { break 'outer };
@@ -308,6 +323,10 @@ impl Overflow {
             .get(&position.partition)
             .is_some_and(|b| position.offset < *b)
             || (self.by_age && arrival < self.cutoff.load(Relaxed))
+    }
+
+    fn is_record_past(&self, record: &Record) -> bool {
+        self.is_past(record.position, self.arrival(record))
     }
 
     /// Returns once `record` is past the limit (never while it is not).

@@ -236,6 +236,40 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     );
 }
 
+/// A head that starts after a request on a keep-alive connection is held to the
+/// header read timeout from its first byte, not to the (longer) idle timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_head_after_a_request_is_cut_at_the_header_read_timeout() {
+    let mesh = Cemesh::builder()
+        .manifest("mesh.yaml", &broker())
+        .arg("--header-read-timeout")
+        .arg("400ms")
+        .arg("--idle-timeout")
+        .arg("20s")
+        .start();
+    let mut stream = connect(mesh.ingress).await;
+    stream
+        .write_all(post_request("before").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 202);
+    // Idle past the first head's deadline, so only the new head's can close it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = Instant::now();
+    stream
+        .write_all(b"POST /default/default HTTP/1.1\r\nhost: x\r\nce-id: 2")
+        .await
+        .unwrap();
+    let (rest, closed) = until_closed(&mut stream).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let after = closed - sent;
+    // Within `until_closed`'s bound (5 s), far below the idle timeout (20 s).
+    assert!(
+        after >= Duration::from_millis(300),
+        "closed {after:?} after the head started, before the header read timeout"
+    );
+}
+
 /// Opens `n` connections and has each served once, so each holds a place.
 async fn hold(addr: SocketAddr, n: usize, request: impl Fn(usize) -> String) -> Vec<TcpStream> {
     let mut held = Vec::new();
