@@ -13,7 +13,9 @@ use crate::{Position, Record};
 pub(crate) struct EventRun {
     /// Offset of the first event.
     base: u64,
-    events: VecDeque<Arc<Event>>,
+    /// Each event with its `approx_size`, measured once (by the caller, outside any
+    /// lock the run sits behind).
+    events: VecDeque<(Arc<Event>, u32)>,
     bytes: u64,
 }
 
@@ -50,24 +52,29 @@ impl EventRun {
 
     /// Adds an event at offset `end()`.
     pub(crate) fn push(&mut self, event: Arc<Event>) {
-        self.bytes += event.approx_size() as u64;
-        self.events.push_back(event);
+        let size = size_of_event(&event);
+        self.push_sized(event, size);
     }
 
-    /// Drops the first event; false if there was none.
-    pub(crate) fn pop_front(&mut self) -> bool {
-        let Some(e) = self.events.pop_front() else {
-            return false;
-        };
-        self.bytes = self.bytes.saturating_sub(e.approx_size() as u64);
+    /// [`Self::push`] with the event's size already measured ([`size_of_event`]).
+    pub(crate) fn push_sized(&mut self, event: Arc<Event>, size: u32) {
+        self.bytes += u64::from(size);
+        self.events.push_back((event, size));
+    }
+
+    /// Removes the first event and hands it back (for the caller to drop, outside
+    /// its lock: it may be the last reference).
+    pub(crate) fn pop_front(&mut self) -> Option<Arc<Event>> {
+        let (e, size) = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(u64::from(size));
         self.base += 1;
-        true
+        Some(e)
     }
 
     /// The first offset held whose event arrived at or after `ms` (events without
     /// an arrival time count as arrived at once), else `end()`.
     pub(crate) fn first_since(&self, ms: u64) -> u64 {
-        let at = self.events.partition_point(|e| {
+        let at = self.events.partition_point(|(e, _)| {
             cemesh_proto::knative::arrival_ms(e).is_some_and(|t| t < ms as i64)
         });
         self.base + at as u64
@@ -82,9 +89,14 @@ impl EventRun {
             (from..to)
                 .map(|o| Record {
                     position: Position::new(0, o),
-                    event: self.events[(o - self.base) as usize].clone(),
+                    event: self.events[(o - self.base) as usize].0.clone(),
                 })
                 .collect(),
         )
     }
+}
+
+/// An event's size as a run counts it ([`Event::approx_size`]).
+pub(crate) fn size_of_event(event: &Event) -> u32 {
+    u32::try_from(event.approx_size()).unwrap_or(u32::MAX)
 }

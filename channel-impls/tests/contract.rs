@@ -585,11 +585,14 @@ async fn delivery_backpressure<F: Factory>(f: &F) {
         matches!(&refused, ChannelError::Full { reason, .. } if reason.contains("backpressure window")),
         "{refused}"
     );
+    // The ingress's early check (before it reads a body) agrees.
+    assert!(ch.backpressure().is_err(), "the early check lets it in");
     // The subscriber catches up: appends go in again.
     let got = read_n(sub.as_ref(), sent).await;
     for r in &got {
         sub.ack(r.position).await.unwrap();
     }
+    assert!(ch.backpressure().is_ok(), "the early check still refuses");
     ch.append(vec![ev("after-ack")]).await.unwrap();
     // Far behind but no longer reading: it does not hold the ingress.
     let mut behind = 0;
@@ -597,7 +600,12 @@ async fn delivery_backpressure<F: Factory>(f: &F) {
         behind += 1;
         assert!(behind < 100, "never refused");
     }
+    assert!(ch.backpressure().is_err(), "the early check lets it in");
     tokio::time::sleep(cemesh_channels::flow::ACTIVE_WITHIN + Duration::from_millis(300)).await;
+    assert!(
+        ch.backpressure().is_ok(),
+        "a stopped reader holds the early check"
+    );
     ch.append(vec![ev("stuck-does-not-hold")]).await.unwrap();
 }
 

@@ -2,6 +2,7 @@
 //! InMemoryChannel, minus the unbounded growth: a backlog cap gives backpressure).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -101,12 +102,22 @@ impl State {
         }
     }
 
-    fn trim(&mut self, retain_without: usize) {
+    /// Drops what no subscription needs; the events removed are handed back, to be
+    /// dropped after the lock (freeing an event is a dozen deallocations).
+    #[must_use = "drop the removed events after the lock"]
+    fn trim(&mut self, retain_without: usize) -> Vec<Arc<Event>> {
         let floor = match self.active().map(|s| s.tracker.committed()).min() {
             Some(min) => min,
             None => self.next().saturating_sub(retain_without as u64),
         };
-        while self.log.base() < floor && self.log.pop_front() {}
+        let mut removed = Vec::new();
+        while self.log.base() < floor {
+            match self.log.pop_front() {
+                Some(e) => removed.push(e),
+                None => break,
+            }
+        }
+        removed
     }
 }
 
@@ -114,6 +125,12 @@ impl State {
 struct Shared {
     state: Mutex<State>,
     notify: Notify,
+    /// Readers waiting on `notify`: an append wakes them only when there are some
+    /// (`notify_waiters` takes the Notify's lock every time).
+    waiting: AtomicUsize,
+    /// Whether the last look at the backpressure window found it passed: only then
+    /// does the ingress's early check take the lock (an append checks it anyway).
+    refusing: AtomicBool,
     config: MemoryConfig,
 }
 
@@ -122,6 +139,23 @@ impl Shared {
         // A panic while holding this lock cannot leave the log half-written (every
         // mutation is a single push or pop), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the readers waiting for records, if any.
+    fn wake_readers(&self) {
+        if self.waiting.load(AtomicOrdering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// The backpressure check, noting its answer for [`Channel::backpressure`].
+    fn check_backpressure(&self, st: &State) -> Result<(), ChannelError> {
+        let checked = st.backpressure(&self.config);
+        if self.refusing.load(AtomicOrdering::Relaxed) != checked.is_err() {
+            self.refusing
+                .store(checked.is_err(), AtomicOrdering::Relaxed);
+        }
+        checked
     }
 }
 
@@ -137,6 +171,8 @@ impl MemoryChannel {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
+                waiting: AtomicUsize::new(0),
+                refusing: AtomicBool::new(false),
                 config,
             }),
         }
@@ -156,11 +192,26 @@ impl Channel for MemoryChannel {
     }
 
     fn backpressure(&self) -> Result<(), ChannelError> {
-        self.shared.lock().backpressure(&self.shared.config)
+        // Passing is the common answer and needs no lock: appends and acks keep
+        // `refusing` current, and the append checks the window again under the lock.
+        if !self.shared.refusing.load(AtomicOrdering::Relaxed) {
+            return Ok(());
+        }
+        let st = self.shared.lock();
+        self.shared.check_backpressure(&st)
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
-        {
+        // Sized and boxed before the lock: the lock is shared with every delivery's
+        // ack.
+        let events: Vec<(Arc<Event>, u32)> = events
+            .into_iter()
+            .map(|e| {
+                let size = crate::run::size_of_event(&e);
+                (Arc::new(e), size)
+            })
+            .collect();
+        let removed = {
             let mut st = self.shared.lock();
             let config = &self.shared.config;
             let max = config.max_records;
@@ -170,7 +221,7 @@ impl Channel for MemoryChannel {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            let bytes: u64 = events.iter().map(|e| e.approx_size() as u64).sum();
+            let bytes: u64 = events.iter().map(|(_, size)| u64::from(*size)).sum();
             if !st.log.is_empty() && st.log.bytes() + bytes > config.max_bytes {
                 return Err(ChannelError::Full {
                     reason: format!(
@@ -181,13 +232,14 @@ impl Channel for MemoryChannel {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            st.backpressure(config)?;
-            for e in events {
-                st.log.push(Arc::new(e));
+            self.shared.check_backpressure(&st)?;
+            for (e, size) in events {
+                st.log.push_sized(e, size);
             }
-            st.trim(self.shared.config.retain_without_subscribers);
-        }
-        self.shared.notify.notify_waiters();
+            st.trim(config.retain_without_subscribers)
+        };
+        drop(removed);
+        self.shared.wake_readers();
         Ok(())
     }
 
@@ -212,11 +264,12 @@ impl Channel for MemoryChannel {
     }
 
     async fn unsubscribe(&self, name: &str) -> Result<(), ChannelError> {
-        {
+        let removed = {
             let mut st = self.shared.lock();
             st.subs.remove(name);
-            st.trim(self.shared.config.retain_without_subscribers);
-        }
+            st.trim(self.shared.config.retain_without_subscribers)
+        };
+        drop(removed);
         self.shared.notify.notify_waiters();
         Ok(())
     }
@@ -235,7 +288,7 @@ impl Channel for MemoryChannel {
     }
 
     async fn seek(&self, name: &str, to: &[Position]) -> Result<(), ChannelError> {
-        {
+        let removed = {
             let mut st = self.shared.lock();
             let (base, next) = (st.log.base(), st.next());
             let sub = st
@@ -247,8 +300,9 @@ impl Channel for MemoryChannel {
                 sub.tracker = AckTracker::new(at);
                 sub.read = at;
             }
-            st.trim(self.shared.config.retain_without_subscribers);
-        }
+            st.trim(self.shared.config.retain_without_subscribers)
+        };
+        drop(removed);
         self.shared.notify.notify_waiters();
         Ok(())
     }
@@ -267,6 +321,7 @@ struct MemorySubscription {
 impl Subscription for MemorySubscription {
     async fn next(&self, max: usize) -> Result<Vec<Record>, ChannelError> {
         let max = max.max(1);
+        let _waiting = Waiting::new(&self.shared.waiting);
         loop {
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
@@ -291,11 +346,35 @@ impl Subscription for MemorySubscription {
     }
 
     async fn ack(&self, position: Position) -> Result<(), ChannelError> {
-        let mut st = self.shared.lock();
-        let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;
-        if sub.tracker.ack(position.offset) {
-            st.trim(self.shared.config.retain_without_subscribers);
-        }
+        let removed = {
+            let mut st = self.shared.lock();
+            let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;
+            if !sub.tracker.ack(position.offset) {
+                return Ok(());
+            }
+            if self.shared.refusing.load(AtomicOrdering::Relaxed) {
+                let _ = self.shared.check_backpressure(&st);
+            }
+            st.trim(self.shared.config.retain_without_subscribers)
+        };
+        drop(removed);
         Ok(())
+    }
+}
+
+/// Counts a reader in [`Shared::waiting`] while it lives (the count goes up before
+/// the reader looks at the log, so an append after that look sees it).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, AtomicOrdering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::SeqCst);
     }
 }

@@ -91,7 +91,7 @@ impl Channel for SledChannel {
     }
 
     fn backpressure(&self) -> Result<(), ChannelError> {
-        self.shared.lock().backpressure()
+        self.shared.backpressure()
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
@@ -284,6 +284,7 @@ impl GroupWrite for ChannelShared {
                     Ok(())
                 })
                 .collect();
+            let _ = self.note_backpressure(&st);
             let now = now_ms();
             let last_mark = st.marks.back().map_or(0, |m| m.at);
             let mark = (now >= last_mark + MARK_EVERY_MS).then_some(Mark {
