@@ -799,6 +799,7 @@ impl Mesh {
             stats: Arc::default(),
             metrics: Arc::default(),
             journal: self.journal_of(&broker.desired),
+            subscriber_uri: Default::default(),
         });
         self.registry
             .write()

@@ -118,6 +118,7 @@ impl HttpClient {
     pub(crate) async fn post(
         &self,
         url: &reqwest::Url,
+        uri: Option<&Uri>,
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
@@ -126,10 +127,10 @@ impl HttpClient {
         let exchange = async {
             match self {
                 HttpClient::Direct(client) => {
-                    let uri: Uri = url
-                        .as_str()
-                        .parse()
-                        .map_err(|e: http::uri::InvalidUri| SendError::Other(e.to_string()))?;
+                    let uri = match uri {
+                        Some(uri) => uri.clone(),
+                        None => parse_uri(url)?,
+                    };
                     let mut request = Request::new(Full::new(body));
                     *request.method_mut() = Method::POST;
                     *request.uri_mut() = uri;
@@ -156,6 +157,13 @@ impl HttpClient {
             .await
             .unwrap_or(Err(SendError::Timeout))
     }
+}
+
+/// `url` as the `Uri` hyper sends to.
+pub(crate) fn parse_uri(url: &reqwest::Url) -> Result<Uri, SendError> {
+    url.as_str()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| SendError::Other(e.to_string()))
 }
 
 /// An exchange that failed before an answer came, by its innermost cause.
@@ -287,6 +295,7 @@ mod tests {
         HttpClient::new(&[], None)
             .post(
                 url,
+                None,
                 HeaderMap::new(),
                 Bytes::new(),
                 Duration::from_secs(5),

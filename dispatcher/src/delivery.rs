@@ -282,6 +282,18 @@ impl Deliverer {
         event: &Event,
         how: &AttemptSpec<'_>,
     ) -> Result<Success, Failure> {
+        self.attempt_at(url, None, event, how).await
+    }
+
+    /// [`Self::attempt`], with `url` already parsed as `uri` (a trigger parses its
+    /// subscriber's once, not at every attempt).
+    pub async fn attempt_at(
+        &self,
+        url: &reqwest::Url,
+        uri: Option<&http::Uri>,
+        event: &Event,
+        how: &AttemptSpec<'_>,
+    ) -> Result<Success, Failure> {
         let AttemptSpec {
             namespace,
             format,
@@ -349,7 +361,7 @@ impl Deliverer {
         let started = Instant::now();
         let answer = self
             .client_for(auth.ca_certs.as_ref())
-            .post(url, headers, body, timeout, max_answer)
+            .post(url, uri, headers, body, timeout, max_answer)
             .await;
         let crate::client::Answer {
             status,

@@ -72,9 +72,18 @@ pub struct TriggerContext {
     pub pause: Arc<Pause>,
     /// Where attempts and outcomes are journaled (unless the broker turned it off).
     pub journal: Option<Arc<dyn cemesh_channels::journal::Journal>>,
+    /// The subscriber's URL as hyper's `Uri`, parsed at the first attempt.
+    pub subscriber_uri: std::sync::OnceLock<Option<http::Uri>>,
 }
 
 impl TriggerContext {
+    /// The subscriber's URL, parsed once.
+    fn subscriber_uri(&self) -> Option<&http::Uri> {
+        self.subscriber_uri
+            .get_or_init(|| crate::client::parse_uri(&self.runtime.subscriber).ok())
+            .as_ref()
+    }
+
     /// Pauses the trigger at its max-lag (`max-lag-action: pause`), unless it is
     /// paused or was resumed while still past the limit.
     pub fn pause_at_max_lag(&self) {

@@ -97,13 +97,15 @@ impl TriggerContext {
                 _ => None,
             };
             cemesh_proto::trace::continue_from(&span, traceparent);
-            // Formatted only for a failed attempt.
-            let at = chrono::Utc::now();
             let started = Instant::now();
             let result = match pool {
                 None => {
+                    let uri = match target {
+                        Target::Subscriber => self.subscriber_uri(),
+                        _ => None,
+                    };
                     self.deliverer
-                        .attempt(url, event, &how)
+                        .attempt_at(url, uri, event, &how)
                         .instrument(span.clone())
                         .await
                 }
@@ -185,6 +187,10 @@ impl TriggerContext {
                             "Delivery attempt failed"
                         );
                     });
+                    // When the attempt began, read from the wall clock only for a
+                    // failure (a clock read per delivery otherwise).
+                    let at = chrono::Utc::now()
+                        - chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
                     attempts.push((
                         Attempt {
                             at: knative::rfc3339(at),
