@@ -45,6 +45,19 @@ async fn until_closed(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
     }
 }
 
+/// Posts one event on `stream` and expects 202.
+async fn post_on(stream: &mut TcpStream, id: &str) {
+    stream.write_all(post_request(id).as_bytes()).await.unwrap();
+    assert_eq!(read_answer(stream).await.status, 202);
+}
+
+/// When the broker closed `stream`, having sent nothing more.
+async fn closed_quietly(stream: &mut TcpStream) -> Instant {
+    let (rest, closed) = until_closed(stream).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    closed
+}
+
 /// One HTTP/1.1 answer: status, head (lower-cased), body.
 struct Answer {
     status: u16,
@@ -214,22 +227,12 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
         .arg("800ms")
         .start();
     let mut stream = connect(mesh.ingress).await;
-    stream
-        .write_all(post_request("idle-1").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut stream).await.status, 202);
+    post_on(&mut stream, "idle-1").await;
     // Reused within the timeout: still open, and the clock starts again after it.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    stream
-        .write_all(post_request("idle-2").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut stream).await.status, 202);
+    post_on(&mut stream, "idle-2").await;
     let answered = Instant::now();
-    let (rest, closed) = until_closed(&mut stream).await;
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
-    let idle = closed - answered;
+    let idle = closed_quietly(&mut stream).await - answered;
     assert!(
         idle >= Duration::from_millis(650),
         "closed after {idle:?} idle, before the timeout"
@@ -248,11 +251,7 @@ async fn a_partial_head_after_a_request_is_cut_at_the_header_read_timeout() {
         .arg("20s")
         .start();
     let mut stream = connect(mesh.ingress).await;
-    stream
-        .write_all(post_request("before").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut stream).await.status, 202);
+    post_on(&mut stream, "before").await;
     // Idle past the first head's deadline, so only the new head's can close it.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let sent = Instant::now();
@@ -260,9 +259,7 @@ async fn a_partial_head_after_a_request_is_cut_at_the_header_read_timeout() {
         .write_all(b"POST /default/default HTTP/1.1\r\nhost: x\r\nce-id: 2")
         .await
         .unwrap();
-    let (rest, closed) = until_closed(&mut stream).await;
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
-    let after = closed - sent;
+    let after = closed_quietly(&mut stream).await - sent;
     // Within `until_closed`'s bound (5 s), far below the idle timeout (20 s).
     assert!(
         after >= Duration::from_millis(300),
