@@ -211,14 +211,28 @@ impl Routes {
     /// until the permit drops. A request larger than the whole budget takes all of it.
     pub async fn reserve_pending(&self, bytes: usize) -> OwnedSemaphorePermit {
         let b = &self.pending;
-        let want = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, b.kib);
+        let want = self.pending_kib(bytes);
         b.permits
             .clone()
             .acquire_many_owned(want)
             .await
             .expect("the budget's semaphore is never closed")
+    }
+
+    /// [`Self::reserve_pending`] when the budget has room now.
+    pub fn try_reserve_pending(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let want = self.pending_kib(bytes);
+        self.pending
+            .permits
+            .clone()
+            .try_acquire_many_owned(want)
+            .ok()
+    }
+
+    fn pending_kib(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.pending.kib)
     }
 
     pub fn get(&self, key: &BrokerKey) -> Option<Arc<BrokerEndpoint>> {
@@ -245,5 +259,33 @@ impl Routes {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget's quick path takes room only when there is some, and never ahead
+    /// of a request already waiting for it.
+    #[tokio::test]
+    async fn the_pending_budget_is_taken_at_once_only_when_free() {
+        let routes = Routes::default().with_pending_budget(4 << 10);
+        let held = routes.try_reserve_pending(3 << 10).expect("room for 3 KiB");
+        assert!(routes.try_reserve_pending(2 << 10).is_none(), "past the budget");
+        let waiting = tokio::spawn({
+            let routes = routes.clone();
+            async move { routes.reserve_pending(2 << 10).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            routes.try_reserve_pending(1 << 10).is_none(),
+            "the free KiB went ahead of the waiter"
+        );
+        drop(held);
+        // The waiter was owed the room that came back first.
+        let _waited = waiting.await.expect("the waiter got its room");
+        assert!(routes.try_reserve_pending(3 << 10).is_none());
+        assert!(routes.try_reserve_pending(2 << 10).is_some());
     }
 }

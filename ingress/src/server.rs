@@ -551,7 +551,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 struct DeadlineBody {
     inner: Incoming,
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    started: Instant,
+    /// Made the first time the body is not all there: most bodies arrive with
+    /// their head, and their request then needs no timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
@@ -560,7 +563,8 @@ impl DeadlineBody {
         DeadlineBody {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            started: Instant::now(),
+            deadline: None,
             done: false,
         }
     }
@@ -579,13 +583,19 @@ impl HttpBody for DeadlineBody {
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.done = true;
-                    Poll::Ready(Some(Err(BodyTimeout(self.timeout).into())))
+            Poll::Pending => {
+                let at = self.started + self.timeout;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.done = true;
+                        Poll::Ready(Some(Err(BodyTimeout(self.timeout).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
