@@ -272,7 +272,10 @@ mod tests {
     async fn the_pending_budget_is_taken_at_once_only_when_free() {
         let routes = Routes::default().with_pending_budget(4 << 10);
         let held = routes.try_reserve_pending(3 << 10).expect("room for 3 KiB");
-        assert!(routes.try_reserve_pending(2 << 10).is_none(), "past the budget");
+        assert!(
+            routes.try_reserve_pending(2 << 10).is_none(),
+            "past the budget"
+        );
         let waiting = tokio::spawn({
             let routes = routes.clone();
             async move { routes.reserve_pending(2 << 10).await }
