@@ -10,6 +10,7 @@
 //! its backlog is bounded by its max-lag and the broker's backlog caps instead. The
 //! window is in bytes, estimated as records × the mean size of what was appended.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::ChannelError;
@@ -52,6 +53,43 @@ impl MeanSize {
 
     pub fn mean(&self) -> u64 {
         self.bytes.checked_div(self.records).unwrap_or(1024)
+    }
+}
+
+/// Whether a channel's last look at its window found it passed, so that the
+/// ingress's early check ([`crate::Channel::backpressure`], before it reads a body)
+/// takes the channel's lock only then. Appends check the window under the lock and
+/// note the answer; acks recheck while it is set.
+#[derive(Debug, Default)]
+pub(crate) struct Refusing(AtomicBool);
+
+impl Refusing {
+    /// The early check: passes without running `check` while the window was last
+    /// found open.
+    pub(crate) fn early(
+        &self,
+        check: impl FnOnce() -> Result<(), ChannelError>,
+    ) -> Result<(), ChannelError> {
+        if !self.0.load(Relaxed) {
+            return Ok(());
+        }
+        self.note(check())
+    }
+
+    /// Notes `checked`, a check made under the channel's lock, and returns it.
+    pub(crate) fn note(&self, checked: Result<(), ChannelError>) -> Result<(), ChannelError> {
+        if self.0.load(Relaxed) != checked.is_err() {
+            self.0.store(checked.is_err(), Relaxed);
+        }
+        checked
+    }
+
+    /// After an ack moved a cursor: notes whether the window opened again (only
+    /// while refusing; otherwise nothing changes).
+    pub(crate) fn recheck(&self, check: impl FnOnce() -> Result<(), ChannelError>) {
+        if self.0.load(Relaxed) {
+            let _ = self.note(check());
+        }
     }
 }
 

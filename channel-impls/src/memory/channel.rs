@@ -2,7 +2,7 @@
 //! InMemoryChannel, minus the unbounded growth: a backlog cap gives backpressure).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use cemesh_proto::Event;
 use tokio::sync::Notify;
 
-use crate::flow::Behind;
+use crate::flow::{Behind, Refusing};
 use crate::run::EventRun;
 use crate::{AckTracker, Channel, ChannelError, Position, Record, StartAt, Subscription};
 
@@ -128,9 +128,7 @@ struct Shared {
     /// Readers waiting on `notify`: an append wakes them only when there are some
     /// (`notify_waiters` takes the Notify's lock every time).
     waiting: AtomicUsize,
-    /// Whether the last look at the backpressure window found it passed: only then
-    /// does the ingress's early check take the lock (an append checks it anyway).
-    refusing: AtomicBool,
+    refusing: Refusing,
     config: MemoryConfig,
 }
 
@@ -147,16 +145,6 @@ impl Shared {
             self.notify.notify_waiters();
         }
     }
-
-    /// The backpressure check, noting its answer for [`Channel::backpressure`].
-    fn check_backpressure(&self, st: &State) -> Result<(), ChannelError> {
-        let checked = st.backpressure(&self.config);
-        if self.refusing.load(AtomicOrdering::Relaxed) != checked.is_err() {
-            self.refusing
-                .store(checked.is_err(), AtomicOrdering::Relaxed);
-        }
-        checked
-    }
 }
 
 /// A channel held in RAM.
@@ -172,7 +160,7 @@ impl MemoryChannel {
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
                 waiting: AtomicUsize::new(0),
-                refusing: AtomicBool::new(false),
+                refusing: Refusing::default(),
                 config,
             }),
         }
@@ -192,13 +180,8 @@ impl Channel for MemoryChannel {
     }
 
     fn backpressure(&self) -> Result<(), ChannelError> {
-        // Passing is the common answer and needs no lock: appends and acks keep
-        // `refusing` current, and the append checks the window again under the lock.
-        if !self.shared.refusing.load(AtomicOrdering::Relaxed) {
-            return Ok(());
-        }
-        let st = self.shared.lock();
-        self.shared.check_backpressure(&st)
+        let sh = &*self.shared;
+        sh.refusing.early(|| sh.lock().backpressure(&sh.config))
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
@@ -232,7 +215,7 @@ impl Channel for MemoryChannel {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            self.shared.check_backpressure(&st)?;
+            self.shared.refusing.note(st.backpressure(config))?;
             for (e, size) in events {
                 st.log.push_sized(e, size);
             }
@@ -270,7 +253,7 @@ impl Channel for MemoryChannel {
             st.trim(self.shared.config.retain_without_subscribers)
         };
         drop(removed);
-        self.shared.notify.notify_waiters();
+        self.shared.wake_readers();
         Ok(())
     }
 
@@ -303,7 +286,7 @@ impl Channel for MemoryChannel {
             st.trim(self.shared.config.retain_without_subscribers)
         };
         drop(removed);
-        self.shared.notify.notify_waiters();
+        self.shared.wake_readers();
         Ok(())
     }
 
@@ -352,9 +335,9 @@ impl Subscription for MemorySubscription {
             if !sub.tracker.ack(position.offset) {
                 return Ok(());
             }
-            if self.shared.refusing.load(AtomicOrdering::Relaxed) {
-                let _ = self.shared.check_backpressure(&st);
-            }
+            self.shared
+                .refusing
+                .recheck(|| st.backpressure(&self.shared.config));
             st.trim(self.shared.config.retain_without_subscribers)
         };
         drop(removed);

@@ -91,7 +91,8 @@ impl Channel for SledChannel {
     }
 
     fn backpressure(&self) -> Result<(), ChannelError> {
-        self.shared.backpressure()
+        let sh = &*self.shared;
+        sh.refusing.early(|| sh.lock().backpressure())
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
@@ -284,7 +285,7 @@ impl GroupWrite for ChannelShared {
                     Ok(())
                 })
                 .collect();
-            let _ = self.note_backpressure(&st);
+            let _ = self.refusing.note(st.backpressure());
             let now = now_ms();
             let last_mark = st.marks.back().map_or(0, |m| m.at);
             let mark = (now >= last_mark + MARK_EVERY_MS).then_some(Mark {

@@ -290,9 +290,7 @@ pub(super) struct ChannelShared {
     pub(super) notify: Notify,
     pub(super) flusher: Arc<Flusher>,
     pub(super) closed: AtomicBool,
-    /// Whether the last look at the backpressure window found it passed: only then
-    /// does the ingress's early check take `state` (the writer checks it anyway).
-    refusing: AtomicBool,
+    pub(super) refusing: crate::flow::Refusing,
 }
 
 impl ChannelShared {
@@ -402,38 +400,12 @@ impl ChannelShared {
             notify: Notify::new(),
             flusher,
             closed: AtomicBool::new(false),
-            refusing: AtomicBool::new(false),
+            refusing: Default::default(),
         })
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
-    }
-
-    /// The ingress's early backpressure check: without the lock while the last
-    /// look found the window open.
-    pub(super) fn backpressure(&self) -> Result<(), ChannelError> {
-        if !self.refusing.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let st = self.lock();
-        self.note_backpressure(&st)
-    }
-
-    /// Checks the window and notes the answer for [`Self::backpressure`].
-    pub(super) fn note_backpressure(&self, st: &State) -> Result<(), ChannelError> {
-        let checked = st.backpressure();
-        if self.refusing.load(Ordering::Relaxed) != checked.is_err() {
-            self.refusing.store(checked.is_err(), Ordering::Relaxed);
-        }
-        checked
-    }
-
-    /// After an ack: notes when the window opened again.
-    pub(super) fn recheck_backpressure(&self, st: &State) {
-        if self.refusing.load(Ordering::Relaxed) {
-            let _ = self.note_backpressure(st);
-        }
     }
 
     pub(super) fn check_open(&self) -> Result<(), ChannelError> {

@@ -168,7 +168,7 @@ impl Subscription for SledSubscription {
         let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;
         if sub.tracker.ack(position.offset) {
             st.sync_floor();
-            self.shared.recheck_backpressure(&st);
+            self.shared.refusing.recheck(|| st.backpressure());
         }
         Ok(())
     }
