@@ -275,19 +275,9 @@ impl Deliverer {
 
     /// One POST of `event` to `url`, with Knative's headers (`Prefer: reply`,
     /// `Kn-Namespace`, the event's `traceparent`) and what `how.auth` asks for (a JWT
-    /// whose subject is `how.subject`, a webhook signature).
+    /// whose subject is `how.subject`, a webhook signature). `uri` is `url` already
+    /// parsed, when the caller keeps it (a trigger parses its subscriber's once).
     pub async fn attempt(
-        &self,
-        url: &reqwest::Url,
-        event: &Event,
-        how: &AttemptSpec<'_>,
-    ) -> Result<Success, Failure> {
-        self.attempt_at(url, None, event, how).await
-    }
-
-    /// [`Self::attempt`], with `url` already parsed as `uri` (a trigger parses its
-    /// subscriber's once, not at every attempt).
-    pub async fn attempt_at(
         &self,
         url: &reqwest::Url,
         uri: Option<&http::Uri>,

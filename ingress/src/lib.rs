@@ -130,19 +130,11 @@ async fn dispatch(
     // the request costs in memory.
     let expected = content_length(&parts.headers)
         .map_or(broker.max_body_bytes, |len| len.min(broker.max_body_bytes));
-    let _pending = match routes.try_reserve_pending(expected) {
-        Some(permit) => permit,
-        None => {
-            let Ok(permit) =
-                tokio::time::timeout(PENDING_WAIT, routes.reserve_pending(expected)).await
-            else {
-                // Read (and drop) the body first: a client still sending it would
-                // see a broken pipe instead of the 503.
-                discard(body, broker.max_body_bytes).await;
-                return Err(IngressError::Busy(PENDING_WAIT));
-            };
-            permit
-        }
+    let Some(_pending) = routes.reserve_pending_within(expected, PENDING_WAIT).await else {
+        // Read (and drop) the body first: a client still sending it would see a
+        // broken pipe instead of the 503.
+        discard(body, broker.max_body_bytes).await;
+        return Err(IngressError::Busy(PENDING_WAIT));
     };
     let body =
         accept::read_event_body(&parts.headers, body, attributes, broker.max_body_bytes).await?;

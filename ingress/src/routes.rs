@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cemesh_channels::Channel;
@@ -207,9 +208,25 @@ impl Routes {
         self.header_budget
     }
 
-    /// Waits until a request of `bytes` fits the pending budget; it holds its share
-    /// until the permit drops. A request larger than the whole budget takes all of it.
-    pub async fn reserve_pending(&self, bytes: usize) -> OwnedSemaphorePermit {
+    /// Room for a request of `bytes` in the pending budget, waiting at most `wait`
+    /// for it (`None` past that); the request holds its share until the permit
+    /// drops. A request larger than the whole budget takes all of it. Room free now
+    /// is taken without a timer.
+    pub async fn reserve_pending_within(
+        &self,
+        bytes: usize,
+        wait: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        match self.try_reserve_pending(bytes) {
+            Some(permit) => Some(permit),
+            None => tokio::time::timeout(wait, self.reserve_pending(bytes))
+                .await
+                .ok(),
+        }
+    }
+
+    /// Waits until a request of `bytes` fits the pending budget.
+    async fn reserve_pending(&self, bytes: usize) -> OwnedSemaphorePermit {
         let b = &self.pending;
         let want = self.pending_kib(bytes);
         b.permits
@@ -220,7 +237,7 @@ impl Routes {
     }
 
     /// [`Self::reserve_pending`] when the budget has room now.
-    pub fn try_reserve_pending(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    fn try_reserve_pending(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let want = self.pending_kib(bytes);
         self.pending
             .permits
@@ -289,6 +306,14 @@ mod tests {
         // The waiter was owed the room that came back first.
         let _waited = waiting.await.expect("the waiter got its room");
         assert!(routes.try_reserve_pending(3 << 10).is_none());
-        assert!(routes.try_reserve_pending(2 << 10).is_some());
+        let _quick = routes
+            .reserve_pending_within(2 << 10, Duration::ZERO)
+            .await
+            .expect("free room is taken at once, without waiting");
+        // No room left: the wait ends empty.
+        assert!(routes
+            .reserve_pending_within(1 << 10, Duration::from_millis(20))
+            .await
+            .is_none());
     }
 }

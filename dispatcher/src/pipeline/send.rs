@@ -105,7 +105,7 @@ impl TriggerContext {
                         _ => None,
                     };
                     self.deliverer
-                        .attempt_at(url, uri, event, &how)
+                        .attempt(url, uri, event, &how)
                         .instrument(span.clone())
                         .await
                 }
@@ -114,7 +114,7 @@ impl TriggerContext {
                         let target = lease.target(url);
                         let r = self
                             .deliverer
-                            .attempt(&target, event, &how)
+                            .attempt(&target, None, event, &how)
                             .instrument(span.clone())
                             .await;
                         drop(lease);
