@@ -120,6 +120,14 @@ pub struct BenchArgs {
     /// every event's source and id are checked and kept
     #[arg(long)]
     pub dedup_window: Option<String>,
+    /// The broker's ingress backpressure window (annotation
+    /// cemesh.dev/backpressure-window), e.g. 1MiB or none
+    #[arg(long)]
+    pub backpressure_window: Option<String>,
+    /// How long a request past the window is held for room before a 429 (annotation
+    /// cemesh.dev/backpressure-hold), e.g. 0s
+    #[arg(long)]
+    pub backpressure_hold: Option<String>,
     /// The event journal of the broker (annotation cemesh.dev/journal): on (the
     /// default, as a broker runs) or off, to measure what it costs
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
@@ -234,6 +242,8 @@ pub struct Plan {
     pub channel: &'static str,
     pub durability: Option<String>,
     pub dedup_window: Option<String>,
+    pub backpressure_window: Option<String>,
+    pub backpressure_hold: Option<String>,
     pub journal: String,
     pub triggers: usize,
     pub match_ratio: f64,
@@ -358,6 +368,8 @@ impl Plan {
             channel: channel.as_str(),
             durability: a.durability.clone(),
             dedup_window: a.dedup_window.clone(),
+            backpressure_window: a.backpressure_window.clone(),
+            backpressure_hold: a.backpressure_hold.clone(),
             journal: a.journal.clone(),
             triggers,
             match_ratio: a.match_ratio,
@@ -387,6 +399,8 @@ impl Plan {
             channel: self.channel,
             durability: self.durability.as_deref(),
             dedup_window: self.dedup_window.as_deref(),
+            backpressure_window: self.backpressure_window.as_deref(),
+            backpressure_hold: self.backpressure_hold.as_deref(),
             journal: self.journal == "on",
             triggers: self.triggers,
             filter: self.filter,

@@ -17,6 +17,10 @@ pub struct ManifestOptions<'a> {
     pub durability: Option<&'a str>,
     /// `cemesh.dev/dedup-window`.
     pub dedup_window: Option<&'a str>,
+    /// `cemesh.dev/backpressure-window`.
+    pub backpressure_window: Option<&'a str>,
+    /// `cemesh.dev/backpressure-hold`.
+    pub backpressure_hold: Option<&'a str>,
     /// `cemesh.dev/journal` (false: `off`).
     pub journal: bool,
     pub triggers: usize,
@@ -54,6 +58,12 @@ pub fn render(o: &ManifestOptions<'_>) -> String {
     }
     if let Some(w) = o.dedup_window {
         let _ = writeln!(y, "    cemesh.dev/dedup-window: {w:?}");
+    }
+    if let Some(w) = o.backpressure_window {
+        let _ = writeln!(y, "    cemesh.dev/backpressure-window: {w:?}");
+    }
+    if let Some(h) = o.backpressure_hold {
+        let _ = writeln!(y, "    cemesh.dev/backpressure-hold: {h:?}");
     }
     if !o.journal {
         let _ = writeln!(y, "    cemesh.dev/journal: \"off\"");
@@ -155,6 +165,8 @@ mod tests {
                 channel: "sled",
                 durability: Some("interval(10ms)"),
                 dedup_window: Some("10m"),
+                backpressure_window: Some("1MiB"),
+                backpressure_hold: Some("250ms"),
                 journal: false,
                 triggers: 3,
                 filter: kind,
@@ -185,6 +197,8 @@ mod tests {
             channel: "sled",
             durability: None,
             dedup_window: None,
+            backpressure_window: None,
+            backpressure_hold: None,
             journal: true,
             triggers: 3,
             filter: FilterKind::Attributes,

@@ -1,8 +1,17 @@
 //! Ingress backpressure that follows delivery: past a window of bytes that the
-//! broker's *delivering* subscriptions have yet to acknowledge, `append` answers
-//! [`ChannelError::Full`] (429 with `Retry-After` at the ingress), so a producer
-//! sending as fast as it can is held to the rate the triggers deliver at, instead
-//! of growing a backlog whose age becomes everyone's latency.
+//! broker's *delivering* subscriptions have yet to acknowledge, the ingress holds a
+//! new request until delivery makes room, for up to the broker's hold, and then
+//! answers [`ChannelError::Full`] (429 with `Retry-After`). A producer sending as fast
+//! as it can is paced to the rate the triggers deliver at (like a Kafka producer
+//! blocking on a full buffer for up to `max.block.ms`), instead of growing a backlog
+//! whose age becomes everyone's latency, or being refused while delivery is merely
+//! busy.
+//!
+//! The window is checked at the door ([`crate::Channel::backpressure`] and
+//! [`crate::Channel::room`], before a request's body is read), not by `append`: a
+//! request let in is stored, so the held requests that one ack lets in together are
+//! not refused after their bodies were read. The window is soft by what is in flight
+//! (bounded by the ingress's pending-bytes budget); the backlog caps are hard.
 //!
 //! Only subscriptions that claimed records within [`ACTIVE_WITHIN`] count: a trigger
 //! that stopped reading (its breaker is open, it is paused, every one of its
@@ -13,6 +22,8 @@
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::ChannelError;
 
 /// A subscription that claimed records this recently is delivering.
@@ -21,6 +32,14 @@ pub const ACTIVE_WITHIN: Duration = Duration::from_secs(2);
 /// The default window: 8 MiB (about half a second of delivery at 15k 1 KiB
 /// events/s).
 pub const DEFAULT_WINDOW_BYTES: u64 = 8 << 20;
+
+/// The default hold: how long the ingress waits for room past the window before
+/// answering 429.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(1);
+
+/// While holding, the window is looked at again this often: it also opens without
+/// an ack, when a subscription stops counting as delivering.
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// How long a refused producer is asked to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -58,10 +77,14 @@ impl MeanSize {
 
 /// Whether a channel's last look at its window found it passed, so that the
 /// ingress's early check ([`crate::Channel::backpressure`], before it reads a body)
-/// takes the channel's lock only then. Appends check the window under the lock and
-/// note the answer; acks recheck while it is set.
+/// takes the channel's lock only then; and the requests held for room. Appends note
+/// the window under the channel's lock; acks recheck while it is set.
 #[derive(Debug, Default)]
-pub(crate) struct Refusing(AtomicBool);
+pub(crate) struct Refusing {
+    refusing: AtomicBool,
+    /// Notified when an ack finds room again: wakes every held request.
+    opened: Notify,
+}
 
 impl Refusing {
     /// The early check: passes without running `check` while the window was last
@@ -70,16 +93,21 @@ impl Refusing {
         &self,
         check: impl FnOnce() -> Result<(), ChannelError>,
     ) -> Result<(), ChannelError> {
-        if !self.0.load(Relaxed) {
+        if !self.refusing.load(Relaxed) {
             return Ok(());
         }
         self.note(check())
     }
 
-    /// Notes `checked`, a check made under the channel's lock, and returns it.
+    /// Notes `checked`, a check made under the channel's lock, and returns it;
+    /// wakes the held requests when the window opened.
     pub(crate) fn note(&self, checked: Result<(), ChannelError>) -> Result<(), ChannelError> {
-        if self.0.load(Relaxed) != checked.is_err() {
-            self.0.store(checked.is_err(), Relaxed);
+        let refusing = checked.is_err();
+        if self.refusing.load(Relaxed) != refusing {
+            self.refusing.store(refusing, Relaxed);
+            if !refusing {
+                self.opened.notify_waiters();
+            }
         }
         checked
     }
@@ -87,9 +115,61 @@ impl Refusing {
     /// After an ack moved a cursor: notes whether the window opened again (only
     /// while refusing; otherwise nothing changes).
     pub(crate) fn recheck(&self, check: impl FnOnce() -> Result<(), ChannelError>) {
-        if self.0.load(Relaxed) {
+        if self.refusing.load(Relaxed) {
             let _ = self.note(check());
         }
+    }
+
+    /// The early check, waiting up to `hold` for room while the window is passed:
+    /// returns as soon as an ack (or a subscription no longer delivering) opens it,
+    /// else the refusal, saying how long it was held.
+    pub(crate) async fn wait(
+        &self,
+        hold: Duration,
+        check: impl Fn() -> Result<(), ChannelError>,
+    ) -> Result<(), ChannelError> {
+        if hold.is_zero() {
+            return self.early(&check);
+        }
+        if self.early(&check).is_ok() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            // Registered before the look, so an ack right after it is not missed.
+            opened.as_mut().enable();
+            let refused = match self.early(&check) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(held(refused, hold));
+            }
+            tokio::select! {
+                () = &mut opened => {}
+                () = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
+            }
+        }
+    }
+}
+
+/// A refusal after holding a request `hold` long.
+fn held(refused: ChannelError, hold: Duration) -> ChannelError {
+    match refused {
+        ChannelError::Full {
+            reason,
+            retry_after,
+        } => ChannelError::Full {
+            reason: format!(
+                "{reason} (held {} ms for room: cemesh.dev/backpressure-hold)",
+                hold.as_millis()
+            ),
+            retry_after,
+        },
+        other => other,
     }
 }
 

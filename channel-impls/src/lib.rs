@@ -129,10 +129,16 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// The kind of channel: `memory`, `sled`, `kafka`.
     fn kind(&self) -> &'static str;
 
-    /// Whether an append now would be refused by delivery backpressure
-    /// ([`flow`]): cheap, no I/O, so the ingress asks before it reads a body.
+    /// Whether delivery backpressure ([`flow`]) refuses new events now: cheap, no
+    /// I/O. Appends are not refused by it: producers ask first.
     fn backpressure(&self) -> Result<(), ChannelError> {
         Ok(())
+    }
+
+    /// [`Channel::backpressure`], waiting up to the channel's hold for delivery to
+    /// make room before refusing: what the ingress asks before it reads a body.
+    async fn room(&self) -> Result<(), ChannelError> {
+        self.backpressure()
     }
 
     /// Appends events atomically; returns once they are as durable as promised.

@@ -44,6 +44,10 @@ impl Channel for Tapped {
         self.inner.backpressure()
     }
 
+    async fn room(&self) -> Result<(), ChannelError> {
+        self.inner.room().await
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         if self.tx.receiver_count() == 0 {
             return self.inner.append(events).await;

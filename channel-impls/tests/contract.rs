@@ -20,6 +20,7 @@ struct Limits {
     retain_without_subscribers: u64,
     /// Ingress backpressure (memory and sled).
     backpressure_window: Option<u64>,
+    backpressure_hold: Duration,
 }
 
 impl Default for Limits {
@@ -28,6 +29,7 @@ impl Default for Limits {
             max_records: 1_000_000,
             retain_without_subscribers: 0,
             backpressure_window: None,
+            backpressure_hold: Duration::ZERO,
         }
     }
 }
@@ -56,6 +58,7 @@ impl Factory for Memory {
             max_records: limits.max_records as usize,
             retain_without_subscribers: limits.retain_without_subscribers as usize,
             backpressure_window: limits.backpressure_window,
+            backpressure_hold: limits.backpressure_hold,
             ..MemoryConfig::default()
         })
     }
@@ -91,6 +94,7 @@ impl Factory for Sled {
                     max_backlog_records: limits.max_records,
                     retain_without_subscribers: limits.retain_without_subscribers,
                     backpressure_window: limits.backpressure_window,
+                    backpressure_hold: limits.backpressure_hold,
                     ..SledConfig::default()
                 },
             )
@@ -559,54 +563,98 @@ async fn event_round_trips<F: Factory>(f: &F) {
 }
 
 /// Backpressure that follows delivery (memory and sled): past the window of bytes a
-/// delivering subscription has yet to acknowledge, appends are refused `Full`
-/// naming the window; acknowledging lets them in again; a subscription that stopped
-/// reading for longer than `flow::ACTIVE_WITHIN` no longer holds the ingress.
+/// delivering subscription has yet to acknowledge, the door refuses `Full` naming
+/// the window: `backpressure` at once, `room` after holding up to the channel's
+/// hold. Appends are not refused by the window (a request let in is stored). An ack
+/// that makes room opens the door, and lets a held `room` in before its hold ends; a
+/// subscription that stopped reading for longer than `flow::ACTIVE_WITHIN` no longer
+/// holds it.
 async fn delivery_backpressure<F: Factory>(f: &F) {
     // Small events (~50 bytes stored by sled, ~250 as the memory channel counts
     // them): a 2 KiB window holds between 8 and 41 behind.
+    let hold = Duration::from_millis(300);
     let ch = f
         .make(Limits {
             backpressure_window: Some(2048),
+            backpressure_hold: hold,
             ..Limits::default()
         })
         .await;
     let sub = ch.subscribe("slow", StartAt::Latest).await.unwrap();
-    let mut sent = 0;
-    let refused = loop {
-        match ch.append(vec![ev(format!("e{sent}"))]).await {
-            Ok(()) => sent += 1,
-            Err(e) => break e,
-        }
-        assert!(sent < 100, "never refused");
-    };
+    let (sent, refused) = fill_window(&ch).await;
     assert!((4..=64).contains(&sent), "refused after {sent}");
     assert!(
         matches!(&refused, ChannelError::Full { reason, .. } if reason.contains("backpressure window")),
         "{refused}"
     );
-    // The ingress's early check (before it reads a body) agrees.
-    assert!(ch.backpressure().is_err(), "the early check lets it in");
-    // The subscriber catches up: appends go in again.
-    let got = read_n(sub.as_ref(), sent).await;
+    // Past the window, an append is still stored: the window is the door's.
+    ch.append(vec![ev("let-in")]).await.unwrap();
+    // Held for the hold, then refused, saying so.
+    let started = std::time::Instant::now();
+    let held = ch.room().await.unwrap_err();
+    assert!(started.elapsed() >= hold, "held {:?}", started.elapsed());
+    assert!(
+        matches!(&held, ChannelError::Full { reason, .. }
+            if reason.contains("backpressure window") && reason.contains("held 300 ms")),
+        "{held}"
+    );
+    // The subscriber catches up: the door opens.
+    let got = read_n(sub.as_ref(), sent + 1).await;
     for r in &got {
         sub.ack(r.position).await.unwrap();
     }
     assert!(ch.backpressure().is_ok(), "the early check still refuses");
-    ch.append(vec![ev("after-ack")]).await.unwrap();
-    // Far behind but no longer reading: it does not hold the ingress.
-    let mut behind = 0;
-    while ch.append(vec![ev(format!("b{behind}"))]).await.is_ok() {
-        behind += 1;
-        assert!(behind < 100, "never refused");
-    }
-    assert!(ch.backpressure().is_err(), "the early check lets it in");
+    ch.room().await.unwrap();
+    // Far behind but no longer reading: it does not hold the door.
+    fill_window(&ch).await;
     tokio::time::sleep(cemesh_channels::flow::ACTIVE_WITHIN + Duration::from_millis(300)).await;
     assert!(
         ch.backpressure().is_ok(),
         "a stopped reader holds the early check"
     );
-    ch.append(vec![ev("stuck-does-not-hold")]).await.unwrap();
+
+    // A long hold: the ack that makes room lets a held producer in, long before
+    // its hold ends.
+    let hold = Duration::from_secs(30);
+    let ch = f
+        .make(Limits {
+            backpressure_window: Some(2048),
+            backpressure_hold: hold,
+            ..Limits::default()
+        })
+        .await;
+    let sub = ch.subscribe("slow", StartAt::Latest).await.unwrap();
+    let (sent, _) = fill_window(&ch).await;
+    let waiting = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.room().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "let in while the window is passed");
+    let started = std::time::Instant::now();
+    for r in read_n(sub.as_ref(), sent).await {
+        sub.ack(r.position).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the ack let the held producer in")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < hold);
+}
+
+/// Appends single events while the door is open; returns how many, and the
+/// refusal that closed it.
+async fn fill_window(ch: &impl Channel) -> (usize, ChannelError) {
+    let mut sent = 0;
+    loop {
+        if let Err(e) = ch.backpressure() {
+            return (sent, e);
+        }
+        ch.append(vec![ev(format!("e{sent}"))]).await.unwrap();
+        sent += 1;
+        assert!(sent < 100, "never refused");
+    }
 }
 
 mod delivery_backpressure {

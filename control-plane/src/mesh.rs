@@ -289,6 +289,7 @@ impl Channels {
                 retain_without_subscribers: usize::try_from(o.retain_without_triggers)
                     .unwrap_or(usize::MAX),
                 backpressure_window: o.backpressure_window,
+                backpressure_hold: o.backpressure_hold,
             }))),
             ChannelKind::Sled => {
                 let config = SledConfig {
@@ -299,6 +300,7 @@ impl Channels {
                     max_backlog_records: o.max_backlog_records,
                     max_backlog_bytes: o.max_backlog_bytes,
                     backpressure_window: o.backpressure_window,
+                    backpressure_hold: o.backpressure_hold,
                 };
                 let channel = self
                     .sled()?

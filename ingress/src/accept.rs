@@ -230,6 +230,13 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
     }
 }
 
+/// Waits, up to the broker's `cemesh.dev/backpressure-hold`, while delivery is
+/// behind past its window ([`cemesh_channels::flow`]); refuses after that. Asked
+/// before a request's events are read: once let in, they are stored.
+pub async fn room(broker: &BrokerEndpoint) -> Result<(), IngressError> {
+    broker.channel.room().await.map_err(IngressError::from)
+}
+
 /// Appends to the broker's channel; returns once the channel says the events are as
 /// durable as it promises (the moment a receiver may answer "accepted").
 /// With a dedup window, events accepted within it are counted as accepted and not

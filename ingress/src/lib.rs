@@ -120,11 +120,11 @@ async fn dispatch(
             .map(HeaderValue::as_bytes),
     )?;
     let (parts, body) = req.into_parts();
-    // Delivery is behind: refused before the body is read and decoded, so holding
-    // producers back costs little.
-    if let Err(e) = broker.channel.backpressure() {
+    // Delivery is behind: held (then refused) before the body is read and decoded,
+    // so holding producers back costs little.
+    if let Err(e) = accept::room(&broker).await {
         discard(body, broker.max_body_bytes).await;
-        return Err(e.into());
+        return Err(e);
     }
     // Held until the events are stored: reading, decoding and storing are what
     // the request costs in memory.

@@ -6,7 +6,8 @@
 //!   request and from its first byte for the next ones; past it the connection is
 //!   closed.
 //! - **body read timeout**: a request's body must arrive within
-//!   [`Limits::body_read_timeout`] of its head; past it reading the body fails with
+//!   [`Limits::body_read_timeout`] of the server starting to read it (a request held
+//!   for backpressure has not started); past it reading the body fails with
 //!   [`BodyTimeout`], which the ingress answers 408 (`IngressError::BodyTimeout`).
 //! - **idle timeout**: a keep-alive connection with no request in flight (and no
 //!   response still streaming) is closed after [`Limits::idle_timeout`].
@@ -546,14 +547,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 }
 
-/// A request body that fails with [`BodyTimeout`] if it has not all arrived by its
-/// deadline.
+/// A request body that fails with [`BodyTimeout`] if it has not all arrived within
+/// its timeout of the first read that had to wait for it.
 struct DeadlineBody {
     inner: Incoming,
     timeout: Duration,
-    started: Instant,
-    /// Made the first time the body is not all there: most bodies arrive with
-    /// their head, and their request then needs no timer.
+    /// Made the first time the body is not all there (that is when its timeout
+    /// starts): most bodies arrive with their head, and their request then needs no
+    /// timer.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
@@ -563,7 +564,6 @@ impl DeadlineBody {
         DeadlineBody {
             inner,
             timeout,
-            started: Instant::now(),
             deadline: None,
             done: false,
         }
@@ -584,10 +584,10 @@ impl HttpBody for DeadlineBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
-                let at = self.started + self.timeout;
+                let timeout = self.timeout;
                 let deadline = self
                     .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match deadline.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         self.done = true;

@@ -28,6 +28,8 @@ pub struct MemoryConfig {
     /// Ingress backpressure: bytes the delivering subscriptions may be behind (see
     /// [`crate::flow`]); `None`: none.
     pub backpressure_window: Option<u64>,
+    /// How long [`Channel::room`] waits for room past the window.
+    pub backpressure_hold: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -37,6 +39,7 @@ impl Default for MemoryConfig {
             max_bytes: 256 << 20,
             retain_without_subscribers: 0,
             backpressure_window: None,
+            backpressure_hold: Duration::ZERO,
         }
     }
 }
@@ -184,6 +187,15 @@ impl Channel for MemoryChannel {
         sh.refusing.early(|| sh.lock().backpressure(&sh.config))
     }
 
+    async fn room(&self) -> Result<(), ChannelError> {
+        let sh = &*self.shared;
+        sh.refusing
+            .wait(sh.config.backpressure_hold, || {
+                sh.lock().backpressure(&sh.config)
+            })
+            .await
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         // Sized and boxed before the lock: the lock is shared with every delivery's
         // ack.
@@ -215,10 +227,10 @@ impl Channel for MemoryChannel {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            self.shared.refusing.note(st.backpressure(config))?;
             for (e, size) in events {
                 st.log.push_sized(e, size);
             }
+            let _ = self.shared.refusing.note(st.backpressure(config));
             st.trim(config.retain_without_subscribers)
         };
         drop(removed);

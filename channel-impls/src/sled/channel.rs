@@ -95,6 +95,15 @@ impl Channel for SledChannel {
         sh.refusing.early(|| sh.lock().backpressure())
     }
 
+    async fn room(&self) -> Result<(), ChannelError> {
+        let sh = &*self.shared;
+        if sh.refusing.early(|| sh.lock().backpressure()).is_ok() {
+            return Ok(());
+        }
+        let hold = sh.lock().config.backpressure_hold;
+        sh.refusing.wait(hold, || sh.lock().backpressure()).await
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         let sh = &*self.shared;
         sh.check_open()?;
@@ -285,7 +294,6 @@ impl GroupWrite for ChannelShared {
                     Ok(())
                 })
                 .collect();
-            let _ = self.refusing.note(st.backpressure());
             let now = now_ms();
             let last_mark = st.marks.back().map_or(0, |m| m.at);
             let mark = (now >= last_mark + MARK_EVERY_MS).then_some(Mark {
@@ -364,6 +372,7 @@ impl GroupWrite for ChannelShared {
             st.backlog_bytes += bytes;
         }
         st.sync_floor();
+        let _ = self.refusing.note(st.backpressure());
         drop(st);
         admitted
             .into_iter()

@@ -34,6 +34,8 @@ pub struct SledConfig {
     /// Ingress backpressure: bytes the delivering subscriptions may be behind (see
     /// [`crate::flow`]); `None`: none.
     pub backpressure_window: Option<u64>,
+    /// How long [`crate::Channel::room`] waits for room past the window.
+    pub backpressure_hold: Duration,
 }
 
 impl Default for SledConfig {
@@ -46,6 +48,7 @@ impl Default for SledConfig {
             max_backlog_records: 1_000_000,
             max_backlog_bytes: 1 << 30,
             backpressure_window: None,
+            backpressure_hold: Duration::ZERO,
         }
     }
 }

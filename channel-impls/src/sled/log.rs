@@ -249,10 +249,9 @@ impl State {
         )
     }
 
-    /// Refuses a batch that would take the backlog past a cap, or that comes while
-    /// the delivering subscriptions are past the backpressure window.
+    /// Refuses a batch that would take the backlog past a cap (the backpressure
+    /// window is the producers' to ask: [`crate::flow`]).
     pub(super) fn admit(&self, records: u64, bytes: u64) -> Result<(), ChannelError> {
-        self.backpressure()?;
         let backlog = self.backlog();
         let max = self.config.max_backlog_records;
         if backlog.saturating_add(records) > max {

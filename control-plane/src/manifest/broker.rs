@@ -49,6 +49,10 @@ pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
 /// be behind before the ingress answers 429 (memory and sled), e.g. `32MiB`, or
 /// `none`. Default 8MiB.
 pub const BACKPRESSURE_WINDOW_ANNOTATION: &str = "cemesh.dev/backpressure-window";
+/// Annotation: how long the ingress holds a request past the backpressure window,
+/// waiting for delivery to make room, before it answers 429 (e.g. `250ms`; `0s`
+/// answers at once). Default 1s, at most 30s.
+pub const BACKPRESSURE_HOLD_ANNOTATION: &str = "cemesh.dev/backpressure-hold";
 /// Annotation: an event whose `source` and `id` the broker accepted within this
 /// window (e.g. `10m`) is answered as accepted and not appended again.
 pub const DEDUP_WINDOW_ANNOTATION: &str = "cemesh.dev/dedup-window";
@@ -80,6 +84,7 @@ pub const BROKER_ANNOTATIONS: &[&str] = &[
     MAX_BACKLOG_SIZE_ANNOTATION,
     RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
     BACKPRESSURE_WINDOW_ANNOTATION,
+    BACKPRESSURE_HOLD_ANNOTATION,
     DEDUP_WINDOW_ANNOTATION,
     DEDUP_MAX_KEYS_ANNOTATION,
     JOURNAL_ANNOTATION,

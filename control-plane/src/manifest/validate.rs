@@ -13,9 +13,10 @@ use cemesh_dispatcher::{
 use cemesh_ingress::BrokerKey;
 
 use super::broker::{
-    BACKPRESSURE_WINDOW_ANNOTATION, BROKER_ANNOTATIONS, CHANNEL_ANNOTATION, DURABILITY_ANNOTATION,
-    JOURNAL_ANNOTATION, MAX_BACKLOG_ANNOTATION, MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION,
-    RETAIN_WITHOUT_TRIGGERS_ANNOTATION, RETENTION_ANNOTATION, RETENTION_SIZE_ANNOTATION,
+    BACKPRESSURE_HOLD_ANNOTATION, BACKPRESSURE_WINDOW_ANNOTATION, BROKER_ANNOTATIONS,
+    CHANNEL_ANNOTATION, DURABILITY_ANNOTATION, JOURNAL_ANNOTATION, MAX_BACKLOG_ANNOTATION,
+    MAX_BACKLOG_SIZE_ANNOTATION, MAX_BODY_ANNOTATION, RETAIN_WITHOUT_TRIGGERS_ANNOTATION,
+    RETENTION_ANNOTATION, RETENTION_SIZE_ANNOTATION,
 };
 use super::trigger::{
     BACKOFF_MAX_ANNOTATION, BREAKER_FAILURES_ANNOTATION, BREAKER_PROBE_DELAY_ANNOTATION,
@@ -83,6 +84,9 @@ pub struct DedupSettings {
     pub max_keys: usize,
 }
 
+/// The longest `cemesh.dev/backpressure-hold`.
+const MAX_BACKPRESSURE_HOLD: Duration = Duration::from_secs(30);
+
 /// A broker's channel settings, from its annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelOptions {
@@ -95,6 +99,8 @@ pub struct ChannelOptions {
     pub retain_without_triggers: u64,
     /// Ingress backpressure window in bytes; `None`: off.
     pub backpressure_window: Option<u64>,
+    /// How long a request past the window is held for room before a 429.
+    pub backpressure_hold: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -108,6 +114,7 @@ impl Default for ChannelOptions {
             max_backlog_bytes: sled.max_backlog_bytes,
             retain_without_triggers: sled.retain_without_subscribers,
             backpressure_window: Some(cemesh_channels::flow::DEFAULT_WINDOW_BYTES),
+            backpressure_hold: cemesh_channels::flow::DEFAULT_HOLD,
         }
     }
 }
@@ -484,6 +491,24 @@ pub(super) fn channel_options(meta: &Metadata, problems: &mut Problems) -> Chann
             if let Some(n) = problems.note(r) {
                 o.backpressure_window = Some(n);
             }
+        }
+    }
+    if let Some(v) = get(BACKPRESSURE_HOLD_ANNOTATION) {
+        let r = parse_humane(v)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                if d > MAX_BACKPRESSURE_HOLD {
+                    Err(format!(
+                        "{v:?} is longer than {}s: a producer's client would time out first",
+                        MAX_BACKPRESSURE_HOLD.as_secs()
+                    ))
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|e| field(&path(BACKPRESSURE_HOLD_ANNOTATION), e));
+        if let Some(d) = problems.note(r) {
+            o.backpressure_hold = d;
         }
     }
     if let Some(v) = get(RETAIN_WITHOUT_TRIGGERS_ANNOTATION) {

@@ -100,6 +100,7 @@ impl Publisher for PublisherService {
             accept::admit(&self.routes, &broker, credential.as_deref()).map_err(refuse)?;
         let now = knative::now_rfc3339();
         let event = accept(&self.routes, req.event, &broker, &admitted, &now).map_err(refuse)?;
+        accept::room(&broker).await.map_err(refuse)?;
         accept::store(&broker, vec![event], "grpc")
             .await
             .map_err(refuse)?;
@@ -128,6 +129,7 @@ impl Publisher for PublisherService {
         accept::stamp(&broker, &mut events, &knative::now_rfc3339(), None, true).map_err(refuse)?;
         accept::check_deliverable(&broker, self.routes.header_budget(), &events, true)
             .map_err(refuse)?;
+        accept::room(&broker).await.map_err(refuse)?;
         let accepted = accept::store(&broker, events, "grpc-batch")
             .await
             .map_err(refuse)?;
@@ -294,7 +296,13 @@ async fn append_run(
     acks: &mut Vec<PublishAck>,
 ) {
     let Some(b) = broker.take() else { return };
-    let result = accept::store(&b, std::mem::take(events), "grpc-stream").await;
+    let result = match accept::room(&b).await {
+        Ok(()) => accept::store(&b, std::mem::take(events), "grpc-stream").await,
+        Err(e) => {
+            events.clear();
+            Err(e)
+        }
+    };
     for (sequence, id) in run.drain(..) {
         acks.push(match &result {
             Ok(_) => PublishAck {

@@ -793,19 +793,19 @@ async fn cold_start_grace_keeps_the_retry_budget_while_a_subscriber_wakes() {
     assert_eq!(plain.count(), 2);
 }
 
-/// Ingress backpressure that follows delivery (issue 20): a producer sending faster
-/// than the trigger delivers gets 429 with `Retry-After` and a body naming the
-/// broker's window once the delivering trigger is that far behind; every accepted
-/// event is delivered, and once the subscriber catches up the ingress takes events
-/// again. The window is per broker (`cemesh.dev/backpressure-window`, on memory and
-/// sled alike).
+/// Ingress backpressure that follows delivery (issue 20), with no hold
+/// (`cemesh.dev/backpressure-hold: 0s`): a producer sending faster than the trigger
+/// delivers gets 429 with `Retry-After` and a body naming the broker's window once
+/// the delivering trigger is that far behind; every accepted event is delivered, and
+/// once the subscriber catches up the ingress takes events again. The window is per
+/// broker (`cemesh.dev/backpressure-window`, on memory and sled alike).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_faster_than_delivery_is_held_back_with_429_and_loses_nothing() {
     for channel in ["memory", "sled"] {
         let sub = Subscriber::start().await;
         sub.set_delay(Duration::from_millis(20), Duration::ZERO);
         let broker = format!(
-            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  annotations:\n    cemesh.dev/channel: {channel}\n    cemesh.dev/backpressure-window: 32KiB\n"
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  annotations:\n    cemesh.dev/channel: {channel}\n    cemesh.dev/backpressure-window: 32KiB\n    cemesh.dev/backpressure-hold: 0s\n"
         );
         let trigger = trigger_yaml("slow", "default", &sub.url(), &[]).replace(
             "metadata:\n  name: slow\n",
@@ -859,6 +859,96 @@ async fn a_producer_faster_than_delivery_is_held_back_with_429_and_loses_nothing
         )
         .await;
         assert_eq!(again.status(), 202, "{channel}");
+    }
+}
+
+/// With the default hold (1 s), producers faster than delivery are paced, not
+/// refused: past the window each request waits for the acks that make room, so
+/// every one is answered 202 and the backlog stays about the window (when the last
+/// is accepted, nearly all the others are delivered). A request held past its
+/// broker's hold (`cemesh.dev/backpressure-hold`) is answered 429 naming the window
+/// and the hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn producers_faster_than_delivery_are_paced_within_the_hold() {
+    for channel in ["memory", "sled"] {
+        let slow = Subscriber::start().await;
+        slow.set_delay(Duration::from_millis(10), Duration::ZERO);
+        let stuck = Subscriber::start().await;
+        stuck.set_delay(Duration::from_secs(1), Duration::ZERO);
+        let broker = |name: &str, hold: &str| {
+            format!(
+                "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  annotations:\n    cemesh.dev/channel: {channel}\n    cemesh.dev/backpressure-window: 16KiB\n{hold}"
+            )
+        };
+        let trigger = |name: &str, broker: &str, url: &str, parallelism: u32| {
+            trigger_yaml(name, broker, url, &[]).replace(
+                &format!("metadata:\n  name: {name}\n"),
+                &format!("metadata:\n  name: {name}\n  annotations:\n    cemesh.dev/parallelism: \"{parallelism}\"\n"),
+            )
+        };
+        let mesh = Cemesh::builder()
+            .manifest(
+                "mesh.yaml",
+                &docs(&[
+                    broker("paced", ""),
+                    trigger("slow", "paced", &slow.url(), 2),
+                    broker("short", "    cemesh.dev/backpressure-hold: 300ms\n"),
+                    trigger("stuck", "short", &stuck.url(), 1),
+                ]),
+            )
+            .start();
+
+        // Eight producers, 30 events each, against ~200 deliveries a second.
+        let url = mesh.broker_url("default", "paced");
+        let producers: Vec<_> = (0..8)
+            .map(|p| {
+                let (c, url) = (client(), url.clone());
+                tokio::spawn(async move {
+                    for i in 0..30 {
+                        let mut e = Event::new(format!("{p}-{i}"), "/flow", "t");
+                        e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+                        let r = post_binary(&c, &url, &e).await;
+                        let status = r.status();
+                        assert_eq!(status, 202, "{}", r.text().await.unwrap());
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.await.unwrap();
+        }
+        let delivered = slow.count();
+        assert!(
+            delivered >= 240 - 60,
+            "{channel}: 240 accepted but only {delivered} delivered: not paced"
+        );
+        slow.wait_for(240, Duration::from_secs(60)).await;
+
+        // Held for 300 ms, then refused.
+        let c = client();
+        let url = mesh.broker_url("default", "short");
+        let refusal = loop {
+            let mut e = Event::new(format!("{channel}-short"), "/flow", "t");
+            e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+            let started = std::time::Instant::now();
+            let r = post_binary(&c, &url, &e).await;
+            match r.status().as_u16() {
+                202 => continue,
+                429 => break (r, started.elapsed()),
+                other => panic!("{channel}: {other} {}", r.text().await.unwrap()),
+            }
+        };
+        assert!(
+            refusal.1 >= Duration::from_millis(300),
+            "{channel}: refused after {:?}, before the hold",
+            refusal.1
+        );
+        assert!(refusal.0.headers().get("retry-after").is_some());
+        let body = refusal.0.text().await.unwrap();
+        assert!(
+            body.contains("backpressure window") && body.contains("held 300 ms"),
+            "{channel}: {body}"
+        );
     }
 }
 

@@ -318,3 +318,37 @@ async fn a_read_only_admin_api_refuses_writes_and_says_why() {
     assert!(!ok, "{out}\n{err}");
     assert!(err.contains("--api-writes"), "{err}");
 }
+
+/// A broker's backpressure hold is a duration up to 30 s: longer, or not a
+/// duration, is refused naming the file, the document and the annotation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backpressure_hold_past_30s_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("mesh.yaml");
+    let broker = |name: &str, hold: &str| {
+        format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  annotations:\n    cemesh.dev/backpressure-hold: {hold}\n")
+    };
+    std::fs::write(
+        &file,
+        docs(&[
+            broker("long", "2m"),
+            broker("odd", "soon"),
+            broker("fine", "250ms"),
+        ]),
+    )
+    .unwrap();
+    let (ok, out, _) = cemesh_cli(&["validate", &file.display().to_string()]);
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "metadata.annotations.cemesh.dev/backpressure-hold: \"2m\" is longer than 30s"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("mesh.yaml: document 1 (Broker default/long)"),
+        "{out}"
+    );
+    assert!(out.contains("(Broker default/odd): metadata.annotations.cemesh.dev/backpressure-hold: \"soon\" is not a duration"), "{out}");
+    assert!(!out.contains("default/fine"), "{out}");
+}
