@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cemesh_channels::{
@@ -573,14 +574,7 @@ async fn delivery_backpressure<F: Factory>(f: &F) {
     // Small events (~50 bytes stored by sled, ~250 as the memory channel counts
     // them): a 2 KiB window holds between 8 and 41 behind.
     let hold = Duration::from_millis(300);
-    let ch = f
-        .make(Limits {
-            backpressure_window: Some(2048),
-            backpressure_hold: hold,
-            ..Limits::default()
-        })
-        .await;
-    let sub = ch.subscribe("slow", StartAt::Latest).await.unwrap();
+    let (ch, sub) = windowed(f, hold).await;
     let (sent, refused) = fill_window(&ch).await;
     assert!((4..=64).contains(&sent), "refused after {sent}");
     assert!(
@@ -616,14 +610,7 @@ async fn delivery_backpressure<F: Factory>(f: &F) {
     // A long hold: the ack that makes room lets a held producer in, long before
     // its hold ends.
     let hold = Duration::from_secs(30);
-    let ch = f
-        .make(Limits {
-            backpressure_window: Some(2048),
-            backpressure_hold: hold,
-            ..Limits::default()
-        })
-        .await;
-    let sub = ch.subscribe("slow", StartAt::Latest).await.unwrap();
+    let (ch, sub) = windowed(f, hold).await;
     let (sent, _) = fill_window(&ch).await;
     let waiting = {
         let ch = ch.clone();
@@ -641,6 +628,20 @@ async fn delivery_backpressure<F: Factory>(f: &F) {
         .unwrap()
         .unwrap();
     assert!(started.elapsed() < hold);
+}
+
+/// A channel with a 2 KiB backpressure window and `hold`, and its subscription
+/// `slow`.
+async fn windowed<F: Factory>(f: &F, hold: Duration) -> (F::C, Arc<dyn Subscription>) {
+    let ch = f
+        .make(Limits {
+            backpressure_window: Some(2048),
+            backpressure_hold: hold,
+            ..Limits::default()
+        })
+        .await;
+    let sub = ch.subscribe("slow", StartAt::Latest).await.unwrap();
+    (ch, sub)
 }
 
 /// Appends single events while the door is open; returns how many, and the
