@@ -234,7 +234,17 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
 /// behind past its window ([`cemesh_channels::flow`]); refuses after that. Asked
 /// before a request's events are read: once let in, they are stored.
 pub async fn room(broker: &BrokerEndpoint) -> Result<(), IngressError> {
-    broker.channel.room().await.map_err(IngressError::from)
+    if broker.channel.backpressure().is_ok() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let room = broker.channel.room().await;
+    metrics::histogram!(names::INGRESS_BACKPRESSURE_HELD,
+        "namespace_name" => broker.key.namespace.clone(),
+        "broker_name" => broker.key.name.clone(),
+        "result" => if room.is_ok() { "let_in" } else { "refused" })
+    .record(started.elapsed().as_secs_f64());
+    room.map_err(IngressError::from)
 }
 
 /// Appends to the broker's channel; returns once the channel says the events are as

@@ -25,6 +25,11 @@ pub const INGRESS_REQUEST_DURATION: &str = "cemesh_broker_ingress_request_durati
 /// appending them again (their `source` and `id` were accepted within the window).
 /// Labels: `namespace_name`, `broker_name`.
 pub const INGRESS_DUPLICATES: &str = "cemesh_broker_ingress_duplicates_total";
+/// How long requests past a broker's backpressure window were held for room
+/// (`cemesh.dev/backpressure-hold`), in seconds; only requests that were held.
+/// Labels: `namespace_name`, `broker_name`, `result` (`let_in`: delivery made room;
+/// `refused`: answered 429 at the hold's end).
+pub const INGRESS_BACKPRESSURE_HELD: &str = "cemesh_broker_ingress_backpressure_held_seconds";
 /// Pairs a dedup window forgot before their time, to stay within
 /// `cemesh.dev/dedup-max-keys`.
 pub const INGRESS_DEDUP_EVICTED: &str = "cemesh_broker_ingress_dedup_evicted_total";
@@ -120,7 +125,7 @@ pub const DURATION_SUFFIX: &str = "_duration_seconds";
 
 /// The broker's metrics (`cemesh serve`'s admin `/metrics`), each with its type and
 /// help text. The `process_*` ones are read and rendered at scrape time.
-pub const BROKER_METRICS: [(&str, Kind, &str); 30] = [
+pub const BROKER_METRICS: [(&str, Kind, &str); 31] = [
     (
         INGRESS_EVENTS,
         Kind::Counter,
@@ -130,6 +135,11 @@ pub const BROKER_METRICS: [(&str, Kind, &str); 30] = [
         INGRESS_REQUEST_DURATION,
         Kind::Histogram,
         "Time the ingress took to answer a request that carried events, in seconds.",
+    ),
+    (
+        INGRESS_BACKPRESSURE_HELD,
+        Kind::Histogram,
+        "Time requests past a broker's backpressure window were held waiting for delivery to make room, by result (let_in or refused), in seconds.",
     ),
     (
         TRIGGER_DISPATCH_ATTEMPTS,

@@ -867,7 +867,7 @@ async fn a_producer_faster_than_delivery_is_held_back_with_429_and_loses_nothing
 /// every one is answered 202 and the backlog stays about the window (when the last
 /// is accepted, nearly all the others are delivered). A request held past its
 /// broker's hold (`cemesh.dev/backpressure-hold`) is answered 429 naming the window
-/// and the hold.
+/// and the hold. `cemesh_broker_ingress_backpressure_held_seconds` counts both.
 #[tokio::test(flavor = "multi_thread")]
 async fn producers_faster_than_delivery_are_paced_within_the_hold() {
     for channel in ["memory", "sled"] {
@@ -949,6 +949,21 @@ async fn producers_faster_than_delivery_are_paced_within_the_hold() {
             body.contains("backpressure window") && body.contains("held 300 ms"),
             "{channel}: {body}"
         );
+        // Both show in the held-time histogram, by result.
+        let text = mesh.metrics_text().await;
+        let held = |broker: &str, result: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("cemesh_broker_ingress_backpressure_held_seconds_count")
+                        && l.contains(&format!("broker_name=\"{broker}\""))
+                        && l.contains(&format!("result=\"{result}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        assert!(held("paced", "let_in") >= 1.0, "{channel}: {text}");
+        assert_eq!(held("paced", "refused"), 0.0, "{channel}");
+        assert!(held("short", "refused") >= 1.0, "{channel}: {text}");
     }
 }
 
