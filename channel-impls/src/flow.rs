@@ -173,7 +173,7 @@ fn held(refused: ChannelError, hold: Duration) -> ChannelError {
     }
 }
 
-/// Refuses appends while the delivering subscriptions are more than `window` bytes
+/// Refuses new events while the delivering subscriptions are more than `window` bytes
 /// behind (records × `mean_bytes`, the mean size of a record); `None` disables the
 /// check.
 pub fn check(

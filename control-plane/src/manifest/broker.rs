@@ -46,8 +46,8 @@ pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
 /// Annotation: backlog cap in bytes (memory and sled), e.g. `512MiB`.
 pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
 /// Annotation: ingress backpressure, the bytes the broker's delivering triggers may
-/// be behind before the ingress answers 429 (memory and sled), e.g. `32MiB`, or
-/// `none`. Default 8MiB.
+/// be behind before the ingress holds new requests for room, then answers 429
+/// (memory and sled), e.g. `32MiB`, or `none`. Default 8MiB.
 pub const BACKPRESSURE_WINDOW_ANNOTATION: &str = "cemesh.dev/backpressure-window";
 /// Annotation: how long the ingress holds a request past the backpressure window,
 /// waiting for delivery to make room, before it answers 429 (e.g. `250ms`; `0s`
