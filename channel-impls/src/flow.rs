@@ -120,19 +120,21 @@ impl Refusing {
         }
     }
 
-    /// The early check, waiting up to `hold` for room while the window is passed:
-    /// returns as soon as an ack (or a subscription no longer delivering) opens it,
-    /// else the refusal, saying how long it was held.
+    /// The early check, waiting up to `hold` (asked only when the window is
+    /// passed) for room: returns as soon as an ack (or a subscription no longer
+    /// delivering) opens it, else the refusal, saying how long it was held.
     pub(crate) async fn wait(
         &self,
-        hold: Duration,
+        hold: impl FnOnce() -> Duration,
         check: impl Fn() -> Result<(), ChannelError>,
     ) -> Result<(), ChannelError> {
+        let refused = match self.early(&check) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let hold = hold();
         if hold.is_zero() {
-            return self.early(&check);
-        }
-        if self.early(&check).is_ok() {
-            return Ok(());
+            return Err(refused);
         }
         let deadline = tokio::time::Instant::now() + hold;
         loop {

@@ -234,6 +234,8 @@ fn continue_trace(event: &mut Event, headers: &HeaderMap) {
 /// behind past its window ([`cemesh_channels::flow`]); refuses after that. Asked
 /// before a request's events are read: once let in, they are stored.
 pub async fn room(broker: &BrokerEndpoint) -> Result<(), IngressError> {
+    // The lock-free check first: a request that is not held costs no boxed future,
+    // no clock read and no sample.
     if broker.channel.backpressure().is_ok() {
         return Ok(());
     }

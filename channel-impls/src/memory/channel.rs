@@ -190,9 +190,10 @@ impl Channel for MemoryChannel {
     async fn room(&self) -> Result<(), ChannelError> {
         let sh = &*self.shared;
         sh.refusing
-            .wait(sh.config.backpressure_hold, || {
-                sh.lock().backpressure(&sh.config)
-            })
+            .wait(
+                || sh.config.backpressure_hold,
+                || sh.lock().backpressure(&sh.config),
+            )
             .await
     }
 

@@ -97,11 +97,12 @@ impl Channel for SledChannel {
 
     async fn room(&self) -> Result<(), ChannelError> {
         let sh = &*self.shared;
-        if sh.refusing.early(|| sh.lock().backpressure()).is_ok() {
-            return Ok(());
-        }
-        let hold = sh.lock().config.backpressure_hold;
-        sh.refusing.wait(hold, || sh.lock().backpressure()).await
+        sh.refusing
+            .wait(
+                || sh.lock().config.backpressure_hold,
+                || sh.lock().backpressure(),
+            )
+            .await
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
