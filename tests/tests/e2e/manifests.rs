@@ -188,16 +188,13 @@ async fn validate_and_apply_refuse_what_the_config_dir_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trigger_on_an_invalid_broker_says_the_broker_is_invalid() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("mesh.yaml");
-    std::fs::write(
-        &file,
-        docs(&[
+    let (ok, out, _) = validate_docs(
+        &tmp.path().join("mesh.yaml"),
+        &[
             "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  annotations:\n    cemesh.dev/retension: 7d\n".to_owned(),
             trigger_yaml("orders", "default", "http://127.0.0.1:1/", &[]),
-        ]),
-    )
-    .unwrap();
-    let (ok, out, _) = cemesh_cli(&["validate", &file.display().to_string()]);
+        ],
+    );
     assert!(!ok);
     assert!(out.contains("(Trigger default/orders): spec.broker: broker default/default is invalid: metadata.annotations.cemesh.dev/retension: unknown cemesh annotation; did you mean cemesh.dev/retention?"), "{out}");
     assert!(!out.contains("is not defined"), "{out}");
@@ -216,25 +213,20 @@ async fn every_iso_8601_form_knative_takes_is_taken() {
         .enumerate()
         .map(|(i, d)| trigger(&format!("t{i}"), d))
         .collect();
-    let file = tmp.path().join("good.yaml");
     let mut all = vec![broker_yaml("default")];
     all.extend(good);
-    std::fs::write(&file, docs(&all)).unwrap();
-    let (ok, out, err) = cemesh_cli(&["validate", &file.display().to_string()]);
+    let (ok, out, err) = validate_docs(&tmp.path().join("good.yaml"), &all);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("valid: 1 broker(s), 6 trigger(s)"), "{out}");
 
-    let bad = tmp.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        docs(&[
+    let (ok, out, _) = validate_docs(
+        &tmp.path().join("bad.yaml"),
+        &[
             broker_yaml("default"),
             trigger("neg", "-PT1S"),
             trigger("sec", "1s"),
-        ]),
-    )
-    .unwrap();
-    let (ok, out, _) = cemesh_cli(&["validate", &bad.display().to_string()]);
+        ],
+    );
     assert!(!ok);
     assert!(
         out.contains("spec.delivery.backoffDelay: \"-PT1S\" is negative"),
@@ -324,20 +316,17 @@ async fn a_read_only_admin_api_refuses_writes_and_says_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backpressure_hold_past_30s_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("mesh.yaml");
     let broker = |name: &str, hold: &str| {
         format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  annotations:\n    cemesh.dev/backpressure-hold: {hold}\n")
     };
-    std::fs::write(
-        &file,
-        docs(&[
+    let (ok, out, _) = validate_docs(
+        &tmp.path().join("mesh.yaml"),
+        &[
             broker("long", "2m"),
             broker("odd", "soon"),
             broker("fine", "250ms"),
-        ]),
-    )
-    .unwrap();
-    let (ok, out, _) = cemesh_cli(&["validate", &file.display().to_string()]);
+        ],
+    );
     assert!(!ok);
     assert!(
         out.contains(
@@ -351,4 +340,11 @@ async fn a_backpressure_hold_past_30s_is_refused() {
     );
     assert!(out.contains("(Broker default/odd): metadata.annotations.cemesh.dev/backpressure-hold: \"soon\" is not a duration"), "{out}");
     assert!(!out.contains("default/fine"), "{out}");
+}
+
+/// Writes `documents` to `file` and runs `cemesh validate` on it: whether it passed,
+/// its stdout and its stderr.
+fn validate_docs(file: &std::path::Path, documents: &[String]) -> (bool, String, String) {
+    std::fs::write(file, docs(documents)).unwrap();
+    cemesh_cli(&["validate", &file.display().to_string()])
 }
