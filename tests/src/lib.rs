@@ -700,6 +700,15 @@ pub fn assert_validates(path: &Path, config: &Path) {
     assert!(ok, "{out}{err}");
 }
 
+/// The sum of the samples in Prometheus `text` whose line starts with `name` and
+/// contains every one of `labels` (e.g. `broker_name="default"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Runs a `cemesh` client command (no stdin, no `CEMESH_ADMIN`); answers whether it
 /// succeeded, its stdout and its stderr.
 pub fn cemesh_cli(args: &[&str]) -> (bool, String, String) {

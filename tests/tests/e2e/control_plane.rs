@@ -333,13 +333,6 @@ async fn tail_prints_events_as_they_arrive() {
     assert!(lines.iter().all(|e| e["type"] == "wanted"), "{text}");
 }
 
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_happened() {
     let ok = Subscriber::start().await;
@@ -367,7 +360,7 @@ async fn metrics_count_what_happened() {
     let deadline = Instant::now() + WAIT;
     let text = loop {
         let text = mesh.metrics_text().await;
-        if metric(
+        if metric_sum(
             &text,
             "cemesh_trigger_dead_letters_total",
             &["trigger_name=\"failing\""],
@@ -378,7 +371,7 @@ async fn metrics_count_what_happened() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let m = |name: &str, labels: &[&str]| metric(&text, name, labels);
+    let m = |name: &str, labels: &[&str]| metric_sum(&text, name, labels);
     assert_eq!(
         m(
             "cemesh_broker_ingress_events_total",
@@ -441,7 +434,7 @@ async fn metrics_count_what_happened() {
     assert_eq!(resp.status(), 400);
     let text = mesh.metrics_text().await;
     assert_eq!(
-        metric(
+        metric_sum(
             &text,
             "cemesh_broker_ingress_events_total",
             &["result=\"refused\"", "response_code=\"400\""]

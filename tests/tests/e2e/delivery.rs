@@ -952,14 +952,14 @@ async fn producers_faster_than_delivery_are_paced_within_the_hold() {
         // Both show in the held-time histogram, by result.
         let text = mesh.metrics_text().await;
         let held = |broker: &str, result: &str| {
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("cemesh_broker_ingress_backpressure_held_seconds_count")
-                        && l.contains(&format!("broker_name=\"{broker}\""))
-                        && l.contains(&format!("result=\"{result}\""))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
+            metric_sum(
+                &text,
+                "cemesh_broker_ingress_backpressure_held_seconds_count",
+                &[
+                    &format!("broker_name=\"{broker}\""),
+                    &format!("result=\"{result}\""),
+                ],
+            )
         };
         assert!(held("paced", "let_in") >= 1.0, "{channel}: {text}");
         assert_eq!(held("paced", "refused"), 0.0, "{channel}");
