@@ -133,14 +133,8 @@ impl Breaker {
     /// Waits until an attempt may go: at once while closed; while open, until this
     /// caller is the one probe. `None` when `cancel` fired first.
     pub async fn admit(&self, cancel: &CancellationToken) -> Option<Pass<'_>> {
-        if self.spec.failures == 0 {
-            return Some(Pass {
-                breaker: self,
-                probe: false,
-            });
-        }
-        // Closed: no waiter registered (every delivery passes here).
-        if self.lock().open.is_none() {
+        // No breaker, or closed: no waiter registered (every delivery passes here).
+        if self.spec.failures == 0 || !self.is_open() {
             return Some(Pass {
                 breaker: self,
                 probe: false,
