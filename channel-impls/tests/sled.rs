@@ -174,11 +174,11 @@ async fn corrupt_and_missing_records_are_skipped_and_counted() {
     }
     {
         // Damage the log behind the store's back (at the segment size it was made with).
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(8 << 20)
-            .open()
-            .unwrap();
+        // (A store just dropped may hold sled's lock a moment longer.)
+        let db = cemesh_channels::sled::open_sled(
+            &sled::Config::new().path(dir.path()).segment_size(8 << 20),
+        )
+        .unwrap();
         let tree = db.open_tree(layout::tree_name("b1")).unwrap();
         tree.insert(layout::record_key(1), &b"\x01garbage"[..])
             .unwrap();

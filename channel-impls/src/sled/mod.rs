@@ -64,4 +64,4 @@ pub use channel::SledChannel;
 pub use config::{Durability, SledConfig, SledStoreOptions, DEFAULT_MIN_FREE_BYTES};
 pub use deadletters::SledDeadLetters;
 pub use maintenance::MAINTENANCE_INTERVAL;
-pub use store::SledStore;
+pub use store::{open_sled, SledStore};

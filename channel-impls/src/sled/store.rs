@@ -19,7 +19,8 @@ use super::maintenance::Maint;
 use super::util::{lock, storage};
 use crate::ChannelError;
 
-/// How long `open` retries while a previous instance in this process still closes.
+/// How long [`open_sled`] retries while a previous instance in this process still
+/// closes.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
 
 /// sled's segment size for a new store. sled writes any log message over a quarter
@@ -30,6 +31,24 @@ const NEW_STORE_SEGMENT_BYTES: usize = 8 << 20;
 
 /// sled's default segment size, which stores created before cemesh chose its own use.
 const SLED_DEFAULT_SEGMENT_BYTES: usize = 512 << 10;
+
+/// Opens sled at `config`, waiting up to [`LOCK_RETRY`] for its file lock: the same
+/// directory closing elsewhere in this process (a handle dropped on another
+/// thread, sled's own threads finishing after it) holds the lock for a moment.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let started = Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_RETRY =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
 
 /// The process-wide sled database holding every broker's channel.
 #[derive(Clone)]
@@ -62,26 +81,8 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .segment_size(segment_size(&path))
             .cache_capacity(options.cache_capacity_bytes);
-        let started = Instant::now();
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                // The same directory closing elsewhere in this process (a handle
-                // dropped on another thread): wait a little for its lock.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && started.elapsed() < LOCK_RETRY =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    return Err(storage(
-                        format_args!("opening sled database {}", path.display()),
-                        e,
-                    ))
-                }
-            }
-        };
+        let db = open_sled(&config)
+            .map_err(|e| storage(format_args!("opening sled database {}", path.display()), e))?;
         tracing::info!(path = %path.display(), recovered = db.was_recovered(), "sled store opened");
         let space = super::space::DiskSpace::new(path.clone(), options.min_free_bytes);
         let core = Arc::new(Core {
