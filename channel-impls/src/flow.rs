@@ -1,5 +1,5 @@
 //! Ingress backpressure that follows delivery: past a window of bytes that the
-//! broker's *delivering* subscriptions have yet to acknowledge, the ingress holds a
+//! broker's *delivering* subscriptions have yet to take for delivery, the ingress holds a
 //! new request until delivery makes room, for up to the broker's hold, and then
 //! answers [`ChannelError::Full`] (429 with `Retry-After`). A producer sending as fast
 //! as it can is paced to the rate the triggers deliver at (like a Kafka producer
@@ -9,9 +9,17 @@
 //!
 //! The window is checked at the door ([`crate::Channel::backpressure`] and
 //! [`crate::Channel::room`], before a request's body is read), not by `append`: a
-//! request let in is stored, so the held requests that one ack lets in together are
-//! not refused after their bodies were read. The window is soft by what is in flight
+//! request let in is stored, so the held requests that one read lets in together are
+//! not refused after their bodies were read. The window is soft by the requests in
+//! flight at the ingress
 //! (bounded by the ingress's pending-bytes budget); the backlog caps are hard.
+//!
+//! The window counts what waits unclaimed (appended, not yet read by a delivery):
+//! what is in flight or retrying does not count, so the window does not cap how
+//! many deliveries a trigger keeps in flight (a trigger with parallelism 64 and
+//! 64 KiB events has 4 MiB in flight), nor does one event retrying at the head of
+//! the log hold the ingress while everything behind it is delivered. Reads, not
+//! acks, open it again.
 //!
 //! Only subscriptions that claimed records within [`ACTIVE_WITHIN`] count: a trigger
 //! that stopped reading (its breaker is open, it is paused, every one of its
@@ -29,22 +37,24 @@ use crate::ChannelError;
 /// A subscription that claimed records this recently is delivering.
 pub const ACTIVE_WITHIN: Duration = Duration::from_secs(2);
 
-/// The default window: 8 MiB (about half a second of delivery at 15k 1 KiB
-/// events/s).
-pub const DEFAULT_WINDOW_BYTES: u64 = 8 << 20;
+/// The default window: 1 MiB waiting unclaimed (about 1 000 events of 1 KiB, a
+/// fifteenth of a second at 15k events/s), beyond what each trigger has in flight.
+/// Smaller is faster for one trigger and worse for a hundred (`bench/README.md`).
+pub const DEFAULT_WINDOW_BYTES: u64 = 1 << 20;
 
 /// The default hold: how long the ingress waits for room past the window before
 /// answering 429.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(1);
 
 /// While holding, the window is looked at again this often: it also opens without
-/// an ack, when a subscription stops counting as delivering.
+/// a read, when a subscription stops counting as delivering.
 const RECHECK: Duration = Duration::from_millis(250);
 
 /// How long a refused producer is asked to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A subscription's part: how far it is behind and when it last read.
+/// A subscription's part: how many records wait for it unclaimed and when it last
+/// read.
 #[derive(Debug, Clone, Copy)]
 pub struct Behind {
     pub records: u64,
@@ -78,11 +88,11 @@ impl MeanSize {
 /// Whether a channel's last look at its window found it passed, so that the
 /// ingress's early check ([`crate::Channel::backpressure`], before it reads a body)
 /// takes the channel's lock only then; and the requests held for room. Appends note
-/// the window under the channel's lock; acks recheck while it is set.
+/// the window under the channel's lock; reads recheck while it is set.
 #[derive(Debug, Default)]
 pub(crate) struct Refusing {
     refusing: AtomicBool,
-    /// Notified when an ack finds room again: wakes every held request.
+    /// Notified when a read finds room again: wakes every held request.
     opened: Notify,
 }
 
@@ -112,7 +122,7 @@ impl Refusing {
         checked
     }
 
-    /// After an ack moved a cursor: notes whether the window opened again (only
+    /// After a read claimed records: notes whether the window opened again (only
     /// while refusing; otherwise nothing changes).
     pub(crate) fn recheck(&self, check: impl FnOnce() -> Result<(), ChannelError>) {
         if self.refusing.load(Relaxed) {
@@ -121,7 +131,7 @@ impl Refusing {
     }
 
     /// The early check, waiting up to `hold` (asked only when the window is
-    /// passed) for room: returns as soon as an ack (or a subscription no longer
+    /// passed) for room: returns as soon as a read (or a subscription no longer
     /// delivering) opens it, else the refusal, saying how long it was held.
     pub(crate) async fn wait(
         &self,
@@ -140,7 +150,7 @@ impl Refusing {
         loop {
             let opened = self.opened.notified();
             tokio::pin!(opened);
-            // Registered before the look, so an ack right after it is not missed.
+            // Registered before the look, so a read right after it is not missed.
             opened.as_mut().enable();
             let refused = match self.early(&check) {
                 Ok(()) => return Ok(()),
@@ -175,9 +185,9 @@ fn held(refused: ChannelError, hold: Duration) -> ChannelError {
     }
 }
 
-/// Refuses new events while the delivering subscriptions are more than `window` bytes
-/// behind (records × `mean_bytes`, the mean size of a record); `None` disables the
-/// check.
+/// Refuses new events while more than `window` bytes wait unclaimed for a delivering
+/// subscription (records × `mean_bytes`, the mean size of a record); `None` disables
+/// the check.
 pub fn check(
     window: Option<u64>,
     subs: impl Iterator<Item = Behind>,
@@ -196,7 +206,7 @@ pub fn check(
     if bytes > window {
         return Err(ChannelError::Full {
             reason: format!(
-                "delivery is behind: a delivering trigger has {behind} events (~{} KiB) to deliver, past the broker's backpressure window of {} KiB (cemesh.dev/backpressure-window); retry shortly",
+                "delivery is behind: a delivering trigger has {behind} events (~{} KiB) waiting to be delivered, past the broker's backpressure window of {} KiB (cemesh.dev/backpressure-window); retry shortly",
                 bytes >> 10,
                 window >> 10
             ),

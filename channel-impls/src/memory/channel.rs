@@ -67,7 +67,7 @@ impl State {
     fn backpressure(&self, config: &MemoryConfig) -> Result<(), ChannelError> {
         let next = self.next();
         let behind = self.active().map(|s| Behind {
-            records: next - s.tracker.committed(),
+            records: next.saturating_sub(s.read),
             last_claim: s.last_claim,
         });
         // Every subscription's backlog is in `log`: its mean is the one that counts.
@@ -333,6 +333,9 @@ impl Subscription for MemorySubscription {
                     if let Some(records) = st.log.records(from, to) {
                         sub.read = to;
                         sub.last_claim = Instant::now();
+                        self.shared
+                            .refusing
+                            .recheck(|| st.backpressure(&self.shared.config));
                         return Ok(records);
                     }
                 }
@@ -348,9 +351,6 @@ impl Subscription for MemorySubscription {
             if !sub.tracker.ack(position.offset) {
                 return Ok(());
             }
-            self.shared
-                .refusing
-                .recheck(|| st.backpressure(&self.shared.config));
             st.trim(self.shared.config.retain_without_subscribers)
         };
         drop(removed);

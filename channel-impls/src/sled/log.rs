@@ -241,7 +241,7 @@ impl State {
         crate::flow::check(
             self.config.backpressure_window,
             self.active().map(|s| crate::flow::Behind {
-                records: next - s.tracker.committed(),
+                records: next.saturating_sub(s.read),
                 last_claim: s.last_claim,
             }),
             self.mean.mean(),

@@ -41,6 +41,7 @@ impl ChannelShared {
                     if let Some(records) = st.tail.get(from, to) {
                         sub.read = to;
                         sub.last_claim = std::time::Instant::now();
+                        self.refusing.recheck(|| st.backpressure());
                         return Ok(records);
                     }
                 }
@@ -94,6 +95,7 @@ impl ChannelShared {
                 }
                 st.sync_floor();
             }
+            self.refusing.recheck(|| st.backpressure());
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -168,7 +170,6 @@ impl Subscription for SledSubscription {
         let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;
         if sub.tracker.ack(position.offset) {
             st.sync_floor();
-            self.shared.refusing.recheck(|| st.backpressure());
         }
         Ok(())
     }

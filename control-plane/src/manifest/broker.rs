@@ -45,9 +45,9 @@ pub const RETENTION_SIZE_ANNOTATION: &str = "cemesh.dev/retention-size";
 pub const MAX_BACKLOG_ANNOTATION: &str = "cemesh.dev/max-backlog";
 /// Annotation: backlog cap in bytes (memory and sled), e.g. `512MiB`.
 pub const MAX_BACKLOG_SIZE_ANNOTATION: &str = "cemesh.dev/max-backlog-size";
-/// Annotation: ingress backpressure, the bytes the broker's delivering triggers may
-/// be behind before the ingress holds new requests for room, then answers 429
-/// (memory and sled), e.g. `32MiB`, or `none`. Default 8MiB.
+/// Annotation: ingress backpressure, the bytes that may wait for a delivering
+/// trigger (not yet taken for delivery) before the ingress holds new requests for
+/// room, then answers 429 (memory and sled), e.g. `8MiB`, or `none`. Default 1MiB.
 pub const BACKPRESSURE_WINDOW_ANNOTATION: &str = "cemesh.dev/backpressure-window";
 /// Annotation: how long the ingress holds a request past the backpressure window,
 /// waiting for delivery to make room, before it answers 429 (e.g. `250ms`; `0s`

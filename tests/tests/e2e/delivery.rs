@@ -967,6 +967,98 @@ async fn producers_faster_than_delivery_are_paced_within_the_hold() {
     }
 }
 
+/// The backpressure window counts what waits for delivery, not what is in flight
+/// (memory and sled, a 16 KiB window): one event retrying at the head of the log
+/// (30 s backoff) does not hold the ingress (hold `0s`: a held producer would see
+/// 429) while the 100 KiB behind it are delivered; and a trigger delivering 8 KiB
+/// events to a slow subscriber keeps all 8 of its slots busy, 64 KiB in flight, four
+/// times the window (its producer paced by the reads, within a 5 s hold).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backpressure_window_counts_waiting_events_not_deliveries_in_flight() {
+    for channel in ["memory", "sled"] {
+        let flaky = Subscriber::start().await;
+        flaky.set_status(500);
+        let slow = Subscriber::start().await;
+        slow.set_delay(Duration::from_millis(300), Duration::ZERO);
+        let broker = |name: &str, hold: &str| {
+            format!(
+                "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  annotations:\n    cemesh.dev/channel: {channel}\n    cemesh.dev/backpressure-window: 16KiB\n    cemesh.dev/backpressure-hold: {hold}\n"
+            )
+        };
+        let on = |trigger: String, broker: &str| {
+            trigger.replace("  broker: default\n", &format!("  broker: {broker}\n"))
+        };
+        let mesh = Cemesh::builder()
+            .manifest(
+                "mesh.yaml",
+                &docs(&[
+                    broker("retrying", "0s"),
+                    on(
+                        trigger(
+                            "flaky",
+                            &flaky.url(),
+                            &[],
+                            &[],
+                            "    retry: 3\n    backoffDelay: PT30S\n",
+                        ),
+                        "retrying",
+                    ),
+                    broker("wide", "5s"),
+                    on(
+                        trigger(
+                            "slow",
+                            &slow.url(),
+                            &[],
+                            &[("cemesh.dev/parallelism", "8")],
+                            "",
+                        ),
+                        "wide",
+                    ),
+                ]),
+            )
+            .start();
+        let c = client();
+        let kib = |id: String, n: usize| {
+            let mut e = Event::new(id, "/flow", "t");
+            e.data = Some(bytes::Bytes::from(vec![b'x'; n << 10]));
+            e
+        };
+
+        // The head fails once and waits 30 s for its retry; the rest succeed.
+        let url = mesh.broker_url("default", "retrying");
+        let r = post_binary(&c, &url, &kib(format!("{channel}-head"), 1)).await;
+        assert_eq!(r.status(), 202);
+        flaky.wait_for(1, WAIT).await;
+        flaky.set_status(202);
+        for i in 0..100 {
+            let r = post_binary(&c, &url, &kib(format!("{channel}-{i}"), 1)).await;
+            let status = r.status();
+            assert_eq!(
+                status,
+                202,
+                "{channel}: event {i} behind a retrying head: {}",
+                r.text().await.unwrap()
+            );
+            flaky.wait_for(i + 2, WAIT).await;
+        }
+
+        // 24 events of 8 KiB, one producer: 8 in flight.
+        let url = mesh.broker_url("default", "wide");
+        for i in 0..24 {
+            let r = post_binary(&c, &url, &kib(format!("{channel}-wide-{i}"), 8)).await;
+            let status = r.status();
+            assert_eq!(
+                status,
+                202,
+                "{channel}: event {i}: {}",
+                r.text().await.unwrap()
+            );
+        }
+        slow.wait_for(24, Duration::from_secs(30)).await;
+        assert_eq!(slow.max_in_flight(), 8, "{channel}");
+    }
+}
+
 /// A forward proxy that answers every request itself: it keeps each request line
 /// (a proxied request names the whole target URL) and answers 200.
 async fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
