@@ -11,8 +11,8 @@
 //! [`crate::Channel::room`], before a request's body is read), not by `append`: a
 //! request let in is stored, so the held requests that one read lets in together are
 //! not refused after their bodies were read. The window is soft by the requests in
-//! flight at the ingress
-//! (bounded by the ingress's pending-bytes budget); the backlog caps are hard.
+//! flight at the ingress (bounded by its pending-bytes budget); the backlog caps
+//! are hard.
 //!
 //! The window counts what waits unclaimed (appended, not yet read by a delivery):
 //! what is in flight or retrying does not count, so the window does not cap how

@@ -53,8 +53,21 @@ fn event(id: &str, ty: &str) -> Event {
 }
 
 async fn send(mesh: &Cemesh, e: &Event) {
-    let resp = post_binary(&client(), &mesh.broker_url("default", "default"), e).await;
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    send_to(&client(), &mesh.broker_url("default", "default"), e).await;
+}
+
+/// Posts `e` to a broker's ingress and asserts 202, naming the event and the body.
+async fn send_to(c: &reqwest::Client, url: &str, e: &Event) {
+    let resp = post_binary(c, url, e).await;
+    let status = resp.status();
+    assert_eq!(status, 202, "{}: {:?}", e.id, resp.text().await);
+}
+
+/// An event of the backpressure tests, with `kib` KiB of data.
+fn flow_event(id: String, kib: usize) -> Event {
+    let mut e = Event::new(id, "/flow", "t");
+    e.data = Some(bytes::Bytes::from(vec![b'x'; kib << 10]));
+    e
 }
 
 /// Gaps between consecutive requests, in milliseconds.
@@ -819,8 +832,7 @@ async fn a_producer_faster_than_delivery_is_held_back_with_429_and_loses_nothing
         let mut accepted = Vec::new();
         let mut refusal = None;
         for i in 0..500 {
-            let mut e = Event::new(format!("{channel}-{i}"), "/flow", "t");
-            e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+            let e = flow_event(format!("{channel}-{i}"), 1);
             let r = post_binary(&c, &url, &e).await;
             match r.status().as_u16() {
                 202 => accepted.push(e.id.clone()),
@@ -905,11 +917,7 @@ async fn producers_faster_than_delivery_are_paced_within_the_hold() {
                 let (c, url) = (client(), url.clone());
                 tokio::spawn(async move {
                     for i in 0..30 {
-                        let mut e = Event::new(format!("{p}-{i}"), "/flow", "t");
-                        e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
-                        let r = post_binary(&c, &url, &e).await;
-                        let status = r.status();
-                        assert_eq!(status, 202, "{}", r.text().await.unwrap());
+                        send_to(&c, &url, &flow_event(format!("{p}-{i}"), 1)).await;
                     }
                 })
             })
@@ -928,8 +936,7 @@ async fn producers_faster_than_delivery_are_paced_within_the_hold() {
         let c = client();
         let url = mesh.broker_url("default", "short");
         let refusal = loop {
-            let mut e = Event::new(format!("{channel}-short"), "/flow", "t");
-            e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+            let e = flow_event(format!("{channel}-short"), 1);
             let started = std::time::Instant::now();
             let r = post_binary(&c, &url, &e).await;
             match r.status().as_u16() {
@@ -1018,41 +1025,22 @@ async fn the_backpressure_window_counts_waiting_events_not_deliveries_in_flight(
             )
             .start();
         let c = client();
-        let kib = |id: String, n: usize| {
-            let mut e = Event::new(id, "/flow", "t");
-            e.data = Some(bytes::Bytes::from(vec![b'x'; n << 10]));
-            e
-        };
 
         // The head fails once and waits 30 s for its retry; the rest succeed.
         let url = mesh.broker_url("default", "retrying");
-        let r = post_binary(&c, &url, &kib(format!("{channel}-head"), 1)).await;
-        assert_eq!(r.status(), 202);
+        send_to(&c, &url, &flow_event(format!("{channel}-head"), 1)).await;
         flaky.wait_for(1, WAIT).await;
         flaky.set_status(202);
         for i in 0..100 {
-            let r = post_binary(&c, &url, &kib(format!("{channel}-{i}"), 1)).await;
-            let status = r.status();
-            assert_eq!(
-                status,
-                202,
-                "{channel}: event {i} behind a retrying head: {}",
-                r.text().await.unwrap()
-            );
+            // A 429 here names the event: it was held behind the retrying head.
+            send_to(&c, &url, &flow_event(format!("{channel}-{i}"), 1)).await;
             flaky.wait_for(i + 2, WAIT).await;
         }
 
         // 24 events of 8 KiB, one producer: 8 in flight.
         let url = mesh.broker_url("default", "wide");
         for i in 0..24 {
-            let r = post_binary(&c, &url, &kib(format!("{channel}-wide-{i}"), 8)).await;
-            let status = r.status();
-            assert_eq!(
-                status,
-                202,
-                "{channel}: event {i}: {}",
-                r.text().await.unwrap()
-            );
+            send_to(&c, &url, &flow_event(format!("{channel}-wide-{i}"), 8)).await;
         }
         slow.wait_for(24, Duration::from_secs(30)).await;
         assert_eq!(slow.max_in_flight(), 8, "{channel}");
