@@ -24,10 +24,7 @@ use crate::error::SidecarError;
 use crate::outbox::DEAD_LETTER_KEY;
 use crate::Local;
 // Dead letters look the same as the mesh's.
-use cemesh_control::admin::deadletters::{letter_json, redrive_ids};
-
-/// Largest page.
-const MAX_LIMIT: usize = 1000;
+use cemesh_control::admin::deadletters::{every_letter, letter_json, letter_page, redrive_ids};
 
 fn storage(e: impl std::fmt::Display) -> SidecarError {
     SidecarError::Storage(format!("dead-letter store: {e}"))
@@ -76,22 +73,10 @@ pub async fn list(
     Query(page): Query<Page>,
 ) -> Result<Response, SidecarError> {
     let store = local.outbox.dead_letters();
-    let limit = page.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let items = store
-        .list(DEAD_LETTER_KEY, page.after, limit)
+    let page = letter_page(&*store, DEAD_LETTER_KEY.to_owned(), page.after, page.limit)
         .await
         .map_err(storage)?;
-    let total = store.count(DEAD_LETTER_KEY).await.map_err(storage)?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|l| l.id))
-        .flatten();
-    Ok(Json(json!({
-        "trigger": DEAD_LETTER_KEY,
-        "total": total,
-        "items": items.iter().map(letter_json).collect::<Vec<_>>(),
-        "next": next,
-    }))
-    .into_response())
+    Ok(Json(page.json()).into_response())
 }
 
 fn no_letter(id: u64) -> SidecarError {
@@ -132,21 +117,9 @@ pub async fn remove(
 }
 
 async fn all_letters(local: &Local) -> Result<Vec<DeadLetter>, SidecarError> {
-    let store = local.outbox.dead_letters();
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .list(DEAD_LETTER_KEY, after, MAX_LIMIT)
-            .await
-            .map_err(storage)?;
-        let full = page.len() == MAX_LIMIT;
-        after = page.last().map(|l| l.id);
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
+    every_letter(&*local.outbox.dead_letters(), DEAD_LETTER_KEY)
+        .await
+        .map_err(storage)
 }
 
 pub async fn purge(State(local): State<Local>) -> Result<Response, SidecarError> {

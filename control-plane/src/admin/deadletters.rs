@@ -6,14 +6,16 @@
 //! finished, so a crash mid-redrive loses nothing (it may redeliver).
 //!
 //! The operations themselves ([`list_page`], [`redrive_letters`], [`purge_all`]) are
-//! shared with the gRPC `Admin` service; the handlers here only translate HTTP.
+//! shared with the gRPC `Admin` service; the handlers here only translate HTTP. The
+//! store-level reads under them ([`letter_page`], [`every_letter`]) also serve the
+//! sidecar's own dead letters.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::Json;
-use cemesh_channels::DeadLetter;
+use cemesh_channels::{ChannelError, DeadLetter, DeadLetterStore};
 use cemesh_dispatcher::{DeadLettered, Processed, TriggerContext, TriggerKey};
 use cemesh_proto::knative;
 use http::StatusCode;
@@ -144,9 +146,9 @@ pub fn letter_json(l: &DeadLetter) -> Value {
     })
 }
 
-/// A page of a trigger's dead letters.
-pub(crate) struct LetterPage {
-    /// The trigger, `namespace/name`.
+/// A page of a trigger's (or a sidecar's) dead letters.
+pub struct LetterPage {
+    /// The trigger, `namespace/name`, or the sidecar's key.
     pub trigger: String,
     /// How many letters it has in all.
     pub total: u64,
@@ -155,29 +157,73 @@ pub(crate) struct LetterPage {
     pub next: Option<u64>,
 }
 
-/// Up to `limit` letters (default 100, at most [`MAX_LIMIT`]) with ids above `after`.
+impl LetterPage {
+    /// The page as the REST APIs answer it: `{trigger, total, items, next}`.
+    pub fn json(&self) -> Value {
+        json!({
+            "trigger": self.trigger,
+            "total": self.total,
+            "items": self.items.iter().map(letter_json).collect::<Vec<_>>(),
+            "next": self.next,
+        })
+    }
+}
+
+/// Up to `limit` letters of `key` in `store` (default 100, at most [`MAX_LIMIT`])
+/// with ids above `after`. Counted before listing, and never fewer than listed: a
+/// letter stored between the two reads shows in `items` and in `total`.
+pub async fn letter_page(
+    store: &dyn DeadLetterStore,
+    key: String,
+    after: Option<u64>,
+    limit: Option<usize>,
+) -> Result<LetterPage, ChannelError> {
+    let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let counted = store.count(&key).await?;
+    let items = store.list(&key, after, limit).await?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|l| l.id))
+        .flatten();
+    Ok(LetterPage {
+        total: counted.max(items.len() as u64),
+        trigger: key,
+        items,
+        next,
+    })
+}
+
+/// Every letter of `key` in `store`, page by page.
+pub async fn every_letter(
+    store: &dyn DeadLetterStore,
+    key: &str,
+) -> Result<Vec<DeadLetter>, ChannelError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list(key, after, MAX_LIMIT).await?;
+        let full = page.len() == MAX_LIMIT;
+        after = page.last().map(|l| l.id);
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// A page of the trigger's letters ([`letter_page`]).
 pub(crate) async fn list_page(
     ctx: &TriggerContext,
     after: Option<u64>,
     limit: Option<usize>,
 ) -> Result<LetterPage, DeadLetterError> {
-    let trigger = ctx.runtime.key.to_string();
-    let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    let items = ctx
-        .dead_letters
-        .list(&trigger, after, limit)
-        .await
-        .map_err(storage)?;
-    let total = ctx.dead_letters.count(&trigger).await.map_err(storage)?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|l| l.id))
-        .flatten();
-    Ok(LetterPage {
-        trigger,
-        total,
-        items,
-        next,
-    })
+    letter_page(
+        &*ctx.dead_letters,
+        ctx.runtime.key.to_string(),
+        after,
+        limit,
+    )
+    .await
+    .map_err(storage)
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,12 +239,7 @@ pub async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     let ctx = context(&state, &ns, &name)?;
     let page = list_page(&ctx, page.after, page.limit).await?;
-    Ok(Json(json!({
-        "trigger": page.trigger,
-        "total": page.total,
-        "items": page.items.iter().map(letter_json).collect::<Vec<_>>(),
-        "next": page.next,
-    })))
+    Ok(Json(page.json()))
 }
 
 pub async fn show(
@@ -231,24 +272,11 @@ pub async fn remove(
     }
 }
 
-/// Every letter of the trigger, page by page.
+/// Every letter of the trigger.
 async fn all_letters(ctx: &TriggerContext) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let trigger = ctx.runtime.key.to_string();
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = ctx
-            .dead_letters
-            .list(&trigger, after, MAX_LIMIT)
-            .await
-            .map_err(storage)?;
-        let full = page.len() == MAX_LIMIT;
-        after = page.last().map(|l| l.id);
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
+    every_letter(&*ctx.dead_letters, &ctx.runtime.key.to_string())
+        .await
+        .map_err(storage)
 }
 
 /// Deletes every letter of the trigger; answers how many were deleted.
@@ -437,7 +465,83 @@ pub(crate) async fn redrive_letters(
 
 #[cfg(test)]
 mod tests {
-    use super::redrive_ids;
+    use super::*;
+    use cemesh_channels::MemoryDeadLetters;
+
+    fn letter(id: &str) -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            trigger: "ns/t".into(),
+            event: cemesh_proto::Event::new(id, "/s", "t"),
+            reason: "delivery failed: 500".into(),
+            attempts: Vec::new(),
+            dead_at: "2026-12-05T10:00:00Z".into(),
+        }
+    }
+
+    /// A store where a letter arrives right after the first read of a page
+    /// (count or list), as when a delivery dead-letters an event beside the admin
+    /// request.
+    #[derive(Debug, Default)]
+    struct ArrivingBetweenReads {
+        store: MemoryDeadLetters,
+        arrived: std::sync::atomic::AtomicBool,
+    }
+
+    impl ArrivingBetweenReads {
+        async fn then_arrive<T>(&self, read: T) -> Result<T, ChannelError> {
+            if !self.arrived.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.store.put(letter("arrived")).await?;
+            }
+            Ok(read)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl DeadLetterStore for ArrivingBetweenReads {
+        async fn put(&self, letter: DeadLetter) -> Result<u64, ChannelError> {
+            self.store.put(letter).await
+        }
+        async fn list(
+            &self,
+            trigger: &str,
+            after: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<DeadLetter>, ChannelError> {
+            let read = self.store.list(trigger, after, limit).await?;
+            self.then_arrive(read).await
+        }
+        async fn get(&self, trigger: &str, id: u64) -> Result<Option<DeadLetter>, ChannelError> {
+            self.store.get(trigger, id).await
+        }
+        async fn remove(&self, trigger: &str, id: u64) -> Result<bool, ChannelError> {
+            self.store.remove(trigger, id).await
+        }
+        async fn count(&self, trigger: &str) -> Result<u64, ChannelError> {
+            let read = self.store.count(trigger).await?;
+            self.then_arrive(read).await
+        }
+    }
+
+    /// A letter stored while a page is read is either on the page and counted, or
+    /// neither: never counted and missing (the sidecar's e2e test once saw
+    /// `total: 1` with no items).
+    #[tokio::test]
+    async fn a_page_lists_every_letter_it_counts() {
+        let store = ArrivingBetweenReads::default();
+        let page = letter_page(&store, "ns/t".into(), None, None)
+            .await
+            .unwrap();
+        assert_eq!(page.total, page.items.len() as u64, "{}", page.json());
+        assert_eq!(page.json()["items"][0]["event"]["id"], "arrived");
+        // Two letters, a page of one: the next page starts after the first.
+        store.put(letter("second")).await.unwrap();
+        let page = letter_page(&store, "ns/t".into(), None, Some(1))
+            .await
+            .unwrap();
+        assert_eq!((page.items.len(), page.total), (1, 2));
+        assert_eq!(page.next, Some(page.items[0].id));
+    }
 
     #[test]
     fn a_redrive_names_its_letters_or_says_all_and_an_empty_list_is_refused() {
