@@ -332,6 +332,14 @@ pub fn binary_header_lines(event: &Event) -> impl Iterator<Item = (&str, usize)>
 /// Refuses an event whose binary-mode headers go past `budget`, naming the attribute
 /// (the largest one when only the total is past).
 pub fn check_binary_headers(event: &Event, budget: HeaderBudget) -> Result<(), EventError> {
+    if surely_within(event, budget) {
+        return Ok(());
+    }
+    count_binary_headers(event, budget)
+}
+
+/// [`check_binary_headers`], counting every value's encoded bytes.
+fn count_binary_headers(event: &Event, budget: HeaderBudget) -> Result<(), EventError> {
     let mut total = 0;
     let mut largest = ("", 0);
     for (name, len) in binary_header_lines(event) {
@@ -366,6 +374,34 @@ pub fn check_binary_headers(event: &Event, budget: HeaderBudget) -> Result<(), E
     Ok(())
 }
 
+/// Whether `event`'s binary-mode headers fit `budget` even if every byte of every
+/// value were percent-encoded: then nothing needs counting byte by byte (nearly every
+/// event, at the cost of one length per attribute).
+fn surely_within(event: &Event, budget: HeaderBudget) -> bool {
+    let mut total = 0;
+    for (name, value) in event.attributes() {
+        let line = header_line_bound(name, value);
+        if budget.line > 0 && line > budget.line {
+            return false;
+        }
+        total += line;
+    }
+    budget.total == 0 || total <= budget.total
+}
+
+/// At least the bytes [`binary_header_lines`] counts for one attribute, found from
+/// lengths alone: percent-encoding makes at most three bytes of one, and
+/// `content-type: ` is shorter than `ce-datacontenttype: `.
+fn header_line_bound(name: &str, value: crate::AttrRef<'_>) -> usize {
+    let canonical = match value {
+        crate::AttrRef::Boolean(_) => "false".len(),
+        crate::AttrRef::Integer(_) => "-2147483648".len(),
+        crate::AttrRef::Str(s) => s.len(),
+        crate::AttrRef::Binary(b) => b.len().div_ceil(3) * 4,
+    };
+    3 * canonical + name.len() + "ce-: ".len()
+}
+
 /// `datacontenttype` as the `Content-Type` header: the media type exactly as it came
 /// in (percent-encoding is for `ce-` headers only). A value no header can carry (one
 /// from a structured event with control characters) falls back to percent-encoding
@@ -397,9 +433,14 @@ pub fn encode_binary_except(
             "type" => HeaderName::from_static("ce-type"),
             "subject" => HeaderName::from_static("ce-subject"),
             "time" => HeaderName::from_static("ce-time"),
-            _ => match HeaderName::try_from(format!("ce-{name}")) {
-                Ok(h) => h,
-                Err(_) => continue,
+            "dataschema" => HeaderName::from_static("ce-dataschema"),
+            crate::knative::ARRIVAL_TIME => HeaderName::from_static("ce-knativearrivaltime"),
+            crate::knative::BROKER_TTL => HeaderName::from_static("ce-knativebrokerttl"),
+            "traceparent" => HeaderName::from_static("ce-traceparent"),
+            "tracestate" => HeaderName::from_static("ce-tracestate"),
+            _ => match extension_header(name) {
+                Some(h) => h,
+                None => continue,
             },
         };
         let value = match value {
@@ -412,6 +453,19 @@ pub fn encode_binary_except(
         headers.insert(CONTENT_TYPE, content_type_value(ct));
     }
     event.data.clone()
+}
+
+/// `ce-{name}` as a header name, spelled in a stack buffer (no `format!`) unless the
+/// name is unusually long; `None` if it is no valid header name.
+fn extension_header(name: &str) -> Option<HeaderName> {
+    const ROOM: usize = 64;
+    if name.len() > ROOM - 3 {
+        return HeaderName::try_from(format!("ce-{name}")).ok();
+    }
+    let mut buf = [0u8; ROOM];
+    buf[..3].copy_from_slice(b"ce-");
+    buf[3..3 + name.len()].copy_from_slice(name.as_bytes());
+    HeaderName::from_bytes(&buf[..3 + name.len()]).ok()
 }
 
 #[cfg(test)]
@@ -617,6 +671,77 @@ mod tests {
         assert!(err.message.contains("together"), "{}", err.message);
         let off = HeaderBudget { line: 0, total: 0 };
         assert!(check_binary_headers(&e, off).is_ok());
+    }
+
+    #[test]
+    fn the_quick_bound_never_passes_what_counting_refuses() {
+        let mut e = Event::new("1", "/s", "t");
+        e.set_extension("s", AttributeValue::String("Euro € \"100%\" x\ty".into()));
+        e.set_extension("n", AttributeValue::Integer(i32::MIN));
+        e.set_extension("b", AttributeValue::Boolean(false));
+        e.set_extension(
+            "bin",
+            AttributeValue::Binary(Bytes::from_static(b"\0\x01\xff\x03")),
+        );
+        e.datacontenttype = Some("text/plain; name=\"é\"".into());
+        for ((name, value), (_, counted)) in e.attributes().zip(binary_header_lines(&e)) {
+            assert!(header_line_bound(name, value) >= counted, "{name}");
+        }
+        let mut quick = 0;
+        for line in (0..300).step_by(3) {
+            for total in (0..1200).step_by(7) {
+                let budget = HeaderBudget { line, total };
+                if surely_within(&e, budget) {
+                    quick += 1;
+                    assert!(count_binary_headers(&e, budget).is_ok(), "{budget:?}");
+                }
+            }
+        }
+        assert!(quick > 0);
+        // An everyday event is passed without counting.
+        let mut everyday = Event::new(
+            "7f9c2ba4-e88f-11ea-adc1-0242ac120002",
+            "/orders",
+            "order.created",
+        );
+        everyday.set_extension(
+            crate::knative::ARRIVAL_TIME,
+            AttributeValue::Timestamp("2026-12-05T12:00:00.123456Z".into()),
+        );
+        assert!(surely_within(&everyday, HeaderBudget::default()));
+    }
+
+    #[test]
+    fn extension_headers_are_spelled_whatever_the_name_s_length() {
+        for name in [
+            "a",
+            "knativearrivaltime",
+            "traceparent",
+            &"x".repeat(61),
+            &"y".repeat(62),
+            &"z".repeat(300),
+        ] {
+            assert_eq!(
+                extension_header(name).unwrap().as_str(),
+                format!("ce-{name}")
+            );
+        }
+        assert!(extension_header("a b").is_none());
+        let mut e = Event::new("1", "/s", "t");
+        for name in [
+            "dataschema",
+            "knativearrivaltime",
+            "traceparent",
+            "tracestate",
+            "other",
+        ] {
+            e.set_extension(name, AttributeValue::String("v".into()));
+        }
+        let mut out = HeaderMap::new();
+        encode_binary(&e, &mut out);
+        for name in ["knativearrivaltime", "traceparent", "tracestate", "other"] {
+            assert_eq!(out.get(format!("ce-{name}")).unwrap(), "v", "{name}");
+        }
     }
 
     #[test]

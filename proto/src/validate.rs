@@ -125,6 +125,10 @@ pub fn validate(event: &Event) -> Result<(), EventError> {
     }
     for (name, value) in event.attributes() {
         if let AttrRef::Str(s) = value {
+            // Printable ASCII, nearly every value, is allowed without decoding a char.
+            if s.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+                continue;
+            }
             if let Some(c) = s.chars().find(|&c| !is_allowed_char(c)) {
                 return Err(EventError::attr(
                     name,
@@ -332,6 +336,15 @@ mod tests {
             validate(&e).unwrap_err().attribute.as_deref(),
             Some("subject")
         );
+        // Either side of printable ASCII, and past it.
+        for bad in ["del\u{7f}", "nel\u{85}", "\u{1f}", "\u{FDD0}"] {
+            e.subject = Some(bad.into());
+            assert!(validate(&e).is_err(), "{bad:?}");
+        }
+        for good in [" ~", "é€😀", "\u{a0}"] {
+            e.subject = Some(good.into());
+            assert!(validate(&e).is_ok(), "{good:?}");
+        }
         e.subject = Some("ok".into());
         e.extensions
             .push(("x".into(), AttributeValue::String("\u{FFFE}".into())));
