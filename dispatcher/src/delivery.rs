@@ -324,12 +324,13 @@ impl Deliverer {
                 Bytes::from(cemesh_proto::protobuf::encode_event(event))
             }
         };
-        headers.insert(
-            HeaderName::from_static("prefer"),
-            HeaderValue::from_static("reply"),
-        );
+        // Made when compiled (`from_static` checks the name each time it runs).
+        const PREFER: HeaderName = HeaderName::from_static("prefer");
+        const REPLY: HeaderValue = HeaderValue::from_static("reply");
+        const KN_NAMESPACE: HeaderName = HeaderName::from_static("kn-namespace");
+        headers.insert(PREFER, REPLY);
         if let Ok(ns) = HeaderValue::from_str(namespace) {
-            headers.insert(HeaderName::from_static("kn-namespace"), ns);
+            headers.insert(KN_NAMESPACE, ns);
         }
         for name in ["traceparent", "tracestate"] {
             if let Some(v) = event.attribute(name).and_then(|v| v.as_str()) {

@@ -243,7 +243,8 @@ fn hex(c: u8) -> Option<u8> {
 /// Percent-encodes a header value: space, `"`, `%` and everything outside printable
 /// ASCII, as UTF-8 bytes in upper-case hex.
 pub fn encode_header_value(value: &str) -> HeaderValue {
-    let needs = value.bytes().any(|b| !header_safe(b));
+    // No early exit, so the bytes are checked many at a time.
+    let needs = !value.bytes().fold(true, |safe, b| safe & header_safe(b));
     let encoded;
     let s = if needs {
         let mut out = String::with_capacity(value.len() + 16);
@@ -426,18 +427,30 @@ pub fn encode_binary_except(
         if name == "datacontenttype" || skip == Some(name) {
             continue;
         }
+        // Made when compiled (`from_static` checks the name each time it runs).
+        const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+        const ID: HeaderName = HeaderName::from_static("ce-id");
+        const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+        const TYPE: HeaderName = HeaderName::from_static("ce-type");
+        const SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+        const TIME: HeaderName = HeaderName::from_static("ce-time");
+        const DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+        const ARRIVAL_TIME: HeaderName = HeaderName::from_static("ce-knativearrivaltime");
+        const BROKER_TTL: HeaderName = HeaderName::from_static("ce-knativebrokerttl");
+        const TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+        const TRACESTATE: HeaderName = HeaderName::from_static("ce-tracestate");
         let header = match name {
-            "specversion" => HeaderName::from_static("ce-specversion"),
-            "id" => HeaderName::from_static("ce-id"),
-            "source" => HeaderName::from_static("ce-source"),
-            "type" => HeaderName::from_static("ce-type"),
-            "subject" => HeaderName::from_static("ce-subject"),
-            "time" => HeaderName::from_static("ce-time"),
-            "dataschema" => HeaderName::from_static("ce-dataschema"),
-            crate::knative::ARRIVAL_TIME => HeaderName::from_static("ce-knativearrivaltime"),
-            crate::knative::BROKER_TTL => HeaderName::from_static("ce-knativebrokerttl"),
-            "traceparent" => HeaderName::from_static("ce-traceparent"),
-            "tracestate" => HeaderName::from_static("ce-tracestate"),
+            "specversion" => SPECVERSION,
+            "id" => ID,
+            "source" => SOURCE,
+            "type" => TYPE,
+            "subject" => SUBJECT,
+            "time" => TIME,
+            "dataschema" => DATASCHEMA,
+            crate::knative::ARRIVAL_TIME => ARRIVAL_TIME,
+            crate::knative::BROKER_TTL => BROKER_TTL,
+            "traceparent" => TRACEPARENT,
+            "tracestate" => TRACESTATE,
             _ => match extension_header(name) {
                 Some(h) => h,
                 None => continue,
