@@ -466,7 +466,7 @@ pub async fn start(mut settings: Settings) -> crate::error::Result<Server> {
         tokio::spawn(cemesh_ingress::server::serve_tls(
             "ingress",
             ingress,
-            cemesh_ingress::router(routes.clone()),
+            cemesh_ingress::service(routes.clone()),
             settings.limits,
             ingress_tls,
             async move { stop.cancelled().await },

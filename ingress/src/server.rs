@@ -26,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -174,6 +173,35 @@ impl ConnectionGate {
     }
 }
 
+/// What a listener answers its requests with: an axum `Router` (the admin API, the
+/// sidecar), or any service of the same shape (the ingress's, which has one route and
+/// so no router: `crate::Ingress`).
+pub trait App:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> App for T where
+    T: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `router` on `listener` (HTTP/1.1) within `limits` until `shutdown`
 /// resolves, then lets the requests in progress finish and returns once every
 /// connection has closed. `what` names the listener in logs and refusals.
@@ -185,7 +213,7 @@ impl ConnectionGate {
 pub async fn serve(
     what: &'static str,
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: impl App,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -198,7 +226,7 @@ pub async fn serve(
 pub async fn serve_tls(
     what: &'static str,
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: impl App,
     limits: Limits,
     tls: Option<crate::tls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -309,15 +337,15 @@ async fn refuse(mut stream: TcpStream, message: &str) {
 }
 
 /// One admitted connection.
-struct Connection {
+struct Connection<A> {
     what: &'static str,
     http: Arc<hyper::server::conn::http1::Builder>,
-    router: Router,
+    router: A,
     limits: Limits,
     stop: CancellationToken,
 }
 
-impl Connection {
+impl<A: App> Connection<A> {
     /// Serves `stream`; each request carries `peer` (a verified client certificate's
     /// identity) in its extensions.
     async fn run<IO>(self, stream: IO, peer: Option<crate::tls::PeerIdentity>)
