@@ -3,9 +3,9 @@
 # same for the same binary and load whatever else the machine is doing, so a change
 # of a few percent shows where timed runs on a shared 2-core machine cannot.
 #
-#   bench/instructions.sh BIN [EVENTS] [TRIGGERS]
+#   bench/instructions.sh BIN [EVENTS] [TRIGGERS] [CHANNEL]
 #
-# Runs `BIN serve` (memory channel) under callgrind on fixed local ports, points
+# Runs `BIN serve` (CHANNEL: memory, the default, or sled) under callgrind on fixed local ports, points
 # `BIN bench` at it as a deployed broker (`--target-url`) at 500 events/s, zeroes the
 # counts after a warm-up and dumps them after EVENTS events. Prints the total and the
 # per-event instructions, and leaves the profile in $OUT (default
@@ -14,12 +14,13 @@ set -euo pipefail
 bin="$(realpath "$1")"
 events="${2:-3000}"
 triggers="${3:-1}"
+channel="${4:-memory}"
 out="${OUT:-/tmp/cemesh-instructions}"
 sink=127.0.0.1:18099 ingress=127.0.0.1:18098 admin=127.0.0.1:18097 grpc=127.0.0.1:18096
 rm -rf "$out" && mkdir -p "$out/config" "$out/data"
-"$bin" bench --print-manifests --sink-addr "$sink" --triggers "$triggers" >"$out/config/bench.yaml"
+"$bin" bench --print-manifests --sink-addr "$sink" --triggers "$triggers" --channel "$channel" >"$out/config/bench.yaml"
 valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" --dump-instr=no \
-  "$bin" serve --config-dir "$out/config" --data-dir "$out/data" --channel memory \
+  "$bin" serve --config-dir "$out/config" --data-dir "$out/data" --channel "$channel" \
   --ingress-addr "$ingress" --admin-addr "$admin" --grpc-addr "$grpc" >"$out/serve.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true' EXIT
@@ -37,4 +38,4 @@ run "$events" >"$out/bench.txt" 2>&1
 callgrind_control -d "$pid" >/dev/null 2>&1
 grep -q "lost 0" "$out/bench.txt" || { cat "$out/bench.txt" >&2; exit 1; }
 total=$(callgrind_annotate "$out/callgrind.out.1" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "instructions: $total in all, $((total / events)) per event ($events events, $triggers trigger(s))"
+echo "instructions: $total in all, $((total / events)) per event ($events events, $triggers trigger(s), $channel)"

@@ -129,20 +129,24 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventErr
     let mut event = Event::new(String::new(), String::new(), String::new());
     event.specversion = specversion;
     let schema_name = specversion.dataschema_name();
-    for name in headers.keys() {
+    // One walk over every value: a name's values come one after the other, so a
+    // repeated header is the same name twice in a row (no lookup by name).
+    let mut previous: Option<&HeaderName> = None;
+    for (name, raw) in headers.iter() {
+        let repeated = previous == Some(name);
+        previous = Some(name);
         let Some(attr) = name.as_str().strip_prefix("ce-") else {
             continue;
         };
-        if attr == "specversion" {
-            continue;
-        }
-        let mut values = headers.get_all(name).iter();
-        let (Some(raw), None) = (values.next(), values.next()) else {
+        if repeated {
             return Err(EventError::attr(
                 attr,
                 format!("header ce-{attr} appears more than once"),
             ));
-        };
+        }
+        if attr == "specversion" {
+            continue;
+        }
         let value = decode_header_value(attr, raw.as_bytes())?;
         match attr {
             "id" => event.id = value,
@@ -581,6 +585,14 @@ mod tests {
                 .as_deref(),
             Some("id")
         );
+        for twice in ["ce-specversion", "ce-id", "ce-myext"] {
+            let mut h = headers(&base);
+            h.append("ce-myext", HeaderValue::from_static("1"));
+            h.append(twice, HeaderValue::from_static("1.0"));
+            let err = decode_binary(&h, Bytes::new()).unwrap_err();
+            assert_eq!(err.attribute.as_deref(), twice.strip_prefix("ce-"));
+            assert!(err.message.contains("more than once"), "{}", err.message);
+        }
         let mut h = headers(&base);
         h.insert("ce-id", HeaderValue::from_static("%C0%A0"));
         assert_eq!(
