@@ -202,7 +202,7 @@ impl<T> App for T where
 {
 }
 
-/// Serves `router` on `listener` (HTTP/1.1) within `limits` until `shutdown`
+/// Serves `app` on `listener` (HTTP/1.1) within `limits` until `shutdown`
 /// resolves, then lets the requests in progress finish and returns once every
 /// connection has closed. `what` names the listener in logs and refusals.
 ///
@@ -213,11 +213,11 @@ impl<T> App for T where
 pub async fn serve(
     what: &'static str,
     listener: tokio::net::TcpListener,
-    router: impl App,
+    app: impl App,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_tls(what, listener, router, limits, None, shutdown).await
+    serve_tls(what, listener, app, limits, None, shutdown).await
 }
 
 /// [`serve`], over TLS when `tls` is given: the handshake must end within the header
@@ -226,7 +226,7 @@ pub async fn serve(
 pub async fn serve_tls(
     what: &'static str,
     listener: tokio::net::TcpListener,
-    router: impl App,
+    app: impl App,
     limits: Limits,
     tls: Option<crate::tls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -271,7 +271,7 @@ pub async fn serve_tls(
         let conn = Connection {
             what,
             http: http.clone(),
-            router: router.clone(),
+            app: app.clone(),
             limits,
             stop: stop.clone(),
         };
@@ -340,7 +340,7 @@ async fn refuse(mut stream: TcpStream, message: &str) {
 struct Connection<A> {
     what: &'static str,
     http: Arc<hyper::server::conn::http1::Builder>,
-    router: A,
+    app: A,
     limits: Limits,
     stop: CancellationToken,
 }
@@ -359,7 +359,7 @@ impl<A: App> Connection<A> {
         });
         let service = {
             let activity = activity.clone();
-            let app = hyper_util::service::TowerToHyperService::new(self.router);
+            let to_hyper = hyper_util::service::TowerToHyperService::new(self.app);
             let body_timeout = self.limits.body_read_timeout;
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let guard = activity.begin();
@@ -367,7 +367,7 @@ impl<A: App> Connection<A> {
                     req.extensions_mut().insert(peer.clone());
                 }
                 let req = req.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
-                let answer = hyper::service::Service::call(&app, req);
+                let answer = hyper::service::Service::call(&to_hyper, req);
                 async move {
                     let resp: Response<Body> = answer.await?;
                     Ok::<_, std::convert::Infallible>(resp.map(|body| {
