@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cemesh_channels::journal::{EntryRef, Journal, Name, OutcomeRef};
 use cemesh_proto::http::{DecodeError, HeaderBudget};
 use cemesh_proto::{knative, metric_names as names, Event, EventError};
@@ -71,29 +71,49 @@ pub fn check_policies(
 /// anything is read, and again while reading (a body may be longer than it says);
 /// 408 if the listener's body read timeout ([`crate::server::BodyTimeout`]) passes
 /// first.
+///
+/// The body is copied into a buffer of its own size. hyper hands a body that arrived
+/// in one read as a slice of the connection's read buffer (8 KiB or more); an event
+/// keeping that slice would pin the whole buffer for as long as it waits in a
+/// channel, and make hyper allocate a new one for the connection's next request.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<Bytes, IngressError> {
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(IngressError::TooLarge { limit });
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(IngressError::TooLarge { limit });
+    }
+    let mut body = std::pin::pin!(Limited::new(body, limit));
+    // What a sender declares is room made before it has sent anything: not more
+    // than a read buffer's worth until the bytes arrive.
+    let room = declared.map_or(0, |len| (len as usize).min(PREALLOCATE_AT_MOST));
+    let mut buf = BytesMut::with_capacity(room);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(&*e, limit))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(IngressError::TooLarge { limit })
-        }
-        Err(e) => match crate::server::body_timeout(&*e) {
-            Some(timeout) => Err(IngressError::BodyTimeout(timeout.0)),
-            None => Err(IngressError::BodyRead(e.to_string())),
-        },
+    Ok(buf.freeze())
+}
+
+/// The most [`read_body`] sets aside for a declared `Content-Length` before the bytes
+/// arrive.
+const PREALLOCATE_AT_MOST: usize = 64 * 1024;
+
+/// A body read's failure as the refusal it means.
+fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), limit: usize) -> IngressError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        return IngressError::TooLarge { limit };
+    }
+    match crate::server::body_timeout(e) {
+        Some(timeout) => IngressError::BodyTimeout(timeout.0),
+        None => IngressError::BodyRead(e.to_string()),
     }
 }
 

@@ -315,6 +315,74 @@ async fn a_batch_flood_keeps_rss_bounded() {
     );
 }
 
+/// Events waiting in the memory channel hold their own bytes, not the read buffers
+/// they arrived in: 20 000 binary-mode events of 1 KiB, sent one per request over 8
+/// keep-alive connections to a broker whose only subscriber never answers, grow the
+/// broker's RSS by less than 3 KiB an event (about 1.8 KiB measured). Each event
+/// kept a slice of the read buffer hyper parsed its request from before, which pinned
+/// the whole buffer: about 5 KiB an event in this test.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_events_do_not_pin_the_buffers_they_were_read_into() {
+    let sub = Subscriber::start().await;
+    sub.set_delay(Duration::from_secs(120), Duration::ZERO);
+    let broker = format!(
+        "{}  annotations:\n    cemesh.dev/backpressure-window: none\n",
+        broker_yaml("default")
+    );
+    let mesh = Cemesh::builder()
+        .channel("memory")
+        .manifest(
+            "mesh.yaml",
+            &docs(&[broker, trigger_yaml("t", "default", &sub.url(), &[])]),
+        )
+        .start();
+    let url = mesh.broker_url("default", "default");
+    let (connections, per_connection) = (8, 2_500);
+    let send = |tag: &'static str, count: usize| {
+        let url = url.clone();
+        async move {
+            let producers: Vec<_> = (0..connections)
+                .map(|p| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let c = reqwest::Client::builder()
+                            .pool_max_idle_per_host(1)
+                            .build()
+                            .expect("client");
+                        for i in 0..count {
+                            let mut e = Event::new(format!("{tag}{p}-{i}"), "/pin", "test.pin");
+                            e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+                            let r = post_binary(&c, &url, &e).await;
+                            assert_eq!(r.status(), 202, "event {tag}{p}-{i}");
+                        }
+                    })
+                })
+                .collect();
+            for p in producers {
+                p.await.expect("producer");
+            }
+        }
+    };
+    // Warm up the connections and the channel before the first reading.
+    send("w", 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
+    send("e", per_connection).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
+    let events = (connections * per_connection) as u64;
+    let per_event = after.saturating_sub(before) * 1024 / events;
+    println!(
+        "memory channel, {events} waiting events of 1 KiB: RSS {} -> {} MiB, {per_event} bytes an event",
+        before / 1024,
+        after / 1024
+    );
+    assert!(
+        per_event < 3 * 1024,
+        "{per_event} bytes of RSS an event (RSS {before} -> {after} KiB)"
+    );
+}
+
 /// A small filesystem (tmpfs) mounted for one test, unmounted when dropped.
 /// Trigger `t` retrying (almost) forever, every 100–300 ms, so events wait for the
 /// subscriber instead of becoming dead letters; `annotations` are extra lines.
