@@ -151,21 +151,37 @@ fn canonical_timestamp(ts: &prost_types::Timestamp) -> Option<String> {
 }
 
 fn data_to_proto(event: &Event, data: &Bytes) -> Data {
+    match data_kind(event, data) {
+        DataKind::Proto(type_url, data) => Data::ProtoData(prost_types::Any {
+            type_url: type_url.to_owned(),
+            value: data.to_vec(),
+        }),
+        DataKind::Text(text) => Data::TextData(text.to_owned()),
+        DataKind::Binary(data) => Data::BinaryData(data.clone()),
+    }
+}
+
+/// Which arm of the `data` oneof an event's data goes in.
+enum DataKind<'a> {
+    /// `proto_data`: an `Any` of this type URL (the `dataschema`).
+    Proto(&'a str, &'a Bytes),
+    Text(&'a str),
+    Binary(&'a Bytes),
+}
+
+fn data_kind<'a>(event: &'a Event, data: &'a Bytes) -> DataKind<'a> {
     let ct = event.datacontenttype.as_deref();
     if let (Some(ct), Some(schema)) = (ct, &event.dataschema) {
         if essence_eq(ct, PROTOBUF_DATA) {
-            return Data::ProtoData(prost_types::Any {
-                type_url: schema.clone(),
-                value: data.to_vec(),
-            });
+            return DataKind::Proto(schema, data);
         }
     }
     if ct.is_some_and(is_text_media_type) {
         if let Ok(text) = std::str::from_utf8(data) {
-            return Data::TextData(text.to_owned());
+            return DataKind::Text(text);
         }
     }
-    Data::BinaryData(data.clone())
+    DataKind::Binary(data)
 }
 
 fn essence(ct: &str) -> &str {
@@ -324,9 +340,10 @@ fn timestamp_text(
     })
 }
 
-/// Encodes one event (`application/cloudevents+protobuf`).
+/// Encodes one event (`application/cloudevents+protobuf`): [`to_proto`]'s message,
+/// encoded, without building it (see `direct`).
 pub fn encode_event(event: &Event) -> Vec<u8> {
-    to_proto(event).encode_to_vec()
+    direct::encode_event(event)
 }
 
 /// Encodes events as a `CloudEventBatch` (`application/cloudevents-batch+protobuf`).
@@ -378,5 +395,6 @@ pub fn from_proto_batch(messages: Vec<CloudEvent>) -> Result<Vec<Event>, EventEr
     Ok(events)
 }
 
+mod direct;
 #[cfg(test)]
 mod tests;

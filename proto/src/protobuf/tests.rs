@@ -421,6 +421,11 @@ proptest! {
     }
 
     #[test]
+    fn encoding_from_the_event_writes_the_message_s_bytes(e in event_strategy()) {
+        prop_assert_eq!(encode_event(&e), to_proto(&e).encode_to_vec());
+    }
+
+    #[test]
     fn proto_to_event_and_back_is_lossless(m in proto_strategy()) {
         let e = from_proto(m.clone()).unwrap();
         prop_assert_eq!(to_proto(&e), m);
