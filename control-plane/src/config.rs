@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub min_free_disk: Option<ByteSize>,
     /// sled's page cache, e.g. `64MiB`. Default 64 MiB.
     pub sled_cache_size: Option<ByteSize>,
+    /// The longest a sled group commit waits for the producers of the last one,
+    /// e.g. `1ms`; `0s`: never waits. Default 1.5 ms.
+    pub sled_commit_delay: Option<crate::duration::HumaneDuration>,
     /// How long the event journal keeps entries, e.g. `1h` (default).
     pub journal_retention: Option<crate::duration::HumaneDuration>,
     /// Disk the event journal's files may take, e.g. `32MiB` (default); RAM holds
@@ -216,6 +219,8 @@ pub struct Settings {
     pub min_free_disk: u64,
     /// sled's page cache in bytes.
     pub sled_cache_bytes: u64,
+    /// The longest a sled group commit waits for the producers of the last one.
+    pub sled_commit_delay: std::time::Duration,
     /// The event journal's bounds.
     pub journal: cemesh_channels::journal::JournalConfig,
     /// Request bytes the ingress works on at once.

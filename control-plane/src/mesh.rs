@@ -135,6 +135,7 @@ pub struct Channels {
     memory_dead_letters: Arc<dyn DeadLetterStore>,
     min_free_disk: u64,
     sled_cache: u64,
+    sled_commit_delay: std::time::Duration,
 }
 
 impl Channels {
@@ -150,12 +151,19 @@ impl Channels {
             memory_dead_letters: Arc::new(MemoryDeadLetters::default()),
             min_free_disk: cemesh_channels::sled::DEFAULT_MIN_FREE_BYTES,
             sled_cache: DEFAULT_SLED_CACHE_BYTES,
+            sled_commit_delay: cemesh_channels::sled::DEFAULT_COMMIT_DELAY,
         }
     }
 
     /// sled's page cache (`--sled-cache-size`).
     pub fn with_sled_cache(mut self, bytes: u64) -> Self {
         self.sled_cache = bytes;
+        self
+    }
+
+    /// How long a sled group commit may wait for its producers (`--sled-commit-delay`).
+    pub fn with_sled_commit_delay(mut self, delay: std::time::Duration) -> Self {
+        self.sled_commit_delay = delay;
         self
     }
 
@@ -175,6 +183,7 @@ impl Channels {
             let options = SledStoreOptions {
                 cache_capacity_bytes: self.sled_cache,
                 min_free_bytes: self.min_free_disk,
+                commit_delay: self.sled_commit_delay,
             };
             self.sled = Some(SledStore::open_with(&path, options).map_err(OpenError::Sled)?);
         }

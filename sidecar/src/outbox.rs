@@ -54,6 +54,7 @@ impl Outbox {
                 cache_capacity_bytes: CACHE_BYTES,
                 // A sidecar's volume is small: keep enough for sled to finish writing.
                 min_free_bytes: 32 << 20,
+                ..SledStoreOptions::default()
             },
         )
         .map_err(|e| anyhow::anyhow!("opening the outbox in {}: {e}", dir.display()))?;

@@ -19,10 +19,6 @@ use super::config::Durability;
 use super::util::lock;
 use crate::ChannelError;
 
-/// How long a round may wait for the producers of the last one (see
-/// [`Flusher::gather`]); a fraction of one fsync here.
-const GATHER: Duration = Duration::from_micros(500);
-
 /// A channel's side of a round: writes the records of several appends, in order,
 /// as one atomic batch (implemented by each broker's log).
 pub(super) trait GroupWrite: Send + Sync {
@@ -100,12 +96,16 @@ pub(super) struct Flusher {
     pub(super) largest_group: AtomicU64,
     /// Every durable write of the store asks it first.
     pub(super) space: super::space::DiskSpace,
+    /// How long a round may wait for the producers of the last one (see
+    /// [`Flusher::gather`]).
+    commit_delay: Duration,
 }
 
 impl Flusher {
-    pub(super) fn new(space: super::space::DiskSpace) -> Self {
+    pub(super) fn new(space: super::space::DiskSpace, commit_delay: Duration) -> Self {
         Flusher {
             space,
+            commit_delay,
             state: Mutex::new(FlushState {
                 epoch: 1,
                 waiting: false,
@@ -269,7 +269,7 @@ impl Flusher {
     }
 
     /// Lets a round that started with fewer appends than the last one answered wait
-    /// up to [`GATHER`] for that many: the producers the last flush answered are
+    /// up to the commit delay for that many: the producers the last flush answered are
     /// sending their next appends, and one flush for all of them costs a fraction
     /// of one each (commit delay, as PostgreSQL's `commit_delay`). A lone producer
     /// (a last group of one) never waits.
@@ -281,7 +281,7 @@ impl Flusher {
         if st.appends.is_empty() || st.appends.len() >= want || st.shutdown {
             return st;
         }
-        let until = Instant::now() + GATHER;
+        let until = Instant::now() + self.commit_delay;
         st.gathering = Some(want);
         while st.appends.len() < want && !st.shutdown {
             let now = Instant::now();
@@ -371,4 +371,78 @@ fn write_round(
         }
     }
     (after_flush, interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+
+    impl GroupWrite for Nowhere {
+        fn write_group(&self, appends: &[&Append]) -> Vec<Result<Durability, ChannelError>> {
+            appends.iter().map(|_| Ok(Durability::None)).collect()
+        }
+        fn written(&self) {}
+    }
+
+    fn append() -> Append {
+        Append {
+            target: Arc::new(Nowhere),
+            records: Vec::new(),
+            events: Vec::new(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// A flusher whose last round answered three appends, with one queued now.
+    fn after_a_round_of_three(commit_delay: Duration) -> Arc<Flusher> {
+        let space = super::super::space::DiskSpace::new(std::env::temp_dir(), 0);
+        let f = Arc::new(Flusher::new(space, commit_delay));
+        {
+            let mut st = lock(&f.state);
+            st.last_group = 3;
+            st.appends.push(append());
+        }
+        f
+    }
+
+    /// How long `gather` kept the round open, and how many appends it then had.
+    fn gather_timed(f: &Flusher) -> (Duration, usize) {
+        let started = Instant::now();
+        let st = f.gather(lock(&f.state));
+        assert!(st.gathering.is_none(), "the round no longer gathers");
+        (started.elapsed(), st.appends.len())
+    }
+
+    #[test]
+    fn a_round_waits_the_commit_delay_for_the_last_round_s_producers() {
+        let (waited, appends) = gather_timed(&after_a_round_of_three(Duration::from_millis(60)));
+        assert!(waited >= Duration::from_millis(60), "waited {waited:?}");
+        assert_eq!(appends, 1, "nobody else came");
+    }
+
+    #[test]
+    fn a_round_ends_when_the_last_round_s_producers_are_back() {
+        let f = after_a_round_of_three(Duration::from_secs(30));
+        let producer = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                f.append(append());
+                f.append(append());
+            })
+        };
+        let (waited, appends) = gather_timed(&f);
+        producer.join().unwrap();
+        assert_eq!(appends, 3);
+        assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+    }
+
+    #[test]
+    fn without_a_commit_delay_a_round_takes_what_has_come() {
+        let (waited, appends) = gather_timed(&after_a_round_of_three(Duration::ZERO));
+        assert_eq!(appends, 1);
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    }
 }

@@ -61,7 +61,9 @@ mod subscription;
 mod util;
 
 pub use channel::SledChannel;
-pub use config::{Durability, SledConfig, SledStoreOptions, DEFAULT_MIN_FREE_BYTES};
+pub use config::{
+    Durability, SledConfig, SledStoreOptions, DEFAULT_COMMIT_DELAY, DEFAULT_MIN_FREE_BYTES,
+};
 pub use deadletters::SledDeadLetters;
 pub use maintenance::MAINTENANCE_INTERVAL;
 pub use store::{open_sled, SledStore};

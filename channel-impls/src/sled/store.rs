@@ -88,7 +88,7 @@ impl SledStore {
         let core = Arc::new(Core {
             db: db.clone(),
             path,
-            flusher: Arc::new(Flusher::new(space)),
+            flusher: Arc::new(Flusher::new(space, options.commit_delay)),
             maint: Arc::new(Maint::default()),
             channels: Mutex::new(HashMap::new()),
         });

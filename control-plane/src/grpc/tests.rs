@@ -54,6 +54,7 @@ async fn admin_context(dir: &std::path::Path, files: &[(&str, &str)]) -> super::
         api_writes: true,
         min_free_disk: 0,
         sled_cache_bytes: crate::mesh::DEFAULT_SLED_CACHE_BYTES,
+        sled_commit_delay: cemesh_channels::sled::DEFAULT_COMMIT_DELAY,
         journal: Default::default(),
         max_pending_bytes: cemesh_ingress::DEFAULT_MAX_PENDING_BYTES,
         header_budget: Default::default(),

@@ -315,6 +315,71 @@ async fn a_batch_flood_keeps_rss_bounded() {
     );
 }
 
+/// `--sled-commit-delay` and the config file's `sled_commit_delay` set how long a
+/// group commit waits for its producers (the waiting itself is tested with the
+/// flusher): with either, 8 producers' events are all accepted and delivered; a
+/// value that is no duration is refused, naming the flag or the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_commit_delay_is_set_by_flag_or_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cemesh.yaml");
+    std::fs::write(&config, "sled_commit_delay: 5ms\n").unwrap();
+    for setting in [
+        vec!["--sled-commit-delay".to_owned(), "0s".to_owned()],
+        vec!["--sled-commit-delay".to_owned(), "20ms".to_owned()],
+        vec!["--config".to_owned(), config.display().to_string()],
+    ] {
+        let sub = Subscriber::start().await;
+        let mut mesh = Cemesh::builder().channel("sled").manifest(
+            "mesh.yaml",
+            &docs(&[
+                sled_broker("default", &[]),
+                trigger_yaml("t", "default", &sub.url(), &[]),
+            ]),
+        );
+        for a in &setting {
+            mesh = mesh.arg(a);
+        }
+        let mesh = mesh.start();
+        let url = mesh.broker_url("default", "default");
+        let producers: Vec<_> = (0..8)
+            .map(|p| {
+                let (url, c) = (url.clone(), client());
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        let e = Event::new(format!("p{p}-{i}"), "/delay", "test.delay");
+                        assert_eq!(post_binary(&c, &url, &e).await.status(), 202);
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.await.expect("producer");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sub.taken_ids().len() < 80 {
+            assert!(
+                Instant::now() < deadline,
+                "{setting:?}: {} of 80 delivered",
+                sub.taken_ids().len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let err = Cemesh::builder()
+        .arg("--sled-commit-delay")
+        .arg("soon")
+        .start_expect_failure();
+    assert!(err.contains("--sled-commit-delay"), "{err}");
+    std::fs::write(&config, "sled_commit_delay: soon\n").unwrap();
+    let err = Cemesh::builder()
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .start_expect_failure();
+    assert!(err.contains("sled_commit_delay"), "{err}");
+}
+
 /// Events waiting in the memory channel hold their own bytes, not the read buffers
 /// they arrived in: 20 000 binary-mode events of 1 KiB, sent one per request over 8
 /// keep-alive connections to a broker whose only subscriber never answers, grow the
