@@ -89,10 +89,9 @@ pub async fn read_body(
         return Err(IngressError::TooLarge { limit });
     }
     let mut body = std::pin::pin!(Limited::new(body, limit));
-    // What a sender declares is room made before it has sent anything: not more
-    // than a read buffer's worth until the bytes arrive.
-    let room = declared.map_or(0, |len| (len as usize).min(PREALLOCATE_AT_MOST));
-    let mut buf = BytesMut::with_capacity(room);
+    // Room for what the sender declared (at most `limit`, checked above): one
+    // allocation, whose pages are only touched as the bytes arrive.
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| body_error(&*e, limit))?;
         if let Ok(data) = frame.into_data() {
@@ -101,10 +100,6 @@ pub async fn read_body(
     }
     Ok(buf.freeze())
 }
-
-/// The most [`read_body`] sets aside for a declared `Content-Length` before the bytes
-/// arrive.
-const PREALLOCATE_AT_MOST: usize = 64 * 1024;
 
 /// A body read's failure as the refusal it means.
 fn body_error(e: &(dyn std::error::Error + Send + Sync + 'static), limit: usize) -> IngressError {
