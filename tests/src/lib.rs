@@ -783,6 +783,56 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// A memory broker `default` whose one trigger's subscriber never answers (and no
+/// backpressure window holds the producers back): everything sent waits in the
+/// channel. Keep the subscriber alive for the test.
+pub async fn broker_holding_everything() -> (Subscriber, String) {
+    let sub = Subscriber::start().await;
+    sub.set_delay(Duration::from_secs(120), Duration::ZERO);
+    let broker = format!(
+        "{}  annotations:\n    cemesh.dev/backpressure-window: none\n",
+        broker_yaml("default")
+    );
+    let manifests = docs(&[broker, trigger_yaml("t", "default", &sub.url(), &[])]);
+    (sub, manifests)
+}
+
+/// An event with 1 KiB of data, `id` `{tag}{producer}-{i}`.
+pub fn kib_event(tag: &str, producer: usize, i: usize) -> Event {
+    let mut e = Event::new(format!("{tag}{producer}-{i}"), "/pin", "test.pin");
+    e.data = Some(Bytes::from(vec![b'x'; 1024]));
+    e
+}
+
+/// How many bytes the broker's RSS grows by for each of `events` events that
+/// `send("e", per_producer)` stores, after a warm-up `send("w", warm)` (connections
+/// and the channel grown to their working size), each read 500 ms after its round.
+pub async fn rss_bytes_per_event<F, Fut>(
+    mesh: &Cemesh,
+    send: F,
+    warm: usize,
+    per_producer: usize,
+    events: u64,
+) -> u64
+where
+    F: Fn(&'static str, usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    send("w", warm).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
+    send("e", per_producer).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
+    let per_event = after.saturating_sub(before) * 1024 / events;
+    println!(
+        "{events} waiting events of 1 KiB: RSS {} -> {} MiB, {per_event} bytes an event",
+        before / 1024,
+        after / 1024
+    );
+    per_event
+}
+
 /// Certificates made in the tests (rcgen): a CA and leaves for 127.0.0.1, written as
 /// `cemesh serve --tls-cert/--tls-key` and cert-manager write them.
 pub mod pki {

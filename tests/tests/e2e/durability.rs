@@ -388,25 +388,16 @@ async fn the_commit_delay_is_set_by_flag_or_config_file() {
 /// the whole buffer: about 5 KiB an event in this test.
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_events_do_not_pin_the_buffers_they_were_read_into() {
-    let sub = Subscriber::start().await;
-    sub.set_delay(Duration::from_secs(120), Duration::ZERO);
-    let broker = format!(
-        "{}  annotations:\n    cemesh.dev/backpressure-window: none\n",
-        broker_yaml("default")
-    );
+    let (_sub, manifests) = broker_holding_everything().await;
     let mesh = Cemesh::builder()
         .channel("memory")
-        .manifest(
-            "mesh.yaml",
-            &docs(&[broker, trigger_yaml("t", "default", &sub.url(), &[])]),
-        )
+        .manifest("mesh.yaml", &manifests)
         .start();
     let url = mesh.broker_url("default", "default");
-    let (connections, per_connection) = (8, 2_500);
     let send = |tag: &'static str, count: usize| {
         let url = url.clone();
         async move {
-            let producers: Vec<_> = (0..connections)
+            let producers: Vec<_> = (0..8)
                 .map(|p| {
                     let url = url.clone();
                     tokio::spawn(async move {
@@ -415,9 +406,7 @@ async fn waiting_events_do_not_pin_the_buffers_they_were_read_into() {
                             .build()
                             .expect("client");
                         for i in 0..count {
-                            let mut e = Event::new(format!("{tag}{p}-{i}"), "/pin", "test.pin");
-                            e.data = Some(bytes::Bytes::from(vec![b'x'; 1024]));
-                            let r = post_binary(&c, &url, &e).await;
+                            let r = post_binary(&c, &url, &kib_event(tag, p, i)).await;
                             assert_eq!(r.status(), 202, "event {tag}{p}-{i}");
                         }
                     })
@@ -428,24 +417,8 @@ async fn waiting_events_do_not_pin_the_buffers_they_were_read_into() {
             }
         }
     };
-    // Warm up the connections and the channel before the first reading.
-    send("w", 100).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
-    send("e", per_connection).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
-    let events = (connections * per_connection) as u64;
-    let per_event = after.saturating_sub(before) * 1024 / events;
-    println!(
-        "memory channel, {events} waiting events of 1 KiB: RSS {} -> {} MiB, {per_event} bytes an event",
-        before / 1024,
-        after / 1024
-    );
-    assert!(
-        per_event < 3 * 1024,
-        "{per_event} bytes of RSS an event (RSS {before} -> {after} KiB)"
-    );
+    let per_event = rss_bytes_per_event(&mesh, send, 100, 2_500, 20_000).await;
+    assert!(per_event < 3 * 1024, "{per_event} bytes of RSS an event");
 }
 
 /// A small filesystem (tmpfs) mounted for one test, unmounted when dropped.

@@ -165,17 +165,8 @@ impl RawGrpc {
 /// than 3 KiB an event (the HTTP counterpart is in `durability.rs`).
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_events_do_not_pin_the_buffers_they_were_decoded_from() {
-    let sub = Subscriber::start().await;
-    sub.set_delay(Duration::from_secs(120), Duration::ZERO);
-    let broker = format!(
-        "{}  annotations:\n    cemesh.dev/backpressure-window: none\n",
-        broker_yaml("default")
-    );
-    let mesh = mesh_with(
-        &[broker, trigger_yaml("t", "default", &sub.url(), &[])],
-        &[],
-    )
-    .await;
+    let (_sub, manifests) = broker_holding_everything().await;
+    let mesh = mesh_with(&[manifests], &[]).await;
     let addr = mesh.grpc;
     let send = |tag: &'static str, count: usize| async move {
         let producers: Vec<_> = (0..8)
@@ -183,9 +174,9 @@ async fn grpc_events_do_not_pin_the_buffers_they_were_decoded_from() {
                 tokio::spawn(async move {
                     let grpc = RawGrpc::new(addr);
                     for i in 0..count {
-                        let mut e = Event::new(format!("{tag}{p}-{i}"), "/pin", "test.pin");
-                        e.data = Some(Bytes::from(vec![b'x'; 1024]));
-                        let a = grpc.publish("default", "default", &e).await;
+                        let a = grpc
+                            .publish("default", "default", &kib_event(tag, p, i))
+                            .await;
                         assert_eq!(a.code, 0, "{tag}{p}-{i}: {}", a.message);
                     }
                 })
@@ -195,23 +186,8 @@ async fn grpc_events_do_not_pin_the_buffers_they_were_decoded_from() {
             p.await.expect("producer");
         }
     };
-    // Warm up the connections and the channel before the first reading.
-    send("w", 50).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
-    send("e", 1_250).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = mesh.rss_kib().expect("the broker's RSS (/proc/PID/status)");
-    let per_event = after.saturating_sub(before) * 1024 / 10_000;
-    println!(
-        "gRPC, 10000 waiting events of 1 KiB: RSS {} -> {} MiB, {per_event} bytes an event",
-        before / 1024,
-        after / 1024
-    );
-    assert!(
-        per_event < 3 * 1024,
-        "{per_event} bytes of RSS an event (RSS {before} -> {after} KiB)"
-    );
+    let per_event = rss_bytes_per_event(&mesh, send, 50, 1_250, 10_000).await;
+    assert!(per_event < 3 * 1024, "{per_event} bytes of RSS an event");
 }
 
 #[tokio::test(flavor = "multi_thread")]
