@@ -62,10 +62,7 @@ pub fn to_proto(event: &Event) -> CloudEvent {
         push("subject", value(Attr::CeString(subject.clone())));
     }
     if let Some(time) = &event.time {
-        // `time` is a Timestamp; text that is no timestamp at all (an event nobody
-        // validated) still survives as a string.
-        let attr = timestamp_value(time).unwrap_or_else(|| value(Attr::CeString(time.clone())));
-        push("time", attr);
+        push("time", time_value(time));
     }
     for (name, v) in &event.extensions {
         push(name, attribute_to_proto(v));
@@ -85,6 +82,12 @@ fn value(attr: Attr) -> CloudEventAttributeValue {
         attr: Some(attr),
         cemesh_timestamp_text: String::new(),
     }
+}
+
+/// `time` is a Timestamp; text that is no timestamp at all (an event nobody
+/// validated) still survives as a string.
+fn time_value(time: &str) -> CloudEventAttributeValue {
+    timestamp_value(time).unwrap_or_else(|| value(Attr::CeString(time.to_owned())))
 }
 
 fn attribute_to_proto(v: &AttributeValue) -> CloudEventAttributeValue {

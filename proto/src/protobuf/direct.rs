@@ -12,9 +12,8 @@
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message as _;
 
-use super::{attribute_to_proto, data_kind, timestamp_value, value, DataKind};
+use super::{attribute_to_proto, data_kind, time_value, DataKind};
 use crate::event::{AttributeValue, Event};
-use crate::pb::cloudevents::cloud_event::cloud_event_attribute_value::Attr;
 use crate::pb::cloudevents::cloud_event::CloudEventAttributeValue;
 
 // Field tags of `CloudEvent`, `AttributesEntry` and `CloudEventAttributeValue`.
@@ -76,12 +75,6 @@ fn text(tag: u32, s: &str) -> Value<'_> {
     Value::Text(tag, s.as_bytes())
 }
 
-/// `time`: a Timestamp, or (not a timestamp at all: an event nobody validated) a
-/// string, as in `to_proto`.
-fn time(s: &str) -> Value<'_> {
-    Value::Message(timestamp_value(s).unwrap_or_else(|| value(Attr::CeString(s.to_owned()))))
-}
-
 fn attribute(v: &AttributeValue) -> Value<'_> {
     match v {
         AttributeValue::Boolean(b) => Value::Bool(*b),
@@ -107,7 +100,7 @@ fn attributes(event: &Event) -> Vec<(&str, Value<'_>)> {
         out.push(("subject", text(CE_STRING, subject)));
     }
     if let Some(time) = &event.time {
-        out.push(("time", self::time(time)));
+        out.push(("time", Value::Message(time_value(time))));
     }
     for (name, v) in &event.extensions {
         out.push((name.as_str(), attribute(v)));
@@ -150,24 +143,49 @@ fn delimited(tag: u32, b: &[u8], buf: &mut Vec<u8>) {
     buf.extend_from_slice(b);
 }
 
+/// The `data` oneof's field: its bytes (`binary_data`, `text_data`), or the `Any`
+/// of `proto_data` (rare, and built as `to_proto` builds it).
+enum DataField<'a> {
+    Bytes(u32, &'a [u8]),
+    Proto(prost_types::Any),
+}
+
+impl DataField<'_> {
+    fn of<'a>(event: &'a Event, data: &'a bytes::Bytes) -> DataField<'a> {
+        match data_kind(event, data) {
+            DataKind::Binary(b) => DataField::Bytes(BINARY_DATA, b),
+            DataKind::Text(s) => DataField::Bytes(TEXT_DATA, s.as_bytes()),
+            DataKind::Proto(type_url, d) => DataField::Proto(prost_types::Any {
+                type_url: type_url.to_owned(),
+                value: d.to_vec(),
+            }),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            DataField::Bytes(tag, b) => delimited_len(*tag, b.len()),
+            DataField::Proto(any) => delimited_len(PROTO_DATA, any.encoded_len()),
+        }
+    }
+
+    fn write(&self, buf: &mut Vec<u8>) {
+        match self {
+            DataField::Bytes(tag, b) => delimited(*tag, b, buf),
+            DataField::Proto(any) => {
+                encode_key(PROTO_DATA, WireType::LengthDelimited, buf);
+                encode_varint(any.encoded_len() as u64, buf);
+                any.encode_raw(buf);
+            }
+        }
+    }
+}
+
 /// The `CloudEvent` message of `event`, encoded.
 pub(super) fn encode_event(event: &Event) -> Vec<u8> {
     let attributes = attributes(event);
     let value_lens: Vec<usize> = attributes.iter().map(|(_, v)| v.len()).collect();
-    let data = event.data.as_ref().map(|d| data_kind(event, d));
-    let proto_data = match &data {
-        Some(DataKind::Proto(type_url, d)) => Some(prost_types::Any {
-            type_url: (*type_url).to_owned(),
-            value: d.to_vec(),
-        }),
-        _ => None,
-    };
-    let data_len = match (&data, &proto_data) {
-        (_, Some(any)) => delimited_len(PROTO_DATA, any.encoded_len()),
-        (Some(DataKind::Text(s)), _) => delimited_len(TEXT_DATA, s.len()),
-        (Some(DataKind::Binary(b)), _) => delimited_len(BINARY_DATA, b.len()),
-        _ => 0,
-    };
+    let data = event.data.as_ref().map(|d| DataField::of(event, d));
     let attributes_len: usize = attributes
         .iter()
         .zip(&value_lens)
@@ -178,7 +196,7 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
         + string_len(SPEC_VERSION, event.specversion.as_str())
         + string_len(TYPE, &event.ty)
         + attributes_len
-        + data_len;
+        + data.as_ref().map_or(0, DataField::len);
 
     let mut buf = Vec::with_capacity(len);
     string(ID, &event.id, &mut buf);
@@ -193,15 +211,8 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
         encode_varint(value_len as u64, &mut buf);
         value.write(&mut buf);
     }
-    match (&data, &proto_data) {
-        (_, Some(any)) => {
-            encode_key(PROTO_DATA, WireType::LengthDelimited, &mut buf);
-            encode_varint(any.encoded_len() as u64, &mut buf);
-            any.encode_raw(&mut buf);
-        }
-        (Some(DataKind::Text(s)), _) => delimited(TEXT_DATA, s.as_bytes(), &mut buf),
-        (Some(DataKind::Binary(b)), _) => delimited(BINARY_DATA, b, &mut buf),
-        _ => {}
+    if let Some(data) = &data {
+        data.write(&mut buf);
     }
     debug_assert_eq!(buf.len(), len);
     buf
