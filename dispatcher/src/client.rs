@@ -1,6 +1,7 @@
-//! The HTTP client deliveries are sent with: hyper-util's pooled client over rustls,
-//! trusting the system's web roots, the process's own issuers and a destination's
-//! `CACerts`.
+//! The HTTP client deliveries are sent with: `http://` destinations over HTTP/1.1
+//! connections pooled here (`plain`), `https://` ones through hyper-util's pooled
+//! client over rustls, trusting the system's web roots, the process's own issuers
+//! and a destination's `CACerts`.
 //!
 //! Why not reqwest, which sent deliveries before: its per-request layers (the URL
 //! converted to a URI again, redirect and retry policies, boxed futures, a body
@@ -21,10 +22,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// Idle keep-alive connections kept per destination.
-const POOL_MAX_IDLE_PER_HOST: usize = 1024;
-/// How long an idle connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+mod plain;
+
+use plain::{
+    PlainPool, IDLE_TIMEOUT as POOL_IDLE_TIMEOUT, MAX_IDLE_PER_HOST as POOL_MAX_IDLE_PER_HOST,
+};
 
 /// A destination's answer, body read whole (so the connection goes back to the pool)
 /// unless it is longer than the caller takes.
@@ -63,7 +65,14 @@ impl SendError {
     }
 }
 
-type Direct = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Tls = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Both pools of a direct client.
+#[derive(Debug)]
+pub(crate) struct Direct {
+    plain: PlainPool,
+    tls: Tls,
+}
 
 /// A pooled client; cheap to clone (one reference count: the pool is shared).
 #[derive(Clone, Debug)]
@@ -110,7 +119,10 @@ impl HttpClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        HttpClient::Direct(Arc::new(client))
+        HttpClient::Direct(Arc::new(Direct {
+            plain: PlainPool::default(),
+            tls: client,
+        }))
     }
 
     /// POSTs `body` to `url` and reads the answer, all within `timeout`; an answer
@@ -133,9 +145,18 @@ impl HttpClient {
                     };
                     let mut request = Request::new(Full::new(body));
                     *request.method_mut() = Method::POST;
-                    *request.uri_mut() = uri;
                     *request.headers_mut() = headers;
+                    if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+                        let (resp, lease) = client.plain.send(&uri, request).await?;
+                        let answer = read_answer(resp, max_body).await?;
+                        if !answer.over_limit {
+                            lease.release();
+                        }
+                        return Ok(answer);
+                    }
+                    *request.uri_mut() = uri;
                     let resp = client
+                        .tls
                         .request(request)
                         .await
                         .map_err(|e| failed(&e, e.is_connect()))?;
