@@ -72,6 +72,8 @@ struct Host {
     connecting: usize,
     waiting: VecDeque<oneshot::Sender<Option<Sender>>>,
     racing: VecDeque<oneshot::Sender<Sender>>,
+    /// The queues' length at which those that gave up are next dropped.
+    prune_at: usize,
 }
 
 /// What an exchange gets from the pool.
@@ -189,10 +191,12 @@ impl PlainPool {
         }
         let h = idle.by_host.entry(host.into()).or_default();
         // Exchanges that gave up are skipped when their turn comes; this bounds how
-        // many pile up meanwhile.
-        if h.waiting.len() + h.racing.len() >= MAX_IDLE_PER_HOST {
+        // many pile up meanwhile (each time the queues have doubled: a broker with
+        // thousands of deliveries in flight to one destination queues thousands).
+        if h.waiting.len() + h.racing.len() >= h.prune_at.max(MAX_IDLE_PER_HOST) {
             h.waiting.retain(|w| !w.is_closed());
             h.racing.retain(|w| !w.is_closed());
+            h.prune_at = 2 * (h.waiting.len() + h.racing.len());
         }
         if h.connecting < MAX_CONNECTING_PER_HOST {
             h.connecting += 1;
@@ -573,6 +577,39 @@ mod tests {
                 .unwrap();
             assert!(refused);
         }
+    }
+
+    #[test]
+    fn exchanges_that_gave_up_are_dropped_from_the_queue_each_time_it_doubles() {
+        let pool = PlainPool::default();
+        let gave_up = |n: usize| {
+            (0..n)
+                .map(|_| oneshot::channel::<Option<Sender>>().0)
+                .collect::<VecDeque<_>>()
+        };
+        {
+            let mut idle = lock(&pool.state);
+            let h = idle.by_host.entry("h:1".into()).or_default();
+            h.connecting = MAX_CONNECTING_PER_HOST;
+            h.waiting = gave_up(MAX_IDLE_PER_HOST - 1);
+        }
+        let queued = |pool: &PlainPool| lock(&pool.state).by_host["h:1"].waiting.len();
+        let mut live = Vec::new();
+        let Take::Wait(turn) = pool.take("h:1") else {
+            panic!("connects are full")
+        };
+        live.push(turn);
+        assert_eq!(queued(&pool), MAX_IDLE_PER_HOST, "not yet at the bound");
+        let Take::Wait(turn) = pool.take("h:1") else {
+            panic!("connects are full")
+        };
+        live.push(turn);
+        assert_eq!(
+            queued(&pool),
+            2,
+            "the ones that gave up are gone, the live ones kept"
+        );
+        assert_eq!(lock(&pool.state).by_host["h:1"].prune_at, 2);
     }
 
     #[tokio::test]
