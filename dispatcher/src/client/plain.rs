@@ -112,7 +112,9 @@ impl PlainPool {
             .authority()
             .ok_or_else(|| SendError::Other(format!("{uri} names no host")))?
             .clone();
-        request.headers_mut().insert(HOST, host_header(&host)?);
+        if !request.headers().contains_key(HOST) {
+            request.headers_mut().insert(HOST, host_header(&host)?);
+        }
         *request.uri_mut() = origin_form(uri);
         loop {
             let (mut sender, reused) = match self.take(host.as_str()) {
