@@ -164,6 +164,11 @@ impl PlainPool {
             biased;
             made = &mut making => {
                 drop(connecting);
+                // One may have come back at the same moment: it stays in the pool.
+                returned.close();
+                if let Ok(sender) = returned.try_recv() {
+                    put(&self.state, host.as_str(), sender);
+                }
                 Ok((made?, false))
             }
             Ok(sender) = &mut returned => {
@@ -555,13 +560,17 @@ mod tests {
         );
     }
 
+    /// An address on this machine nothing listens on.
+    fn refused_uri() -> Uri {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        uri.parse().unwrap()
+    }
+
     #[tokio::test]
     async fn when_connects_fail_the_exchanges_waiting_behind_them_fail_too() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        drop(listener);
+        let uri = refused_uri();
         let pool = std::sync::Arc::new(PlainPool::default());
         let tries: Vec<_> = (0..3 * MAX_CONNECTING_PER_HOST)
             .map(|_| {
@@ -616,11 +625,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        drop(listener);
+        let uri = refused_uri();
         let pool = PlainPool::default();
         match pool.send(&uri, Request::new(Full::default())).await {
             Err(SendError::Connect(cause)) => assert!(cause.contains("refused"), "{cause}"),
