@@ -87,35 +87,58 @@ fn attribute(v: &AttributeValue) -> Value<'_> {
     }
 }
 
-/// Every attribute entry of `event`, in `to_proto`'s order.
-fn attributes(event: &Event) -> Vec<(&str, Value<'_>)> {
-    let mut out = Vec::with_capacity(4 + event.extensions.len());
-    if let Some(ct) = &event.datacontenttype {
-        out.push(("datacontenttype", text(CE_STRING, ct)));
-    }
-    if let Some(schema) = &event.dataschema {
-        out.push((event.specversion.dataschema_name(), text(CE_URI, schema)));
-    }
-    if let Some(subject) = &event.subject {
-        out.push(("subject", text(CE_STRING, subject)));
-    }
-    if let Some(time) = &event.time {
-        out.push(("time", Value::Message(time_value(time))));
-    }
-    for (name, v) in &event.extensions {
-        out.push((name.as_str(), attribute(v)));
-    }
-    out
+/// An attribute entry: its name, its value and the value's encoded length.
+struct Entry<'a> {
+    key: &'a str,
+    value: Value<'a>,
+    value_len: usize,
 }
 
-/// An entry's length inside its field: its key, then its value as a message.
-fn entry_len(key: &str, value_len: usize) -> usize {
-    let key = if key.is_empty() {
-        0
-    } else {
-        delimited_len(ENTRY_KEY, key.len())
-    };
-    key + delimited_len(ENTRY_VALUE, value_len)
+impl<'a> Entry<'a> {
+    fn new(key: &'a str, value: Value<'a>) -> Self {
+        let value_len = value.len();
+        Entry {
+            key,
+            value,
+            value_len,
+        }
+    }
+
+    /// Its length inside its field: its key, then its value as a message.
+    fn len(&self) -> usize {
+        string_len(ENTRY_KEY, self.key) + delimited_len(ENTRY_VALUE, self.value_len)
+    }
+
+    fn write(&self, buf: &mut Vec<u8>) {
+        encode_key(ATTRIBUTES, WireType::LengthDelimited, buf);
+        encode_varint(self.len() as u64, buf);
+        string(ENTRY_KEY, self.key, buf);
+        encode_key(ENTRY_VALUE, WireType::LengthDelimited, buf);
+        encode_varint(self.value_len as u64, buf);
+        self.value.write(buf);
+    }
+}
+
+/// Every attribute entry of `event`, in `to_proto`'s order.
+fn attributes(event: &Event) -> Vec<Entry<'_>> {
+    let mut out = Vec::with_capacity(4 + event.extensions.len());
+    if let Some(ct) = &event.datacontenttype {
+        out.push(Entry::new("datacontenttype", text(CE_STRING, ct)));
+    }
+    if let Some(schema) = &event.dataschema {
+        let name = event.specversion.dataschema_name();
+        out.push(Entry::new(name, text(CE_URI, schema)));
+    }
+    if let Some(subject) = &event.subject {
+        out.push(Entry::new("subject", text(CE_STRING, subject)));
+    }
+    if let Some(time) = &event.time {
+        out.push(Entry::new("time", Value::Message(time_value(time))));
+    }
+    for (name, v) in &event.extensions {
+        out.push(Entry::new(name, attribute(v)));
+    }
+    out
 }
 
 /// A string field as proto3 writes it: left out when empty.
@@ -184,12 +207,10 @@ impl DataField<'_> {
 /// The `CloudEvent` message of `event`, encoded.
 pub(super) fn encode_event(event: &Event) -> Vec<u8> {
     let attributes = attributes(event);
-    let value_lens: Vec<usize> = attributes.iter().map(|(_, v)| v.len()).collect();
     let data = event.data.as_ref().map(|d| DataField::of(event, d));
     let attributes_len: usize = attributes
         .iter()
-        .zip(&value_lens)
-        .map(|((key, _), &len)| delimited_len(ATTRIBUTES, entry_len(key, len)))
+        .map(|e| delimited_len(ATTRIBUTES, e.len()))
         .sum();
     let len = string_len(ID, &event.id)
         + string_len(SOURCE, &event.source)
@@ -203,13 +224,8 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
     string(SOURCE, &event.source, &mut buf);
     string(SPEC_VERSION, event.specversion.as_str(), &mut buf);
     string(TYPE, &event.ty, &mut buf);
-    for ((key, value), &value_len) in attributes.iter().zip(&value_lens) {
-        encode_key(ATTRIBUTES, WireType::LengthDelimited, &mut buf);
-        encode_varint(entry_len(key, value_len) as u64, &mut buf);
-        string(ENTRY_KEY, key, &mut buf);
-        encode_key(ENTRY_VALUE, WireType::LengthDelimited, &mut buf);
-        encode_varint(value_len as u64, &mut buf);
-        value.write(&mut buf);
+    for entry in &attributes {
+        entry.write(&mut buf);
     }
     if let Some(data) = &data {
         data.write(&mut buf);
