@@ -200,10 +200,9 @@ impl PlainPool {
         // Exchanges that gave up are skipped when their turn comes; this bounds how
         // many pile up meanwhile (each time the queues have doubled: a broker with
         // thousands of deliveries in flight to one destination queues thousands).
-        if h.waiting.len() + h.racing.len() >= h.prune_at.max(MAX_IDLE_PER_HOST) {
-            h.waiting.retain(|w| !w.is_closed());
-            h.racing.retain(|w| !w.is_closed());
-            h.prune_at = 2 * (h.waiting.len() + h.racing.len());
+        if h.queued() >= h.prune_at.max(MAX_IDLE_PER_HOST) {
+            h.forget_given_up();
+            h.prune_at = 2 * h.queued();
         }
         if h.connecting < MAX_CONNECTING_PER_HOST {
             h.connecting += 1;
@@ -237,9 +236,8 @@ fn put(state: &Mutex<Idle>, host: &str, sender: Sender) {
         idle.by_host.retain(|_, h| {
             h.idle
                 .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
-            h.waiting.retain(|w| !w.is_closed());
-            h.racing.retain(|w| !w.is_closed());
-            !h.idle.is_empty() || !h.waiting.is_empty() || h.connecting > 0
+            h.forget_given_up();
+            !h.idle.is_empty() || h.queued() > 0 || h.connecting > 0
         });
     }
     match idle.by_host.get_mut(host) {
@@ -257,6 +255,17 @@ fn lock(state: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
 }
 
 impl Host {
+    /// Exchanges queued for a connection, including those that gave up.
+    fn queued(&self) -> usize {
+        self.waiting.len() + self.racing.len()
+    }
+
+    /// Drops the queued exchanges that gave up (their turn would be skipped anyway).
+    fn forget_given_up(&mut self) {
+        self.waiting.retain(|w| !w.is_closed());
+        self.racing.retain(|w| !w.is_closed());
+    }
+
     /// Hands `sender` to the first exchange still connecting (they came first: the
     /// others queued only once every place among the connects was taken), then to
     /// the first still waiting, or keeps it idle.
