@@ -139,22 +139,26 @@ impl HttpClient {
         let exchange = async {
             match self {
                 HttpClient::Direct(client) => {
+                    let parsed;
                     let uri = match uri {
-                        Some(uri) => uri.clone(),
-                        None => parse_uri(url)?,
+                        Some(uri) => uri,
+                        None => {
+                            parsed = parse_uri(url)?;
+                            &parsed
+                        }
                     };
                     let mut request = Request::new(Full::new(body));
                     *request.method_mut() = Method::POST;
                     *request.headers_mut() = headers;
                     if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-                        let (resp, lease) = client.plain.send(&uri, request).await?;
+                        let (resp, lease) = client.plain.send(uri, request).await?;
                         let answer = read_answer(resp, max_body).await?;
                         if !answer.over_limit {
                             lease.release();
                         }
                         return Ok(answer);
                     }
-                    *request.uri_mut() = uri;
+                    *request.uri_mut() = uri.clone();
                     let resp = client
                         .tls
                         .request(request)
