@@ -76,6 +76,8 @@ struct FlushState {
     gathering: Option<usize>,
     /// Appends the last round answered after its flush.
     last_group: usize,
+    /// How fast appends come and how long a round keeps the writer busy.
+    pace: Pace,
     /// The thread waits on the condition variable and nobody has woken it yet.
     /// Only then is it notified: std's `notify_one` is a futex call even when no
     /// thread waits, and appends arriving while it writes made one each (0.6 a
@@ -114,6 +116,7 @@ impl Flusher {
                 appends: Vec::new(),
                 gathering: None,
                 last_group: 0,
+                pace: Pace::default(),
                 sleeping: false,
                 shutdown: false,
             }),
@@ -149,6 +152,7 @@ impl Flusher {
                 return;
             }
             st.appends.push(append);
+            st.pace.arrived += 1;
             if st.gathering.is_some_and(|want| st.appends.len() < want) || !st.wake() {
                 return;
             }
@@ -189,7 +193,9 @@ impl Flusher {
     /// that grew loses its tail in a power cut) and flushes no disk cache: an
     /// `fdatasync` of sled's file follows it, and only then are the writers told.
     pub(super) fn run(&self, db: sled::Db, file: std::fs::File) {
+        let mut idle = MachineIdle::default();
         loop {
+            let idle_cpu = idle.share(Instant::now());
             let appends = {
                 let mut st = lock(&self.state);
                 loop {
@@ -215,9 +221,11 @@ impl Flusher {
                     };
                     st.sleeping = false;
                 }
-                st = self.gather(st);
+                st.pace.round_starts(Instant::now());
+                st = self.gather(st, idle_cpu);
                 std::mem::take(&mut st.appends)
             };
+            let busy_since = Instant::now();
             let (to_answer, interval) = write_round(appends);
             let ticket = {
                 let mut st = lock(&self.state);
@@ -261,7 +269,11 @@ impl Flusher {
                 }
                 answer = flush_answer(s);
             });
-            lock(&self.state).last_group = to_answer.len();
+            {
+                let mut st = lock(&self.state);
+                st.last_group = to_answer.len();
+                st.pace.round_took(busy_since.elapsed());
+            }
             for reply in to_answer {
                 let _ = reply.send(answer.clone());
             }
@@ -272,13 +284,20 @@ impl Flusher {
     /// up to the commit delay for that many: the producers the last flush answered are
     /// sending their next appends, and one flush for all of them costs a fraction
     /// of one each (commit delay, as PostgreSQL's `commit_delay`). A lone producer
-    /// (a last group of one) never waits.
+    /// (a last group of one) never waits, and neither does a round when appends come
+    /// fast enough to fill rounds by themselves while the machine has CPU to spare
+    /// for more rounds ([`Pace`]; `idle_cpu` is the machine's idle share).
     fn gather<'a>(
         &self,
         mut st: std::sync::MutexGuard<'a, FlushState>,
+        idle_cpu: f64,
     ) -> std::sync::MutexGuard<'a, FlushState> {
         let want = st.last_group;
-        if st.appends.is_empty() || st.appends.len() >= want || st.shutdown {
+        if st.appends.is_empty()
+            || st.appends.len() >= want
+            || st.shutdown
+            || !st.pace.gathering_pays(idle_cpu)
+        {
             return st;
         }
         let until = Instant::now() + self.commit_delay;
@@ -305,6 +324,126 @@ impl Flusher {
         lock(&self.state).shutdown = true;
         self.cv.notify_all();
     }
+}
+
+/// How fast appends arrive and how long the writer is busy with a round. Their
+/// product is how many appends a round finds queued without waiting: past
+/// [`Pace::FULL_ROUND`] the commit delay has little left to gather, and waiting
+/// for the last round's producers keeps them in step with the writer: they turn
+/// around while the disk is idle, and the disk flushes while they wait (ingest
+/// alone from 64 producers left a third of the machine idle). Not waiting makes
+/// more, smaller rounds, which costs CPU: worth it only while the machine has CPU
+/// to spare ([`Pace::SPARE_CPU`]); on a busy one (one trigger delivering as fast
+/// as possible) the wait still pays. `bench/README.md`, "Rounds that fill
+/// themselves".
+#[derive(Debug, Default)]
+struct Pace {
+    /// Appends a second, averaged over about [`Pace::RATE_WINDOW`].
+    rate: f64,
+    /// Seconds from a round's start (after its gather) to its answers: its writes,
+    /// its flush and any wait for a CPU; averaged over rounds.
+    busy: f64,
+    /// Appends queued since `since`.
+    arrived: u64,
+    since: Option<Instant>,
+}
+
+impl Pace {
+    /// A round this large spreads its fixed cost (waking the writer, the flush's
+    /// syscalls, waking the runtime's workers: about 100 µs of CPU on the
+    /// development machine) to a few µs an append.
+    const FULL_ROUND: f64 = 16.0;
+    /// The rate forgets what came longer ago than this (exponentially): a pause
+    /// resets it, a round of a few milliseconds moves it a little.
+    const RATE_WINDOW: Duration = Duration::from_millis(10);
+    /// The weight of the newest round in the busy time's average.
+    const BUSY_WEIGHT: f64 = 0.2;
+
+    /// At a round's start: the appends queued since the last start, over the time
+    /// between them, join the rate.
+    fn round_starts(&mut self, now: Instant) {
+        if let Some(since) = self.since {
+            let secs = now.duration_since(since).as_secs_f64();
+            if secs > 0.0 {
+                let weight = 1.0 - (-secs / Self::RATE_WINDOW.as_secs_f64()).exp();
+                self.rate += weight * (self.arrived as f64 / secs - self.rate);
+            }
+        }
+        self.since = Some(now);
+        self.arrived = 0;
+    }
+
+    fn round_took(&mut self, busy: Duration) {
+        self.busy += Self::BUSY_WEIGHT * (busy.as_secs_f64() - self.busy);
+    }
+
+    /// The machine's idle share of CPU from which more rounds are worth their
+    /// CPU: a fifth. On the 2-core development machine, ingest alone that no
+    /// longer waits leaves 28 % idle, one trigger delivering as fast as possible
+    /// 15–16 %, and 30 % kept ingest waiting (measured over
+    /// [`MachineIdle::EVERY`], which smooths the swings of shorter samples).
+    const SPARE_CPU: f64 = 0.2;
+
+    /// Whether appends come fast enough that a round finds a full one queued.
+    fn rounds_fill_themselves(&self) -> bool {
+        self.rate * self.busy >= Self::FULL_ROUND
+    }
+
+    /// Whether a round should wait for the last round's producers, the machine
+    /// being `idle_cpu` idle.
+    fn gathering_pays(&self, idle_cpu: f64) -> bool {
+        !(self.rounds_fill_themselves() && idle_cpu >= Self::SPARE_CPU)
+    }
+}
+
+/// The machine's idle share of CPU time (idle and I/O wait, over all CPUs) since
+/// the last sample, from `/proc/stat`, sampled at most every
+/// [`MachineIdle::EVERY`]. Where there is no `/proc/stat` it reads 0: the commit
+/// delay always gathers, as before [`Pace`].
+#[derive(Debug, Default)]
+struct MachineIdle {
+    /// When sampled, and the idle and total CPU ticks then.
+    last: Option<(Instant, u64, u64)>,
+    share: f64,
+}
+
+impl MachineIdle {
+    const EVERY: Duration = Duration::from_millis(200);
+
+    fn share(&mut self, now: Instant) -> f64 {
+        if self
+            .last
+            .is_some_and(|(at, ..)| now.duration_since(at) < Self::EVERY)
+        {
+            return self.share;
+        }
+        let Some((idle, total)) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| cpu_ticks(&stat))
+        else {
+            return 0.0;
+        };
+        if let Some((_, idle0, total0)) = self.last {
+            let spent = total.saturating_sub(total0);
+            if spent > 0 {
+                self.share = idle.saturating_sub(idle0) as f64 / spent as f64;
+            }
+        }
+        self.last = Some((now, idle, total));
+        self.share
+    }
+}
+
+/// The idle (idle + iowait) and total ticks of `/proc/stat`'s `cpu` line.
+fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8) // user nice system idle iowait irq softirq steal (guest is in user)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| (ticks[3] + ticks[4], ticks.iter().sum()))
 }
 
 impl FlushState {
@@ -409,8 +548,12 @@ mod tests {
 
     /// How long `gather` kept the round open, and how many appends it then had.
     fn gather_timed(f: &Flusher) -> (Duration, usize) {
+        gather_timed_idle(f, 0.5)
+    }
+
+    fn gather_timed_idle(f: &Flusher, idle_cpu: f64) -> (Duration, usize) {
         let started = Instant::now();
-        let st = f.gather(lock(&f.state));
+        let st = f.gather(lock(&f.state), idle_cpu);
         assert!(st.gathering.is_none(), "the round no longer gathers");
         (started.elapsed(), st.appends.len())
     }
@@ -437,6 +580,118 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(appends, 3);
         assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+    }
+
+    /// Gathers with `idle_cpu` while two producers come back after 20 ms.
+    fn gather_with_producers_back_later(f: &Arc<Flusher>, idle_cpu: f64) -> (Duration, usize) {
+        let producer = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                f.append(append());
+                f.append(append());
+            })
+        };
+        let gathered = gather_timed_idle(f, idle_cpu);
+        producer.join().unwrap();
+        gathered
+    }
+
+    #[test]
+    fn a_round_does_not_wait_when_appends_fill_it_and_the_machine_has_cpu_to_spare() {
+        let fast = |f: &Flusher| {
+            let mut st = lock(&f.state);
+            // 40 000 appends a second, a round busy for 0.5 ms: 20 queue meanwhile.
+            st.pace.rate = 40_000.0;
+            st.pace.busy = 0.000_5;
+        };
+        let f = after_a_round_of_three(Duration::from_secs(30));
+        fast(&f);
+        let (waited, appends) = gather_timed_idle(&f, 0.3);
+        assert_eq!(appends, 1, "the round took what had come");
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+
+        // The same pace on a machine 10 % idle: the round waits.
+        let f = after_a_round_of_three(Duration::from_secs(30));
+        fast(&f);
+        let (waited, appends) = gather_with_producers_back_later(&f, 0.1);
+        assert_eq!(
+            appends, 3,
+            "the round waited for the last round's producers"
+        );
+        assert!(waited >= Duration::from_millis(20), "waited {waited:?}");
+
+        // A quarter of that rate (5 queue a round) on an idle machine: it waits.
+        let f = after_a_round_of_three(Duration::from_secs(30));
+        fast(&f);
+        lock(&f.state).pace.rate = 10_000.0;
+        let (waited, appends) = gather_with_producers_back_later(&f, 0.9);
+        assert_eq!(
+            appends, 3,
+            "the round waited for the last round's producers"
+        );
+        assert!(waited >= Duration::from_millis(20), "waited {waited:?}");
+    }
+
+    #[test]
+    fn the_machine_s_idle_share_comes_from_proc_stat_s_cpu_line() {
+        let stat = "cpu  100 5 50 800 40 3 2 0 7 0\ncpu0 50 2 25 400 20 1 1 0 3 0\nintr 1\n";
+        assert_eq!(cpu_ticks(stat), Some((840, 1000)));
+        assert_eq!(cpu_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(cpu_ticks("intr 1\n"), None);
+        if std::path::Path::new("/proc/stat").exists() {
+            let mut idle = MachineIdle::default();
+            let start = Instant::now();
+            idle.share(start);
+            assert_eq!(
+                idle.share(start + MachineIdle::EVERY / 2),
+                0.0,
+                "not sampled again yet"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            let share = idle.share(start + MachineIdle::EVERY);
+            assert!((0.0..=1.0).contains(&share), "share {share}");
+            assert!(
+                idle.last.is_some_and(|(at, ..)| at > start),
+                "sampled again"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pace_follows_the_arrival_rate_and_forgets_a_pause() {
+        let mut pace = Pace::default();
+        let mut now = Instant::now();
+        pace.round_starts(now);
+        // Rounds every millisecond, 30 appends each, each busy for 0.6 ms.
+        for _ in 0..200 {
+            pace.arrived += 30;
+            now += Duration::from_millis(1);
+            pace.round_starts(now);
+            pace.round_took(Duration::from_micros(600));
+        }
+        assert!((pace.rate - 30_000.0).abs() < 300.0, "rate {}", pace.rate);
+        assert!((pace.busy - 0.000_6).abs() < 0.000_01, "busy {}", pace.busy);
+        assert!(pace.rounds_fill_themselves(), "18 appends queue per round");
+        // Then 10 at a time: 6 a round.
+        for _ in 0..200 {
+            pace.arrived += 10;
+            now += Duration::from_millis(1);
+            pace.round_starts(now);
+        }
+        assert!(!pace.rounds_fill_themselves(), "rate {}", pace.rate);
+        // Back to 30, then a second's pause and one append: the rate is its own.
+        for _ in 0..200 {
+            pace.arrived += 30;
+            now += Duration::from_millis(1);
+            pace.round_starts(now);
+        }
+        assert!(pace.rounds_fill_themselves());
+        pace.arrived += 1;
+        now += Duration::from_secs(1);
+        pace.round_starts(now);
+        assert!(pace.rate < 10.0, "rate {}", pace.rate);
+        assert!(!pace.rounds_fill_themselves());
     }
 
     #[test]
