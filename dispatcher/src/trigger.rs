@@ -158,7 +158,10 @@ pub(crate) async fn run(
             match key {
                 None => {
                     let permit = taken;
-                    tokio::spawn(async move {
+                    // Boxed before it is spawned: the delivery's future is a few KiB,
+                    // and spawn moved it four times on its way into the task
+                    // (`bench/README.md`, "A delivery's future boxed once").
+                    tokio::spawn(Box::pin(async move {
                         let work = async {
                             if pace(limiter.as_deref(), &cancel2).await {
                                 ctx.process(&record.event, &cancel2).await
@@ -170,14 +173,14 @@ pub(crate) async fn run(
                         let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
                         ack_finished(&ctx, &*sub, &record, processed).await;
                         drop(permit);
-                    });
+                    }));
                 }
                 Some(key) => {
                     // Waited here only for room in the queue; the task waits for its key.
                     let slot = taken;
                     let (previous, done) = keys.link(key);
                     let permits = permits.clone();
-                    tokio::spawn(async move {
+                    tokio::spawn(Box::pin(async move {
                         let _slot = slot;
                         let _done = done.drop_guard();
                         let work = async {
@@ -200,7 +203,7 @@ pub(crate) async fn run(
                         tokio::pin!(work);
                         let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
                         ack_finished(&ctx, &*sub, &record, processed).await;
-                    });
+                    }));
                 }
             }
         }
