@@ -137,7 +137,8 @@ impl BinaryDelivery for AnyBinary {
 /// 503 and `Retry-After` while deliveries finish).
 #[derive(Debug, Clone)]
 pub struct Routes {
-    table: Arc<ArcSwap<HashMap<BrokerKey, Arc<BrokerEndpoint>>>>,
+    /// foldhash: one lookup for every request (SipHash was 0.3 % of the broker).
+    table: Arc<ArcSwap<HashMap<BrokerKey, Arc<BrokerEndpoint>, foldhash::fast::RandomState>>>,
     draining: Arc<AtomicBool>,
     pending: PendingBudget,
     header_budget: HeaderBudget,
@@ -257,7 +258,7 @@ impl Routes {
     }
 
     pub fn replace(&self, table: HashMap<BrokerKey, Arc<BrokerEndpoint>>) {
-        self.table.store(Arc::new(table));
+        self.table.store(Arc::new(table.into_iter().collect()));
     }
 
     pub fn keys(&self) -> Vec<BrokerKey> {

@@ -5,6 +5,8 @@
 //! types cannot grow memory.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -43,7 +45,9 @@ struct Entry {
 /// type → source → entry: lookups by `&str`, allocation only for a new pair.
 #[derive(Debug, Default)]
 struct Pairs {
-    by_type: HashMap<String, HashMap<String, Entry>>,
+    /// foldhash (randomly seeded, so producers cannot aim collisions at it): two
+    /// lookups for every accepted event.
+    by_type: HashMap<String, HashMap<String, Entry, RandomState>, RandomState>,
     len: usize,
 }
 

@@ -56,7 +56,8 @@ struct SubState {
 #[derive(Debug, Default)]
 struct State {
     log: EventRun,
-    subs: HashMap<String, SubState>,
+    /// foldhash: looked up on every read and ack (SipHash was 0.7 % of the broker).
+    subs: HashMap<String, SubState, foldhash::fast::RandomState>,
 }
 
 impl State {

@@ -55,7 +55,8 @@ pub(crate) struct PlainPool {
 struct Idle {
     /// By the authority as the destination's URL spells it (hashed as one string:
     /// `Authority`'s own hash feeds SipHash a byte at a time).
-    by_host: HashMap<Box<str>, Host>,
+    /// foldhash: looked up twice for every delivery.
+    by_host: HashMap<Box<str>, Host, foldhash::fast::RandomState>,
     /// When every destination's list was last rid of expired connections.
     swept: Option<Instant>,
 }
