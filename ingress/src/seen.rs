@@ -5,10 +5,10 @@
 //! types cannot grow memory.
 
 use std::collections::HashMap;
-
-use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use foldhash::fast::RandomState;
 
 use cemesh_proto::knative::rfc3339_millis as rfc3339;
 use cemesh_proto::Event;

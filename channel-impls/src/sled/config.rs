@@ -62,8 +62,10 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 << 20;
 /// a trigger it measures the same as 500 µs, and a lone producer never waits. No
 /// delay at all lets ingest alone, as fast as possible, go about 15 % faster (64
 /// producers then split into rounds that overlap the disk and the cores), at 5 %
-/// less with a trigger and 25 % more CPU at 12 000/s (`bench/README.md`, "The
-/// commit delay", "Plain deliveries over connections of our own").
+/// less with a trigger and 25 % more CPU at 12 000/s; the writer skips the delay
+/// by itself where it only costs, appends filling rounds on a machine with CPU to
+/// spare (`flusher::Pace`; `bench/README.md`, "The commit delay", "Rounds that
+/// fill themselves").
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(1500);
 
 /// Settings of the process-wide database.

@@ -358,6 +358,12 @@ impl Pace {
     const RATE_WINDOW: Duration = Duration::from_millis(10);
     /// The weight of the newest round in the busy time's average.
     const BUSY_WEIGHT: f64 = 0.2;
+    /// The machine's idle share of CPU from which more rounds are worth their
+    /// CPU: a fifth. On the 2-core development machine, ingest alone that no
+    /// longer waits leaves 28 % idle, one trigger delivering as fast as possible
+    /// 15–16 %, and 30 % kept ingest waiting (measured over
+    /// [`MachineIdle::EVERY`], which smooths the swings of shorter samples).
+    const SPARE_CPU: f64 = 0.2;
 
     /// At a round's start: the appends queued since the last start, over the time
     /// between them, join the rate.
@@ -376,13 +382,6 @@ impl Pace {
     fn round_took(&mut self, busy: Duration) {
         self.busy += Self::BUSY_WEIGHT * (busy.as_secs_f64() - self.busy);
     }
-
-    /// The machine's idle share of CPU from which more rounds are worth their
-    /// CPU: a fifth. On the 2-core development machine, ingest alone that no
-    /// longer waits leaves 28 % idle, one trigger delivering as fast as possible
-    /// 15–16 %, and 30 % kept ingest waiting (measured over
-    /// [`MachineIdle::EVERY`], which smooths the swings of shorter samples).
-    const SPARE_CPU: f64 = 0.2;
 
     /// Whether appends come fast enough that a round finds a full one queued.
     fn rounds_fill_themselves(&self) -> bool {
