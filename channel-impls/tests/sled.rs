@@ -93,6 +93,44 @@ async fn restart_resumes_at_the_persisted_watermark() {
     assert_eq!(read_n(&*a, 1).await[0].position.offset, 10);
 }
 
+/// A round is written as one `insert` when it is one value and as one batch when it
+/// is several (past the 1 MiB a value holds, or with a time mark): both are there
+/// after a restart, byte for byte and in order.
+#[tokio::test]
+async fn rounds_of_one_value_and_of_several_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = |i: usize| {
+        let mut e = ev(format!("big{i}"));
+        e.data = Some(bytes::Bytes::from(vec![b'0' + (i % 10) as u8; 100 << 10]));
+        e
+    };
+    let mut sent: Vec<Event> = (0..3).map(|i| ev(format!("one{i}"))).collect();
+    sent.extend((0..15).map(big));
+    sent.push(ev("last"));
+    {
+        let store = open(dir.path());
+        let ch = store.channel("b1", SledConfig::default()).unwrap();
+        let _keep = ch.subscribe("keep", StartAt::Earliest).await.unwrap();
+        for e in &sent[..3] {
+            ch.append(vec![e.clone()]).await.unwrap();
+        }
+        ch.append(sent[3..18].to_vec()).await.unwrap();
+        ch.append(sent[18..].to_vec()).await.unwrap();
+        drop((_keep, ch));
+        store.close().await.unwrap();
+    }
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let keep = ch.subscribe("keep", StartAt::Latest).await.unwrap();
+    let all = read_n(&*keep, sent.len()).await;
+    assert_eq!(all.len(), sent.len());
+    for (i, (got, want)) in all.iter().zip(&sent).enumerate() {
+        assert_eq!(got.position.offset, i as u64);
+        assert_eq!(&*got.event, want, "record {i}");
+    }
+    assert_nothing(&*keep).await;
+}
+
 #[tokio::test]
 async fn restart_without_close_persists_on_drop() {
     let dir = tempfile::tempdir().unwrap();

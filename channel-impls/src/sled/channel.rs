@@ -267,6 +267,23 @@ impl Channel for SledChannel {
     }
 }
 
+/// Writes `writes` as one atomic change. A round's usual write is one value, and one
+/// `insert` is atomic by itself; sled's `apply_batch` also logs a batch manifest in
+/// an I/O buffer of its own, which sled hands to its I/O pool and the round's flush
+/// then waits for: a thread hand-off and a second `sync_file_range` every round
+/// (`bench/README.md`, "A round of one value is one insert").
+fn write_atomically(tree: &sled::Tree, mut writes: Vec<([u8; 9], Vec<u8>)>) -> sled::Result<()> {
+    if writes.len() == 1 {
+        let (key, value) = writes.pop().expect("one write");
+        return tree.insert(key, value).map(drop);
+    }
+    let mut batch = sled::Batch::default();
+    for (key, value) in writes {
+        batch.insert(&key[..], value);
+    }
+    tree.apply_batch(batch)
+}
+
 /// Above this many bytes, a round's records of one broker are split over several
 /// values (still one atomic batch): a reader loads a whole value to read any record
 /// of it.
@@ -318,13 +335,13 @@ impl GroupWrite for ChannelShared {
         }
         let n = records.len() as u64;
         let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
-        let mut batch = sled::Batch::default();
+        let mut writes: Vec<([u8; 9], Vec<u8>)> = Vec::with_capacity(1);
         let mut at = first;
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut chunk_bytes = 0;
         for r in &records {
             if !chunk.is_empty() && chunk_bytes + r.len() > MAX_VALUE_BYTES {
-                batch.insert(&record_key(at)[..], encode_records(&chunk));
+                writes.push((record_key(at), encode_records(&chunk)));
                 at += chunk.len() as u64;
                 chunk.clear();
                 chunk_bytes = 0;
@@ -332,11 +349,11 @@ impl GroupWrite for ChannelShared {
             chunk_bytes += r.len();
             chunk.push((*r).clone());
         }
-        batch.insert(&record_key(at)[..], encode_records(&chunk));
+        writes.push((record_key(at), encode_records(&chunk)));
         if let Some(m) = mark {
-            batch.insert(&mark_key(first)[..], &m.encode()[..]);
+            writes.push((mark_key(first), m.encode().to_vec()));
         }
-        if let Err(e) = self.tree.apply_batch(batch) {
+        if let Err(e) = write_atomically(&self.tree, writes) {
             let e = match e {
                 e if super::space::is_read_only(&e) => super::space::read_only_refusal(),
                 e => storage(
