@@ -50,13 +50,8 @@ impl EventRun {
         self.base = base;
     }
 
-    /// Adds an event at offset `end()`.
-    pub(crate) fn push(&mut self, event: Arc<Event>) {
-        let size = size_of_event(&event);
-        self.push_sized(event, size);
-    }
-
-    /// [`Self::push`] with the event's size already measured ([`size_of_event`]).
+    /// Adds an event at offset `end()`, with its size already measured
+    /// ([`size_of_event`]).
     pub(crate) fn push_sized(&mut self, event: Arc<Event>, size: u32) {
         self.bytes += u64::from(size);
         self.events.push_back((event, size));

@@ -117,7 +117,13 @@ impl Channel for SledChannel {
         sh.flusher
             .space
             .check(records.iter().map(|r| r.len() as u64).sum())?;
-        let events = events.into_iter().map(Arc::new).collect();
+        let events = events
+            .into_iter()
+            .map(|e| {
+                let size = crate::run::size_of_event(&e);
+                (Arc::new(e), size)
+            })
+            .collect();
         let (reply, answer) = tokio::sync::oneshot::channel();
         sh.flusher.append(Append {
             target: self.shared.clone(),
@@ -125,7 +131,8 @@ impl Channel for SledChannel {
             events,
             reply,
         });
-        answer.await.map_err(|_| ChannelError::Closed)?
+        // The reply's leftovers are dropped here, on this worker.
+        answer.await.map_err(|_| ChannelError::Closed)?.result
     }
 
     async fn subscribe(
@@ -293,7 +300,11 @@ impl GroupWrite for ChannelShared {
     /// Admits each append in order against the backlog caps, then writes every
     /// admitted record as one batch of values of up to [`MAX_VALUE_BYTES`] (see
     /// [`super::layout`]) and advances the log.
-    fn write_group(&self, appends: &[&Append]) -> Vec<Result<Durability, ChannelError>> {
+    fn write_group(
+        &self,
+        appends: &[&Append],
+        evicted: &mut Vec<Arc<cemesh_proto::Event>>,
+    ) -> Vec<Result<Durability, ChannelError>> {
         let _append = lock(&self.append_lock);
         if let Err(e) = self.check_open() {
             return vec![Err(e); appends.len()];
@@ -368,6 +379,7 @@ impl GroupWrite for ChannelShared {
         }
         let mut st = self.lock();
         st.tail.extend(
+            evicted,
             first,
             appends
                 .iter()

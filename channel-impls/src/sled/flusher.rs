@@ -24,8 +24,13 @@ use crate::ChannelError;
 pub(super) trait GroupWrite: Send + Sync {
     /// Writes `appends` (each one append's encoded records, and its events as
     /// appended); one answer per append: the durability it must then wait for, or
-    /// why it was refused.
-    fn write_group(&self, appends: &[&Append]) -> Vec<Result<Durability, ChannelError>>;
+    /// why it was refused. Events the write let go of (the channel's in-memory tail
+    /// keeps the newest) go to `evicted`, for the appenders to drop ([`Leftovers`]).
+    fn write_group(
+        &self,
+        appends: &[&Append],
+        evicted: &mut Vec<Arc<cemesh_proto::Event>>,
+    ) -> Vec<Result<Durability, ChannelError>>;
     /// Wakes the channel's readers after a write.
     fn written(&self);
 }
@@ -34,9 +39,62 @@ pub(super) trait GroupWrite: Send + Sync {
 pub(super) struct Append {
     pub(super) target: Arc<dyn GroupWrite>,
     pub(super) records: Vec<Bytes>,
-    /// The events `records` encode, kept for readers of the log's tail.
-    pub(super) events: Vec<Arc<cemesh_proto::Event>>,
-    pub(super) reply: oneshot::Sender<Result<(), ChannelError>>,
+    /// The events `records` encode, kept for readers of the log's tail, with
+    /// their sizes as the tail counts them.
+    pub(super) events: Vec<(Arc<cemesh_proto::Event>, u32)>,
+    pub(super) reply: oneshot::Sender<Reply>,
+}
+
+/// An append's answer, and what its round lets go of.
+#[derive(Debug)]
+pub(super) struct Reply {
+    pub(super) result: Result<(), ChannelError>,
+    /// Held to be dropped where the reply is received.
+    pub(super) _leftovers: Leftovers,
+}
+
+/// What a round no longer needs: an append's own records and events, and its share
+/// of the events the channel's tail evicted for it. They go back with the answer
+/// and are dropped by the appender, on the runtime worker that allocated most of
+/// them, not by the writer thread: there, freeing other threads' allocations was
+/// a sixth of the thread's time, in the middle of every round (`bench/README.md`,
+/// "The writer frees nothing").
+#[derive(Debug, Default)]
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "held only to be dropped by the appender")
+)]
+pub(super) struct Leftovers {
+    records: Vec<Bytes>,
+    events: Vec<(Arc<cemesh_proto::Event>, u32)>,
+    evicted: Vec<Arc<cemesh_proto::Event>>,
+}
+
+impl Append {
+    /// Splits the append into its answer's channel and what it leaves over, with
+    /// up to as many of `evicted` as it appended.
+    fn answer_with(
+        self,
+        evicted: &mut impl Iterator<Item = Arc<cemesh_proto::Event>>,
+    ) -> (oneshot::Sender<Reply>, Leftovers) {
+        let evicted = evicted.take(self.events.len()).collect();
+        (
+            self.reply,
+            Leftovers {
+                records: self.records,
+                events: self.events,
+                evicted,
+            },
+        )
+    }
+}
+
+/// Answers `reply`, handing it `leftovers` to drop.
+fn answer(reply: oneshot::Sender<Reply>, result: Result<(), ChannelError>, leftovers: Leftovers) {
+    let _ = reply.send(Reply {
+        result,
+        _leftovers: leftovers,
+    });
 }
 
 impl std::fmt::Debug for Append {
@@ -148,7 +206,11 @@ impl Flusher {
         {
             let mut st = lock(&self.state);
             if st.shutdown {
-                let _ = append.reply.send(Err(ChannelError::Closed));
+                answer(
+                    append.reply,
+                    Err(ChannelError::Closed),
+                    Leftovers::default(),
+                );
                 return;
             }
             st.appends.push(append);
@@ -252,7 +314,7 @@ impl Flusher {
                 .flush()
                 .and_then(|_| file.sync_data().map_err(sled::Error::Io));
             self.flushes.fetch_add(1, Ordering::Relaxed);
-            let mut answer = Ok(());
+            let mut outcome = Ok(());
             self.status.send_modify(|s| {
                 s.done = ticket;
                 match &result {
@@ -267,15 +329,15 @@ impl Flusher {
                         s.error = Some(e.to_string());
                     }
                 }
-                answer = flush_answer(s);
+                outcome = flush_answer(s);
             });
             {
                 let mut st = lock(&self.state);
                 st.last_group = to_answer.len();
                 st.pace.round_took(busy_since.elapsed());
             }
-            for reply in to_answer {
-                let _ = reply.send(answer.clone());
+            for (reply, leftovers) in to_answer {
+                answer(reply, outcome.clone(), leftovers);
             }
         }
     }
@@ -473,10 +535,7 @@ fn flush_answer(status: &FlushStatus) -> Result<(), ChannelError> {
 /// the replies that wait for the flush, and the shortest flush interval asked.
 fn write_round(
     appends: Vec<Append>,
-) -> (
-    Vec<oneshot::Sender<Result<(), ChannelError>>>,
-    Option<Duration>,
-) {
+) -> (Vec<(oneshot::Sender<Reply>, Leftovers)>, Option<Duration>) {
     let mut by_target: Vec<(Arc<dyn GroupWrite>, Vec<Append>)> = Vec::new();
     for a in appends {
         let same =
@@ -488,23 +547,26 @@ fn write_round(
     }
     let mut after_flush = Vec::new();
     let mut interval: Option<Duration> = None;
+    let mut evicted = Vec::new();
     for (target, group) in by_target {
         let appends: Vec<&Append> = group.iter().collect();
-        let results = target.write_group(&appends);
+        let results = target.write_group(&appends, &mut evicted);
         target.written();
-        for (a, result) in group.into_iter().zip(results) {
+        let mut evicted = evicted.drain(..);
+        let last = group.len().saturating_sub(1);
+        for (i, (a, result)) in group.into_iter().zip(results).enumerate() {
+            let (reply, mut leftovers) = a.answer_with(&mut evicted);
+            if i == last {
+                leftovers.evicted.extend(evicted.by_ref());
+            }
             match result {
-                Ok(Durability::FlushPerBatch) => after_flush.push(a.reply),
+                Ok(Durability::FlushPerBatch) => after_flush.push((reply, leftovers)),
                 Ok(Durability::Interval(d)) => {
                     interval = Some(interval.map_or(d, |i| i.min(d)));
-                    let _ = a.reply.send(Ok(()));
+                    answer(reply, Ok(()), leftovers);
                 }
-                Ok(Durability::None) => {
-                    let _ = a.reply.send(Ok(()));
-                }
-                Err(e) => {
-                    let _ = a.reply.send(Err(e));
-                }
+                Ok(Durability::None) => answer(reply, Ok(()), leftovers),
+                Err(e) => answer(reply, Err(e), leftovers),
             }
         }
     }
@@ -518,10 +580,66 @@ mod tests {
     struct Nowhere;
 
     impl GroupWrite for Nowhere {
-        fn write_group(&self, appends: &[&Append]) -> Vec<Result<Durability, ChannelError>> {
+        fn write_group(
+            &self,
+            appends: &[&Append],
+            _evicted: &mut Vec<Arc<cemesh_proto::Event>>,
+        ) -> Vec<Result<Durability, ChannelError>> {
             appends.iter().map(|_| Ok(Durability::None)).collect()
         }
         fn written(&self) {}
+    }
+
+    /// Lets go of its events at the next write, as a tail evicts them.
+    struct Evicting(Mutex<Vec<Arc<cemesh_proto::Event>>>);
+
+    impl GroupWrite for Evicting {
+        fn write_group(
+            &self,
+            appends: &[&Append],
+            evicted: &mut Vec<Arc<cemesh_proto::Event>>,
+        ) -> Vec<Result<Durability, ChannelError>> {
+            evicted.append(&mut lock(&self.0));
+            appends.iter().map(|_| Ok(Durability::None)).collect()
+        }
+        fn written(&self) {}
+    }
+
+    #[test]
+    fn the_answers_carry_what_the_round_let_go_of_and_the_writer_keeps_none() {
+        let event = |id: &str| Arc::new(cemesh_proto::Event::new(id, "/t", "t"));
+        let old: Vec<_> = (0..5).map(|i| event(&format!("old{i}"))).collect();
+        let target: Arc<dyn GroupWrite> = Arc::new(Evicting(Mutex::new(old.clone())));
+        let mut answers = Vec::new();
+        let appends = (0..3)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                Append {
+                    target: target.clone(),
+                    records: vec![Bytes::from_static(b"r")],
+                    events: vec![(event(&format!("new{i}")), 1)],
+                    reply,
+                }
+            })
+            .collect();
+        let (to_answer, _) = write_round(appends);
+        assert!(to_answer.is_empty(), "no durability to wait for");
+        let replies: Vec<Reply> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("answered"))
+            .collect();
+        assert!(replies.iter().all(|r| r.result.is_ok()));
+        // As many as each append added; the last takes the rest.
+        let shares: Vec<usize> = replies.iter().map(|r| r._leftovers.evicted.len()).collect();
+        assert_eq!(shares, [1, 1, 3]);
+        assert!(replies
+            .iter()
+            .all(|r| r._leftovers.records.len() == 1 && r._leftovers.events.len() == 1));
+        assert!(old.iter().all(|e| Arc::strong_count(e) == 2));
+        // Dropped where the answers are received.
+        drop(replies);
+        assert!(old.iter().all(|e| Arc::strong_count(e) == 1));
     }
 
     fn append() -> Append {

@@ -91,20 +91,22 @@ impl Tail {
     const MAX_RECORDS: usize = 8192;
     const MAX_BYTES: u64 = 16 << 20;
 
-    /// Adds the records appended from offset `first` on.
+    /// Adds the records appended from offset `first` on; the ones it no longer
+    /// holds go to `evicted` (for the caller to drop outside its locks).
     pub(super) fn extend(
         &mut self,
+        evicted: &mut Vec<Arc<cemesh_proto::Event>>,
         first: u64,
-        events: impl Iterator<Item = Arc<cemesh_proto::Event>>,
+        events: impl Iterator<Item = (Arc<cemesh_proto::Event>, u32)>,
     ) {
         if first != self.0.end() {
             self.0.reset(first);
         }
-        for e in events {
-            self.0.push(e);
+        for (e, size) in events {
+            self.0.push_sized(e, size);
         }
         while self.0.len() > Self::MAX_RECORDS || self.0.bytes() > Self::MAX_BYTES {
-            self.0.pop_front();
+            evicted.extend(self.0.pop_front());
         }
     }
 
