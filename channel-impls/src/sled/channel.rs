@@ -298,8 +298,8 @@ const MAX_VALUE_BYTES: usize = 1 << 20;
 
 impl GroupWrite for ChannelShared {
     /// Admits each append in order against the backlog caps, then writes every
-    /// admitted record as one batch of values of up to [`MAX_VALUE_BYTES`] (see
-    /// [`super::layout`]) and advances the log.
+    /// admitted record as one atomic write of values of up to [`MAX_VALUE_BYTES`]
+    /// ([`write_atomically`], see [`super::layout`]) and advances the log.
     fn write_group(
         &self,
         appends: &[&Append],
