@@ -383,8 +383,7 @@ impl<A: App> Connection<A> {
         tokio::pin!(conn);
         // One timer and one shutdown wait for the connection's life: a request does
         // not wake this loop (see [`Activity::next_check`]).
-        let stopped = self.stop.cancelled();
-        tokio::pin!(stopped);
+        let mut stopped = relay_stop(self.stop.clone());
         let check = tokio::time::sleep_until(activity.next_check(&self.limits));
         tokio::pin!(check);
         let mut draining = false;
@@ -403,13 +402,32 @@ impl<A: App> Connection<A> {
                     }
                     check.as_mut().reset(activity.next_check(&self.limits));
                 }
-                () = stopped.as_mut(), if !draining => {
+                _ = &mut stopped, if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
     }
+}
+
+/// The server's stop, relayed to one connection by a task of its own. Every wake
+/// of a connection's task polls its stop signal: a `CancellationToken` shared by
+/// every connection locks two mutexes at each poll (its own and its `Notify`'s),
+/// which both of the runtime's workers then take in turn for each request; a
+/// oneshot's receiver is an atomic load. The relay ends with the connection.
+fn relay_stop(stop: CancellationToken) -> tokio::sync::oneshot::Receiver<()> {
+    let (mut tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let stopped = tokio::select! {
+            () = stop.cancelled() => true,
+            () = tx.closed() => false,
+        };
+        if stopped {
+            let _ = tx.send(());
+        }
+    });
+    rx
 }
 
 /// What a connection is doing, for its timeouts.
