@@ -95,3 +95,10 @@ impl EventRun {
 pub(crate) fn size_of_event(event: &Event) -> u32 {
     u32::try_from(event.approx_size()).unwrap_or(u32::MAX)
 }
+
+/// `event` shared, with its size measured: what [`EventRun::push_sized`] takes,
+/// made before the lock a run sits behind.
+pub(crate) fn sized(event: Event) -> (Arc<Event>, u32) {
+    let size = size_of_event(&event);
+    (Arc::new(event), size)
+}

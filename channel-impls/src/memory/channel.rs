@@ -201,13 +201,7 @@ impl Channel for MemoryChannel {
     async fn append(&self, events: Vec<Event>) -> Result<(), ChannelError> {
         // Sized and boxed before the lock: the lock is shared with every delivery's
         // ack.
-        let events: Vec<(Arc<Event>, u32)> = events
-            .into_iter()
-            .map(|e| {
-                let size = crate::run::size_of_event(&e);
-                (Arc::new(e), size)
-            })
-            .collect();
+        let events: Vec<(Arc<Event>, u32)> = events.into_iter().map(crate::run::sized).collect();
         let removed = {
             let mut st = self.shared.lock();
             let config = &self.shared.config;

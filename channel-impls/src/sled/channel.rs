@@ -117,13 +117,7 @@ impl Channel for SledChannel {
         sh.flusher
             .space
             .check(records.iter().map(|r| r.len() as u64).sum())?;
-        let events = events
-            .into_iter()
-            .map(|e| {
-                let size = crate::run::size_of_event(&e);
-                (Arc::new(e), size)
-            })
-            .collect();
+        let events = events.into_iter().map(crate::run::sized).collect();
         let (reply, answer) = tokio::sync::oneshot::channel();
         sh.flusher.append(Append {
             target: self.shared.clone(),
