@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 mod plain;
+mod wire;
 
 use plain::{
     PlainPool, IDLE_TIMEOUT as POOL_IDLE_TIMEOUT, MAX_IDLE_PER_HOST as POOL_MAX_IDLE_PER_HOST,
@@ -147,17 +148,12 @@ impl HttpClient {
                             &parsed
                         }
                     };
+                    if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+                        return client.plain.send(uri, &headers, &body, max_body).await;
+                    }
                     let mut request = Request::new(Full::new(body));
                     *request.method_mut() = Method::POST;
                     *request.headers_mut() = headers;
-                    if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-                        let (resp, lease) = client.plain.send(uri, request).await?;
-                        let answer = read_answer(resp, max_body).await?;
-                        if !answer.over_limit {
-                            lease.release();
-                        }
-                        return Ok(answer);
-                    }
                     *request.uri_mut() = uri.clone();
                     let resp = client
                         .tls

@@ -1,4 +1,5 @@
-//! Plain `http://` deliveries over HTTP/1.1 connections this module pools itself.
+//! Plain `http://` deliveries over HTTP/1.1 connections this module pools itself,
+//! each exchange written and read in the delivery's own task ([`super::wire`]).
 //!
 //! Why not hyper-util's pooled client, which still sends `https://` deliveries (TLS,
 //! HTTP/2 by ALPN): for each exchange it races the pool's checkout against a lazily
@@ -8,8 +9,12 @@
 //! delivery, a sixth of one when a broker fans out (`bench/README.md`, "Plain
 //! deliveries over connections of our own"). A delivery needs a connection to its
 //! destination, the request written and the answer read. This is that, with the
-//! pool's promises kept: a request that finds its pooled connection closed before
-//! it was written goes out on another; connections idle longer than
+//! pool's promises kept: a request that finds its pooled connection closed goes out
+//! on another (once, when the connection ends with no byte of an answer after the
+//! request was written: most likely the destination closed it while idle as the
+//! request went out, a keep-alive race that Node.js servers, closing idle
+//! connections after 5 s, make common; the destination may then, rarely, see the
+//! request twice, which at-least-once delivery allows); connections idle longer than
 //! [`IDLE_TIMEOUT`] are closed, and at most [`MAX_IDLE_PER_HOST`] wait per
 //! destination; an exchange that found none idle connects, but takes a connection
 //! that comes back first (its connect then ends for the pool), and past
@@ -20,16 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, HeaderValue, Uri};
 use tokio::sync::oneshot;
 
-use super::{root_cause, SendError};
+use super::wire::{request_head, Conn, Failed};
+use super::{Answer, SendError};
 
 /// Idle keep-alive connections kept per destination.
 pub(crate) const MAX_IDLE_PER_HOST: usize = 1024;
@@ -42,7 +43,7 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// dropped there is sent again a second later.
 const MAX_CONNECTING_PER_HOST: usize = 16;
 
-type Sender = SendRequest<Full<Bytes>>;
+type Sender = Conn;
 
 /// The connections of every plain destination.
 #[derive(Debug, Default)]
@@ -93,61 +94,45 @@ struct Connecting {
     host: Box<str>,
 }
 
-/// A connection lent to one exchange; [`Lease::release`] returns it once the answer
-/// was read whole. Dropped instead, it closes.
-pub(crate) struct Lease<'a> {
-    pool: &'a PlainPool,
-    host: Authority,
-    sender: Sender,
-}
-
 impl PlainPool {
-    /// Sends `request` to `uri` (scheme `http`) on an idle connection to its
-    /// authority, or a new one; the answer's body is the caller's to read.
+    /// POSTs `body` with `headers` to `uri` (scheme `http`) on an idle connection to
+    /// its authority, or a new one, and reads the answer (its body kept within
+    /// `max_body`); the connection goes back to the pool if it may be used again.
     pub(crate) async fn send(
         &self,
         uri: &Uri,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease<'_>), SendError> {
+        headers: &HeaderMap,
+        body: &Bytes,
+        max_body: usize,
+    ) -> Result<Answer, SendError> {
         let host = uri
             .authority()
-            .ok_or_else(|| SendError::Other(format!("{uri} names no host")))?
-            .clone();
-        if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, host_header(&host)?);
-        }
-        *request.uri_mut() = origin_form(uri);
+            .ok_or_else(|| SendError::Other(format!("{uri} names no host")))?;
+        let head = request_head(origin_form(uri), &host_header(host)?, headers, body.len());
+        let mut sent_again = false;
         loop {
-            let (mut sender, reused) = match self.take(host.as_str()) {
-                Take::Idle(sender) => (sender, true),
+            let (mut conn, reused) = match self.take(host.as_str()) {
+                Take::Idle(conn) => (conn, true),
                 Take::Connect(connecting, returned) => {
-                    self.race(&host, connecting, returned).await?
+                    self.race(host, connecting, returned).await?
                 }
                 Take::Wait(turn) => match turn.await {
-                    Ok(Some(sender)) => (sender, true),
+                    Ok(Some(conn)) => (conn, true),
                     _ => continue,
                 },
             };
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+            match conn.exchange(&head, body, max_body).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        put(&self.state, host.as_str(), conn);
+                    }
+                    return Ok(answer);
                 }
-                return Err(SendError::Other(root_cause(&e)));
-            }
-            match sender.try_send_request(request).await {
-                Ok(answer) => {
-                    let lease = Lease {
-                        pool: self,
-                        host,
-                        sender,
-                    };
-                    return Ok((answer, lease));
+                // Closed while idle: another connection takes the request.
+                Err(Failed::Unanswered(_)) if reused && !sent_again => sent_again = true,
+                Err(Failed::Unanswered(cause) | Failed::Broken(cause)) => {
+                    return Err(SendError::Other(cause))
                 }
-                // Closed before the request was written: another connection takes it.
-                Err(mut e) => match e.take_message() {
-                    Some(again) if reused => request = again,
-                    _ => return Err(SendError::Other(root_cause(e.error()))),
-                },
             }
         }
     }
@@ -326,15 +311,7 @@ impl Drop for Connecting {
     }
 }
 
-impl Lease<'_> {
-    /// Returns the connection to the pool: its last answer was read whole.
-    pub(crate) fn release(self) {
-        put(&self.pool.state, self.host.as_str(), self.sender);
-    }
-}
-
-/// A new connection to `host` (port 80 unless it names one), its HTTP/1.1 side
-/// driven by a task of its own.
+/// A new connection to `host` (port 80 unless it names one).
 async fn connect(host: Authority) -> Result<Sender, SendError> {
     let name = host.host().trim_start_matches('[').trim_end_matches(']');
     let port = host.port_u16().unwrap_or(80);
@@ -342,15 +319,7 @@ async fn connect(host: Authority) -> Result<Sender, SendError> {
         .await
         .map_err(|e| SendError::Connect(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| SendError::Connect(root_cause(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "A delivery connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(Conn::new(stream))
 }
 
 /// `Host` as a browser sends it: the port only when it is not 80.
@@ -363,18 +332,13 @@ fn host_header(host: &Authority) -> Result<HeaderValue, SendError> {
 }
 
 /// The request target an origin server expects: path and query only.
-fn origin_form(uri: &Uri) -> Uri {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
+fn origin_form(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", PathAndQuery::as_str)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::sync::mpsc;
 
@@ -423,11 +387,14 @@ mod tests {
         (uri, rx)
     }
 
+    async fn send(pool: &PlainPool, uri: &Uri, max_body: usize) -> Result<Answer, SendError> {
+        pool.send(uri, &HeaderMap::new(), &Bytes::new(), max_body)
+            .await
+    }
+
     async fn exchange(pool: &PlainPool, uri: &Uri) -> String {
-        let (answer, lease) = pool.send(uri, Request::new(Full::default())).await.unwrap();
-        let body = answer.into_body().collect().await.unwrap().to_bytes();
-        lease.release();
-        String::from_utf8(body.to_vec()).unwrap()
+        let answer = send(pool, uri, 1 << 20).await.unwrap();
+        String::from_utf8(answer.body.to_vec()).unwrap()
     }
 
     #[tokio::test]
@@ -438,7 +405,7 @@ mod tests {
             let seen = exchange(&pool, &uri).await;
             assert_eq!(
                 seen,
-                format!("GET /hook?x=1 HTTP/1.1|{}", uri.authority().unwrap())
+                format!("POST /hook?x=1 HTTP/1.1|{}", uri.authority().unwrap())
             );
         }
         connections.recv().await.unwrap();
@@ -465,15 +432,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_unanswered_on_a_pooled_connection_is_sent_once_more_only() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let answering = Arc::new(AtomicBool::new(true));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (a, d) = (answering.clone(), dropped.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (a, d) = (a.clone(), d.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            if !a.load(SeqCst) {
+                                // Read, then closed without a word.
+                                d.fetch_add(1, SeqCst);
+                                return;
+                            }
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if stream.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Arc::new(PlainPool::default());
+        // Three connections idle in the pool.
+        let warm: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, uri) = (pool.clone(), uri.clone());
+                tokio::spawn(async move { send(&pool, &uri, 0).await.map(|a| a.status) })
+            })
+            .collect();
+        for w in warm {
+            assert_eq!(w.await.unwrap().unwrap(), 200);
+        }
+        answering.store(false, SeqCst);
+        let sent = send(&pool, &uri, 0).await;
+        assert!(
+            matches!(sent, Err(SendError::Other(_))),
+            "{:?}",
+            sent.map(|a| a.status)
+        );
+        assert_eq!(
+            dropped.load(SeqCst),
+            2,
+            "the request went out twice, not once per idle connection"
+        );
+    }
+
+    #[tokio::test]
     async fn a_connection_whose_answer_was_not_read_is_not_kept() {
         let (uri, mut connections) = server(false).await;
         let pool = PlainPool::default();
-        let (answer, lease) = pool
-            .send(&uri, Request::new(Full::default()))
-            .await
-            .unwrap();
-        // The answer not read: the connection is dropped, not kept.
-        drop((answer, lease));
+        // The answer past the limit, not read: the connection is dropped, not kept.
+        let answer = send(&pool, &uri, 4).await.unwrap();
+        assert!(answer.over_limit);
         exchange(&pool, &uri).await;
         connections.recv().await.unwrap();
         connections.recv().await.unwrap();
@@ -506,10 +532,15 @@ mod tests {
             let (stream, _) = listener.accept().await.unwrap();
             let service = hyper::service::service_fn(move |_req| {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async { Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default())) }
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
+                        Bytes,
+                    >::default(
+                    )))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
             std::future::pending::<()>().await;
         });
@@ -605,7 +636,7 @@ mod tests {
             .map(|_| {
                 let (pool, uri) = (pool.clone(), uri.clone());
                 tokio::spawn(async move {
-                    let sent = pool.send(&uri, Request::new(Full::default())).await;
+                    let sent = send(&pool, &uri, 0).await;
                     matches!(sent, Err(SendError::Connect(_)))
                 })
             })
@@ -656,7 +687,7 @@ mod tests {
     async fn a_refused_connection_is_a_connect_error() {
         let uri = refused_uri();
         let pool = PlainPool::default();
-        match pool.send(&uri, Request::new(Full::default())).await {
+        match send(&pool, &uri, 0).await {
             Err(SendError::Connect(cause)) => assert!(cause.contains("refused"), "{cause}"),
             other => panic!("expected a connect error, got {:?}", other.map(|_| ())),
         }
