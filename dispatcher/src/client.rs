@@ -126,18 +126,31 @@ impl HttpClient {
         }))
     }
 
-    /// POSTs `body` to `url` and reads the answer, all within `timeout`; an answer
-    /// body longer than `max_body` is not kept.
+    /// POSTs `body` to `url` with `headers`, and `binary`'s event's binary-mode
+    /// headers (leaving out the attribute named with it) when given, and reads the
+    /// answer, all within `timeout`; an answer body longer than `max_body` is not kept.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn post(
         &self,
         url: &reqwest::Url,
         uri: Option<&Uri>,
+        binary: Option<(&cemesh_proto::Event, Option<&str>)>,
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
         max_body: usize,
     ) -> Result<Answer, SendError> {
         let exchange = async {
+            // The plain pool writes the event's headers itself; the others take a map.
+            let all_headers = |headers: HeaderMap| match binary {
+                Some((event, skip)) => {
+                    let mut all = HeaderMap::with_capacity(headers.len() + 12);
+                    cemesh_proto::http::encode_binary_except(event, &mut all, skip);
+                    all.extend(headers);
+                    all
+                }
+                None => headers,
+            };
             match self {
                 HttpClient::Direct(client) => {
                     let parsed;
@@ -149,11 +162,14 @@ impl HttpClient {
                         }
                     };
                     if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-                        return client.plain.send(uri, &headers, &body, max_body).await;
+                        return client
+                            .plain
+                            .send(uri, binary, &headers, &body, max_body)
+                            .await;
                     }
                     let mut request = Request::new(Full::new(body));
                     *request.method_mut() = Method::POST;
-                    *request.headers_mut() = headers;
+                    *request.headers_mut() = all_headers(headers);
                     *request.uri_mut() = uri.clone();
                     let resp = client
                         .tls
@@ -165,7 +181,7 @@ impl HttpClient {
                 HttpClient::Proxied(client) => {
                     let resp = client
                         .post(url.clone())
-                        .headers(headers)
+                        .headers(all_headers(headers))
                         .body(body)
                         .send()
                         .await
@@ -316,6 +332,7 @@ mod tests {
         HttpClient::new(&[], None)
             .post(
                 url,
+                None,
                 None,
                 HeaderMap::new(),
                 Bytes::new(),

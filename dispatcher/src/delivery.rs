@@ -303,11 +303,14 @@ impl Deliverer {
                 &stripped
             }
         };
+        // Binary mode: the client writes the event's headers (a plain connection
+        // straight into the request, the others through a header map).
+        let mut binary = None;
         let body = match format {
             Format::Binary => {
                 let skip = hide_broker_ttl.then_some(cemesh_proto::knative::BROKER_TTL);
-                cemesh_proto::http::encode_binary_except(event, &mut headers, skip)
-                    .unwrap_or_default()
+                binary = Some((event, skip));
+                event.data.clone().unwrap_or_default()
             }
             Format::Structured => {
                 headers.insert(
@@ -352,7 +355,7 @@ impl Deliverer {
         let started = Instant::now();
         let answer = self
             .client_for(auth.ca_certs.as_ref())
-            .post(url, uri, headers, body, timeout, max_answer)
+            .post(url, uri, binary, headers, body, timeout, max_answer)
             .await;
         let crate::client::Answer {
             status,

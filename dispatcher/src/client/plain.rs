@@ -95,12 +95,14 @@ struct Connecting {
 }
 
 impl PlainPool {
-    /// POSTs `body` with `headers` to `uri` (scheme `http`) on an idle connection to
-    /// its authority, or a new one, and reads the answer (its body kept within
-    /// `max_body`); the connection goes back to the pool if it may be used again.
+    /// POSTs `body` with `binary`'s event's binary-mode headers (when given) and
+    /// `headers` to `uri` (scheme `http`) on an idle connection to its authority, or
+    /// a new one, and reads the answer (its body kept within `max_body`); the
+    /// connection goes back to the pool if it may be used again.
     pub(crate) async fn send(
         &self,
         uri: &Uri,
+        binary: Option<(&cemesh_proto::Event, Option<&str>)>,
         headers: &HeaderMap,
         body: &Bytes,
         max_body: usize,
@@ -108,7 +110,13 @@ impl PlainPool {
         let host = uri
             .authority()
             .ok_or_else(|| SendError::Other(format!("{uri} names no host")))?;
-        let head = request_head(origin_form(uri), &host_header(host)?, headers, body.len());
+        let head = request_head(
+            origin_form(uri),
+            &host_header(host)?,
+            binary,
+            headers,
+            body.len(),
+        );
         let mut sent_again = false;
         loop {
             let (mut conn, reused) = match self.take(host.as_str()) {
@@ -388,7 +396,7 @@ mod tests {
     }
 
     async fn send(pool: &PlainPool, uri: &Uri, max_body: usize) -> Result<Answer, SendError> {
-        pool.send(uri, &HeaderMap::new(), &Bytes::new(), max_body)
+        pool.send(uri, None, &HeaderMap::new(), &Bytes::new(), max_body)
             .await
     }
 

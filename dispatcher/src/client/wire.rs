@@ -322,10 +322,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failed> {
 }
 
 /// The request head: `POST {target} HTTP/1.1`, `Host` (unless `headers` has one),
-/// `headers` (any framing headers among them left out), the body's length.
+/// the binary-mode headers of `binary`'s event (leaving out the attribute named with
+/// it), `headers` (any framing headers among them left out), the body's length.
 pub(crate) fn request_head(
     target: &str,
     host: &HeaderValue,
+    binary: Option<(&cemesh_proto::Event, Option<&str>)>,
     headers: &HeaderMap,
     body_len: usize,
 ) -> Vec<u8> {
@@ -337,6 +339,9 @@ pub(crate) fn request_head(
         head.extend_from_slice(b"host: ");
         head.extend_from_slice(host.as_bytes());
         head.extend_from_slice(b"\r\n");
+    }
+    if let Some((event, skip)) = binary {
+        cemesh_proto::http::write_binary_head(event, skip, &mut head);
     }
     for (name, value) in headers {
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
@@ -399,10 +404,22 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("ce-id", HeaderValue::from_static("1"));
         headers.insert("content-length", HeaderValue::from_static("999"));
-        let head = request_head("/a?b=c", &HeaderValue::from_static("h:8080"), &headers, 3);
+        let host = HeaderValue::from_static("h:8080");
+        let head = request_head("/a?b=c", &host, None, &headers, 3);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /a?b=c HTTP/1.1\r\nhost: h:8080\r\nce-id: 1\r\ncontent-length: 3\r\n\r\n"
+        );
+        let event = cemesh_proto::Event::new("e", "/s", "t");
+        headers.clear();
+        headers.insert("prefer", HeaderValue::from_static("reply"));
+        let head = request_head("/", &host, Some((&event, None)), &headers, 0);
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("POST / HTTP/1.1\r\nhost: h:8080\r\nce-")
+                && head.contains("\r\nce-id: e\r\n")
+                && head.ends_with("\r\nprefer: reply\r\ncontent-length: 0\r\n\r\n"),
+            "{head}"
         );
     }
 
