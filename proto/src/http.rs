@@ -496,22 +496,31 @@ pub fn encode_binary_except(
 /// building a header map (its hashing and checks were a twentieth of a delivery's
 /// instructions). Returns the body.
 pub fn write_binary_head(event: &Event, skip: Option<&str>, out: &mut Vec<u8>) -> Option<Bytes> {
-    for (name, value) in event.attributes() {
-        if name == "datacontenttype" || skip == Some(name) {
+    let core = [
+        ("specversion", Some(event.specversion.as_str())),
+        ("id", Some(event.id.as_str())),
+        ("source", Some(event.source.as_str())),
+        ("type", Some(event.ty.as_str())),
+        (
+            event.specversion.dataschema_name(),
+            event.dataschema.as_deref(),
+        ),
+        ("subject", event.subject.as_deref()),
+        ("time", event.time.as_deref()),
+    ];
+    for (name, value) in core {
+        if let Some(value) = value.filter(|_| skip != Some(name)) {
+            header_line(name, value, out);
+        }
+    }
+    for (name, value) in &event.extensions {
+        if skip == Some(name.as_str()) {
             continue;
         }
-        let start = out.len();
-        out.extend_from_slice(b"ce-");
-        if !push_header_name(name, out) {
-            out.truncate(start);
-            continue;
+        match value.as_ref() {
+            crate::AttrRef::Str(s) => header_line(name, s, out),
+            other => header_line(name, &other.to_canonical(), out),
         }
-        out.extend_from_slice(b": ");
-        match value {
-            crate::AttrRef::Str(s) => encode_header_value_into(s, out),
-            other => encode_header_value_into(&other.to_canonical(), out),
-        }
-        out.extend_from_slice(b"\r\n");
     }
     if let Some(ct) = &event.datacontenttype {
         out.extend_from_slice(b"content-type: ");
@@ -521,9 +530,32 @@ pub fn write_binary_head(event: &Event, skip: Option<&str>, out: &mut Vec<u8>) -
     event.data.clone()
 }
 
+/// `ce-{name}: {value}\r\n`, the value encoded; nothing if no header can carry the
+/// name.
+fn header_line(name: &str, value: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(b"ce-");
+    if !push_header_name(name, out) {
+        out.truncate(start);
+        return;
+    }
+    out.extend_from_slice(b": ");
+    encode_header_value_into(value, out);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends `name` as a header name spells it (lower case); `false` if no header can
 /// carry it (as [`HeaderName::from_bytes`] decides: token characters only).
 fn push_header_name(name: &str, out: &mut Vec<u8>) -> bool {
+    // Attribute names are lower-case letters and digits (CloudEvents §3.1.1).
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        out.extend_from_slice(name.as_bytes());
+        return true;
+    }
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(token) {
         return false;
@@ -692,17 +724,20 @@ mod tests {
         e.set_extension("UPPER", AttributeValue::String("y".into()));
         e.subject = Some("tab\there".into());
         e.time = Some("2026-12-05T10:00:00Z".into());
+        e.dataschema = Some("http://example.com/schema".into());
         e.datacontenttype = Some("text/plain; charset=utf-8".into());
         e.data = Some(Bytes::from_static(b"body"));
-        for skip in [None, Some("knativebrokerttl")] {
+        let mut old = e.clone();
+        old.specversion = crate::SpecVersion::V03;
+        for (e, skip) in [(&e, None), (&e, Some("knativebrokerttl")), (&old, None)] {
             let mut map = HeaderMap::new();
-            let body = encode_binary_except(&e, &mut map, skip);
+            let body = encode_binary_except(e, &mut map, skip);
             let mut from_map: Vec<String> = map
                 .iter()
                 .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
                 .collect();
             let mut head = Vec::new();
-            assert_eq!(write_binary_head(&e, skip, &mut head), body);
+            assert_eq!(write_binary_head(e, skip, &mut head), body);
             let head = String::from_utf8(head).unwrap();
             let mut written: Vec<String> = head
                 .strip_suffix("\r\n")
