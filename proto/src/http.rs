@@ -247,30 +247,16 @@ fn hex(c: u8) -> Option<u8> {
 /// Percent-encodes a header value: space, `"`, `%` and everything outside printable
 /// ASCII, as UTF-8 bytes in upper-case hex.
 pub fn encode_header_value(value: &str) -> HeaderValue {
-    // No early exit, so the bytes are checked many at a time.
-    let needs = !value.bytes().fold(true, |safe, b| safe & header_safe(b));
-    let encoded;
-    let s = if needs {
-        let mut out = String::with_capacity(value.len() + 16);
-        for b in value.bytes() {
-            if header_safe(b) {
-                out.push(b as char);
-            } else {
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
-                out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
-            }
-        }
-        encoded = out;
-        &encoded[..]
-    } else {
-        value
-    };
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let mut out = Vec::with_capacity(value.len());
+    encode_header_value_into(value, &mut out);
+    // Every byte is visible ASCII now: the value always passes.
+    HeaderValue::from_maybe_shared(Bytes::from(out))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// [`encode_header_value`] appended to `out`.
 pub fn encode_header_value_into(value: &str, out: &mut Vec<u8>) {
+    // No early exit, so the bytes are checked many at a time.
     if value.bytes().fold(true, |safe, b| safe & header_safe(b)) {
         out.extend_from_slice(value.as_bytes());
         return;
@@ -496,28 +482,11 @@ pub fn encode_binary_except(
 /// building a header map (its hashing and checks were a twentieth of a delivery's
 /// instructions). Returns the body.
 pub fn write_binary_head(event: &Event, skip: Option<&str>, out: &mut Vec<u8>) -> Option<Bytes> {
-    let core = [
-        ("specversion", Some(event.specversion.as_str())),
-        ("id", Some(event.id.as_str())),
-        ("source", Some(event.source.as_str())),
-        ("type", Some(event.ty.as_str())),
-        (
-            event.specversion.dataschema_name(),
-            event.dataschema.as_deref(),
-        ),
-        ("subject", event.subject.as_deref()),
-        ("time", event.time.as_deref()),
-    ];
-    for (name, value) in core {
-        if let Some(value) = value.filter(|_| skip != Some(name)) {
-            header_line(name, value, out);
-        }
-    }
-    for (name, value) in &event.extensions {
-        if skip == Some(name.as_str()) {
+    for (name, value) in event.attributes() {
+        if name == "datacontenttype" || skip == Some(name) {
             continue;
         }
-        match value.as_ref() {
+        match value {
             crate::AttrRef::Str(s) => header_line(name, s, out),
             other => header_line(name, &other.to_canonical(), out),
         }
