@@ -347,6 +347,7 @@ fn origin_form(uri: &Uri) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::sync::mpsc;
 
@@ -354,6 +355,17 @@ mod tests {
     /// keeping connections open unless `close` (then it closes each after its first
     /// answer, without saying so); reports each new connection on the channel.
     async fn server(close: bool) -> (Uri, mpsc::UnboundedReceiver<()>) {
+        let answering = Arc::new(AtomicBool::new(true));
+        server_with(close, answering, Arc::default()).await
+    }
+
+    /// [`server`], closing each connection without a word after reading a request
+    /// while `answering` is false (counting those requests in `dropped`).
+    async fn server_with(
+        close: bool,
+        answering: Arc<AtomicBool>,
+        dropped: Arc<AtomicUsize>,
+    ) -> (Uri, mpsc::UnboundedReceiver<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri: Uri = format!("http://{}/hook?x=1", listener.local_addr().unwrap())
             .parse()
@@ -362,6 +374,7 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let _ = tx.send(());
+                let (answering, dropped) = (answering.clone(), dropped.clone());
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -369,6 +382,10 @@ mod tests {
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head = String::from_utf8_lossy(&seen[..end]).to_string();
                             seen.drain(..end + 4);
+                            if !answering.load(SeqCst) {
+                                dropped.fetch_add(1, SeqCst);
+                                return;
+                            }
                             let line = head.lines().next().unwrap_or_default().to_string();
                             let host = head
                                 .lines()
@@ -441,47 +458,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_unanswered_on_a_pooled_connection_is_sent_once_more_only() {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
         let answering = Arc::new(AtomicBool::new(true));
         let dropped = Arc::new(AtomicUsize::new(0));
-        let (a, d) = (answering.clone(), dropped.clone());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (a, d) = (a.clone(), d.clone());
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            if !a.load(SeqCst) {
-                                // Read, then closed without a word.
-                                d.fetch_add(1, SeqCst);
-                                return;
-                            }
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                            if stream.write_all(ok).await.is_err() {
-                                return;
-                            }
-                        }
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                });
-            }
-        });
+        let (uri, _connections) = server_with(false, answering.clone(), dropped.clone()).await;
         let pool = Arc::new(PlainPool::default());
         // Three connections idle in the pool.
         let warm: Vec<_> = (0..3)
             .map(|_| {
                 let (pool, uri) = (pool.clone(), uri.clone());
-                tokio::spawn(async move { send(&pool, &uri, 0).await.map(|a| a.status) })
+                tokio::spawn(async move { send(&pool, &uri, 1 << 20).await.map(|a| a.status) })
             })
             .collect();
         for w in warm {

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Answer;
+use super::{too_long, Answer};
 
 /// Headers an answer may have.
 const MAX_ANSWER_HEADERS: usize = 100;
@@ -80,18 +80,17 @@ impl Conn {
             Framing::Chunked => self.read_chunked(max_body).await,
             Framing::UntilClose => self.read_to_end(max_body).await,
         };
-        let answer = |body: Option<Bytes>| Answer {
-            status,
-            over_limit: body.is_none(),
-            body: body.unwrap_or_default(),
-            headers,
+        let Some(body) = read? else {
+            return Ok((too_long(status, headers), false));
         };
-        let body = read?;
-        let reusable = keep_alive
-            && body.is_some()
-            && !matches!(framing, Framing::UntilClose)
-            && self.buf.is_empty();
-        Ok((answer(body), reusable))
+        let reusable = keep_alive && !matches!(framing, Framing::UntilClose) && self.buf.is_empty();
+        let answer = Answer {
+            status,
+            headers,
+            body,
+            over_limit: false,
+        };
+        Ok((answer, reusable))
     }
 
     async fn write(&mut self, head: &[u8], body: &[u8]) -> Result<(), Failed> {
