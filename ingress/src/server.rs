@@ -20,7 +20,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,6 +35,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod h1;
 
 /// Default [`Limits::header_read_timeout`]: generous for any client on any network
 /// (a request head is a few hundred bytes), short enough that a client trickling
@@ -353,10 +355,51 @@ impl<A: App> Connection<A> {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let io = hyper_util::rt::TokioIo::new(Watched {
+        let watched = Watched {
             io: stream,
             activity: activity.clone(),
-        });
+        };
+        // One timer and one shutdown wait for the connection's life: a request does
+        // not wake this loop (see [`Activity::next_check`]).
+        let mut stopped = relay_stop(self.stop.clone());
+        let check = tokio::time::sleep_until(activity.next_check(&self.limits));
+        tokio::pin!(check);
+        let draining = Arc::new(AtomicBool::new(false));
+        // The common request first, without hyper (`h1`); hyper from the first
+        // request that path does not take.
+        let (read, watched) = {
+            let fast = h1::serve(
+                watched,
+                self.app.clone(),
+                peer.clone(),
+                activity.clone(),
+                draining.clone(),
+            );
+            tokio::pin!(fast);
+            loop {
+                tokio::select! {
+                    ended = fast.as_mut() => match ended {
+                        h1::Ended::Closed => return,
+                        h1::Ended::HandOff { read, io } => break (read, io),
+                    },
+                    () = check.as_mut() => {
+                        if let Some(why) = activity.expired(&self.limits) {
+                            tracing::debug!(listener = self.what, "Closing the connection: {why}");
+                            return;
+                        }
+                        check.as_mut().reset(activity.next_check(&self.limits));
+                    }
+                    _ = &mut stopped, if !draining.load(Ordering::Relaxed) => {
+                        draining.store(true, Ordering::Relaxed);
+                        // Between requests: close now; else after the answer.
+                        if activity.is_idle() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(h1::Rewound { read, io: watched });
         let service = {
             let activity = activity.clone();
             let to_hyper = hyper_util::service::TowerToHyperService::new(self.app);
@@ -381,12 +424,10 @@ impl<A: App> Connection<A> {
         };
         let conn = self.http.serve_connection(io, service);
         tokio::pin!(conn);
-        // One timer and one shutdown wait for the connection's life: a request does
-        // not wake this loop (see [`Activity::next_check`]).
-        let mut stopped = relay_stop(self.stop.clone());
-        let check = tokio::time::sleep_until(activity.next_check(&self.limits));
-        tokio::pin!(check);
-        let mut draining = false;
+        let mut draining = draining.load(Ordering::Relaxed);
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
         loop {
             tokio::select! {
                 ended = conn.as_mut() => {
@@ -486,6 +527,11 @@ impl Activity {
             s.idle_since = Instant::now();
             s.head_started = None;
         }
+    }
+
+    /// Whether no request is in flight.
+    fn is_idle(&self) -> bool {
+        self.state().in_flight == 0
     }
 
     /// When the connection is to be closed if nothing happens; `None` while a request
@@ -696,6 +742,49 @@ mod tests {
         );
         let other = std::io::Error::other("nope");
         assert!(body_timeout(&other).is_none());
+    }
+
+    /// A connection served without hyper until a request that path does not take
+    /// (chunked, here, sent in the same write as the requests around it): hyper
+    /// serves that one from the bytes already read, and the rest of the
+    /// connection.
+    #[tokio::test]
+    async fn hyper_takes_over_a_connection_mid_way_from_the_bytes_already_read() {
+        let app = axum::Router::new().fallback(|req: Request<Body>| async move {
+            use http_body_util::BodyExt as _;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Response::builder()
+                .status(202)
+                .body(Body::from(body))
+                .unwrap()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            "test",
+            listener,
+            app,
+            Limits::default(),
+            std::future::pending(),
+        ));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let input = "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\none\
+                     POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n\
+                     POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nthree\
+                     POST / HTTP/1.1\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfour";
+        client.write_all(input.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+            .await
+            .expect("every request answered, then closed")
+            .unwrap();
+        let got = String::from_utf8(got).unwrap();
+        let bodies: Vec<&str> = got
+            .split("HTTP/1.1 202 Accepted\r\n")
+            .skip(1)
+            .map(|answer| answer.split("\r\n\r\n").nth(1).unwrap())
+            .collect();
+        assert_eq!(bodies, ["one", "two", "three", "four"], "{got}");
     }
 
     #[test]
