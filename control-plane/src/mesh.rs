@@ -1077,6 +1077,7 @@ mod tests {
                 subscriber: "http://127.0.0.1:1/".parse().unwrap(),
                 delivery: DeliverySpec::default(),
                 parallelism,
+                borrows: false,
                 endpoints: None,
                 max_lag: Default::default(),
                 auth: Default::default(),

@@ -45,8 +45,12 @@ pub struct TriggerRuntime {
     pub filter: Filter,
     pub subscriber: reqwest::Url,
     pub delivery: DeliverySpec,
-    /// Deliveries in flight at most.
+    /// Deliveries in flight at most, of the trigger's own.
     pub parallelism: usize,
+    /// Whether, while its own slots are all busy, the trigger may borrow more from
+    /// the ones every such trigger of the process shares (`cemesh.dev/parallelism`
+    /// unset: the default 64 is not a limit the user chose).
+    pub borrows: bool,
     /// Set when the subscriber is a pool of on-demand instances: each attempt leases
     /// one and `subscriber`'s host is replaced by the instance's.
     pub endpoints: Option<Arc<dyn Endpoints>>,
@@ -131,6 +135,7 @@ impl PartialEq for TriggerRuntime {
             && self.subscriber == other.subscriber
             && self.delivery == other.delivery
             && self.parallelism == other.parallelism
+            && self.borrows == other.borrows
             && self.max_lag == other.max_lag
             && self.auth == other.auth
             && self.dead_letter_auth == other.dead_letter_auth
@@ -155,6 +160,7 @@ mod tests {
             subscriber: "http://127.0.0.1:1/".parse().unwrap(),
             delivery: DeliverySpec::default(),
             parallelism: 64,
+            borrows: true,
             endpoints: None,
             max_lag: MaxLag::default(),
             auth: Default::default(),

@@ -5,12 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use cemesh_channels::{Position, Record, Subscription};
 use cemesh_proto::Event;
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,47 @@ pub fn spawn_trigger(
 /// Most matched events waiting for their partition key's turn (ordered mode).
 const MAX_WAITING: usize = 10_000;
 
+/// Delivery slots shared by the process's triggers that leave
+/// `cemesh.dev/parallelism` unset: one whose own are all busy borrows from these
+/// for as long as the delivery takes. One trigger as fast as possible then keeps
+/// up with its ingress (its backlog, and so its events' latency, stays near empty:
+/// `bench/README.md`, "Borrowed delivery slots"); a hundred busy triggers add 64
+/// deliveries in flight in all, not 64 each.
+const SHARED_SLOTS: usize = 64;
+
+static SHARED: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(SHARED_SLOTS)));
+
+/// What a delivery holds while it is in flight (released when dropped).
+enum Slot {
+    Own {
+        _permit: OwnedSemaphorePermit,
+    },
+    /// A shared slot, and one of the trigger's count of those it borrowed.
+    Borrowed {
+        _shared: OwnedSemaphorePermit,
+        _counted: OwnedSemaphorePermit,
+    },
+}
+
+impl Slot {
+    fn own(permit: OwnedSemaphorePermit) -> Self {
+        Slot::Own { _permit: permit }
+    }
+}
+
+/// A shared slot, if one is free (and the trigger may borrow).
+fn borrow(allowed: bool, borrowed: &Arc<Semaphore>) -> Option<Slot> {
+    if !allowed {
+        return None;
+    }
+    let shared = SHARED.clone().try_acquire_owned().ok()?;
+    let mine = borrowed.clone().try_acquire_owned().ok()?;
+    Some(Slot::Borrowed {
+        _shared: shared,
+        _counted: mine,
+    })
+}
+
 pub(crate) async fn run(
     ctx: Arc<TriggerContext>,
     sub: Arc<dyn Subscription>,
@@ -70,6 +111,9 @@ pub(crate) async fn run(
     let parallelism = trigger.parallelism.max(1);
     let permits = Arc::new(Semaphore::new(parallelism));
     let ordered = trigger.delivery.ordering == Ordering::PerPartitionKey;
+    // Ordered deliveries keep to their own slots (a key's turn waits for them).
+    let borrows = trigger.borrows && !ordered;
+    let borrowed = Arc::new(Semaphore::new(SHARED_SLOTS));
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let mut keys = KeyChains::default();
     // Gates first attempts, in the delivery task once it may send (its permit and its
@@ -134,22 +178,25 @@ pub(crate) async fn run(
                 }
             }
             let taken = match room.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+                Ok(p) => Some(Slot::own(p)),
                 Err(TryAcquireError::Closed) => None,
-                Err(TryAcquireError::NoPermits) => match &overflow {
-                    Some(o) if !o.pause => tokio::select! {
-                        biased;
-                        _ = cancel.cancelled() => break 'outer,
-                        () = o.until_past(&record) => {
-                            o.dead_letter(ctx, sub, record, cancel2).await;
-                            continue;
+                Err(TryAcquireError::NoPermits) => match borrow(borrows, &borrowed) {
+                    Some(slot) => Some(slot),
+                    None => match &overflow {
+                        Some(o) if !o.pause => tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => break 'outer,
+                            () = o.until_past(&record) => {
+                                o.dead_letter(ctx, sub, record, cancel2).await;
+                                continue;
+                            },
+                            p = room.clone().acquire_owned() => p.ok().map(Slot::own),
                         },
-                        p = room.clone().acquire_owned() => p.ok(),
-                    },
-                    // Paused at the limit (or no limit): the record waits for room.
-                    _ => tokio::select! {
-                        _ = cancel.cancelled() => break 'outer,
-                        p = room.clone().acquire_owned() => p.ok(),
+                        // Paused at the limit (or no limit): the record waits for room.
+                        _ => tokio::select! {
+                            _ = cancel.cancelled() => break 'outer,
+                            p = room.clone().acquire_owned() => p.ok().map(Slot::own),
+                        },
                     },
                 },
             };
@@ -214,6 +261,7 @@ pub(crate) async fn run(
     // Let attempts in flight finish; unfinished records stay unacked and come again.
     let _ = waiting.acquire_many(MAX_WAITING as u32).await;
     let _ = permits.acquire_many(parallelism as u32).await;
+    let _ = borrowed.acquire_many(SHARED_SLOTS as u32).await;
     if let Some(o) = &overflow {
         let _ = o.moving.acquire_many(OVERFLOW_WRITERS as u32).await;
     }

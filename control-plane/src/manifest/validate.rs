@@ -712,6 +712,7 @@ pub(super) fn subscriber_runtime(
             subscriber,
             delivery,
             parallelism,
+            borrows: !meta.annotations.contains_key(PARALLELISM_ANNOTATION),
             endpoints: on_demand_endpoints(s.subscriber, &ns, ctx),
             max_lag,
             auth,

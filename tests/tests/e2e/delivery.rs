@@ -665,6 +665,41 @@ async fn ordered_mode_keeps_per_key_order_under_load() {
     );
 }
 
+/// A trigger that leaves `cemesh.dev/parallelism` unset has 64 delivery slots of its
+/// own and, while they are all busy, borrows up to 64 more that the process's such
+/// triggers share; one that sets it keeps to exactly that many.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_without_a_parallelism_borrows_shared_slots_one_with_keeps_to_it() {
+    let default = Subscriber::start().await;
+    default.set_delay(Duration::from_millis(700), Duration::ZERO);
+    let chosen = Subscriber::start().await;
+    chosen.set_delay(Duration::from_millis(700), Duration::ZERO);
+    let mesh = Cemesh::start(&docs(&[
+        broker_yaml("default"),
+        trigger("default-slots", &default.url(), &[], &[], ""),
+        trigger(
+            "chosen",
+            &chosen.url(),
+            &[],
+            &[("cemesh.dev/parallelism", "64")],
+            "",
+        ),
+    ]));
+    let c = client();
+    let url = mesh.broker_url("default", "default");
+    for i in 0..200 {
+        send_to(&c, &url, &flow_event(format!("slots-{i}"), 0)).await;
+    }
+    default.wait_for(200, Duration::from_secs(30)).await;
+    chosen.wait_for(200, Duration::from_secs(30)).await;
+    assert_eq!(
+        default.max_in_flight(),
+        128,
+        "64 of its own and 64 borrowed"
+    );
+    assert_eq!(chosen.max_in_flight(), 64);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_subscriber_does_not_slow_another_trigger() {
     let hanging = Subscriber::start().await;
