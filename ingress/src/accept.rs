@@ -235,11 +235,13 @@ pub fn check_deliverable(
 /// W3C trace context sent as HTTP headers continues in the event (the distributed
 /// tracing extension), unless the event carries its own.
 fn continue_trace(event: &mut Event, headers: &HeaderMap) {
-    for name in ["traceparent", "tracestate"] {
+    use cemesh_proto::trace::{TRACEPARENT, TRACESTATE};
+    for header in [TRACEPARENT, TRACESTATE] {
+        let name = header.as_str();
         if event.extension(name).is_some() {
             continue;
         }
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers.get(&header).and_then(|v| v.to_str().ok()) {
             event.set_extension(name, cemesh_proto::AttributeValue::String(v.to_owned()));
         }
     }

@@ -110,7 +110,8 @@ pub fn has_binary_event(headers: &HeaderMap) -> bool {
 
 /// Decodes a binary-mode message: `ce-` headers are attributes, the body is the data.
 pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
-    let spec = match headers.get("ce-specversion") {
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    let spec = match headers.get(SPECVERSION) {
         None => {
             return Err(EventError::attr(
                 "specversion",

@@ -92,11 +92,13 @@ impl TriggerContext {
                 status = tracing::field::Empty,
                 latency_ms = tracing::field::Empty,
             );
-            let traceparent = match event.extension("traceparent") {
-                Some(cemesh_proto::AttributeValue::String(tp)) => Some(tp.as_str()),
-                _ => None,
-            };
-            cemesh_proto::trace::continue_from(&span, traceparent);
+            if cemesh_proto::trace::exported() {
+                let traceparent = match event.extension("traceparent") {
+                    Some(cemesh_proto::AttributeValue::String(tp)) => Some(tp.as_str()),
+                    _ => None,
+                };
+                cemesh_proto::trace::continue_from(&span, traceparent);
+            }
             let started = Instant::now();
             let result = match pool {
                 None => {
