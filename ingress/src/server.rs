@@ -15,6 +15,11 @@
 //!   past it a connection is answered `503` with `Retry-After` and the JSON body
 //!   every refusal has, then closed — never left waiting in the backlog.
 //!
+//! A connection's requests are served by `h1` (the common request, a keep-alive
+//! HTTP/1.1 `POST` that has arrived whole, without hyper's machinery) until one it
+//! does not take; hyper serves the rest of the connection from the bytes already
+//! read, with the same limits.
+//!
 //! The gRPC listener (HTTP/2, served by tonic) shares the connection limit through
 //! [`ConnectionGate`].
 
