@@ -363,6 +363,7 @@ impl<A: App> Connection<A> {
         let watched = Watched {
             io: stream,
             activity: activity.clone(),
+            unread: Bytes::new(),
         };
         // One timer and one shutdown wait for the connection's life: a request does
         // not wake this loop (see [`Activity::next_check`]).
@@ -372,7 +373,7 @@ impl<A: App> Connection<A> {
         let draining = Arc::new(AtomicBool::new(false));
         // The common request first, without hyper (`h1`); hyper from the first
         // request that path does not take.
-        let (read, watched) = {
+        let (read, mut watched) = {
             let fast = h1::serve(
                 watched,
                 self.app.clone(),
@@ -388,11 +389,9 @@ impl<A: App> Connection<A> {
                         h1::Ended::HandOff { read, io } => break (read, io),
                     },
                     () = check.as_mut() => {
-                        if let Some(why) = activity.expired(&self.limits) {
-                            tracing::debug!(listener = self.what, "Closing the connection: {why}");
+                        if activity.lapsed(&self.limits, self.what, check.as_mut()) {
                             return;
                         }
-                        check.as_mut().reset(activity.next_check(&self.limits));
                     }
                     _ = &mut stopped, if !draining.load(Ordering::Relaxed) => {
                         draining.store(true, Ordering::Relaxed);
@@ -404,7 +403,8 @@ impl<A: App> Connection<A> {
                 }
             }
         };
-        let io = hyper_util::rt::TokioIo::new(h1::Rewound { read, io: watched });
+        watched.unread = read;
+        let io = hyper_util::rt::TokioIo::new(watched);
         let service = {
             let activity = activity.clone();
             let to_hyper = hyper_util::service::TowerToHyperService::new(self.app);
@@ -442,11 +442,9 @@ impl<A: App> Connection<A> {
                     return;
                 }
                 () = check.as_mut() => {
-                    if let Some(why) = activity.expired(&self.limits) {
-                        tracing::debug!(listener = self.what, "Closing the connection: {why}");
+                    if activity.lapsed(&self.limits, self.what, check.as_mut()) {
                         return;
                     }
-                    check.as_mut().reset(activity.next_check(&self.limits));
                 }
                 _ = &mut stopped, if !draining => {
                     draining = true;
@@ -563,6 +561,17 @@ impl Activity {
         self.deadline(limits).map_or(cap, |d| d.min(cap))
     }
 
+    /// At the connection's check: whether it is to be closed now (logged, for the
+    /// listener `what`); if not, `check` is set to the next one.
+    fn lapsed(&self, limits: &Limits, what: &str, check: Pin<&mut tokio::time::Sleep>) -> bool {
+        if let Some(why) = self.expired(limits) {
+            tracing::debug!(listener = what, "Closing the connection: {why}");
+            return true;
+        }
+        check.reset(self.next_check(limits));
+        false
+    }
+
     /// Why the connection is to be closed now, if it is.
     fn expired(&self, limits: &Limits) -> Option<String> {
         let deadline = self.deadline(limits)?;
@@ -597,6 +606,9 @@ impl Drop for InFlight {
 struct Watched<IO> {
     io: IO,
     activity: Arc<Activity>,
+    /// Bytes read from `io` and put back, read again first: what the `h1` path
+    /// had read when it handed the connection to hyper.
+    unread: Bytes,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -605,6 +617,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            let first = self.unread.split_to(n);
+            buf.put_slice(&first);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
