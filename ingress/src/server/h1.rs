@@ -304,7 +304,11 @@ async fn write_answer<IO: AsyncWrite + Unpin>(
     }
     if !bodiless {
         match length {
-            Some(n) => line(out, b"content-length", itoa(n).as_bytes()),
+            Some(n) => line(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            ),
             None => line(out, b"transfer-encoding", b"chunked"),
         }
     }
@@ -357,10 +361,6 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 thread_local! {
