@@ -74,7 +74,11 @@ async fn handle(routes: Routes, req: Request) -> Result<Response, Infallible> {
         status = tracing::field::Empty,
         events = tracing::field::Empty,
     );
-    cemesh_proto::trace::continue_from_headers(&span, req.headers());
+    cemesh_proto::trace::continue_from(&span, || {
+        req.headers()
+            .get(cemesh_proto::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+    });
     let started = std::time::Instant::now();
     // Parsed and looked up once: the request is answered from this table entry,
     // and metrics are labelled with known brokers only (paths are the client's to

@@ -24,24 +24,11 @@ pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracepa
 pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// Parents `span` (not entered yet) on the trace `traceparent` names, when spans are
-/// exported; a malformed value is ignored.
-pub fn continue_from(span: &tracing::Span, traceparent: Option<&str>) {
-    if let (Some(link), Some(tp)) = (LINKER.get(), traceparent) {
-        link(span, tp);
-    }
-}
-
-/// Whether spans are exported (a linker is installed): what finding a
-/// `traceparent` is for.
-pub fn exported() -> bool {
-    LINKER.get().is_some()
-}
-
-/// [`continue_from`] with the `traceparent` of `headers`, looked up only when spans
-/// are exported.
-pub fn continue_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+/// exported; a malformed value is ignored. `traceparent` is only called then: where
+/// spans are not exported, finding the value is work for nothing.
+pub fn continue_from<'a>(span: &tracing::Span, traceparent: impl FnOnce() -> Option<&'a str>) {
     if let Some(link) = LINKER.get() {
-        if let Some(tp) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) {
+        if let Some(tp) = traceparent() {
             link(span, tp);
         }
     }

@@ -92,13 +92,10 @@ impl TriggerContext {
                 status = tracing::field::Empty,
                 latency_ms = tracing::field::Empty,
             );
-            if cemesh_proto::trace::exported() {
-                let traceparent = match event.extension("traceparent") {
-                    Some(cemesh_proto::AttributeValue::String(tp)) => Some(tp.as_str()),
-                    _ => None,
-                };
-                cemesh_proto::trace::continue_from(&span, traceparent);
-            }
+            cemesh_proto::trace::continue_from(&span, || match event.extension("traceparent") {
+                Some(cemesh_proto::AttributeValue::String(tp)) => Some(tp.as_str()),
+                _ => None,
+            });
             let started = Instant::now();
             let result = match pool {
                 None => {
