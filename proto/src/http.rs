@@ -103,15 +103,18 @@ pub fn decode_with_mode(
     Ok((mode, events))
 }
 
+/// The header that makes a message a binary-mode CloudEvent, parsed once (a lookup
+/// by `&str` parses the name every time).
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+
 /// Whether the headers look like a binary-mode CloudEvent.
 pub fn has_binary_event(headers: &HeaderMap) -> bool {
-    headers.contains_key("ce-specversion")
+    headers.contains_key(CE_SPECVERSION)
 }
 
 /// Decodes a binary-mode message: `ce-` headers are attributes, the body is the data.
 pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
-    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
-    let spec = match headers.get(SPECVERSION) {
+    let spec = match headers.get(CE_SPECVERSION) {
         None => {
             return Err(EventError::attr(
                 "specversion",
@@ -438,7 +441,6 @@ pub fn encode_binary_except(
             continue;
         }
         // Made when compiled (`from_static` checks the name each time it runs).
-        const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
         const ID: HeaderName = HeaderName::from_static("ce-id");
         const SOURCE: HeaderName = HeaderName::from_static("ce-source");
         const TYPE: HeaderName = HeaderName::from_static("ce-type");
@@ -450,7 +452,7 @@ pub fn encode_binary_except(
         const TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
         const TRACESTATE: HeaderName = HeaderName::from_static("ce-tracestate");
         let header = match name {
-            "specversion" => SPECVERSION,
+            "specversion" => CE_SPECVERSION,
             "id" => ID,
             "source" => SOURCE,
             "type" => TYPE,
