@@ -193,6 +193,13 @@ pub fn is_rfc3339(s: &str) -> bool {
 
 /// RFC 2046 media type: `type/subtype` of token characters, then `; param=value`s.
 pub fn is_media_type(s: &str) -> bool {
+    // The common form, `type/subtype` alone, in one pass.
+    if let Some(slash) = s.bytes().position(|b| b == b'/') {
+        let (ty, sub) = (&s.as_bytes()[..slash], &s.as_bytes()[slash + 1..]);
+        if !ty.is_empty() && !sub.is_empty() && ty.iter().chain(sub).all(|&b| is(b, TOKEN)) {
+            return true;
+        }
+    }
     let mut parts = s.split(';');
     let essence = parts.next().unwrap_or("").trim();
     let Some((ty, sub)) = essence.split_once('/') else {
@@ -218,9 +225,43 @@ pub fn is_media_type(s: &str) -> bool {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| is(b, TOKEN))
+}
+
+/// Byte classes, looked up once a byte: every accepted event's `source` and
+/// `datacontenttype` go through these, and scanning a list of allowed punctuation
+/// for each byte cost several times the table (`bench/README.md`, "Byte classes
+/// looked up").
+const TOKEN: u8 = 1;
+const URI: u8 = 2;
+
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = TOKEN | URI;
+        }
+        b += 1;
+    }
+    let token = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < token.len() {
+        t[token[i] as usize] |= TOKEN;
+        i += 1;
+    }
+    let uri = b"-._~:/?#[]@!$&'()*+,;=";
+    let mut i = 0;
+    while i < uri.len() {
+        t[uri[i] as usize] |= URI;
+        i += 1;
+    }
+    t
+};
+
+fn is(b: u8, class: u8) -> bool {
+    CLASSES[b as usize] & class != 0
 }
 
 /// RFC 3986 URI-reference: allowed characters only, well-formed percent escapes, and a
@@ -269,8 +310,7 @@ fn uri_chars_ok(s: &str) -> bool {
             i += 3;
             continue;
         }
-        let ok = c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&c);
-        if !ok {
+        if !is(c, URI) {
             return false;
         }
         i += 1;
@@ -281,6 +321,19 @@ fn uri_chars_ok(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_classes_are_rfc_7230_tokens_and_rfc_3986_uri_characters() {
+        for b in 0..=255u8 {
+            let token = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            let uri = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b);
+            assert_eq!(is(b, TOKEN), token, "token {b:#04x}");
+            assert_eq!(is(b, URI), uri, "uri {b:#04x}");
+        }
+        assert!(is_media_type("application/cloudevents+json; charset=utf-8"));
+        assert!(!is_media_type("application/json\u{e9}"));
+        assert!(!is_media_type("text/pl ain"));
+    }
 
     #[test]
     fn uri_reference_forms() {
@@ -315,6 +368,10 @@ mod tests {
         assert!(!is_media_type("json"));
         assert!(!is_media_type("text/"));
         assert!(!is_media_type("text/plain; charset"));
+        assert!(!is_media_type("/plain"));
+        assert!(!is_media_type("a/b/c"));
+        assert!(!is_media_type("text/pl\u{e9}"));
+        assert!(is_media_type(" text/plain "));
     }
 
     #[test]
