@@ -82,3 +82,8 @@ fi
 
 echo "==> cargo test (all features)"
 cargo test --workspace --all-features --locked --no-fail-fast -- --test-threads "${CEMESH_TEST_THREADS:-4}"
+
+# The vendored mimalloc crate is outside the workspace (it needs `unsafe`): its own
+# tests, including the alignment test of cemesh's patch (vendor/mimalloc/CEMESH-PATCH.md).
+echo "==> cargo test (vendor/mimalloc)"
+cargo test --locked --manifest-path vendor/mimalloc/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/vendor-mimalloc"
