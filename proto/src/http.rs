@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use crate::event::{AttributeValue, Event, SpecVersion};
-use crate::validate::{check_name, validate, EventError};
+use crate::validate::{check_name, is_token, validate, EventError};
 
 pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
 pub const BATCH_JSON: &str = "application/cloudevents-batch+json";
@@ -528,8 +528,7 @@ fn push_header_name(name: &str, out: &mut Vec<u8>) -> bool {
         out.extend_from_slice(name.as_bytes());
         return true;
     }
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if !is_token(name) {
         return false;
     }
     out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));

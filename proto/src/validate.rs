@@ -224,7 +224,9 @@ pub fn is_media_type(s: &str) -> bool {
     })
 }
 
-fn is_token(s: &str) -> bool {
+/// An RFC 7230 token: one or more token characters (a header name, a media type's
+/// parts and parameters).
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| is(b, TOKEN))
 }
 
@@ -236,29 +238,22 @@ const TOKEN: u8 = 1;
 const URI: u8 = 2;
 
 const CLASSES: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        if c.is_ascii_alphanumeric() {
-            t[b] = TOKEN | URI;
-        }
-        b += 1;
-    }
-    let token = b"!#$%&'*+-.^_`|~";
-    let mut i = 0;
-    while i < token.len() {
-        t[token[i] as usize] |= TOKEN;
-        i += 1;
-    }
-    let uri = b"-._~:/?#[]@!$&'()*+,;=";
-    let mut i = 0;
-    while i < uri.len() {
-        t[uri[i] as usize] |= URI;
-        i += 1;
-    }
-    t
+    let t = mark([0; 256], b"0123456789", TOKEN | URI);
+    let t = mark(t, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", TOKEN | URI);
+    let t = mark(t, b"abcdefghijklmnopqrstuvwxyz", TOKEN | URI);
+    let t = mark(t, b"!#$%&'*+-.^_`|~", TOKEN);
+    mark(t, b"-._~:/?#[]@!$&'()*+,;=", URI)
 };
+
+/// `table` with `class` added to each of `bytes`.
+const fn mark(mut table: [u8; 256], bytes: &[u8], class: u8) -> [u8; 256] {
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] |= class;
+        i += 1;
+    }
+    table
+}
 
 fn is(b: u8, class: u8) -> bool {
     CLASSES[b as usize] & class != 0
