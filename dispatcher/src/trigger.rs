@@ -3,10 +3,18 @@
 //! ack what the pipeline finished. A trigger never waits on another: each has its own
 //! loop, subscription and permits.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, LazyLock, RwLock};
+use std::task::Poll;
 use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use slab::Slab;
 
 use cemesh_channels::{Position, Record, Subscription};
 use cemesh_proto::Event;
@@ -277,17 +285,31 @@ async fn until_overflow(
     ctx: &TriggerContext,
     record: &Record,
     cancel: &CancellationToken,
-    held: Option<(CancellationToken, HeldGuard)>,
-    work: std::pin::Pin<&mut impl std::future::Future<Output = Processed>>,
+    held: Option<HeldGuard>,
+    mut work: Pin<&mut impl Future<Output = Processed>>,
 ) -> Processed {
-    let Some((token, _held)) = held else {
+    let Some(held) = held else {
         return work.await;
     };
-    tokio::select! {
-        biased;
+    // The cell first, as the watcher may have moved the record while it waited.
+    let finished = std::future::poll_fn(|cx| {
+        if held.cell.is_moved() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(processed) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(processed));
+        }
+        held.cell.waker.register(cx.waker());
+        match held.cell.is_moved() {
+            true => Poll::Ready(None),
+            false => Poll::Pending,
+        }
+    })
+    .await;
+    match finished {
+        Some(processed) => processed,
         // Boxed: a rare path, kept out of every delivery's task.
-        _ = token.cancelled() => Box::pin(ctx.overflow(&record.event, cancel)).await,
-        processed = work => processed,
+        None => Box::pin(ctx.overflow(&record.event, cancel)).await,
     }
 }
 
@@ -307,14 +329,37 @@ async fn ack_finished(
     }
 }
 
-type HeldMap = BTreeMap<(i64, Position), CancellationToken>;
+/// The records a trigger holds (read and not finished), each with the cell through
+/// which the watcher moves it to the dead letters. A slab: a hold and its release are
+/// an index each, without a search or an allocation in the steady state.
+type HeldMap = Slab<Arc<HeldCell>>;
+
+/// One held record: where it is, and whether the watcher has moved it (then its
+/// delivery's task is woken to give it up). Polled without a lock: a flag and the
+/// task's waker.
+struct HeldCell {
+    arrival: i64,
+    position: Position,
+    moved: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl HeldCell {
+    fn is_moved(&self) -> bool {
+        self.moved.load(Acquire)
+    }
+
+    fn move_out(&self) {
+        self.moved.store(true, Release);
+        self.waker.wake();
+    }
+}
 
 /// Dead-letter writes of overflowing records at once, per trigger.
 const OVERFLOW_WRITERS: usize = 32;
 
 /// A trigger's max-lag state, shared by its loop and its watcher: where the limit
-/// falls now, and the records it holds (read and not finished), oldest first, each
-/// with the signal that moves it to the dead letters.
+/// falls now, and the records it holds (read and not finished).
 struct Overflow {
     /// Per partition: records below this offset are more than max-lag behind.
     boundary: RwLock<HashMap<u32, u64>>,
@@ -334,12 +379,13 @@ struct Overflow {
 /// Forgets a held record when its task ends, however it ends.
 struct HeldGuard {
     overflow: Arc<Overflow>,
-    key: (i64, Position),
+    index: usize,
+    cell: Arc<HeldCell>,
 }
 
 impl Drop for HeldGuard {
     fn drop(&mut self) {
-        self.overflow.lock_held().remove(&self.key);
+        self.overflow.lock_held().try_remove(self.index);
     }
 }
 
@@ -394,17 +440,19 @@ impl Overflow {
         }
     }
 
-    fn hold(self: &Arc<Self>, record: &Record) -> (CancellationToken, HeldGuard) {
-        let key = (self.arrival(record), record.position);
-        let token = CancellationToken::new();
-        self.lock_held().insert(key, token.clone());
-        (
-            token,
-            HeldGuard {
-                overflow: self.clone(),
-                key,
-            },
-        )
+    fn hold(self: &Arc<Self>, record: &Record) -> HeldGuard {
+        let cell = Arc::new(HeldCell {
+            arrival: self.arrival(record),
+            position: record.position,
+            moved: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let index = self.lock_held().insert(cell.clone());
+        HeldGuard {
+            overflow: self.clone(),
+            index,
+            cell,
+        }
     }
 
     /// Moves a record that was never attempted to the dead letters (at most
@@ -438,10 +486,10 @@ impl Overflow {
         self.moved.notify_waiters();
         let held = self.lock_held();
         let mut moved = 0;
-        for ((arrival, position), token) in held.iter() {
-            if !token.is_cancelled() && self.is_past(*position, *arrival) {
+        for (_, cell) in held.iter() {
+            if !cell.is_moved() && self.is_past(cell.position, cell.arrival) {
                 if !self.pause {
-                    token.cancel();
+                    cell.move_out();
                 }
                 moved += 1;
             }
