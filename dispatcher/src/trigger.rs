@@ -129,7 +129,7 @@ pub(crate) async fn run(
     let limiter = trigger
         .delivery
         .max_rate
-        .map(|r| Arc::new(tokio::sync::Mutex::new(RateLimiter::new(r))));
+        .map(|r| tokio::sync::Mutex::new(RateLimiter::new(r)));
     let overflow = trigger.max_lag.is_set().then(|| {
         Arc::new(Overflow::new(
             trigger.max_lag.age.is_some(),
@@ -139,6 +139,14 @@ pub(crate) async fn run(
     let watcher = overflow
         .clone()
         .map(|o| tokio::spawn(watch_lag(ctx.clone(), o, cancel.clone())));
+    let tasks = Arc::new(Tasks {
+        ctx: ctx.clone(),
+        sub: sub.clone(),
+        cancel: cancel.clone(),
+        limiter,
+        overflow: overflow.clone(),
+        permits: permits.clone(),
+    });
     let batch = parallelism.clamp(16, 512);
     tracing::info!(trigger = %trigger.key, subscriber = %trigger.subscriber, "Trigger started");
     'outer: loop {
@@ -166,8 +174,6 @@ pub(crate) async fn run(
             } else {
                 None
             };
-            let (ctx, sub, cancel2) = (ctx.clone(), sub.clone(), cancel.clone());
-            let limiter = limiter.clone();
             // Past the max-lag already, or while waiting for room: straight to the
             // dead letters, without taking a delivery slot.
             let room = match key {
@@ -181,7 +187,8 @@ pub(crate) async fn run(
             }
             if let Some(o) = overflow.as_ref().filter(|o| !o.pause) {
                 if o.is_record_past(&record) {
-                    o.dead_letter(ctx, sub, record, cancel2).await;
+                    o.dead_letter(ctx.clone(), sub.clone(), record, cancel.clone())
+                        .await;
                     continue;
                 }
             }
@@ -195,7 +202,7 @@ pub(crate) async fn run(
                             biased;
                             _ = cancel.cancelled() => break 'outer,
                             () = o.until_past(&record) => {
-                                o.dead_letter(ctx, sub, record, cancel2).await;
+                                o.dead_letter(ctx.clone(), sub.clone(), record, cancel.clone()).await;
                                 continue;
                             },
                             p = room.clone().acquire_owned() => p.ok().map(Slot::own),
@@ -208,59 +215,59 @@ pub(crate) async fn run(
                     },
                 },
             };
-            let Some(taken) = taken else { break 'outer };
-            let held = overflow.as_ref().map(|o| o.hold(&record));
+            let Some(slot) = taken else { break 'outer };
+            let hold = overflow.as_ref().map(|o| o.hold(&record));
+            let tasks = tasks.clone();
             match key {
-                None => {
-                    let permit = taken;
-                    // Boxed before it is spawned: the delivery's future is a few KiB,
-                    // and spawn moved it four times on its way into the task
-                    // (`bench/README.md`, "A delivery's future boxed once").
-                    tokio::spawn(Box::pin(async move {
-                        let work = async {
-                            if pace(limiter.as_deref(), &cancel2).await {
-                                ctx.process(&record.event, &cancel2).await
-                            } else {
-                                Processed::Interrupted
-                            }
-                        };
-                        tokio::pin!(work);
-                        let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
-                        ack_finished(&ctx, &*sub, &record, processed).await;
-                        drop(permit);
-                    }));
-                }
+                // Boxed before it is spawned: the delivery's future is a few KiB,
+                // and spawn moved it four times on its way into the task
+                // (`bench/README.md`, "A delivery's future boxed once").
+                None => tokio::spawn(Box::pin(async move {
+                    let held = tasks.held(hold);
+                    let work = async {
+                        if pace(tasks.limiter.as_ref(), &tasks.cancel).await {
+                            tasks.ctx.process(&record.event, &tasks.cancel).await
+                        } else {
+                            Processed::Interrupted
+                        }
+                    };
+                    tokio::pin!(work);
+                    let processed =
+                        until_overflow(&tasks.ctx, &record, &tasks.cancel, held, work).await;
+                    ack_finished(&tasks.ctx, &*tasks.sub, &record, processed).await;
+                    drop(slot);
+                })),
                 Some(key) => {
                     // Waited here only for room in the queue; the task waits for its key.
-                    let slot = taken;
                     let (previous, done) = keys.link(key);
-                    let permits = permits.clone();
                     tokio::spawn(Box::pin(async move {
                         let _slot = slot;
                         let _done = done.drop_guard();
+                        let held = tasks.held(hold);
                         let work = async {
                             if let Some(previous) = previous {
                                 previous.cancelled().await;
                             }
                             // A key behind an interrupted event stops too, keeping order.
-                            if cancel2.is_cancelled() {
+                            if tasks.cancel.is_cancelled() {
                                 return Processed::Interrupted;
                             }
-                            let Ok(_permit) = permits.acquire_owned().await else {
+                            let Ok(_permit) = tasks.permits.acquire().await else {
                                 return Processed::Interrupted;
                             };
-                            if pace(limiter.as_deref(), &cancel2).await {
-                                ctx.process(&record.event, &cancel2).await
+                            if pace(tasks.limiter.as_ref(), &tasks.cancel).await {
+                                tasks.ctx.process(&record.event, &tasks.cancel).await
                             } else {
                                 Processed::Interrupted
                             }
                         };
                         tokio::pin!(work);
-                        let processed = until_overflow(&ctx, &record, &cancel2, held, work).await;
-                        ack_finished(&ctx, &*sub, &record, processed).await;
-                    }));
+                        let processed =
+                            until_overflow(&tasks.ctx, &record, &tasks.cancel, held, work).await;
+                        ack_finished(&tasks.ctx, &*tasks.sub, &record, processed).await;
+                    }))
                 }
-            }
+            };
         }
     }
     if let Some(watcher) = watcher {
@@ -276,6 +283,31 @@ pub(crate) async fn run(
     tracing::info!(trigger = %trigger.key, "Trigger stopped");
 }
 
+/// What a trigger's delivery tasks share: one reference count taken per record
+/// rather than one per handle (each a contended atomic, the shutdown token's a lock).
+struct Tasks {
+    ctx: Arc<TriggerContext>,
+    sub: Arc<dyn Subscription>,
+    cancel: CancellationToken,
+    limiter: Option<tokio::sync::Mutex<RateLimiter>>,
+    overflow: Option<Arc<Overflow>>,
+    /// The trigger's own slots (an ordered delivery takes one when its key's turn
+    /// comes).
+    permits: Arc<Semaphore>,
+}
+
+impl Tasks {
+    /// A delivery task's first step: the record the loop held becomes the task's
+    /// to release, however the task ends. (A task dropped before it first ran, at
+    /// shutdown, leaves its slot behind in a trigger that is stopping.)
+    fn held(&self, hold: Option<Hold>) -> Option<HeldGuard<'_>> {
+        Some(HeldGuard {
+            overflow: self.overflow.as_deref()?,
+            hold: hold?,
+        })
+    }
+}
+
 /// Runs a record's delivery unless the trigger's max-lag moves it to the dead
 /// letters first (then the delivery, wherever it was, is abandoned).
 ///
@@ -285,7 +317,7 @@ async fn until_overflow(
     ctx: &TriggerContext,
     record: &Record,
     cancel: &CancellationToken,
-    held: Option<HeldGuard>,
+    held: Option<HeldGuard<'_>>,
     mut work: Pin<&mut impl Future<Output = Processed>>,
 ) -> Processed {
     let Some(held) = held else {
@@ -293,14 +325,14 @@ async fn until_overflow(
     };
     // The cell first, as the watcher may have moved the record while it waited.
     let finished = std::future::poll_fn(|cx| {
-        if held.cell.is_moved() {
+        if held.hold.cell.is_moved() {
             return Poll::Ready(None);
         }
         if let Poll::Ready(processed) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(processed));
         }
-        held.cell.waker.register(cx.waker());
-        match held.cell.is_moved() {
+        held.hold.cell.waker.register(cx.waker());
+        match held.hold.cell.is_moved() {
             true => Poll::Ready(None),
             false => Poll::Pending,
         }
@@ -376,16 +408,21 @@ struct Overflow {
     moving: Arc<Semaphore>,
 }
 
-/// Forgets a held record when its task ends, however it ends.
-struct HeldGuard {
-    overflow: Arc<Overflow>,
+/// A record the loop held: its slot, and its cell.
+struct Hold {
     index: usize,
     cell: Arc<HeldCell>,
 }
 
-impl Drop for HeldGuard {
+/// Forgets a held record when its task ends, however it ends.
+struct HeldGuard<'a> {
+    overflow: &'a Overflow,
+    hold: Hold,
+}
+
+impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
-        self.overflow.lock_held().try_remove(self.index);
+        self.overflow.lock_held().try_remove(self.hold.index);
     }
 }
 
@@ -440,7 +477,7 @@ impl Overflow {
         }
     }
 
-    fn hold(self: &Arc<Self>, record: &Record) -> HeldGuard {
+    fn hold(&self, record: &Record) -> Hold {
         let cell = Arc::new(HeldCell {
             arrival: self.arrival(record),
             position: record.position,
@@ -448,11 +485,7 @@ impl Overflow {
             waker: AtomicWaker::new(),
         });
         let index = self.lock_held().insert(cell.clone());
-        HeldGuard {
-            overflow: self.clone(),
-            index,
-            cell,
-        }
+        Hold { index, cell }
     }
 
     /// Moves a record that was never attempted to the dead letters (at most
