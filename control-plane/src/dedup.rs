@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cemesh_ingress::dedup::{Dedup, Key};
 use cemesh_ingress::{BrokerKey, Routes};
+use cemesh_proto::knative::now_ms;
 use tokio_util::sync::CancellationToken;
 
 /// How often changed windows are written.
@@ -20,10 +21,6 @@ fn file(data_dir: &Path, key: &BrokerKey) -> PathBuf {
     data_dir
         .join("dedup")
         .join(format!("{}.{}.bin", key.namespace, key.name))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The window of `key`, with the pairs an earlier run accepted.

@@ -207,7 +207,7 @@ impl Replays {
         req: ReplayRequest,
     ) -> Result<ReplayView, ReplayError> {
         let ctx = self.context(key)?;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = cemesh_proto::knative::now_ms();
         let from = Point::parse(&req.from, Some(now)).map_err(|e| invalid("from", e))?;
         let to = match &req.to {
             Some(t) => Some(Point::parse(t, Some(now)).map_err(|e| invalid("to", e))?),

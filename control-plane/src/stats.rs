@@ -95,7 +95,7 @@ impl Stats {
     }
 
     async fn sample(&self, registry: &Registry, taps: &Taps) {
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = cemesh_proto::knative::now_ms();
         let channels: Vec<_> = taps
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -191,7 +191,7 @@ impl Stats {
         let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
         serde_json::json!({
             "intervalSeconds": INTERVAL.as_secs(),
-            "now": chrono::Utc::now().timestamp_millis(),
+            "now": cemesh_proto::knative::now_ms(),
             "brokers": st.brokers.values().map(|(s, _)| s).collect::<Vec<_>>(),
             "triggers": st.triggers.values().map(|(s, _)| s).collect::<Vec<_>>(),
         })

@@ -573,8 +573,7 @@ async fn watch_lag(ctx: Arc<TriggerContext>, overflow: Arc<Overflow>, cancel: Ca
             None => None,
         };
         let cutoff = max.age.map(|age| {
-            chrono::Utc::now().timestamp_millis()
-                - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+            cemesh_proto::knative::now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
         });
         let moved = overflow.publish(boundary, cutoff);
         if overflow.pause {

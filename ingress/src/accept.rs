@@ -280,7 +280,7 @@ pub async fn store(
     let (events, reserved) = match &broker.dedup {
         None => (events, None),
         Some(d) => {
-            let (fresh, reserved, dups) = d.admit(events, chrono::Utc::now().timestamp_millis());
+            let (fresh, reserved, dups) = d.admit(events, cemesh_proto::knative::now_ms());
             if dups > 0 {
                 metrics::counter!(names::INGRESS_DUPLICATES,
                     "namespace_name" => broker.key.namespace.clone(),
@@ -315,7 +315,7 @@ pub async fn store(
             .record(started.elapsed().as_secs_f64());
         broker
             .event_types
-            .record(seen, chrono::Utc::now().timestamp_millis());
+            .record(seen, cemesh_proto::knative::now_ms());
     }
     Ok(count)
 }
@@ -337,7 +337,7 @@ fn journal_accepted(
     journal.record(EntryRef::Accepted {
         broker: Name::new(&key.namespace, &key.name),
         via,
-        at_ms: chrono::Utc::now().timestamp_millis(),
+        at_ms: cemesh_proto::knative::now_ms(),
         events,
     });
     let mut keys = Keys {
@@ -356,7 +356,7 @@ fn journal_accepted(
 /// Marks events whose append failed as refused, with the reason.
 fn journal_refused(journal: &dyn Journal, key: &crate::BrokerKey, keys: &Keys, reason: &str) {
     let broker = Name::new(&key.namespace, &key.name);
-    let at_ms = chrono::Utc::now().timestamp_millis();
+    let at_ms = cemesh_proto::knative::now_ms();
     let reason = format!("not stored, the producer was answered an error: {reason}");
     let mut start = 0usize;
     for (id_end, source_end) in &keys.ends {

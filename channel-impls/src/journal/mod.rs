@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use cemesh_proto::knative::now_ms;
 use cemesh_proto::Event;
 
 pub use format::{AttemptRef, EntryRef, Name, OutcomeRef};
@@ -511,12 +512,6 @@ fn read_at(path: &Path, offset: u64) -> Option<(i64, Entry)> {
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     f.read_exact(&mut body).ok()?;
     format::decode(&body)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

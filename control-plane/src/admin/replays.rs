@@ -92,7 +92,7 @@ pub async fn reset_cursor(
     body: axum::body::Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let req: CursorRequest = read_json(&headers, body).await?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = cemesh_proto::knative::now_ms();
     let to =
         Point::parse(&req.to, Some(now)).map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
     let key = TriggerKey::new(&ns, &name);

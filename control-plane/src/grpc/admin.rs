@@ -395,7 +395,7 @@ impl Admin for AdminService {
             namespace(&req.namespace),
             required("trigger", &req.trigger)?,
         );
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = cemesh_proto::knative::now_ms();
         let to = crate::point::Point::parse(required("to", &req.to)?, Some(now))
             .map_err(|e| Status::invalid_argument(format!("to: {e}")))?;
         let moved = self

@@ -52,7 +52,7 @@ pub async fn read(ctx: &TriggerContext) -> Result<Signals, LagError> {
         })?;
     let in_flight = u64::try_from(ctx.stats.in_flight.load(Relaxed)).unwrap_or(0);
     let oldest_waiting_age_seconds = match ctx.stats.oldest_arrival_ms() {
-        Some(ms) => (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1e3,
+        Some(ms) => (cemesh_proto::knative::now_ms() - ms).max(0) as f64 / 1e3,
         None => 0.0,
     };
     Ok(Signals {

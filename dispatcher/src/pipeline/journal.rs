@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use cemesh_channels::journal::{AttemptRef, EntryRef, Name, OutcomeRef};
+use cemesh_proto::knative::now_ms;
 use cemesh_proto::Event;
 
 use super::{DeadLettered, Processed, TriggerContext};
@@ -32,10 +33,6 @@ pub(super) fn with_success_slot<F: std::future::Future>(
     f: F,
 ) -> impl std::future::Future<Output = F::Output> {
     SUCCESS.scope(Cell::new(None), f)
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn micros(d: Duration) -> u64 {

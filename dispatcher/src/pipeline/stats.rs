@@ -264,7 +264,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `knativearrivaltime` in Unix ms; now when absent or unreadable.
 pub(crate) fn arrival_ms(event: &Event) -> i64 {
-    knative::arrival_ms(event).unwrap_or_else(|| chrono::Utc::now().timestamp_millis())
+    knative::arrival_ms(event).unwrap_or_else(knative::now_ms)
 }
 
 /// Decrements the in-flight count (and forgets the event's arrival) however
