@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,6 +40,40 @@ pub(crate) struct Answer {
     /// The body was longer than `max_body`: not kept (and the connection, whose
     /// body was not read to its end, not reused).
     pub(crate) over_limit: bool,
+}
+
+/// The headers Knative's dispatcher puts on every delivery: `Prefer: reply` and the
+/// trigger's namespace. The plain pool writes them straight into the request (no
+/// header map made for them), the other clients take them in the map.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KnativeHeaders<'a> {
+    pub(crate) namespace: &'a str,
+}
+
+impl KnativeHeaders<'_> {
+    /// Each header, name and value; a namespace that could not be a header value
+    /// is left out.
+    fn for_each(self, mut f: impl FnMut(&'static str, &str)) {
+        f("prefer", "reply");
+        if is_header_value(self.namespace.as_bytes()) {
+            f("kn-namespace", self.namespace);
+        }
+    }
+
+    fn put(self, headers: &mut HeaderMap) {
+        self.for_each(|name, value| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        });
+    }
+}
+
+/// What `http`'s `HeaderValue` takes: visible ASCII, spaces, tabs and obs-text.
+fn is_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Why no answer came.
@@ -126,15 +160,17 @@ impl HttpClient {
         }))
     }
 
-    /// POSTs `body` to `url` with `headers`, and `binary`'s event's binary-mode
-    /// headers (leaving out the attribute named with it) when given, and reads the
-    /// answer, all within `timeout`; an answer body longer than `max_body` is not kept.
+    /// POSTs `body` to `url` with `knative`'s headers and `headers`, and `binary`'s
+    /// event's binary-mode headers (leaving out the attribute named with it) when
+    /// given, and reads the answer, all within `timeout`; an answer body longer than
+    /// `max_body` is not kept.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn post(
         &self,
         url: &reqwest::Url,
         uri: Option<&Uri>,
         binary: Option<(&cemesh_proto::Event, Option<&str>)>,
+        knative: KnativeHeaders<'_>,
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
@@ -142,14 +178,18 @@ impl HttpClient {
     ) -> Result<Answer, SendError> {
         let exchange = async {
             // The plain pool writes the event's headers itself; the others take a map.
-            let all_headers = |headers: HeaderMap| match binary {
-                Some((event, skip)) => {
-                    let mut all = HeaderMap::with_capacity(headers.len() + 12);
-                    cemesh_proto::http::encode_binary_except(event, &mut all, skip);
-                    all.extend(headers);
-                    all
-                }
-                None => headers,
+            let all_headers = |headers: HeaderMap| {
+                let mut all = match binary {
+                    Some((event, skip)) => {
+                        let mut all = HeaderMap::with_capacity(headers.len() + 14);
+                        cemesh_proto::http::encode_binary_except(event, &mut all, skip);
+                        all.extend(headers);
+                        all
+                    }
+                    None => headers,
+                };
+                knative.put(&mut all);
+                all
             };
             match self {
                 HttpClient::Direct(client) => {
@@ -164,7 +204,7 @@ impl HttpClient {
                     if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
                         return client
                             .plain
-                            .send(uri, binary, &headers, &body, max_body)
+                            .send(uri, binary, knative, &headers, &body, max_body)
                             .await;
                     }
                     let mut request = Request::new(Full::new(body));
@@ -334,6 +374,7 @@ mod tests {
                 url,
                 None,
                 None,
+                KnativeHeaders { namespace: "ns" },
                 HeaderMap::new(),
                 Bytes::new(),
                 Duration::from_secs(5),

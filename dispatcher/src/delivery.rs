@@ -293,7 +293,8 @@ impl Deliverer {
             max_answer,
             hide_broker_ttl,
         } = *how;
-        let mut headers = HeaderMap::with_capacity(12);
+        // Empty (unallocated) unless the format, the trace or a signature adds to it.
+        let mut headers = HeaderMap::new();
         let stripped;
         let event = match (hide_broker_ttl, format) {
             // The attribute is left out of the encoding instead: no copy of the event.
@@ -327,14 +328,6 @@ impl Deliverer {
                 Bytes::from(cemesh_proto::protobuf::encode_event(event))
             }
         };
-        // Made when compiled (`from_static` checks the name each time it runs).
-        const PREFER: HeaderName = HeaderName::from_static("prefer");
-        const REPLY: HeaderValue = HeaderValue::from_static("reply");
-        const KN_NAMESPACE: HeaderName = HeaderName::from_static("kn-namespace");
-        headers.insert(PREFER, REPLY);
-        if let Ok(ns) = HeaderValue::from_str(namespace) {
-            headers.insert(KN_NAMESPACE, ns);
-        }
         for name in ["traceparent", "tracestate"] {
             if let Some(v) = event.attribute(name).and_then(|v| v.as_str()) {
                 if let Ok(v) = HeaderValue::from_str(v) {
@@ -352,10 +345,13 @@ impl Deliverer {
                 &mut headers,
             );
         }
+        let knative = crate::client::KnativeHeaders { namespace };
         let started = Instant::now();
         let answer = self
             .client_for(auth.ca_certs.as_ref())
-            .post(url, uri, binary, headers, body, timeout, max_answer)
+            .post(
+                url, uri, binary, knative, headers, body, timeout, max_answer,
+            )
             .await;
         let crate::client::Answer {
             status,

@@ -31,6 +31,13 @@ pub enum DecodeError {
     UnsupportedMediaType(String),
 }
 
+/// Whether a message with this Content-Type (and a `ce-specversion` header or
+/// not) is a CloudEvent at all: structured or batch by its type, binary by
+/// `ce-specversion`. Most answers to a delivery are not, and skip a reply's work.
+pub fn is_cloudevent(content_type: Option<&str>, has_specversion: bool) -> bool {
+    has_specversion || detect_mode(content_type) != Mode::Binary
+}
+
 /// Detects the mode per the binding: batch prefix first (it contains the structured
 /// prefix), case-insensitively.
 pub fn detect_mode(content_type: Option<&str>) -> Mode {

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, Uri};
 use tokio::sync::oneshot;
 
 use super::wire::{request_head, Conn, Failed};
-use super::{Answer, SendError};
+use super::{Answer, KnativeHeaders, SendError};
 
 /// Idle keep-alive connections kept per destination.
 pub(crate) const MAX_IDLE_PER_HOST: usize = 1024;
@@ -103,6 +103,7 @@ impl PlainPool {
         &self,
         uri: &Uri,
         binary: Option<(&cemesh_proto::Event, Option<&str>)>,
+        knative: KnativeHeaders<'_>,
         headers: &HeaderMap,
         body: &Bytes,
         max_body: usize,
@@ -112,8 +113,9 @@ impl PlainPool {
             .ok_or_else(|| SendError::Other(format!("{uri} names no host")))?;
         let head = request_head(
             origin_form(uri),
-            &host_header(host)?,
+            host_header(host),
             binary,
+            knative,
             headers,
             body.len(),
         );
@@ -330,13 +332,13 @@ async fn connect(host: Authority) -> Result<Sender, SendError> {
     Ok(Conn::new(stream))
 }
 
-/// `Host` as a browser sends it: the port only when it is not 80.
-fn host_header(host: &Authority) -> Result<HeaderValue, SendError> {
-    let value = match host.port_u16() {
-        Some(80) => HeaderValue::from_str(host.host()),
-        _ => HeaderValue::from_str(host.as_str()),
-    };
-    value.map_err(|e| SendError::Other(e.to_string()))
+/// `Host` as a browser sends it: the port only when it is not 80. (An authority's
+/// characters are all header-value characters: `http` checked them parsing the URI.)
+fn host_header(host: &Authority) -> &str {
+    match host.port_u16() {
+        Some(80) => host.host(),
+        _ => host.as_str(),
+    }
 }
 
 /// The request target an origin server expects: path and query only.
@@ -413,8 +415,16 @@ mod tests {
     }
 
     async fn send(pool: &PlainPool, uri: &Uri, max_body: usize) -> Result<Answer, SendError> {
-        pool.send(uri, None, &HeaderMap::new(), &Bytes::new(), max_body)
-            .await
+        let knative = KnativeHeaders { namespace: "ns" };
+        pool.send(
+            uri,
+            None,
+            knative,
+            &HeaderMap::new(),
+            &Bytes::new(),
+            max_body,
+        )
+        .await
     }
 
     async fn exchange(pool: &PlainPool, uri: &Uri) -> String {
@@ -688,7 +698,7 @@ mod tests {
 
     #[test]
     fn host_and_target_as_an_origin_server_expects_them() {
-        let host = |s: &str| host_header(&s.parse().unwrap()).unwrap();
+        let host = |s: &str| host_header(&s.parse().unwrap()).to_string();
         assert_eq!(host("example.com:80"), "example.com");
         assert_eq!(host("example.com:8080"), "example.com:8080");
         assert_eq!(host("example.com"), "example.com");

@@ -268,15 +268,23 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failed> {
     };
     let status = parsed.code.unwrap_or_default();
     let http11 = parsed.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = match headers_read(status, parsed.headers) {
+        true => HeaderMap::with_capacity(parsed.headers.len()),
+        false => HeaderMap::new(),
+    };
+    let keep = headers.capacity() > 0;
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = !http11;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Failed::Broken(format!("an answer header named {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| Failed::Broken(format!("an answer header {:?} of bad value", h.name)))?;
+        if !super::is_header_value(h.value) {
+            return Err(Failed::Broken(format!(
+                "an answer header {:?} of bad value",
+                h.name
+            )));
+        }
         if name == http::header::CONTENT_LENGTH {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -299,7 +307,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failed> {
                 }
             }
         }
-        headers.append(name, value);
+        if keep {
+            headers.append(
+                name,
+                HeaderValue::from_bytes(h.value).expect("checked above"),
+            );
+        }
     }
     let framing = match (status, chunked, length) {
         (100..=199 | 204 | 304, ..) => Framing::None,
@@ -320,17 +333,31 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failed> {
     )))
 }
 
+/// Whether the pipeline reads an answer's headers: a failure's (`Retry-After`), a
+/// success's only when it is a CloudEvent (a reply). Most successes are not, and
+/// their header map is not built.
+fn headers_read(status: u16, headers: &[httparse::Header<'_>]) -> bool {
+    if !(200..300).contains(&status) {
+        return true;
+    }
+    let named = |n: &str| headers.iter().find(|h| h.name.eq_ignore_ascii_case(n));
+    let content_type = named("content-type").and_then(|h| std::str::from_utf8(h.value).ok());
+    cemesh_proto::http::is_cloudevent(content_type, named("ce-specversion").is_some())
+}
+
 /// The request head: `POST {target} HTTP/1.1`, `Host` (unless `headers` has one),
 /// the binary-mode headers of `binary`'s event (leaving out the attribute named with
-/// it), `headers` (any framing headers among them left out), the body's length.
+/// it), Knative's delivery headers (`knative`), `headers` (any framing headers
+/// among them left out), the body's length.
 pub(crate) fn request_head(
     target: &str,
-    host: &HeaderValue,
+    host: &str,
     binary: Option<(&cemesh_proto::Event, Option<&str>)>,
+    knative: super::KnativeHeaders<'_>,
     headers: &HeaderMap,
     body_len: usize,
 ) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256 + 48 * headers.len());
+    let mut head = Vec::with_capacity(320 + 48 * headers.len());
     head.extend_from_slice(b"POST ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
@@ -342,6 +369,12 @@ pub(crate) fn request_head(
     if let Some((event, skip)) = binary {
         cemesh_proto::http::write_binary_head(event, skip, &mut head);
     }
+    knative.for_each(|name, value| {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    });
     for (name, value) in headers {
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
             continue;
@@ -403,23 +436,53 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("ce-id", HeaderValue::from_static("1"));
         headers.insert("content-length", HeaderValue::from_static("999"));
-        let host = HeaderValue::from_static("h:8080");
-        let head = request_head("/a?b=c", &host, None, &headers, 3);
+        let knative = super::super::KnativeHeaders {
+            namespace: "team-a",
+        };
+        let head = request_head("/a?b=c", "h:8080", None, knative, &headers, 3);
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "POST /a?b=c HTTP/1.1\r\nhost: h:8080\r\nce-id: 1\r\ncontent-length: 3\r\n\r\n"
+            "POST /a?b=c HTTP/1.1\r\nhost: h:8080\r\nprefer: reply\r\nkn-namespace: team-a\r\n\
+             ce-id: 1\r\ncontent-length: 3\r\n\r\n"
         );
         let event = cemesh_proto::Event::new("e", "/s", "t");
         headers.clear();
-        headers.insert("prefer", HeaderValue::from_static("reply"));
-        let head = request_head("/", &host, Some((&event, None)), &headers, 0);
+        headers.insert("x-signed", HeaderValue::from_static("yes"));
+        let knative = super::super::KnativeHeaders {
+            namespace: "bad\nns",
+        };
+        let head = request_head("/", "h:8080", Some((&event, None)), knative, &headers, 0);
         let head = String::from_utf8(head).unwrap();
         assert!(
             head.starts_with("POST / HTTP/1.1\r\nhost: h:8080\r\nce-")
                 && head.contains("\r\nce-id: e\r\n")
-                && head.ends_with("\r\nprefer: reply\r\ncontent-length: 0\r\n\r\n"),
+                && !head.contains("kn-namespace")
+                && head
+                    .ends_with("\r\nprefer: reply\r\nx-signed: yes\r\ncontent-length: 0\r\n\r\n"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn an_answers_headers_are_kept_when_the_pipeline_reads_them() {
+        let kept = |raw: &[u8]| head(raw).headers;
+        // A plain success: framing read, no map built.
+        let h = head(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nDate: x\r\n\r\n");
+        assert_eq!((h.framing, h.headers.len()), (Framing::None, 0));
+        assert!(kept(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n").is_empty());
+        // A reply, binary or structured, and any failure: kept whole.
+        let reply = kept(b"HTTP/1.1 200 OK\r\nCe-Specversion: 1.0\r\nCe-Id: r\r\n\r\n");
+        assert_eq!(reply.get("ce-id").unwrap(), "r");
+        let structured =
+            kept(b"HTTP/1.1 200 OK\r\ncontent-type: application/cloudevents+json\r\n\r\n");
+        assert_eq!(structured.len(), 1);
+        let failed = kept(b"HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(failed.get("retry-after").unwrap(), "3");
+        // A bad value is refused whether or not the map is built.
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 202 Accepted\r\nX: a\x7fb\r\n\r\n"),
+            Err(Failed::Broken(_))
+        ));
     }
 
     /// Serves `answer` (raw bytes) to the first request on a connection and says
@@ -455,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn answers_are_read_by_length_by_chunks_and_to_the_end() {
         let (a, reusable) = exchange(
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nce-id: r\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nce-specversion: 1.0\r\nce-id: r\r\n\r\nhello",
             100,
         )
         .await

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use cemesh_channels::ChannelError;
-use cemesh_proto::http::{detect_mode, Mode};
 use cemesh_proto::{knative, metric_names as names, Event};
 use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
@@ -199,7 +198,7 @@ pub(super) fn may_carry_reply(headers: &HeaderMap) -> bool {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    detect_mode(ct) != Mode::Binary || headers.contains_key("ce-specversion")
+    cemesh_proto::http::is_cloudevent(ct, headers.contains_key("ce-specversion"))
 }
 
 /// A 2xx answer carries a reply when it is a CloudEvent in binary or structured
