@@ -277,12 +277,14 @@ impl Deliverer {
     /// `Kn-Namespace`, the event's `traceparent`) and what `how.auth` asks for (a JWT
     /// whose subject is `how.subject`, a webhook signature). `uri` is `url` already
     /// parsed, when the caller keeps it (a trigger parses its subscriber's once).
+    /// `started`: when the caller began timing the attempt (for a failure's message).
     pub async fn attempt(
         &self,
         url: &reqwest::Url,
         uri: Option<&http::Uri>,
         event: &Event,
         how: &AttemptSpec<'_>,
+        started: Instant,
     ) -> Result<Success, Failure> {
         let AttemptSpec {
             namespace,
@@ -346,7 +348,6 @@ impl Deliverer {
             );
         }
         let knative = crate::client::KnativeHeaders { namespace };
-        let started = Instant::now();
         let answer = self
             .client_for(auth.ca_certs.as_ref())
             .post(

@@ -295,10 +295,11 @@ pub async fn store(
         // Journaled before the append (the queue bounds what waits; a copy of a
         // whole flood held across the append would not be), and marked refused if
         // the append fails.
+        let now_ms = cemesh_proto::knative::now_ms();
         let journaled = broker
             .journal
             .as_ref()
-            .map(|j| journal_accepted(&**j, &broker.key, &events, via));
+            .map(|j| journal_accepted(&**j, &broker.key, &events, via, now_ms));
         let started = std::time::Instant::now();
         if let Err(e) = broker.channel.append(events).await {
             if let Some((d, reserved)) = reserved {
@@ -313,9 +314,8 @@ pub async fn store(
             .metrics
             .append(broker.channel.kind())
             .record(started.elapsed().as_secs_f64());
-        broker
-            .event_types
-            .record(seen, cemesh_proto::knative::now_ms());
+        // As journaled: the moment the events came in.
+        broker.event_types.record(seen, now_ms);
     }
     Ok(count)
 }
@@ -333,15 +333,17 @@ fn journal_accepted(
     key: &crate::BrokerKey,
     events: &[Event],
     via: &'static str,
+    at_ms: i64,
 ) -> Keys {
     journal.record(EntryRef::Accepted {
         broker: Name::new(&key.namespace, &key.name),
         via,
-        at_ms: cemesh_proto::knative::now_ms(),
+        at_ms,
         events,
     });
+    let len = events.iter().map(|e| e.id.len() + e.source.len()).sum();
     let mut keys = Keys {
-        text: String::new(),
+        text: String::with_capacity(len),
         ends: Vec::with_capacity(events.len()),
     };
     for event in events {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cemesh_proto::Event;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::flow::{Behind, Refusing};
@@ -107,14 +108,15 @@ impl State {
     }
 
     /// Drops what no subscription needs; the events removed are handed back, to be
-    /// dropped after the lock (freeing an event is a dozen deallocations).
+    /// dropped after the lock (freeing an event is a dozen deallocations). An ack's
+    /// few fit in the returned vector itself, without an allocation.
     #[must_use = "drop the removed events after the lock"]
-    fn trim(&mut self, retain_without: usize) -> Vec<Arc<Event>> {
+    fn trim(&mut self, retain_without: usize) -> SmallVec<[Arc<Event>; 8]> {
         let floor = match self.active().map(|s| s.tracker.committed()).min() {
             Some(min) => min,
             None => self.next().saturating_sub(retain_without as u64),
         };
-        let mut removed = Vec::new();
+        let mut removed = SmallVec::new();
         while self.log.base() < floor {
             match self.log.pop_front() {
                 Some(e) => removed.push(e),

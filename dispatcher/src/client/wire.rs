@@ -357,7 +357,8 @@ pub(crate) fn request_head(
     headers: &HeaderMap,
     body_len: usize,
 ) -> Vec<u8> {
-    let mut head = Vec::with_capacity(320 + 48 * headers.len());
+    // Room for a CloudEvent's usual binary-mode headers without growing.
+    let mut head = Vec::with_capacity(768 + 48 * headers.len());
     head.extend_from_slice(b"POST ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");

@@ -104,7 +104,7 @@ impl TriggerContext {
                         _ => None,
                     };
                     self.deliverer
-                        .attempt(url, uri, event, &how)
+                        .attempt(url, uri, event, &how, started)
                         .instrument(span.clone())
                         .await
                 }
@@ -113,7 +113,7 @@ impl TriggerContext {
                         let target = lease.target(url);
                         let r = self
                             .deliverer
-                            .attempt(&target, None, event, &how)
+                            .attempt(&target, None, event, &how, started)
                             .instrument(span.clone())
                             .await;
                         drop(lease);
