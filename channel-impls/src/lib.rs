@@ -183,7 +183,9 @@ pub trait Subscription: Send + Sync + 'static {
     async fn next(&self, max: usize) -> Result<Vec<Record>, ChannelError>;
 
     /// Marks a record done (delivered, dead-lettered or filtered out).
-    async fn ack(&self, position: Position) -> Result<(), ChannelError>;
+    /// Never waits: a channel persists its cursors on its own schedule, so an ack
+    /// is bookkeeping (and a call without a boxed future on every delivery).
+    fn ack(&self, position: Position) -> Result<(), ChannelError>;
 }
 
 /// Tracks out-of-order acks and yields the contiguous prefix: the low watermark.

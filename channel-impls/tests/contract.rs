@@ -159,17 +159,17 @@ async fn append_next_ack_watermark<F: Factory>(f: &F) {
     }
     assert_eq!(ch.lag("a").await.unwrap(), 5);
     // Out of order: the watermark only moves over a contiguous prefix.
-    sub.ack(recs[1].position).await.unwrap();
-    sub.ack(recs[3].position).await.unwrap();
+    sub.ack(recs[1].position).unwrap();
+    sub.ack(recs[3].position).unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 5);
-    sub.ack(recs[0].position).await.unwrap();
+    sub.ack(recs[0].position).unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 3);
-    sub.ack(recs[2].position).await.unwrap();
+    sub.ack(recs[2].position).unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 1);
-    sub.ack(recs[4].position).await.unwrap();
+    sub.ack(recs[4].position).unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 0);
     // Acking twice is harmless.
-    sub.ack(recs[4].position).await.unwrap();
+    sub.ack(recs[4].position).unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 0);
     assert_nothing(&*sub).await;
 }
@@ -199,7 +199,7 @@ async fn reopen_redelivers_after_watermark<F: Factory>(f: &F) {
     append_ids(&ch, &["e0", "e1", "e2", "e3", "e4"]).await;
     let recs = read_n(&*sub, 5).await;
     for i in [0, 1, 3] {
-        sub.ack(recs[i].position).await.unwrap();
+        sub.ack(recs[i].position).unwrap();
     }
     drop(sub);
     // `start` is ignored for an existing subscription.
@@ -258,7 +258,7 @@ async fn lag_and_unknown<F: Factory>(f: &F) {
     // Reading does not commit.
     let recs = read_n(&*sub, 2).await;
     assert_eq!(ch.lag("a").await.unwrap(), 2);
-    sub.ack(recs[0].position).await.unwrap();
+    sub.ack(recs[0].position).unwrap();
     assert_eq!(ch.lag("a").await.unwrap(), 1);
     // The ends are where the next record of each partition goes: one past the last
     // record read there.
@@ -294,7 +294,7 @@ async fn unsubscribe_closes_and_forgets<F: Factory>(f: &F) {
         Err(ChannelError::UnknownSubscription(_))
     ));
     assert!(matches!(
-        sub.ack(cemesh_channels::Position::new(0, 0)).await,
+        sub.ack(cemesh_channels::Position::new(0, 0)),
         Err(ChannelError::Closed)
     ));
     // Unsubscribing an unknown name is fine.
@@ -315,7 +315,7 @@ async fn retention_after_all_acked<F: Factory>(f: &F) {
     let b = ch.subscribe("b", StartAt::Latest).await.unwrap();
     append_ids(&ch, &["e0", "e1", "e2"]).await;
     for r in read_n(&*a, 3).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     f.settle(&ch).await;
     // "b" has not passed them: still there for a newcomer.
@@ -323,13 +323,13 @@ async fn retention_after_all_acked<F: Factory>(f: &F) {
     assert_eq!(ids(&read_n(&*c, 3).await), ["e0", "e1", "e2"]);
     ch.unsubscribe("c").await.unwrap();
     let recs = read_n(&*b, 3).await;
-    b.ack(recs[0].position).await.unwrap();
-    b.ack(recs[1].position).await.unwrap();
+    b.ack(recs[0].position).unwrap();
+    b.ack(recs[1].position).unwrap();
     f.settle(&ch).await;
     let d = ch.subscribe("d", StartAt::Earliest).await.unwrap();
     assert_eq!(ids(&read_n(&*d, 1).await), ["e2"]);
     ch.unsubscribe("d").await.unwrap();
-    b.ack(recs[2].position).await.unwrap();
+    b.ack(recs[2].position).unwrap();
     f.settle(&ch).await;
     let e = ch.subscribe("e", StartAt::Earliest).await.unwrap();
     assert_eq!(ch.lag("e").await.unwrap(), 0);
@@ -370,7 +370,7 @@ async fn retention_is_the_logs<F: Factory>(f: &F) {
     let a = ch.subscribe("a", StartAt::Earliest).await.unwrap();
     let b = ch.subscribe("b", StartAt::Earliest).await.unwrap();
     for r in read_n(&*a, 2).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     f.settle(&ch).await;
     assert_eq!(ids(&read_n(&*b, 2).await), ["e0", "e1"]);
@@ -423,7 +423,7 @@ async fn concurrent_producers<F: Factory>(f: &F) {
                     .expect("no stall")
                     .expect("next");
                 for r in batch {
-                    sub.ack(r.position).await.unwrap();
+                    sub.ack(r.position).unwrap();
                     seen.push(r.event.id.clone());
                 }
             }
@@ -487,7 +487,7 @@ async fn backpressure<F: Factory>(f: &F) {
     assert_nothing(&*sub).await;
     // Acking makes room again.
     for r in &recs[..5] {
-        sub.ack(r.position).await.unwrap();
+        sub.ack(r.position).unwrap();
     }
     f.settle(&ch).await;
     ch.append((0..5).map(|i| ev(format!("f{i}"))).collect())
@@ -535,7 +535,7 @@ async fn backpressure_approximate<F: Factory>(f: &F) {
     assert_eq!(recs.len(), 20 + taken);
     assert_nothing(&*sub).await;
     for r in &recs {
-        sub.ack(r.position).await.unwrap();
+        sub.ack(r.position).unwrap();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while ch.append(vec![ev("again")]).await.is_err() {
@@ -599,7 +599,7 @@ async fn delivery_backpressure<F: Factory>(f: &F) {
     assert!(ch.backpressure().is_ok(), "the early check still refuses");
     ch.room().await.unwrap();
     for r in &got {
-        sub.ack(r.position).await.unwrap();
+        sub.ack(r.position).unwrap();
     }
     // Far behind but no longer reading: it does not hold the door.
     fill_window(&ch).await;
@@ -680,7 +680,7 @@ async fn seek_and_committed<F: Factory>(f: &F) {
     let _hold = ch.subscribe("ns/hold", StartAt::Latest).await.unwrap();
     append_ids(&ch, &["e0", "e1", "e2", "e3", "e4"]).await;
     for r in read_n(&*a, 5).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ch.committed("ns/a").await.unwrap()[0].offset < 5 {

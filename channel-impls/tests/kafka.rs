@@ -65,7 +65,7 @@ async fn drain(subs: Vec<Arc<dyn Subscription>>, want: usize, limit: Duration) -
                     {
                         for r in batch {
                             seen.lock().unwrap().insert(r.event.id.clone());
-                            sub.ack(r.position).await.unwrap();
+                            sub.ack(r.position).unwrap();
                             got.push(r);
                         }
                     }
@@ -151,7 +151,7 @@ async fn per_key_order_holds_across_a_rebalance_and_a_dead_replica_loses_nothing
         );
     }
     for r in &first[..100] {
-        sa.ack(r.position).await.unwrap();
+        sa.ack(r.position).unwrap();
     }
     drop(sa);
     drop(ca);
@@ -452,7 +452,7 @@ async fn records_are_cloudevents_binary_mode_with_the_partition_key() {
         Some(&AttributeValue::String("3".into()))
     );
     for r in &got {
-        sub.ack(r.position).await.unwrap();
+        sub.ack(r.position).unwrap();
     }
     assert_eq!(
         ch.lag("reader").await.unwrap(),

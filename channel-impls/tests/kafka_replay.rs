@@ -68,7 +68,7 @@ async fn read_n(sub: &dyn Subscription, n: usize, ack: bool) -> Vec<Record> {
             .unwrap();
         for r in batch {
             if ack {
-                sub.ack(r.position).await.unwrap();
+                sub.ack(r.position).unwrap();
             }
             got.push(r);
         }
@@ -344,7 +344,7 @@ async fn committed_follows_acks() {
         .iter()
         .filter(|r| !last.values().any(|l| *l == r.position))
     {
-        sub.ack(r.position).await.unwrap();
+        sub.ack(r.position).unwrap();
     }
     let mut want = zeros.clone();
     for l in last.values() {
@@ -363,7 +363,7 @@ async fn committed_follows_acks() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for l in last.values() {
-        sub.ack(*l).await.unwrap();
+        sub.ack(*l).unwrap();
     }
     wait_committed(&ch, "t", &ch.ends().await.unwrap()).await;
 }

@@ -67,7 +67,7 @@ async fn restart_resumes_at_the_persisted_watermark() {
         ch.append(sent[4..].to_vec()).await.unwrap();
         let recs = read_n(&*a, 10).await;
         for i in [0, 1, 2, 3, 5, 7] {
-            a.ack(recs[i].position).await.unwrap();
+            a.ack(recs[i].position).unwrap();
         }
         drop((a, keep, ch));
         store.close().await.unwrap();
@@ -142,7 +142,7 @@ async fn restart_without_close_persists_on_drop() {
             .await
             .unwrap();
         for r in read_n(&*a, 3).await {
-            a.ack(r.position).await.unwrap();
+            a.ack(r.position).unwrap();
         }
         // Dropped in a scrambled order; the last one closes the database.
         drop(store);
@@ -165,7 +165,7 @@ async fn cursors_are_persisted_in_the_background() {
         .await
         .unwrap();
     for r in read_n(&*a, 2).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     // The subscription stays open; the maintenance thread writes the cursor.
     tokio::time::sleep(cemesh_channels::sled::MAINTENANCE_INTERVAL * 4).await;
@@ -184,7 +184,7 @@ async fn offsets_survive_a_restart_with_an_empty_log() {
             .await
             .unwrap();
         for r in read_n(&*a, 5).await {
-            a.ack(r.position).await.unwrap();
+            a.ack(r.position).unwrap();
         }
         // (The maintenance thread may have trimmed some already.)
         assert!(ch.enforce_retention().await.unwrap() <= 5);
@@ -232,7 +232,7 @@ async fn corrupt_and_missing_records_are_skipped_and_counted() {
     assert_eq!(ch.corrupt_records(), 3);
     // Skipped records count as done: acking the good ones empties the backlog.
     for r in &got {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     assert_eq!(ch.lag("a").await.unwrap(), 0);
     // A second subscription skips them too without counting them again.
@@ -256,7 +256,7 @@ async fn retention_keeps_passed_records_for_the_window() {
         .await
         .unwrap();
     for r in read_n(&*a, 3).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     assert_eq!(ch.enforce_retention().await.unwrap(), 0);
     let replay = ch.subscribe("replay", StartAt::Earliest).await.unwrap();
@@ -279,7 +279,7 @@ async fn background_retention_trims_without_being_asked() {
         .await
         .unwrap();
     for r in read_n(&*a, 100).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     // The 100 were one append: one chunk, under the key of offset 0.
     assert!(ch.raw_get(&layout::record_key(99)).unwrap().is_none());
@@ -323,7 +323,7 @@ async fn a_batch_is_one_key_read_and_trimmed_by_record() {
         ch.unsubscribe("mid").await.unwrap();
         // Acknowledge up to offset 5: the solo record goes, the chunk stays.
         for r in &got[..6] {
-            a.ack(r.position).await.unwrap();
+            a.ack(r.position).unwrap();
         }
         // (The background trim may have been first: the keys tell.)
         ch.enforce_retention().await.unwrap();
@@ -341,13 +341,13 @@ async fn a_batch_is_one_key_read_and_trimmed_by_record() {
     let replay = ch.subscribe("replay", StartAt::Earliest).await.unwrap();
     assert_eq!(read_n(&*replay, 1).await[0].event.id, "c5");
     for r in &rest {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     ch.unsubscribe("replay").await.unwrap();
     ch.append(vec![ev("after")]).await.unwrap();
     let got = read_n(&*a, 1).await;
     assert_eq!(got[0].position.offset, 11);
-    a.ack(got[0].position).await.unwrap();
+    a.ack(got[0].position).unwrap();
     // Every subscription has passed the chunk: it goes with the rest.
     ch.enforce_retention().await.unwrap();
     assert!(ch.raw_get(&layout::record_key(1)).unwrap().is_none());
@@ -376,7 +376,7 @@ async fn byte_cap_gives_backpressure() {
     assert!(accepted >= 5, "only {accepted} accepted");
     let recs = read_n(&*a, accepted).await;
     for r in &recs {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     ch.append(vec![ev("after")]).await.unwrap();
     // The cap survives a restart (the backlog is measured again from disk).
@@ -643,7 +643,7 @@ async fn reads_from_disk_and_from_the_tail_agree() {
                 r.event.data.as_deref(),
                 Some(format!("payload {seen}").as_bytes())
             );
-            sub.ack(r.position).await.unwrap();
+            sub.ack(r.position).unwrap();
             seen += 1;
         }
     }
@@ -673,7 +673,7 @@ async fn retention_size_caps_what_is_kept() {
         ch.append(vec![ev(format!("e{i:02}"))]).await.unwrap();
     }
     for r in read_n(&*a, 40).await {
-        a.ack(r.position).await.unwrap();
+        a.ack(r.position).unwrap();
     }
     assert_eq!(ch.enforce_retention().await.unwrap(), 30);
     let all = ch.subscribe("all", StartAt::Earliest).await.unwrap();
@@ -694,7 +694,7 @@ async fn a_passive_subscription_holds_neither_retention_nor_the_backlog_cap() {
     for i in 0..20 {
         ch.append(vec![ev(format!("e{i}"))]).await.unwrap();
         let r = read_n(&*a, 1).await;
-        a.ack(r[0].position).await.unwrap();
+        a.ack(r[0].position).unwrap();
     }
     ch.enforce_retention().await.unwrap();
     // What every active subscription passed is gone: the replay reads on from there.
@@ -729,7 +729,7 @@ async fn a_start_by_time_seek_and_committed_work_by_offset() {
     );
     // Seek: the cursor moves, and reopening reads from there.
     for r in read_n(&*keep, 10).await {
-        keep.ack(r.position).await.unwrap();
+        keep.ack(r.position).unwrap();
     }
     assert_eq!(ch.committed("keep").await.unwrap()[0].offset, 10);
     drop(keep);

@@ -268,7 +268,7 @@ impl Subscription for Bounded {
             };
             let (out, finish) = self.take(records);
             for at in finish {
-                self.inner.ack(at).await?;
+                self.inner.ack(at)?;
             }
             if !out.is_empty() {
                 return Ok(out);
@@ -276,7 +276,7 @@ impl Subscription for Bounded {
         }
     }
 
-    async fn ack(&self, position: Position) -> Result<(), ChannelError> {
+    fn ack(&self, position: Position) -> Result<(), ChannelError> {
         {
             let mut parts = self.lock();
             if let Some(part) = parts.get_mut(&position.partition) {
@@ -284,7 +284,7 @@ impl Subscription for Bounded {
                 self.progress.done.fetch_add(1, Relaxed);
             }
         }
-        self.inner.ack(position).await
+        self.inner.ack(position)
     }
 }
 
@@ -357,7 +357,7 @@ mod tests {
         assert!(matches!(b.next(10).await, Err(ChannelError::Closed)));
         assert!(!b.complete());
         for r in got {
-            b.ack(r.position).await.unwrap();
+            b.ack(r.position).unwrap();
         }
         assert!(b.complete());
     }
@@ -373,7 +373,7 @@ mod tests {
             bounded(&ch, 4, (None, None)).await
         };
         for r in a.next(10).await.unwrap() {
-            a.ack(r.position).await.unwrap();
+            a.ack(r.position).unwrap();
         }
         assert!(matches!(b.next(10).await, Err(ChannelError::Closed)));
         assert_eq!(progress.expired.load(Relaxed), 4);

@@ -164,7 +164,7 @@ pub(crate) async fn run(
         };
         for record in records {
             if !trigger.filter.matches(&record.event) {
-                if let Err(e) = sub.ack(record.position).await {
+                if let Err(e) = sub.ack(record.position) {
                     tracing::warn!(trigger = %trigger.key, error = %e, "Ack failed");
                 }
                 continue;
@@ -234,7 +234,7 @@ pub(crate) async fn run(
                     tokio::pin!(work);
                     let processed =
                         until_overflow(&tasks.ctx, &record, &tasks.cancel, held, work).await;
-                    ack_finished(&tasks.ctx, &*tasks.sub, &record, processed).await;
+                    ack_finished(&tasks.ctx, &*tasks.sub, &record, processed);
                     drop(slot);
                 })),
                 Some(key) => {
@@ -264,7 +264,7 @@ pub(crate) async fn run(
                         tokio::pin!(work);
                         let processed =
                             until_overflow(&tasks.ctx, &record, &tasks.cancel, held, work).await;
-                        ack_finished(&tasks.ctx, &*tasks.sub, &record, processed).await;
+                        ack_finished(&tasks.ctx, &*tasks.sub, &record, processed);
                     }))
                 }
             };
@@ -345,7 +345,7 @@ async fn until_overflow(
     }
 }
 
-async fn ack_finished(
+fn ack_finished(
     ctx: &TriggerContext,
     sub: &dyn Subscription,
     record: &Record,
@@ -353,7 +353,7 @@ async fn ack_finished(
 ) {
     match processed {
         Processed::Delivered | Processed::DeadLettered(_) => {
-            if let Err(e) = sub.ack(record.position).await {
+            if let Err(e) = sub.ack(record.position) {
                 tracing::warn!(trigger = %ctx.runtime.key, error = %e, "Ack failed");
             }
         }
@@ -502,7 +502,7 @@ impl Overflow {
         };
         tokio::spawn(async move {
             let processed = ctx.overflow(&record.event, &cancel).await;
-            ack_finished(&ctx, &*sub, &record, processed).await;
+            ack_finished(&ctx, &*sub, &record, processed);
             drop(permit);
         });
     }

@@ -259,7 +259,7 @@ async fn forward(shared: &Shared, record: Record, permit: OwnedSemaphorePermit) 
         let failure = match result {
             Ok(()) => {
                 inc(&shared.stats.forwarded);
-                ack(shared, &record).await;
+                ack(shared, &record);
                 if k > 1 {
                     tracing::info!(event.id = %event.id, attempts = k, "Forwarded after retries");
                 }
@@ -281,7 +281,7 @@ async fn forward(shared: &Shared, record: Record, permit: OwnedSemaphorePermit) 
         });
         if verdict(failure.status) == Verdict::Refused {
             if dead_letter(shared, event, &failure, attempts.iter().cloned().collect()).await {
-                ack(shared, &record).await;
+                ack(shared, &record);
                 return true;
             }
         } else if k == 1 {
@@ -362,8 +362,8 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-async fn ack(shared: &Shared, record: &Record) {
-    if let Err(e) = shared.outbox.subscription().ack(record.position).await {
+fn ack(shared: &Shared, record: &Record) {
+    if let Err(e) = shared.outbox.subscription().ack(record.position) {
         // The event was delivered; a lost ack only means it is sent again later.
         tracing::warn!(position = %record.position, error = %e, "Acknowledging in the outbox failed");
     }

@@ -757,7 +757,7 @@ impl Subscription for Handle {
         self.inner.next(max).await
     }
 
-    async fn ack(&self, position: Position) -> Result<(), ChannelError> {
+    fn ack(&self, position: Position) -> Result<(), ChannelError> {
         self.inner.ack(position)
     }
 }

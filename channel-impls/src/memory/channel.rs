@@ -341,7 +341,7 @@ impl Subscription for MemorySubscription {
         }
     }
 
-    async fn ack(&self, position: Position) -> Result<(), ChannelError> {
+    fn ack(&self, position: Position) -> Result<(), ChannelError> {
         let removed = {
             let mut st = self.shared.lock();
             let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;

@@ -164,7 +164,7 @@ impl Subscription for SledSubscription {
         self.shared.next(&self.name, max).await
     }
 
-    async fn ack(&self, position: Position) -> Result<(), ChannelError> {
+    fn ack(&self, position: Position) -> Result<(), ChannelError> {
         self.shared.check_open()?;
         let mut st = self.shared.lock();
         let sub = st.subs.get_mut(&self.name).ok_or(ChannelError::Closed)?;
