@@ -27,7 +27,12 @@ pub fn found(
     endpoint: Option<Arc<BrokerEndpoint>>,
     key: &BrokerKey,
 ) -> Result<Arc<BrokerEndpoint>, IngressError> {
-    endpoint.ok_or_else(|| IngressError::UnknownBroker(key.to_string()))
+    endpoint.ok_or_else(|| unknown(key))
+}
+
+/// The 404 for a broker that is not there.
+pub fn unknown(key: &BrokerKey) -> IngressError {
+    IngressError::UnknownBroker(key.to_string())
 }
 
 /// Checks the request's sender (its `Authorization` value, `None` when it sent none)

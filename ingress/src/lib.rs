@@ -83,10 +83,19 @@ async fn handle(routes: Routes, req: Request) -> Result<Response, Infallible> {
     // Parsed and looked up once: the request is answered from this table entry,
     // and metrics are labelled with known brokers only (paths are the client's to
     // choose).
-    let key = parse_path(req.uri().path());
-    let endpoint = key.as_ref().ok().and_then(|k| routes.get(k));
+    let (path, broker) = match parse_path(req.uri().path()) {
+        // Looked up by the path's pieces: the key is made only for the 404.
+        Ok((ns, n)) => (
+            Ok(()),
+            routes
+                .get_by(ns, n)
+                .ok_or_else(|| accept::unknown(&BrokerKey::new(ns, n))),
+        ),
+        Err(e) => (Err(e), Err(IngressError::UnknownBroker(String::new()))),
+    };
+    let endpoint = broker.as_ref().ok().cloned();
     async move {
-        let result = dispatch(&routes, key, endpoint.clone(), req).await;
+        let result = dispatch(&routes, path, broker, req).await;
         let (resp, events) = match result {
             Ok((resp, n)) => (resp, n),
             Err(e) => {
@@ -118,23 +127,23 @@ async fn handle(routes: Routes, req: Request) -> Result<Response, Infallible> {
     .await
 }
 
-/// Handles one request to `key`'s `endpoint` (`None`: no such broker); answers with
-/// how many events it carried.
+/// Handles one request to `broker` (or the 404 for its path), once `path` is found
+/// well formed; answers with how many events it carried.
 async fn dispatch(
     routes: &Routes,
-    key: Result<BrokerKey, IngressError>,
-    endpoint: Option<std::sync::Arc<BrokerEndpoint>>,
+    path: Result<(), IngressError>,
+    broker: Result<std::sync::Arc<BrokerEndpoint>, IngressError>,
     req: Request,
 ) -> Result<(Response, usize), IngressError> {
     let attributes = accept::check_headers(req.headers())?;
-    let key = key?;
+    path?;
     match *req.method() {
         Method::POST if routes.is_draining() => return Err(IngressError::Draining),
         Method::POST => {}
         Method::OPTIONS => return Ok((webhook_handshake(req.headers()), 0)),
         _ => return Err(IngressError::MethodNotAllowed(req.method().clone())),
     }
-    let broker = accept::found(endpoint, &key)?;
+    let broker = broker?;
     let admitted = accept::admit(
         routes,
         &broker,
@@ -241,7 +250,7 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 }
 
 /// `/{namespace}/{broker}`, with one trailing slash tolerated.
-fn parse_path(path: &str) -> Result<BrokerKey, IngressError> {
+fn parse_path(path: &str) -> Result<(&str, &str), IngressError> {
     let trimmed = path.trim_start_matches('/');
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
     if trimmed.is_empty() {
@@ -249,9 +258,7 @@ fn parse_path(path: &str) -> Result<BrokerKey, IngressError> {
     }
     let mut parts = trimmed.split('/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(name), None) if !ns.is_empty() && !name.is_empty() => {
-            Ok(BrokerKey::new(ns, name))
-        }
+        (Some(ns), Some(name), None) if !ns.is_empty() && !name.is_empty() => Ok((ns, name)),
         _ => Err(IngressError::BadPath(path.to_owned())),
     }
 }
@@ -299,8 +306,8 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(parse_path("/ns/b").unwrap(), BrokerKey::new("ns", "b"));
-        assert_eq!(parse_path("/ns/b/").unwrap(), BrokerKey::new("ns", "b"));
+        assert_eq!(parse_path("/ns/b").unwrap(), ("ns", "b"));
+        assert_eq!(parse_path("/ns/b/").unwrap(), ("ns", "b"));
         assert!(matches!(
             parse_path("/"),
             Err(IngressError::UnknownBroker(_))

@@ -34,6 +34,47 @@ impl BrokerKey {
     }
 }
 
+/// A broker's namespace and name, owned (a [`BrokerKey`]) or borrowed (a request
+/// path's two pieces): the table is looked up with the latter, so a request builds
+/// no key. Hashed and compared as `BrokerKey`'s derived `Hash` and `Eq` do.
+trait KeyParts {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl KeyParts for BrokerKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl KeyParts for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for BrokerKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (namespace, name) = self.parts();
+        namespace.hash(state);
+        name.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
 impl fmt::Display for BrokerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -257,6 +298,14 @@ impl Routes {
         self.table.load().get(key).cloned()
     }
 
+    /// [`Routes::get`] by the namespace and name as they are, without a key made.
+    pub fn get_by(&self, namespace: &str, name: &str) -> Option<Arc<BrokerEndpoint>> {
+        self.table
+            .load()
+            .get(&(namespace, name) as &dyn KeyParts)
+            .cloned()
+    }
+
     pub fn replace(&self, table: HashMap<BrokerKey, Arc<BrokerEndpoint>>) {
         self.table.store(Arc::new(table.into_iter().collect()));
     }
@@ -283,6 +332,26 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key's borrowed pieces find what the owned key was stored under (hashed and
+    /// compared alike), and nothing else.
+    #[test]
+    fn a_broker_is_found_by_its_path_pieces() {
+        let mut table: HashMap<BrokerKey, u32, foldhash::fast::RandomState> = HashMap::default();
+        for (i, (ns, name)) in [("ns", "b"), ("ns", "b2"), ("n", "sb"), ("", "nsb")]
+            .into_iter()
+            .enumerate()
+        {
+            table.insert(BrokerKey::new(ns, name), i as u32);
+        }
+        let get = |ns, name| table.get(&(ns, name) as &dyn KeyParts).copied();
+        assert_eq!(get("ns", "b"), Some(0));
+        assert_eq!(get("ns", "b2"), Some(1));
+        assert_eq!(get("n", "sb"), Some(2));
+        assert_eq!(get("", "nsb"), Some(3));
+        assert_eq!(get("nsb", ""), None);
+        assert_eq!(get("ns", "B"), None);
+    }
 
     /// The budget's quick path takes room only when there is some, and never ahead
     /// of a request already waiting for it.
