@@ -63,12 +63,68 @@ pub fn stamp_ingress(event: &mut Event, now: &str) -> Result<(), crate::EventErr
 pub fn arrival_ms(event: &Event) -> Option<i64> {
     match event.extension(ARRIVAL_TIME) {
         Some(AttributeValue::String(s) | AttributeValue::Timestamp(s)) => {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .ok()
-                .map(|t| t.timestamp_millis())
+            stamped_ms(s).or_else(|| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|t| t.timestamp_millis())
+            })
         }
         _ => None,
     }
+}
+
+/// Unix ms of a time in the form the ingress stamps (`2026-12-04T16:34:44.123456Z`,
+/// UTC, six fractional digits), read digit by digit; `None` for any other form
+/// (then chrono's full RFC 3339 parser reads it). Every delivery reads its event's
+/// arrival time.
+fn stamped_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 27 || b[26] != b'Z' {
+        return None;
+    }
+    let seps = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ];
+    if seps.iter().any(|&(i, c)| b[i] != c) {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u64> {
+        b[from..to].iter().try_fold(0u64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let micros = num(20, 26)?;
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if year < 1970 || day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    i64::try_from(secs * 1000 + micros / 1000).ok()
+}
+
+/// Days from 1970-01-01 to a date on or after it (Howard Hinnant's
+/// `days_from_civil`, the inverse of [`civil_from_days`]).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y % 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Milliseconds since the Unix epoch, now (negative before it). From the system
@@ -81,9 +137,46 @@ pub fn now_ms() -> i64 {
     }
 }
 
-/// The current time as [`ARRIVAL_TIME`] wants it.
+/// The current time as [`ARRIVAL_TIME`] wants it: from the system clock, the date
+/// worked out from the day number directly (chrono's `Utc::now` builds a calendar
+/// date and its accessors take it apart again: several times the cost, on every
+/// accepted event).
 pub fn now_rfc3339() -> String {
-    rfc3339(chrono::Utc::now())
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => rfc3339_unix(d.as_secs(), d.subsec_micros()),
+        Err(_) => rfc3339(chrono::Utc::now()),
+    }
+}
+
+/// `secs` seconds and `micros` microseconds after the Unix epoch, as [`rfc3339`]
+/// writes it.
+fn rfc3339_unix(secs: u64, micros: u32) -> String {
+    let days = secs / 86_400;
+    let rem = (secs % 86_400) as u32;
+    let (year, month, day) = civil_from_days(days);
+    if year > 9999 {
+        let t = chrono::DateTime::from_timestamp(secs as i64, micros * 1000).unwrap_or_default();
+        return rfc3339(t);
+    }
+    write_rfc3339(
+        [year, month, day, rem / 3600, rem / 60 % 60, rem % 60],
+        micros,
+    )
+}
+
+/// Year, month and day of the `days`-th day after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u32, u32, u32) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + u64::from(month <= 2)) as u32;
+    (year, month, day)
 }
 
 /// `ms` (milliseconds since the epoch) in RFC 3339 with milliseconds, UTC
@@ -104,6 +197,22 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
         return t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     }
     let micros = t.timestamp_subsec_micros().min(999_999);
+    write_rfc3339(
+        [
+            year as u32,
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+        ],
+        micros,
+    )
+}
+
+/// `[year, month, day, hour, minute, second]` and microseconds, digit by digit.
+fn write_rfc3339(parts: [u32; 6], micros: u32) -> String {
+    let [year, month, day, hour, minute, second] = parts;
     let mut out = [0u8; 27];
     let mut put = |at: usize, width: usize, mut n: u32| {
         for i in (at..at + width).rev() {
@@ -111,12 +220,12 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
             n /= 10;
         }
     };
-    put(0, 4, year as u32);
-    put(5, 2, t.month());
-    put(8, 2, t.day());
-    put(11, 2, t.hour());
-    put(14, 2, t.minute());
-    put(17, 2, t.second());
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, hour);
+    put(14, 2, minute);
+    put(17, 2, second);
     put(20, 6, micros);
     for (i, c) in [
         (4, b'-'),
@@ -135,6 +244,71 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stamp_from_the_system_clock_is_what_chrono_writes() {
+        let mut secs = 0u64;
+        // Every day boundary of 1970-2400 in steps, leap years and centuries among them.
+        while secs < 13_569_465_600 {
+            for (s, micros) in [
+                (secs, 0),
+                (secs + 86_399, 999_999),
+                (secs + 43_210, 123_456),
+            ] {
+                let t = chrono::DateTime::from_timestamp(s as i64, micros * 1000).unwrap();
+                assert_eq!(
+                    rfc3339_unix(s, micros),
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                );
+            }
+            secs += 86_400 * 7 + 3_601;
+        }
+        for day in [11_016u64, 11_017, 11_075, 11_076, 47_540, 47_541, 2_932_896] {
+            let s = day * 86_400;
+            let t = chrono::DateTime::from_timestamp(s as i64, 0).unwrap();
+            assert_eq!(rfc3339_unix(s, 0), rfc3339(t), "day {day}");
+        }
+        // Past year 9999: chrono's own format, as before.
+        assert_eq!(
+            rfc3339_unix(253_402_300_800, 5),
+            "+10000-01-01T00:00:00.000005Z"
+        );
+    }
+
+    #[test]
+    fn a_stamped_arrival_time_is_read_as_chrono_reads_it() {
+        let mut secs = 0u64;
+        while secs < 13_569_465_600 {
+            for (s, micros) in [
+                (secs, 0),
+                (secs + 86_399, 999_999),
+                (secs + 43_210, 123_456),
+            ] {
+                let text = rfc3339_unix(s, micros);
+                let chrono = chrono::DateTime::parse_from_rfc3339(&text).unwrap();
+                assert_eq!(stamped_ms(&text), Some(chrono.timestamp_millis()), "{text}");
+            }
+            secs += 86_400 * 7 + 3_601;
+        }
+        // Not the stamp's form, or not a time: left to chrono (which refuses the bad).
+        for other in [
+            "2026-12-04T16:34:44Z",
+            "2026-12-04T16:34:44.123+01:00",
+            "2026-12-04t16:34:44.123456Z",
+            "2026-02-29T00:00:00.000000Z",
+            "2024-13-01T00:00:00.000000Z",
+            "2024-12-01T24:00:00.000000Z",
+            "2024-12-01T00:00:60.000000Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2024-1x-01T00:00:00.000000Z",
+        ] {
+            assert_eq!(stamped_ms(other), None, "{other}");
+        }
+        assert_eq!(
+            stamped_ms("2024-02-29T12:00:00.000999Z"),
+            Some(1_709_208_000_000)
+        );
+    }
 
     #[test]
     fn now_in_milliseconds_is_chronos() {
