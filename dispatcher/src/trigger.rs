@@ -224,17 +224,9 @@ pub(crate) async fn run(
                 // (`bench/README.md`, "A delivery's future boxed once").
                 None => tokio::spawn(Box::pin(async move {
                     let held = tasks.held(hold);
-                    let work = async {
-                        if pace(tasks.limiter.as_ref(), &tasks.cancel).await {
-                            tasks.ctx.process(&record.event, &tasks.cancel).await
-                        } else {
-                            Processed::Interrupted
-                        }
-                    };
+                    let work = tasks.deliver(&record);
                     tokio::pin!(work);
-                    let processed =
-                        until_overflow(&tasks.ctx, &record, &tasks.cancel, held, work).await;
-                    ack_finished(&tasks.ctx, &*tasks.sub, &record, processed);
+                    tasks.finish(&record, held, work).await;
                     drop(slot);
                 })),
                 Some(key) => {
@@ -255,16 +247,10 @@ pub(crate) async fn run(
                             let Ok(_permit) = tasks.permits.acquire().await else {
                                 return Processed::Interrupted;
                             };
-                            if pace(tasks.limiter.as_ref(), &tasks.cancel).await {
-                                tasks.ctx.process(&record.event, &tasks.cancel).await
-                            } else {
-                                Processed::Interrupted
-                            }
+                            tasks.deliver(&record).await
                         };
                         tokio::pin!(work);
-                        let processed =
-                            until_overflow(&tasks.ctx, &record, &tasks.cancel, held, work).await;
-                        ack_finished(&tasks.ctx, &*tasks.sub, &record, processed);
+                        tasks.finish(&record, held, work).await;
                     }))
                 }
             };
@@ -305,6 +291,28 @@ impl Tasks {
             overflow: self.overflow.as_deref()?,
             hold: hold?,
         })
+    }
+
+    /// The record through the pipeline, once the rate limit lets it start
+    /// (interrupted if shutdown comes first).
+    async fn deliver(&self, record: &Record) -> Processed {
+        if pace(self.limiter.as_ref(), &self.cancel).await {
+            self.ctx.process(&record.event, &self.cancel).await
+        } else {
+            Processed::Interrupted
+        }
+    }
+
+    /// Runs `work` (pinned where it was made) unless max-lag moves the record
+    /// first, then acks the record if it finished.
+    async fn finish(
+        &self,
+        record: &Record,
+        held: Option<HeldGuard<'_>>,
+        work: Pin<&mut impl Future<Output = Processed>>,
+    ) {
+        let processed = until_overflow(&self.ctx, record, &self.cancel, held, work).await;
+        ack_finished(&self.ctx, &*self.sub, record, processed);
     }
 }
 

@@ -237,23 +237,26 @@ fn write_rfc3339(parts: [u32; 6], micros: u32) -> String {
 mod tests {
     use super::*;
 
+    /// Seconds and microseconds after the epoch through 1970-2400, a week and an hour
+    /// apart (so every weekday, month and leap rule comes up), each at its day's
+    /// first and last microsecond and at noon.
+    fn samples() -> impl Iterator<Item = (u64, u32)> {
+        (0..13_569_465_600u64)
+            .step_by(86_400 * 7 + 3_601)
+            .flat_map(|secs| {
+                let day = secs - secs % 86_400;
+                [(day, 0), (day + 86_399, 999_999), (day + 43_210, 123_456)]
+            })
+    }
+
     #[test]
     fn the_stamp_from_the_system_clock_is_what_chrono_writes() {
-        let mut secs = 0u64;
-        // Every day boundary of 1970-2400 in steps, leap years and centuries among them.
-        while secs < 13_569_465_600 {
-            for (s, micros) in [
-                (secs, 0),
-                (secs + 86_399, 999_999),
-                (secs + 43_210, 123_456),
-            ] {
-                let t = chrono::DateTime::from_timestamp(s as i64, micros * 1000).unwrap();
-                assert_eq!(
-                    rfc3339_unix(s, micros),
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                );
-            }
-            secs += 86_400 * 7 + 3_601;
+        for (s, micros) in samples() {
+            let t = chrono::DateTime::from_timestamp(s as i64, micros * 1000).unwrap();
+            assert_eq!(
+                rfc3339_unix(s, micros),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
         }
         for day in [11_016u64, 11_017, 11_075, 11_076, 47_540, 47_541, 2_932_896] {
             let s = day * 86_400;
@@ -269,18 +272,10 @@ mod tests {
 
     #[test]
     fn a_stamped_arrival_time_is_read_as_chrono_reads_it() {
-        let mut secs = 0u64;
-        while secs < 13_569_465_600 {
-            for (s, micros) in [
-                (secs, 0),
-                (secs + 86_399, 999_999),
-                (secs + 43_210, 123_456),
-            ] {
-                let text = rfc3339_unix(s, micros);
-                let chrono = chrono::DateTime::parse_from_rfc3339(&text).unwrap();
-                assert_eq!(stamped_ms(&text), Some(chrono.timestamp_millis()), "{text}");
-            }
-            secs += 86_400 * 7 + 3_601;
+        for (s, micros) in samples() {
+            let text = rfc3339_unix(s, micros);
+            let chrono = chrono::DateTime::parse_from_rfc3339(&text).unwrap();
+            assert_eq!(stamped_ms(&text), Some(chrono.timestamp_millis()), "{text}");
         }
         // Not the stamp's form, or not a time: left to chrono (which refuses the bad).
         for other in [
