@@ -83,19 +83,15 @@ async fn handle(routes: Routes, req: Request) -> Result<Response, Infallible> {
     // Parsed and looked up once: the request is answered from this table entry,
     // and metrics are labelled with known brokers only (paths are the client's to
     // choose).
-    let (path, broker) = match parse_path(req.uri().path()) {
-        // Looked up by the path's pieces: the key is made only for the 404.
-        Ok((ns, n)) => (
-            Ok(()),
-            routes
-                .get_by(ns, n)
-                .ok_or_else(|| accept::unknown(&BrokerKey::new(ns, n))),
-        ),
-        Err(e) => (Err(e), Err(IngressError::UnknownBroker(String::new()))),
-    };
-    let endpoint = broker.as_ref().ok().cloned();
+    // Looked up by the path's pieces: the key is made only for the 404.
+    let target = parse_path(req.uri().path()).map(|(ns, n)| {
+        routes
+            .get_by(ns, n)
+            .ok_or_else(|| accept::unknown(&BrokerKey::new(ns, n)))
+    });
+    let endpoint = target.as_ref().ok().and_then(|b| b.as_ref().ok()).cloned();
     async move {
-        let result = dispatch(&routes, path, broker, req).await;
+        let result = dispatch(&routes, target, req).await;
         let (resp, events) = match result {
             Ok((resp, n)) => (resp, n),
             Err(e) => {
@@ -127,16 +123,15 @@ async fn handle(routes: Routes, req: Request) -> Result<Response, Infallible> {
     .await
 }
 
-/// Handles one request to `broker` (or the 404 for its path), once `path` is found
-/// well formed; answers with how many events it carried.
+/// Handles one request to its `target`: a malformed path's error, else the broker
+/// its path names or the 404; answers with how many events it carried.
 async fn dispatch(
     routes: &Routes,
-    path: Result<(), IngressError>,
-    broker: Result<std::sync::Arc<BrokerEndpoint>, IngressError>,
+    target: Result<Result<std::sync::Arc<BrokerEndpoint>, IngressError>, IngressError>,
     req: Request,
 ) -> Result<(Response, usize), IngressError> {
     let attributes = accept::check_headers(req.headers())?;
-    path?;
+    let broker = target?;
     match *req.method() {
         Method::POST if routes.is_draining() => return Err(IngressError::Draining),
         Method::POST => {}

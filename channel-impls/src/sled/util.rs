@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ChannelError;
 
@@ -17,9 +16,8 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// [`cemesh_proto::knative::now_ms`] as the unsigned milliseconds sled's marks keep
+/// (0 before the epoch).
 pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(cemesh_proto::knative::now_ms()).unwrap_or(0)
 }

@@ -268,11 +268,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failed> {
     };
     let status = parsed.code.unwrap_or_default();
     let http11 = parsed.version == Some(1);
-    let mut headers = match headers_read(status, parsed.headers) {
+    let keep = headers_read(status, parsed.headers);
+    let mut headers = match keep {
         true => HeaderMap::with_capacity(parsed.headers.len()),
         false => HeaderMap::new(),
     };
-    let keep = headers.capacity() > 0;
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = !http11;
