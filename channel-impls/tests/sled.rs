@@ -807,3 +807,150 @@ async fn a_new_store_keeps_a_round_of_appends_out_of_sled_s_blob_files() {
 fn ids_of(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
+
+/// How many copies of each of `markers` sled's files under `dir` hold.
+fn copies_on_disk(dir: &Path, markers: &[Vec<u8>]) -> Vec<usize> {
+    let mut files = vec![dir.to_path_buf()];
+    let mut bytes = Vec::new();
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            bytes.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    markers
+        .iter()
+        .map(|m| bytes.windows(m.len()).filter(|w| w == m).count())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_append_is_written_to_disk_once_not_again_with_every_split() {
+    // Every page image sled writes holds its values. sled split a leaf in the
+    // middle and wrote both halves as images: with appends at the end of the log,
+    // each event went to disk about three times. Split where the appends arrive,
+    // the left side written as a link (vendor/sled/CEMESH-PATCH.md), an append is
+    // written once, plus the few a new right-hand leaf starts with.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ch = store.channel("b1", SledConfig::default()).unwrap();
+    let _keep = ch.subscribe("keep", StartAt::Earliest).await.unwrap();
+    let markers: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("<marker {i:05}>").into_bytes())
+        .collect();
+    for (i, m) in markers.iter().enumerate() {
+        let mut e = ev(format!("e{i}"));
+        let mut data = m.clone();
+        data.resize(2048, b'.');
+        e.data = Some(bytes::Bytes::from(data));
+        ch.append(vec![e]).await.unwrap();
+    }
+    drop((_keep, ch));
+    store.close().await.unwrap();
+    let copies = copies_on_disk(dir.path(), &markers);
+    assert!(copies.iter().all(|&c| c >= 1), "{copies:?}");
+    let mean = copies.iter().sum::<usize>() as f64 / copies.len() as f64;
+    assert!(
+        mean <= 2.3,
+        "each event written {mean:.2} times: {copies:?}"
+    );
+}
+
+/// A deterministic xorshift generator, for the model test below.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn assert_same(
+    tree: &sled::Tree,
+    model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    when: &str,
+) {
+    let got: Vec<(Vec<u8>, Vec<u8>)> = tree
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(got.len(), want.len(), "{when}: key count");
+    assert!(got == want, "{when}: contents differ");
+    for (k, v) in model.iter().step_by(7) {
+        assert_eq!(tree.get(k).unwrap().as_deref(), Some(&v[..]), "{when}: get");
+    }
+}
+
+#[test]
+fn sled_as_patched_keeps_every_key_through_appends_splits_merges_and_restarts() {
+    // vendor/sled splits a leaf where appends arrive and writes the left side as a
+    // link (CEMESH-PATCH.md): appends, random writes and removals, ordered trims,
+    // and reopening (which rebuilds every page from its fragments) against a model.
+    let dir = tempfile::tempdir().unwrap();
+    let config = sled::Config::new().path(dir.path()).segment_size(1 << 20);
+    let mut model = std::collections::BTreeMap::new();
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    let value = |rng: &mut Xorshift, k: &[u8]| {
+        let mut v = k.to_vec();
+        v.resize(8 + rng.below(3000) as usize, b'v');
+        v
+    };
+    for round in 0..4u64 {
+        let db = cemesh_channels::sled::open_sled(&config).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        assert_same(&tree, &model, &format!("reopened before round {round}"));
+        // Appends at the end of a key range, with keys after it (as marks are).
+        for i in 0..600u64 {
+            let k = layout::record_key(round * 1000 + i).to_vec();
+            let v = value(&mut rng, &k);
+            tree.insert(&k[..], &v[..]).unwrap();
+            model.insert(k, v);
+            if i % 50 == 0 {
+                let m = layout::mark_key(round * 1000 + i).to_vec();
+                tree.insert(&m[..], &b"mark"[..]).unwrap();
+                model.insert(m, b"mark".to_vec());
+            }
+        }
+        // Writes and removals anywhere.
+        for _ in 0..800 {
+            let k = layout::record_key(rng.below((round + 1) * 1000)).to_vec();
+            if rng.below(3) == 0 {
+                tree.remove(&k[..]).unwrap();
+                model.remove(&k);
+            } else {
+                let v = value(&mut rng, &k);
+                tree.insert(&k[..], &v[..]).unwrap();
+                model.insert(k, v);
+            }
+        }
+        // A trim: the oldest records in order, as retention removes them.
+        let oldest: Vec<Vec<u8>> = model
+            .keys()
+            .filter(|k| k[0] == layout::RECORD_PREFIX)
+            .take(300)
+            .cloned()
+            .collect();
+        let mut batch = sled::Batch::default();
+        for k in &oldest {
+            batch.remove(&k[..]);
+            model.remove(k);
+        }
+        tree.apply_batch(batch).unwrap();
+        assert_same(&tree, &model, &format!("round {round}"));
+        db.flush().unwrap();
+    }
+    let db = cemesh_channels::sled::open_sled(&config).unwrap();
+    assert_same(&db.open_tree("t").unwrap(), &model, "reopened at the end");
+}

@@ -419,6 +419,9 @@ pub(crate) enum Link {
     ParentMergeConfirm,
     /// A Node is marked for being merged into its left sibling
     ChildMergeCap,
+    /// cemesh: a leaf keeps its keys below this one; the rest went to the new
+    /// right sibling, this page
+    ChildSplit(IVec, PageId),
 }
 
 /// A fast map that is not resistant to collision attacks. Works

@@ -103,7 +103,44 @@ impl Node {
             ChildMergeCap => {
                 self.merging = true;
             }
+            ChildSplit(ref at, to) => {
+                self.keep_left_of(at, to);
+            }
         }
+    }
+
+    /// cemesh: what `split` leaves of a leaf split at `at` (a key inside it),
+    /// with its right side at page `to`. Written as a link of the leaf's page
+    /// (`Tree::split_node`), not as a new image of it: the values it keeps are
+    /// in the page's earlier fragments already.
+    fn keep_left_of(&mut self, at: &IVec, to: PageId) {
+        let old_prefix_len = self.prefix_len as usize;
+        let old_prefix = self.lo[..old_prefix_len].to_vec();
+        let suffix = &at[old_prefix_len..];
+        let leaf = match self.data {
+            Data::Leaf(ref mut leaf) => leaf,
+            Data::Index(_) => panic!("tried to attach a ChildSplit to an Index chain"),
+        };
+        let keep = leaf
+            .keys
+            .partition_point(|k| fastcmp(k, suffix) == std::cmp::Ordering::Less);
+        leaf.keys.truncate(keep);
+        leaf.values.truncate(keep);
+        self.hi = at.clone();
+        let new_prefix_len = self
+            .hi
+            .iter()
+            .zip(self.lo.iter())
+            .take_while(|(a, b)| a == b)
+            .take(u8::max_value() as usize)
+            .count();
+        if new_prefix_len != old_prefix_len {
+            for k in &mut leaf.keys {
+                *k = prefix::reencode(&old_prefix, k, new_prefix_len);
+            }
+        }
+        self.prefix_len = u8::try_from(new_prefix_len).unwrap();
+        self.next = Some(NonZeroU64::new(to).unwrap());
     }
 
     pub(crate) fn set_leaf(&mut self, key: IVec, val: IVec) {
@@ -163,10 +200,38 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// cemesh: where a leaf that `near`'s traversal found over-full splits.
+    /// sled splits in the middle; when `near` (the key being inserted, for an
+    /// append) falls at the leaf's end, this splits just before its last
+    /// `MIN_RIGHT` items instead (fewer would be merged straight back, see
+    /// `should_merge`), so that appends at the end of a key range fill the
+    /// right-hand node and the items left of it are not written again. A middle
+    /// split rewrites the left half with every few appends (each page image
+    /// holds its values).
+    fn leaf_split_point(&self, near: &[u8]) -> usize {
+        const MIN_RIGHT: usize = 4;
+        let keys = &self.data.leaf_ref().expect("a leaf").keys;
+        let middle = keys.len() / 2 + 1;
+        let inside = *self.lo <= *near && (self.hi.is_empty() || *near < *self.hi);
+        let suffix = match near.get(self.prefix_len as usize..) {
+            Some(suffix) if inside && keys.len() >= 2 * MIN_RIGHT => suffix,
+            _ => return middle,
+        };
+        let at = keys.partition_point(|k| fastcmp(k, suffix) == std::cmp::Ordering::Less);
+        if at + MIN_RIGHT >= keys.len() {
+            keys.len() - MIN_RIGHT
+        } else {
+            middle
+        }
+    }
+
+    /// cemesh: `near` is the key of the traversal that found the node over-full
+    /// (see `leaf_split_point`).
+    pub(crate) fn split(mut self, near: &[u8]) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
+            split_point: usize,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
@@ -174,7 +239,6 @@ impl Node {
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -241,14 +305,20 @@ impl Node {
             )
         }
 
+        let leaf_split_point = match self.data {
+            Data::Leaf(_) => self.leaf_split_point(near),
+            Data::Index(_) => 0,
+        };
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
+                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
                         &mut index.pointers,
+                        split_point,
                         prefixed_lo,
                         prefixed_hi,
                         false,
@@ -268,6 +338,7 @@ impl Node {
                     split_inner(
                         &mut leaf.keys,
                         &mut leaf.values,
+                        leaf_split_point,
                         prefixed_lo,
                         prefixed_hi,
                         true,

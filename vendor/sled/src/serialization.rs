@@ -350,6 +350,12 @@ impl Serialize for Link {
             }
             Link::ParentMergeIntention(a) => 1 + a.serialized_size(),
             Link::ParentMergeConfirm | Link::ChildMergeCap => 1,
+            // cemesh: a leaf split's left side (see `Node::keep_left_of`).
+            Link::ChildSplit(at, to) => {
+                1 + (at.len() as u64).serialized_size()
+                    + u64::try_from(at.len()).unwrap()
+                    + to.serialized_size()
+            }
         }
     }
 
@@ -374,6 +380,12 @@ impl Serialize for Link {
             Link::ChildMergeCap => {
                 4_u8.serialize_into(buf);
             }
+            // cemesh
+            Link::ChildSplit(at, to) => {
+                5_u8.serialize_into(buf);
+                at.serialize_into(buf);
+                to.serialize_into(buf);
+            }
         }
     }
 
@@ -389,6 +401,8 @@ impl Serialize for Link {
             2 => Link::ParentMergeIntention(u64::deserialize(buf)?),
             3 => Link::ParentMergeConfirm,
             4 => Link::ChildMergeCap,
+            // cemesh
+            5 => Link::ChildSplit(IVec::deserialize(buf)?, u64::deserialize(buf)?),
             _ => return Err(Error::corruption(None)),
         })
     }

@@ -1452,11 +1452,12 @@ impl Tree {
         view: &View<'g>,
         parent_view: &Option<View<'g>>,
         root_pid: PageId,
+        near: &[u8],
         guard: &'g Guard,
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
         // split node
-        let (mut lhs, rhs) = view.deref().clone().split();
+        let (mut lhs, rhs) = view.deref().clone().split(near);
         let rhs_lo = rhs.lo.clone();
 
         // install right side
@@ -1464,14 +1465,24 @@ impl Tree {
 
         // replace node, pointing next to installed right
         lhs.next = Some(NonZeroU64::new(rhs_pid).unwrap());
-        let replace = self.context.pagecache.replace(
-            view.pid,
-            view.node_view.0,
-            lhs,
-            guard,
-        )?;
+        // cemesh: a leaf's left side is a link on its page (see
+        // `Node::keep_left_of`), not a new image holding its values again.
+        let installed = if lhs.data.is_index() {
+            self.context
+                .pagecache
+                .replace(view.pid, view.node_view.0, lhs, guard)?
+                .is_ok()
+        } else {
+            let link = Link::ChildSplit(rhs_lo.clone(), rhs_pid);
+            let linked =
+                self.context.pagecache.link(view.pid, view.node_view.0, link, guard)?;
+            if let Ok(page) = &linked {
+                debug_assert_eq!(page.as_node(), &lhs);
+            }
+            linked.is_ok()
+        };
         M.tree_child_split_attempt();
-        if replace.is_err() {
+        if !installed {
             // if we failed, don't follow through with the
             // parent split or root hoist.
             let _new_stack = self
@@ -1671,7 +1682,7 @@ impl Tree {
             }
 
             if view.should_split() {
-                self.split_node(&view, &parent_view, root_pid, guard)?;
+                self.split_node(&view, &parent_view, root_pid, key.as_ref(), guard)?;
                 retry!();
             }
 

@@ -24,7 +24,10 @@ pub(crate) const META_PID: PageId = 0;
 pub(crate) const COUNTER_PID: PageId = 1;
 pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
-pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 10;
+// cemesh: 10 in sled. Above a leaf's 16 items, so that a leaf filled by appends
+// (see `Node::leaf_split_point`) splits before its chain of links is folded into
+// one more image of every value.
+pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 20;
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
 
 // Allows for around 1 trillion items to be stored
