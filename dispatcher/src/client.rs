@@ -204,7 +204,7 @@ impl HttpClient {
                     if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
                         return client
                             .plain
-                            .send(uri, binary, knative, &headers, &body, max_body)
+                            .send(uri, binary, Some(knative), &headers, &body, max_body)
                             .await;
                     }
                     let mut request = Request::new(Full::new(body));
@@ -233,6 +233,59 @@ impl HttpClient {
         tokio::time::timeout(timeout, exchange)
             .await
             .unwrap_or(Err(SendError::Timeout))
+    }
+}
+
+/// POSTs events in binary mode to `http://` destinations over the plain pool,
+/// outside a trigger and without Knative's delivery headers: the sidecar's forwarder
+/// sending its outbox to the broker, which with reqwest spent about half of the
+/// sidecar's CPU in the client (`bench/README.md`, "The sidecar's forwarder").
+#[derive(Debug, Default)]
+pub struct PlainPoster {
+    pool: PlainPool,
+}
+
+/// A destination's answer to a [`PlainPoster`].
+#[derive(Debug)]
+pub struct Posted {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// Empty when longer than the caller takes.
+    pub body: Bytes,
+}
+
+impl PlainPoster {
+    /// A poster, unless the environment names a proxy: then the caller's reqwest
+    /// client, which honours it (and `NO_PROXY`), sends instead.
+    pub fn unless_proxied() -> Option<Self> {
+        (!proxy_in_env()).then(Self::default)
+    }
+
+    /// POSTs `event` in binary mode, with `headers`, to `uri` (scheme `http`) and
+    /// reads the answer (its body kept up to `max_body`), all within `timeout`.
+    /// Err: why no answer came, as a user reads it.
+    pub async fn post_binary(
+        &self,
+        uri: &Uri,
+        event: &cemesh_proto::Event,
+        headers: &HeaderMap,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Posted, String> {
+        let started = Instant::now();
+        let body = event.data.clone().unwrap_or_default();
+        let exchange = self
+            .pool
+            .send(uri, Some((event, None)), None, headers, &body, max_body);
+        let answer = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+            .map_err(|e| e.describe(timeout, started))?;
+        Ok(Posted {
+            status: answer.status,
+            headers: answer.headers,
+            body: answer.body,
+        })
     }
 }
 

@@ -16,6 +16,11 @@
 //!   only happens while the broker fails anyway.
 //! - **Ack after the 202.** The outbox commits the contiguous prefix of acks; after a
 //!   crash, everything after it is sent again (at-least-once, never lost).
+//! - **The delivery client for a plain broker URL.** An `http://` broker (the usual
+//!   pod network, no proxy in the environment) is sent to over the dispatcher's own
+//!   connection pool ([`PlainPoster`]), which writes the event's headers straight into
+//!   the request; reqwest, kept for `https://` (client certificates, `--cacert`,
+//!   `--insecure-skip-verify`) and proxies, cost about half of the sidecar's CPU.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use cemesh_channels::{Attempt, ChannelError, DeadLetter, DeadLetterStore, Record};
 use cemesh_dispatcher::delivery::parse_retry_after;
-use cemesh_dispatcher::DeliverySpec;
+use cemesh_dispatcher::{DeliverySpec, PlainPoster};
 use cemesh_proto::{knative, AttributeValue, Event};
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -40,6 +45,8 @@ use crate::stats::{inc, Stats};
 const ATTEMPTS_KEPT: usize = 16;
 /// How long in-flight attempts may finish when the sidecar stops.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The most of a broker's answer body kept (shown in a dead letter).
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// What the broker's answer means for an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +100,9 @@ fn wait_before(spec: &DeliverySpec, k: u32, failure: &Failure) -> Duration {
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {
     pub broker_url: reqwest::Url,
+    /// `Authorization` sent to the broker (the mesh client's `--token`), for the
+    /// plain pool; reqwest's client carries it itself.
+    pub authorization: Option<HeaderValue>,
     pub max_in_flight: usize,
     pub backoff_delay: Duration,
     pub backoff_max: Duration,
@@ -104,6 +114,10 @@ struct Shared {
     stats: Arc<Stats>,
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The plain pool and the broker's URL as its `Uri`, when the broker is `http://`
+    /// and no proxy is named; else `client` sends.
+    plain: Option<(PlainPoster, http::Uri)>,
+    authorization: Option<HeaderValue>,
     spec: DeliverySpec,
     timeout: Duration,
     stop: CancellationToken,
@@ -135,11 +149,19 @@ pub async fn run(
         retry_after_max: config.backoff_max.max(Duration::from_secs(60)),
         ..DeliverySpec::default()
     };
+    let plain = (config.broker_url.scheme() == "http")
+        .then(|| {
+            let uri = config.broker_url.as_str().parse::<http::Uri>().ok()?;
+            Some((PlainPoster::unless_proxied()?, uri))
+        })
+        .flatten();
     let shared = Arc::new(Shared {
         outbox: outbox.clone(),
         stats,
         client,
         url: config.broker_url,
+        plain,
+        authorization: config.authorization,
         spec,
         timeout: config.timeout,
         stop: stop.clone(),
@@ -302,7 +324,6 @@ async fn forward(shared: &Shared, record: Record, permit: OwnedSemaphorePermit) 
 /// body and the `Retry-After` asked for.
 async fn attempt(shared: &Shared, event: &Event) -> Result<(), Failure> {
     let mut headers = HeaderMap::with_capacity(12);
-    let body = cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
     for name in ["traceparent", "tracestate"] {
         if let Some(v) = event.attribute(name).and_then(|v| v.as_str()) {
             if let Ok(v) = HeaderValue::from_str(v) {
@@ -316,26 +337,45 @@ async fn attempt(shared: &Shared, event: &Event) -> Result<(), Failure> {
         body: bytes::Bytes::new(),
         retry_after: None,
     };
-    let resp = shared
-        .client
-        .post(shared.url.clone())
-        .headers(headers)
-        .body(body)
-        .timeout(shared.timeout)
-        .send()
-        .await
-        .map_err(|e| failure(describe(&e, shared.timeout)))?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-    // Read the whole body, so the connection goes back to the pool.
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| failure(describe(&e, shared.timeout)))?;
+    let retry_after = |headers: &HeaderMap| {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+    };
+    let (status, retry_after, body) = match &shared.plain {
+        Some((poster, uri)) => {
+            if let Some(auth) = &shared.authorization {
+                headers.insert(http::header::AUTHORIZATION, auth.clone());
+            }
+            // The pool writes the event's binary-mode headers itself.
+            let answer = poster
+                .post_binary(uri, event, &headers, shared.timeout, MAX_ANSWER)
+                .await
+                .map_err(failure)?;
+            (answer.status, retry_after(&answer.headers), answer.body)
+        }
+        None => {
+            let body = cemesh_proto::http::encode_binary(event, &mut headers).unwrap_or_default();
+            let resp = shared
+                .client
+                .post(shared.url.clone())
+                .headers(headers)
+                .body(body)
+                .timeout(shared.timeout)
+                .send()
+                .await
+                .map_err(|e| failure(describe(&e, shared.timeout)))?;
+            let status = resp.status().as_u16();
+            let retry_after = retry_after(resp.headers());
+            // Read the whole body, so the connection goes back to the pool.
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| failure(describe(&e, shared.timeout)))?;
+            (status, retry_after, body)
+        }
+    };
     if (200..300).contains(&status) {
         return Ok(());
     }

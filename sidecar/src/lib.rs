@@ -198,6 +198,7 @@ pub async fn start(args: SidecarArgs) -> anyhow::Result<Sidecar> {
         mesh_client.clone(),
         forwarder::ForwarderConfig {
             broker_url: args.broker_url.clone(),
+            authorization: cemesh_client::admin_client::bearer(&args.client)?,
             max_in_flight: args.max_in_flight.get(),
             backoff_delay: args.backoff_delay,
             backoff_max: args.backoff_max,

@@ -95,15 +95,15 @@ struct Connecting {
 }
 
 impl PlainPool {
-    /// POSTs `body` with `binary`'s event's binary-mode headers (when given) and
-    /// `headers` to `uri` (scheme `http`) on an idle connection to its authority, or
+    /// POSTs `body` with `binary`'s event's binary-mode headers (when given),
+    /// Knative's delivery headers (when given) and `headers` to `uri` (scheme `http`) on an idle connection to its authority, or
     /// a new one, and reads the answer (its body kept within `max_body`); the
     /// connection goes back to the pool if it may be used again.
     pub(crate) async fn send(
         &self,
         uri: &Uri,
         binary: Option<(&cemesh_proto::Event, Option<&str>)>,
-        knative: KnativeHeaders<'_>,
+        knative: Option<KnativeHeaders<'_>>,
         headers: &HeaderMap,
         body: &Bytes,
         max_body: usize,
@@ -419,7 +419,7 @@ mod tests {
         pool.send(
             uri,
             None,
-            knative,
+            Some(knative),
             &HeaderMap::new(),
             &Bytes::new(),
             max_body,

@@ -347,13 +347,13 @@ fn headers_read(status: u16, headers: &[httparse::Header<'_>]) -> bool {
 
 /// The request head: `POST {target} HTTP/1.1`, `Host` (unless `headers` has one),
 /// the binary-mode headers of `binary`'s event (leaving out the attribute named with
-/// it), Knative's delivery headers (`knative`), `headers` (any framing headers
+/// it), Knative's delivery headers (`knative`, when given), `headers` (any framing headers
 /// among them left out), the body's length.
 pub(crate) fn request_head(
     target: &str,
     host: &str,
     binary: Option<(&cemesh_proto::Event, Option<&str>)>,
-    knative: super::KnativeHeaders<'_>,
+    knative: Option<super::KnativeHeaders<'_>>,
     headers: &HeaderMap,
     body_len: usize,
 ) -> Vec<u8> {
@@ -370,12 +370,14 @@ pub(crate) fn request_head(
     if let Some((event, skip)) = binary {
         cemesh_proto::http::write_binary_head(event, skip, &mut head);
     }
-    knative.for_each(|name, value| {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    });
+    if let Some(knative) = knative {
+        knative.for_each(|name, value| {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        });
+    }
     for (name, value) in headers {
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
             continue;
@@ -440,7 +442,7 @@ mod tests {
         let knative = super::super::KnativeHeaders {
             namespace: "team-a",
         };
-        let head = request_head("/a?b=c", "h:8080", None, knative, &headers, 3);
+        let head = request_head("/a?b=c", "h:8080", None, Some(knative), &headers, 3);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /a?b=c HTTP/1.1\r\nhost: h:8080\r\nprefer: reply\r\nkn-namespace: team-a\r\n\
@@ -452,7 +454,14 @@ mod tests {
         let knative = super::super::KnativeHeaders {
             namespace: "bad\nns",
         };
-        let head = request_head("/", "h:8080", Some((&event, None)), knative, &headers, 0);
+        let head = request_head(
+            "/",
+            "h:8080",
+            Some((&event, None)),
+            Some(knative),
+            &headers,
+            0,
+        );
         let head = String::from_utf8(head).unwrap();
         assert!(
             head.starts_with("POST / HTTP/1.1\r\nhost: h:8080\r\nce-")
@@ -460,6 +469,15 @@ mod tests {
                 && !head.contains("kn-namespace")
                 && head
                     .ends_with("\r\nprefer: reply\r\nx-signed: yes\r\ncontent-length: 0\r\n\r\n"),
+            "{head}"
+        );
+        // Not a delivery (the sidecar forwarding to its broker): no Knative headers.
+        let head = request_head("/b", "h:8080", Some((&event, None)), None, &headers, 0);
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.contains("\r\nce-id: e\r\n")
+                && !head.contains("prefer")
+                && head.ends_with("\r\nx-signed: yes\r\ncontent-length: 0\r\n\r\n"),
             "{head}"
         );
     }

@@ -1276,6 +1276,118 @@ async fn over_tls_with_a_token_to_a_secured_mesh() {
     assert!(!sc.logs().contains(token) && !mesh.logs().contains(token));
 }
 
+/// Over plain HTTP the forwarder sends through the dispatcher's own connection pool
+/// (issue 20): every attribute, the data byte for byte, the trace context and the
+/// token reach the broker as reqwest sent them. The broker's EventPolicy admits only
+/// the token's subject, so a sidecar without it has its events refused (401) and
+/// dead-lettered: the header is what let the first one's through.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_plain_http_the_pool_carries_the_event_its_trace_and_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "sidecar-plain-token-0f1e2d3c4b5a6978";
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let config = dir.path().join("cemesh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  tokens:\n    - name: orders-sidecar\n      file: {}\n",
+            dir.path().join("token").display()
+        ),
+    )
+    .unwrap();
+    let policy = "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: sidecars\nspec:\n  from:\n    - sub: orders-sidecar\n";
+    let sub = Subscriber::start().await;
+    let mesh = Cemesh::builder()
+        .manifest(
+            "mesh.yaml",
+            &docs(&[
+                broker_yaml("default"),
+                policy.to_owned(),
+                trigger_yaml("t", "default", &sub.url(), &[]),
+            ]),
+        )
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .start();
+    let sc = SidecarProc::start(&[
+        "--broker-url",
+        &mesh.broker_url("default", "default"),
+        "--token-file",
+        &dir.path().join("token").display().to_string(),
+    ]);
+    let c = client();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let data: Vec<u8> = (0..=255u8)
+        .chain(b"\r\n\r\nnot a header".iter().copied())
+        .collect();
+    let resp = c
+        .post(sc.url("/"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "plain-1")
+        .header("ce-source", "/orders/plain")
+        .header("ce-type", "com.example.plain")
+        .header("ce-subject", "caf\u{e9} 42")
+        .header("ce-partitionkey", "k-1")
+        .header("ce-traceparent", traceparent)
+        .header("ce-tracestate", "congo=t61rcWkgMzE")
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let got = sub.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}\n{}", sc.logs(), mesh.logs());
+    let e = got[0].event.as_ref().expect("a CloudEvent");
+    assert_eq!(
+        (e.id.as_str(), e.source.as_str(), e.ty.as_str()),
+        ("plain-1", "/orders/plain", "com.example.plain")
+    );
+    assert_eq!(e.subject.as_deref(), Some("caf\u{e9} 42"));
+    assert_eq!(string_ext(e, "partitionkey"), Some("k-1"));
+    assert_eq!(string_ext(e, "traceparent"), Some(traceparent));
+    assert_eq!(
+        e.datacontenttype.as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(e.data.as_deref(), Some(&data[..]));
+    assert_eq!(
+        got[0]
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+        Some(traceparent),
+        "the trace context continues"
+    );
+    assert!(got[0].headers.get("authorization").is_none());
+    assert!(!sc.logs().contains(token) && !mesh.logs().contains(token));
+
+    // Without the token the broker refuses (401): dead-lettered, not retried forever.
+    let anonymous = SidecarProc::start(&["--broker-url", &mesh.broker_url("default", "default")]);
+    let (status, id, _) = publish_plain(&c, &anonymous, "com.example.anon", None, "{}").await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + WAIT;
+    let page: Value = loop {
+        let page: Value = c
+            .get(anonymous.url("/v1/deadletters"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["total"] == 1 || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(page["total"], 1, "{page}\n{}", anonymous.logs());
+    let letter = &page["items"][0];
+    assert_eq!(letter["event"]["id"], id.unwrap().as_str());
+    assert_eq!(letter["event"]["knativeerrorcode"], "401", "{letter}");
+    assert_eq!(sub.settle(Duration::from_millis(300)).await.len(), 1);
+}
+
 /// The sidecar's own listener locked (issue 19 §3): with --api-token-file the
 /// service's publishes and the outbox admin endpoints need the token, a
 /// --read-token-file token may only read, probes and scrapers stay open, the CLI
