@@ -430,6 +430,44 @@ async fn publish_plain(
     (status, id, resp.headers().clone())
 }
 
+/// The sidecar's first page of dead letters once it holds `n` (or after [`WAIT`]).
+async fn wait_dead_letters(c: &reqwest::Client, sidecar: &SidecarProc, n: u64) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page: Value = c
+            .get(sidecar.url("/v1/deadletters"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["total"] == n || Instant::now() > deadline {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An EventPolicy admitting only the subject `orders-sidecar` to the broker.
+const SIDECAR_POLICY: &str = "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: sidecars\nspec:\n  from:\n    - sub: orders-sidecar\n";
+
+/// The subject `orders-sidecar`: `token` written to `dir/token` and the mesh's
+/// `--config` (returned) naming it, an admin of the mesh.
+fn sidecar_subject(dir: &std::path::Path, token: &str) -> PathBuf {
+    std::fs::write(dir.join("token"), token).unwrap();
+    let config = dir.join("cemesh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  tokens:\n    - name: orders-sidecar\n      file: {}\n  admin:\n    admin: [orders-sidecar]\n",
+            dir.join("token").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn event_by_id<'a>(got: &'a [Received], id: &str) -> &'a Event {
     got.iter()
         .filter_map(|r| r.event.as_ref())
@@ -876,21 +914,7 @@ async fn refused_events_are_dead_lettered_in_the_sidecar() {
     let (status, id, _) = publish_plain(&c, &sc, "com.example.lost", None, "{}").await;
     assert_eq!(status, 202);
     let id = id.unwrap();
-    let deadline = Instant::now() + WAIT;
-    let page: Value = loop {
-        let page: Value = c
-            .get(sc.url("/v1/deadletters"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["total"] == 1 || Instant::now() > deadline {
-            break page;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let page = wait_dead_letters(&c, &sc, 1).await;
     assert_eq!(page["total"], 1, "{page}");
     let letter = &page["items"][0];
     assert_eq!(letter["event"]["id"], id.as_str());
@@ -1168,23 +1192,13 @@ async fn over_tls_with_a_token_to_a_secured_mesh() {
     );
     std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
     let token = "sidecar-token-5f4e3d2c1b0a99887766";
-    std::fs::write(dir.path().join("token"), token).unwrap();
-    let config = dir.path().join("cemesh.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "auth:\n  tokens:\n    - name: orders-sidecar\n      file: {}\n  admin:\n    admin: [orders-sidecar]\n",
-            dir.path().join("token").display()
-        ),
-    )
-    .unwrap();
-    let policy = "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: sidecars\nspec:\n  from:\n    - sub: orders-sidecar\n";
+    let config = sidecar_subject(dir.path(), token);
     let cert = dir.path().join("tls.crt").display().to_string();
     let key = dir.path().join("tls.key").display().to_string();
     let mesh = Cemesh::builder()
         .manifest(
             "mesh.yaml",
-            &docs(&[broker_yaml("default"), policy.to_owned()]),
+            &docs(&[broker_yaml("default"), SIDECAR_POLICY.to_owned()]),
         )
         .arg("--config")
         .arg(&config.display().to_string())
@@ -1285,24 +1299,14 @@ async fn over_tls_with_a_token_to_a_secured_mesh() {
 async fn over_plain_http_the_pool_carries_the_event_its_trace_and_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = "sidecar-plain-token-0f1e2d3c4b5a6978";
-    std::fs::write(dir.path().join("token"), token).unwrap();
-    let config = dir.path().join("cemesh.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "auth:\n  tokens:\n    - name: orders-sidecar\n      file: {}\n",
-            dir.path().join("token").display()
-        ),
-    )
-    .unwrap();
-    let policy = "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: sidecars\nspec:\n  from:\n    - sub: orders-sidecar\n";
+    let config = sidecar_subject(dir.path(), token);
     let sub = Subscriber::start().await;
     let mesh = Cemesh::builder()
         .manifest(
             "mesh.yaml",
             &docs(&[
                 broker_yaml("default"),
-                policy.to_owned(),
+                SIDECAR_POLICY.to_owned(),
                 trigger_yaml("t", "default", &sub.url(), &[]),
             ]),
         )
@@ -1366,21 +1370,7 @@ async fn over_plain_http_the_pool_carries_the_event_its_trace_and_the_token() {
     let anonymous = SidecarProc::start(&["--broker-url", &mesh.broker_url("default", "default")]);
     let (status, id, _) = publish_plain(&c, &anonymous, "com.example.anon", None, "{}").await;
     assert_eq!(status, 202);
-    let deadline = Instant::now() + WAIT;
-    let page: Value = loop {
-        let page: Value = c
-            .get(anonymous.url("/v1/deadletters"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["total"] == 1 || Instant::now() > deadline {
-            break page;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let page = wait_dead_letters(&c, &anonymous, 1).await;
     assert_eq!(page["total"], 1, "{page}\n{}", anonymous.logs());
     let letter = &page["items"][0];
     assert_eq!(letter["event"]["id"], id.unwrap().as_str());
