@@ -32,14 +32,14 @@ use plain::{
 /// A destination's answer, body read whole (so the connection goes back to the pool)
 /// unless it is longer than the caller takes.
 #[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) headers: HeaderMap,
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
     /// Empty when `over_limit`.
-    pub(crate) body: Bytes,
+    pub body: Bytes,
     /// The body was longer than `max_body`: not kept (and the connection, whose
     /// body was not read to its end, not reused).
-    pub(crate) over_limit: bool,
+    pub over_limit: bool,
 }
 
 /// The headers Knative's dispatcher puts on every delivery: `Prefer: reply` and the
@@ -230,10 +230,18 @@ impl HttpClient {
                 }
             }
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(SendError::Timeout))
+        within(timeout, exchange).await
     }
+}
+
+/// `exchange`'s outcome, or [`SendError::Timeout`] when it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    exchange: impl std::future::Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Err(SendError::Timeout))
 }
 
 /// POSTs events in binary mode to `http://` destinations over the plain pool,
@@ -243,15 +251,6 @@ impl HttpClient {
 #[derive(Debug, Default)]
 pub struct PlainPoster {
     pool: PlainPool,
-}
-
-/// A destination's answer to a [`PlainPoster`].
-#[derive(Debug)]
-pub struct Posted {
-    pub status: u16,
-    pub headers: HeaderMap,
-    /// Empty when longer than the caller takes.
-    pub body: Bytes,
 }
 
 impl PlainPoster {
@@ -271,21 +270,15 @@ impl PlainPoster {
         headers: &HeaderMap,
         timeout: Duration,
         max_body: usize,
-    ) -> Result<Posted, String> {
+    ) -> Result<Answer, String> {
         let started = Instant::now();
         let body = event.data.clone().unwrap_or_default();
         let exchange = self
             .pool
             .send(uri, Some((event, None)), None, headers, &body, max_body);
-        let answer = tokio::time::timeout(timeout, exchange)
+        within(timeout, exchange)
             .await
-            .unwrap_or(Err(SendError::Timeout))
-            .map_err(|e| e.describe(timeout, started))?;
-        Ok(Posted {
-            status: answer.status,
-            headers: answer.headers,
-            body: answer.body,
-        })
+            .map_err(|e| e.describe(timeout, started))
     }
 }
 

@@ -19,7 +19,7 @@ pub mod signing;
 pub mod trigger;
 
 pub use breaker::{Breaker, BreakerSpec, BreakerView};
-pub use client::{PlainPoster, Posted};
+pub use client::{Answer, PlainPoster};
 pub use delivery::{BackoffPolicy, Deliverer, DeliverySpec, Format, Ordering};
 pub use endpoint::{Endpoints, Lease, LeaseError};
 pub use filter::{Filter, FilterError};

@@ -19,15 +19,7 @@ use crate::{BrokerEndpoint, BrokerKey, IngressError, Routes};
 
 /// The broker `key` names, or 404.
 pub fn broker(routes: &Routes, key: &BrokerKey) -> Result<Arc<BrokerEndpoint>, IngressError> {
-    found(routes.get(key), key)
-}
-
-/// [`broker`] for a lookup already made (the HTTP path looks up once per request).
-pub fn found(
-    endpoint: Option<Arc<BrokerEndpoint>>,
-    key: &BrokerKey,
-) -> Result<Arc<BrokerEndpoint>, IngressError> {
-    endpoint.ok_or_else(|| unknown(key))
+    routes.get(key).ok_or_else(|| unknown(key))
 }
 
 /// The 404 for a broker that is not there.

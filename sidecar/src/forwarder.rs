@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use cemesh_channels::{Attempt, ChannelError, DeadLetter, DeadLetterStore, Record};
-use cemesh_dispatcher::delivery::parse_retry_after;
+use cemesh_dispatcher::delivery::{parse_retry_after, root_cause};
 use cemesh_dispatcher::{DeliverySpec, PlainPoster};
 use cemesh_proto::{knative, AttributeValue, Event};
 use http::header::RETRY_AFTER;
@@ -149,12 +149,12 @@ pub async fn run(
         retry_after_max: config.backoff_max.max(Duration::from_secs(60)),
         ..DeliverySpec::default()
     };
-    let plain = (config.broker_url.scheme() == "http")
-        .then(|| {
-            let uri = config.broker_url.as_str().parse::<http::Uri>().ok()?;
-            Some((PlainPoster::unless_proxied()?, uri))
-        })
-        .flatten();
+    let plain = match (config.broker_url.scheme(), PlainPoster::unless_proxied()) {
+        ("http", Some(poster)) => {
+            (config.broker_url.as_str().parse::<http::Uri>().ok()).map(|uri| (poster, uri))
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         outbox: outbox.clone(),
         stats,
@@ -391,14 +391,11 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("no answer within the {timeout:?} timeout");
     }
-    let mut cur: &(dyn std::error::Error + 'static) = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
+    let cause = root_cause(e);
     if e.is_connect() {
-        format!("cannot connect: {cur}")
+        format!("cannot connect: {cause}")
     } else {
-        format!("request failed: {cur}")
+        format!("request failed: {cause}")
     }
 }
 

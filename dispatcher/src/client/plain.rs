@@ -96,9 +96,10 @@ struct Connecting {
 
 impl PlainPool {
     /// POSTs `body` with `binary`'s event's binary-mode headers (when given),
-    /// Knative's delivery headers (when given) and `headers` to `uri` (scheme `http`) on an idle connection to its authority, or
-    /// a new one, and reads the answer (its body kept within `max_body`); the
-    /// connection goes back to the pool if it may be used again.
+    /// Knative's delivery headers (when given) and `headers` to `uri` (scheme
+    /// `http`) on an idle connection to its authority, or a new one, and reads the
+    /// answer (its body kept within `max_body`); the connection goes back to the
+    /// pool if it may be used again.
     pub(crate) async fn send(
         &self,
         uri: &Uri,

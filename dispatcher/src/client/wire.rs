@@ -347,8 +347,8 @@ fn headers_read(status: u16, headers: &[httparse::Header<'_>]) -> bool {
 
 /// The request head: `POST {target} HTTP/1.1`, `Host` (unless `headers` has one),
 /// the binary-mode headers of `binary`'s event (leaving out the attribute named with
-/// it), Knative's delivery headers (`knative`, when given), `headers` (any framing headers
-/// among them left out), the body's length.
+/// it), Knative's delivery headers (`knative`, when given), `headers` (any framing
+/// headers among them left out), the body's length.
 pub(crate) fn request_head(
     target: &str,
     host: &str,

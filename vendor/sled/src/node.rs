@@ -114,9 +114,7 @@ impl Node {
     /// (`Tree::split_node`), not as a new image of it: the values it keeps are
     /// in the page's earlier fragments already.
     fn keep_left_of(&mut self, at: &IVec, to: PageId) {
-        let old_prefix_len = self.prefix_len as usize;
-        let old_prefix = self.lo[..old_prefix_len].to_vec();
-        let suffix = &at[old_prefix_len..];
+        let suffix = &at[self.prefix_len as usize..];
         let leaf = match self.data {
             Data::Leaf(ref mut leaf) => leaf,
             Data::Index(_) => panic!("tried to attach a ChildSplit to an Index chain"),
@@ -126,7 +124,16 @@ impl Node {
             .partition_point(|k| fastcmp(k, suffix) == std::cmp::Ordering::Less);
         leaf.keys.truncate(keep);
         leaf.values.truncate(keep);
-        self.hi = at.clone();
+        self.narrow_hi(at.clone());
+        self.next = Some(NonZeroU64::new(to).unwrap());
+    }
+
+    /// cemesh: the node's upper bound becomes `hi` (where it split), and its keys
+    /// are re-encoded for the longer prefix `lo` and `hi` may now share. The end
+    /// of both a split's left side (`split`) and a `ChildSplit`'s replay.
+    fn narrow_hi(&mut self, hi: IVec) {
+        self.hi = hi;
+        let old_prefix_len = self.prefix_len as usize;
         let new_prefix_len = self
             .hi
             .iter()
@@ -135,12 +142,21 @@ impl Node {
             .take(u8::max_value() as usize)
             .count();
         if new_prefix_len != old_prefix_len {
-            for k in &mut leaf.keys {
-                *k = prefix::reencode(&old_prefix, k, new_prefix_len);
+            let old_prefix = &self.lo[..old_prefix_len];
+            match self.data {
+                Data::Index(ref mut index) => {
+                    for k in &mut index.keys {
+                        *k = prefix::reencode(old_prefix, k, new_prefix_len);
+                    }
+                }
+                Data::Leaf(ref mut leaf) => {
+                    for k in &mut leaf.keys {
+                        *k = prefix::reencode(old_prefix, k, new_prefix_len);
+                    }
+                }
             }
         }
         self.prefix_len = u8::try_from(new_prefix_len).unwrap();
-        self.next = Some(NonZeroU64::new(to).unwrap());
     }
 
     pub(crate) fn set_leaf(&mut self, key: IVec, val: IVec) {
@@ -362,32 +378,8 @@ impl Node {
             prefix_len: right_prefix_len,
         };
 
-        self.hi = split;
-
-        let new_prefix_len = self
-            .hi
-            .iter()
-            .zip(self.lo.iter())
-            .take_while(|(a, b)| a == b)
-            .take(u8::max_value() as usize)
-            .count();
-
-        if new_prefix_len != self.prefix_len as usize {
-            match self.data {
-                Data::Index(ref mut index) => {
-                    for k in &mut index.keys {
-                        *k = prefix::reencode(prefixed_lo, k, new_prefix_len);
-                    }
-                }
-                Data::Leaf(ref mut leaf) => {
-                    for k in &mut leaf.keys {
-                        *k = prefix::reencode(prefixed_lo, k, new_prefix_len);
-                    }
-                }
-            }
-        }
-
-        self.prefix_len = u8::try_from(new_prefix_len).unwrap();
+        // cemesh: shared with `keep_left_of`.
+        self.narrow_hi(split);
 
         // intentionally make this the end to make
         // any issues pop out with setting it
